@@ -1,0 +1,3 @@
+"""Conveyor's front door: the ``conveyor`` command line and the settings object."""
+
+__all__ = ["bootstrap", "cli", "settings"]

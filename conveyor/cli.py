@@ -1,0 +1,206 @@
+"""The ``conveyor`` command line: the front door, kept thin and fast.
+
+Each command imports what it needs when it runs, so ``conveyor --help`` loads no heavy library.
+A ``ConveyorError`` is printed as one paragraph (what failed, why, what to do) and sets the exit
+code; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
+    from registry.ledger import Ledger
+
+__all__ = ["app", "main"]
+
+
+class _Group(TyperGroup):
+    """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        from policies.errors import ConveyorError
+
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            _print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _print_error(exc: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    text = f"[bold red]Error:[/] {escape(exc.message)}"
+    if exc.hint:
+        text += f" {escape(exc.hint)}"
+    Console(stderr=True, soft_wrap=True).print(text)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Conveyor: validated data in, signed and served models out, every step on the record.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain help: rich's help renderer alone costs ~0.2 s at start
+)
+config_app = typer.Typer(
+    cls=_Group, help="Check the project config (conveyor.yaml).", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Project config file (default: conveyor.yaml, or $CONVEYOR_PROJECT_FILE)."),
+    ] = None,
+) -> None:
+    ctx.obj = {"config": config}
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    """The settings, with ``--config`` first in line; runs the bootstrap before heavy imports."""
+    from conveyor.bootstrap import bootstrap
+    from conveyor.settings import configure
+
+    root = ctx.find_root()
+    config = (root.obj or {}).get("config")
+    return bootstrap(configure(project_file=config))
+
+
+def _ledger(settings: Settings) -> Ledger:
+    from registry.ledger import Ledger
+
+    return Ledger(str(settings.ledger_url), actor=settings.actor)
+
+
+def _out(text: str = "") -> None:
+    typer.echo(text)
+
+
+@app.command()
+def version() -> None:
+    """Show Conveyor's version and the versions of the libraries it is built on."""
+    from importlib import metadata
+
+    _out(f"conveyor {metadata.version('conveyor')}")
+    for name in ("prefect", "mlflow", "dvc", "feast", "great-expectations", "bentoml", "evidently",
+                 "model-signing", "sigstore", "scikit-learn", "pandas"):  # fmt: skip
+        try:
+            _out(f"  {name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            _out(f"  {name} (not installed)")
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context) -> None:
+    """Read the project config, check it (and its columns against the data), and summarise it."""
+    from policies.project import load_project
+
+    settings = _settings(ctx)
+    project = load_project(settings.project_file)
+    _out(f"{settings.project_file}: valid")
+    _out(f"  model      {project.model_name} ({project.task})")
+    _out(f"  data       {project.data}" + ("" if project.data.is_file() else "  (not present yet)"))
+    _out(f"  entity     {project.entity_key}, time {project.event_timestamp}, target {project.target}")
+    _out(f"  features   {len(project.features.numeric)} numeric, {len(project.features.categorical)} categorical")
+    _out(f"  estimator  {project.estimator.class_path}")
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """Run the bundled demo: build and version its data, record it in the ledger."""
+    from pipelines.demo import prepare_demo_data
+
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger:
+        prepared = prepare_demo_data(settings.project_root, ledger)
+    for item in prepared:
+        ref = item.ref
+        made = f"generated {item.rows:,} rows" if item.generated else "found on disk"
+        recorded = "recorded as" if ref.newly_recorded else "already recorded as"
+        _out(f"{ref.path.relative_to(settings.project_root)}: {made}, {ref.size:,} bytes")
+        _out(f"  content  {ref.digest}")
+        _out(f"  DVC md5  {ref.md5}")
+        _out(f"  ledger   {recorded} event #{ref.event}")
+    first = prepared[0].ref.path.relative_to(settings.project_root)
+    _out()
+    _out(f"Next: `conveyor lineage {first}` shows the dataset's history;")
+    _out("      `conveyor audit --ledger` checks every link of the ledger.")
+
+
+@app.command()
+def lineage(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A file (hashed to find it) or a sha256 digest.")],
+    up: Annotated[bool, typer.Option("--up", help="Only where it came from.")] = False,
+    down: Annotated[bool, typer.Option("--down", help="Only what it fed.")] = False,
+    depth: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show where an artifact came from and what it fed, from the lineage ledger."""
+    from conveyor.render import lineage_text
+    from policies.errors import NotFound
+    from registry.digests import file_digest, parse_digest
+    from registry.lineage import downstream, upstream
+
+    settings = _settings(ctx)
+    path = Path(target)
+    digest = file_digest(path) if path.is_file() else parse_digest(target)
+    directions = ["upstream"] * (up or not down) + ["downstream"] * (down or not up)
+    with _ledger(settings) as ledger:
+        walks = [(upstream if d == "upstream" else downstream)(ledger, digest, depth) for d in directions]
+    if not any(w.events for w in walks):
+        what = f"{target} ({digest})" if path.is_file() else digest
+        raise NotFound(
+            f"The ledger has no event that names {what}.",
+            hint="It was never recorded by Conveyor, or the file changed since (new content, new "
+            "digest): `conveyor demo` or `conveyor train` record data when they use it.",
+        )
+    if as_json:
+        _out(json.dumps({"target": target, "digest": digest, **{w.direction: w.to_dict() for w in walks}}, indent=2))
+        return
+    label = target if path.is_file() else None
+    for walk in walks:
+        for line in lineage_text(walk, label):
+            _out(line)
+
+
+@app.command()
+def audit(
+    ctx: typer.Context,
+    ledger_only: Annotated[bool, typer.Option("--ledger", help="Check the ledger's hash chain, event by event.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Check that the record is intact: the ledger's chain (--ledger)."""
+    from policies.errors import ConveyorError
+
+    if not ledger_only:
+        raise ConveyorError("Say what to audit.", hint="`conveyor audit --ledger` checks the ledger's hash chain.")
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger:
+        report = ledger.verify_chain()
+    if as_json:
+        _out(json.dumps({"ledger": ledger.display_url, **report.__dict__}, indent=2))
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    report.raise_if_broken()
+    head = f", head {report.head[:16]}…" if report.head else ""
+    _out(f"Ledger intact: {report.events:,} events, every link verified{head}.")
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()

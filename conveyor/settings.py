@@ -1,0 +1,135 @@
+"""Conveyor's settings: one object, looked up in one order.
+
+Each field comes from, first to last: the environment (``CONVEYOR_<FIELD>``), the ``settings:``
+section of the project file (``conveyor.yaml``), the default here. Every embedded store lives
+under ``home`` (``.conveyor/`` in the project) unless a URL points elsewhere.
+
+Nothing happens at import: ``get_settings()`` reads once, on first use.
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from policies.errors import ConfigInvalid
+
+__all__ = ["Settings", "configure", "get_settings"]
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Settings(BaseSettings):
+    """Where Conveyor keeps its stores and who it says is acting."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="forbid")
+
+    project_file: Path = Path("conveyor.yaml")
+    home: Path = Path(".conveyor")
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in home")
+    mlflow_tracking_uri: str | None = Field(None, description="default: SQLite in home")
+    actor: str = Field(default_factory=_default_actor)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
+        self.project_file = self.project_file.expanduser().absolute()
+        if not self.home.is_absolute():
+            # A relative home sits beside the project file, wherever the command runs from.
+            self.home = self.project_file.parent / self.home
+        if self.ledger_url is None:
+            self.ledger_url = f"sqlite:///{self.home / 'ledger.db'}"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        return self
+
+    @property
+    def project_root(self) -> Path:
+        return self.project_file.parent
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ProjectFileSection(settings_cls, init_settings, env_settings))
+
+
+class _ProjectFileSection(PydanticBaseSettingsSource):
+    """The ``settings:`` mapping of the project file, when the file exists."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *earlier: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._earlier = earlier
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read at once in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        import yaml
+
+        chosen: dict[str, Any] = {}
+        for source in self._earlier:
+            chosen.update(source())
+        path = Path(chosen.get("project_file", "conveyor.yaml"))
+        if not path.is_file():
+            return {}
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigInvalid(
+                f"{path} is not valid YAML: {exc}".replace("\n", " "),
+                hint="Fix the syntax; `conveyor config check` shows what Conveyor reads.",
+            ) from None
+        section = document.get("settings") if isinstance(document, dict) else None
+        if section is None:
+            return {}
+        if not isinstance(section, dict):
+            raise ConfigInvalid(
+                f"`settings` in {path} must be a mapping of setting names to values.",
+                hint=f"Known settings: {', '.join(Settings.model_fields)}.",
+            )
+        return section
+
+
+_settings: Settings | None = None
+
+
+def configure(**overrides: Any) -> Settings:
+    """Read the settings again, with ``overrides`` first in line (e.g. from ``--config``)."""
+    global _settings
+    try:
+        _settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
+        raise ConfigInvalid(
+            f"Conveyor's settings are invalid: {problems}.",
+            hint=f"Settings come from CONVEYOR_<NAME> variables or the `settings:` section of the "
+            f"project file; known names: {', '.join(Settings.model_fields)}.",
+        ) from None
+    return _settings
+
+
+def get_settings() -> Settings:
+    """The settings, read on first use and kept."""
+    return _settings if _settings is not None else configure()

@@ -1,0 +1,105 @@
+"""Datasets as versioned, content-addressed artifacts: DVC tracks the file, the ledger its history.
+
+``version_dataset`` hashes a data file once (sha256 for Conveyor, md5 for DVC), makes sure
+DVC's record and cache agree with it, and appends a ``dataset.versioned`` event unless the
+ledger already knows that exact content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policies.errors import DataInvalid
+from registry.digests import file_hashes
+from registry.ledger import Ledger, LedgerEvent
+
+__all__ = ["DatasetRef", "dvc_recorded_md5", "version_dataset"]
+
+DATASET_VERSIONED = "dataset.versioned"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A data file pinned to its content: what later stages take as input."""
+
+    path: Path
+    digest: str  # sha256 content address
+    md5: str  # what DVC records for the same bytes
+    size: int
+    event: int  # the ledger event that recorded this content
+    newly_recorded: bool
+
+
+def dvc_recorded_md5(path: Path) -> str | None:
+    """The md5 that ``<path>.dvc`` records, or None when DVC does not track the file."""
+    import yaml
+
+    record = path.with_name(path.name + ".dvc")
+    if not record.is_file():
+        return None
+    try:
+        outs = yaml.safe_load(record.read_text(encoding="utf-8"))["outs"]
+        return next(o["md5"] for o in outs if o["path"] == path.name)
+    except (yaml.YAMLError, KeyError, TypeError, StopIteration):
+        raise DataInvalid(
+            f"{record} is not a readable DVC record for {path.name}.",
+            hint=f"Restore it from git (`git checkout -- {record}`) or re-create it with `dvc add {path}`.",
+        ) from None
+
+
+def version_dataset(
+    path: Path, ledger: Ledger, *, root: Path, details: dict[str, Any] | None = None
+) -> DatasetRef:
+    """Pin ``path`` in DVC (when ``root`` is a DVC repository) and in the ledger."""
+    hashes = file_hashes(path, "md5")
+    recorded = dvc_recorded_md5(path)
+    if recorded is not None and recorded != hashes["md5"]:
+        raise DataInvalid(
+            f"{path} has changed since DVC recorded it (md5 {hashes['md5']}, but "
+            f"{path.name}.dvc records {recorded}).",
+            hint=f"To go back to the recorded version run `dvc checkout {path}`; to make this "
+            f"content the new version run `dvc add {path}` and commit the .dvc file.",
+        )
+    if (root / ".dvc").is_dir() and not _in_dvc_cache(root, hashes["md5"]):
+        _dvc_add(root, path)
+
+    relative = _relative(path, root)
+    known = [e for e in ledger.producers(hashes["sha256"]) if e.kind == DATASET_VERSIONED]
+    event: LedgerEvent
+    if known:
+        event, new = known[0], False
+    else:
+        event = ledger.append(
+            DATASET_VERSIONED,
+            outputs=[hashes["sha256"]],
+            details={"path": relative, "md5": hashes["md5"], "size": path.stat().st_size, **(details or {})},
+        )
+        new = True
+    return DatasetRef(path, hashes["sha256"], hashes["md5"], path.stat().st_size, event.seq, new)
+
+
+def _in_dvc_cache(root: Path, md5: str) -> bool:
+    return (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+
+
+def _dvc_add(root: Path, path: Path) -> None:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            repo.scm_context.quiet = True  # its "to track the changes with git" hints are for its own CLI
+            repo.add([str(path)])
+    except DvcException as exc:
+        raise DataInvalid(
+            f"DVC could not track {path}: {exc}.", hint="Run `dvc doctor` and `dvc status` to see why."
+        ) from None
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path.resolve())

@@ -1,0 +1,220 @@
+"""The project config (``conveyor.yaml``): what the data is and what to train on it.
+
+One YAML file names the data file, its entity key, event timestamp, target and feature columns,
+the task and the estimator. Every stage reads columns from here; none hard-codes them. Every
+mistake is reported as one paragraph naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from policies.errors import ConfigInvalid, DataInvalid
+
+__all__ = ["EstimatorSpec", "Features", "ProjectConfig", "SplitSpec", "load_project", "read_columns"]
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Features(_Strict):
+    """Feature columns by kind; numeric ones are cast to float, categorical ones to string."""
+
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical
+
+
+class EstimatorSpec(_Strict):
+    """An estimator class by import path (``package.module.Class``) and its parameters."""
+
+    class_path: str = Field(alias="class")
+    params: dict[str, Any] = {}
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("class_path")
+    @classmethod
+    def _dotted(cls, value: str) -> str:
+        module, _, name = value.rpartition(".")
+        if not module or not name:
+            raise ValueError("must be an import path such as sklearn.ensemble.RandomForestClassifier")
+        return value
+
+    def resolve(self) -> type:
+        """Import the estimator class; a clear error if it cannot be found."""
+        module_name, _, name = self.class_path.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigInvalid(
+                f"`estimator.class` is {self.class_path!r}, but module {module_name!r} cannot be "
+                f"imported ({exc}).",
+                hint="Use an installed estimator, e.g. sklearn.ensemble.HistGradientBoostingClassifier.",
+            ) from None
+        estimator = getattr(module, name, None)
+        if not isinstance(estimator, type):
+            found = difflib.get_close_matches(name, [n for n in dir(module) if not n.startswith("_")], n=1)
+            hint = f"Did you mean {module_name}.{found[0]}?" if found else "Check the class name's spelling."
+            raise ConfigInvalid(
+                f"`estimator.class` is {self.class_path!r}, but {module_name} has no class {name!r}.",
+                hint=hint,
+            )
+        return estimator
+
+    def build(self) -> Any:
+        """A fresh, unfitted estimator with the configured parameters."""
+        estimator = self.resolve()
+        try:
+            return estimator(**self.params)
+        except TypeError as exc:
+            raise ConfigInvalid(
+                f"`estimator.params` were refused by {self.class_path}: {exc}.",
+                hint="Use only parameter names that class accepts.",
+            ) from None
+
+
+class SplitSpec(_Strict):
+    """How to hold out data: the latest ``test_fraction`` of rows by event time."""
+
+    method: Literal["time"] = "time"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class ProjectConfig(_Strict):
+    """A project: its data, columns, task and estimator."""
+
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    task: Literal["classification", "regression"]
+    data: Path
+    entity_key: str
+    event_timestamp: str
+    target: str
+    features: Features
+    estimator: EstimatorSpec
+    split: SplitSpec = SplitSpec()
+    settings: dict[str, Any] = {}  # read by conveyor's settings, not here
+    source: Path | None = Field(None, exclude=True)  # the file this was read from
+
+    @model_validator(mode="after")
+    def _columns_consistent(self) -> ProjectConfig:
+        if not self.features.all:
+            raise ValueError("`features` lists no columns: name at least one numeric or categorical feature")
+        keys = {"entity_key": self.entity_key, "event_timestamp": self.event_timestamp, "target": self.target}
+        named = list(keys.values()) + list(self.features.all)
+        twice = sorted({c for c in named if named.count(c) > 1})
+        if twice:
+            raise ValueError(
+                f"column(s) {', '.join(map(repr, twice))} named more than once: the entity key, event "
+                "timestamp, target and each feature must be different columns"
+            )
+        return self
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the project reads from the data file."""
+        return (self.entity_key, self.event_timestamp, self.target, *self.features.all)
+
+    def check_columns(self, available: Sequence[str]) -> None:
+        """Refuse a data file that lacks a column this config names."""
+        missing = [c for c in self.columns if c not in available]
+        if not missing:
+            return
+        lines = []
+        for column in missing:
+            close = difflib.get_close_matches(column, list(available), n=1)
+            lines.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigInvalid(
+            f"The config names column(s) that {self.data} does not have: {', '.join(lines)}.",
+            hint=f"Fix the names in {self.source or 'conveyor.yaml'}; the file has: {', '.join(available)}.",
+        )
+
+
+def read_columns(path: Path) -> list[str]:
+    """The column names of a CSV or Parquet file, without reading its rows."""
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+    except UnicodeDecodeError:
+        raise DataInvalid(f"{path} is not UTF-8 text.", hint="Re-export the file as UTF-8 CSV.") from None
+    except (OSError, csv.Error) as exc:
+        raise DataInvalid(f"Cannot read {path}: {exc}.", hint="Check the file is a CSV or Parquet file.") from None
+    except Exception as exc:  # pyarrow's own errors for a damaged Parquet file
+        raise DataInvalid(f"Cannot read the schema of {path}: {exc}.", hint="Check the file is intact.") from None
+    if not header:
+        raise DataInvalid(f"{path} is empty: it has no header row.", hint="Point `data` at a file with a header and rows.")
+    return [c.strip() for c in header]
+
+
+def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
+    """Read and check a project config; also check its columns against the data if it exists."""
+    import yaml
+
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise ConfigInvalid(
+            f"No project config at {path}.",
+            hint="Create conveyor.yaml (see the one in Conveyor's repository for the demo), or pass --config.",
+        )
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigInvalid(f"{path} is not valid YAML: {exc}".replace("\n", " "), hint="Fix the syntax.") from None
+    if not isinstance(document, dict):
+        raise ConfigInvalid(f"{path} must be a YAML mapping of keys to values.", hint="Start from the demo's conveyor.yaml.")
+    try:
+        config = ProjectConfig.model_validate({**document, "source": path})
+    except ValidationError as exc:
+        raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
+    if not config.data.is_absolute():
+        config = config.model_copy(update={"data": (path.parent / config.data)})
+    config.estimator.build()  # unknown class or refused params: fail now, not at training time
+    if check_data and config.data.is_file():
+        config.check_columns(read_columns(config.data))
+    return config
+
+
+_FIELDS = set(ProjectConfig.model_fields) - {"source"}
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        kind, message = error["type"], error["msg"]
+        if kind == "missing":
+            problems.append(f"`{where}` is missing")
+        elif kind == "extra_forbidden":
+            close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_FIELDS | {"numeric", "categorical", "class", "params", "method", "test_fraction"}), n=1)
+            problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        else:
+            got = error.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+            problems.append(f"`{where}`: {message.removeprefix('Value error, ')}{shown}")
+    return f"{path} is not a valid project config: " + "; ".join(problems) + "."
+
+
+def _hint(exc: ValidationError) -> str:
+    kinds = {e["type"] for e in exc.errors()}
+    if "missing" in kinds:
+        return ("A project config needs model_name, task, data, entity_key, event_timestamp, target, "
+                "features (numeric/categorical lists) and estimator (class, params).")  # fmt: skip
+    if "extra_forbidden" in kinds:
+        return "Remove or rename the unknown key(s); the demo's conveyor.yaml shows every key."
+    return "Fix the value(s) named above; the demo's conveyor.yaml shows a working example."

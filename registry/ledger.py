@@ -1,0 +1,496 @@
+"""The lineage ledger: an append-only, hash-chained record of what every stage did.
+
+Each event names its inputs and outputs by content address, and carries the hash of the event
+before it; its own hash covers its sequence number, so an edited, deleted, moved or forged event
+breaks the chain at a point ``verify_chain`` can name.
+
+Storage is any SQLAlchemy URL; SQLite (WAL) by default. Appends from several processes are
+serialised by the database itself: ``BEGIN IMMEDIATE`` on SQLite, a row lock on the single
+``ledger_head`` row elsewhere, so concurrent writers always extend one chain.
+
+A second table, ``ledger_links``, indexes digests to events for fast lineage queries. It is
+derived data: queries re-check every hit against the hashed event, and ``verify_chain``
+checks that the index matches the events exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from policies.errors import LedgerCorrupt, LedgerError, NotFound
+from registry.digests import canonical_json, is_digest
+
+__all__ = [
+    "GENESIS",
+    "ChainReport",
+    "Draft",
+    "Ledger",
+    "LedgerEvent",
+    "event_hash",
+    "utc_now",
+]
+
+GENESIS = "0" * 64
+_PAGE = 10_000
+
+metadata = sa.MetaData()
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+events_table = sa.Table(
+    "ledger_events",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(128), nullable=False, index=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("time", sa.String(32), nullable=False, index=True),
+    sa.Column("inputs", sa.Text, nullable=False),
+    sa.Column("outputs", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+)
+links_table = sa.Table(
+    "ledger_links",
+    metadata,
+    sa.Column("digest", sa.String(80), primary_key=True),
+    sa.Column("role", sa.String(3), primary_key=True),  # "in" or "out"
+    sa.Column("seq", _Seq, primary_key=True, index=True),
+    sqlite_with_rowid=False,
+)
+head_table = sa.Table(
+    "ledger_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", _Seq, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+
+def utc_now() -> str:
+    """The current time as the ledger writes it: ISO 8601, UTC, microseconds, sortable."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event before the ledger gives it a place in the chain."""
+
+    kind: str
+    inputs: Sequence[str] = ()
+    outputs: Sequence[str] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+    actor: str | None = None
+    time: str | None = None
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """One sealed event: what happened, to which digests, and its place in the chain."""
+
+    seq: int
+    kind: str
+    actor: str
+    time: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def computed_hash(self) -> str:
+        """The hash this event's content should have; differs from ``hash`` if it was altered."""
+        return event_hash(
+            self.seq, self.kind, self.actor, self.time,
+            self.inputs, self.outputs, self.details, self.prev_hash,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "kind": self.kind, "actor": self.actor, "time": self.time,
+            "inputs": list(self.inputs), "outputs": list(self.outputs), "details": self.details,
+            "prev_hash": self.prev_hash, "hash": self.hash,
+        }  # fmt: skip
+
+
+def event_hash(
+    seq: int,
+    kind: str,
+    actor: str,
+    time: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    details: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    """sha256 (hex) of the event's canonical JSON, its sequence number and predecessor included."""
+    body = {
+        "seq": seq, "kind": kind, "actor": actor, "time": time,
+        "inputs": list(inputs), "outputs": list(outputs), "details": details, "prev": prev_hash,
+    }  # fmt: skip
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """What ``verify_chain`` found: ``ok``, or the first broken link and why."""
+
+    ok: bool
+    events: int
+    head: str | None
+    broken_at: int | None = None
+    reason: str | None = None
+
+    def raise_if_broken(self) -> None:
+        if not self.ok:
+            raise LedgerCorrupt(
+                f"The ledger's chain is broken at event #{self.broken_at}: {self.reason}",
+                hint="Do not trust events from that point on; restore the ledger from a backup "
+                "or an evidence bundle and compare.",
+            )
+
+
+class Ledger:
+    """An append-only, hash-chained event store at a SQLAlchemy URL."""
+
+    def __init__(self, url: str, *, actor: str = "conveyor") -> None:
+        self.url = url
+        self.actor = actor
+        self._engine = _make_engine(url)
+        with self._guard("open"):
+            self._ensure_schema()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, fit to print."""
+        return _display_url(self.url)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(
+        self,
+        kind: str,
+        *,
+        inputs: Iterable[str] = (),
+        outputs: Iterable[str] = (),
+        details: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> LedgerEvent:
+        """Seal one event onto the end of the chain and return it."""
+        draft = Draft(kind, tuple(inputs), tuple(outputs), details or {}, actor)
+        return self.append_many([draft])[0]
+
+    def append_many(self, drafts: Iterable[Draft]) -> list[LedgerEvent]:
+        """Seal several events in one transaction: all of them land, or none."""
+        drafts = [_checked(d) for d in drafts]
+        sealed: list[LedgerEvent] = []
+        with self._guard("append to"), self._write() as conn:
+            head = conn.execute(
+                sa.select(head_table.c.seq, head_table.c.hash)
+                .where(head_table.c.id == 1)
+                .with_for_update()
+            ).one()
+            seq, prev = head.seq, head.hash
+            now = utc_now()
+            for draft in drafts:
+                seq += 1
+                event = _seal(seq, draft, prev, draft.actor or self.actor, draft.time or now)
+                sealed.append(event)
+                prev = event.hash
+            conn.execute(sa.insert(events_table), [_row(e) for e in sealed])
+            link_rows = [
+                {"digest": d, "role": role, "seq": e.seq}
+                for e in sealed
+                for role, digests in (("in", e.inputs), ("out", e.outputs))
+                for d in digests
+            ]
+            if link_rows:
+                conn.execute(sa.insert(links_table), link_rows)
+            conn.execute(
+                sa.update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev)
+            )
+        return sealed
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, seq: int) -> LedgerEvent:
+        """The event with sequence number ``seq``."""
+        with self._guard("read"), self._engine.connect() as conn:
+            row = conn.execute(sa.select(events_table).where(events_table.c.seq == seq)).first()
+        if row is None:
+            raise NotFound(f"The ledger has no event #{seq}.", hint="`conveyor audit --ledger` lists how many it has.")
+        return _event(row)
+
+    def get_many(self, seqs: Iterable[int]) -> list[LedgerEvent]:
+        """The events with these sequence numbers, in sequence order (unknown ones skipped)."""
+        wanted = sorted(set(seqs))
+        found: list[LedgerEvent] = []
+        with self._guard("read"), self._engine.connect() as conn:
+            for chunk in _chunks(wanted, 500):
+                rows = conn.execute(
+                    sa.select(events_table).where(events_table.c.seq.in_(chunk)).order_by(events_table.c.seq)
+                )
+                found.extend(_event(r) for r in rows)
+        return found
+
+    def seqs_linked(self, digests: Iterable[str], role: str) -> dict[str, list[int]]:
+        """For each digest, the events that name it as an input (``"in"``) or output (``"out"``)."""
+        hits: dict[str, list[int]] = {}
+        with self._guard("read"), self._engine.connect() as conn:
+            for chunk in _chunks(sorted(set(digests)), 500):
+                rows = conn.execute(
+                    sa.select(links_table.c.digest, links_table.c.seq).where(
+                        links_table.c.role == role, links_table.c.digest.in_(chunk)
+                    )
+                )
+                for digest, seq in rows:
+                    hits.setdefault(digest, []).append(seq)
+        return hits
+
+    def producers(self, digest: str) -> list[LedgerEvent]:
+        """Events that output ``digest``, oldest first (checked against their hashed content)."""
+        seqs = self.seqs_linked([digest], "out").get(digest, [])
+        return [e for e in self.get_many(seqs) if digest in e.outputs]
+
+    def consumers(self, digest: str) -> list[LedgerEvent]:
+        """Events that took ``digest`` as an input, oldest first."""
+        seqs = self.seqs_linked([digest], "in").get(digest, [])
+        return [e for e in self.get_many(seqs) if digest in e.inputs]
+
+    def count(self) -> int:
+        with self._guard("read"), self._engine.connect() as conn:
+            return conn.execute(sa.select(head_table.c.seq).where(head_table.c.id == 1)).scalar_one()
+
+    def iter_events(self, start: int = 1) -> Iterator[LedgerEvent]:
+        """Every event from ``start`` on, in sequence order, read a page at a time."""
+        after = start - 1
+        while True:
+            with self._guard("read"), self._engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(events_table)
+                    .where(events_table.c.seq > after)
+                    .order_by(events_table.c.seq)
+                    .limit(_PAGE)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _event(row)
+            after = rows[-1].seq
+
+    # -- checking ----------------------------------------------------------------------------
+
+    def verify_chain(self) -> ChainReport:
+        """Walk the whole chain and name the first broken link, if any.
+
+        Checks, in order for each event: no sequence number is missing, it points at its
+        predecessor's hash, its content still hashes to its own hash, and the lineage index
+        holds exactly its inputs and outputs. Then that the recorded head is the last event.
+        """
+        prev_seq, prev_hash, count = 0, GENESIS, 0
+        with self._guard("verify"), self._engine.connect() as conn:
+            while True:
+                rows = conn.execute(
+                    sa.select(events_table)
+                    .where(events_table.c.seq > prev_seq)
+                    .order_by(events_table.c.seq)
+                    .limit(_PAGE)
+                ).all()
+                if not rows:
+                    break
+                index = _links_between(conn, rows[0].seq, rows[-1].seq)
+                for row in rows:
+                    event = _event(row)
+                    problem = _link_problem(event, prev_seq, prev_hash, index.get(event.seq, set()))
+                    if problem:
+                        return ChainReport(False, count, prev_hash, event.seq, problem)
+                    prev_seq, prev_hash, count = event.seq, event.hash, count + 1
+            stray = conn.execute(
+                sa.select(links_table.c.seq).where(links_table.c.seq > prev_seq).limit(1)
+            ).scalar()
+            head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).one()
+        if stray is not None:
+            return ChainReport(False, count, prev_hash, stray, "the lineage index names an event that does not exist")
+        if (head.seq, head.hash) != (prev_seq, prev_hash):
+            return ChainReport(
+                False, count, prev_hash, prev_seq + 1,
+                f"the ledger head records #{head.seq} but the last event is #{prev_seq}: "
+                "events at the end were deleted or added behind the ledger's back",
+            )  # fmt: skip
+        return ChainReport(True, count, prev_hash if count else None)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        for attempt in range(2):
+            try:
+                with self._write() as conn:
+                    metadata.create_all(conn)
+                    exists = conn.execute(sa.select(head_table.c.id).where(head_table.c.id == 1)).first()
+                    if exists is None:
+                        conn.execute(sa.insert(head_table).values(id=1, seq=0, hash=GENESIS))
+                return
+            except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+                # Another process created the schema between our check and our create.
+                if attempt:
+                    raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(ledger_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise LedgerError(
+                f"Could not {action} the ledger at {self.display_url}: {detail}.",
+                hint="Check CONVEYOR_LEDGER_URL (or `ledger_url` in conveyor.yaml), that the "
+                "database is reachable and writable, and that the file is a Conveyor ledger.",
+            ) from exc
+
+
+def _make_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError:
+        raise LedgerError(
+            f"{url!r} is not a database URL.",
+            hint="Use e.g. sqlite:///.conveyor/ledger.db or postgresql+psycopg://user@host/db.",
+        ) from None
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below decide how a transaction starts.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # the audit record survives a power cut
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Writers take the write lock up front; a deferred upgrade could deadlock two appenders.
+        immediate = conn.get_execution_options().get("ledger_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _checked(draft: Draft) -> Draft:
+    if not draft.kind or not isinstance(draft.kind, str):
+        raise ValueError("a ledger event needs a kind")
+    inputs, outputs = _unique(draft.inputs), _unique(draft.outputs)
+    for digest in (*inputs, *outputs):
+        if not is_digest(digest):
+            raise ValueError(f"not a content address: {digest!r} (expected sha256:<64 hex>)")
+    canonical_json(draft.details)  # fails now, not halfway through a transaction
+    return Draft(draft.kind, inputs, outputs, draft.details, draft.actor, draft.time)
+
+
+def _unique(digests: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(digests))
+
+
+def _seal(seq: int, draft: Draft, prev: str, actor: str, time: str) -> LedgerEvent:
+    details = json.loads(canonical_json(draft.details))  # what is stored is what is hashed
+    digest = event_hash(seq, draft.kind, actor, time, draft.inputs, draft.outputs, details, prev)
+    return LedgerEvent(seq, draft.kind, actor, time, tuple(draft.inputs), tuple(draft.outputs), details, prev, digest)
+
+
+def _row(event: LedgerEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq, "kind": event.kind, "actor": event.actor, "time": event.time,
+        "inputs": json.dumps(list(event.inputs)), "outputs": json.dumps(list(event.outputs)),
+        "details": canonical_json(event.details).decode(),
+        "prev_hash": event.prev_hash, "hash": event.hash,
+    }  # fmt: skip
+
+
+def _event(row: Any) -> LedgerEvent:
+    try:
+        inputs, outputs, details = json.loads(row.inputs), json.loads(row.outputs), json.loads(row.details)
+    except (TypeError, ValueError):
+        inputs, outputs, details = [], [], {"unreadable": True}  # verify_chain flags the hash
+    return LedgerEvent(
+        row.seq, row.kind, row.actor, row.time, tuple(inputs), tuple(outputs), details,
+        row.prev_hash, row.hash,
+    )  # fmt: skip
+
+
+def _links_between(conn: sa.Connection, first: int, last: int) -> dict[int, set[tuple[str, str]]]:
+    rows = conn.execute(
+        sa.select(links_table.c.seq, links_table.c.role, links_table.c.digest).where(
+            links_table.c.seq.between(first, last)
+        )
+    )
+    index: dict[int, set[tuple[str, str]]] = {}
+    for seq, role, digest in rows:
+        index.setdefault(seq, set()).add((role, digest))
+    return index
+
+
+def _link_problem(
+    event: LedgerEvent, prev_seq: int, prev_hash: str, indexed: set[tuple[str, str]]
+) -> str | None:
+    if event.seq != prev_seq + 1:
+        missing = prev_seq + 1 if event.seq - prev_seq == 2 else f"{prev_seq + 1}-{event.seq - 1}"
+        return f"event #{missing} is missing (#{prev_seq} is followed by #{event.seq}): events were deleted"
+    if event.prev_hash != prev_hash:
+        return (
+            f"it does not follow #{prev_seq}: it records the previous hash {event.prev_hash[:16]}…, "
+            f"but #{prev_seq} hashes to {prev_hash[:16]}… (#{prev_seq} was altered or replaced, "
+            "or this event was inserted)"
+        )
+    if event.computed_hash() != event.hash:
+        return (
+            "its content no longer matches its hash (the event was edited, or moved from "
+            "another position)"
+        )
+    expected = {("in", d) for d in event.inputs} | {("out", d) for d in event.outputs}
+    if indexed != expected:
+        return "the lineage index does not match the event's inputs and outputs (the index was edited)"
+    return None
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _display_url(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return url
