@@ -332,7 +332,7 @@ class Ledger:
             return ChainReport(False, count, prev_hash, stray, "the lineage index names an event that does not exist")
         if (head.seq, head.hash) != (prev_seq, prev_hash):
             return ChainReport(
-                False, count, prev_hash, prev_seq + 1,
+                False, count, prev_hash, min(head.seq, prev_seq) + 1,
                 f"the ledger head records #{head.seq} but the last event is #{prev_seq}: "
                 "events at the end were deleted or added behind the ledger's back",
             )  # fmt: skip

@@ -1,0 +1,141 @@
+"""The command line as a user types it (Typer's runner), and the front door's speed budget."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conveyor.cli import app
+from pipelines.datasets import dvc_recorded_md5
+from registry.digests import file_digest
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+def conveyor(project: Path | None, *args: str):
+    prefix = ["--config", str(project / "conveyor.yaml")] if project else []
+    return runner.invoke(app, [*prefix, *args])
+
+
+def test_help_lists_the_commands() -> None:
+    result = conveyor(None, "--help")
+    assert result.exit_code == 0
+    for command in ("demo", "lineage", "audit", "version", "config"):
+        assert command in result.stdout
+
+
+def test_help_imports_no_heavy_library() -> None:
+    probe = (
+        "import sys\n"
+        "from conveyor.cli import main\n"
+        "sys.argv = ['conveyor', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ['pandas', 'numpy', 'sqlalchemy', 'pydantic', 'mlflow', 'prefect', 'dvc', 'feast',\n"
+        "         'great_expectations', 'bentoml', 'evidently', 'sklearn', 'model_signing', 'yaml']\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in out
+
+
+def test_version_names_the_platform_libraries() -> None:
+    result = conveyor(None, "version")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("conveyor ")
+    assert "prefect 3.8" in result.stdout and "mlflow 3." in result.stdout
+
+
+def test_demo_versions_and_records_the_data_then_lineage_and_audit_see_it(demo_project: Path) -> None:
+    data = demo_project / "data" / "loans.csv"
+    data.unlink()  # the demo rebuilds a missing file
+    result = conveyor(demo_project, "demo")
+    assert result.exit_code == 0, result.output
+    assert "data/loans.csv: generated" in result.stdout and "recorded as event #1" in result.stdout
+    assert file_digest(data) in result.stdout
+
+    again = conveyor(demo_project, "demo")
+    assert again.exit_code == 0
+    assert "already recorded as event #1" in again.stdout
+
+    shown = conveyor(demo_project, "lineage", str(data))
+    assert shown.exit_code == 0, shown.output
+    assert "#1 dataset.versioned" in shown.stdout and "path=data/loans.csv" in shown.stdout
+
+    as_json = json.loads(conveyor(demo_project, "lineage", file_digest(data), "--up", "--json").stdout)
+    assert [e["kind"] for e in as_json["upstream"]["events"]] == ["dataset.versioned"]
+
+    audit = conveyor(demo_project, "audit", "--ledger")
+    assert audit.exit_code == 0 and "Ledger intact: 2 events" in audit.stdout
+
+
+def test_demo_under_dvc_reproduces_the_recorded_version(demo_project: Path) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=demo_project, check=True)
+    for path in demo_project.glob("data/*.csv"):
+        path.unlink()
+    result = conveyor(demo_project, "demo")
+    assert result.exit_code == 0, result.output
+    for name in ("loans.csv", "loans_drift.csv"):
+        assert dvc_recorded_md5(demo_project / "data" / name) == dvc_recorded_md5(REPO / "data" / name)
+
+
+def test_demo_refuses_data_that_differs_from_the_dvc_record(demo_project: Path) -> None:
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=demo_project, check=True)
+    assert conveyor(demo_project, "demo").exit_code == 0
+    data = demo_project / "data" / "loans.csv"
+    data.write_bytes(data.read_bytes().replace(b",0\n", b",1\n", 5))
+    result = conveyor(demo_project, "demo")
+    assert result.exit_code == 1
+    assert "has changed since DVC recorded it" in result.stderr and "dvc checkout" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_audit_names_the_broken_link(demo_project: Path, tmp_path: Path) -> None:
+    assert conveyor(demo_project, "demo").exit_code == 0
+    with sqlite3.connect(tmp_path / ".conveyor" / "ledger.db") as conn:
+        conn.execute("UPDATE ledger_events SET actor = 'mallory' WHERE seq = 1")
+    result = conveyor(demo_project, "audit", "--ledger")
+    assert result.exit_code == 1
+    assert "broken at event #1" in result.stderr and "no longer matches its hash" in result.stderr
+    as_json = json.loads(conveyor(demo_project, "audit", "--ledger", "--json").stdout)
+    assert as_json["ok"] is False and as_json["broken_at"] == 1
+
+
+def test_lineage_of_unknown_things_says_so(demo_project: Path) -> None:
+    stranger = demo_project / "stranger.txt"
+    stranger.write_text("never recorded")
+    result = conveyor(demo_project, "lineage", str(stranger))
+    assert result.exit_code == 1 and "has no event that names" in result.stderr
+    garbage = conveyor(demo_project, "lineage", "no/such/file.csv")
+    assert garbage.exit_code == 1 and "neither a file nor a sha256 digest" in garbage.stderr
+
+
+def test_config_check_reports_a_bad_config_in_one_paragraph(demo_project: Path) -> None:
+    config = demo_project / "conveyor.yaml"
+    config.write_text(config.read_text().replace("target: defaulted", "target: default"))
+    result = conveyor(demo_project, "config", "check")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ")
+    assert "'default' (did you mean 'defaulted'?)" in result.stderr
+    assert result.stderr.strip().count("\n") == 0  # one paragraph
+    assert "Traceback" not in result.output
+
+
+def test_config_check_summarises_a_good_config(demo_project: Path) -> None:
+    result = conveyor(demo_project, "config", "check")
+    assert result.exit_code == 0, result.output
+    assert "loan-default (classification)" in result.stdout
+    assert "10 numeric, 4 categorical" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["audit"], ["lineage", "sha256:" + "0" * 64]])
+def test_usage_mistakes_are_errors_not_tracebacks(demo_project: Path, args: list[str]) -> None:
+    result = conveyor(demo_project, *args)
+    assert result.exit_code != 0
+    assert result.stderr.startswith("Error: ")
