@@ -165,6 +165,7 @@ class Ledger:
         self.url = url
         self.actor = actor
         self._engine = _make_engine(url)
+        self._reader: sa.Connection | None = None
         with self._guard("open"):
             self._ensure_schema()
 
@@ -244,7 +245,7 @@ class Ledger:
         """The events with these sequence numbers, in sequence order (unknown ones skipped)."""
         wanted = sorted(set(seqs))
         found: list[LedgerEvent] = []
-        with self._guard("read"), self._engine.connect() as conn:
+        with self._guard("read"), self.reading() as conn:
             for chunk in _chunks(wanted, 500):
                 rows = conn.execute(
                     sa.select(events_table).where(events_table.c.seq.in_(chunk)).order_by(events_table.c.seq)
@@ -255,7 +256,7 @@ class Ledger:
     def seqs_linked(self, digests: Iterable[str], role: str) -> dict[str, list[int]]:
         """For each digest, the events that name it as an input (``"in"``) or output (``"out"``)."""
         hits: dict[str, list[int]] = {}
-        with self._guard("read"), self._engine.connect() as conn:
+        with self._guard("read"), self.reading() as conn:
             for chunk in _chunks(sorted(set(digests)), 500):
                 rows = conn.execute(
                     sa.select(links_table.c.digest, links_table.c.seq).where(
@@ -296,6 +297,19 @@ class Ledger:
             for row in rows:
                 yield _event(row)
             after = rows[-1].seq
+
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """One connection and one consistent snapshot for several reads (e.g. a lineage walk)."""
+        if self._reader is not None:
+            yield self._reader
+            return
+        with self._engine.connect() as conn, conn.begin():
+            self._reader = conn
+            try:
+                yield conn
+            finally:
+                self._reader = None
 
     # -- checking ----------------------------------------------------------------------------
 

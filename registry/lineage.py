@@ -49,6 +49,11 @@ class Lineage:
 
 def walk(ledger: Ledger, root: str, direction: Direction, depth: int | None = None) -> Lineage:
     """Breadth-first walk from ``root``; ``depth`` counts events along a path (None: no limit)."""
+    with ledger.reading():  # one connection, one snapshot, however deep the walk
+        return _walk(ledger, root, direction, depth)
+
+
+def _walk(ledger: Ledger, root: str, direction: Direction, depth: int | None) -> Lineage:
     upstream_walk = direction == "upstream"
     role = "out" if upstream_walk else "in"
     frontier, seen_digests = {root}, {root}

@@ -1,0 +1,13 @@
+"""Every benchmark, one after the other (`make bench`). Each prints its own baseline and ratios."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+for script in ("cli_startup.py", "ledger.py"):
+    print(f"\n### {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)
