@@ -1,0 +1,1 @@
+"""Drift and quality checks over the inference log, and the retraining trigger."""

@@ -1,0 +1,1 @@
+"""The model service: champion and canary behind one endpoint, verified loading, the inference log."""
