@@ -11,7 +11,7 @@ import os
 
 from conveyor.settings import Settings, get_settings
 
-__all__ = ["TELEMETRY_OFF", "bootstrap", "tool_environment"]
+__all__ = ["TELEMETRY_OFF", "bootstrap", "quiet_libraries", "tool_environment"]
 
 # Verified switches (see LIBRARIES.md): each tool reports otherwise on import, serve or CLI.
 TELEMETRY_OFF: dict[str, str] = {
@@ -36,7 +36,26 @@ def tool_environment(settings: Settings) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "BENTOML_HOME": str(home / "bentoml"),
         "GX_HOME": str(home / "gx"),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "TQDM_DISABLE": "1",
     }
+
+
+# Libraries whose log lines and warnings are theirs to fix, not the user's: a command prints its
+# own summary, and refusals arrive as one ConveyorError paragraph.
+_CHATTY_LOGGERS = ("prefect", "mlflow", "great_expectations", "feast", "dvc", "alembic", "py.warnings",
+                   "bentoml", "evidently", "urllib3", "httpx")  # fmt: skip
+
+
+def quiet_libraries() -> None:
+    """Keep third-party warnings and INFO logs off the terminal (the command line calls this)."""
+    import logging
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def bootstrap(settings: Settings | None = None) -> Settings:

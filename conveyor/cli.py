@@ -56,6 +56,10 @@ config_app = typer.Typer(
     cls=_Group, help="Check the project config (conveyor.yaml).", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(config_app, name="config")
+expectations_app = typer.Typer(
+    cls=_Group, help="Write and review the data's expectation suite.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(expectations_app, name="expectations")
 
 
 @app.callback()
@@ -71,12 +75,14 @@ def _root(
 
 def _settings(ctx: typer.Context) -> Settings:
     """The settings, with ``--config`` first in line; runs the bootstrap before heavy imports."""
-    from conveyor.bootstrap import bootstrap
+    from conveyor.bootstrap import bootstrap, quiet_libraries
     from conveyor.settings import configure
 
     root = ctx.find_root()
     config = (root.obj or {}).get("config")
-    return bootstrap(configure(project_file=config))
+    settings = bootstrap(configure(project_file=config))
+    quiet_libraries()
+    return settings
 
 
 def _ledger(settings: Settings) -> Ledger:
@@ -138,6 +144,58 @@ def demo(ctx: typer.Context) -> None:
     _out()
     _out(f"Next: `conveyor lineage {first}` shows the dataset's history;")
     _out("      `conveyor audit --ledger` checks every link of the ledger.")
+
+
+@expectations_app.command("init")
+def expectations_init(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Data file to learn from (default: the config's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing suite.")] = False,
+) -> None:
+    """Write a starter suite from the config and the data, to review and tighten by hand."""
+    from pipelines.data import read_data
+    from pipelines.validate import starter_suite, suite_path
+    from policies.errors import ConveyorError
+    from policies.project import load_project
+
+    settings = _settings(ctx)
+    project = load_project(settings.project_file)
+    target = suite_path(project, settings.project_root)
+    if target.exists() and not force:
+        raise ConveyorError(f"{target} already exists.", hint="Edit it, or pass --force to replace it.")
+    suite = starter_suite(project, read_data((data or project.data).absolute(), project))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(suite, indent=2) + "\n")
+    _out(f"Wrote {len(suite['expectations'])} expectations to {target}; review them before relying on them.")
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Train on this file instead of the config's `data`.")] = None,
+) -> None:
+    """Validate, build features, train, evaluate, sign and register a model (a Prefect flow)."""
+    from pipelines.training import TrainingRequest, training_flow
+
+    settings = _settings(ctx)
+    request = TrainingRequest(
+        config_file=str(settings.project_file), root=str(settings.project_root), home=str(settings.home),
+        ledger_url=str(settings.ledger_url), actor=settings.actor, data=str(data.absolute()) if data else None,
+    )  # fmt: skip
+    outcome = training_flow(request)
+    _out(f"Registered {outcome.name} version {outcome.version} as @{outcome.alias} (signed, provenance verified).")
+    _out(f"  model    {outcome.model_digest}")
+    _out(f"  version  {outcome.version_digest}")
+    _out(f"  data     {outcome.data_digest}  ({outcome.rows_out:,} of {outcome.rows_in:,} rows joined)")
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
+    _out(f"  holdout  {metrics}")
+    if outcome.champion_metrics:
+        champion = ", ".join(f"{k} {v:.4f}" for k, v in outcome.champion_metrics.items())
+        _out(f"  champion v{outcome.champion_version}: {champion}")
+    for check in outcome.behaviour:
+        _out(f"  behaviour {check['feature']} +{check['delta']:g} -> {check['direction']}: {check['share']:.0%} of rows")
+    _out(f"  report   {outcome.validation_report}")
+    _out(f"Next: `conveyor lineage {outcome.version_digest}` walks back to the data.")
 
 
 @app.command()

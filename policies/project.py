@@ -18,8 +18,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policies.errors import ConfigInvalid, DataInvalid
 
-__all__ = ["EstimatorSpec", "Features", "ProjectConfig", "SplitSpec", "load_project", "read_columns"]
+__all__ = [
+    "LOWER_IS_BETTER",
+    "METRICS",
+    "DirectionalCheck",
+    "EstimatorSpec",
+    "Features",
+    "ProjectConfig",
+    "SplitSpec",
+    "load_project",
+    "read_columns",
+]
 
+
+
+# The holdout metrics each task reports; the first is the default ranking metric.
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": ("roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"),
+    "regression": ("rmse", "mae", "r2"),
+}
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 
 
 class _Strict(BaseModel):
@@ -93,6 +111,15 @@ class SplitSpec(_Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class DirectionalCheck(_Strict):
+    """Raising ``feature`` by ``delta`` should move the prediction ``direction`` (up or down)."""
+
+    feature: str
+    direction: Literal["increase", "decrease"]
+    delta: float
+    min_share: float = Field(0.9, gt=0, le=1)  # of holdout rows that must move that way (or stay)
+
+
 class ProjectConfig(_Strict):
     """A project: its data, columns, task and estimator."""
 
@@ -105,6 +132,9 @@ class ProjectConfig(_Strict):
     features: Features
     estimator: EstimatorSpec
     split: SplitSpec = SplitSpec()
+    feature_ttl_days: int = Field(365, gt=0)  # how far back a feature value may come from
+    behaviour: list[DirectionalCheck] = []  # behavioural checks on the trained model
+    metric: str | None = None  # the metric that ranks models; default by task
     settings: dict[str, Any] = {}  # read by conveyor's settings, not here
     source: Path | None = Field(None, exclude=True)  # the file this was read from
 
@@ -115,12 +145,23 @@ class ProjectConfig(_Strict):
         keys = {"entity_key": self.entity_key, "event_timestamp": self.event_timestamp, "target": self.target}
         named = list(keys.values()) + list(self.features.all)
         twice = sorted({c for c in named if named.count(c) > 1})
+        numeric = set(self.features.numeric)
+        for check in self.behaviour:
+            if check.feature not in numeric:
+                raise ValueError(f"behaviour check on {check.feature!r}: directional checks need a numeric feature")
+        if self.metric is not None and self.metric not in METRICS[self.task]:
+            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS[self.task])} for {self.task}")
         if twice:
             raise ValueError(
                 f"column(s) {', '.join(map(repr, twice))} named more than once: the entity key, event "
                 "timestamp, target and each feature must be different columns"
             )
         return self
+
+    @property
+    def ranking_metric(self) -> str:
+        """The metric that says which of two models is better."""
+        return self.metric or METRICS[self.task][0]
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -201,7 +242,7 @@ def _describe(exc: ValidationError, path: Path) -> str:
         if kind == "missing":
             problems.append(f"`{where}` is missing")
         elif kind == "extra_forbidden":
-            close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_FIELDS | {"numeric", "categorical", "class", "params", "method", "test_fraction"}), n=1)
+            close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_FIELDS | {"numeric", "categorical", "class", "params", "method", "test_fraction", "feature", "direction", "delta", "min_share"}), n=1)
             problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
         else:
             got = error.get("input")

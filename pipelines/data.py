@@ -1,0 +1,53 @@
+"""Reading a project's data file: CSV or Parquet in, a DataFrame with a UTC event time out.
+
+Only what cannot be expressed as an expectation is refused here (an unreadable, empty or
+non-UTF-8 file, unparseable timestamps); everything else is the validation stage's job, so
+that its report names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from policies.errors import DataInvalid
+from policies.project import ProjectConfig, read_columns
+
+__all__ = ["read_data"]
+
+
+def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
+    """The columns ``config`` names from ``path``, with the event timestamp parsed to UTC."""
+    if not path.is_file():
+        raise DataInvalid(
+            f"No data file at {path}.",
+            hint="Check `data` in the project config or --data; `dvc pull` (or `conveyor demo`) "
+            "fetches the demo's data.",
+        )
+    config.check_columns(read_columns(path))  # also refuses empty and non-UTF-8 files
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            frame = pd.read_parquet(path, columns=list(config.columns))
+        else:
+            frame = pd.read_csv(path, usecols=list(config.columns), encoding="utf-8", low_memory=False)
+    except UnicodeDecodeError:
+        raise DataInvalid(f"{path} is not UTF-8 text past its header.", hint="Re-export the file as UTF-8 CSV.") from None
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataInvalid(f"Cannot parse {path}: {detail}.", hint="Check the file is well-formed CSV or Parquet.") from None
+    frame = frame[list(config.columns)]
+    frame[config.event_timestamp] = _parse_times(frame[config.event_timestamp], config.event_timestamp, path)
+    return frame
+
+
+def _parse_times(values: pd.Series, column: str, path: Path) -> pd.Series:
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        examples = ", ".join(repr(v) for v in values[bad].astype(str).unique()[:3])
+        raise DataInvalid(
+            f"{int(bad.sum())} value(s) of `{column}` in {path} are not timestamps, e.g. {examples}.",
+            hint="Use ISO 8601 times such as 2026-01-31T12:00:00Z.",
+        )
+    return parsed

@@ -1,0 +1,110 @@
+"""Evaluation: holdout metrics, the champion on the same holdout, and behavioural checks.
+
+A behavioural check perturbs one numeric feature of every holdout row and asks whether the
+prediction moves the way the config says it should (e.g. more debt, more risk). A model that
+fails one is not signed or registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from policies.project import ProjectConfig
+from pipelines.train import features_frame
+
+__all__ = ["BehaviourResult", "Evaluation", "behaviour_checks", "evaluate_model", "holdout_metrics", "score"]
+
+_BEHAVIOUR_ROWS = 2_000
+
+
+@dataclass(frozen=True)
+class BehaviourResult:
+    feature: str
+    direction: str
+    delta: float
+    share: float  # of rows that moved the expected way or stayed
+    mean_change: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the candidate did on the holdout, and how the champion did on the same rows."""
+
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    champion_version: str | None
+    behaviour: list[BehaviourResult] = field(default_factory=list)
+    holdout_rows: int = 0
+
+    @property
+    def behaviour_passed(self) -> bool:
+        return all(b.passed for b in self.behaviour)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "behaviour_passed": self.behaviour_passed}
+
+
+def score(model: Any, config: ProjectConfig, features: pd.DataFrame) -> np.ndarray:
+    """The model's risk score per row: P(positive class) for binary classification, else the prediction."""
+    if config.task == "classification":
+        proba = model.predict_proba(features)
+        return proba[:, 1] if proba.shape[1] == 2 else proba
+    return np.asarray(model.predict(features), dtype=float)
+
+
+def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> dict[str, float]:
+    """The task's metrics (``policies.project.METRICS``) of ``model`` on ``holdout``."""
+    from sklearn import metrics as m
+
+    x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
+    if config.task == "regression":
+        predicted = score(model, config, x)
+        return {"rmse": float(np.sqrt(m.mean_squared_error(y, predicted))), "mae": float(m.mean_absolute_error(y, predicted)),
+                "r2": float(m.r2_score(y, predicted))}  # fmt: skip
+    proba, labels = model.predict_proba(x), model.predict(x)
+    out = {"accuracy": float(m.accuracy_score(y, labels)), "log_loss": float(m.log_loss(y, proba, labels=model.classes_))}
+    if proba.shape[1] == 2:
+        positive = proba[:, 1]
+        out |= {"roc_auc": float(m.roc_auc_score(y, positive)), "average_precision": float(m.average_precision_score(y, positive)),
+                "f1": float(m.f1_score(y, labels, pos_label=model.classes_[1])), "brier": float(m.brier_score_loss(y, positive, pos_label=model.classes_[1]))}  # fmt: skip
+    else:
+        out |= {"roc_auc": float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)),
+                "f1": float(m.f1_score(y, labels, average="macro"))}  # fmt: skip
+    return out
+
+
+def behaviour_checks(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> list[BehaviourResult]:
+    """Run the config's directional checks on up to 2,000 holdout rows."""
+    if not config.behaviour:
+        return []
+    rows = holdout.sample(n=min(_BEHAVIOUR_ROWS, len(holdout)), random_state=0)
+    base_x = features_frame(config, rows)
+    base = score(model, config, base_x)
+    results = []
+    for check in config.behaviour:
+        moved_x = base_x.copy()
+        moved_x[check.feature] = moved_x[check.feature] + check.delta
+        change = score(model, config, moved_x) - base
+        signed = change if check.direction == "increase" else -change
+        share = float(np.mean(signed >= -1e-9))
+        mean_change = float(np.mean(change))
+        results.append(BehaviourResult(check.feature, check.direction, check.delta, share, mean_change,
+                                       passed=share >= check.min_share and float(np.mean(signed)) > 0))  # fmt: skip
+    return results
+
+
+def evaluate_model(model: Any, config: ProjectConfig, holdout: pd.DataFrame, champion: tuple[str, Any] | None) -> Evaluation:
+    """Holdout metrics for the candidate and (if there is one) the champion, plus behaviour checks."""
+    champion_metrics = holdout_metrics(champion[1], config, holdout) if champion else None
+    return Evaluation(
+        metrics=holdout_metrics(model, config, holdout),
+        champion_metrics=champion_metrics,
+        champion_version=champion[0] if champion else None,
+        behaviour=behaviour_checks(model, config, holdout),
+        holdout_rows=len(holdout),
+    )

@@ -1,0 +1,65 @@
+"""Signing: a Sigstore bundle over the model's files and a signed provenance statement beside it.
+
+The model is fetched from MLflow exactly as the registry will later serve it, signed there, and
+the two signature files are uploaded into the model's own artifacts under ``conveyor/``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.digests import file_digest
+from registry.keys import SigningKey
+from registry.provenance import Material, build_statement, sign_statement
+from registry.signing import BUNDLE, PROVENANCE, model_digest, sign_model
+
+__all__ = ["CodeState", "SignedModel", "code_state", "sign_and_attest"]
+
+
+@dataclass(frozen=True)
+class CodeState:
+    commit: str  # "unknown" outside a git work tree
+    dirty: bool | None
+
+
+@dataclass(frozen=True)
+class SignedModel:
+    model_dir: Path  # the signed local copy
+    files: dict[str, str]
+    model_digest: str
+    bundle_digest: str
+    provenance_digest: str
+    key_fingerprint: str
+
+
+def code_state(root: Path) -> CodeState:
+    """The commit the code is at and whether the work tree has uncommitted changes."""
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return CodeState("unknown", None)
+    return CodeState(commit, bool(git("status", "--porcelain", "--untracked-files=no")))
+
+
+def sign_and_attest(
+    model_dir: Path, files: dict[str, str], model_id: str, key: SigningKey, *,
+    materials: list[Material], parameters: dict[str, Any], run: dict[str, Any],
+) -> SignedModel:  # fmt: skip
+    """Sign the model fetched into ``model_dir`` (whose files are ``files``) and attach bundle
+    and provenance to the MLflow model ``model_id``."""
+    from mlflow import MlflowClient
+
+    bundle = sign_model(model_dir, key.private_path)
+    statement = build_statement(files, materials, parameters, run)
+    provenance = sign_statement(statement, key.private_key(), model_dir / PROVENANCE)
+    MlflowClient().log_model_artifacts(model_id, str(model_dir / BUNDLE.parent), artifact_path=BUNDLE.parent.as_posix())
+    return SignedModel(model_dir, files, model_digest(files), file_digest(bundle), file_digest(provenance), key.fingerprint)

@@ -1,0 +1,315 @@
+"""The training flow: version → validate → features → train → evaluate → sign → register.
+
+Each stage is a plain function of the stage modules plus the ledger event that records it.
+``run_training`` runs the stages through a ``runner``: directly (tests, benchmarks) or, in
+``training_flow``, each as a Prefect task in a real flow run. Any stage that refuses stops the
+run before anything is registered; the ledger keeps the refusal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.data import read_data
+from pipelines.datasets import DatasetRef, version_dataset
+from pipelines.evaluate import Evaluation, evaluate_model
+from pipelines.features import FeatureSet, build_training_set, feature_spec, materialize, open_store
+from pipelines.register import register_verified
+from pipelines.sign import SignedModel, code_state, sign_and_attest
+from registry.models import fetch_model
+from registry.signing import model_digest, model_files
+from pipelines.train import TrainedModel, train_model
+from pipelines.validate import ValidationResult, suite_path, validate_data
+from policies.errors import DataInvalid, GateFailed, ValidationFailed
+from policies.project import ProjectConfig, load_project, read_columns
+from registry.digests import canonical_json, file_digest, json_digest
+from registry.keys import load_or_create_key
+from registry.ledger import Ledger, utc_now
+from registry.provenance import Material
+
+__all__ = ["TrainingOutcome", "TrainingRequest", "run_training", "training_flow"]
+
+Runner = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """Everything a training run needs, as plain values (Prefect flow parameters)."""
+
+    config_file: str
+    root: str
+    home: str
+    ledger_url: str
+    actor: str
+    data: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """What a successful run produced."""
+
+    name: str
+    version: str
+    alias: str
+    version_digest: str
+    model_digest: str
+    data_digest: str
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    champion_version: str | None
+    run_id: str
+    validation_report: str
+    data_docs: str | None
+    rows_in: int
+    rows_out: int
+    behaviour: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """The state one run carries from stage to stage."""
+
+    request: TrainingRequest
+    config: ProjectConfig
+    ledger: Ledger
+    started: str
+
+    @property
+    def root(self) -> Path:
+        return Path(self.request.root)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.request.home)
+
+
+def _direct(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return function(*args, **kwargs)
+
+
+def run_training(request: TrainingRequest, runner: Runner = _direct) -> TrainingOutcome:
+    """Run every stage in order through ``runner``; raises the first stage's refusal."""
+    config = _load(request)
+    with Ledger(request.ledger_url, actor=request.actor) as ledger:
+        run = _Run(request, config, ledger, utc_now())
+        data: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
+        frame = runner("read", read_data, config.data, config)
+        validation: ValidationResult = runner("validate", _validate, run, data, frame)
+        features: FeatureSet = runner("features", _features, run, data, validation, frame)
+        trained: _Trained = runner("train", _train, run, data, features)
+        evaluation: Evaluation = runner("evaluate", _evaluate, run, features, trained)
+        signed: SignedModel = runner("sign", _sign, run, data, validation, features, trained)
+        return runner("register", _register, run, data, trained, evaluation, signed, validation, features)
+
+
+def training_flow(request: TrainingRequest) -> TrainingOutcome:
+    """The same run as a Prefect flow, each stage a task (imports Prefect on first call)."""
+    return _prefect_flow()(request)
+
+
+def _prefect_flow() -> Any:
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return task(function, name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(*args, **kwargs)
+
+    @flow(name="training", validate_parameters=False, log_prints=False)
+    def training(request: TrainingRequest) -> TrainingOutcome:
+        return run_training(request, as_task)
+
+    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
+    return training
+
+
+# -- the stages ------------------------------------------------------------------------------
+
+
+def _load(request: TrainingRequest) -> ProjectConfig:
+    config = load_project(request.config_file)
+    if request.data:
+        data = Path(request.data).absolute()
+        if not data.is_file():
+            raise DataInvalid(f"No data file at {data}.", hint="Check the path given to --data.")
+        config = config.model_copy(update={"data": data})
+        config.check_columns(read_columns(data))
+    return config
+
+
+def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
+    suite = suite_path(run.config, run.root)
+    result = validate_data(frame, run.config, suite, run.home / "reports")
+    run.ledger.append(
+        "data.validated",
+        inputs=[data.digest, result.suite_digest],
+        outputs=[result.digest],
+        details={"success": result.success, "evaluated": result.evaluated, "failed": len(result.failures),
+                 "report": str(result.report), "suite": str(suite)},
+    )  # fmt: skip
+    if not result.success:
+        lines = "; ".join(f.describe() for f in result.failures)
+        raise ValidationFailed(
+            f"{data.path.name} failed {len(result.failures)} of {result.evaluated} expectations: {lines}.",
+            hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). "
+            f"Report: {result.report}" + (f"; Data Docs: {result.docs}" if result.docs else "") + ".",
+        )
+    return result
+
+
+def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> FeatureSet:
+    config = run.config
+    store, view = open_store(config, run.home / "feast", frame, Path(run.request.config_file))
+    features = build_training_set(store, view, config, frame, run.home / "features")
+    materialize(store, frame, config)
+    run.ledger.append(
+        "features.built",
+        inputs=[data.digest, validation.digest, features.spec_digest],
+        outputs=[features.digest],
+        details={"rows_in": features.rows_in, "rows_out": features.rows_out, "dropped": features.dropped,
+                 "training_set": str(features.path), "feature_view": feature_spec(config)["view"]},
+    )  # fmt: skip
+    return features
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """The fitted model, and its files as MLflow stores them (fetched once, signed later)."""
+
+    model: TrainedModel
+    folder: Path
+    files: dict[str, str]
+    digest: str
+
+
+def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
+    tags = {"conveyor.data_digest": data.digest, "conveyor.training_set": features.digest}
+    trained = train_model(
+        run.config, features.frame, data_digest=data.digest, data_path=data.path,
+        training_digest=features.digest, artifact_root=run.home / "mlartifacts", tags=tags,
+    )  # fmt: skip
+    folder = fetch_model(trained.model_uri, run.home / "staging" / trained.model_id)
+    files = model_files(folder)
+    digest = model_digest(files)
+    run.ledger.append(
+        "model.trained",
+        inputs=[features.digest, file_digest(run.request.config_file)],
+        outputs=[digest, *files.values()],
+        details={"run_id": trained.run_id, "model_id": trained.model_id, "estimator": run.config.estimator.class_path,
+                 "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files},
+    )  # fmt: skip
+    return _Trained(trained, folder, files, digest)
+
+
+def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
+    from mlflow import MlflowClient
+
+    model = trained.model
+    evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run.config.model_name))
+    MlflowClient().log_batch(model.run_id, metrics=_metrics(evaluation))
+    report = run.home / "reports" / "evaluation" / f"{run.config.model_name}-{model.run_id}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_bytes(canonical_json(evaluation.to_dict()))
+    failed = [b for b in evaluation.behaviour if not b.passed]
+    run.ledger.append(
+        "model.evaluated",
+        inputs=[trained.digest, features.digest],
+        outputs=[file_digest(report)],
+        details={"metrics": evaluation.metrics, "champion": evaluation.champion_version,
+                 "champion_metrics": evaluation.champion_metrics, "behaviour_passed": not failed,
+                 "holdout_rows": evaluation.holdout_rows, "holdout_from": model.cutoff, "report": str(report)},
+    )  # fmt: skip
+    if failed:
+        reasons = "; ".join(f"raising {b.feature} by {b.delta:g} should {b.direction} the prediction, "
+                            f"but did so for {b.share:.0%} of rows (mean change {b.mean_change:+.4f})" for b in failed)  # fmt: skip
+        raise GateFailed(f"The model failed {len(failed)} behavioural check(s): {reasons}.",
+                         hint="Nothing was signed or registered. Look at the features and estimator, or at the checks under `behaviour` in the project config.")  # fmt: skip
+    return evaluation
+
+
+def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained) -> SignedModel:
+    config, root = run.config, run.root
+    key = load_or_create_key(run.home / "keys")
+    code = code_state(root)
+    lock = root / "uv.lock"
+    materials = [
+        Material(_relative(data.path, root), data.digest),
+        Material(_relative(validation.report, root), validation.digest),
+        Material("feature-definitions", features.spec_digest),
+        Material("training-set", features.digest),
+        Material(_relative(Path(run.request.config_file), root), file_digest(run.request.config_file)),
+        *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
+        *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
+    ]
+    parameters = {"model_name": config.model_name, "task": config.task, "estimator": config.estimator.class_path,
+                  "estimator_params": config.estimator.params, "split": config.split.model_dump(),
+                  "params_digest": json_digest(config.estimator.params), "data": _relative(data.path, root)}  # fmt: skip
+    model = trained.model
+    details = {"invocationId": model.run_id, "startedOn": run.started, "finishedOn": utc_now(),
+               "mlflow_run_id": model.run_id, "mlflow_model_id": model.model_id,
+               "code_commit": code.commit, "code_dirty": code.dirty, "validation_success": validation.success}  # fmt: skip
+    signed = sign_and_attest(trained.folder, trained.files, model.model_id, key, materials=materials, parameters=parameters, run=details)
+    run.ledger.append("model.signed", inputs=[signed.model_digest, data.digest, validation.digest],
+                      outputs=[signed.bundle_digest, signed.provenance_digest],
+                      details={"key": key.fingerprint, "code_commit": code.commit, "code_dirty": code.dirty})  # fmt: skip
+    return signed
+
+
+def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evaluation, signed: SignedModel,
+              validation: ValidationResult, features: FeatureSet) -> TrainingOutcome:  # fmt: skip
+    key = load_or_create_key(run.home / "keys")
+    tags = {"conveyor.data_digest": data.digest, "conveyor.bundle_digest": signed.bundle_digest,
+            "conveyor.provenance_digest": signed.provenance_digest, "conveyor.run_id": trained.model.run_id,
+            "conveyor.validation_digest": validation.digest}  # fmt: skip
+    version, verified = register_verified(run.config.model_name, trained.model.model_uri, key, tags)
+    run.ledger.append(
+        "model.registered",
+        inputs=[verified.model_digest, signed.bundle_digest, signed.provenance_digest],
+        outputs=[version.digest],
+        details={"name": version.name, "version": version.version, "alias": version.alias, "key": key.fingerprint},
+    )
+    return TrainingOutcome(
+        name=version.name, version=version.version, alias=version.alias, version_digest=version.digest,
+        model_digest=verified.model_digest, data_digest=data.digest, metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics, champion_version=evaluation.champion_version,
+        run_id=trained.model.run_id, validation_report=str(validation.report),
+        data_docs=str(validation.docs) if validation.docs else None, rows_in=features.rows_in,
+        rows_out=features.rows_out, behaviour=[asdict(b) for b in evaluation.behaviour],
+    )  # fmt: skip
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _champion(name: str) -> tuple[str, Any] | None:
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    return version.version, mlflow.sklearn.load_model(f"models:/{name}@champion")
+
+
+def _metrics(evaluation: Evaluation) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    found = [Metric(f"holdout_{k}", v, now, 0) for k, v in evaluation.metrics.items()]
+    if evaluation.champion_metrics:
+        found += [Metric(f"champion_{k}", v, now, 0) for k, v in evaluation.champion_metrics.items()]
+    return found
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(Path(path).resolve())
+

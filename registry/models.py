@@ -1,0 +1,75 @@
+"""The model registry (MLflow): fetch a model's files, register a verified version, move aliases.
+
+Registration verifies first and writes nothing if verification fails; if any step after the
+version is created fails, the version is deleted again, so the registry never holds a
+half-registered model.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from policies.errors import RegistryError
+from registry.digests import json_digest
+
+__all__ = ["RegisteredVersion", "fetch_model", "register_version", "version_digest"]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    alias: str
+    digest: str  # content address of (name, version, model digest): the ledger's name for it
+
+
+def version_digest(name: str, version: str, model: str) -> str:
+    """The content address of a registered version: which model, under which name and number."""
+    return json_digest({"registry": "mlflow", "name": name, "version": str(version), "model": model})
+
+
+def fetch_model(model_uri: str, destination: Path | None = None) -> Path:
+    """Download a model's files (``models:/…``) into ``destination`` (a new temp folder by default)."""
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    target = destination or Path(tempfile.mkdtemp(prefix="conveyor-model-"))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+    except Exception as exc:  # MlflowException and storage errors
+        raise RegistryError(f"Could not fetch {model_uri}: {exc}.", hint="Check the MLflow tracking URI and that the model exists.") from None
+
+
+def register_version(name: str, model_uri: str, model: str, tags: dict[str, str], alias: str) -> RegisteredVersion:
+    """Create a version of ``name`` from ``model_uri`` with ``tags`` and point ``alias`` at it."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        version = client.create_model_version(name, model_uri, tags=tags)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow refused to register {name}: {exc.message}.", hint="Check the tracking URI and the model URI.") from None
+    try:
+        client.set_model_version_tag(name, version.version, "conveyor.version_digest", version_digest(name, version.version, model))
+        client.set_registered_model_alias(name, alias, version.version)
+    except Exception as exc:
+        _undo(client, name, version.version)
+        raise RegistryError(f"Registering {name} version {version.version} failed half-way and was undone: {exc}.",
+                            hint="Run the command again.") from None  # fmt: skip
+    return RegisteredVersion(name, str(version.version), alias, version_digest(name, version.version, model))
+
+
+def _undo(client: Any, name: str, version: str) -> None:
+    try:
+        client.delete_model_version(name, version)
+    except Exception:  # noqa: S110 - the original error is the one to report
+        pass
