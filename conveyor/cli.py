@@ -170,19 +170,48 @@ def expectations_init(
 
 
 @app.command()
-def train(
+def validate(
     ctx: typer.Context,
-    data: Annotated[Path | None, typer.Option(help="Train on this file instead of the config's `data`.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Validate this file instead of the config's `data`.")] = None,
+    summary: Annotated[Path | None, typer.Option(help="Also write a JSON summary here (for DVC).")] = None,
 ) -> None:
-    """Validate, build features, train, evaluate, sign and register a model (a Prefect flow)."""
-    from pipelines.training import TrainingRequest, training_flow
+    """Validate the data against its expectation suite; exit 1 naming every failed expectation."""
+    from pipelines.training import validate_only
 
     settings = _settings(ctx)
-    request = TrainingRequest(
+    result = validate_only(_request(settings, data))
+    if summary:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps({"success": result.success, "evaluated": result.evaluated,
+                                       "report": result.digest}, indent=2) + "\n")  # fmt: skip
+    _out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
+    if result.docs:
+        _out(f"Data Docs: {result.docs}")
+
+
+def _request(settings: Settings, data: Path | None):  # noqa: ANN202 - TrainingRequest, imported lazily
+    from pipelines.training import TrainingRequest
+
+    return TrainingRequest(
         config_file=str(settings.project_file), root=str(settings.project_root), home=str(settings.home),
         ledger_url=str(settings.ledger_url), actor=settings.actor, data=str(data.absolute()) if data else None,
     )  # fmt: skip
-    outcome = training_flow(request)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Train on this file instead of the config's `data`.")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the holdout metrics here as JSON (for DVC).")] = None,
+) -> None:
+    """Validate, build features, train, evaluate, sign and register a model (a Prefect flow)."""
+    from pipelines.training import training_flow
+
+    settings = _settings(ctx)
+    outcome = training_flow(_request(settings, data))
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n")
     _out(f"Registered {outcome.name} version {outcome.version} as @{outcome.alias} (signed, provenance verified).")
     _out(f"  model    {outcome.model_digest}")
     _out(f"  version  {outcome.version_digest}")

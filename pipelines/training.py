@@ -32,7 +32,7 @@ from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.provenance import Material
 
-__all__ = ["TrainingOutcome", "TrainingRequest", "run_training", "training_flow"]
+__all__ = ["TrainingOutcome", "TrainingRequest", "run_training", "training_flow", "validate_only"]
 
 Runner = Callable[..., Any]
 
@@ -105,6 +105,15 @@ def run_training(request: TrainingRequest, runner: Runner = _direct) -> Training
         evaluation: Evaluation = runner("evaluate", _evaluate, run, features, trained)
         signed: SignedModel = runner("sign", _sign, run, data, validation, features, trained)
         return runner("register", _register, run, data, trained, evaluation, signed, validation, features)
+
+
+def validate_only(request: TrainingRequest) -> ValidationResult:
+    """Version and validate the data, as the first stages of a run do; raises if it fails."""
+    config = _load(request)
+    with Ledger(request.ledger_url, actor=request.actor) as ledger:
+        run = _Run(request, config, ledger, utc_now())
+        data = version_dataset(config.data, ledger, root=run.root)
+        return _validate(run, data, read_data(config.data, config))
 
 
 def training_flow(request: TrainingRequest) -> TrainingOutcome:
