@@ -194,7 +194,8 @@ def _request(settings: Settings, data: Path | None):  # noqa: ANN202 - TrainingR
 
     return TrainingRequest(
         config_file=str(settings.project_file), root=str(settings.project_root), home=str(settings.home),
-        ledger_url=str(settings.ledger_url), actor=settings.actor, data=str(data.absolute()) if data else None,
+        ledger_url=str(settings.ledger_url), mlflow_tracking_uri=str(settings.mlflow_tracking_uri),
+        actor=settings.actor, data=str(data.absolute()) if data else None,
     )  # fmt: skip
 
 

@@ -50,9 +50,14 @@ def dvc_recorded_md5(path: Path) -> str | None:
 
 
 def version_dataset(
-    path: Path, ledger: Ledger, *, root: Path, details: dict[str, Any] | None = None
+    path: Path, ledger: Ledger, *, root: Path, details: dict[str, Any] | None = None, track: bool = False
 ) -> DatasetRef:
-    """Pin ``path`` in DVC (when ``root`` is a DVC repository) and in the ledger."""
+    """Pin ``path`` in the ledger, refusing content that differs from DVC's record of it.
+
+    With ``track`` (the demo), also put the file under DVC when ``root`` is a DVC repository.
+    Training does not: it may run inside ``dvc repro``, which holds DVC's lock, and adding data
+    to DVC is the data owner's decision (``dvc add``).
+    """
     hashes = file_hashes(path, "md5")
     recorded = dvc_recorded_md5(path)
     if recorded is not None and recorded != hashes["md5"]:
@@ -62,7 +67,7 @@ def version_dataset(
             hint=f"To go back to the recorded version run `dvc checkout {path}`; to make this "
             f"content the new version run `dvc add {path}` and commit the .dvc file.",
         )
-    if (root / ".dvc").is_dir() and not _in_dvc_cache(root, hashes["md5"]):
+    if track and (root / ".dvc").is_dir() and not _in_dvc_cache(root, hashes["md5"]):
         _dvc_add(root, path)
 
     relative = _relative(path, root)
@@ -74,7 +79,8 @@ def version_dataset(
         event = ledger.append(
             DATASET_VERSIONED,
             outputs=[hashes["sha256"]],
-            details={"path": relative, "md5": hashes["md5"], "size": path.stat().st_size, **(details or {})},
+            details={"path": relative, "md5": hashes["md5"], "size": path.stat().st_size,
+                     "dvc": "tracked" if recorded or track else "untracked", **(details or {})},
         )
         new = True
     return DatasetRef(path, hashes["sha256"], hashes["md5"], path.stat().st_size, event.seq, new)

@@ -37,6 +37,6 @@ def prepare_demo_data(root: Path, ledger: Ledger) -> list[DemoDataset]:
             write_csv(frame, path)
             rows = len(frame)
         details = {"demo": name, "generator": "pipelines.demo_data", "seed": spec.seed}
-        ref = version_dataset(path, ledger, root=root, details=details)
+        ref = version_dataset(path, ledger, root=root, details=details, track=True)
         prepared.append(DemoDataset(name, ref, rows is not None, rows))
     return prepared

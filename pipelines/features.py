@@ -5,9 +5,10 @@ local provider, a Parquet file source, a SQLite online store. The training set j
 label row (entity, event time, target) to the latest feature values at or before that time,
 so no value from a label's future can leak into training.
 
-Feast's file offline store silently drops entity rows with no feature value inside the TTL and
-does not keep row order: the join is matched back on (entity, time) and rows in and out are
-counted, so a drop is reported instead of shrinking the training set unnoticed.
+Feast's file offline store silently drops entity rows with no feature value inside the TTL (or
+returns them empty) and does not keep row order: the join is matched back on (entity, time) and
+rows in and out are counted, so a row without features is reported instead of shrinking the
+training set unnoticed.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def build_training_set(store: Any, view: Any, config: ProjectConfig, frame: pd.D
     joined[config.event_timestamp] = pd.to_datetime(joined[config.event_timestamp], utc=True)
     # Feast does not keep order and may drop rows: match back on the keys, in the input's order.
     ordered = labels.merge(joined.drop(columns=[config.target]), on=keys, how="left", indicator=True)
-    present = ordered.pop("_merge") == "both"
+    # A row Feast dropped, or returned with no feature value at all, has nothing to learn from.
+    present = (ordered.pop("_merge") == "both") & ordered[list(config.features.all)].notna().any(axis=1)
     dropped = int((~present).sum())
     training = ordered.loc[present, [*keys, config.target, *config.features.all]].reset_index(drop=True)
     if training.empty:

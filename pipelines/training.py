@@ -45,6 +45,7 @@ class TrainingRequest:
     root: str
     home: str
     ledger_url: str
+    mlflow_tracking_uri: str
     actor: str
     data: str | None = None
 
@@ -140,6 +141,9 @@ def _prefect_flow() -> Any:
 
 
 def _load(request: TrainingRequest) -> ProjectConfig:
+    import mlflow
+
+    mlflow.set_tracking_uri(request.mlflow_tracking_uri)  # this run's registry, whatever the environment says
     config = load_project(request.config_file)
     if request.data:
         data = Path(request.data).absolute()
@@ -303,7 +307,7 @@ def _champion(name: str) -> tuple[str, Any] | None:
         version = MlflowClient().get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None
-    return version.version, mlflow.sklearn.load_model(f"models:/{name}@champion")
+    return str(version.version), mlflow.sklearn.load_model(f"models:/{name}@champion")
 
 
 def _metrics(evaluation: Evaluation) -> list[Any]:

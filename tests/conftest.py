@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def clean_environ(tmp_path: Path) -> Iterator[Path]:
         os.environ.clear()
         os.environ.update(saved)
         conveyor.settings._settings = None
+        if "mlflow" in sys.modules:  # a test's registry must not leak into the next test
+            sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{tmp_path / 'stray-mlflow.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,51 @@
+"""Integration fixtures: a real Prefect API for the session, small projects on real stores."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+SMALL_ROWS = 8_000
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server for every flow run of the session (started once, stopped after)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def small_loans(demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 8,000 demo rows: enough to train and judge a model in seconds."""
+    path = tmp_path_factory.mktemp("small") / "loans.csv"
+    with demo_files["v1"].open() as source, path.open("w") as target:
+        for i, line in enumerate(source):
+            if i > SMALL_ROWS:
+                break
+            target.write(line)
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, small_loans: Path) -> Path:
+    """The demo project (config, expectation suite) on the small data, with its stores in tmp_path."""
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "policies" / "expectations").mkdir(parents=True)
+    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copy(REPO / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations")
+    shutil.copy(small_loans, root / "data" / "loans.csv")
+    return root
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
