@@ -125,9 +125,13 @@ def config_check(ctx: typer.Context) -> None:
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """Run the bundled demo: build and version its data, record it in the ledger."""
+def demo(
+    ctx: typer.Context,
+    data_only: Annotated[bool, typer.Option("--data-only", help="Only build and version the demo data.")] = False,
+) -> None:
+    """Run the bundled demo: build and version its data, then train and register a signed model."""
     from pipelines.demo import prepare_demo_data
+    from pipelines.training import training_flow
 
     settings = _settings(ctx)
     with _ledger(settings) as ledger:
@@ -140,9 +144,13 @@ def demo(ctx: typer.Context) -> None:
         _out(f"  content  {ref.digest}")
         _out(f"  DVC md5  {ref.md5}")
         _out(f"  ledger   {recorded} event #{ref.event}")
-    first = prepared[0].ref.path.relative_to(settings.project_root)
+    if data_only:
+        return
     _out()
-    _out(f"Next: `conveyor lineage {first}` shows the dataset's history;")
+    _out("Training on the first version (validate, features, train, evaluate, sign, register)...")
+    _print_outcome(training_flow(_request(settings, prepared[0].ref.path)))
+    first = prepared[0].ref.path.relative_to(settings.project_root)
+    _out(f"Also: `conveyor lineage {first}` shows what the dataset fed;")
     _out("      `conveyor audit --ledger` checks every link of the ledger.")
 
 
@@ -213,6 +221,10 @@ def train(
     if metrics:
         metrics.parent.mkdir(parents=True, exist_ok=True)
         metrics.write_text(json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n")
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome: Any) -> None:
     _out(f"Registered {outcome.name} version {outcome.version} as @{outcome.alias} (signed, provenance verified).")
     _out(f"  model    {outcome.model_digest}")
     _out(f"  version  {outcome.version_digest}")

@@ -32,7 +32,7 @@ from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.provenance import Material
 
-__all__ = ["TrainingOutcome", "TrainingRequest", "run_training", "training_flow", "validate_only"]
+__all__ = ["TrainingOutcome", "TrainingRequest", "as_task", "run_training", "training_flow", "validate_only"]
 
 Runner = Callable[..., Any]
 
@@ -122,12 +122,19 @@ def training_flow(request: TrainingRequest) -> TrainingOutcome:
     return _prefect_flow()(request)
 
 
-def _prefect_flow() -> Any:
-    from prefect import flow, task
+def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The Prefect runner: run ``function`` as a task named ``name`` of the current flow run.
+
+    Stage inputs (data frames, the ledger) are not hashed for caching: a run always re-runs.
+    """
+    from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return task(function, name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(*args, **kwargs)
+    return task(function, name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(*args, **kwargs)
+
+
+def _prefect_flow() -> Any:
+    from prefect import flow
 
     @flow(name="training", validate_parameters=False, log_prints=False)
     def training(request: TrainingRequest) -> TrainingOutcome:

@@ -36,6 +36,15 @@ def clean_environ(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A temporary Prefect server for every flow run of the session (started once, stopped after)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's data files, generated once per test session."""
     from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
@@ -50,12 +59,13 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def demo_project(tmp_path: Path, demo_files: dict[str, Path]) -> Path:
-    """A copy of the demo project (config and data, no DVC) in ``tmp_path``."""
+    """A copy of the demo project (config, expectation suite and data, no DVC) in ``tmp_path``."""
     from pipelines.demo_data import DEMO_DATASETS
 
     root = tmp_path / "project"
-    root.mkdir()
+    (root / "policies" / "expectations").mkdir(parents=True)
     shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copy(REPO / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations")
     for name, spec in DEMO_DATASETS.items():
         (root / spec.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(demo_files[name], root / spec.path)

@@ -52,17 +52,27 @@ def test_version_names_the_platform_libraries() -> None:
     assert "prefect 3.8" in result.stdout and "mlflow 3." in result.stdout
 
 
-def test_demo_versions_and_records_the_data_then_lineage_and_audit_see_it(demo_project: Path) -> None:
+@pytest.mark.slow
+def test_demo_builds_the_data_and_trains_a_registered_model(prefect_api: None, demo_project: Path) -> None:
     data = demo_project / "data" / "loans.csv"
     data.unlink()  # the demo rebuilds a missing file
     result = conveyor(demo_project, "demo")
     assert result.exit_code == 0, result.output
     assert "data/loans.csv: generated" in result.stdout and "recorded as event #1" in result.stdout
     assert file_digest(data) in result.stdout
+    assert "Registered loan-default version 1 as @candidate" in result.stdout
 
-    again = conveyor(demo_project, "demo")
-    assert again.exit_code == 0
+    again = conveyor(demo_project, "demo")  # a second run works too
+    assert again.exit_code == 0, again.output
     assert "already recorded as event #1" in again.stdout
+    assert "Registered loan-default version 2 as @candidate" in again.stdout
+
+
+def test_demo_data_then_lineage_and_audit_see_it(demo_project: Path) -> None:
+    data = demo_project / "data" / "loans.csv"
+    result = conveyor(demo_project, "demo", "--data-only")
+    assert result.exit_code == 0, result.output
+    assert "Registered" not in result.stdout
 
     shown = conveyor(demo_project, "lineage", str(data))
     assert shown.exit_code == 0, shown.output
@@ -79,7 +89,7 @@ def test_demo_under_dvc_reproduces_the_recorded_version(demo_project: Path) -> N
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=demo_project, check=True)
     for path in demo_project.glob("data/*.csv"):
         path.unlink()
-    result = conveyor(demo_project, "demo")
+    result = conveyor(demo_project, "demo", "--data-only")
     assert result.exit_code == 0, result.output
     for name in ("loans.csv", "loans_drift.csv"):
         assert dvc_recorded_md5(demo_project / "data" / name) == dvc_recorded_md5(REPO / "data" / name)
@@ -87,17 +97,17 @@ def test_demo_under_dvc_reproduces_the_recorded_version(demo_project: Path) -> N
 
 def test_demo_refuses_data_that_differs_from_the_dvc_record(demo_project: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=demo_project, check=True)
-    assert conveyor(demo_project, "demo").exit_code == 0
+    assert conveyor(demo_project, "demo", "--data-only").exit_code == 0
     data = demo_project / "data" / "loans.csv"
     data.write_bytes(data.read_bytes().replace(b",0\n", b",1\n", 5))
-    result = conveyor(demo_project, "demo")
+    result = conveyor(demo_project, "demo", "--data-only")
     assert result.exit_code == 1
     assert "has changed since DVC recorded it" in result.stderr and "dvc checkout" in result.stderr
     assert "Traceback" not in result.output
 
 
 def test_audit_names_the_broken_link(demo_project: Path, tmp_path: Path) -> None:
-    assert conveyor(demo_project, "demo").exit_code == 0
+    assert conveyor(demo_project, "demo", "--data-only").exit_code == 0
     with sqlite3.connect(tmp_path / ".conveyor" / "ledger.db") as conn:
         conn.execute("UPDATE ledger_events SET actor = 'mallory' WHERE seq = 1")
     result = conveyor(demo_project, "audit", "--ledger")

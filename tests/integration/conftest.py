@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tests.conftest import REPO
 
 SMALL_ROWS = 8_000
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A temporary Prefect server for every flow run of the session (started once, stopped after)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +34,3 @@ def project(tmp_path: Path, small_loans: Path) -> Path:
     shutil.copy(REPO / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations")
     shutil.copy(small_loans, root / "data" / "loans.csv")
     return root
-
-
-def read(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path)
