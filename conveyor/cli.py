@@ -56,6 +56,8 @@ config_app = typer.Typer(
     cls=_Group, help="Check the project config (conveyor.yaml).", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(config_app, name="config")
+keys_app = typer.Typer(cls=_Group, help="Manage the project's signing key.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
 expectations_app = typer.Typer(
     cls=_Group, help="Write and review the data's expectation suite.", no_args_is_help=True, rich_markup_mode=None
 )
@@ -238,6 +240,109 @@ def _print_outcome(outcome: Any) -> None:
         _out(f"  behaviour {check['feature']} +{check['delta']:g} -> {check['direction']}: {check['share']:.0%} of rows")
     _out(f"  report   {outcome.validation_report}")
     _out(f"Next: `conveyor lineage {outcome.version_digest}` walks back to the data.")
+
+
+@keys_app.command("init")
+def keys_init(ctx: typer.Context) -> None:
+    """Create the project's signing key pair (EC P-256) if there is none, and show it."""
+    from registry.keys import load_or_create_key
+
+    key = load_or_create_key(_settings(ctx).keys_dir)
+    _out(f"Signing key: {key.private_path} (private, mode 0600)")
+    _out(f"Public key:  {key.public_path}")
+    _out(f"Fingerprint: {key.fingerprint}")
+
+
+@keys_app.command("show")
+def keys_show(ctx: typer.Context) -> None:
+    """Show the project's public key and its fingerprint."""
+    from policies.errors import NotFound
+    from registry.keys import PUBLIC, fingerprint
+
+    public = _settings(ctx).keys_dir / PUBLIC
+    if not public.is_file():
+        raise NotFound(f"No signing key in {public.parent}.", hint="Create one with `conveyor keys init`.")
+    _out(public.read_text().strip())
+    _out(f"Fingerprint: {fingerprint(public.read_bytes())}")
+
+
+def _release(settings: Settings, ledger: Ledger):  # noqa: ANN202 - ReleaseContext, imported lazily
+    import mlflow
+
+    from pipelines.release import ReleaseContext
+    from policies.project import load_project
+
+    mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
+    project = load_project(settings.project_file, check_data=False)
+    return ReleaseContext(settings.project_root, settings.home, project, ledger, settings.project_root / "policies")
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Verify a registered version: signature, provenance, registry tags and ledger, link by link."""
+    from registry.verify import verify_version
+
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger:
+        release = _release(settings, ledger)
+        report = verify_version(ref, release.signing(), root=release.root, keys_dir=settings.keys_dir, ledger=ledger)
+    if as_json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        for link in report.links:
+            _out(f"{'PASS' if link.ok else 'FAIL'}  {link.name:10s} {link.detail}")
+        _out(f"{ref}: {'verified' if report.ok else 'NOT verified'}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS.")],
+    to: Annotated[str, typer.Option("--to", help="canary or champion.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and explain, change nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
+    from pipelines.release import promote as run_promotion
+    from policies.errors import ConveyorError
+
+    if to not in ("canary", "champion"):
+        raise ConveyorError(f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion.")
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger:
+        outcome = run_promotion(_release(settings, ledger), ref, to, dry_run=dry_run)
+    if as_json:
+        _out(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        verdict = "would be promoted" if outcome.dry_run and outcome.decision.ok else (
+            "promoted" if outcome.decision.ok else "refused")  # fmt: skip
+        _out(f"{outcome.name} version {outcome.version} to {to}: {verdict}")
+        for reason in outcome.decision.reasons:
+            _out(f"  - {reason}")
+        if outcome.event:
+            _out(f"  recorded as ledger event #{outcome.event}")
+    if not outcome.decision.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The registered model's name.")],
+) -> None:
+    """Point @champion back at the champion the last promotion replaced."""
+    from pipelines.release import rollback as run_rollback
+
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger:
+        current, previous = run_rollback(_release(settings, ledger), model)
+    _out(f"{model}: champion rolled back from version {current} to version {previous}.")
 
 
 @app.command()

@@ -1,45 +1,39 @@
 """Registration: fetch the model as stored, verify signature and provenance, then register it.
 
 Nothing reaches the registry unverified: the files are downloaded afresh and checked against
-the bundle and the provenance statement with the project's public key.
+the bundle and the provenance statement by a signer the signing policy trusts.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from registry.keys import SigningKey
+from policies.errors import SignatureInvalid
+from policies.signing import SigningPolicy
 from registry.models import RegisteredVersion, fetch_model, register_version
-from registry.provenance import verify_statement
-from registry.signing import PROVENANCE, model_digest, model_files, verify_model
+from registry.verify import VerificationReport, verify_folder
 
-__all__ = ["VerifiedModel", "register_verified", "verify_fetched"]
-
-
-@dataclass(frozen=True)
-class VerifiedModel:
-    files: dict[str, str]
-    model_digest: str
-    statement: dict
+__all__ = ["register_verified"]
 
 
-def verify_fetched(model_dir: Path, key: SigningKey) -> VerifiedModel:
-    """Verify a fetched model folder: signature over every file, provenance subjects = the files."""
-    verify_model(model_dir, key.public_path)
-    files = model_files(model_dir)
-    statement = verify_statement(model_dir / PROVENANCE, key.public_path.read_bytes(), files)
-    return VerifiedModel(files, model_digest(files), statement)
-
-
-def register_verified(name: str, model_uri: str, key: SigningKey, tags: dict[str, str], alias: str = "candidate") -> tuple[RegisteredVersion, VerifiedModel]:
+def register_verified(
+    name: str, model_uri: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, tags: dict[str, str], alias: str = "candidate"
+) -> tuple[RegisteredVersion, VerificationReport]:
     """Verify the model at ``model_uri`` as the registry holds it, then register it under ``alias``."""
     folder = Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
     try:
-        verified = verify_fetched(fetch_model(model_uri, folder), key)
+        report = verify_folder(fetch_model(model_uri, folder), policy, root=root, keys_dir=keys_dir, name=name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    tags = {**tags, "conveyor.model_digest": verified.model_digest, "conveyor.key_fingerprint": key.fingerprint}
-    return register_version(name, model_uri, verified.model_digest, tags, alias), verified
+    failed = report.first_failure
+    if failed is not None:
+        raise SignatureInvalid(f"Refused to register {name}: the {failed.name} check failed: {failed.detail}.",
+                               hint="Nothing was registered. The model changed after signing, or its signer is not trusted.")  # fmt: skip
+    tags = {**tags, "conveyor.model_digest": str(report.model_digest)}
+    if report.signer and report.signer.startswith("sha256:"):
+        tags["conveyor.key_fingerprint"] = report.signer
+    elif report.signer:
+        tags["conveyor.signer_identity"] = report.signer
+    return register_version(name, model_uri, str(report.model_digest), tags, alias), report

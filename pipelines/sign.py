@@ -14,7 +14,8 @@ from typing import Any
 from registry.digests import file_digest
 from registry.keys import SigningKey
 from registry.provenance import Material, build_statement, sign_statement
-from registry.signing import BUNDLE, PROVENANCE, model_digest, sign_model
+from policies.signing import CertificateSigner
+from registry.signing import BUNDLE, PROVENANCE, certificate_identity, model_digest, sign_model, sign_model_with_certificate
 
 __all__ = ["CodeState", "SignedModel", "code_state", "sign_and_attest"]
 
@@ -32,7 +33,7 @@ class SignedModel:
     model_digest: str
     bundle_digest: str
     provenance_digest: str
-    key_fingerprint: str
+    key_fingerprint: str  # or, for a certificate signer, its identity
 
 
 def code_state(root: Path) -> CodeState:
@@ -51,15 +52,29 @@ def code_state(root: Path) -> CodeState:
 
 
 def sign_and_attest(
-    model_dir: Path, files: dict[str, str], model_id: str, key: SigningKey, *,
+    model_dir: Path, files: dict[str, str], model_id: str, signer: SigningKey | CertificateSigner, *,
     materials: list[Material], parameters: dict[str, Any], run: dict[str, Any],
 ) -> SignedModel:  # fmt: skip
-    """Sign the model fetched into ``model_dir`` (whose files are ``files``) and attach bundle
-    and provenance to the MLflow model ``model_id``."""
+    """Sign the model fetched into ``model_dir`` (whose files are ``files``) with the project key
+    or an organisation certificate, and attach bundle and provenance to MLflow model ``model_id``."""
+    from cryptography.hazmat.primitives import serialization
     from mlflow import MlflowClient
 
-    bundle = sign_model(model_dir, key.private_path)
+    if isinstance(signer, SigningKey):
+        bundle = sign_model(model_dir, signer.private_path)
+        private_key, name = signer.private_key(), signer.fingerprint
+    else:
+        bundle = sign_model_with_certificate(model_dir, signer.private_key, signer.certificate, list(signer.chain))
+        private_key = serialization.load_pem_private_key(signer.private_key.read_bytes(), password=None)
+        name = _certificate_name(signer.certificate)
     statement = build_statement(files, materials, parameters, run)
-    provenance = sign_statement(statement, key.private_key(), model_dir / PROVENANCE)
+    provenance = sign_statement(statement, private_key, model_dir / PROVENANCE)
     MlflowClient().log_model_artifacts(model_id, str(model_dir / BUNDLE.parent), artifact_path=BUNDLE.parent.as_posix())
-    return SignedModel(model_dir, files, model_digest(files), file_digest(bundle), file_digest(provenance), key.fingerprint)
+    return SignedModel(model_dir, files, model_digest(files), file_digest(bundle), file_digest(provenance), name)
+
+
+def _certificate_name(path: Path) -> str:
+    from cryptography import x509
+
+    names = certificate_identity(x509.load_pem_x509_certificate(path.read_bytes()))
+    return names[0] if names else "certificate"

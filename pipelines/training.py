@@ -26,7 +26,9 @@ from registry.signing import model_digest, model_files
 from pipelines.train import TrainedModel, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
 from policies.errors import DataInvalid, GateFailed, ValidationFailed
+from policies.loading import load_policy
 from policies.project import ProjectConfig, load_project, read_columns
+from policies.signing import CertificateSigner, SigningPolicy
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
@@ -231,6 +233,8 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     model = trained.model
     evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run.config.model_name))
     MlflowClient().log_batch(model.run_id, metrics=_metrics(evaluation))
+    if evaluation.champion_version:
+        MlflowClient().set_tag(model.run_id, "conveyor.champion_version", evaluation.champion_version)
     report = run.home / "reports" / "evaluation" / f"{run.config.model_name}-{model.run_id}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(canonical_json(evaluation.to_dict()))
@@ -253,7 +257,8 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
 
 def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained) -> SignedModel:
     config, root = run.config, run.root
-    key = load_or_create_key(run.home / "keys")
+    policy = _signing_policy(run)
+    key = load_or_create_key(run.home / "keys") if policy.sign_with == "key" else None
     code = code_state(root)
     lock = root / "uv.lock"
     materials = [
@@ -272,29 +277,30 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
     details = {"invocationId": model.run_id, "startedOn": run.started, "finishedOn": utc_now(),
                "mlflow_run_id": model.run_id, "mlflow_model_id": model.model_id,
                "code_commit": code.commit, "code_dirty": code.dirty, "validation_success": validation.success}  # fmt: skip
-    signed = sign_and_attest(trained.folder, trained.files, model.model_id, key, materials=materials, parameters=parameters, run=details)
+    signer = key if key is not None else _resolve_certificate(policy, root)
+    signed = sign_and_attest(trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details)
     run.ledger.append("model.signed", inputs=[signed.model_digest, data.digest, validation.digest],
                       outputs=[signed.bundle_digest, signed.provenance_digest],
-                      details={"key": key.fingerprint, "code_commit": code.commit, "code_dirty": code.dirty})  # fmt: skip
+                      details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty})  # fmt: skip
     return signed
 
 
 def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evaluation, signed: SignedModel,
               validation: ValidationResult, features: FeatureSet) -> TrainingOutcome:  # fmt: skip
-    key = load_or_create_key(run.home / "keys")
     tags = {"conveyor.data_digest": data.digest, "conveyor.bundle_digest": signed.bundle_digest,
             "conveyor.provenance_digest": signed.provenance_digest, "conveyor.run_id": trained.model.run_id,
-            "conveyor.validation_digest": validation.digest}  # fmt: skip
-    version, verified = register_verified(run.config.model_name, trained.model.model_uri, key, tags)
+            "conveyor.validation_digest": validation.digest, "conveyor.training_set": features.digest}  # fmt: skip
+    version, verified = register_verified(run.config.model_name, trained.model.model_uri, _signing_policy(run),
+                                          root=run.root, keys_dir=run.home / "keys", tags=tags)  # fmt: skip
     run.ledger.append(
         "model.registered",
-        inputs=[verified.model_digest, signed.bundle_digest, signed.provenance_digest],
+        inputs=[str(verified.model_digest), signed.bundle_digest, signed.provenance_digest],
         outputs=[version.digest],
-        details={"name": version.name, "version": version.version, "alias": version.alias, "key": key.fingerprint},
+        details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
     return TrainingOutcome(
         name=version.name, version=version.version, alias=version.alias, version_digest=version.digest,
-        model_digest=verified.model_digest, data_digest=data.digest, metrics=evaluation.metrics,
+        model_digest=str(verified.model_digest), data_digest=data.digest, metrics=evaluation.metrics,
         champion_metrics=evaluation.champion_metrics, champion_version=evaluation.champion_version,
         run_id=trained.model.run_id, validation_report=str(validation.report),
         data_docs=str(validation.docs) if validation.docs else None, rows_in=features.rows_in,
@@ -303,6 +309,20 @@ def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evalua
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _signing_policy(run: _Run) -> SigningPolicy:
+    path = run.root / "policies" / "signing.yaml"
+    return load_policy(path, SigningPolicy) if path.is_file() else SigningPolicy()
+
+
+def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner:
+    assert policy.certificate is not None  # the policy's own check guarantees it
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else root / path
+
+    c = policy.certificate
+    return CertificateSigner(private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain))
 
 
 def _champion(name: str) -> tuple[str, Any] | None:

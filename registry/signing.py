@@ -9,12 +9,26 @@ removed, renamed or changed file fails verification.
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime
 from pathlib import Path
 
 from policies.errors import SignatureInvalid
 from registry.digests import file_digest, json_digest
 
-__all__ = ["BUNDLE", "IGNORED", "PROVENANCE", "model_digest", "model_files", "sign_model", "verify_model"]
+__all__ = [
+    "BUNDLE",
+    "IGNORED",
+    "PROVENANCE",
+    "certificate_identity",
+    "model_digest",
+    "model_files",
+    "sign_model",
+    "sign_model_with_certificate",
+    "verify_model",
+    "verify_model_with_chain",
+]
 
 BUNDLE = Path("conveyor/model.sig")
 PROVENANCE = Path("conveyor/provenance.dsse.json")
@@ -75,3 +89,66 @@ def verify_model(model_dir: Path, public_key: Path) -> None:
             f"The model's signature does not verify: {detail}.",
             hint="The model files were changed after signing, or were signed by another key: do not use this model.",
         ) from None
+
+
+def sign_model_with_certificate(model_dir: Path, private_key: Path, certificate: Path, chain: list[Path]) -> Path:
+    """Sign with an organisation certificate (leaf + chain go into the bundle)."""
+    import model_signing
+
+    bundle = model_dir / BUNDLE
+    bundle.parent.mkdir(exist_ok=True)
+    config = model_signing.signing.Config().use_certificate_signer(
+        private_key=private_key, signing_certificate=certificate, certificate_chain=chain
+    )
+    config.set_hashing_config(_hashing()).sign(model_dir, bundle)
+    return bundle
+
+
+def certificate_identity(certificate) -> list[str]:  # noqa: ANN001 - cryptography's Certificate
+    """The names a certificate vouches for: subject common names and SAN e-mails, URIs and DNS names."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for kind in (x509.RFC822Name, x509.UniformResourceIdentifier, x509.DNSName):
+            names += san.get_values_for_type(kind)
+    except x509.ExtensionNotFound:
+        pass
+    return list(dict.fromkeys(str(n) for n in names))
+
+
+def verify_model_with_chain(model_dir: Path, ca_chain: list[Path], identities: tuple[str, ...], *, now: datetime) -> tuple[str, bytes]:
+    """Verify a certificate-signed model: chain to the CA (model-signing), then what it does not
+    check: the signing leaf is valid ``now`` and names one of the pinned ``identities``.
+    Returns (identity, the leaf's public key as PEM)."""
+    import model_signing
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    bundle = model_dir / BUNDLE
+    material = json.loads(bundle.read_text())["verificationMaterial"]
+    raw = (material.get("x509CertificateChain", {}).get("certificates") or [material.get("certificate")])[0]["rawBytes"]
+    leaf = x509.load_der_x509_certificate(base64.b64decode(raw))
+    if now < leaf.not_valid_before_utc or now > leaf.not_valid_after_utc:
+        raise SignatureInvalid(
+            f"The signer's certificate ({leaf.subject.rfc4514_string()}) is not valid now: valid "
+            f"{leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d}.",
+            hint="Re-sign the model with a current certificate.",
+        )
+    names = certificate_identity(leaf)
+    if not set(names) & set(identities):
+        raise SignatureInvalid(
+            f"The signer's certificate names {', '.join(names) or 'nobody'}, not a pinned identity ({', '.join(identities)}).",
+            hint="Only the identities pinned in policies/signing.yaml may sign models.",
+        )
+    config = model_signing.verifying.Config().use_certificate_verifier(certificate_chain=ca_chain)
+    try:
+        config.set_hashing_config(_hashing()).verify(model_dir, bundle)
+    except Exception as exc:  # model-signing raises ValueError and others
+        detail = " ".join(str(exc).split())[:400]
+        raise SignatureInvalid(f"The model's signature does not verify: {detail}.",
+                               hint="The files changed after signing, or the certificate does not chain to the trusted CA.") from None  # fmt: skip
+    pem = leaf.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return next(n for n in names if n in identities), pem

@@ -1,0 +1,129 @@
+"""The promotion policy (``policies/promotion.yaml``) and the pure decision it drives.
+
+``decide_promotion(candidate, champion, policy)`` looks only at facts gathered beforehand
+(signature verified, validation passed, metrics on one holdout, ...) and returns a ``Decision``
+with every reason; moving aliases and recording the outcome happen elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.project import LOWER_IS_BETTER
+
+__all__ = ["Bound", "Candidate", "Decision", "PromotionPolicy", "decide_promotion"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bound(_Strict):
+    """An absolute limit on one holdout metric."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("give `min`, `max` or both")
+        return self
+
+
+class BeatChampion(_Strict):
+    """The candidate must beat the champion on ``metric`` by at least ``min_delta`` (same holdout)."""
+
+    metric: str
+    min_delta: float = 0.0
+
+
+class Requirements(_Strict):
+    trusted_signature: Literal[True] = True  # not optional: an unverified model is never promoted
+    validation_passed: bool = True
+    clean_tree: bool = False  # provenance must show a committed, clean work tree
+
+
+class PromotionPolicy(_Strict):
+    """What a model must show to be promoted to canary or champion."""
+
+    require: Requirements = Requirements()
+    thresholds: dict[str, Bound] = Field(default_factory=dict)
+    beat_champion: BeatChampion | None = None
+    max_model_size_mb: float | None = Field(None, gt=0)
+    targets: tuple[Literal["canary", "champion"], ...] = ("canary", "champion")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The facts about one model version that the policy judges."""
+
+    name: str
+    version: str
+    signature_verified: bool
+    validation_passed: bool
+    clean_tree: bool | None  # None: not built from a git work tree
+    size_bytes: int
+    metrics: dict[str, float]
+    # The champion's metrics on the candidate's own holdout (None: there is no champion)
+    champion_metrics: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    reasons: list[str] = field(default_factory=list)  # why not, or (when ok) what was checked
+
+
+def decide_promotion(candidate: Candidate, champion: str | None, policy: PromotionPolicy) -> Decision:
+    """Judge ``candidate`` against ``policy`` (and the champion, if ``champion`` names one)."""
+    refusals: list[str] = []
+    passed: list[str] = []
+
+    def check(ok: bool, good: str, bad: str) -> None:
+        (passed if ok else refusals).append(good if ok else bad)
+
+    check(candidate.signature_verified, "signature and provenance verified by a trusted signer",
+          "signature or provenance did not verify against a trusted signer")  # fmt: skip
+    if policy.require.validation_passed:
+        check(candidate.validation_passed, "its data passed validation", "its data did not pass validation")
+    if policy.require.clean_tree:
+        check(candidate.clean_tree is True, "built from a clean, committed work tree",
+              "not built from a clean, committed work tree (provenance records uncommitted changes or no commit)")  # fmt: skip
+    if policy.max_model_size_mb is not None:
+        size_mb = candidate.size_bytes / 1e6
+        check(size_mb <= policy.max_model_size_mb, f"size {size_mb:.2f} MB within {policy.max_model_size_mb:g} MB",
+              f"size {size_mb:.2f} MB exceeds the maximum {policy.max_model_size_mb:g} MB")  # fmt: skip
+    for metric, bound in sorted(policy.thresholds.items()):
+        value = candidate.metrics.get(metric)
+        if value is None:
+            refusals.append(f"metric {metric} was not recorded for this version")
+            continue
+        if bound.min is not None:
+            check(value >= bound.min, f"{metric} {value:.4f} >= {bound.min:g}", f"{metric} {value:.4f} is below the minimum {bound.min:g}")
+        if bound.max is not None:
+            check(value <= bound.max, f"{metric} {value:.4f} <= {bound.max:g}", f"{metric} {value:.4f} is above the maximum {bound.max:g}")
+    if policy.beat_champion is not None:
+        if champion is None:
+            passed.append("no champion yet: nothing to beat")
+        elif champion == candidate.version:
+            refusals.append(f"version {candidate.version} is already the champion")
+        else:
+            _beat(candidate, champion, policy.beat_champion, refusals, passed)
+    return Decision(ok=not refusals, reasons=refusals or passed)
+
+
+def _beat(candidate: Candidate, champion: str, rule: BeatChampion, refusals: list[str], passed: list[str]) -> None:
+    ours = candidate.metrics.get(rule.metric)
+    theirs = (candidate.champion_metrics or {}).get(rule.metric)
+    if ours is None or theirs is None:
+        refusals.append(f"{rule.metric} of the candidate and of champion v{champion} on the same holdout is not known")
+        return
+    gain = theirs - ours if rule.metric in LOWER_IS_BETTER else ours - theirs
+    if gain >= rule.min_delta:
+        passed.append(f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})")
+    else:
+        refusals.append(f"{rule.metric} {ours:.4f} does not beat champion v{champion} ({theirs:.4f}) by {rule.min_delta:g}: change {gain:+.4f}")
