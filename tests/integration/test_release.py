@@ -1,0 +1,268 @@
+"""verify, promote and rollback against a real registry: every tampering is refused, naming the link."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conveyor.cli import app
+from pipelines.training import TrainingRequest, run_training
+from registry.ledger import Ledger
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+NAME = "loan-default"
+
+
+@dataclass(frozen=True)
+class Registry:
+    root: Path
+    home: Path
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    def client(self):  # noqa: ANN201
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.mlflow_uri)
+
+    def artifacts(self, version: str) -> Path:
+        client = self.client()
+        model_id = client.get_model_version(NAME, version).source.split("/")[-1]
+        return Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+
+    def alias(self, alias: str) -> str | None:
+        try:
+            return str(self.client().get_model_version_by_alias(NAME, alias).version)
+        except Exception:
+            return None
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Registry:
+    """Three registered versions: 1 and 2 alike, 3 deliberately worse."""
+    base = tmp_path_factory.mktemp("registry")
+    root, home = base / "project", base / ".conveyor"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(REPO / "policies", root / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copy(small_loans, root / "data" / "loans.csv")
+    config = (REPO / "conveyor.yaml").read_text()
+    reg = Registry(root, home)
+
+    def train() -> None:
+        run_training(TrainingRequest(
+            config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
+            ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=reg.mlflow_uri, actor="trainer",
+        ))  # fmt: skip
+
+    (root / "conveyor.yaml").write_text(config)
+    train()
+    train()
+    (root / "conveyor.yaml").write_text(config.replace("max_iter: 200, learning_rate: 0.08", "max_iter: 3, learning_rate: 0.01"))
+    train()
+    (root / "conveyor.yaml").write_text(config)
+    return reg
+
+
+@pytest.fixture
+def reg(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+    """The registry with no release aliases set, and this test's commands pointed at it."""
+    monkeypatch.setenv("CONVEYOR_HOME", str(registry.home))
+    client = registry.client()
+    for alias in ("champion", "previous-champion", "canary"):
+        try:
+            client.delete_registered_model_alias(NAME, alias)
+        except Exception:
+            pass
+    yield registry
+
+
+def conveyor(reg: Registry, *args: str):
+    return runner.invoke(app, ["--config", str(reg.root / "conveyor.yaml"), *args])
+
+
+def verify_json(reg: Registry, ref: str = f"{NAME}/1") -> dict:
+    result = conveyor(reg, "verify", ref, "--json")
+    return {"exit": result.exit_code, **json.loads(result.stdout)}
+
+
+def failed_link(report: dict) -> tuple[str, str]:
+    link = next(link for link in report["links"] if not link["ok"])
+    return link["name"], link["detail"]
+
+
+@pytest.fixture
+def model_dir(reg: Registry) -> Iterator[Path]:
+    """Version 1's stored files, restored after the test has tampered with them."""
+    folder = reg.artifacts("1")
+    backup = folder.with_name("backup")
+    shutil.copytree(folder, backup)
+    yield folder
+    shutil.rmtree(folder)
+    backup.rename(folder)
+
+
+def test_intact_version_verifies_every_link(reg: Registry) -> None:
+    report = verify_json(reg)
+    assert report["exit"] == 0 and report["ok"] is True
+    assert [link["name"] for link in report["links"]] == ["registry", "files", "signature", "provenance", "tags", "ledger"]
+    by_alias = verify_json(reg, f"{NAME}@candidate")
+    assert by_alias["ok"] and by_alias["version"] == "3"
+
+
+@pytest.mark.parametrize("tamper", [
+    pytest.param(lambda m: (m / "model.skops").write_bytes(b"\x00" + (m / "model.skops").read_bytes()[1:]), id="flipped-byte"),
+    pytest.param(lambda m: (m / "backdoor.py").write_text("import os"), id="added-file"),
+    pytest.param(lambda m: (m / "requirements.txt").unlink(), id="removed-file"),
+    pytest.param(lambda m: (m / "conda.yaml").rename(m / "conda.yml"), id="renamed-file"),
+])  # fmt: skip
+def test_tampered_files_are_refused_at_the_signature(reg: Registry, model_dir: Path, tamper) -> None:  # noqa: ANN001
+    tamper(model_dir)
+    report = verify_json(reg)
+    assert report["exit"] == 1 and report["ok"] is False
+    assert failed_link(report)[0] == "signature"
+
+
+def test_bundle_swapped_from_another_version_is_refused(reg: Registry, model_dir: Path) -> None:
+    shutil.copy(reg.artifacts("2") / "conveyor" / "model.sig", model_dir / "conveyor" / "model.sig")
+    assert failed_link(verify_json(reg))[0] == "signature"
+
+
+def test_edited_provenance_is_refused(reg: Registry, model_dir: Path) -> None:
+    path = model_dir / "conveyor" / "provenance.dsse.json"
+    envelope = json.loads(path.read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["buildDefinition"]["externalParameters"]["data"] = "data/other.csv"
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    path.write_text(json.dumps(envelope))
+    name, detail = failed_link(verify_json(reg))
+    assert name == "provenance" and "signature does not verify" in detail
+
+
+def test_wrong_key_is_refused(reg: Registry) -> None:
+    keys = reg.home / "keys"
+    keys.rename(reg.home / "keys-real")
+    try:
+        conveyor(reg, "keys", "init")  # a new, different project key
+        name, detail = failed_link(verify_json(reg))
+        assert name == "signature" and "no trusted key verifies" in detail
+    finally:
+        shutil.rmtree(keys)
+        (reg.home / "keys-real").rename(keys)
+
+
+def test_registry_tag_edited_after_registration_is_refused(reg: Registry) -> None:
+    client = reg.client()
+    real = client.get_model_version(NAME, "1").tags["conveyor.data_digest"]
+    client.set_model_version_tag(NAME, "1", "conveyor.data_digest", "sha256:" + "0" * 64)
+    try:
+        name, detail = failed_link(verify_json(reg))
+        assert name == "tags" and "conveyor.data_digest" in detail
+    finally:
+        client.set_model_version_tag(NAME, "1", "conveyor.data_digest", real)
+
+
+def test_unknown_version_is_a_usage_error(reg: Registry) -> None:
+    result = conveyor(reg, "promote", f"{NAME}/99", "--to", "canary")
+    assert result.exit_code == 2 and "has no loan-default/99" in result.stderr
+
+
+def promote(reg: Registry, ref: str, target: str, *extra: str) -> tuple[int, dict]:
+    result = conveyor(reg, "promote", ref, "--to", target, "--json", *extra)
+    return result.exit_code, json.loads(result.stdout) if result.stdout.strip() else {"stderr": result.stderr}
+
+
+def test_promotion_moves_aliases_and_rollback_restores_the_former_champion(reg: Registry) -> None:
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    code, outcome = promote(reg, f"{NAME}/2", "champion")
+    assert code == 0 and outcome["previous"] == "1"
+    assert (reg.alias("champion"), reg.alias("previous-champion")) == ("2", "1")
+    result = conveyor(reg, "rollback", NAME)
+    assert result.exit_code == 0 and "from version 2 to version 1" in result.stdout
+    assert (reg.alias("champion"), reg.alias("previous-champion")) == ("1", None)
+    with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
+        events = list(ledger.iter_events())
+        assert ledger.verify_chain().ok
+    promoted = [e for e in events if e.kind == "model.promoted"]
+    assert promoted[-1].details["policy"].endswith("promotion.yaml") and promoted[-1].actor
+    assert events[-1].kind == "model.rolled_back" and events[-1].details == {"name": NAME, "from": "2", "to": "1"}
+
+
+def test_candidate_worse_than_the_champion_is_refused(reg: Registry) -> None:
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    code, outcome = promote(reg, f"{NAME}/3", "champion")
+    assert code == 1 and outcome["ok"] is False
+    assert any("does not beat champion v1" in r for r in outcome["reasons"])
+    assert reg.alias("champion") == "1"
+
+
+def test_thresholds_not_met_and_dry_run_change_nothing(reg: Registry) -> None:
+    code, outcome = promote(reg, f"{NAME}/3", "canary", "--dry-run")
+    assert code == 1 and any("is below the minimum 0.8" in r for r in outcome["reasons"])
+    assert outcome["ledger_event"] is None and reg.alias("canary") is None
+    code, outcome = promote(reg, f"{NAME}/1", "canary", "--dry-run")
+    assert code == 0 and reg.alias("canary") is None
+
+
+def test_malformed_policy_file_is_a_clear_error(reg: Registry) -> None:
+    policy = reg.root / "policies" / "promotion.yaml"
+    original = policy.read_text()
+    try:
+        policy.write_text(original.replace("roc_auc: {min: 0.80}", "roc_auc: {minimum: 0.80}"))
+        result = conveyor(reg, "promote", f"{NAME}/1", "--to", "canary")
+        assert result.exit_code == 2
+        assert "is not a valid policy" in result.stderr and "thresholds.roc_auc.minimum" in result.stderr
+    finally:
+        policy.write_text(original)
+
+
+def test_two_promotions_at_once_leave_one_consistent_state(reg: Registry) -> None:
+    env = {**os.environ, "CONVEYOR_HOME": str(reg.home)}
+    command = [sys.executable, "-m", "conveyor", "--config", str(reg.root / "conveyor.yaml"), "promote"]
+    runs = [subprocess.Popen([*command, f"{NAME}/{v}", "--to", "champion", "--json"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in ("1", "2")]  # fmt: skip
+    outcomes = [json.loads(p.communicate(timeout=300)[0]) for p in runs]
+    assert all(o["ok"] for o in outcomes), outcomes
+    with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
+        assert ledger.verify_chain().ok
+        promoted = [e for e in ledger.iter_events() if e.kind == "model.promoted"][-2:]
+    first, second = promoted
+    assert reg.alias("champion") == second.details["version"]
+    assert second.details["champion_before"] == first.details["version"] == reg.alias("previous-champion")
+
+
+def test_the_ci_example_runs_these_commands(reg: Registry) -> None:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "promote.yml").read_text())
+    steps = [s["run"] for s in workflow["jobs"]["promote"]["steps"] if "conveyor" in s.get("run", "")]
+    assert len(steps) == 3
+    env = {**os.environ, "CONVEYOR_HOME": str(reg.home), "TARGET": "canary", "CONVEYOR_PROJECT_FILE": str(reg.root / "conveyor.yaml")}
+
+    def run_steps() -> list[subprocess.CompletedProcess]:
+        return [subprocess.run(step.replace(".venv/bin/conveyor", str(REPO / ".venv" / "bin" / "conveyor")),
+                               shell=True, env=env, capture_output=True, text=True, timeout=300) for step in steps]  # fmt: skip
+
+    verify, dry_run, real = run_steps()  # @candidate is version 3, the worse one
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
+    assert dry_run.returncode == real.returncode == 1 and reg.alias("canary") is None
+    assert "is below the minimum 0.8" in " ".join(json.loads(real.stdout)["reasons"])
+
+    reg.client().set_registered_model_alias(NAME, "candidate", "1")
+    try:
+        assert [done.returncode for done in run_steps()] == [0, 0, 0]
+        assert reg.alias("canary") == "1"
+    finally:
+        reg.client().set_registered_model_alias(NAME, "candidate", "3")
