@@ -86,7 +86,7 @@ class _ProjectFileSection(PydanticBaseSettingsSource):
         return None, field_name, False  # everything is read at once in __call__
 
     def __call__(self) -> dict[str, Any]:
-        import yaml
+        from policies.loading import read_yaml_mapping
 
         chosen: dict[str, Any] = {}
         for source in self._earlier:
@@ -94,14 +94,8 @@ class _ProjectFileSection(PydanticBaseSettingsSource):
         path = Path(chosen.get("project_file", "conveyor.yaml"))
         if not path.is_file():
             return {}
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigInvalid(
-                f"{path} is not valid YAML: {exc}".replace("\n", " "),
-                hint="Fix the syntax; `conveyor config check` shows what Conveyor reads.",
-            ) from None
-        section = document.get("settings") if isinstance(document, dict) else None
+        document = read_yaml_mapping(path, ConfigInvalid, missing_hint="", example="the demo's conveyor.yaml")
+        section = document.get("settings")
         if section is None:
             return {}
         if not isinstance(section, dict):

@@ -205,20 +205,13 @@ def read_columns(path: Path) -> list[str]:
 
 def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
     """Read and check a project config; also check its columns against the data if it exists."""
-    import yaml
+    from policies.loading import read_yaml_mapping
 
     path = Path(path).absolute()
-    if not path.is_file():
-        raise ConfigInvalid(
-            f"No project config at {path}.",
-            hint="Create conveyor.yaml (see the one in Conveyor's repository for the demo), or pass --config.",
-        )
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigInvalid(f"{path} is not valid YAML: {exc}".replace("\n", " "), hint="Fix the syntax.") from None
-    if not isinstance(document, dict):
-        raise ConfigInvalid(f"{path} must be a YAML mapping of keys to values.", hint="Start from the demo's conveyor.yaml.")
+    document = read_yaml_mapping(
+        path, ConfigInvalid, example="the demo's conveyor.yaml",
+        missing_hint="Create conveyor.yaml (see the one in Conveyor's repository for the demo), or pass --config.",
+    )  # fmt: skip
     try:
         config = ProjectConfig.model_validate({**document, "source": path})
     except ValidationError as exc:

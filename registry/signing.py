@@ -81,14 +81,16 @@ def verify_model(model_dir: Path, public_key: Path) -> None:
             hint="Only models trained and signed by `conveyor train` can be registered or served.",
         )
     config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    _verify(config, model_dir, "The model files were changed after signing, or were signed by another key: do not use this model.")
+
+
+def _verify(config, model_dir: Path, hint: str) -> None:  # noqa: ANN001 - model_signing's verifying config
+    """Run model-signing's verifier with the signer's hashing configuration; one error for any failure."""
     try:
-        config.set_hashing_config(_hashing()).verify(model_dir, bundle)
+        config.set_hashing_config(_hashing()).verify(model_dir, model_dir / BUNDLE)
     except Exception as exc:  # model-signing raises ValueError and others, with the mismatch listed
         detail = " ".join(str(exc).split())[:400]
-        raise SignatureInvalid(
-            f"The model's signature does not verify: {detail}.",
-            hint="The model files were changed after signing, or were signed by another key: do not use this model.",
-        ) from None
+        raise SignatureInvalid(f"The model's signature does not verify: {detail}.", hint=hint) from None
 
 
 def sign_model_with_certificate(model_dir: Path, private_key: Path, certificate: Path, chain: list[Path]) -> Path:
@@ -144,11 +146,6 @@ def verify_model_with_chain(model_dir: Path, ca_chain: list[Path], identities: t
             hint="Only the identities pinned in policies/signing.yaml may sign models.",
         )
     config = model_signing.verifying.Config().use_certificate_verifier(certificate_chain=ca_chain)
-    try:
-        config.set_hashing_config(_hashing()).verify(model_dir, bundle)
-    except Exception as exc:  # model-signing raises ValueError and others
-        detail = " ".join(str(exc).split())[:400]
-        raise SignatureInvalid(f"The model's signature does not verify: {detail}.",
-                               hint="The files changed after signing, or the certificate does not chain to the trusted CA.") from None  # fmt: skip
+    _verify(config, model_dir, "The files changed after signing, or the certificate does not chain to the trusted CA.")
     pem = leaf.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return next(n for n in names if n in identities), pem
