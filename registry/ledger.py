@@ -21,7 +21,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 
 from policies.errors import LedgerCorrupt, LedgerError, NotFound
 from registry.digests import canonical_json, is_digest
+from registry.ledger_db import display_url, events_table, head_table, links_table, make_engine, metadata
 
 __all__ = [
     "GENESIS",
@@ -42,37 +42,6 @@ __all__ = [
 
 GENESIS = "0" * 64
 _PAGE = 10_000
-
-metadata = sa.MetaData()
-_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-events_table = sa.Table(
-    "ledger_events",
-    metadata,
-    sa.Column("seq", _Seq, primary_key=True, autoincrement=False),
-    sa.Column("kind", sa.String(128), nullable=False, index=True),
-    sa.Column("actor", sa.String(256), nullable=False),
-    sa.Column("time", sa.String(32), nullable=False, index=True),
-    sa.Column("inputs", sa.Text, nullable=False),
-    sa.Column("outputs", sa.Text, nullable=False),
-    sa.Column("details", sa.Text, nullable=False),
-    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("hash", sa.String(64), nullable=False, unique=True),
-)
-links_table = sa.Table(
-    "ledger_links",
-    metadata,
-    sa.Column("digest", sa.String(80), primary_key=True),
-    sa.Column("role", sa.String(3), primary_key=True),  # "in" or "out"
-    sa.Column("seq", _Seq, primary_key=True, index=True),
-    sqlite_with_rowid=False,
-)
-head_table = sa.Table(
-    "ledger_head",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("seq", _Seq, nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-)
 
 
 def utc_now() -> str:
@@ -164,7 +133,7 @@ class Ledger:
     def __init__(self, url: str, *, actor: str = "conveyor") -> None:
         self.url = url
         self.actor = actor
-        self._engine = _make_engine(url)
+        self._engine = make_engine(url)
         self._reader: sa.Connection | None = None
         with self._guard("open"):
             self._ensure_schema()
@@ -174,7 +143,7 @@ class Ledger:
     @property
     def display_url(self) -> str:
         """The URL without its password, fit to print."""
-        return _display_url(self.url)
+        return display_url(self.url)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -388,40 +357,6 @@ class Ledger:
             ) from exc
 
 
-def _make_engine(url: str) -> sa.Engine:
-    try:
-        parsed = sa.make_url(url)
-    except sa_exc.ArgumentError:
-        raise LedgerError(
-            f"{url!r} is not a database URL.",
-            hint="Use e.g. sqlite:///.conveyor/ledger.db or postgresql+psycopg://user@host/db.",
-        ) from None
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" below decide how a transaction starts.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # the audit record survives a power cut
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        # Writers take the write lock up front; a deferred upgrade could deadlock two appenders.
-        immediate = conn.get_execution_options().get("ledger_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 def _checked(draft: Draft) -> Draft:
     if not draft.kind or not isinstance(draft.kind, str):
         raise ValueError("a ledger event needs a kind")
@@ -501,10 +436,3 @@ def _link_problem(
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _display_url(url: str) -> str:
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa_exc.ArgumentError:
-        return url

@@ -1,0 +1,91 @@
+"""The ledger's tables and database connection: any SQLAlchemy URL, SQLite tuned by default.
+
+``ledger_events`` holds the sealed events, ``ledger_links`` indexes digests to events (derived,
+re-checked), ``ledger_head`` is the one row every append locks and moves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from policies.errors import LedgerError
+
+__all__ = ["display_url", "events_table", "head_table", "links_table", "make_engine", "metadata"]
+
+metadata = sa.MetaData()
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+events_table = sa.Table(
+    "ledger_events",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(128), nullable=False, index=True),
+    sa.Column("actor", sa.String(256), nullable=False),
+    sa.Column("time", sa.String(32), nullable=False, index=True),
+    sa.Column("inputs", sa.Text, nullable=False),
+    sa.Column("outputs", sa.Text, nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+)
+links_table = sa.Table(
+    "ledger_links",
+    metadata,
+    sa.Column("digest", sa.String(80), primary_key=True),
+    sa.Column("role", sa.String(3), primary_key=True),  # "in" or "out"
+    sa.Column("seq", _Seq, primary_key=True, index=True),
+    sqlite_with_rowid=False,
+)
+head_table = sa.Table(
+    "ledger_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", _Seq, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; on SQLite: WAL, full sync, a long busy timeout, writers take the lock first."""
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError:
+        raise LedgerError(
+            f"{url!r} is not a database URL.",
+            hint="Use e.g. sqlite:///.conveyor/ledger.db or postgresql+psycopg://user@host/db.",
+        ) from None
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" below decide how a transaction starts.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # the audit record survives a power cut
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # Writers take the write lock up front; a deferred upgrade could deadlock two appenders.
+        immediate = conn.get_execution_options().get("ledger_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, fit to print."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return url
