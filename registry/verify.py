@@ -147,18 +147,22 @@ def verify_folder(model_dir: Path, policy: SigningPolicy, *, root: Path, keys_di
     return report
 
 
-def trusted_keys(policy: SigningPolicy, root: Path, keys_dir: Path) -> list[Signer]:
-    """The public keys the policy trusts (each checked against its pinned fingerprint)."""
-    signers = []
+def trusted_keys(policy: SigningPolicy, root: Path, keys_dir: Path) -> tuple[list[Signer], list[str]]:
+    """The public keys the policy trusts, and why any configured key was left out (a missing file,
+    or a file whose fingerprint is not the pinned one)."""
+    signers, problems = [], []
     if policy.trust_project_key and (keys_dir / PUBLIC).is_file():
         pem = (keys_dir / PUBLIC).read_bytes()
         signers.append(Signer(fingerprint(pem), pem))
     for key in policy.trusted_keys:
-        path = key.public_key if key.public_key.is_absolute() else root / key.public_key
-        pem = path.read_bytes() if path.is_file() else b""
-        if pem and fingerprint(pem) == key.fingerprint:
-            signers.append(Signer(key.fingerprint, pem))
-    return signers
+        path = _path(root, key.public_key)
+        if not path.is_file():
+            problems.append(f"trusted key {key.name!r}: no file at {path}")
+        elif (found := fingerprint(path.read_bytes())) != key.fingerprint:
+            problems.append(f"trusted key {key.name!r}: {path} has fingerprint {found}, not the pinned {key.fingerprint}")
+        else:
+            signers.append(Signer(key.fingerprint, path.read_bytes()))
+    return signers, problems
 
 
 def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_dir: Path, report: VerificationReport) -> Signer | None:
@@ -179,7 +183,7 @@ def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_di
         report.signer = identity
         report.links.append(Link("signature", True, f"signed by {identity} (certificate chains to the organisation CA)"))
         return Signer(identity, pem)
-    candidates = trusted_keys(policy, root, keys_dir)
+    candidates, problems = trusted_keys(policy, root, keys_dir)
     for signer in candidates:
         key_file = model_dir.parent / f"trusted-{signer.name.split(':')[1][:16]}.pem"
         key_file.write_bytes(signer.public_pem)
@@ -190,8 +194,9 @@ def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_di
         report.signer = signer.name
         report.links.append(Link("signature", True, f"signed by trusted key {signer.name}"))
         return signer
-    detail = "no trusted key verifies the signature" if candidates else "no trusted key is configured"
-    report.links.append(Link("signature", False, f"{detail}: the files changed after signing, or another key signed them"))
+    detail = "no trusted key verifies the signature" if candidates else "no trusted key is available"
+    detail += ": the files changed after signing, or another key signed them"
+    report.links.append(Link("signature", False, "; ".join([detail, *problems])))
     return None
 
 

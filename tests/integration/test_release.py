@@ -266,3 +266,19 @@ def test_the_ci_example_runs_these_commands(reg: Registry) -> None:
         assert reg.alias("canary") == "1"
     finally:
         reg.client().set_registered_model_alias(NAME, "candidate", "3")
+
+
+def test_trusted_key_whose_file_does_not_match_its_pin_is_named(reg: Registry) -> None:
+    from registry.keys import load_or_create_key
+
+    other = load_or_create_key(reg.root / "other-keys")
+    policy = reg.root / "policies" / "signing.yaml"
+    original = policy.read_text()
+    pinned = "sha256:" + "1" * 64
+    try:
+        policy.write_text(yaml.safe_dump({"trust_project_key": False, "trusted_keys": [
+            {"name": "ci", "public_key": str(other.public_path.relative_to(reg.root)), "fingerprint": pinned}]}))  # fmt: skip
+        name, detail = failed_link(verify_json(reg))
+        assert name == "signature" and f"has fingerprint {other.fingerprint}, not the pinned {pinned}" in detail
+    finally:
+        policy.write_text(original)
