@@ -131,7 +131,7 @@ def demo(
     ctx: typer.Context,
     data_only: Annotated[bool, typer.Option("--data-only", help="Only build and version the demo data.")] = False,
 ) -> None:
-    """Run the bundled demo: build and version its data, then train and register a signed model."""
+    """Run the bundled demo: build and version its data, train a signed model, promote it."""
     from pipelines.demo import prepare_demo_data
     from pipelines.training import training_flow
 
@@ -150,7 +150,20 @@ def demo(
         return
     _out()
     _out("Training on the first version (validate, features, train, evaluate, sign, register)...")
-    _print_outcome(training_flow(_request(settings, prepared[0].ref.path)))
+    outcome = training_flow(_request(settings, prepared[0].ref.path))
+    _print_outcome(outcome)
+    _out()
+    _out(f"Promoting {outcome.name}/{outcome.version} to champion (verify, then policies/promotion.yaml decides)...")
+    from pipelines.release import promote as run_promotion
+
+    with _ledger(settings) as ledger:
+        decision = run_promotion(_release(settings, ledger), f"{outcome.name}/{outcome.version}", "champion")
+    verdict = "promoted" if decision.decision.ok else "refused"
+    _out(f"{outcome.name} version {outcome.version} to champion: {verdict}"
+         + (f" (previous champion: version {decision.previous})" if decision.previous else ""))  # fmt: skip
+    for reason in decision.decision.reasons:
+        _out(f"  - {reason}")
+    _out()
     first = prepared[0].ref.path.relative_to(settings.project_root)
     _out(f"Also: `conveyor lineage {first}` shows what the dataset fed;")
     _out("      `conveyor audit --ledger` checks every link of the ledger.")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+POLICY_CODE = shutil.ignore_patterns("*.py", "__pycache__")  # a project's policies folder holds only data
 _PREFIXES = ("CONVEYOR_", "MLFLOW_", "PREFECT_", "BENTOML_", "FEAST_", "GX_")
 
 
@@ -59,13 +60,13 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def demo_project(tmp_path: Path, demo_files: dict[str, Path]) -> Path:
-    """A copy of the demo project (config, expectation suite and data, no DVC) in ``tmp_path``."""
+    """A copy of the demo project (config, policies and data, no DVC) in ``tmp_path``."""
     from pipelines.demo_data import DEMO_DATASETS
 
     root = tmp_path / "project"
-    (root / "policies" / "expectations").mkdir(parents=True)
+    root.mkdir()
     shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
-    shutil.copy(REPO / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
     for name, spec in DEMO_DATASETS.items():
         (root / spec.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(demo_files[name], root / spec.path)

@@ -53,7 +53,7 @@ def test_version_names_the_platform_libraries() -> None:
 
 
 @pytest.mark.slow
-def test_demo_builds_the_data_and_trains_a_registered_model(prefect_api: None, demo_project: Path) -> None:
+def test_demo_builds_the_data_trains_and_promotes(prefect_api: None, demo_project: Path) -> None:
     data = demo_project / "data" / "loans.csv"
     data.unlink()  # the demo rebuilds a missing file
     result = conveyor(demo_project, "demo")
@@ -61,11 +61,14 @@ def test_demo_builds_the_data_and_trains_a_registered_model(prefect_api: None, d
     assert "data/loans.csv: generated" in result.stdout and "recorded as event #1" in result.stdout
     assert file_digest(data) in result.stdout
     assert "Registered loan-default version 1 as @candidate" in result.stdout
+    assert "loan-default version 1 to champion: promoted" in result.stdout
+    assert "no champion yet: nothing to beat" in result.stdout
 
     again = conveyor(demo_project, "demo")  # a second run works too
     assert again.exit_code == 0, again.output
     assert "already recorded as event #1" in again.stdout
     assert "Registered loan-default version 2 as @candidate" in again.stdout
+    assert "loan-default version 2 to champion: promoted (previous champion: version 1)" in again.stdout
 
 
 def test_demo_data_then_lineage_and_audit_see_it(demo_project: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import POLICY_CODE, REPO
 
 SMALL_ROWS = 8_000
 
@@ -26,11 +26,10 @@ def small_loans(demo_files: dict[str, Path], tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture
 def project(tmp_path: Path, small_loans: Path) -> Path:
-    """The demo project (config, expectation suite) on the small data, with its stores in tmp_path."""
+    """The demo project (config, policies) on the small data, with its stores in tmp_path."""
     root = tmp_path / "project"
     (root / "data").mkdir(parents=True)
-    (root / "policies" / "expectations").mkdir(parents=True)
     shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
-    shutil.copy(REPO / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
     shutil.copy(small_loans, root / "data" / "loans.csv")
     return root

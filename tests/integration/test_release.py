@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from conveyor.cli import app
 from pipelines.training import TrainingRequest, run_training
 from registry.ledger import Ledger
-from tests.conftest import REPO
+from tests.conftest import POLICY_CODE, REPO
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -58,7 +58,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Reg
     base = tmp_path_factory.mktemp("registry")
     root, home = base / "project", base / ".conveyor"
     (root / "data").mkdir(parents=True)
-    shutil.copytree(REPO / "policies", root / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
     shutil.copy(small_loans, root / "data" / "loans.csv")
     config = (REPO / "conveyor.yaml").read_text()
     reg = Registry(root, home)
