@@ -25,7 +25,7 @@ from registry.models import fetch_model
 from registry.signing import model_digest, model_files
 from pipelines.train import TrainedModel, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
-from policies.errors import DataInvalid, GateFailed, ValidationFailed
+from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
 from policies.loading import load_policy
 from policies.project import ProjectConfig, load_project, read_columns
 from policies.signing import CertificateSigner, SigningPolicy
@@ -33,6 +33,7 @@ from registry.digests import canonical_json, file_digest, json_digest
 from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.provenance import Material
+from registry.verify import verify_version
 
 __all__ = ["TrainingOutcome", "TrainingRequest", "as_task", "run_training", "training_flow", "validate_only"]
 
@@ -231,7 +232,7 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     from mlflow import MlflowClient
 
     model = trained.model
-    evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run.config.model_name))
+    evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run))
     MlflowClient().log_batch(model.run_id, metrics=_metrics(evaluation))
     if evaluation.champion_version:
         MlflowClient().set_tag(model.run_id, "conveyor.champion_version", evaluation.champion_version)
@@ -325,16 +326,26 @@ def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner
     return CertificateSigner(private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain))
 
 
-def _champion(name: str) -> tuple[str, Any] | None:
+def _champion(run: _Run) -> tuple[str, Any] | None:
+    """The current champion, verified before it is loaded (None when there is none)."""
     import mlflow.sklearn
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    name = run.config.model_name
     try:
-        version = MlflowClient().get_model_version_by_alias(name, "champion")
+        version = str(MlflowClient().get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         return None
-    return str(version.version), mlflow.sklearn.load_model(f"models:/{name}@champion")
+    report = verify_version(f"{name}/{version}", _signing_policy(run), root=run.root, keys_dir=run.home / "keys", ledger=run.ledger)
+    if not report.ok:
+        failed = report.first_failure
+        raise SignatureInvalid(
+            f"The champion, {name} version {version}, does not verify ({failed.name}: {failed.detail}); "
+            "it was not loaded and nothing was signed or registered.",
+            hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
+        )
+    return version, mlflow.sklearn.load_model(f"models:/{name}/{version}")
 
 
 def _metrics(evaluation: Evaluation) -> list[Any]:

@@ -85,6 +85,19 @@ def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Pa
     assert second.metrics == pytest.approx(first.metrics)
 
 
+def test_a_champion_that_does_not_verify_is_not_loaded(prefect_api: None, project: Path, tmp_path: Path) -> None:
+    first = run_training(request(project, tmp_path))
+    client = mlflow_client(tmp_path)
+    client.set_registered_model_alias(first.name, "champion", first.version)
+    model_id = client.get_model_version(first.name, first.version).source.split("/")[-1]
+    stored = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    (stored / "model.skops").write_bytes(b"\x00" + (stored / "model.skops").read_bytes()[1:])
+    result = conveyor(project, "train")
+    assert result.exit_code == 1, result.output
+    assert "The champion, loan-default version 1, does not verify (signature:" in result.stderr
+    assert [v.version for v in registry_versions(tmp_path)] == [1]
+
+
 def write_bad(kind: str, project: Path) -> Path:
     source = (project / "data" / "loans.csv").read_text().splitlines(keepends=True)
     header, rows = source[0], source[1:]
