@@ -157,12 +157,7 @@ def demo(
     from pipelines.release import promote as run_promotion
 
     with _ledger(settings) as ledger:
-        decision = run_promotion(_release(settings, ledger), f"{outcome.name}/{outcome.version}", "champion")
-    verdict = "promoted" if decision.decision.ok else "refused"
-    _out(f"{outcome.name} version {outcome.version} to champion: {verdict}"
-         + (f" (previous champion: version {decision.previous})" if decision.previous else ""))  # fmt: skip
-    for reason in decision.decision.reasons:
-        _out(f"  - {reason}")
+        _print_promotion(run_promotion(_release(settings, ledger), f"{outcome.name}/{outcome.version}", "champion"))
     _out()
     first = prepared[0].ref.path.relative_to(settings.project_root)
     _out(f"Also: `conveyor lineage {first}` shows what the dataset fed;")
@@ -333,15 +328,20 @@ def promote(
     if as_json:
         _out(json.dumps(outcome.to_dict(), indent=2))
     else:
-        verdict = "would be promoted" if outcome.dry_run and outcome.decision.ok else (
-            "promoted" if outcome.decision.ok else "refused")  # fmt: skip
-        _out(f"{outcome.name} version {outcome.version} to {to}: {verdict}")
-        for reason in outcome.decision.reasons:
-            _out(f"  - {reason}")
-        if outcome.event:
-            _out(f"  recorded as ledger event #{outcome.event}")
+        _print_promotion(outcome)
     if not outcome.decision.ok:
         raise typer.Exit(1)
+
+
+def _print_promotion(outcome: Any) -> None:
+    verdict = "would be promoted" if outcome.dry_run and outcome.decision.ok else (
+        "promoted" if outcome.decision.ok else "refused")  # fmt: skip
+    replaced = f" (previous {outcome.target}: version {outcome.previous})" if outcome.decision.ok and outcome.previous else ""
+    _out(f"{outcome.name} version {outcome.version} to {outcome.target}: {verdict}{replaced}")
+    for reason in outcome.decision.reasons:
+        _out(f"  - {reason}")
+    if outcome.event:
+        _out(f"  recorded as ledger event #{outcome.event}")
 
 
 @app.command()
