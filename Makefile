@@ -26,8 +26,9 @@ sync: $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
 demo: sync
 	$(VENV)/bin/conveyor demo
 
+# The tests run with a private PostgreSQL on 127.0.0.1 (started, then stopped, by the script).
 test: sync
-	$(VENV)/bin/python -m pytest
+	bash scripts/with-test-services.sh $(VENV)/bin/python -m pytest
 
 bench: sync
 	$(VENV)/bin/python bench/run.py

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from policies.errors import LedgerCorrupt, LedgerError, NotFound
 from registry.digests import bytes_digest
@@ -16,14 +19,30 @@ from registry.lineage import downstream, upstream
 D = {name: bytes_digest(name.encode()) for name in ("data", "features", "model", "bundle", "report", "other")}
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "ledger.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("PostgreSQL is not available here: `make test` starts one on 127.0.0.1 when it can")
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield str(sa.make_url(admin_url).set(database=name))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 @pytest.fixture
-def ledger(db: Path) -> Ledger:
-    with Ledger(f"sqlite:///{db}", actor="tester") as opened:
+def ledger(url: str) -> Iterator[Ledger]:
+    with Ledger(url, actor="tester") as opened:
         yield opened
 
 
@@ -82,10 +101,10 @@ def test_depth_limits_the_walk_and_says_so(ledger: Ledger) -> None:
     assert not upstream(ledger, D["bundle"], depth=4).truncated
 
 
-def test_walk_ignores_a_forged_index_row(ledger: Ledger, db: Path) -> None:
+def test_walk_ignores_a_forged_index_row(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    with sqlite3.connect(db) as conn:  # claim event 5 (data.validated) produced the model
-        conn.execute("INSERT INTO ledger_links VALUES (?, 'out', 5)", (D["model"],))
+    # claim event 5 (data.validated) produced the model
+    tamper(url, "INSERT INTO ledger_links (digest, role, seq) VALUES (:d, 'out', 5)", d=D["model"])
     assert "data.validated" not in {e.kind for e in upstream(ledger, D["bundle"]).events}
     report = ledger.verify_chain()
     assert (report.ok, report.broken_at) == (False, 5)
@@ -102,9 +121,15 @@ def test_intact_chain_verifies(ledger: Ledger) -> None:
 # -- tampering, straight in the database -----------------------------------------------------
 
 
-def tamper(db: Path, sql: str, *params: object) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute(sql, params)
+def tamper(url: str, *statements: str, **params: object) -> None:
+    """Change the database behind the ledger's back, in one transaction."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement), params)
+    finally:
+        engine.dispose()
 
 
 def broken(ledger: Ledger) -> tuple[int | None, str]:
@@ -113,76 +138,73 @@ def broken(ledger: Ledger) -> tuple[int | None, str]:
     return report.broken_at, report.reason or ""
 
 
-def test_edited_payload_is_named(ledger: Ledger, db: Path) -> None:
+def test_edited_payload_is_named(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    tamper(db, "UPDATE ledger_events SET details = ? WHERE seq = 3", '{"auc":0.99}')
+    tamper(url, "UPDATE ledger_events SET details = :d WHERE seq = 3", d='{"auc":0.99}')
     at, reason = broken(ledger)
     assert at == 3 and "no longer matches its hash" in reason
     with pytest.raises(LedgerCorrupt, match="broken at event #3"):
         ledger.verify_chain().raise_if_broken()
 
 
-def test_edited_payload_with_recomputed_hash_breaks_the_next_link(ledger: Ledger, db: Path) -> None:
+def test_edited_payload_with_recomputed_hash_breaks_the_next_link(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
     event = ledger.get(3)
     forged_hash = event_hash(3, event.kind, event.actor, event.time, event.inputs, event.outputs, {"auc": 0.99}, event.prev_hash)
-    tamper(db, "UPDATE ledger_events SET details = ?, hash = ? WHERE seq = 3", '{"auc":0.99}', forged_hash)
+    tamper(url, "UPDATE ledger_events SET details = :d, hash = :h WHERE seq = 3", d='{"auc":0.99}', h=forged_hash)
     at, reason = broken(ledger)
     assert at == 4 and "does not follow #3" in reason
 
 
-def test_deleted_row_is_named(ledger: Ledger, db: Path) -> None:
+def test_deleted_row_is_named(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    tamper(db, "DELETE FROM ledger_events WHERE seq = 2")
+    tamper(url, "DELETE FROM ledger_events WHERE seq = 2")
     at, reason = broken(ledger)
     assert at == 3 and "event #2 is missing" in reason
 
 
-def test_deleted_last_row_is_caught_by_the_head(ledger: Ledger, db: Path) -> None:
+def test_deleted_last_row_is_caught_by_the_head(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    tamper(db, "DELETE FROM ledger_events WHERE seq = 5")
-    tamper(db, "DELETE FROM ledger_links WHERE seq = 5")
+    tamper(url, "DELETE FROM ledger_events WHERE seq = 5", "DELETE FROM ledger_links WHERE seq = 5")
     at, reason = broken(ledger)
     assert at == 5 and "head records #5 but the last event is #4" in reason
 
 
-def test_reordered_rows_are_caught(ledger: Ledger, db: Path) -> None:
+def test_reordered_rows_are_caught(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    with sqlite3.connect(db) as conn:  # swap events 2 and 3, index and all
-        for table in ("ledger_events", "ledger_links"):
-            conn.execute(f"UPDATE {table} SET seq = -1 WHERE seq = 2")
-            conn.execute(f"UPDATE {table} SET seq = 2 WHERE seq = 3")
-            conn.execute(f"UPDATE {table} SET seq = 3 WHERE seq = -1")
+    swap = [f"UPDATE {table} SET seq = {new} WHERE seq = {old}"  # swap events 2 and 3, index and all
+            for table in ("ledger_events", "ledger_links") for old, new in ((2, -1), (3, 2), (-1, 3))]  # fmt: skip
+    tamper(url, *swap)
     at, reason = broken(ledger)
     assert at == 2 and "does not follow #1" in reason
 
 
-def test_inserted_forged_row_is_caught(ledger: Ledger, db: Path) -> None:
+def test_inserted_forged_row_is_caught(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
     last = ledger.get(5)
     # A well-formed event appended behind the ledger's back: its hash is right, the head is not.
-    time = last.time
-    forged = event_hash(6, "model.promoted", "mallory", time, [D["model"]], [D["other"]], {}, last.hash)
-    tamper(db, "INSERT INTO ledger_events VALUES (6, 'model.promoted', 'mallory', ?, ?, ?, '{}', ?, ?)",
-           time, f'["{D["model"]}"]', f'["{D["other"]}"]', last.hash, forged)  # fmt: skip
-    tamper(db, "INSERT INTO ledger_links VALUES (?, 'in', 6)", D["model"])
-    tamper(db, "INSERT INTO ledger_links VALUES (?, 'out', 6)", D["other"])
+    forged = event_hash(6, "model.promoted", "mallory", last.time, [D["model"]], [D["other"]], {}, last.hash)
+    tamper(
+        url,
+        "INSERT INTO ledger_events (seq, kind, actor, time, inputs, outputs, details, prev_hash, hash) "
+        "VALUES (6, 'model.promoted', 'mallory', :t, :i, :o, '{}', :p, :h)",
+        "INSERT INTO ledger_links (digest, role, seq) VALUES (:m, 'in', 6), (:x, 'out', 6)",
+        t=last.time, i=f'["{D["model"]}"]', o=f'["{D["other"]}"]', p=last.hash, h=forged, m=D["model"], x=D["other"],
+    )  # fmt: skip
     at, reason = broken(ledger)
     assert at == 6 and "head records #5 but the last event is #6" in reason
 
 
-def test_row_inserted_in_the_middle_is_caught(ledger: Ledger, db: Path) -> None:
+def test_row_inserted_in_the_middle_is_caught(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    with sqlite3.connect(db) as conn:  # shift 3.. up by one and slip a forged event in at 3
-        for seq in (5, 4, 3):
-            conn.execute("UPDATE ledger_events SET seq = ? WHERE seq = ?", (seq + 1, seq))
-            conn.execute("UPDATE ledger_links SET seq = ? WHERE seq = ?", (seq + 1, seq))
-        prev = conn.execute("SELECT hash FROM ledger_events WHERE seq = 2").fetchone()[0]
-        forged = event_hash(3, "x", "mallory", "2026-01-01T00:00:00.000000Z", [], [], {}, prev)
-        conn.execute(
-            "INSERT INTO ledger_events VALUES (3, 'x', 'mallory', '2026-01-01T00:00:00.000000Z', '[]', '[]', '{}', ?, ?)",
-            (prev + "-", forged),
-        )
+    prev = ledger.get(2).hash
+    time = "2026-01-01T00:00:00.000000Z"
+    forged = event_hash(3, "x", "mallory", time, [], [], {}, prev)
+    shift = [f"UPDATE {table} SET seq = {seq + 1} WHERE seq = {seq}"  # make room at 3
+             for seq in (5, 4, 3) for table in ("ledger_events", "ledger_links")]  # fmt: skip
+    tamper(url, *shift,
+           "INSERT INTO ledger_events (seq, kind, actor, time, inputs, outputs, details, prev_hash, hash) "
+           "VALUES (3, 'x', 'mallory', :t, '[]', '[]', '{}', :p, :h)", t=time, p="e" * 64, h=forged)  # fmt: skip
     at, _ = broken(ledger)
     assert at == 3
 
@@ -206,8 +228,7 @@ def _append_many(url: str, worker: int, count: int) -> None:
 
 
 @pytest.mark.slow
-def test_four_processes_appending_make_one_valid_chain(db: Path) -> None:
-    url = f"sqlite:///{db}"
+def test_four_processes_appending_make_one_valid_chain(url: str) -> None:
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_append_many, args=(url, w, 250)) for w in range(4)]
     for process in workers:
