@@ -22,7 +22,7 @@ from policies.errors import ConveyorError, NotFound, RegistryError
 from policies.loading import load_policy
 from policies.project import ProjectConfig
 from policies.promotion import Candidate, Decision, PromotionPolicy, decide_promotion
-from policies.signing import SigningPolicy
+from policies.signing import SigningPolicy, load_signing_policy
 from registry.digests import file_digest, json_digest
 from registry.ledger import Ledger
 from registry.verify import VerificationReport, verify_version
@@ -57,10 +57,10 @@ class ReleaseContext:
     home: Path
     project: ProjectConfig
     ledger: Ledger
-    policies: Path  # folder with promotion.yaml and signing.yaml
+    policies: Path  # the folder holding promotion.yaml
 
     def signing(self) -> SigningPolicy:
-        return load_policy(self.policies / "signing.yaml", SigningPolicy)
+        return load_signing_policy(self.root)
 
 
 def promote(ctx: ReleaseContext, ref: str, target: str, *, dry_run: bool = False) -> PromotionOutcome:

@@ -26,9 +26,8 @@ from registry.signing import model_digest, model_files
 from pipelines.train import TrainedModel, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
 from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
-from policies.loading import load_policy
 from policies.project import ProjectConfig, load_project, read_columns
-from policies.signing import CertificateSigner, SigningPolicy
+from policies.signing import CertificateSigner, SigningPolicy, load_signing_policy
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
@@ -258,7 +257,7 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
 
 def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained) -> SignedModel:
     config, root = run.config, run.root
-    policy = _signing_policy(run)
+    policy = load_signing_policy(run.root)
     key = load_or_create_key(run.home / "keys") if policy.sign_with == "key" else None
     code = code_state(root)
     lock = root / "uv.lock"
@@ -291,7 +290,7 @@ def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evalua
     tags = {"conveyor.data_digest": data.digest, "conveyor.bundle_digest": signed.bundle_digest,
             "conveyor.provenance_digest": signed.provenance_digest, "conveyor.run_id": trained.model.run_id,
             "conveyor.validation_digest": validation.digest, "conveyor.training_set": features.digest}  # fmt: skip
-    version, verified = register_verified(run.config.model_name, trained.model.model_uri, _signing_policy(run),
+    version, verified = register_verified(run.config.model_name, trained.model.model_uri, load_signing_policy(run.root),
                                           root=run.root, keys_dir=run.home / "keys", tags=tags)  # fmt: skip
     run.ledger.append(
         "model.registered",
@@ -310,11 +309,6 @@ def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evalua
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _signing_policy(run: _Run) -> SigningPolicy:
-    path = run.root / "policies" / "signing.yaml"
-    return load_policy(path, SigningPolicy) if path.is_file() else SigningPolicy()
 
 
 def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner:
@@ -337,7 +331,7 @@ def _champion(run: _Run) -> tuple[str, Any] | None:
         version = str(MlflowClient().get_model_version_by_alias(name, "champion").version)
     except MlflowException:
         return None
-    report = verify_version(f"{name}/{version}", _signing_policy(run), root=run.root, keys_dir=run.home / "keys", ledger=run.ledger)
+    report = verify_version(f"{name}/{version}", load_signing_policy(run.root), root=run.root, keys_dir=run.home / "keys", ledger=run.ledger)
     if not report.ok:
         failed = report.first_failure
         raise SignatureInvalid(

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["CertificateSigner", "OrganisationCA", "SigningPolicy", "TrustedKey"]
+__all__ = ["CertificateSigner", "OrganisationCA", "SigningPolicy", "TrustedKey", "load_signing_policy"]
 
 
 class _Strict(BaseModel):
@@ -65,3 +65,14 @@ class SigningPolicy(_Strict):
         if len(set(names)) != len(names):
             raise ValueError("trusted key names must be unique")
         return keys
+
+
+def load_signing_policy(root: Path) -> SigningPolicy:
+    """``<root>/policies/signing.yaml``; a project without one signs with, and trusts, its own key.
+
+    A file that is there but malformed is an error, never this default.
+    """
+    from policies.loading import load_policy
+
+    path = root / "policies" / "signing.yaml"
+    return load_policy(path, SigningPolicy) if path.exists() else SigningPolicy()
