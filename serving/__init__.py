@@ -1,1 +1,3 @@
 """The model service: champion and canary behind one endpoint, verified loading, the inference log."""
+
+__all__ = ["router", "schema"]

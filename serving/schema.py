@@ -1,0 +1,50 @@
+"""Request schema from the model's signature: what a client may send, checked before any model runs.
+
+Every input column of the MLflow signature becomes a field of ``Row``: present in every row
+(missing or unknown fields are refused), ``null`` allowed where the model imputes, numbers
+strictly numbers (no strings coerced, no NaN or infinity), strings strictly strings. A request
+is 1 to ``max_rows`` rows and an optional routing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StringConstraints, create_model
+
+__all__ = ["Column", "columns_from_signature", "request_model"]
+
+_NUMBER = Annotated[float, Strict(), AllowInfNan(False)]
+_INTEGER = Annotated[int, Strict()]
+_TEXT = Annotated[str, Strict(), StringConstraints(max_length=1_000)]
+_BOOL = Annotated[bool, Strict()]
+_TYPES = {"double": _NUMBER, "float": _NUMBER, "long": _INTEGER, "integer": _INTEGER, "string": _TEXT, "boolean": _BOOL}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # an MLflow data type name: double, float, long, integer, string, boolean
+
+
+def columns_from_signature(signature: Any) -> list[Column]:
+    """The named input columns of an MLflow ``ModelSignature``."""
+    specs = signature.inputs.to_dict() if signature is not None and signature.inputs is not None else []
+    columns = [Column(spec["name"], spec["type"]) for spec in specs if "name" in spec]
+    unknown = sorted({c.type for c in columns} - set(_TYPES))
+    if not columns or unknown:
+        raise ValueError(f"the model's signature has no usable named columns (types not served: {unknown})")
+    return columns
+
+
+def request_model(columns: list[Column], *, max_rows: int = 1_000) -> type[BaseModel]:
+    """A pydantic model for ``{"rows": [...], "key": ...}`` with one strict field per column."""
+    fields: dict[str, Any] = {c.name: (_TYPES[c.type] | None, ...) for c in columns}
+    row = create_model("Row", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        rows=(list[row], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+        key=(Annotated[str, StringConstraints(max_length=200)] | None, None),
+    )
