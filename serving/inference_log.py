@@ -1,0 +1,118 @@
+"""The inference log: every answered request, written off the request path, nothing lost on a clean stop.
+
+``record`` only puts the entry on a queue; a writer thread batches entries into Parquet files
+under ``<folder>/date=YYYY-MM-DD/`` (each written to a temporary name, then renamed, so a reader
+never sees half a file). ``close`` drains the queue and writes what is left. Features are stored
+one column each (``feature.<name>``), so monitoring can read a window as a table.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["InferenceLog", "LogEntry", "read_log"]
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    request_id: str
+    time: datetime
+    model: str
+    version: str
+    features: Mapping[str, Any]
+    prediction: float
+    served_by: str  # "champion" or "canary": who answered (after any fallback)
+
+    def row(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "time": self.time, "model": self.model, "version": self.version,
+                "prediction": self.prediction, "served_by": self.served_by,
+                **{f"feature.{k}": v for k, v in self.features.items()}}  # fmt: skip
+
+
+class InferenceLog:
+    """A background writer of ``LogEntry`` rows; use as a context manager or call ``close``."""
+
+    def __init__(self, folder: Path, *, batch_rows: int = 5_000, batch_seconds: float = 2.0) -> None:
+        self.folder = folder
+        self._batch_rows, self._batch_seconds = batch_rows, batch_seconds
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self.written = 0
+        self._writer = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._writer.start()
+
+    def record(self, entry: LogEntry) -> None:
+        """Queue one entry; never blocks on disk."""
+        if self._closed:
+            raise RuntimeError("the inference log is closed")
+        self._queue.put(entry)
+
+    def close(self) -> None:
+        """Write everything queued so far, then stop the writer."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._writer.join()
+
+    def __enter__(self) -> InferenceLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        """Write a batch when it is full, when its first entry is ``batch_seconds`` old, or at close."""
+        batch: list[LogEntry] = []
+        deadline = 0.0
+        while True:
+            wait = max(0.0, deadline - time.monotonic()) if batch else None
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            stop = item is _STOP
+            if item is not None and not stop:
+                if not batch:
+                    deadline = time.monotonic() + self._batch_seconds
+                batch.append(item)
+            if batch and (stop or len(batch) >= self._batch_rows or time.monotonic() >= deadline):
+                self._write(batch)
+                batch = []
+            if stop:
+                return
+
+    def _write(self, batch: list[LogEntry]) -> None:
+        frame = pd.DataFrame([entry.row() for entry in batch])
+        for day, rows in frame.groupby(frame["time"].dt.strftime("%Y-%m-%d")):
+            folder = self.folder / f"date={day}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"part-{datetime.now(UTC):%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+            partial = folder / f".{name}.partial"
+            rows.to_parquet(partial, index=False)
+            partial.rename(folder / name)
+        self.written += len(batch)
+
+
+def read_log(folder: Path, *, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+    """Every logged row in ``folder`` (optionally within [since, until)), oldest first."""
+    files = sorted(p for p in folder.glob("date=*/part-*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["request_id", "time", "model", "version", "prediction", "served_by"])
+    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    if since is not None:
+        frame = frame[frame["time"] >= since]
+    if until is not None:
+        frame = frame[frame["time"] < until]
+    return frame.sort_values(["time", "request_id"], kind="stable").reset_index(drop=True)
