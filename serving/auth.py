@@ -1,0 +1,83 @@
+"""Who may call the service: API keys for predictions, a separate admin token, per-key rate limits.
+
+Keys are stored only as salted scrypt hashes (``<home>/serving/api-keys.json``); a key is shown
+once, when it is created. Its first 12 characters are kept in clear as an id, so checking a
+presented key costs one scrypt (for the entry with that id), not one per stored key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ApiKeys", "RateLimiter", "Role"]
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str  # who the key belongs to
+    admin: bool
+
+
+class ApiKeys:
+    """A small file of hashed keys; ``check`` returns the key's role, or None."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+
+    def create(self, name: str, *, admin: bool = False) -> str:
+        """A new key for ``name``; the only time the key itself is seen."""
+        key = f"cvk_{secrets.token_urlsafe(32)}"
+        salt = secrets.token_bytes(16)
+        entry = {"id": key[:12], "name": name, "admin": admin, "salt": salt.hex(), "hash": _hash(key, salt).hex()}
+        with self._lock:
+            self._entries.append(entry)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self._entries, handle, indent=2)
+            partial.replace(self.path)
+        return key
+
+    def check(self, presented: str | None) -> Role | None:
+        if not presented:
+            return None
+        for entry in self._entries:
+            if hmac.compare_digest(entry["id"], presented[:12]):
+                if hmac.compare_digest(bytes.fromhex(entry["hash"]), _hash(presented, bytes.fromhex(entry["salt"]))):
+                    return Role(entry["name"], entry["admin"])
+        return None
+
+
+def _hash(key: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(key.encode(), salt=salt, **_SCRYPT)
+
+
+class RateLimiter:
+    """A token bucket per caller: ``rate`` requests a second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, *, clock=time.monotonic) -> None:  # noqa: ANN001
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, caller: str) -> bool:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            self._buckets[caller] = (tokens - 1.0 if allowed else tokens, now)
+            return allowed
