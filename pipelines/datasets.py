@@ -15,7 +15,7 @@ from policies.errors import DataInvalid
 from registry.digests import file_hashes
 from registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["DatasetRef", "dvc_recorded_md5", "version_dataset"]
+__all__ = ["DatasetRef", "dvc_recorded_md5", "relative_to_root", "version_dataset"]
 
 DATASET_VERSIONED = "dataset.versioned"
 
@@ -70,7 +70,7 @@ def version_dataset(
     if track and (root / ".dvc").is_dir() and not _in_dvc_cache(root, hashes["md5"]):
         _dvc_add(root, path)
 
-    relative = _relative(path, root)
+    relative = relative_to_root(path, root)
     known = [e for e in ledger.producers(hashes["sha256"]) if e.kind == DATASET_VERSIONED]
     event: LedgerEvent
     if known:
@@ -104,7 +104,8 @@ def _dvc_add(root: Path, path: Path) -> None:
         ) from None
 
 
-def _relative(path: Path, root: Path) -> str:
+def relative_to_root(path: Path, root: Path) -> str:
+    """``path`` relative to the project root when inside it, else absolute (as recorded in the ledger)."""
     try:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.data import read_data
-from pipelines.datasets import DatasetRef, version_dataset
+from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from pipelines.evaluate import Evaluation, evaluate_model
 from pipelines.features import FeatureSet, build_training_set, feature_spec, materialize, open_store
 from pipelines.register import register_verified
@@ -262,17 +262,17 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
     code = code_state(root)
     lock = root / "uv.lock"
     materials = [
-        Material(_relative(data.path, root), data.digest),
-        Material(_relative(validation.report, root), validation.digest),
+        Material(relative_to_root(data.path, root), data.digest),
+        Material(relative_to_root(validation.report, root), validation.digest),
         Material("feature-definitions", features.spec_digest),
         Material("training-set", features.digest),
-        Material(_relative(Path(run.request.config_file), root), file_digest(run.request.config_file)),
+        Material(relative_to_root(Path(run.request.config_file), root), file_digest(run.request.config_file)),
         *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
         *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
     ]
     parameters = {"model_name": config.model_name, "task": config.task, "estimator": config.estimator.class_path,
                   "estimator_params": config.estimator.params, "split": config.split.model_dump(),
-                  "params_digest": json_digest(config.estimator.params), "data": _relative(data.path, root)}  # fmt: skip
+                  "params_digest": json_digest(config.estimator.params), "data": relative_to_root(data.path, root)}  # fmt: skip
     model = trained.model
     details = {"invocationId": model.run_id, "startedOn": run.started, "finishedOn": utc_now(),
                "mlflow_run_id": model.run_id, "mlflow_model_id": model.model_id,
@@ -350,11 +350,3 @@ def _metrics(evaluation: Evaluation) -> list[Any]:
     if evaluation.champion_metrics:
         found += [Metric(f"champion_{k}", v, now, 0) for k, v in evaluation.champion_metrics.items()]
     return found
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())
-
