@@ -56,10 +56,6 @@ class Settings(BaseSettings):
         return self.project_file.parent
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
 

@@ -58,7 +58,8 @@ def score(model: Any, config: ProjectConfig, features: pd.DataFrame) -> np.ndarr
 
 
 def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> dict[str, float]:
-    """The task's metrics (``policies.project.METRICS``) of ``model`` on ``holdout``."""
+    """The task's holdout metrics of ``model``: roc_auc, average_precision, accuracy, f1, log_loss and
+    brier for binary classification; rmse, mae and r2 for regression."""
     from sklearn import metrics as m
 
     x, y = features_frame(config, holdout), holdout[config.target].to_numpy()

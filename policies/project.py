@@ -20,7 +20,6 @@ from policies.errors import ConfigInvalid, DataInvalid
 
 __all__ = [
     "LOWER_IS_BETTER",
-    "METRICS",
     "DirectionalCheck",
     "EstimatorSpec",
     "Features",
@@ -32,11 +31,7 @@ __all__ = [
 
 
 
-# The holdout metrics each task reports; the first is the default ranking metric.
-METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("roc_auc", "average_precision", "accuracy", "f1", "log_loss", "brier"),
-    "regression": ("rmse", "mae", "r2"),
-}
+# Holdout metrics where a smaller value is the better model.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 
 
@@ -134,7 +129,6 @@ class ProjectConfig(_Strict):
     split: SplitSpec = SplitSpec()
     feature_ttl_days: int = Field(365, gt=0)  # how far back a feature value may come from
     behaviour: list[DirectionalCheck] = []  # behavioural checks on the trained model
-    metric: str | None = None  # the metric that ranks models; default by task
     settings: dict[str, Any] = {}  # read by conveyor's settings, not here
     source: Path | None = Field(None, exclude=True)  # the file this was read from
 
@@ -149,19 +143,12 @@ class ProjectConfig(_Strict):
         for check in self.behaviour:
             if check.feature not in numeric:
                 raise ValueError(f"behaviour check on {check.feature!r}: directional checks need a numeric feature")
-        if self.metric is not None and self.metric not in METRICS[self.task]:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS[self.task])} for {self.task}")
         if twice:
             raise ValueError(
                 f"column(s) {', '.join(map(repr, twice))} named more than once: the entity key, event "
                 "timestamp, target and each feature must be different columns"
             )
         return self
-
-    @property
-    def ranking_metric(self) -> str:
-        """The metric that says which of two models is better."""
-        return self.metric or METRICS[self.task][0]
 
     @property
     def columns(self) -> tuple[str, ...]:
