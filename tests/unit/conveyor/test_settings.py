@@ -59,12 +59,18 @@ def test_bootstrap_turns_telemetry_off_and_homes_into_conveyor(tmp_path: Path, m
     assert settings.home.is_dir()
 
 
-def test_importing_settings_has_no_side_effects(tmp_path: Path) -> None:
+def test_importing_settings_and_bootstrap_has_no_side_effects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
+    import conveyor.bootstrap
     import conveyor.settings
 
-    before = set(tmp_path.iterdir())
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # where a default .conveyor/ would appear
+    environment = dict(os.environ)
     importlib.reload(conveyor.settings)
-    assert set(tmp_path.iterdir()) == before
+    importlib.reload(conveyor.bootstrap)
+    assert list(workdir.iterdir()) == [] and not (tmp_path / ".conveyor").exists()
+    assert dict(os.environ) == environment
     assert conveyor.settings._settings is None
