@@ -81,6 +81,7 @@ class _Run:
     config: ProjectConfig
     ledger: Ledger
     started: str
+    config_digest: str  # the project config file, hashed once per run
 
     @property
     def root(self) -> Path:
@@ -99,7 +100,7 @@ def run_training(request: TrainingRequest, runner: Runner = _direct) -> Training
     """Run every stage in order through ``runner``; raises the first stage's refusal."""
     config = _load(request)
     with Ledger(request.ledger_url, actor=request.actor) as ledger:
-        run = _Run(request, config, ledger, utc_now())
+        run = _Run(request, config, ledger, utc_now(), file_digest(request.config_file))
         data: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
         frame = runner("read", read_data, config.data, config)
         validation: ValidationResult = runner("validate", _validate, run, data, frame)
@@ -114,7 +115,7 @@ def validate_only(request: TrainingRequest) -> ValidationResult:
     """Version and validate the data, as the first stages of a run do; raises if it fails."""
     config = _load(request)
     with Ledger(request.ledger_url, actor=request.actor) as ledger:
-        run = _Run(request, config, ledger, utc_now())
+        run = _Run(request, config, ledger, utc_now(), file_digest(request.config_file))
         data = version_dataset(config.data, ledger, root=run.root)
         return _validate(run, data, read_data(config.data, config))
 
@@ -219,7 +220,7 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
     digest = model_digest(files)
     run.ledger.append(
         "model.trained",
-        inputs=[features.digest, file_digest(run.request.config_file)],
+        inputs=[features.digest, run.config_digest],
         outputs=[digest, *files.values()],
         details={"run_id": trained.run_id, "model_id": trained.model_id, "estimator": run.config.estimator.class_path,
                  "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files},
@@ -266,7 +267,7 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
         Material(relative_to_root(validation.report, root), validation.digest),
         Material("feature-definitions", features.spec_digest),
         Material("training-set", features.digest),
-        Material(relative_to_root(Path(run.request.config_file), root), file_digest(run.request.config_file)),
+        Material(relative_to_root(Path(run.request.config_file), root), run.config_digest),
         *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
         *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
     ]
