@@ -62,6 +62,12 @@ expectations_app = typer.Typer(
     cls=_Group, help="Write and review the data's expectation suite.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(expectations_app, name="expectations")
+api_key_app = typer.Typer(cls=_Group, help="Manage the service's API keys.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(api_key_app, name="api-key")
+canary_app = typer.Typer(
+    cls=_Group, help="Watch and steer the canary of a running service.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(canary_app, name="canary")
 
 
 @app.callback()
@@ -154,7 +160,7 @@ def demo(
     _print_outcome(outcome)
     _out()
     _out(f"Promoting {outcome.name}/{outcome.version} to champion (verify, then policies/promotion.yaml decides)...")
-    from pipelines.release import promote as run_promotion
+    from registry.release import promote as run_promotion
 
     with _ledger(settings) as ledger:
         _print_promotion(run_promotion(_release(settings, ledger), f"{outcome.name}/{outcome.version}", "champion"))
@@ -277,12 +283,12 @@ def keys_show(ctx: typer.Context) -> None:
 def _release(settings: Settings, ledger: Ledger):  # noqa: ANN202 - ReleaseContext, imported lazily
     import mlflow
 
-    from pipelines.release import ReleaseContext
+    from pipelines.release import release_context
     from policies.project import load_project
 
     mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
     project = load_project(settings.project_file, check_data=False)
-    return ReleaseContext(settings.project_root, settings.home, project, ledger, settings.project_root / "policies")
+    return release_context(settings.project_root, settings.home, project, ledger, settings.project_root / "policies")
 
 
 @app.command()
@@ -317,7 +323,7 @@ def promote(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
-    from pipelines.release import promote as run_promotion
+    from registry.release import promote as run_promotion
     from policies.errors import ConveyorError
 
     if to not in ("canary", "champion"):
@@ -350,7 +356,7 @@ def rollback(
     model: Annotated[str, typer.Argument(help="The registered model's name.")],
 ) -> None:
     """Point @champion back at the champion the last promotion replaced."""
-    from pipelines.release import rollback as run_rollback
+    from registry.release import rollback as run_rollback
 
     settings = _settings(ctx)
     with _ledger(settings) as ledger:
@@ -417,6 +423,167 @@ def audit(
     report.raise_if_broken()
     head = f", head {report.head[:16]}…" if report.head else ""
     _out(f"Ledger intact: {report.events:,} events, every link verified{head}.")
+
+
+# -- serving ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Serve @champion, and @canary when one is set, behind one endpoint (BentoML)."""
+    import os
+    import sys
+
+    from conveyor.bootstrap import tool_environment
+    from policies.project import load_project
+
+    settings = _settings(ctx)
+    load_project(settings.project_file, check_data=False)  # a broken config fails here, in one paragraph
+    env = {**os.environ, **tool_environment(settings), "OMP_NUM_THREADS": "1",
+           "CONVEYOR_PROJECT_FILE": str(settings.project_file), "CONVEYOR_HOME": str(settings.home),
+           "CONVEYOR_LEDGER_URL": str(settings.ledger_url), "CONVEYOR_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+           "CONVEYOR_ACTOR": settings.actor}  # fmt: skip
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Conveyor", "--host", host, "--port", str(port)]
+    _out(f"Serving {settings.project_file.parent.name} on http://{host}:{port} (Ctrl-C stops it cleanly)")
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)  # BentoML owns the process: signals reach it directly
+
+
+@api_key_app.command("create")
+def api_key_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Who the key is for (a client, a team).")],
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key: /admin endpoints, `conveyor canary`.")] = False,
+) -> None:
+    """Create an API key; it is shown once and stored only as a salted hash."""
+    from serving.auth import ApiKeys
+
+    settings = _settings(ctx)
+    key = ApiKeys(settings.home / "serving" / "api-keys.json").create(name, admin=admin)
+    _out(key)
+    typer.echo(f"{'Admin' if admin else 'Predict'} key for {name!r}: keep it now, it is not shown again.", err=True)
+
+
+@api_key_app.command("list")
+def api_key_list(ctx: typer.Context) -> None:
+    """The keys' ids, owners and roles (never the keys)."""
+    from serving.auth import ApiKeys
+
+    settings = _settings(ctx)
+    for entry in ApiKeys(settings.home / "serving" / "api-keys.json").entries():
+        _out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}")
+
+
+_URL = typer.Option("--url", help="The service (default: http://127.0.0.1:3000, or $CONVEYOR_SERVICE_URL).")
+_TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMIN_KEY).")
+
+
+def _admin_call(method: str, path: str, url: str | None, token: str | None, body: dict | None = None) -> dict | None:
+    """The admin endpoint's JSON answer; None when no service answers at ``url``."""
+    import os
+
+    import httpx
+
+    from policies.errors import ConveyorError
+
+    base = url or os.environ.get("CONVEYOR_SERVICE_URL", "http://127.0.0.1:3000")
+    token = token or os.environ.get("CONVEYOR_ADMIN_KEY")
+    if not token:
+        raise ConveyorError("An admin API key is needed.", hint="Pass --token or set CONVEYOR_ADMIN_KEY (`conveyor api-key create NAME --admin`).")
+    try:
+        response = httpx.request(method, f"{base.rstrip('/')}/admin/{path}", json=body, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    except httpx.TransportError:
+        return None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ConveyorError(f"The service refused: {response.status_code} {detail}.", hint="Check the key and the canary's state.")
+    return response.json()
+
+
+def _print_status(status: dict) -> None:
+    champion, canary, analysis = status.get("champion"), status.get("canary"), status.get("analysis", {})
+    _out(f"{status['model']}: champion {champion['version'] if champion else 'none'}, "
+         f"canary {canary['version'] if canary else 'none'}")  # fmt: skip
+    if canary:
+        _out(f"  weight {analysis['weight']:g}% (step {analysis['step'] + 1}), state {analysis['state']}, "
+             f"{analysis['canary_requests']} canary requests, {analysis['canary_errors']} errors")  # fmt: skip
+    verdict = analysis.get("last_verdict")
+    if verdict:
+        _out(f"  last verdict: {verdict['action']}: {'; '.join(verdict['reasons'])}")
+    for role, version in (status.get("refused") or {}).items():
+        _out(f"  refused as {role}: version {version} (did not verify; see the ledger)")
+
+
+@canary_app.command("status")
+def canary_status(
+    ctx: typer.Context, url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:  # fmt: skip
+    """The canary's weight, step and last verdict (from the ledger when no service is running)."""
+    status = _admin_call("GET", "status", url, token)
+    if status is None:
+        status = _ledger_canary_state(_settings(ctx))
+    if as_json:
+        _out(json.dumps(status, indent=2))
+    elif "events" in status:
+        _out(f"No service answered; the ledger's last canary events for {status['model']}:")
+        for event in status["events"]:
+            _out(f"  #{event['seq']} {event['time']} {event['kind']} version {event['version']}: {event['summary']}")
+    else:
+        _print_status(status)
+
+
+def _ledger_canary_state(settings: Settings) -> dict:
+    from policies.project import load_project
+
+    name = load_project(settings.project_file, check_data=False).model_name
+    kinds = {"model.deployed", "model.canary_rolled_back", "model.canary_completed", "model.load_refused"}
+    events = []
+    with _ledger(settings) as ledger:
+        for event in ledger.iter_events():
+            if event.details.get("name") != name:
+                continue
+            if event.kind in kinds or (event.kind == "model.promoted" and event.details.get("target") == "canary"):
+                summary = "; ".join(event.details.get("reasons") or []) or event.details.get("role") or event.details.get("reason", "")
+                events.append({"seq": event.seq, "time": str(event.time), "kind": event.kind,
+                               "version": event.details.get("version"), "summary": summary})  # fmt: skip
+    return {"model": name, "events": events[-10:]}
+
+
+@canary_app.command("set-weight")
+def canary_set_weight(
+    weight: Annotated[float, typer.Argument(help="Percent of requests for the canary (0-100).")],
+    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+) -> None:  # fmt: skip
+    """Move the canary's weight by hand; the analysis goes on from there."""
+    from policies.errors import ConveyorError
+
+    status = _admin_call("POST", "weight", url, token, {"weight": weight})
+    if status is None:
+        raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")
+    _print_status(status)
+
+
+@canary_app.command("abort")
+def canary_abort(
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the ledger.")] = "no reason given",
+    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+) -> None:  # fmt: skip
+    """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
+    from policies.errors import ConveyorError
+
+    status = _admin_call("POST", "abort", url, token, {"reason": reason})
+    if status is None:
+        raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")
+    _print_status(status)
 
 
 def main() -> None:

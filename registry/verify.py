@@ -96,9 +96,12 @@ def resolve(client: Any, ref: str) -> tuple[str, str]:
 
 
 def verify_version(
-    ref: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, ledger: Ledger | None
+    ref: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, ledger: Ledger | None, keep: Path | None = None
 ) -> VerificationReport:
-    """Check every link for the version ``ref`` names; never raises for a failed link."""
+    """Check every link for the version ``ref`` names; never raises for a failed link.
+
+    With ``keep`` (an empty folder), the fetched files stay there: whoever loads the model loads
+    exactly the bytes that were verified, not a second download."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -113,7 +116,7 @@ def verify_version(
     report.tags = dict(client.get_model_version(name, version).tags)
     report.links.append(Link("registry", True, f"{name} version {version} exists"))
 
-    folder = Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
+    folder = keep or Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
     try:
         try:
             model_dir = fetch_model(f"models:/{name}/{version}", folder)
@@ -130,7 +133,8 @@ def verify_version(
             _check_provenance(model_dir, files, signer, report)
         _check_tags(model_dir, report)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
     if ledger is not None:
         _check_ledger(ledger, report)
     return report
@@ -184,16 +188,17 @@ def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_di
         report.links.append(Link("signature", True, f"signed by {identity} (certificate chains to the organisation CA)"))
         return Signer(identity, pem)
     candidates, problems = trusted_keys(policy, root, keys_dir)
-    for signer in candidates:
-        key_file = model_dir.parent / f"trusted-{signer.name.split(':')[1][:16]}.pem"
-        key_file.write_bytes(signer.public_pem)
-        try:
-            verify_model(model_dir, key_file)
-        except ConveyorError:
-            continue
-        report.signer = signer.name
-        report.links.append(Link("signature", True, f"signed by trusted key {signer.name}"))
-        return signer
+    with tempfile.TemporaryDirectory(prefix="conveyor-keys-") as keys:
+        for signer in candidates:
+            key_file = Path(keys) / f"trusted-{signer.name.split(':')[1][:16]}.pem"
+            key_file.write_bytes(signer.public_pem)
+            try:
+                verify_model(model_dir, key_file)
+            except ConveyorError:
+                continue
+            report.signer = signer.name
+            report.links.append(Link("signature", True, f"signed by trusted key {signer.name}"))
+            return signer
     detail = "no trusted key verifies the signature" if candidates else "no trusted key is available"
     detail += ": the files changed after signing, or another key signed them"
     report.links.append(Link("signature", False, "; ".join([detail, *problems])))

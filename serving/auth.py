@@ -51,6 +51,10 @@ class ApiKeys:
             partial.replace(self.path)
         return key
 
+    def entries(self) -> list[dict]:
+        """Each key's id, owner and role; never a hash or salt."""
+        return [{"id": e["id"], "name": e["name"], "admin": e["admin"]} for e in self._entries]
+
     def check(self, presented: str | None) -> Role | None:
         if not presented:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,23 @@ class CanaryController:
             self.state, self.step = "running", 0
             self._new_window()
 
+    def stop(self) -> None:
+        """No canary any more (promoted, rolled back or replaced): no traffic to it."""
+        with self._lock:
+            self.router.weight = 0
+            if self.state == "running":
+                self.state = "idle"
+
+    def set_weight(self, weight: float) -> None:
+        """Move the weight by hand; analysis restarts at the first step at or above it."""
+        with self._lock:
+            if self.state != "running":
+                raise ValueError(f"no canary analysis is running (state: {self.state})")
+            steps = self.policy.steps
+            self.step = next((i for i, s in enumerate(steps) if s >= weight), len(steps) - 1)
+            self._new_window()
+            self.router.weight = weight
+
     def abort(self, reason: str) -> Verdict:
         """Roll back by hand (the admin endpoint)."""
         verdict = Verdict("rollback", [reason])
@@ -64,7 +81,8 @@ class CanaryController:
         self._on_rollback(verdict)
         return verdict
 
-    def observe(self, target: str, *, ok: bool, latency_ms: float, prediction: float | None = None) -> None:
+    def observe(self, target: str, *, ok: bool, latency_ms: float, predictions: Sequence[float] = ()) -> None:
+        """One request answered (or failed) by ``target``, with the model's time and its answers."""
         with self._lock:
             if self.state != "running":
                 return
@@ -72,8 +90,7 @@ class CanaryController:
             window.requests += 1
             window.errors += 0 if ok else 1
             window.latencies.append(latency_ms)
-            if prediction is not None:
-                window.predictions.append(prediction)
+            window.predictions.extend(predictions)
 
     def evaluate(self) -> Verdict | None:
         """Judge the current step and act on the verdict; None when no canary is running."""

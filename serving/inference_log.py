@@ -34,10 +34,11 @@ class LogEntry:
     features: Mapping[str, Any]
     prediction: float
     served_by: str  # "champion" or "canary": who answered (after any fallback)
+    row_index: int = 0  # the row's place in its request
 
     def row(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "time": self.time, "model": self.model, "version": self.version,
-                "prediction": self.prediction, "served_by": self.served_by,
+        return {"request_id": self.request_id, "row": self.row_index, "time": self.time, "model": self.model,
+                "version": self.version, "prediction": self.prediction, "served_by": self.served_by,
                 **{f"feature.{k}": v for k, v in self.features.items()}}  # fmt: skip
 
 
@@ -109,10 +110,10 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
     """Every logged row in ``folder`` (optionally within [since, until)), oldest first."""
     files = sorted(p for p in folder.glob("date=*/part-*.parquet"))
     if not files:
-        return pd.DataFrame(columns=["request_id", "time", "model", "version", "prediction", "served_by"])
+        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by"])
     frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     if since is not None:
         frame = frame[frame["time"] >= since]
     if until is not None:
         frame = frame[frame["time"] < until]
-    return frame.sort_values(["time", "request_id"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)

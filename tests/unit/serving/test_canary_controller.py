@@ -30,9 +30,9 @@ def drive(controller: CanaryController, clock: Clock, *, error_rate: float = 0.0
         if target == "canary":
             canary_sent += 1
             ok = rng.random() >= error_rate
-            controller.observe("canary", ok=ok, latency_ms=rng.gauss(20, 2) * slow, prediction=min(1.0, rng.betavariate(2, 8) + skew))
+            controller.observe("canary", ok=ok, latency_ms=rng.gauss(20, 2) * slow, predictions=[min(1.0, rng.betavariate(2, 8) + skew)])
         else:
-            controller.observe("champion", ok=True, latency_ms=rng.gauss(20, 2), prediction=rng.betavariate(2, 8))
+            controller.observe("champion", ok=True, latency_ms=rng.gauss(20, 2), predictions=[rng.betavariate(2, 8)])
         if i % 10 == 0 and controller.evaluate() and controller.state != "running":
             break
     return canary_sent

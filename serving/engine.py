@@ -1,0 +1,430 @@
+"""The serving engine: what the service does, without the HTTP around it.
+
+It holds the champion (in this process) and the canary (in a child process), both loaded only
+after ``verify`` passed. It watches the registry's ``champion`` and ``canary`` aliases and loads
+what they point at; a version that does not verify is refused, logged, recorded in the ledger,
+and the engine keeps serving what it had. Each request is checked against the champion's
+signature, routed (sticky per key), answered, and logged off the request path. A canary that
+fails a request is answered for by the champion; its failure counts against it. An analyst
+thread asks ``judge_canary`` after every canary error and every few canary requests; a rollback
+sets the canary's weight to 0 at once, removes the ``canary`` alias and records the figures; a
+canary that clears the last step is promoted by the promotion policy, like any other promotion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from policies.canary import CanaryPolicy, Verdict
+from policies.serving import ServingPolicy
+from policies.signing import SigningPolicy
+from registry.ledger import Ledger
+from registry.release import CANARY, CHAMPION, ReleaseContext, alias, promote
+from serving.auth import ApiKeys, RateLimiter, Role
+from serving.canary import CanaryController
+from serving.inference_log import InferenceLog, LogEntry
+from serving.metrics import ServiceMetrics
+from serving.models import IsolatedModel, InProcessModel, LoadRefused, ModelFailed, VerifiedModel, load_verified
+from serving.router import Router
+from serving.schema import request_model
+
+__all__ = ["ClientError", "Engine", "ServingContext"]
+
+log = logging.getLogger("conveyor.serving")
+
+_EVALUATE_EVERY = 20  # canary requests between two judgements (every canary error is judged at once)
+
+
+class ClientError(Exception):
+    """A request the service refuses: ``status`` is the HTTP status, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    """What the engine serves and where it keeps its state."""
+
+    release: ReleaseContext  # root, home, project, ledger, policies folder
+    signing: SigningPolicy
+    canary: CanaryPolicy
+    serving: ServingPolicy
+    tracking_uri: str
+
+    @property
+    def name(self) -> str:
+        return self.release.project.model_name
+
+    @property
+    def home(self) -> Path:
+        return self.release.home
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.release.ledger
+
+
+class Engine:
+    def __init__(self, ctx: ServingContext) -> None:
+        self.ctx = ctx
+        self.router = Router(0)
+        self.controller = CanaryController(self.router, ctx.canary, on_promote=self._canary_passed, on_rollback=self._canary_failed)
+        self.metrics = ServiceMetrics()
+        self.keys = ApiKeys(ctx.home / "serving" / "api-keys.json")
+        self.limiter = RateLimiter(ctx.serving.rate_limit.per_second, ctx.serving.rate_limit.burst)
+        self.log = InferenceLog(ctx.home / "inference" / ctx.name)
+        self.champion: InProcessModel | None = None
+        self.canary: IsolatedModel | None = None
+        self._request_model: Any = None
+        self._columns: list[Any] = []
+        self._refused: dict[str, str] = {}  # role -> version last refused (not retried until the alias moves)
+        self._switch = threading.RLock()  # one model switch at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._canary_seen = 0
+        self._roles: OrderedDict[bytes, Role | None] = OrderedDict()  # checked keys, by their sha256
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what the aliases point at, then watch them and judge the canary in the background."""
+        self.sync()
+        for name, target in (("canary-analyst", self._analyse), ("alias-watcher", self._watch)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Stop the background threads and the canary's process; write out the inference log."""
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with self._switch:
+            if self.canary is not None:
+                self.canary.close()
+            for model in (self.champion, self.canary):
+                if model is not None:
+                    model.verified.discard()
+        self.log.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.champion is not None
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def authorize(self, token: str | None, *, admin: bool = False) -> Role:
+        """The caller's role; 401 without a valid key, 403 for a predict key at an admin endpoint, 429 over the limit."""
+        role = self._role(token)
+        if role is None:
+            if admin or self.ctx.serving.api_keys_required:
+                self.metrics.client_errors.labels("unauthorized").inc()
+                raise ClientError(401, "a valid API key is required (header `Authorization: Bearer <key>`)")
+            role = Role("anonymous", admin=False)
+        if admin and not role.admin:
+            self.metrics.client_errors.labels("forbidden").inc()
+            raise ClientError(403, f"the key of {role.name!r} is not an admin key")
+        if not admin and not self.limiter.allow(role.name):
+            self.metrics.client_errors.labels("rate_limited").inc()
+            raise ClientError(429, f"rate limit of {self.ctx.serving.rate_limit.per_second:g} requests/s for {role.name!r} exceeded; retry later")
+        return role
+
+    def _role(self, token: str | None) -> Role | None:
+        if not token:
+            return None
+        fingerprint = hashlib.sha256(token.encode()).digest()
+        if fingerprint in self._roles:
+            return self._roles[fingerprint]
+        role = self.keys.check(token)  # one scrypt; remembered, so a key costs it once
+        self._roles[fingerprint] = role
+        while len(self._roles) > 10_000:
+            self._roles.popitem(last=False)
+        return role
+
+    async def predict(self, rows: Any, key: str | None = None) -> dict[str, Any]:
+        """Answer ``rows``: by the canary when routed there and it succeeds, by the champion otherwise."""
+        champion, canary = self.champion, self.canary
+        if champion is None or self._request_model is None:
+            raise ClientError(503, "no verified champion is loaded yet")
+        frame = self._frame(rows, key)
+        request_id = uuid.uuid4().hex
+        answered_by, answer = "champion", None
+        if canary is not None and self.router.route(key) == "canary":
+            answer = await self._ask(canary, "canary", frame)
+            if answer is not None:
+                answered_by = "canary"
+            else:
+                self.metrics.fallbacks.labels(self.ctx.name).inc()
+        if answer is None:
+            answer = await self._ask(champion, "champion", frame)
+            if answer is None:
+                raise ClientError(500, "the champion failed to answer; see the service log")
+        model = canary if answered_by == "canary" else champion
+        version = model.verified.version  # type: ignore[union-attr]
+        predictions = [float(v) for v in answer]
+        self._record(request_id, frame, version, predictions, answered_by)
+        return {"request_id": request_id, "model": self.ctx.name, "version": version, "served_by": answered_by,
+                "predictions": predictions}  # fmt: skip
+
+    def _frame(self, rows: Any, key: str | None) -> pd.DataFrame:
+        """The request checked against the champion's signature, as the frame the model expects."""
+        try:
+            request = self._request_model.model_validate({"rows": rows, "key": key})
+        except ValidationError as exc:
+            self.metrics.client_errors.labels("invalid").inc()
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
+            raise ClientError(400, f"invalid request: {problems}") from None
+        frame = pd.DataFrame([row.__dict__ for row in request.rows], columns=[c.name for c in self._columns])
+        for column in self._columns:
+            if column.type in ("double", "float", "long", "integer"):
+                frame[column.name] = frame[column.name].astype("float64")
+            else:
+                frame[column.name] = frame[column.name].astype(object)
+        return frame
+
+    async def _ask(self, model: InProcessModel | IsolatedModel, role: str, frame: pd.DataFrame) -> np.ndarray | None:
+        """The model's answer, or None when it failed (counted, and judged at once for a canary)."""
+        labels = (self.ctx.name, model.verified.version, role)
+        started = time.perf_counter()
+        timeout = self.ctx.serving.canary_timeout_ms / 1000 if role == "canary" else None
+        try:
+            answer = await model.predict(frame, timeout)
+        except (ModelFailed, Exception) as exc:  # noqa: BLE001 - any failure of a model is the model's
+            elapsed = time.perf_counter() - started
+            log.warning("%s version %s failed a request: %s", role, model.verified.version, exc)
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.errors.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(elapsed)
+            self.controller.observe(role, ok=False, latency_ms=elapsed * 1000)
+            if role == "canary":
+                self._wake.set()
+            return None
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+        self.controller.observe(role, ok=True, latency_ms=answer.model_ms, predictions=answer.values.tolist())
+        if role == "canary":
+            self._canary_seen += 1
+            if self._canary_seen % _EVALUATE_EVERY == 0:
+                self._wake.set()
+        return answer.values
+
+    def _record(self, request_id: str, frame: pd.DataFrame, version: str, predictions: list[float], served_by: str) -> None:
+        now = datetime.now(UTC)
+        for i, (row, prediction) in enumerate(zip(frame.to_dict("records"), predictions, strict=True)):
+            self.log.record(LogEntry(request_id, now, self.ctx.name, version, row, prediction, served_by, i))
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        def describe(model: InProcessModel | IsolatedModel | None) -> dict[str, Any] | None:
+            if model is None:
+                return None
+            v = model.verified
+            return {"version": v.version, "version_digest": v.version_digest, "signer": v.signer}
+
+        return {"model": self.ctx.name, "ready": self.ready, "champion": describe(self.champion),
+                "canary": describe(self.canary), "analysis": self.controller.status(),
+                "refused": dict(self._refused), "policy": self.ctx.canary.model_dump()}  # fmt: skip
+
+    def set_weight(self, weight: float) -> dict[str, Any]:
+        if self.canary is None:
+            raise ClientError(409, "no canary is being served; promote a version to canary first")
+        if not 0 <= weight <= 100:
+            raise ClientError(400, f"weight must be between 0 and 100, not {weight}")
+        try:
+            self.controller.set_weight(weight)
+        except ValueError as exc:
+            raise ClientError(409, str(exc)) from None
+        self.metrics.weight.labels(self.ctx.name).set(weight)
+        return self.status()
+
+    def abort(self, reason: str) -> dict[str, Any]:
+        if self.canary is None:
+            raise ClientError(409, "no canary is being served")
+        self.controller.abort(f"aborted by an admin: {reason}")
+        return self.status()
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def sync(self) -> dict[str, Any]:
+        """Load whatever the ``champion`` and ``canary`` aliases point at now, if it changed."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
+        with self._switch:
+            wanted_champion = alias(client, self.ctx.name, CHAMPION)
+            current = self.champion.verified.version if self.champion else None
+            if wanted_champion is not None and wanted_champion != current and self._refused.get(CHAMPION) != wanted_champion:
+                self._load_champion(wanted_champion)
+            wanted_canary = alias(client, self.ctx.name, CANARY)
+            if wanted_canary == (self.champion.verified.version if self.champion else None):
+                wanted_canary = None  # a canary that is already champion has nothing left to prove
+            current = self.canary.verified.version if self.canary else None
+            if wanted_canary != current and self._refused.get(CANARY) != wanted_canary:
+                self._stop_canary()
+                if wanted_canary is not None and self.champion is not None:
+                    self._load_canary(wanted_canary)
+        return self.status()
+
+    def _verify(self, version: str, role: str) -> VerifiedModel | None:
+        ctx = self.ctx
+        try:
+            verified = load_verified(f"{ctx.name}/{version}", policy=ctx.signing, root=ctx.release.root,
+                                     keys_dir=ctx.home / "keys", ledger=ctx.ledger, task=ctx.release.project.task,
+                                     workspace=ctx.home / "serving" / "models")  # fmt: skip
+        except LoadRefused as exc:
+            self._refuse(version, role, str(exc))
+            return None
+        return verified
+
+    def _refuse(self, version: str, role: str, reason: str) -> None:
+        log.error("refused to serve %s version %s as %s: %s", self.ctx.name, version, role, reason)
+        self._refused[role] = version
+        self.metrics.refusals.labels(self.ctx.name).inc()
+        self.ctx.ledger.append("model.load_refused", inputs=[], outputs=[],
+                               details={"name": self.ctx.name, "version": version, "role": role, "reason": reason,
+                                        "serving": {r: m.verified.version if m else None
+                                                    for r, m in ((CHAMPION, self.champion), (CANARY, self.canary))}})  # fmt: skip
+
+    def _deployed(self, verified: VerifiedModel, role: str) -> None:
+        self._refused.pop(role, None)
+        self.ctx.ledger.append("model.deployed", inputs=[verified.version_digest], outputs=[],
+                               details={"name": verified.name, "version": verified.version, "role": role,
+                                        "signer": verified.signer})  # fmt: skip
+        log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
+
+    def _load_champion(self, version: str) -> None:
+        verified = self._verify(version, CHAMPION)
+        if verified is None:
+            return
+        try:
+            model = InProcessModel(verified)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load is refused like one that does not verify
+            verified.discard()
+            self._refuse(version, CHAMPION, f"failed to load: {exc!r}")
+            return
+        old, self.champion = self.champion, model
+        self._columns = list(verified.columns)
+        self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows)
+        self._deployed(verified, CHAMPION)
+        if old is not None:
+            old.verified.discard()
+
+    def _load_canary(self, version: str) -> None:
+        verified = self._verify(version, CANARY)
+        if verified is None:
+            return
+        if list(verified.columns) != self._columns:
+            verified.discard()
+            self._refuse(version, CANARY, "its input columns differ from the champion's: clients could not call both")
+            return
+        try:
+            model = IsolatedModel(verified)
+        except LoadRefused as exc:
+            verified.discard()
+            self._refuse(version, CANARY, str(exc))
+            return
+        self.canary = model
+        self._canary_seen = 0
+        self._deployed(verified, CANARY)
+        self.controller.start()
+        self.metrics.weight.labels(self.ctx.name).set(self.router.weight)
+
+    def _stop_canary(self) -> None:
+        canary, self.canary = self.canary, None
+        self.controller.stop()
+        self.metrics.weight.labels(self.ctx.name).set(0)
+        if canary is not None:
+            canary.close()
+            canary.verified.discard()
+
+    # -- canary verdicts (on the analyst thread) ----------------------------------------------
+
+    def _canary_failed(self, verdict: Verdict) -> None:
+        """Weight is 0 already; remove the alias, record the figures, stop the canary."""
+        from mlflow import MlflowClient
+
+        with self._switch:
+            canary = self.canary
+            if canary is None:
+                return
+            version = canary.verified.version
+            self.metrics.rollbacks.labels(self.ctx.name).inc()
+            self.metrics.weight.labels(self.ctx.name).set(0)
+            client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
+            restored = False
+            if alias(client, self.ctx.name, CANARY) == version:
+                client.delete_registered_model_alias(self.ctx.name, CANARY)
+                restored = True
+            self.ctx.ledger.append("model.canary_rolled_back", inputs=[canary.verified.version_digest], outputs=[],
+                                   details={"name": self.ctx.name, "version": version, "reasons": verdict.reasons,
+                                            "figures": self.controller.status(), "alias_removed": restored,
+                                            "champion": self.champion.verified.version if self.champion else None})  # fmt: skip
+            log.warning("canary %s version %s rolled back: %s", self.ctx.name, version, "; ".join(verdict.reasons))
+            self._stop_canary()
+
+    def _canary_passed(self, verdict: Verdict) -> None:
+        """The last step is clean: promote through the promotion policy, then serve it as champion."""
+        import mlflow
+
+        with self._switch:
+            canary = self.canary
+            if canary is None:
+                return
+            version = canary.verified.version
+            mlflow.set_tracking_uri(self.ctx.tracking_uri)
+            try:
+                outcome = promote(self.ctx.release, f"{self.ctx.name}/{version}", CHAMPION)
+                ok, reasons = outcome.decision.ok, outcome.decision.reasons
+            except Exception as exc:  # noqa: BLE001 - a promotion error leaves the champion as it is
+                ok, reasons = False, [f"promotion failed: {exc}"]
+            self.ctx.ledger.append("model.canary_completed", inputs=[canary.verified.version_digest], outputs=[],
+                                   details={"name": self.ctx.name, "version": version, "promoted": ok,
+                                            "analysis": verdict.reasons, "promotion": reasons,
+                                            "figures": self.controller.status()})  # fmt: skip
+            self._stop_canary()
+            if ok:
+                self._load_champion(version)
+            else:
+                log.warning("canary %s version %s cleared every step but was not promoted: %s", self.ctx.name, version, "; ".join(reasons))
+                client = mlflow.MlflowClient(tracking_uri=self.ctx.tracking_uri)
+                if alias(client, self.ctx.name, CANARY) == version:
+                    client.delete_registered_model_alias(self.ctx.name, CANARY)
+
+    # -- background -------------------------------------------------------------------------------
+
+    def _analyse(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.controller.evaluate()
+                self.metrics.weight.labels(self.ctx.name).set(self.router.weight if self.canary else 0)
+            except Exception:
+                log.exception("canary analysis failed")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.ctx.serving.watch_seconds):
+            try:
+                self.sync()
+            except Exception:
+                log.exception("could not check the registry's aliases")

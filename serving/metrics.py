@@ -1,0 +1,44 @@
+"""The service's Prometheus metrics: requests, errors and latency per model version, and the canary.
+
+Inside ``bentoml serve`` the worker runs with ``PROMETHEUS_MULTIPROC_DIR`` set, so these values
+land in BentoML's own ``/metrics`` beside its HTTP metrics. Each ``ServiceMetrics`` has its own
+registry, so several services in one process (tests) do not collide; ``render`` gives that
+registry's text when no multiprocess directory is in use.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "version", "role"]
+        self.requests = Counter("conveyor_predict_requests", "Prediction requests a model answered or failed",
+                                labels, registry=self.registry)  # fmt: skip
+        self.errors = Counter("conveyor_predict_errors", "Prediction requests a model failed (raised, timed out, died)",
+                              labels, registry=self.registry)  # fmt: skip
+        self.latency = Histogram("conveyor_predict_latency_seconds", "Time a model took to answer",
+                                 labels, buckets=_LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.fallbacks = Counter("conveyor_fallbacks", "Canary requests the champion answered instead", ["model"],
+                                 registry=self.registry)  # fmt: skip
+        self.rollbacks = Counter("conveyor_canary_rollbacks", "Canaries rolled back", ["model"], registry=self.registry)
+        self.refusals = Counter("conveyor_model_load_refusals", "Models refused at load (did not verify)", ["model"],
+                                registry=self.registry)  # fmt: skip
+        self.client_errors = Counter("conveyor_client_errors", "Requests refused before any model ran", ["reason"],
+                                     registry=self.registry)  # fmt: skip
+        self.weight = Gauge("conveyor_canary_weight_percent", "Share of requests routed to the canary", ["model"],
+                            multiprocess_mode="mostrecent", registry=self.registry)  # fmt: skip
+
+    def render(self) -> str:
+        """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return ""
+        return generate_latest(self.registry).decode()
