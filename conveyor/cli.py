@@ -458,12 +458,14 @@ def api_key_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Who the key is for (a client, a team).")],
     admin: Annotated[bool, typer.Option("--admin", help="An admin key: /admin endpoints, `conveyor canary`.")] = False,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="This key's own limit, requests/s (default: policies/serving.yaml).")] = None,
+    burst: Annotated[int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")] = None,
 ) -> None:
     """Create an API key; it is shown once and stored only as a salted hash."""
     from serving.auth import ApiKeys
 
     settings = _settings(ctx)
-    key = ApiKeys(settings.home / "serving" / "api-keys.json").create(name, admin=admin)
+    key = ApiKeys(settings.home / "serving" / "api-keys.json").create(name, admin=admin, per_second=rate, burst=burst)
     _out(key)
     typer.echo(f"{'Admin' if admin else 'Predict'} key for {name!r}: keep it now, it is not shown again.", err=True)
 
@@ -561,12 +563,13 @@ def _ledger_canary_state(settings: Settings) -> dict:
 @canary_app.command("set-weight")
 def canary_set_weight(
     weight: Annotated[float, typer.Argument(help="Percent of requests for the canary (0-100).")],
+    hold: Annotated[bool, typer.Option("--hold", help="Stay at this weight (rollback still applies) until the next set-weight.")] = False,
     url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
 ) -> None:  # fmt: skip
     """Move the canary's weight by hand; the analysis goes on from there."""
     from policies.errors import ConveyorError
 
-    status = _admin_call("POST", "weight", url, token, {"weight": weight})
+    status = _admin_call("POST", "weight", url, token, {"weight": weight, "hold": hold})
     if status is None:
         raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")
     _print_status(status)

@@ -110,7 +110,9 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
             f"{policy.latency.percentile} latency {ours:.1f} ms vs champion {theirs:.1f} ms: ratio {ratio:.2f} "
             f"(max {policy.latency.max_ratio:g})")  # fmt: skip
     if len(canary.predictions) and len(champion.predictions):
-        shift = psi(champion.predictions, canary.predictions)
+        # About 30 canary predictions a bin: with fewer, empty bins make PSI's sampling noise
+        # heavy-tailed (a healthy canary of 60 requests would reach 0.9 now and then).
+        shift = psi(champion.predictions, canary.predictions, bins=min(10, max(2, len(canary.predictions) // 30)))
         (breaches if shift > policy.max_psi else passed).append(f"prediction PSI {shift:.3f} (max {policy.max_psi:g})")
     if breaches:
         return Verdict("rollback", breaches)

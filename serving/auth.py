@@ -26,6 +26,8 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 class Role:
     name: str  # who the key belongs to
     admin: bool
+    per_second: float | None = None  # this key's own rate limit, if it has one
+    burst: int | None = None
 
 
 class ApiKeys:
@@ -34,14 +36,26 @@ class ApiKeys:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._entries: list[dict] = json.loads(path.read_text()) if path.is_file() else []
+        self._mtime: float | None = None
+        self._entries: list[dict] = []
+        self._reload()
 
-    def create(self, name: str, *, admin: bool = False) -> str:
+    def _reload(self) -> None:
+        """Read the file again if it changed (keys created while the service runs)."""
+        mtime = self.path.stat().st_mtime if self.path.is_file() else None
+        if mtime != self._mtime:
+            self._entries = json.loads(self.path.read_text()) if mtime is not None else []
+            self._mtime = mtime
+
+    def create(self, name: str, *, admin: bool = False, per_second: float | None = None, burst: int | None = None) -> str:
         """A new key for ``name``; the only time the key itself is seen."""
         key = f"cvk_{secrets.token_urlsafe(32)}"
         salt = secrets.token_bytes(16)
         entry = {"id": key[:12], "name": name, "admin": admin, "salt": salt.hex(), "hash": _hash(key, salt).hex()}
+        if per_second is not None:
+            entry["rate_limit"] = {"per_second": per_second, "burst": burst or max(1, int(per_second))}
         with self._lock:
+            self._reload()
             self._entries.append(entry)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".partial")
@@ -53,15 +67,21 @@ class ApiKeys:
 
     def entries(self) -> list[dict]:
         """Each key's id, owner and role; never a hash or salt."""
-        return [{"id": e["id"], "name": e["name"], "admin": e["admin"]} for e in self._entries]
+        with self._lock:
+            self._reload()
+            return [{"id": e["id"], "name": e["name"], "admin": e["admin"], "rate_limit": e.get("rate_limit")} for e in self._entries]
 
     def check(self, presented: str | None) -> Role | None:
         if not presented:
             return None
-        for entry in self._entries:
+        with self._lock:
+            self._reload()
+            entries = list(self._entries)
+        for entry in entries:
             if hmac.compare_digest(entry["id"], presented[:12]):
                 if hmac.compare_digest(bytes.fromhex(entry["hash"]), _hash(presented, bytes.fromhex(entry["salt"]))):
-                    return Role(entry["name"], entry["admin"])
+                    limit = entry.get("rate_limit") or {}
+                    return Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
         return None
 
 
@@ -77,11 +97,13 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def allow(self, caller: str) -> bool:
+    def allow(self, caller: str, *, rate: float | None = None, burst: int | None = None) -> bool:
+        """Take a token from ``caller``'s bucket (``rate`` and ``burst`` override the defaults for it)."""
+        rate, burst = rate or self.rate, burst or self.burst
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(caller, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens, last = self._buckets.get(caller, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
             allowed = tokens >= 1.0
             self._buckets[caller] = (tokens - 1.0 if allowed else tokens, now)
             return allowed

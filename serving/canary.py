@@ -48,10 +48,11 @@ class CanaryController:
         self.last: Verdict | None = None
         self._windows: dict[str, _Window] = {}
         self._started = 0.0
+        self.held = False  # an admin holds the weight: advance no further
 
     def start(self) -> None:
         with self._lock:
-            self.state, self.step = "running", 0
+            self.state, self.step, self.held = "running", 0, False
             self._new_window()
 
     def stop(self) -> None:
@@ -61,8 +62,9 @@ class CanaryController:
             if self.state == "running":
                 self.state = "idle"
 
-    def set_weight(self, weight: float) -> None:
-        """Move the weight by hand; analysis restarts at the first step at or above it."""
+    def set_weight(self, weight: float, *, hold: bool = False) -> None:
+        """Move the weight by hand; analysis restarts at the first step at or above it. With
+        ``hold``, the canary stays at this weight (it can still be rolled back) until the next call."""
         with self._lock:
             if self.state != "running":
                 raise ValueError(f"no canary analysis is running (state: {self.state})")
@@ -70,6 +72,7 @@ class CanaryController:
             self.step = next((i for i, s in enumerate(steps) if s >= weight), len(steps) - 1)
             self._new_window()
             self.router.weight = weight
+            self.held = hold
 
     def abort(self, reason: str) -> Verdict:
         """Roll back by hand (the admin endpoint)."""
@@ -100,7 +103,10 @@ class CanaryController:
                 return None
             stats = CanaryStats(self.step, self._clock() - self._started,
                                 self._windows["canary"].side(), self._windows["champion"].side())  # fmt: skip
-            verdict = self.last = judge_canary(stats, self.policy)
+            verdict = judge_canary(stats, self.policy)
+            if verdict.action == "advance" and self.held:
+                verdict = Verdict("hold", [f"held at {self.router.weight:g}% by an admin", *verdict.reasons])
+            self.last = verdict
             if verdict.action == "rollback":
                 self._rollback(verdict)
                 callback = self._on_rollback
@@ -117,7 +123,7 @@ class CanaryController:
     def status(self) -> dict[str, Any]:
         with self._lock:
             canary = self._windows.get("canary", _Window())
-            return {"state": self.state, "step": self.step, "weight": self.router.weight,
+            return {"state": self.state, "step": self.step, "weight": self.router.weight, "held": self.held,
                     "canary_requests": canary.requests, "canary_errors": canary.errors,
                     "last_verdict": None if self.last is None else {"action": self.last.action, "reasons": self.last.reasons}}  # fmt: skip
 

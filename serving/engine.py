@@ -141,9 +141,10 @@ class Engine:
         if admin and not role.admin:
             self.metrics.client_errors.labels("forbidden").inc()
             raise ClientError(403, f"the key of {role.name!r} is not an admin key")
-        if not admin and not self.limiter.allow(role.name):
+        if not admin and not self.limiter.allow(role.name, rate=role.per_second, burst=role.burst):
             self.metrics.client_errors.labels("rate_limited").inc()
-            raise ClientError(429, f"rate limit of {self.ctx.serving.rate_limit.per_second:g} requests/s for {role.name!r} exceeded; retry later")
+            rate = role.per_second or self.ctx.serving.rate_limit.per_second
+            raise ClientError(429, f"rate limit of {rate:g} requests/s for {role.name!r} exceeded; retry later")
         return role
 
     def _role(self, token: str | None) -> Role | None:
@@ -243,13 +244,13 @@ class Engine:
                 "canary": describe(self.canary), "analysis": self.controller.status(),
                 "refused": dict(self._refused), "policy": self.ctx.canary.model_dump()}  # fmt: skip
 
-    def set_weight(self, weight: float) -> dict[str, Any]:
+    def set_weight(self, weight: float, hold: bool = False) -> dict[str, Any]:
         if self.canary is None:
             raise ClientError(409, "no canary is being served; promote a version to canary first")
         if not 0 <= weight <= 100:
             raise ClientError(400, f"weight must be between 0 and 100, not {weight}")
         try:
-            self.controller.set_weight(weight)
+            self.controller.set_weight(weight, hold=hold)
         except ValueError as exc:
             raise ClientError(409, str(exc)) from None
         self.metrics.weight.labels(self.ctx.name).set(weight)

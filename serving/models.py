@@ -157,16 +157,16 @@ class IsolatedModel:
 
     async def predict(self, frame: pd.DataFrame, timeout: float | None = None) -> Answer:
         with self._lock:
-            pool = self._pool
-            if pool is None:
-                raise ModelFailed("the model's process is closed")
-            if not self._ready.done():  # type: ignore[union-attr]
-                raise ModelFailed("the model's process is restarting")
-            try:
-                future = pool.submit(_child_run, frame)
-            except concurrent.futures.BrokenExecutor:
-                self._replace(pool)
-                raise ModelFailed("the model's process had died; it is being restarted") from None
+            pool, ready = self._pool, self._ready
+        if pool is None or ready is None:
+            raise ModelFailed("the model's process is closed")
+        if not ready.done():
+            raise ModelFailed("the model's process is restarting")
+        try:
+            future = pool.submit(_child_run, frame)
+        except (concurrent.futures.BrokenExecutor, RuntimeError):  # died, or replaced meanwhile
+            self._replace(pool)
+            raise ModelFailed("the model's process had died; it is being restarted") from None
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
@@ -175,18 +175,20 @@ class IsolatedModel:
         except concurrent.futures.BrokenExecutor:
             self._replace(pool)
             raise ModelFailed("the model's process died") from None
+        except asyncio.CancelledError:
+            if future.cancelled():  # the call was still queued when its process was stopped
+                raise ModelFailed("the model's process was stopped before it answered") from None
+            raise  # the request itself was cancelled
         except Exception as exc:
             raise ModelFailed(f"the model raised {type(exc).__name__}: {exc}") from None
 
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        """A fresh child instead of ``broken``; the old one is killed off the caller's thread."""
         with self._lock:
             if self._pool is not broken:
-                return  # someone replaced it already
-            self._pool = None
-        _kill(broken)
-        with self._lock:
-            if self._pool is None:
-                self._start()
+                return  # replaced already, or closed
+            self._start()
+        threading.Thread(target=_kill, args=(broken,), name="kill-model-process", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:

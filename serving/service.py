@@ -29,6 +29,7 @@ log = logging.getLogger("conveyor.serving")
 
 class Weight(BaseModel):
     weight: float = Field(ge=0, le=100, description="percent of requests for the canary")
+    hold: bool = Field(False, description="stay at this weight until told otherwise (rollback still applies)")
 
 
 class Abort(BaseModel):
@@ -123,7 +124,7 @@ class Conveyor:
                    x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:  # fmt: skip
         """Move the canary's weight by hand; analysis goes on from the step at or above it."""
         self._admin(authorization, x_api_key)
-        return self._engine_call(self.engine.set_weight, body.weight)
+        return self._engine_call(self.engine.set_weight, body.weight, body.hold)
 
     @admin.post("/abort")
     def abort(self, body: Abort, authorization: Annotated[str | None, Header()] = None,
