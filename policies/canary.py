@@ -109,11 +109,15 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
         (breaches if ratio > policy.latency.max_ratio else passed).append(
             f"{policy.latency.percentile} latency {ours:.1f} ms vs champion {theirs:.1f} ms: ratio {ratio:.2f} "
             f"(max {policy.latency.max_ratio:g})")  # fmt: skip
-    if len(canary.predictions) and len(champion.predictions):
-        # About 30 canary predictions a bin: with fewer, empty bins make PSI's sampling noise
-        # heavy-tailed (a healthy canary of 60 requests would reach 0.9 now and then).
-        shift = psi(champion.predictions, canary.predictions, bins=min(10, max(2, len(canary.predictions) // 30)))
+    # About 30 predictions a bin on each side: with fewer, empty bins make PSI's sampling noise
+    # heavy-tailed (a healthy canary of 60 requests would reach 0.9 now and then).
+    bins = min(10, len(canary.predictions) // 30, len(champion.predictions) // 30)
+    if bins >= 2:
+        shift = psi(champion.predictions, canary.predictions, bins=bins)
         (breaches if shift > policy.max_psi else passed).append(f"prediction PSI {shift:.3f} (max {policy.max_psi:g})")
+    elif len(canary.predictions):
+        passed.append(f"prediction PSI not judged: {len(champion.predictions)} champion and "
+                      f"{len(canary.predictions)} canary predictions are too few to compare")  # fmt: skip
     if breaches:
         return Verdict("rollback", breaches)
     return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)

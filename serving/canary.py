@@ -52,8 +52,9 @@ class CanaryController:
 
     def start(self) -> None:
         with self._lock:
-            self.state, self.step, self.held = "running", 0, False
-            self._new_window()
+            self.state, self.step, self.held = "idle", 0, False
+            self._new_window()  # a new canary: no reference from an earlier one
+            self.state = "running"
 
     def stop(self) -> None:
         """No canary any more (promoted, rolled back or replaced): no traffic to it."""
@@ -128,7 +129,13 @@ class CanaryController:
                     "last_verdict": None if self.last is None else {"action": self.last.action, "reasons": self.last.reasons}}  # fmt: skip
 
     def _new_window(self) -> None:
+        # The champion's latencies and predictions carry over from step to step: they are the
+        # reference the canary is compared with, and at 100 % the champion answers (almost) nothing.
+        before = self._windows.get("champion") if self.state == "running" else None
         self._windows = {"canary": _Window(), "champion": _Window()}
+        if before is not None:
+            self._windows["champion"].latencies.extend(before.latencies)
+            self._windows["champion"].predictions.extend(before.predictions)
         self._started = self._clock()
         self.router.weight = self.policy.steps[self.step]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 
 from policies.canary import CanaryPolicy, Verdict
@@ -164,49 +163,43 @@ class Engine:
         champion, canary = self.champion, self.canary
         if champion is None or self._request_model is None:
             raise ClientError(503, "no verified champion is loaded yet")
-        frame = self._frame(rows, key)
+        checked = self._rows(rows, key)
         request_id = uuid.uuid4().hex
         answered_by, answer = "champion", None
         if canary is not None and self.router.route(key) == "canary":
-            answer = await self._ask(canary, "canary", frame)
+            answer = await self._ask(canary, "canary", checked)
             if answer is not None:
                 answered_by = "canary"
             else:
                 self.metrics.fallbacks.labels(self.ctx.name).inc()
         if answer is None:
-            answer = await self._ask(champion, "champion", frame)
+            answer = await self._ask(champion, "champion", checked)
             if answer is None:
                 raise ClientError(500, "the champion failed to answer; see the service log")
         model = canary if answered_by == "canary" else champion
         version = model.verified.version  # type: ignore[union-attr]
         predictions = [float(v) for v in answer]
-        self._record(request_id, frame, version, predictions, answered_by)
+        self._record(request_id, checked, version, predictions, answered_by)
         return {"request_id": request_id, "model": self.ctx.name, "version": version, "served_by": answered_by,
                 "predictions": predictions}  # fmt: skip
 
-    def _frame(self, rows: Any, key: str | None) -> pd.DataFrame:
-        """The request checked against the champion's signature, as the frame the model expects."""
+    def _rows(self, rows: Any, key: str | None) -> list[dict[str, Any]]:
+        """The request checked against the champion's signature: one plain dict per row."""
         try:
             request = self._request_model.model_validate({"rows": rows, "key": key})
         except ValidationError as exc:
             self.metrics.client_errors.labels("invalid").inc()
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
             raise ClientError(400, f"invalid request: {problems}") from None
-        frame = pd.DataFrame([row.__dict__ for row in request.rows], columns=[c.name for c in self._columns])
-        for column in self._columns:
-            if column.type in ("double", "float", "long", "integer"):
-                frame[column.name] = frame[column.name].astype("float64")
-            else:
-                frame[column.name] = frame[column.name].astype(object)
-        return frame
+        return [row.__dict__ for row in request.rows]
 
-    async def _ask(self, model: InProcessModel | IsolatedModel, role: str, frame: pd.DataFrame) -> np.ndarray | None:
+    async def _ask(self, model: InProcessModel | IsolatedModel, role: str, rows: list[dict[str, Any]]) -> np.ndarray | None:
         """The model's answer, or None when it failed (counted, and judged at once for a canary)."""
         labels = (self.ctx.name, model.verified.version, role)
         started = time.perf_counter()
         timeout = self.ctx.serving.canary_timeout_ms / 1000 if role == "canary" else None
         try:
-            answer = await model.predict(frame, timeout)
+            answer = await model.predict(rows, timeout)
         except (ModelFailed, Exception) as exc:  # noqa: BLE001 - any failure of a model is the model's
             elapsed = time.perf_counter() - started
             log.warning("%s version %s failed a request: %s", role, model.verified.version, exc)
@@ -226,9 +219,9 @@ class Engine:
                 self._wake.set()
         return answer.values
 
-    def _record(self, request_id: str, frame: pd.DataFrame, version: str, predictions: list[float], served_by: str) -> None:
+    def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str) -> None:
         now = datetime.now(UTC)
-        for i, (row, prediction) in enumerate(zip(frame.to_dict("records"), predictions, strict=True)):
+        for i, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
             self.log.record(LogEntry(request_id, now, self.ctx.name, version, row, prediction, served_by, i))
 
     # -- admin ------------------------------------------------------------------------------------
@@ -326,6 +319,7 @@ class Engine:
         self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows)
         self._deployed(verified, CHAMPION)
         if old is not None:
+            old.close()
             old.verified.discard()
 
     def _load_canary(self, version: str) -> None:
@@ -400,10 +394,10 @@ class Engine:
                                    details={"name": self.ctx.name, "version": version, "promoted": ok,
                                             "analysis": verdict.reasons, "promotion": reasons,
                                             "figures": self.controller.status()})  # fmt: skip
-            self._stop_canary()
             if ok:
-                self._load_champion(version)
-            else:
+                self._load_champion(version)  # first: the canary keeps its share until the champion has switched
+            self._stop_canary()
+            if not ok:
                 log.warning("canary %s version %s cleared every step but was not promoted: %s", self.ctx.name, version, "; ".join(reasons))
                 client = mlflow.MlflowClient(tracking_uri=self.ctx.tracking_uri)
                 if alias(client, self.ctx.name, CANARY) == version:

@@ -83,34 +83,87 @@ class Answer:
     model_ms: float  # the model's own time, without queueing or the process boundary
 
 
-def _timed(predict: Any, frame: pd.DataFrame) -> Answer:
+def _timed(predict: Any, rows: list[dict[str, Any]]) -> Answer:
     started = time.perf_counter()
-    values = predict(frame)
+    values = predict(rows)
     return Answer(values, (time.perf_counter() - started) * 1000)
 
 
-def _predictor(model_dir: Path, task: str) -> Any:
-    """The loaded model's answer function: a frame in, one float per row out."""
+_NUMERIC = {"double", "float", "long", "integer"}
+
+
+def frame_of(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> pd.DataFrame:
+    """Checked rows as the frame the model was trained on: numbers as float64 (None as NaN), text as objects."""
+    data = {}
+    for column in columns:
+        values = [row[column.name] for row in rows]
+        if column.type in _NUMERIC:
+            data[column.name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
+        else:
+            data[column.name] = np.array(values, dtype=object)
+    return pd.DataFrame(data)
+
+
+def _predictor(model_dir: Path, task: str, columns: tuple[Column, ...]) -> Any:
+    """The loaded model's answer function: rows in, one float per row out."""
     import mlflow.sklearn
 
     model = mlflow.sklearn.load_model(str(model_dir))
     if task == "classification":
-        return lambda frame: np.asarray(model.predict_proba(frame))[:, 1]
-    return lambda frame: np.asarray(model.predict(frame), dtype=float)
+        return lambda rows: np.asarray(model.predict_proba(frame_of(rows, columns)))[:, 1]
+    return lambda rows: np.asarray(model.predict(frame_of(rows, columns)), dtype=float)
 
 
 class InProcessModel:
-    """The model in this process: the fast path, for the champion."""
+    """The model in this process: the fast path, for the champion.
 
-    def __init__(self, verified: VerifiedModel) -> None:
+    Requests that arrive while the model is busy are answered together in one call (adaptive
+    batching: no added wait when idle, one frame and one predict for many requests under load).
+    """
+
+    def __init__(self, verified: VerifiedModel, *, max_batch_rows: int = 512) -> None:
         self.verified = verified
-        self._predict = _predictor(verified.folder, verified.task)
+        self._predict = _predictor(verified.folder, verified.task, verified.columns)
+        self._max_rows = max_batch_rows
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def predict(self, frame: pd.DataFrame, timeout: float | None = None) -> Answer:  # noqa: ARG002 - same shape as IsolatedModel
-        return await asyncio.to_thread(_timed, self._predict, frame)
+    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:  # noqa: ARG002 - as IsolatedModel
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._loop = asyncio.get_running_loop()
+            self._queue = asyncio.Queue()
+            self._worker = self._loop.create_task(self._batches(self._queue))
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((rows, answer))
+        return await answer
+
+    async def _batches(self, queue: asyncio.Queue) -> None:
+        while True:
+            batch = [await queue.get()]
+            size = len(batch[0][0])
+            while not queue.empty() and size < self._max_rows:
+                batch.append(queue.get_nowait())
+                size += len(batch[-1][0])
+            rows = [row for request, _ in batch for row in request]
+            try:
+                answer = await asyncio.to_thread(_timed, self._predict, rows)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the model's error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(ModelFailed(f"the model raised {type(exc).__name__}: {exc}"))
+                continue
+            start = 0
+            for request, future in batch:
+                if not future.done():
+                    part = answer.values[start : start + len(request)]
+                    future.set_result(Answer(part, answer.model_ms))
+                start += len(request)
 
     def close(self) -> None:
-        pass
+        """Stop the batching task (from any thread); requests already answered are unaffected."""
+        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._worker.cancel)
 
 
 # -- the isolated model: a child process that loads the model once and answers frames -----------
@@ -118,14 +171,14 @@ class InProcessModel:
 _child_predict: Any = None
 
 
-def _child_start(model_dir: str, task: str) -> None:
+def _child_start(model_dir: str, task: str, columns: tuple[Column, ...]) -> None:
     global _child_predict  # noqa: PLW0603 - one model per child process
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _child_predict = _predictor(Path(model_dir), task)
+    _child_predict = _predictor(Path(model_dir), task, columns)
 
 
-def _child_run(frame: pd.DataFrame) -> Answer:
-    return _timed(_child_predict, frame)
+def _child_run(rows: list[dict[str, Any]]) -> Answer:
+    return _timed(_child_predict, rows)
 
 
 class IsolatedModel:
@@ -151,11 +204,11 @@ class IsolatedModel:
     def _start(self) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_start, initargs=(str(self.verified.folder), self.verified.task),
+            initializer=_child_start, initargs=(str(self.verified.folder), self.verified.task, self.verified.columns),
         )  # fmt: skip
         self._ready = self._pool.submit(os.getpid)  # done once the child has loaded the model
 
-    async def predict(self, frame: pd.DataFrame, timeout: float | None = None) -> Answer:
+    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:
         with self._lock:
             pool, ready = self._pool, self._ready
         if pool is None or ready is None:
@@ -163,7 +216,7 @@ class IsolatedModel:
         if not ready.done():
             raise ModelFailed("the model's process is restarting")
         try:
-            future = pool.submit(_child_run, frame)
+            future = pool.submit(_child_run, rows)
         except (concurrent.futures.BrokenExecutor, RuntimeError):  # died, or replaced meanwhile
             self._replace(pool)
             raise ModelFailed("the model's process had died; it is being restarted") from None

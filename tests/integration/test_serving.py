@@ -241,7 +241,7 @@ def test_a_healthy_canary_walks_the_steps_and_becomes_champion(served: Served) -
     replies = served.drive(3000, stop=canary_gone(served))
     assert all(r.status == 200 for r in replies)
     status = served.status()
-    assert status["champion"]["version"] == version and status["canary"] is None
+    assert status["champion"]["version"] == version and status["canary"] is None, status
     completed = served.ledger("model.canary_completed")[-1]
     assert completed.details["version"] == version and completed.details["promoted"] is True
     assert served.ledger("model.promoted")[-1].details["version"] == version
