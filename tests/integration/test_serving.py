@@ -91,7 +91,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
     shutil.copy(small_loans, root / "data" / "loans.csv")
     (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(CANARY_POLICY))
     serving = yaml.safe_load((REPO / "policies" / "serving.yaml").read_text())
-    serving.update(watch_seconds=3600, canary_timeout_ms=1000)  # the tests reload by hand
+    serving.update(watch_seconds=3600, canary_timeout_ms=1000,  # the tests reload by hand
+                   rate_limit={"per_second": 100_000, "burst": 100_000})  # limits are tested with a key of its own
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     promotion = yaml.safe_load((REPO / "policies" / "promotion.yaml").read_text())
     promotion["beat_champion"]["min_delta"] = -0.05  # the healthy canary is the champion's equal
