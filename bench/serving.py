@@ -171,8 +171,6 @@ def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, 
         if status["canary"] is None:
             break
     elapsed = time.perf_counter() - started
-    from registry.ledger import Ledger
-
     return {"seconds": elapsed, "requests": sent, "state": status["analysis"]["state"],
             "canary_requests": status["analysis"]["canary_requests"], "reasons": status["analysis"]["last_verdict"]["reasons"]}  # fmt: skip
 

@@ -36,7 +36,7 @@ from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
 from serving.inference_log import InferenceLog, LogEntry
 from serving.metrics import ServiceMetrics
-from serving.models import IsolatedModel, InProcessModel, LoadRefused, ModelFailed, VerifiedModel, load_verified
+from serving.models import IsolatedModel, InProcessModel, LoadRefused, VerifiedModel, load_verified
 from serving.router import Router
 from serving.schema import request_model
 
@@ -200,7 +200,7 @@ class Engine:
         timeout = self.ctx.serving.canary_timeout_ms / 1000 if role == "canary" else None
         try:
             answer = await model.predict(rows, timeout)
-        except (ModelFailed, Exception) as exc:  # noqa: BLE001 - any failure of a model is the model's
+        except Exception as exc:  # noqa: BLE001 - ModelFailed, or anything else a model raised: the model's failure
             elapsed = time.perf_counter() - started
             log.warning("%s version %s failed a request: %s", role, model.verified.version, exc)
             self.metrics.requests.labels(*labels).inc()
@@ -352,10 +352,18 @@ class Engine:
 
     # -- canary verdicts (on the analyst thread) ----------------------------------------------
 
-    def _canary_failed(self, verdict: Verdict) -> None:
-        """Weight is 0 already; remove the alias, record the figures, stop the canary."""
+    def _remove_canary_alias(self, version: str) -> bool:
+        """Drop ``@canary`` if it still names ``version`` (so a restart does not bring it back)."""
         from mlflow import MlflowClient
 
+        client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
+        if alias(client, self.ctx.name, CANARY) != version:
+            return False
+        client.delete_registered_model_alias(self.ctx.name, CANARY)
+        return True
+
+    def _canary_failed(self, verdict: Verdict) -> None:
+        """Weight is 0 already; remove the alias, record the figures, stop the canary."""
         with self._switch:
             canary = self.canary
             if canary is None:
@@ -363,11 +371,7 @@ class Engine:
             version = canary.verified.version
             self.metrics.rollbacks.labels(self.ctx.name).inc()
             self.metrics.weight.labels(self.ctx.name).set(0)
-            client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
-            restored = False
-            if alias(client, self.ctx.name, CANARY) == version:
-                client.delete_registered_model_alias(self.ctx.name, CANARY)
-                restored = True
+            restored = self._remove_canary_alias(version)
             self.ctx.ledger.append("model.canary_rolled_back", inputs=[canary.verified.version_digest], outputs=[],
                                    details={"name": self.ctx.name, "version": version, "reasons": verdict.reasons,
                                             "figures": self.controller.status(), "alias_removed": restored,
@@ -399,9 +403,7 @@ class Engine:
             self._stop_canary()
             if not ok:
                 log.warning("canary %s version %s cleared every step but was not promoted: %s", self.ctx.name, version, "; ".join(reasons))
-                client = mlflow.MlflowClient(tracking_uri=self.ctx.tracking_uri)
-                if alias(client, self.ctx.name, CANARY) == version:
-                    client.delete_registered_model_alias(self.ctx.name, CANARY)
+                self._remove_canary_alias(version)
 
     # -- background -------------------------------------------------------------------------------
 
