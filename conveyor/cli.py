@@ -68,6 +68,14 @@ canary_app = typer.Typer(
     cls=_Group, help="Watch and steer the canary of a running service.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(canary_app, name="canary")
+drift_app = typer.Typer(
+    cls=_Group, help="Compare live traffic with what the champion learned from.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(drift_app, name="drift")
+labels_app = typer.Typer(
+    cls=_Group, help="Bring ground truth to logged predictions.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(labels_app, name="labels")
 
 
 @app.callback()
@@ -587,6 +595,101 @@ def canary_abort(
     if status is None:
         raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")
     _print_status(status)
+
+
+# -- monitoring ------------------------------------------------------------------------------------
+
+
+def _window_option(value: str | None) -> str | None:
+    from policies.drift import parse_window
+
+    if value is not None:
+        try:
+            parse_window(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+_WINDOW = Annotated[
+    str | None,
+    typer.Option("--window", "-w", callback=_window_option,
+                 help="Traffic to check: a duration (30m, 24h, 7d) or a row count (5000); default: policies/drift.yaml."),
+]  # fmt: skip
+
+
+@drift_app.command("check")
+def drift_check(
+    ctx: typer.Context,
+    window: _WINDOW = None,
+    no_retrain: Annotated[bool, typer.Option("--no-retrain", help="Record a breach, but start no retraining.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Check the champion's traffic for drift (Evidently); exit 0 no drift, 1 drift, 3 not enough data.
+
+    A drift breach starts the retraining flow (cooldown and one retraining per breach window, from
+    policies/drift.yaml); the new model can at most become the canary.
+    """
+    from pipelines.retraining import check_drift, drift_flow
+
+    settings = _settings(ctx)
+    outcome = check_drift(_request(settings, None), window, start=False) if no_retrain else drift_flow(_request(settings, None), window)
+    result = outcome.result
+    if as_json:
+        _out(json.dumps({**result.to_dict(), "retraining": outcome.retraining.to_dict() if outcome.retraining else None},
+                        indent=2, default=str))  # fmt: skip
+    else:
+        _out(f"{result.model} version {result.version}, {result.window} ({result.window_rows:,} rows) against its "
+             f"training set ({result.reference_rows:,} rows): {result.describe()}")  # fmt: skip
+        for column in result.columns:
+            if column.drifted:
+                _out(f"  drifted  {column.column}: {column.method} {column.score:.4g} (threshold {column.threshold:g})")
+        if result.html:
+            _out(f"  report   {result.html}")
+        _out(f"  result   {result.report}  ({result.report_digest})")
+        if result.trigger:
+            _out(f"  retraining {result.trigger}")
+        _print_retraining(outcome)
+    raise typer.Exit(result.exit_code)
+
+
+def _print_retraining(outcome: Any) -> None:
+    if outcome.started is not None and outcome.started.mode == "server":
+        _out(f"  retraining requested from the Prefect server (trigger {outcome.started.trigger}, ledger event #{outcome.started.event})")
+    if outcome.retraining is not None:
+        r = outcome.retraining
+        _out(f"  retraining {r.status}: {r.reason}")
+        for reason in r.promotion_reasons:
+            _out(f"    {reason}")
+
+
+@labels_app.command("add")
+def labels_add(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet with the entity key, event timestamp and target.")],
+    no_retrain: Annotated[bool, typer.Option("--no-retrain", help="Record a breach, but start no retraining.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Join ground truth to logged predictions and check quality; a breach starts retraining.
+
+    A labels file that also has every feature column is labelled data: the next retraining learns from it.
+    """
+    from pipelines.retraining import add_labels
+
+    settings = _settings(ctx)
+    outcome = add_labels(_request(settings, None), file, start=not no_retrain)
+    if as_json:
+        from dataclasses import asdict
+
+        _out(json.dumps(asdict(outcome), indent=2, default=str))
+        return
+    kind = "labelled data (every feature present)" if outcome.complete else "labels only"
+    _out(f"{file}: {outcome.rows:,} labels, {kind}, recorded as {outcome.digest}")
+    _out(f"  joined   {outcome.matched:,} to logged predictions" + (f" ({outcome.joined})" if outcome.joined else ""))
+    _out(f"  quality  {outcome.quality.describe()}")
+    if outcome.decision is not None:
+        _out(f"  retraining {'started' if outcome.decision.start else 'not started'}: {outcome.decision.reason}")
+    _print_retraining(outcome)
 
 
 def main() -> None:

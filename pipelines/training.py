@@ -50,6 +50,7 @@ class TrainingRequest:
     mlflow_tracking_uri: str
     actor: str
     data: str | None = None
+    cause: str | None = None  # digest of what started this run (a retraining trigger), recorded as an input
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ class _Trained:
 
 
 def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
-    tags = {"conveyor.data_digest": data.digest, "conveyor.training_set": features.digest}
+    tags = {"conveyor.data_digest": data.digest, "conveyor.training_set": features.digest,
+            **({"conveyor.cause": run.request.cause} if run.request.cause else {})}  # fmt: skip
     trained = train_model(
         run.config, features.frame, data_digest=data.digest, data_path=data.path,
         training_digest=features.digest, artifact_root=run.home / "mlartifacts", tags=tags,
@@ -220,10 +222,11 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
     digest = model_digest(files)
     run.ledger.append(
         "model.trained",
-        inputs=[features.digest, run.config_digest],
+        inputs=[features.digest, run.config_digest, *([run.request.cause] if run.request.cause else [])],
         outputs=[digest, *files.values()],
         details={"run_id": trained.run_id, "model_id": trained.model_id, "estimator": run.config.estimator.class_path,
-                 "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files},
+                 "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files,
+                 **({"cause": run.request.cause} if run.request.cause else {})},
     )  # fmt: skip
     return _Trained(trained, folder, files, digest)
 

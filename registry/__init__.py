@@ -1,3 +1,6 @@
-"""Model registry, signing, provenance, and the lineage ledger with its queries."""
+"""Model registry, signing, provenance, the lineage ledger with its queries, and the inference log.
 
-__all__ = ["digests", "ledger", "lineage"]
+The inference log sits here, below both of its users: serving writes it, monitoring reads it.
+"""
+
+__all__ = ["digests", "inference_log", "ledger", "lineage"]

@@ -246,6 +246,14 @@ class Ledger:
         seqs = self.seqs_linked([digest], "in").get(digest, [])
         return [e for e in self.get_many(seqs) if digest in e.inputs]
 
+    def latest(self, kinds: Iterable[str], *, limit: int = 100) -> list[LedgerEvent]:
+        """The newest ``limit`` events of these kinds, newest first."""
+        with self._guard("read"), self.reading() as conn:
+            rows = conn.execute(
+                sa.select(events_table).where(events_table.c.kind.in_(list(kinds))).order_by(events_table.c.seq.desc()).limit(limit)
+            ).all()
+        return [_event(row) for row in rows]
+
     def count(self) -> int:
         with self._guard("read"), self._engine.connect() as conn:
             return conn.execute(sa.select(head_table.c.seq).where(head_table.c.id == 1)).scalar_one()

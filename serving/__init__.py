@@ -1,3 +1,3 @@
-"""The model service: champion and canary behind one endpoint, verified loading, the inference log."""
+"""The model service: champion and canary behind one endpoint, verified loading, analysis and rollback."""
 
-__all__ = ["auth", "canary", "inference_log", "router", "schema"]
+__all__ = ["auth", "canary", "engine", "metrics", "models", "router", "schema", "service"]

@@ -34,7 +34,7 @@ from registry.ledger import Ledger
 from registry.release import CANARY, CHAMPION, ReleaseContext, alias, promote
 from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
-from serving.inference_log import InferenceLog, LogEntry
+from registry.inference_log import InferenceLog, LogEntry
 from serving.metrics import ServiceMetrics
 from serving.models import IsolatedModel, InProcessModel, LoadRefused, VerifiedModel, load_verified
 from serving.router import Router
@@ -219,10 +219,21 @@ class Engine:
                 self._wake.set()
         return answer.values
 
+    @property
+    def _context(self) -> tuple[str, str]:
+        """The row fields that are not model inputs but are logged: entity key and event time."""
+        project = self.ctx.release.project
+        return project.entity_key, project.event_timestamp
+
     def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str) -> None:
         now = datetime.now(UTC)
+        entity_key, event_time = self._context
+        inputs = [c.name for c in self._columns]
         for i, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
-            self.log.record(LogEntry(request_id, now, self.ctx.name, version, row, prediction, served_by, i))
+            entity, at = row.get(entity_key), row.get(event_time)
+            features = {name: row.get(name) for name in inputs}
+            self.log.record(LogEntry(request_id, now, self.ctx.name, version, features, prediction, served_by, i,
+                                     None if entity is None else str(entity), None if at is None else str(at)))  # fmt: skip
 
     # -- admin ------------------------------------------------------------------------------------
 
@@ -316,7 +327,7 @@ class Engine:
             return
         old, self.champion = self.champion, model
         self._columns = list(verified.columns)
-        self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows)
+        self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows, context=self._context)
         self._deployed(verified, CHAMPION)
         if old is not None:
             old.close()

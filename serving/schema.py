@@ -3,7 +3,9 @@
 Every input column of the MLflow signature becomes a field of ``Row``: present in every row
 (missing or unknown fields are refused), ``null`` allowed where the model imputes, numbers
 strictly numbers (no strings coerced, no NaN or infinity), strings strictly strings. A request
-is 1 to ``max_rows`` rows and an optional routing key.
+is 1 to ``max_rows`` rows and an optional routing key. A row may also carry the project's entity
+key and event time (``context`` fields): not model inputs, but logged, so that labels arriving
+later can be joined to the prediction they judge.
 """
 
 from __future__ import annotations
@@ -38,9 +40,14 @@ def columns_from_signature(signature: Any) -> list[Column]:
     return columns
 
 
-def request_model(columns: list[Column], *, max_rows: int = 1_000) -> type[BaseModel]:
-    """A pydantic model for ``{"rows": [...], "key": ...}`` with one strict field per column."""
+def request_model(columns: list[Column], *, max_rows: int = 1_000, context: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A pydantic model for ``{"rows": [...], "key": ...}`` with one strict field per column.
+
+    ``context`` names optional fields (text or integer) a row may carry besides the model's inputs.
+    """
     fields: dict[str, Any] = {c.name: (_TYPES[c.type] | None, ...) for c in columns}
+    names = {c.name for c in columns}
+    fields |= {name: (_TEXT | _INTEGER | None, None) for name in context if name not in names}
     row = create_model("Row", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
     return create_model(
         "PredictRequest",

@@ -287,7 +287,7 @@ def test_metrics_count_requests_per_version_rollbacks_and_fallbacks(served: Serv
 
 
 def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served) -> None:
-    from serving.inference_log import read_log
+    from registry.inference_log import read_log
 
     assert served.service.stop() == 0
     log = read_log(served.home / "inference" / NAME)

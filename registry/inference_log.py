@@ -35,10 +35,13 @@ class LogEntry:
     prediction: float
     served_by: str  # "champion" or "canary": who answered (after any fallback)
     row_index: int = 0  # the row's place in its request
+    entity: str | None = None  # the project's entity key, when the client sent it
+    event_time: str | None = None  # the row's own event time, when the client sent it
 
     def row(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "row": self.row_index, "time": self.time, "model": self.model,
                 "version": self.version, "prediction": self.prediction, "served_by": self.served_by,
+                "entity": self.entity, "event_time": self.event_time,
                 **{f"feature.{k}": v for k, v in self.features.items()}}  # fmt: skip
 
 
@@ -110,7 +113,7 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
     """Every logged row in ``folder`` (optionally within [since, until)), oldest first."""
     files = sorted(p for p in folder.glob("date=*/part-*.parquet"))
     if not files:
-        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by"])
+        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by", "entity", "event_time"])
     frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     if since is not None:
         frame = frame[frame["time"] >= since]

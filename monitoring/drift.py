@@ -1,0 +1,239 @@
+"""Drift: has live traffic moved away from what the champion learned from?
+
+The reference is the champion's own training set, found through its registry tag and the
+ledger by digest (and re-hashed before use). The current data is a window of the inference log,
+by time or by row count. Evidently's ``DataDriftPreset`` compares them column by column with the
+methods and thresholds of ``policies/drift.yaml``; the window has drifted when the share of
+drifted columns reaches the policy's share. Each check writes a JSON result and Evidently's HTML
+report under ``reports/drift/`` and returns a ``DriftResult``; recording it is the caller's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from policies.drift import DriftPolicy, Window
+from policies.errors import NotFound
+from policies.project import ProjectConfig
+from registry.digests import canonical_json, file_digest
+from registry.inference_log import read_log
+from registry.ledger import Ledger
+
+__all__ = ["ColumnDrift", "Comparison", "DriftResult", "Reference", "as_features", "champion_reference", "check_drift",
+           "measure_drift", "read_window", "window_digest"]
+
+Status = Literal["drift", "no_drift", "not_enough_data"]
+EXIT_CODES: dict[str, int] = {"no_drift": 0, "drift": 1, "not_enough_data": 3}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The champion a check compares against, and the training set it learned from."""
+
+    name: str
+    version: str
+    version_digest: str
+    digest: str  # the training set's sha256
+    path: Path
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    threshold: float
+    score: float
+    drifted: bool
+
+
+@dataclass
+class DriftResult:
+    status: Status
+    model: str
+    version: str
+    window: str
+    window_rows: int
+    reference_rows: int
+    since: str | None
+    until: str | None
+    share: float = 0.0
+    drifted: list[str] = field(default_factory=list)
+    columns: list[ColumnDrift] = field(default_factory=list)
+    sampled: bool = False
+    reference_digest: str = ""
+    window_digest: str = ""
+    report: Path | None = None
+    report_digest: str | None = None
+    html: Path | None = None
+    html_digest: str | None = None
+    snapshot_digest: str | None = None
+    trigger: str | None = None  # what the trigger decided, once it has
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out |= {"report": str(self.report) if self.report else None, "html": str(self.html) if self.html else None}
+        return out
+
+    def describe(self) -> str:
+        if self.status == "not_enough_data":
+            return f"not enough data: {self.window_rows:,} rows in the {self.window} window (the policy needs more)"
+        names = ", ".join(self.drifted) or "none"
+        verdict = "drift" if self.status == "drift" else "no drift"
+        return f"{verdict}: {len(self.drifted)} of {len(self.columns)} columns drifted ({self.share:.0%}): {names}"
+
+
+def champion_reference(ledger: Ledger, name: str) -> Reference:
+    """The champion of ``name`` and its training set, checked against the digest it was trained on."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        raise NotFound(f"{name} has no champion to compare traffic with.",
+                       hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.") from None  # fmt: skip
+    digest = version.tags.get("conveyor.training_set")
+    built = [e for e in ledger.producers(digest) if e.kind == "features.built"] if digest else []
+    path = Path(built[-1].details["training_set"]) if built else None
+    if digest is None or path is None:
+        raise NotFound(f"The ledger does not say which training set {name} version {version.version} learned from.",
+                       hint=f"Check it with `conveyor verify {name}/{version.version}`.")  # fmt: skip
+    if not path.is_file() or file_digest(path) != digest:
+        raise NotFound(f"The training set of {name} version {version.version} is gone or changed ({path}, expected {digest}).",
+                       hint="Retrain, or restore the file; drift is not measured against anything else.")  # fmt: skip
+    return Reference(name, str(version.version), version.tags.get("conveyor.version_digest", ""), digest, path)
+
+
+def read_window(folder: Path, window: Window, now: datetime | None = None) -> pd.DataFrame:
+    """The inference log's rows in ``window``: the last ``seconds`` before ``now``, or the last ``rows``."""
+    now = now or datetime.now(UTC)
+    if window.seconds:
+        return read_log(folder, since=now - timedelta(seconds=window.seconds), until=now)
+    frame = read_log(folder, until=now)
+    return frame.tail(window.rows).reset_index(drop=True)
+
+
+def window_digest(frame: pd.DataFrame) -> str:
+    """A content address for a window: sha256 over pandas' row hashes, in the window's order."""
+    hashes = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
+    header = canonical_json(list(map(str, frame.columns)))
+    return "sha256:" + hashlib.sha256(header + hashes.to_numpy().tobytes()).hexdigest()
+
+
+def as_features(frame: pd.DataFrame, project: ProjectConfig, *, logged: bool) -> pd.DataFrame:
+    """The feature columns of a training set (``logged=False``) or of an inference-log window, typed alike."""
+    names = list(project.features.all)
+    source = [f"feature.{n}" for n in names] if logged else names
+    missing = [s for s in source if s not in frame.columns]
+    if missing:
+        raise NotFound(f"The {'inference log' if logged else 'training set'} has no column(s) {', '.join(missing)}.",
+                       hint="The champion's features and the project config disagree; check `conveyor config check`.")  # fmt: skip
+    out = frame[source].copy()
+    out.columns = names
+    for column in project.features.numeric:
+        out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
+    for column in project.features.categorical:
+        out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Evidently's verdict on two feature frames, and where its reports are."""
+
+    share: float
+    columns: list[ColumnDrift]
+    html: Path
+    snapshot: Path  # Evidently's own result, as JSON
+    sampled: bool
+
+
+def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: ProjectConfig, policy: DriftPolicy,
+                out: Path, label: str) -> Comparison:  # fmt: skip
+    """Compare two feature frames with Evidently; writes ``<out>/<label>.html`` and ``.evidently.json``."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    limit = policy.window.sample_above
+    sampled = len(reference) > limit or len(current) > limit
+    reference = reference.sample(limit, random_state=0) if len(reference) > limit else reference
+    current = current.sample(limit, random_state=0) if len(current) > limit else current
+    rules = policy.drift
+    definition = DataDefinition(numerical_columns=list(project.features.numeric),
+                                categorical_columns=list(project.features.categorical))  # fmt: skip
+    preset = DataDriftPreset(
+        drift_share=rules.share, num_method=rules.numeric.method, num_threshold=rules.numeric.threshold,
+        cat_method=rules.categorical.method, cat_threshold=rules.categorical.threshold,
+        per_column_method={c: t.method for c, t in rules.columns.items()} or None,
+        per_column_threshold={c: t.threshold for c, t in rules.columns.items()} or None,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy divides by zero for a category the reference lacks
+        snapshot = Report([preset], include_tests=True).run(
+            current_data=Dataset.from_pandas(current, data_definition=definition),
+            reference_data=Dataset.from_pandas(reference, data_definition=definition),
+        )
+    result = snapshot.dict()
+    scores = {m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")}
+    columns = []
+    for test in result["tests"]:
+        params = test["metric_config"]["params"]
+        if params["type"].endswith(":ValueDrift"):
+            column = params["column"]
+            columns.append(ColumnDrift(column, params["method"], float(params["threshold"]), float(scores[column]),
+                                       test["status"] == "FAIL"))  # fmt: skip
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    html = out / f"{label}.html"
+    snapshot.save_html(str(html))
+    evidently = out / f"{label}.evidently.json"
+    evidently.write_text(json.dumps(result, default=str))
+    return Comparison(share, columns, html, evidently, sampled)
+
+
+def measure_drift(ledger: Ledger, project: ProjectConfig, policy: DriftPolicy, home: Path, window: Window,
+                  now: datetime | None = None) -> DriftResult:  # fmt: skip
+    """The champion's training set against ``window`` of its inference log; reports under ``home/reports/drift``."""
+    now = now or datetime.now(UTC)
+    reference = champion_reference(ledger, project.model_name)
+    frame = read_window(home / "inference" / project.model_name, window, now)
+    since = frame["time"].min().isoformat() if len(frame) else None
+    until = frame["time"].max().isoformat() if len(frame) else None
+    result = DriftResult("not_enough_data", reference.name, reference.version, window.describe(), len(frame), 0,
+                         since, until, reference_digest=reference.digest, window_digest=window_digest(frame))  # fmt: skip
+    out = home / "reports" / "drift"
+    label = f"{reference.name}-v{reference.version}-{now:%Y%m%dT%H%M%S%fZ}"
+    if len(frame) >= policy.window.min_rows:
+        training = pd.read_parquet(reference.path)
+        current = as_features(frame, project, logged=True)
+        compared = check_drift(as_features(training, project, logged=False), current, project, policy, out, label)
+        result.reference_rows, result.share, result.columns, result.sampled = len(training), compared.share, compared.columns, compared.sampled
+        result.drifted = [c.column for c in compared.columns if c.drifted]
+        result.status = "drift" if compared.share >= policy.drift.share else "no_drift"
+        result.html, result.html_digest = compared.html, file_digest(compared.html)
+        result.snapshot_digest = file_digest(compared.snapshot)
+    result.report = out / f"{label}.json"
+    result.report_digest = _write(result, result.report)
+    return result
+
+
+def _write(result: DriftResult, path: Path) -> str:
+    """Write the JSON result (all but its own path and digest) atomically; returns its digest."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in result.to_dict().items() if k not in ("report", "report_digest", "trigger")}
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(canonical_json(body))
+    partial.replace(path)
+    return file_digest(path)

@@ -1,0 +1,121 @@
+"""Quality once ground truth arrives: labels joined to the predictions they judge.
+
+A labels file holds the project's entity key, event timestamp and target (and, when it holds
+every feature column too, it is labelled data a retraining can learn from). Each label joins the
+latest logged prediction for its entity at or before the label's event time, within the policy's
+tolerance; a prediction's time is the event time the client sent with the row, or else the time
+of the request. Quality is then the policy's metric over the joined rows, per model version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from policies.drift import Quality
+from policies.errors import DataInvalid
+from policies.project import ProjectConfig
+
+__all__ = ["QualityResult", "join_labels", "quality_of", "read_labels"]
+
+
+@dataclass
+class QualityResult:
+    status: Literal["breach", "ok", "not_enough_data"]
+    metric: str
+    bound: str
+    version: str  # the champion's version, which the verdict is about
+    value: float | None
+    labelled: int
+    per_version: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.value is None:
+            return f"not enough labelled predictions of version {self.version}: {self.labelled} (policy: {self.bound})"
+        verdict = "below the floor" if self.status == "breach" else "within the policy"
+        return f"{self.metric} {self.value:.4f} over {self.labelled:,} labelled predictions of version {self.version}: {verdict} ({self.bound})"
+
+
+def read_labels(path: Path, project: ProjectConfig) -> tuple[pd.DataFrame, bool]:
+    """The labels in ``path`` (CSV or Parquet) and whether they are complete training rows."""
+    if not path.is_file():
+        raise DataInvalid(f"No labels file at {path}.", hint="Give the path of a CSV or Parquet file.")
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said in one line
+        raise DataInvalid(f"{path} cannot be read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}".replace("\n", " "),
+                          hint="Labels are a CSV or Parquet file with the entity key, event timestamp and target.") from None  # fmt: skip
+    keys = [project.entity_key, project.event_timestamp, project.target]
+    missing = [k for k in keys if k not in frame.columns]
+    if missing:
+        raise DataInvalid(f"{path} lacks the column(s) {', '.join(missing)}.",
+                          hint=f"Labels need {', '.join(keys)} (the project config's entity key, event timestamp and target).")  # fmt: skip
+    times = pd.to_datetime(frame[project.event_timestamp], utc=True, errors="coerce")
+    bad = int(times.isna().sum() + frame[project.entity_key].isna().sum() + frame[project.target].isna().sum())
+    if bad or frame.empty:
+        raise DataInvalid(f"{path} has {'no rows' if frame.empty else f'{bad} empty or unreadable key, time or target value(s)'}.",
+                          hint="Every label needs an entity, a parseable event time and a target value.")  # fmt: skip
+    frame = frame.assign(**{project.event_timestamp: times})
+    return frame, all(c in frame.columns for c in project.features.all)
+
+
+def join_labels(labels: pd.DataFrame, log: pd.DataFrame, project: ProjectConfig, tolerance_hours: float) -> pd.DataFrame:
+    """Each label with the prediction it judges (``request_id``, ``version``, ``prediction``...); unmatched labels dropped."""
+    entity, at, target = project.entity_key, project.event_timestamp, project.target
+    left = pd.DataFrame({"entity": labels[entity].astype(str), "label_time": labels[at], "label": labels[target]})
+    columns = ["request_id", "row", "time", "version", "prediction", "served_by", "entity"]
+    if log.empty or "entity" not in log.columns or log["entity"].isna().all():
+        return pd.DataFrame(columns=[*columns, "label_time", "label"])
+    right = log.loc[log["entity"].notna(), columns + ["event_time"]].copy()
+    sent = pd.to_datetime(right.pop("event_time"), utc=True, errors="coerce")
+    right["prediction_time"] = sent.fillna(pd.to_datetime(right["time"], utc=True))
+    joined = pd.merge_asof(
+        left.sort_values("label_time"), right.sort_values("prediction_time"), left_on="label_time",
+        right_on="prediction_time", by="entity", direction="backward", tolerance=pd.Timedelta(hours=tolerance_hours),
+    )  # fmt: skip
+    return joined.dropna(subset=["request_id"]).reset_index(drop=True)
+
+
+def quality_of(joined: pd.DataFrame, project: ProjectConfig, policy: Quality, champion: str) -> QualityResult:
+    """The policy's metric per version; the verdict is on the champion's predictions."""
+    per_version = {}
+    for version, rows in joined.groupby("version"):
+        value = _metric(policy.metric, rows["label"].to_numpy(), rows["prediction"].to_numpy(dtype=float))
+        per_version[str(version)] = {"rows": float(len(rows)), policy.metric: value}
+    mine = per_version.get(champion)
+    labelled = int(mine["rows"]) if mine else 0
+    if labelled < policy.min_labelled or mine is None or np.isnan(mine[policy.metric]):
+        return QualityResult("not_enough_data", policy.metric, policy.describe(), champion, None, labelled, per_version)
+    value = mine[policy.metric]
+    return QualityResult("breach" if policy.breached(value) else "ok", policy.metric, policy.describe(), champion, value, labelled, per_version)
+
+
+def _metric(name: str, truth: np.ndarray, predicted: np.ndarray) -> float:
+    """``name`` of scores ``predicted`` against ``truth``; NaN where it is undefined (e.g. one class only)."""
+    from sklearn import metrics as m
+
+    try:
+        if name == "roc_auc":
+            return float(m.roc_auc_score(truth, predicted))
+        if name == "accuracy":
+            return float(m.accuracy_score(truth, predicted >= 0.5))
+        if name == "f1":
+            return float(m.f1_score(truth, predicted >= 0.5))
+        if name == "log_loss":
+            return float(m.log_loss(truth, np.clip(predicted, 1e-15, 1 - 1e-15), labels=[0, 1]))
+        if name == "brier":
+            return float(m.brier_score_loss(truth, predicted))
+        if name == "rmse":
+            return float(np.sqrt(m.mean_squared_error(truth, predicted)))
+        if name == "mae":
+            return float(m.mean_absolute_error(truth, predicted))
+        return float(m.r2_score(truth, predicted))
+    except ValueError:
+        return float("nan")
