@@ -663,6 +663,58 @@ def _print_retraining(outcome: Any) -> None:
             _out(f"    {reason}")
 
 
+@app.command()
+def monitor(
+    ctx: typer.Context,
+    window: _WINDOW = None,
+    interval: Annotated[float | None, typer.Option(min=1, help="Seconds between checks (default: policies/drift.yaml).")] = None,
+    checks: Annotated[int | None, typer.Option(min=1, help="Stop after this many checks (embedded mode).")] = None,
+) -> None:
+    """Check for drift periodically; a breach starts retraining.
+
+    Embedded (no PREFECT_API_URL): a loop in this process. With a Prefect server (PREFECT_API_URL):
+    serves two deployments there, the drift check on a schedule and the retraining with an event
+    trigger, and runs their flow runs until stopped (Ctrl-C).
+    """
+    import os
+    import time
+
+    from pipelines.retraining import drift_flow, server_mode
+    from policies.drift import load_drift_policy
+    from policies.project import load_project
+
+    settings = _settings(ctx)
+    policy = load_drift_policy(settings.project_root / "policies")
+    every = interval or policy.monitor.interval_seconds
+    request = _request(settings, None)
+    if server_mode():
+        os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")  # a triggered run starts within a second
+        from prefect import serve as serve_deployments
+
+        from pipelines.deployments import deployments
+
+        name = load_project(settings.project_file, check_data=False).model_name
+        _out(f"Serving drift-check-{name} (every {every:g} s) and retraining-{name} (on {name}'s retraining requests) "
+             f"on the Prefect server at {os.environ['PREFECT_API_URL']}; Ctrl-C stops.")  # fmt: skip
+        serve_deployments(*deployments(request, name, every, window), print_starting_message=False)
+        return
+    done = 0
+    try:
+        while checks is None or done < checks:
+            started = time.monotonic()
+            outcome = drift_flow(request, window)
+            done += 1
+            result = outcome.result
+            _out(f"check {done}: {result.model} v{result.version}, {result.window} ({result.window_rows:,} rows): {result.describe()}")
+            if result.trigger:
+                _out(f"  retraining {result.trigger}")
+            _print_retraining(outcome)
+            if checks is None or done < checks:
+                time.sleep(max(0.0, every - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        _out(f"Stopped after {done} check(s).")
+
+
 @labels_app.command("add")
 def labels_add(
     ctx: typer.Context,

@@ -27,23 +27,23 @@ import pandas as pd
 
 from monitoring.drift import DriftResult, measure_drift
 from monitoring.quality import QualityResult, join_labels, quality_of, read_labels
-from monitoring.trigger import TRIGGERED, Breach, PastTrigger, TriggerDecision, decide_trigger
+from monitoring.trigger import RETRAINING_EVENT, TRIGGERED, Breach, PastTrigger, TriggerDecision, decide_trigger
 from pipelines.data import read_data
 from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.training import TrainingRequest, as_task, run_training
+from pipelines.training import TrainingRequest, run_training
 from policies.drift import DriftPolicy, load_drift_policy, parse_window
 from policies.errors import ConveyorError, NotFound, PolicyInvalid
 from policies.project import ProjectConfig, load_project
 from registry.digests import file_digest, json_digest
 from registry.inference_log import read_log
 from registry.ledger import Ledger
+from registry.locks import file_lock
 
-__all__ = ["LabelsOutcome", "RetrainingOutcome", "add_labels", "check_drift", "drift_flow", "labelled_data",
+__all__ = ["DriftOutcome", "LabelsOutcome", "RetrainingOutcome", "add_labels", "check_drift", "drift_flow", "labelled_data",
            "retrain", "retraining_flow", "start_retraining"]  # fmt: skip
 
 log = logging.getLogger("conveyor.monitoring")
 
-RETRAINING_EVENT = "conveyor.retraining.requested"  # the Prefect event a server-mode trigger emits
 
 
 @dataclass(frozen=True)
@@ -228,6 +228,11 @@ def retrain(request: TrainingRequest, trigger: str, runner: Any = None) -> Retra
         if not [e for e in ledger.producers(trigger) if e.kind == TRIGGERED]:
             raise NotFound(f"No retraining trigger {trigger} in the ledger.",
                            hint="A retraining starts from a trigger that `conveyor drift check` or `conveyor labels add` recorded.")  # fmt: skip
+        with file_lock(home, f"retraining-{project.model_name}"):  # a trigger delivered twice still retrains once
+            earlier = [e for e in ledger.consumers(trigger) if e.kind == "retraining.started"]
+            if earlier:
+                return RetrainingOutcome("skipped", trigger, f"this trigger's retraining already started (ledger event #{earlier[0].seq})")
+            ledger.append("retraining.started", inputs=[trigger], outputs=[], details={"model": project.model_name})
         try:
             data = labelled_data(project, ledger, root, home)
             champion = MlflowClient().get_model_version_by_alias(project.model_name, "champion")
@@ -287,33 +292,17 @@ def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path
 
 
 def retraining_flow(request: TrainingRequest, trigger: str) -> RetrainingOutcome:
-    """``retrain`` as a Prefect flow, each training stage a task."""
-    return _flows()["retraining"](request, trigger)
+    """``retrain`` as the Prefect flow ``retraining``, each training stage a task."""
+    from pipelines.deployments import retraining
+
+    return retraining(asdict(request), trigger)
 
 
 def drift_flow(request: TrainingRequest, window: str | None = None) -> DriftOutcome:
-    """``check_drift`` as a Prefect flow; an embedded retraining runs as its subflow."""
-    return _flows()["drift"](request, window)
+    """``check_drift`` as the Prefect flow ``drift-check``; an embedded retraining runs as its subflow."""
+    from pipelines.deployments import drift_check
 
-
-_FLOWS: dict[str, Any] = {}
-
-
-def _flows() -> dict[str, Any]:
-    if not _FLOWS:
-        from prefect import flow
-
-        @flow(name="retraining", validate_parameters=False, log_prints=False)
-        def retraining(request: TrainingRequest, trigger: str) -> RetrainingOutcome:
-            return retrain(request, trigger, as_task)
-
-        @flow(name="drift-check", validate_parameters=False, log_prints=False)
-        def drift(request: TrainingRequest, window: str | None = None) -> DriftOutcome:
-            return check_drift(request, window)
-
-        logging.getLogger("prefect").setLevel(logging.CRITICAL)
-        _FLOWS.update(retraining=retraining, drift=drift)
-    return _FLOWS
+    return drift_check(asdict(request), window)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -8,10 +8,8 @@ champion a promotion replaced, which is what ``rollback`` restores.
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from policies.promotion import Candidate, Decision, PromotionPolicy, decide_prom
 from policies.signing import SigningPolicy, load_signing_policy
 from registry.digests import file_digest, json_digest
 from registry.ledger import Ledger
+from registry.locks import file_lock
 from registry.verify import VerificationReport, verify_version
 
 __all__ = ["ChampionScorer", "PromotionOutcome", "ReleaseContext", "alias", "promote", "rollback"]
@@ -74,7 +73,7 @@ def promote(ctx: ReleaseContext, ref: str, target: str, *, dry_run: bool = False
     policy_file = ctx.policies / "promotion.yaml"
     policy = load_policy(policy_file, PromotionPolicy)
     client = MlflowClient()
-    with _lock(ctx.home, ref.split("@")[0].split("/")[0]):
+    with file_lock(ctx.home, "release-" + ref.split("@")[0].split("/")[0]):
         report = verify_version(ref, ctx.signing(), root=ctx.root, keys_dir=ctx.home / "keys", ledger=ctx.ledger)
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
@@ -108,7 +107,7 @@ def rollback(ctx: ReleaseContext, name: str) -> tuple[str, str]:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    with _lock(ctx.home, name):
+    with file_lock(ctx.home, f"release-{name}"):
         current, previous = alias(client, name, CHAMPION), alias(client, name, PREVIOUS)
         if previous is None:
             raise NotFound(f"{name} has no previous champion to roll back to.", hint="Promote a version with `conveyor promote` first.")
@@ -193,16 +192,3 @@ def _version_digest(client: Any, name: str, version: str) -> str:
     if not digest:
         raise ConveyorError(f"{name} version {version} has no conveyor.version_digest tag.", hint="Was it registered by Conveyor?")
     return digest
-
-
-@contextlib.contextmanager
-def _lock(home: Path, name: str) -> Iterator[None]:
-    """One release operation per model at a time (on this machine; see the note in the README)."""
-    folder = home / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"release-{name}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
