@@ -144,8 +144,16 @@ def config_check(ctx: typer.Context) -> None:
 def demo(
     ctx: typer.Context,
     data_only: Annotated[bool, typer.Option("--data-only", help="Only build and version the demo data.")] = False,
+    no_loop: Annotated[bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")] = False,
 ) -> None:
-    """Run the bundled demo: build and version its data, train a signed model, promote it."""
+    """Run the bundled demo: data, a signed champion, then the whole loop.
+
+    Serves the champion on 127.0.0.1, sends reference-period then drifted traffic, checks drift,
+    adds labels, retrains on the new data, and lets the canary analysis promote or roll back the
+    new model; prints a summary. The service is stopped at the end.
+    """
+    import time
+
     from pipelines.demo import prepare_demo_data
     from pipelines.training import training_flow
 
@@ -172,10 +180,28 @@ def demo(
 
     with _ledger(settings) as ledger:
         _print_promotion(run_promotion(_release(settings, ledger), f"{outcome.name}/{outcome.version}", "champion"))
+    if no_loop:
+        return
+    _out()
+    _out("The loop: serve, watch for drift, retrain, canary (policies/drift.yaml, policies/canary.yaml)...")
+    from pipelines.demo_loop import run_loop
+
+    started = time.monotonic()
+    steps = run_loop(_request(settings, None), prepared[0].ref.path, prepared[1].ref.path, _out)
+    _out()
+    _out(f"{'step':<50} {'time':>7}  outcome")
+    for step in steps:
+        _out(f"{step.step:<50} {step.seconds:>6.1f}s  {step.outcome}")
+        for link in step.links:
+            if link:
+                _out(f"{'':<59}{link}")
+    _out(f"{'the loop':<50} {time.monotonic() - started:>6.1f}s")
     _out()
     first = prepared[0].ref.path.relative_to(settings.project_root)
-    _out(f"Also: `conveyor lineage {first}` shows what the dataset fed;")
-    _out("      `conveyor audit --ledger` checks every link of the ledger.")
+    _out(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} (then http://127.0.0.1:5000)")
+    _out(f"Reports:    {settings.home / 'reports'}")
+    _out(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
+    _out("            `conveyor audit --ledger` checks every link of the ledger.")
 
 
 @expectations_app.command("init")

@@ -3,7 +3,8 @@
 A breach (drift, or quality below the floor) names the champion it was measured against and the
 window of traffic it saw. It starts a retraining unless one was already started for an
 overlapping window of the same champion (one retraining per breach window, whichever check saw
-it first), or any retraining of the model started within the policy's cooldown.
+it first), or a retraining against the same champion started within the policy's cooldown. A new
+champion starts with no cooldown: it was trained on newer data, and its own drift is news.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def decide_trigger(breach: Breach, past: list[PastTrigger], policy: DriftPolicy,
             return TriggerDecision(False, f"a retraining was already started for this window of version "
                                           f"{breach.version} (ledger event #{earlier.event}, {earlier.at:%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
     cooldown = timedelta(minutes=policy.retraining.cooldown_minutes)
-    recent = [p for p in past if now - p.at < cooldown]
+    recent = [p for p in past if p.version == breach.version and now - p.at < cooldown]
     if recent:
         latest = max(recent, key=lambda p: p.at)
         left = cooldown - (now - latest.at)

@@ -105,7 +105,7 @@ def check_drift(request: TrainingRequest, window: str | None = None, *, start: b
         if result.status == "drift":
             breach = Breach("drift", result.model, result.version, _at(result.since), _at(result.until),
                             result.report_digest or "", result.describe())  # fmt: skip
-            decision = decide_trigger(breach, _past_triggers(ledger, result.model), policy, now)
+            decision = _decide(breach, ledger, policy, now, start)
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
         ledger.append(
             "drift.checked",
@@ -119,7 +119,7 @@ def check_drift(request: TrainingRequest, window: str | None = None, *, start: b
         outcome = DriftOutcome(result, decision)
         if decision is not None and decision.start:
             outcome.started = _record_trigger(ledger, breach, decision)
-    if outcome.started and start:
+    if outcome.started:
         outcome.retraining = start_retraining(request, outcome.started)
     return outcome
 
@@ -161,13 +161,13 @@ def add_labels(request: TrainingRequest, path: Path, *, start: bool = True) -> L
             times = pd.to_datetime(joined["time"], utc=True)
             breach = Breach("quality", name, champion, times.min().to_pydatetime(), times.max().to_pydatetime(),
                             joined_digest or ref.digest, quality.describe())  # fmt: skip
-            outcome.decision = decide_trigger(breach, _past_triggers(ledger, name), policy, now)
+            outcome.decision = _decide(breach, ledger, policy, now, start)
         ledger.append("quality.checked", inputs=[d for d in (joined_digest, _version_digest(name, champion)) if d], outputs=[],
                       details={"model": name, **quality.to_dict(),
                                "trigger": None if outcome.decision is None else ("started: " if outcome.decision.start else "not started: ") + outcome.decision.reason})  # fmt: skip
         if outcome.decision is not None and outcome.decision.start:
             outcome.started = _record_trigger(ledger, breach, outcome.decision)
-    if outcome.started and start:
+    if outcome.started:
         outcome.retraining = start_retraining(request, outcome.started)
     return outcome
 
@@ -198,6 +198,14 @@ def _record_trigger(ledger: Ledger, breach: Breach, decision: TriggerDecision) -
     event = ledger.append(TRIGGERED, inputs=[d for d in (breach.evidence, _version_digest(breach.model, breach.version)) if d],
                           outputs=[digest], details=record)  # fmt: skip
     return Started(digest, event.seq, "server" if server_mode() else "embedded")
+
+
+def _decide(breach: Breach, ledger: Ledger, policy: DriftPolicy, now: datetime, start: bool) -> TriggerDecision:
+    """The trigger's decision; with ``start`` false a breach is reported but nothing is started or recorded."""
+    decision = decide_trigger(breach, _past_triggers(ledger, breach.model), policy, now)
+    if decision.start and not start:
+        return TriggerDecision(False, "asked not to retrain (--no-retrain); " + decision.reason)
+    return decision
 
 
 def _past_triggers(ledger: Ledger, name: str) -> list[PastTrigger]:

@@ -56,14 +56,27 @@ class ApiKeys:
             entry["rate_limit"] = {"per_second": per_second, "burst": burst or max(1, int(per_second))}
         with self._lock:
             self._reload()
-            self._entries.append(entry)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = self.path.with_suffix(".partial")
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self._entries, handle, indent=2)
-            partial.replace(self.path)
+            self._save([*self._entries, entry])
         return key
+
+    def revoke(self, name: str) -> int:
+        """Remove every key of ``name``; returns how many there were."""
+        with self._lock:
+            self._reload()
+            kept = [e for e in self._entries if e["name"] != name]
+            removed = len(self._entries) - len(kept)
+            if removed:
+                self._save(kept)
+            return removed
+
+    def _save(self, entries: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(entries, handle, indent=2)
+        partial.replace(self.path)
+        self._entries = entries
 
     def entries(self) -> list[dict]:
         """Each key's id, owner and role; never a hash or salt."""

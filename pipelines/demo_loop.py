@@ -1,0 +1,157 @@
+"""The demo's closed loop, after its first champion: serve, drift, labels, retrain, canary, verdict.
+
+It serves the project on 127.0.0.1 in the background (``conveyor serve``), sends traffic like
+the champion's training data, checks it (no drift), sends the later, drifted applications, lets
+their outcomes arrive as labels, checks again (drift: the trigger starts the retraining flow on
+the newest labelled data), has the service load the new canary, and drives traffic until the
+canary analysis promotes it or rolls it back. Every step is an ordinary Conveyor operation; the
+service is stopped however the loop ends.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.local_service import LocalService, drive
+from pipelines.retraining import add_labels, drift_flow
+from pipelines.training import TrainingRequest
+from policies.project import ProjectConfig, load_project
+from registry.ledger import Ledger
+
+__all__ = ["LoopStep", "run_loop"]
+
+_TRAFFIC_ROWS = 1_500  # rows per traffic phase (each its own request)
+_CANARY_SECONDS = 150  # the canary phase stops driving traffic after this long, whatever the verdict
+
+
+@dataclass
+class LoopStep:
+    step: str
+    outcome: str
+    seconds: float
+    links: list[str] = field(default_factory=list)
+
+
+def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
+    """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step."""
+    from serving.auth import ApiKeys
+
+    project = load_project(request.config_file, check_data=False)
+    home = Path(request.home)
+    keys = ApiKeys(home / "serving" / "api-keys.json")
+    client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
+    admin = keys.create("demo-admin", admin=True)
+    steps: list[LoopStep] = []
+    service = LocalService(Path(request.config_file), log=home / "logs" / "demo-serve.log")
+
+    def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
+        say(f"{name}...")
+        started = time.monotonic()
+        outcome, links = action()
+        steps.append(LoopStep(name, outcome, time.monotonic() - started, links))
+        say(f"  {outcome}")
+
+    try:
+        timed("serve the champion on 127.0.0.1", lambda: (_start(service), [str(service.log)]))
+        past = _rows(reference, project, _TRAFFIC_ROWS, tail=True)
+        timed("reference-period traffic", lambda: (_traffic(service, client, past), []))
+        timed("drift check (reference traffic)", lambda: _drift(request, len(past)))
+        later = _rows(drifted, project, _TRAFFIC_ROWS)
+        timed("drifted traffic", lambda: (_traffic(service, client, later), []))
+        timed("labels arrive for the drifted applications", lambda: _labels(request, drifted))
+        retrained: dict[str, Any] = {}
+        timed("drift check (drifted traffic) -> retraining", lambda: _drift(request, len(later), retrained))
+        if retrained.get("canary"):
+            timed(f"canary v{retrained['version']}: weighted traffic and analysis",
+                  lambda: _canary(service, client, admin, later, request, retrained["version"]))  # fmt: skip
+    finally:
+        service.stop()
+        keys.revoke("demo-traffic")
+        keys.revoke("demo-admin")
+    return steps
+
+
+def _start(service: LocalService) -> str:
+    service.start()
+    return f"ready at {service.url}"
+
+
+def _rows(path: Path, project: ProjectConfig, n: int, *, tail: bool = False) -> list[dict[str, Any]]:
+    """``n`` rows of ``path`` as request rows: the model's inputs plus entity key and event time."""
+    frame = pd.read_csv(path)
+    frame = frame.tail(n) if tail else frame.head(n)
+    columns = [project.entity_key, project.event_timestamp, *project.features.all]
+    rows = []
+    for record in frame[columns].to_dict("records"):
+        row = {}
+        for name, value in record.items():
+            if isinstance(value, float) and math.isnan(value):
+                value = None
+            elif name in project.features.numeric and value is not None:
+                value = float(value)
+            row[name] = value
+        rows.append(row)
+    return rows
+
+
+def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]]) -> str:
+    replies = drive(service.url, token, rows, requests=len(rows), concurrency=8)
+    ok = sum(r.status == 200 for r in replies)
+    return f"{len(replies):,} requests, {ok:,} answered"
+
+
+def _drift(request: TrainingRequest, rows: int, retrained: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    outcome = drift_flow(request, str(rows))
+    result = outcome.result
+    text = result.describe()
+    if result.trigger:
+        text += f"; retraining {result.trigger}"
+    if outcome.retraining is not None:
+        r = outcome.retraining
+        text += f"; retraining {r.status}: {r.reason}"
+        if retrained is not None:
+            retrained.update(version=r.version, canary=r.canary)
+    return text, [str(p) for p in (result.html, result.report) if p]
+
+
+def _labels(request: TrainingRequest, path: Path) -> tuple[str, list[str]]:
+    outcome = add_labels(request, path, start=False)  # in the demo, drift is what starts the retraining
+    return f"{outcome.rows:,} labels, {outcome.matched:,} joined; {outcome.quality.describe()}", [outcome.joined or ""]
+
+
+def _canary(service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], request: TrainingRequest,
+            version: str) -> tuple[str, list[str]]:  # fmt: skip
+    service.admin("POST", "reload", admin).raise_for_status()
+    deadline = time.monotonic() + _CANARY_SECONDS
+    verdict: dict[str, Any] = {}
+
+    def decided() -> bool:
+        verdict.update(_verdict(request, version))
+        return bool(verdict) or time.monotonic() > deadline
+
+    keys = [f"applicant-{i}" for i in range(200)]
+    replies = drive(service.url, token, rows, requests=200_000, concurrency=8, keys=keys, stop=decided, check_every=200)
+    errors = sum(r.status != 200 for r in replies)
+    if not verdict:
+        return f"no verdict within {_CANARY_SECONDS} s ({len(replies):,} requests); the canary keeps its weight", []
+    return f"{verdict['kind']}: {verdict['why']} ({len(replies):,} requests, {errors} client errors)", []
+
+
+def _verdict(request: TrainingRequest, version: str) -> dict[str, Any]:
+    """The canary's end in the ledger: promoted (``model.canary_completed``) or rolled back."""
+    with Ledger(request.ledger_url, actor=request.actor) as ledger:
+        for event in ledger.latest(["model.canary_completed", "model.canary_rolled_back"], limit=5):
+            if str(event.details.get("version")) == version:
+                if event.kind == "model.canary_completed" and event.details.get("promoted"):
+                    return {"kind": "promoted to champion", "why": "every step within the canary policy"}
+                if event.kind == "model.canary_completed":
+                    return {"kind": "not promoted", "why": "; ".join(event.details.get("promotion", []))}
+                return {"kind": "rolled back", "why": "; ".join(event.details.get("reasons", [])) or "see the ledger"}
+    return {}
