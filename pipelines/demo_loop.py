@@ -50,6 +50,7 @@ def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Call
     admin = keys.create("demo-admin", admin=True)
     steps: list[LoopStep] = []
     service = LocalService(Path(request.config_file), log=home / "logs" / "demo-serve.log")
+    log = home / "inference" / project.model_name
 
     def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
         say(f"{name}...")
@@ -61,10 +62,10 @@ def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Call
     try:
         timed("serve the champion on 127.0.0.1", lambda: (_start(service), [str(service.log)]))
         past = _rows(reference, project, _TRAFFIC_ROWS, tail=True)
-        timed("reference-period traffic", lambda: (_traffic(service, client, past), []))
+        timed("reference-period traffic", lambda: (_traffic(service, client, past, log), []))
         timed("drift check (reference traffic)", lambda: _drift(request, len(past)))
         later = _rows(drifted, project, _TRAFFIC_ROWS)
-        timed("drifted traffic", lambda: (_traffic(service, client, later), []))
+        timed("drifted traffic", lambda: (_traffic(service, client, later, log), []))
         timed("labels arrive for the drifted applications", lambda: _labels(request, drifted))
         retrained: dict[str, Any] = {}
         timed("drift check (drifted traffic) -> retraining", lambda: _drift(request, len(later), retrained))
@@ -101,10 +102,17 @@ def _rows(path: Path, project: ProjectConfig, n: int, *, tail: bool = False) -> 
     return rows
 
 
-def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]]) -> str:
+def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]], log: Path) -> str:
+    """Send each row once, then wait (up to 30 s) until the service's inference log holds every answer."""
+    from registry.inference_log import read_log
+
+    before = len(read_log(log))
     replies = drive(service.url, token, rows, requests=len(rows), concurrency=8)
     ok = sum(r.status == 200 for r in replies)
-    return f"{len(replies):,} requests, {ok:,} answered"
+    deadline = time.monotonic() + 30
+    while len(read_log(log)) < before + ok and time.monotonic() < deadline:
+        time.sleep(0.5)  # the log is written off the request path, in batches
+    return f"{len(replies):,} requests, {ok:,} answered and logged"
 
 
 def _drift(request: TrainingRequest, rows: int, retrained: dict[str, Any] | None = None) -> tuple[str, list[str]]:
