@@ -57,7 +57,7 @@ def read_labels(path: Path, project: ProjectConfig) -> tuple[pd.DataFrame, bool]
     if missing:
         raise DataInvalid(f"{path} lacks the column(s) {', '.join(missing)}.",
                           hint=f"Labels need {', '.join(keys)} (the project config's entity key, event timestamp and target).")  # fmt: skip
-    times = pd.to_datetime(frame[project.event_timestamp], utc=True, errors="coerce")
+    times = pd.to_datetime(frame[project.event_timestamp], utc=True, errors="coerce", format="mixed")
     bad = int(times.isna().sum() + frame[project.entity_key].isna().sum() + frame[project.target].isna().sum())
     if bad or frame.empty:
         raise DataInvalid(f"{path} has {'no rows' if frame.empty else f'{bad} empty or unreadable key, time or target value(s)'}.",
@@ -74,7 +74,7 @@ def join_labels(labels: pd.DataFrame, log: pd.DataFrame, project: ProjectConfig,
     if log.empty or "entity" not in log.columns or log["entity"].isna().all():
         return pd.DataFrame(columns=[*columns, "label_time", "label"])
     right = log.loc[log["entity"].notna(), columns + ["event_time"]].copy()
-    sent = pd.to_datetime(right.pop("event_time"), utc=True, errors="coerce")
+    sent = pd.to_datetime(right.pop("event_time"), utc=True, errors="coerce", format="mixed")
     right["prediction_time"] = sent.fillna(pd.to_datetime(right["time"], utc=True))
     joined = pd.merge_asof(
         left.sort_values("label_time"), right.sort_values("prediction_time"), left_on="label_time",

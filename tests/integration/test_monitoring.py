@@ -1,0 +1,245 @@
+"""The loop's return path on real stores: Evidently drift over an inference log, labels, the
+trigger with its cooldown, retraining through every gate (or failing and changing nothing), and
+the trigger through a real ``prefect server`` on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from pipelines.retraining import add_labels, check_drift
+from pipelines.training import TrainingRequest, run_training
+from policies.project import load_project
+from registry.inference_log import InferenceLog, LogEntry
+from registry.ledger import Ledger
+from registry.release import ReleaseContext, alias, promote
+from tests.conftest import POLICY_CODE, REPO
+from tests.service import free_port
+
+pytestmark = pytest.mark.slow
+NAME = "loan-default"
+
+
+def _request(root: Path) -> TrainingRequest:
+    home = root / ".conveyor"
+    return TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
+                           ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                           actor="monitor-test")  # fmt: skip
+
+
+def _log(root: Path, frame: pd.DataFrame, version: str = "1") -> None:
+    """``frame``'s rows as answered requests in the project's inference log (as the service writes them)."""
+    project = load_project(root / "conveyor.yaml", check_data=False)
+    now = datetime.now(UTC)
+    with InferenceLog(root / ".conveyor" / "inference" / NAME) as log:
+        for i, row in enumerate(frame.to_dict("records")):
+            features = {k: (None if pd.isna(row[k]) else row[k]) for k in project.features.all}
+            log.record(LogEntry(f"t{time.monotonic_ns()}-{i}", now, NAME, version, features, 0.3, "champion", 0,
+                                row[project.entity_key], row[project.event_timestamp]))  # fmt: skip
+
+
+def _events(root: Path, kind: str) -> list:
+    with Ledger(_request(root).ledger_url) as ledger:
+        return [e for e in ledger.iter_events() if e.kind == kind]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Path:
+    """A project with a signed, registered, promoted champion (small data), copied for each test."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("monitoring") / "project"
+    (root / "data").mkdir(parents=True)
+    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+    shutil.copy(small_loans, root / "data" / "loans.csv")
+    request = _request(root)
+    version = run_training(request).version
+    mlflow.set_tracking_uri(request.mlflow_tracking_uri)
+    with Ledger(request.ledger_url) as ledger:
+        ctx = ReleaseContext(root, Path(request.home), load_project(root / "conveyor.yaml"), ledger, root / "policies")
+        assert promote(ctx, f"{NAME}/{version}", "champion").decision.ok
+    return root
+
+
+@pytest.fixture
+def project(trained: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    shutil.copytree(trained, root)
+    # Paths recorded in the stores point into the module's copy; the copy keeps them valid (same files).
+    return root
+
+
+@pytest.fixture(scope="module")
+def traffic(demo_files: dict[str, Path]) -> dict[str, pd.DataFrame]:
+    later = pd.read_csv(demo_files["v1"]).iloc[30_000:32_000]  # same months' distribution, rows not trained on
+    drifted = pd.read_csv(demo_files["drift"]).head(2_000)
+    return {"reference": later, "drifted": drifted}
+
+
+def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained: Path, traffic) -> None:  # noqa: ANN001
+    root = trained
+    _log(root, traffic["reference"])
+    quiet = check_drift(_request(root), "2000", start=False).result
+    assert quiet.status == "no_drift" and quiet.exit_code == 0 and quiet.window_rows == 2_000
+    assert quiet.share < 0.3
+    _log(root, traffic["drifted"])
+    drifted = check_drift(_request(root), "2000", start=False).result
+    assert drifted.status == "drift" and drifted.exit_code == 1 and drifted.share >= 0.3
+    assert {"interest_rate", "credit_score", "purpose"} <= set(drifted.drifted)
+    assert drifted.trigger and drifted.trigger.startswith("not started: asked not to retrain")
+    # The record: report files hash to what the ledger says, linked to champion, reference and window.
+    event = _events(root, "drift.checked")[-1]
+    assert event.details["status"] == "drift"
+    assert event.outputs[0] == drifted.report_digest
+    from registry.digests import file_digest
+
+    assert file_digest(drifted.report) == drifted.report_digest and file_digest(drifted.html) == drifted.html_digest
+    assert drifted.reference_digest in event.inputs and drifted.window_digest in event.inputs
+    assert json.loads(drifted.report.read_text())["drifted"] == drifted.drifted
+    assert not _events(root, "retraining.triggered")
+
+
+def test_a_window_too_small_is_reported_as_such(trained: Path) -> None:
+    result = check_drift(_request(trained), "10", start=False).result
+    assert result.status == "not_enough_data" and result.exit_code == 3 and result.window_rows == 10
+    assert result.columns == [] and result.html is None
+
+
+def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: Path, traffic) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
+    request = _request(project)
+    _log(project, traffic["drifted"])
+    labels = project / "data" / "labels.csv"
+    traffic["drifted"].to_csv(labels, index=False)
+    added = add_labels(request, labels, start=False)
+    assert added.complete and added.matched == 2_000 and added.quality.status in ("ok", "breach")
+
+    first = check_drift(request, "2000")
+    assert first.started is not None and first.retraining is not None, first.result.trigger
+    assert first.retraining.status == "completed", first.retraining.reason
+    new = first.retraining.version
+    # The new model's training names the trigger, and the trigger names the drift report.
+    trained_event = [e for e in _events(project, "model.trained") if e.details.get("cause")][-1]
+    assert first.started.trigger in trained_event.inputs
+    trigger_event = _events(project, "retraining.triggered")[-1]
+    assert first.result.report_digest in trigger_event.inputs
+    client = MlflowClient(tracking_uri=request.mlflow_tracking_uri)
+    assert alias(client, NAME, "champion") == "1"  # never straight to champion
+    if first.retraining.canary:
+        assert alias(client, NAME, "canary") == new
+    derived = [e for e in _events(project, "dataset.versioned") if e.details.get("derived_from")]
+    assert derived and added.digest in derived[-1].details["derived_from"]
+
+    again = check_drift(request, "2000")
+    assert again.started is None and again.retraining is None
+    assert "already started for this window" in again.result.trigger or "cooldown" in again.result.trigger
+    assert len(_events(project, "retraining.triggered")) == 1
+
+
+def test_a_failed_retraining_leaves_the_champion_serving(project: Path, traffic) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
+    request = _request(project)
+    _log(project, traffic["drifted"])
+    bad = traffic["drifted"].assign(purpose="crypto")  # a loan purpose the suite does not know, on every row
+    labels = project / "data" / "bad-labels.csv"
+    bad.to_csv(labels, index=False)
+    add_labels(request, labels, start=False)
+    outcome = check_drift(request, "2000")
+    assert outcome.retraining is not None and outcome.retraining.status == "failed"
+    assert "expectation" in outcome.retraining.reason and "purpose" in outcome.retraining.reason
+    client = MlflowClient(tracking_uri=request.mlflow_tracking_uri)
+    assert alias(client, NAME, "champion") == "1" and alias(client, NAME, "canary") is None
+    failed = _events(project, "retraining.failed")
+    assert len(failed) == 1 and outcome.started.trigger in failed[0].inputs
+
+
+def test_the_cli_exit_codes_say_drift_no_drift_or_not_enough_data(trained: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    env["CONVEYOR_HOME"] = str(trained / ".conveyor")
+
+    def check(window: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "conveyor", "--config", str(trained / "conveyor.yaml"), "drift", "check",
+                               "--window", window, "--no-retrain", "--json"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    small = check("5")
+    assert small.returncode == 3, small.stderr
+    assert json.loads(small.stdout)["status"] == "not_enough_data"
+    bad = check("soon")
+    assert bad.returncode == 2 and "neither a row count" in bad.stderr
+
+
+def test_the_trigger_works_through_a_prefect_server(project: Path, traffic, tmp_path: Path) -> None:  # noqa: ANN001
+    """``conveyor monitor`` serves the deployments; a drift check emits the event; the retraining runs there."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-server"), "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_UI_ENABLED": "false", "CONVEYOR_HOME": str(project / ".conveyor")})  # fmt: skip
+    processes: list[subprocess.Popen] = []
+
+    def start(command: list[str], log: Path, extra: dict[str, str]) -> subprocess.Popen:
+        with log.open("w") as output:  # the child keeps its own descriptor
+            process = subprocess.Popen(command, env={**env, **extra}, stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True, cwd=project)  # fmt: skip
+        processes.append(process)
+        return process
+
+    _log(project, traffic["drifted"])
+    labels = project / "data" / "labels.csv"
+    traffic["drifted"].to_csv(labels, index=False)
+    add_labels(_request(project), labels, start=False)
+    try:
+        start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "server.log", {})
+        _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
+        conveyor = [sys.executable, "-m", "conveyor", "--config", str(project / "conveyor.yaml")]
+        start([*conveyor, "monitor", "--interval", "3600"], tmp_path / "monitor.log", {"PREFECT_API_URL": api})
+        _wait(lambda: _deployments(api) >= 2, 120, "the monitor's deployments")
+        checked = subprocess.run([*conveyor, "drift", "check", "--window", "2000"], env={**env, "PREFECT_API_URL": api},
+                                 capture_output=True, text=True, timeout=300, cwd=project)  # fmt: skip
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert "retraining requested from the Prefect server" in checked.stdout
+        _wait(lambda: _events(project, "retraining.completed") or _events(project, "retraining.failed"), 240, "the retraining")
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, 2)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, 9)
+                    process.wait(10)
+    completed = _events(project, "retraining.completed")
+    assert completed, (tmp_path / "monitor.log").read_text()[-3000:]
+    trigger = _events(project, "retraining.triggered")[-1].outputs[0]
+    assert trigger in completed[0].inputs
+
+
+def _deployments(api: str) -> int:
+    response = httpx.post(f"{api}/deployments/filter", json={}, timeout=5)
+    return len(response.json()) if response.status_code == 200 else 0
+
+
+def _wait(condition, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not come within {timeout} s")
