@@ -49,7 +49,9 @@ def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Call
     client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
     admin = keys.create("demo-admin", admin=True)
     steps: list[LoopStep] = []
-    service = LocalService(Path(request.config_file), log=home / "logs" / "demo-serve.log")
+    stores = {"CONVEYOR_HOME": request.home, "CONVEYOR_LEDGER_URL": request.ledger_url,
+              "CONVEYOR_MLFLOW_TRACKING_URI": request.mlflow_tracking_uri}  # the service uses this run's stores
+    service = LocalService(Path(request.config_file), env=stores, log=home / "logs" / "demo-serve.log")
     log = home / "inference" / project.model_name
 
     def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
