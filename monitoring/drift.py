@@ -26,6 +26,7 @@ from policies.project import ProjectConfig
 from registry.digests import canonical_json, file_digest
 from registry.inference_log import read_log
 from registry.ledger import Ledger
+from registry.lineage import training_set
 
 __all__ = ["ColumnDrift", "Comparison", "DriftResult", "Reference", "as_features", "champion_reference", "check_drift",
            "measure_drift", "read_window", "window_digest"]
@@ -69,6 +70,7 @@ class DriftResult:
     columns: list[ColumnDrift] = field(default_factory=list)
     sampled: bool = False
     reference_digest: str = ""
+    version_digest: str = ""  # the champion's, as the registry tags it
     window_digest: str = ""
     report: Path | None = None
     report_digest: str | None = None
@@ -105,13 +107,10 @@ def champion_reference(ledger: Ledger, name: str) -> Reference:
         raise NotFound(f"{name} has no champion to compare traffic with.",
                        hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.") from None  # fmt: skip
     digest = version.tags.get("conveyor.training_set")
-    built = [e for e in ledger.producers(digest) if e.kind == "features.built"] if digest else []
-    path = Path(built[-1].details["training_set"]) if built else None
+    path = training_set(ledger, digest)
     if digest is None or path is None:
-        raise NotFound(f"The ledger does not say which training set {name} version {version.version} learned from.",
-                       hint=f"Check it with `conveyor verify {name}/{version.version}`.")  # fmt: skip
-    if not path.is_file() or file_digest(path) != digest:
-        raise NotFound(f"The training set of {name} version {version.version} is gone or changed ({path}, expected {digest}).",
+        raise NotFound(f"The training set of {name} version {version.version} ({digest or 'not tagged'}) is not in the "
+                       "ledger, or its file is gone or changed.",
                        hint="Retrain, or restore the file; drift is not measured against anything else.")  # fmt: skip
     return Reference(name, str(version.version), version.tags.get("conveyor.version_digest", ""), digest, path)
 
@@ -212,7 +211,8 @@ def measure_drift(ledger: Ledger, project: ProjectConfig, policy: DriftPolicy, h
     since = frame["time"].min().isoformat() if len(frame) else None
     until = frame["time"].max().isoformat() if len(frame) else None
     result = DriftResult("not_enough_data", reference.name, reference.version, window.describe(), len(frame), 0,
-                         since, until, reference_digest=reference.digest, window_digest=window_digest(frame))  # fmt: skip
+                         since, until, reference_digest=reference.digest, version_digest=reference.version_digest,
+                         window_digest=window_digest(frame))  # fmt: skip
     out = home / "reports" / "drift"
     label = f"{reference.name}-v{reference.version}-{now:%Y%m%dT%H%M%S%fZ}"
     if len(frame) >= policy.window.min_rows:

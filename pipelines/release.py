@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from policies.project import ProjectConfig
-from registry.digests import file_digest
 from registry.ledger import Ledger
+from registry.lineage import training_set
 from registry.release import ReleaseContext
 from registry.verify import VerificationReport
 
@@ -34,9 +34,8 @@ def score_champion(ctx: ReleaseContext, report: VerificationReport, champion: st
 
     run: Any = MlflowClient().get_run(report.tags["conveyor.run_id"])
     digest = report.tags.get("conveyor.training_set") or run.data.tags.get("conveyor.training_set")
-    built = [e for e in ctx.ledger.producers(digest) if e.kind == "features.built"] if digest else []
-    path = Path(built[-1].details["training_set"]) if built else None
-    if path is None or not path.is_file() or file_digest(path) != digest:
+    path = training_set(ctx.ledger, digest)
+    if path is None:
         return None
     _, holdout = split_by_time(ctx.project, pd.read_parquet(path))
     return holdout_metrics(mlflow.sklearn.load_model(f"models:/{report.name}/{champion}"), ctx.project, holdout)

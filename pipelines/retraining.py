@@ -109,7 +109,7 @@ def check_drift(request: TrainingRequest, window: str | None = None, *, start: b
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
         ledger.append(
             "drift.checked",
-            inputs=[d for d in (_version_digest(result.model, result.version), result.reference_digest, result.window_digest) if d],
+            inputs=[d for d in (result.version_digest, result.reference_digest, result.window_digest) if d],
             outputs=[d for d in (result.report_digest, result.html_digest, result.snapshot_digest) if d],
             details={"model": result.model, "version": result.version, "status": result.status, "window": result.window,
                      "window_rows": result.window_rows, "since": result.since, "until": result.until, "share": result.share,
@@ -143,15 +143,15 @@ def add_labels(request: TrainingRequest, path: Path, *, start: bool = True) -> L
         details = {"labels_for": name, "complete": complete}
         ref = version_dataset(path.absolute(), ledger, root=root, details=details)
         joined = join_labels(labels, read_log(home / "inference" / name), project, policy.quality.join_tolerance_hours)
-        kept = None
+        kept, joined_digest = None, None
         if len(joined):
             folder = home / "labels" / name
             folder.mkdir(parents=True, exist_ok=True)
             partial = folder / "joined.parquet.partial"
             joined.to_parquet(partial, index=False)
-            kept = folder / f"joined-{file_digest(partial).split(':')[1][:16]}.parquet"
+            joined_digest = file_digest(partial)
+            kept = folder / f"joined-{joined_digest.split(':')[1][:16]}.parquet"
             partial.replace(kept)
-        joined_digest = file_digest(kept) if kept else None
         quality = quality_of(joined, project, policy.quality, champion)
         ledger.append("labels.added", inputs=[ref.digest], outputs=[joined_digest] if joined_digest else [],
                       details={"model": name, "path": relative_to_root(ref.path, root), "rows": len(labels),

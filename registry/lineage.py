@@ -9,11 +9,12 @@ walk costs its depth in round trips, not the size of the ledger.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["Direction", "Lineage", "downstream", "upstream", "walk"]
+__all__ = ["Direction", "Lineage", "downstream", "training_set", "upstream", "walk"]
 
 Direction = Literal["upstream", "downstream"]
 
@@ -88,3 +89,13 @@ def upstream(ledger: Ledger, digest: str, depth: int | None = None) -> Lineage:
 def downstream(ledger: Ledger, digest: str, depth: int | None = None) -> Lineage:
     """What ``digest`` fed: every event and artifact made from it, transitively."""
     return walk(ledger, digest, "downstream", depth)
+
+
+def training_set(ledger: Ledger, digest: str | None) -> Path | None:
+    """The training set file with content ``digest``, as ``features.built`` recorded it; None when the
+    ledger does not know it, or the file is gone or no longer hashes to ``digest``."""
+    from registry.digests import file_digest
+
+    built = [e for e in ledger.producers(digest) if e.kind == "features.built"] if digest else []
+    path = Path(built[-1].details["training_set"]) if built else None
+    return path if path is not None and path.is_file() and file_digest(path) == digest else None
