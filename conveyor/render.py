@@ -19,9 +19,8 @@ def event_line(event: LedgerEvent) -> str:
 
 
 def lineage_text(walk: Lineage, label: str | None = None) -> list[str]:
-    """A tree from the root digest through events to the digests beyond, each shown once."""
-    root = f"{label}  {short(walk.root)}" if label else walk.root
-    lines = [f"{_TITLES[walk.direction]} ({walk.direction}):", f"  {root}"]
+    """A tree from the root digests through events to the digests beyond, each event shown once."""
+    lines = [f"{_TITLES[walk.direction]} ({walk.direction}):"]
     shown: set[int] = set()
 
     def branch(digest: str, indent: str) -> None:
@@ -40,7 +39,9 @@ def lineage_text(walk: Lineage, label: str | None = None) -> list[str]:
                 lines.append(f"{child_indent}{'└─' if tail else '├─'} {short(next_digest)}")
                 branch(next_digest, child_indent + ("   " if tail else "│  "))
 
-    branch(walk.root, "  ")
+    for root in walk.roots:
+        lines.append(f"  {label}  {short(root)}" if label and len(walk.roots) == 1 else f"  {root}")
+        branch(root, "  ")
     if not walk.events:
         lines.append("  (nothing recorded)")
     if walk.truncated:

@@ -76,6 +76,7 @@ class DriftResult:
     report_digest: str | None = None
     html: Path | None = None
     html_digest: str | None = None
+    snapshot: Path | None = None
     snapshot_digest: str | None = None
     trigger: str | None = None  # what the trigger decided, once it has
 
@@ -85,7 +86,7 @@ class DriftResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out |= {"report": str(self.report) if self.report else None, "html": str(self.html) if self.html else None}
+        out |= {key: str(getattr(self, key)) if getattr(self, key) else None for key in ("report", "html", "snapshot")}
         return out
 
     def describe(self) -> str:
@@ -223,7 +224,7 @@ def measure_drift(ledger: Ledger, project: ProjectConfig, policy: DriftPolicy, h
         result.drifted = [c.column for c in compared.columns if c.drifted]
         result.status = "drift" if compared.share >= policy.drift.share else "no_drift"
         result.html, result.html_digest = compared.html, file_digest(compared.html)
-        result.snapshot_digest = file_digest(compared.snapshot)
+        result.snapshot, result.snapshot_digest = compared.snapshot, file_digest(compared.snapshot)
     result.report = out / f"{label}.json"
     result.report_digest = _write(result, result.report)
     return result

@@ -13,9 +13,10 @@ from typing import Any
 
 from policies.errors import DataInvalid
 from registry.digests import file_hashes
+from registry.dvc_files import dvc_cached, dvc_recorded_md5
 from registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["DatasetRef", "dvc_recorded_md5", "relative_to_root", "version_dataset"]
+__all__ = ["DatasetRef", "relative_to_root", "version_dataset"]
 
 DATASET_VERSIONED = "dataset.versioned"
 
@@ -30,23 +31,6 @@ class DatasetRef:
     size: int
     event: int  # the ledger event that recorded this content
     newly_recorded: bool
-
-
-def dvc_recorded_md5(path: Path) -> str | None:
-    """The md5 that ``<path>.dvc`` records, or None when DVC does not track the file."""
-    import yaml
-
-    record = path.with_name(path.name + ".dvc")
-    if not record.is_file():
-        return None
-    try:
-        outs = yaml.safe_load(record.read_text(encoding="utf-8"))["outs"]
-        return next(o["md5"] for o in outs if o["path"] == path.name)
-    except (yaml.YAMLError, KeyError, TypeError, StopIteration):
-        raise DataInvalid(
-            f"{record} is not a readable DVC record for {path.name}.",
-            hint=f"Restore it from git (`git checkout -- {record}`) or re-create it with `dvc add {path}`.",
-        ) from None
 
 
 def version_dataset(
@@ -67,7 +51,7 @@ def version_dataset(
             hint=f"To go back to the recorded version run `dvc checkout {path}`; to make this "
             f"content the new version run `dvc add {path}` and commit the .dvc file.",
         )
-    if track and (root / ".dvc").is_dir() and not _in_dvc_cache(root, hashes["md5"]):
+    if track and (root / ".dvc").is_dir() and dvc_cached(root, hashes["md5"]) is None:
         _dvc_add(root, path)
 
     relative = relative_to_root(path, root)
@@ -84,10 +68,6 @@ def version_dataset(
         )
         new = True
     return DatasetRef(path, hashes["sha256"], hashes["md5"], path.stat().st_size, event.seq, new)
-
-
-def _in_dvc_cache(root: Path, md5: str) -> bool:
-    return (root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).is_file()
 
 
 def _dvc_add(root: Path, path: Path) -> None:

@@ -114,6 +114,7 @@ def check_drift(request: TrainingRequest, window: str | None = None, *, start: b
             details={"model": result.model, "version": result.version, "status": result.status, "window": result.window,
                      "window_rows": result.window_rows, "since": result.since, "until": result.until, "share": result.share,
                      "drifted": result.drifted, "report": str(result.report), "html": str(result.html) if result.html else None,
+                     "snapshot": str(result.snapshot) if result.snapshot else None,
                      "trigger": result.trigger},
         )  # fmt: skip
         outcome = DriftOutcome(result, decision)

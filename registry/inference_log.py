@@ -37,11 +37,12 @@ class LogEntry:
     row_index: int = 0  # the row's place in its request
     entity: str | None = None  # the project's entity key, when the client sent it
     event_time: str | None = None  # the row's own event time, when the client sent it
+    deployment: str | None = None  # the ledger's digest of the deployment that answered
 
     def row(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "row": self.row_index, "time": self.time, "model": self.model,
                 "version": self.version, "prediction": self.prediction, "served_by": self.served_by,
-                "entity": self.entity, "event_time": self.event_time,
+                "entity": self.entity, "event_time": self.event_time, "deployment": self.deployment,
                 **{f"feature.{k}": v for k, v in self.features.items()}}  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
     """Every logged row in ``folder`` (optionally within [since, until)), oldest first."""
     files = sorted(p for p in folder.glob("date=*/part-*.parquet"))
     if not files:
-        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by", "entity", "event_time"])
+        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by", "entity", "event_time", "deployment"])
     frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     if since is not None:
         frame = frame[frame["time"] >= since]

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 
 from policies.errors import LedgerCorrupt, LedgerError, NotFound
 from registry.digests import canonical_json, is_digest
-from registry.ledger_db import display_url, events_table, head_table, links_table, make_engine, metadata
+from registry.ledger_db import display_url, events_table, head_table, links_table, make_engine, metadata, seals_table
 
 __all__ = [
     "GENESIS",
@@ -117,6 +117,7 @@ class ChainReport:
     head: str | None
     broken_at: int | None = None
     reason: str | None = None
+    milestones: dict[int, str] = field(default_factory=dict)  # seq -> hash, when asked for
 
     def raise_if_broken(self) -> None:
         if not self.ok:
@@ -246,12 +247,14 @@ class Ledger:
         seqs = self.seqs_linked([digest], "in").get(digest, [])
         return [e for e in self.get_many(seqs) if digest in e.inputs]
 
-    def latest(self, kinds: Iterable[str], *, limit: int = 100) -> list[LedgerEvent]:
-        """The newest ``limit`` events of these kinds, newest first."""
+    def latest(self, kinds: Iterable[str], *, limit: int = 100, until: str | None = None) -> list[LedgerEvent]:
+        """The newest ``limit`` events of these kinds (recorded at or before ``until``, a ledger
+        time, when given), newest first."""
+        query = sa.select(events_table).where(events_table.c.kind.in_(list(kinds)))
+        if until is not None:
+            query = query.where(events_table.c.time <= until)
         with self._guard("read"), self.reading() as conn:
-            rows = conn.execute(
-                sa.select(events_table).where(events_table.c.kind.in_(list(kinds))).order_by(events_table.c.seq.desc()).limit(limit)
-            ).all()
+            rows = conn.execute(query.order_by(events_table.c.seq.desc()).limit(limit)).all()
         return [_event(row) for row in rows]
 
     def count(self) -> int:
@@ -290,44 +293,92 @@ class Ledger:
 
     # -- checking ----------------------------------------------------------------------------
 
-    def verify_chain(self) -> ChainReport:
+    def verify_chain(self, *, milestone_every: int | None = None) -> ChainReport:
         """Walk the whole chain and name the first broken link, if any.
 
         Checks, in order for each event: no sequence number is missing, it points at its
         predecessor's hash, its content still hashes to its own hash, and the lineage index
         holds exactly its inputs and outputs. Then that the recorded head is the last event.
+        With ``milestone_every``, the report keeps the hash of every that-many-th event (what a
+        seal signs, so later checks can verify one stretch instead of the whole chain).
         """
-        prev_seq, prev_hash, count = 0, GENESIS, 0
+        return self.verify_range(0, GENESIS, None, milestone_every=milestone_every)
+
+    def verify_range(
+        self, after: int, after_hash: str, until: int | None, until_hash: str | None = None, *, milestone_every: int | None = None
+    ) -> ChainReport:
+        """Verify the events after #``after`` (whose hash is ``after_hash``) up to #``until`` and that
+        #``until`` still has ``until_hash`` when given; ``until`` None: up to the head, checked too."""
         with self._guard("verify"), self._engine.connect() as conn:
-            while True:
-                rows = conn.execute(
-                    sa.select(events_table)
-                    .where(events_table.c.seq > prev_seq)
-                    .order_by(events_table.c.seq)
-                    .limit(_PAGE)
-                ).all()
-                if not rows:
-                    break
-                index = _links_between(conn, rows[0].seq, rows[-1].seq)
-                for row in rows:
-                    event = _event(row)
-                    problem = _link_problem(event, prev_seq, prev_hash, index.get(event.seq, set()))
-                    if problem:
-                        return ChainReport(False, count, prev_hash, event.seq, problem)
-                    prev_seq, prev_hash, count = event.seq, event.hash, count + 1
-            stray = conn.execute(
-                sa.select(links_table.c.seq).where(links_table.c.seq > prev_seq).limit(1)
-            ).scalar()
-            head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).one()
+            report = self._verify_range(conn, after, after_hash, until, milestone_every)
+            last_seq, last_hash = after + report.events, report.head or after_hash
+            if not report.ok:
+                return report
+            if until is None:
+                stray = conn.execute(sa.select(links_table.c.seq).where(links_table.c.seq > last_seq).limit(1)).scalar()
+                head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).one()
+        if until is not None:
+            if last_seq != until:
+                return ChainReport(False, report.events, last_hash, last_seq + 1, f"event #{last_seq + 1} is missing: events were deleted")
+            if until_hash is not None and last_hash != until_hash:
+                return ChainReport(False, report.events, last_hash, until,
+                                   f"event #{until} no longer has the hash the seal recorded ({until_hash[:16]}…): "
+                                   "events up to it were rewritten")  # fmt: skip
+            return report
         if stray is not None:
-            return ChainReport(False, count, prev_hash, stray, "the lineage index names an event that does not exist")
-        if (head.seq, head.hash) != (prev_seq, prev_hash):
+            return ChainReport(False, report.events, last_hash, stray, "the lineage index names an event that does not exist")
+        if (head.seq, head.hash) != (last_seq, last_hash):
             return ChainReport(
-                False, count, prev_hash, min(head.seq, prev_seq) + 1,
-                f"the ledger head records #{head.seq} but the last event is #{prev_seq}: "
+                False, report.events, last_hash, min(head.seq, last_seq) + 1,
+                f"the ledger head records #{head.seq} but the last event is #{last_seq}: "
                 "events at the end were deleted or added behind the ledger's back",
             )  # fmt: skip
-        return ChainReport(True, count, prev_hash if count else None)
+        return report
+
+    def _verify_range(
+        self, conn: sa.Connection, after: int, after_hash: str, until: int | None, milestone_every: int | None
+    ) -> ChainReport:
+        prev_seq, prev_hash, count = after, after_hash, 0
+        milestones: dict[int, str] = {}
+        while until is None or prev_seq < until:
+            query = sa.select(events_table).where(events_table.c.seq > prev_seq)
+            if until is not None:
+                query = query.where(events_table.c.seq <= until)
+            rows = conn.execute(query.order_by(events_table.c.seq).limit(_PAGE)).all()
+            if not rows:
+                break
+            index = _links_between(conn, rows[0].seq, rows[-1].seq)
+            for row in rows:
+                event = _event(row)
+                problem = _link_problem(event, prev_seq, prev_hash, index.get(event.seq, set()))
+                if problem:
+                    return ChainReport(False, count, prev_hash, event.seq, problem)
+                prev_seq, prev_hash, count = event.seq, event.hash, count + 1
+                if milestone_every and prev_seq % milestone_every == 0:
+                    milestones[prev_seq] = prev_hash
+        if milestone_every and prev_seq:
+            milestones[prev_seq] = prev_hash
+        return ChainReport(True, count, prev_hash if count else None, milestones=milestones)
+
+    # -- seals -------------------------------------------------------------------------------
+
+    def add_seal(self, seq: int, envelope: dict[str, Any]) -> None:
+        """Store a signed checkpoint of the chain at #``seq`` (see ``registry.seals``)."""
+        with self._guard("seal"), self._write() as conn:
+            conn.execute(sa.insert(seals_table).values(seq=seq, envelope=json.dumps(envelope, sort_keys=True)))
+
+    def seals(self, limit: int = 10) -> list[tuple[int, int, Any]]:
+        """The newest stored seals, newest first: (id, seq, envelope or None when unreadable)."""
+        with self._guard("read"), self._engine.connect() as conn:
+            rows = conn.execute(sa.select(seals_table).order_by(seals_table.c.id.desc()).limit(limit)).all()
+        found = []
+        for row in rows:
+            try:
+                envelope = json.loads(row.envelope)
+            except ValueError:
+                envelope = None
+            found.append((row.id, row.seq, envelope))
+        return found
 
     # -- plumbing ----------------------------------------------------------------------------
 

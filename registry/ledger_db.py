@@ -1,7 +1,8 @@
 """The ledger's tables and database connection: any SQLAlchemy URL, SQLite tuned by default.
 
 ``ledger_events`` holds the sealed events, ``ledger_links`` indexes digests to events (derived,
-re-checked), ``ledger_head`` is the one row every append locks and moves.
+re-checked), ``ledger_head`` is the one row every append locks and moves, ``ledger_seals`` holds signed
+checkpoints of the chain.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import exc as sa_exc
 
 from policies.errors import LedgerError
 
-__all__ = ["display_url", "events_table", "head_table", "links_table", "make_engine", "metadata"]
+__all__ = ["display_url", "events_table", "head_table", "links_table", "make_engine", "metadata", "seals_table"]
 
 metadata = sa.MetaData()
 _Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -38,6 +39,13 @@ links_table = sa.Table(
     sa.Column("role", sa.String(3), primary_key=True),  # "in" or "out"
     sa.Column("seq", _Seq, primary_key=True, index=True),
     sqlite_with_rowid=False,
+)
+seals_table = sa.Table(
+    "ledger_seals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", _Seq, nullable=False),
+    sa.Column("envelope", sa.Text, nullable=False),  # a signed DSSE envelope; see registry/seals.py
 )
 head_table = sa.Table(
     "ledger_head",

@@ -8,6 +8,7 @@ walk costs its depth in round trips, not the size of the ledger.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +22,9 @@ Direction = Literal["upstream", "downstream"]
 
 @dataclass(frozen=True)
 class Lineage:
-    """The part of the ledger's graph reachable from ``root`` in one direction."""
+    """The part of the ledger's graph reachable from ``roots`` in one direction."""
 
-    root: str
+    roots: tuple[str, ...]
     direction: Direction
     events: tuple[LedgerEvent, ...]
     levels: dict[int, int] = field(default_factory=dict)  # event seq -> distance from root
@@ -39,25 +40,30 @@ class Lineage:
         """The digests the walk continues to from ``event``."""
         return event.inputs if self.direction == "upstream" else event.outputs
 
+    def digests(self) -> set[str]:
+        """Every artifact in the walk: the roots and every digest its events name."""
+        return set(self.roots).union(*(set(e.inputs) | set(e.outputs) for e in self.events))
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "root": self.root,
+            "roots": list(self.roots),
             "direction": self.direction,
             "truncated": self.truncated,
             "events": [{**e.to_dict(), "level": self.levels[e.seq]} for e in self.events],
         }
 
 
-def walk(ledger: Ledger, root: str, direction: Direction, depth: int | None = None) -> Lineage:
-    """Breadth-first walk from ``root``; ``depth`` counts events along a path (None: no limit)."""
+def walk(ledger: Ledger, roots: str | Iterable[str], direction: Direction, depth: int | None = None) -> Lineage:
+    """Breadth-first walk from ``roots``; ``depth`` counts events along a path (None: no limit)."""
+    roots = (roots,) if isinstance(roots, str) else tuple(dict.fromkeys(roots))
     with ledger.reading():  # one connection, one snapshot, however deep the walk
-        return _walk(ledger, root, direction, depth)
+        return _walk(ledger, roots, direction, depth)
 
 
-def _walk(ledger: Ledger, root: str, direction: Direction, depth: int | None) -> Lineage:
+def _walk(ledger: Ledger, roots: tuple[str, ...], direction: Direction, depth: int | None) -> Lineage:
     upstream_walk = direction == "upstream"
     role = "out" if upstream_walk else "in"
-    frontier, seen_digests = {root}, {root}
+    frontier, seen_digests = set(roots), set(roots)
     found: dict[int, LedgerEvent] = {}
     levels: dict[int, int] = {}
     level = 0
@@ -78,15 +84,15 @@ def _walk(ledger: Ledger, root: str, direction: Direction, depth: int | None) ->
         frontier = next_frontier
     truncated = bool(frontier) and bool(ledger.seqs_linked(frontier, role))
     ordered = sorted(found.values(), key=lambda e: (levels[e.seq], e.seq))
-    return Lineage(root, direction, tuple(ordered), levels, truncated)
+    return Lineage(roots, direction, tuple(ordered), levels, truncated)
 
 
-def upstream(ledger: Ledger, digest: str, depth: int | None = None) -> Lineage:
+def upstream(ledger: Ledger, digest: str | Iterable[str], depth: int | None = None) -> Lineage:
     """Where ``digest`` came from: every event and artifact it was made of, transitively."""
     return walk(ledger, digest, "upstream", depth)
 
 
-def downstream(ledger: Ledger, digest: str, depth: int | None = None) -> Lineage:
+def downstream(ledger: Ledger, digest: str | Iterable[str], depth: int | None = None) -> Lineage:
     """What ``digest`` fed: every event and artifact made from it, transitively."""
     return walk(ledger, digest, "downstream", depth)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from policies.errors import SignatureInvalid
 
-__all__ = ["Material", "build_statement", "read_statement", "sign_statement", "verify_statement"]
+__all__ = ["Material", "build_statement", "open_envelope", "read_statement", "sign_envelope", "sign_statement", "verify_statement"]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -67,15 +67,41 @@ def build_statement(
 
 def sign_statement(statement: dict[str, Any], private_key: Any, path: Path) -> Path:
     """Sign ``statement`` as a DSSE envelope with ``private_key`` and write it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sign_envelope(statement, PAYLOAD_TYPE, private_key), sort_keys=True, indent=2))
+    return path
+
+
+def sign_envelope(payload: dict[str, Any], payload_type: str, private_key: Any) -> dict[str, Any]:
+    """``payload`` (canonical JSON) in a DSSE envelope signed by ``private_key``."""
     from securesystemslib.dsse import Envelope
     from securesystemslib.signer import CryptoSigner
 
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
-    envelope = Envelope(payload=payload, payload_type=PAYLOAD_TYPE, signatures={})
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    envelope = Envelope(payload=body, payload_type=payload_type, signatures={})
     envelope.sign(CryptoSigner(private_key))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(envelope.to_dict(), sort_keys=True, indent=2))
-    return path
+    return envelope.to_dict()
+
+
+def open_envelope(envelope: Any, payload_type: str, public_key_pem: bytes, what: str) -> dict[str, Any]:
+    """The payload of a DSSE ``envelope`` (a dict) once its signature by ``public_key_pem`` verifies."""
+    from cryptography.hazmat.primitives import serialization
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import SSlibKey
+
+    try:
+        opened = Envelope.from_dict(envelope)
+        key = SSlibKey.from_crypto(serialization.load_pem_public_key(public_key_pem))
+        opened.verify([key], 1)
+        payload = json.loads(opened.payload)
+    except Exception as exc:  # securesystemslib raises VerificationError, KeyError, ValueError, ...
+        raise SignatureInvalid(
+            f"The {what}'s signature does not verify ({type(exc).__name__}: {exc}).",
+            hint=f"The {what} was edited after signing or signed by another key: do not trust it.",
+        ) from None
+    if opened.payload_type != payload_type:
+        raise SignatureInvalid(f"The {what} is a {opened.payload_type!r} envelope, not {payload_type!r}.", hint="Do not trust it.")
+    return payload
 
 
 def read_statement(path: Path) -> dict[str, Any]:
@@ -89,23 +115,14 @@ def read_statement(path: Path) -> dict[str, Any]:
 
 def verify_statement(path: Path, public_key_pem: bytes, files: dict[str, str]) -> dict[str, Any]:
     """Check the envelope's signature and that its subjects are exactly ``files``; return the statement."""
-    from cryptography.hazmat.primitives import serialization
-    from securesystemslib.dsse import Envelope
-    from securesystemslib.signer import SSlibKey
-
     if not path.is_file():
         raise SignatureInvalid(f"No provenance statement at {path}.", hint="Only models trained by `conveyor train` carry one.")
     try:
-        envelope = Envelope.from_dict(json.loads(path.read_text()))
-        key = SSlibKey.from_crypto(serialization.load_pem_public_key(public_key_pem))
-        envelope.verify([key], 1)
-    except Exception as exc:  # securesystemslib raises VerificationError, KeyError, ValueError, ...
-        raise SignatureInvalid(
-            f"The provenance statement's signature does not verify ({type(exc).__name__}: {exc}).",
-            hint="It was edited after signing or signed by another key: do not use this model.",
-        ) from None
-    statement = json.loads(envelope.payload)
-    if envelope.payload_type != PAYLOAD_TYPE or statement.get("predicateType") != SLSA_PROVENANCE:
+        envelope = json.loads(path.read_text())
+    except ValueError:
+        raise SignatureInvalid(f"{path} is not a readable provenance envelope.", hint="Do not use this model.") from None
+    statement = open_envelope(envelope, PAYLOAD_TYPE, public_key_pem, "provenance statement")
+    if statement.get("predicateType") != SLSA_PROVENANCE:
         raise SignatureInvalid("The provenance envelope is not an SLSA provenance statement.", hint="Do not use this model.")
     subjects = {s["name"]: f"sha256:{s['digest']['sha256']}" for s in statement.get("subject", [])}
     if subjects != files:

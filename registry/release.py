@@ -117,7 +117,8 @@ def rollback(ctx: ReleaseContext, name: str) -> tuple[str, str]:
         except Exception as exc:
             raise RegistryError(f"The registry refused the rollback of {name}: {exc}.", hint="Check the tracking URI.") from None
         digests = [_version_digest(client, name, v) for v in (current, previous) if v]
-        ctx.ledger.append("model.rolled_back", inputs=digests[:1], outputs=digests[1:],
+        # Both versions are inputs: a rollback uses them, it does not make either.
+        ctx.ledger.append("model.rolled_back", inputs=digests, outputs=[],
                           details={"name": name, "from": current, "to": previous})  # fmt: skip
     return str(current), previous
 

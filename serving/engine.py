@@ -30,7 +30,8 @@ from pydantic import ValidationError
 from policies.canary import CanaryPolicy, Verdict
 from policies.serving import ServingPolicy
 from policies.signing import SigningPolicy
-from registry.ledger import Ledger
+from registry.digests import json_digest
+from registry.ledger import Ledger, utc_now
 from registry.release import CANARY, CHAMPION, ReleaseContext, alias, promote
 from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
@@ -80,6 +81,7 @@ class ServingContext:
 
 class Engine:
     def __init__(self, ctx: ServingContext) -> None:
+        self._instance = uuid.uuid4().hex  # this service process: tells two deployments of one version apart
         self.ctx = ctx
         self.router = Router(0)
         self.controller = CanaryController(self.router, ctx.canary, on_promote=self._canary_passed, on_rollback=self._canary_failed)
@@ -179,7 +181,7 @@ class Engine:
         model = canary if answered_by == "canary" else champion
         version = model.verified.version  # type: ignore[union-attr]
         predictions = [float(v) for v in answer]
-        self._record(request_id, checked, version, predictions, answered_by)
+        self._record(request_id, checked, version, predictions, answered_by, model.deployment)  # type: ignore[union-attr]
         return {"request_id": request_id, "model": self.ctx.name, "version": version, "served_by": answered_by,
                 "predictions": predictions}  # fmt: skip
 
@@ -225,7 +227,8 @@ class Engine:
         project = self.ctx.release.project
         return project.entity_key, project.event_timestamp
 
-    def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str) -> None:
+    def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str,
+                deployment: str | None) -> None:  # fmt: skip
         now = datetime.now(UTC)
         entity_key, event_time = self._context
         inputs = [c.name for c in self._columns]
@@ -233,7 +236,7 @@ class Engine:
             entity, at = row.get(entity_key), row.get(event_time)
             features = {name: row.get(name) for name in inputs}
             self.log.record(LogEntry(request_id, now, self.ctx.name, version, features, prediction, served_by, i,
-                                     None if entity is None else str(entity), None if at is None else str(at)))  # fmt: skip
+                                     None if entity is None else str(entity), None if at is None else str(at), deployment))  # fmt: skip
 
     # -- admin ------------------------------------------------------------------------------------
 
@@ -308,12 +311,15 @@ class Engine:
                                         "serving": {r: m.verified.version if m else None
                                                     for r, m in ((CHAMPION, self.champion), (CANARY, self.canary))}})  # fmt: skip
 
-    def _deployed(self, verified: VerifiedModel, role: str) -> None:
+    def _deployed(self, verified: VerifiedModel, role: str) -> str:
+        """Record the deployment; returns its content address, which the inference log carries per row."""
         self._refused.pop(role, None)
-        self.ctx.ledger.append("model.deployed", inputs=[verified.version_digest], outputs=[],
-                               details={"name": verified.name, "version": verified.version, "role": role,
-                                        "signer": verified.signer})  # fmt: skip
+        details = {"name": verified.name, "version": verified.version, "role": role, "signer": verified.signer,
+                   "at": utc_now(), "instance": self._instance}  # fmt: skip
+        deployment = json_digest({"deployment": details, "model": verified.version_digest})
+        self.ctx.ledger.append("model.deployed", inputs=[verified.version_digest], outputs=[deployment], details=details)
         log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
+        return deployment
 
     def _load_champion(self, version: str) -> None:
         verified = self._verify(version, CHAMPION)
@@ -325,10 +331,10 @@ class Engine:
             verified.discard()
             self._refuse(version, CHAMPION, f"failed to load: {exc!r}")
             return
+        model.deployment = self._deployed(verified, CHAMPION)
         old, self.champion = self.champion, model
         self._columns = list(verified.columns)
         self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows, context=self._context)
-        self._deployed(verified, CHAMPION)
         if old is not None:
             old.close()
             old.verified.discard()
@@ -347,9 +353,9 @@ class Engine:
             verified.discard()
             self._refuse(version, CANARY, str(exc))
             return
+        model.deployment = self._deployed(verified, CANARY)
         self.canary = model
         self._canary_seen = 0
-        self._deployed(verified, CANARY)
         self.controller.start()
         self.metrics.weight.labels(self.ctx.name).set(self.router.weight)
 

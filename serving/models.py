@@ -123,6 +123,7 @@ class InProcessModel:
 
     def __init__(self, verified: VerifiedModel, *, max_batch_rows: int = 512) -> None:
         self.verified = verified
+        self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
         self._predict = _predictor(verified.folder, verified.task, verified.columns)
         self._max_rows = max_batch_rows
         self._queue: asyncio.Queue | None = None
@@ -190,6 +191,7 @@ class IsolatedModel:
 
     def __init__(self, verified: VerifiedModel) -> None:
         self.verified = verified
+        self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._ready: concurrent.futures.Future | None = None

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.datasets import dvc_recorded_md5
+from registry.dvc_files import dvc_recorded_md5
 from registry.digests import file_digest
 from tests.conftest import REPO
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.datasets import dvc_recorded_md5
+from registry.dvc_files import dvc_recorded_md5
 from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
 from registry.digests import file_hashes
 from tests.conftest import REPO

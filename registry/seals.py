@@ -1,0 +1,138 @@
+"""Seals: signed checkpoints of the ledger's chain, so one model's record verifies without the whole chain.
+
+A seal is made after the chain verifies: it signs the head (sequence number and hash) and the
+hash of every ``MILESTONE_EVERY``-th event. Later, an event at or before the seal is proved
+part of that sealed chain by verifying only its stretch, from the milestone before it to the
+milestone after it: rewriting the event means rewriting the hash chain up to the next milestone,
+whose hash the seal signed. Events after the seal are verified one by one up to the head.
+
+A seal is only as strong as its key: it is signed by the project key and checked against the
+keys the signing policy trusts. Sealing again continues from the newest trusted seal, so only
+the new events are walked.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Any
+
+from policies.errors import LedgerCorrupt
+from registry.ledger import GENESIS, ChainReport, Ledger, utc_now
+from registry.provenance import open_envelope, sign_envelope
+
+__all__ = ["MILESTONE_EVERY", "SEAL_TYPE", "ChainProof", "Seal", "prove_events", "seal_ledger", "trusted_seal"]
+
+SEAL_TYPE = "application/vnd.conveyor.ledger-seal+json"
+MILESTONE_EVERY = 1_000
+
+
+@dataclass(frozen=True)
+class Seal:
+    """What a seal signed: the head at sealing time and the milestone hashes before it."""
+
+    seq: int
+    hash: str
+    time: str
+    signer: str  # the public key's fingerprint
+    milestones: dict[int, str]
+    envelope: dict[str, Any]
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], signer: str, envelope: dict[str, Any]) -> Seal:
+        milestones = {int(k): v for k, v in payload["milestones"].items()}
+        return cls(int(payload["seq"]), payload["hash"], payload["time"], signer, milestones, envelope)
+
+    def stretch(self, seq: int) -> tuple[int, str, int, str]:
+        """(after, its hash, until, its hash): the sealed milestones either side of event #``seq``."""
+        marks = sorted(self.milestones)
+        i = bisect.bisect_left(marks, seq)
+        after = marks[i - 1] if i else 0
+        return after, self.milestones.get(after, GENESIS), marks[i], self.milestones[marks[i]]
+
+
+@dataclass(frozen=True)
+class ChainProof:
+    """How the chain behind some events was checked, and what was found."""
+
+    ok: bool
+    detail: str
+    seal: Seal | None
+    checked: int  # events re-hashed
+
+
+def seal_ledger(ledger: Ledger, private_key: Any, signer: str, trusted: dict[str, bytes]) -> Seal:
+    """Verify the chain (from the newest trusted seal on, or all of it) and seal its head."""
+    previous, problem = trusted_seal(ledger, trusted)
+    if problem:
+        raise LedgerCorrupt(f"The ledger cannot be sealed: {problem}.", hint="Find out what changed before sealing again: `conveyor audit --ledger`.")
+    if previous is None:
+        report = ledger.verify_chain(milestone_every=MILESTONE_EVERY)
+        milestones = dict(report.milestones)
+    else:
+        report = ledger.verify_range(previous.seq, previous.hash, None, milestone_every=MILESTONE_EVERY)
+        milestones = {**previous.milestones, **report.milestones}
+    report.raise_if_broken()
+    seq = max(milestones, default=0)
+    if seq == 0:
+        raise LedgerCorrupt("The ledger is empty: there is nothing to seal.", hint="Run `conveyor demo` or `conveyor train` first.")
+    payload = {"ledger": "conveyor", "seq": seq, "hash": milestones[seq], "time": utc_now(),
+               "milestones": {str(k): v for k, v in sorted(milestones.items())}}  # fmt: skip
+    envelope = sign_envelope(payload, SEAL_TYPE, private_key)
+    ledger.add_seal(seq, envelope)
+    return Seal.from_payload(payload, signer, envelope)
+
+
+def open_seal(envelope: Any, trusted: dict[str, bytes]) -> Seal | None:
+    """The seal in ``envelope`` if one of the ``trusted`` keys (fingerprint -> PEM) signed it."""
+    for name, pem in trusted.items():
+        try:
+            payload = open_envelope(envelope, SEAL_TYPE, pem, "ledger seal")
+            return Seal.from_payload(payload, name, envelope)
+        except Exception:  # noqa: BLE001, S112 - not this key (or not a seal): try the next one
+            continue
+    return None
+
+
+def trusted_seal(ledger: Ledger, trusted: dict[str, bytes]) -> tuple[Seal | None, str | None]:
+    """The newest seal, checked: (seal, None), (None, None) when there is none, or (None, what is wrong).
+
+    The newest stored seal must be signed by a trusted key: a seal nobody trusted could sign is
+    itself a sign of tampering, never skipped over for an older one."""
+    stored = ledger.seals(limit=1)
+    if not stored:
+        return None, None
+    row_id, seq, envelope = stored[0]
+    seal = open_seal(envelope, trusted) if envelope is not None else None
+    if seal is None or seal.seq != seq:
+        return None, f"seal #{row_id} (of event #{seq}) is not signed by a trusted key"
+    return seal, None
+
+
+def prove_events(ledger: Ledger, seqs: set[int], trusted: dict[str, bytes]) -> ChainProof:
+    """Check the chain behind events ``seqs``: each sealed event's stretch between milestones, and every
+    event after the seal up to the head; without a seal, the whole chain."""
+    seal, problem = trusted_seal(ledger, trusted)
+    if problem:
+        return ChainProof(False, problem, None, 0)
+    if seal is None:
+        report = ledger.verify_chain()
+        return _proof(report, None, f"whole chain verified ({report.events:,} events; no seal yet)")
+    stretches = sorted({seal.stretch(seq) for seq in seqs if seq <= seal.seq})
+    checked = 0
+    for after, after_hash, until, until_hash in stretches:
+        report = ledger.verify_range(after, after_hash, until, until_hash)
+        checked += report.events
+        if not report.ok:
+            return _proof(report, seal, "", checked)
+    tail = ledger.verify_range(seal.seq, seal.hash, None)
+    checked += tail.events
+    return _proof(tail, seal, f"{len(seqs)} events verified in {len(stretches)} sealed stretch(es) against the seal of "
+                              f"#{seal.seq:,} ({seal.time}, key {seal.signer[:19]}…), and {tail.events:,} events since", checked)  # fmt: skip
+
+
+def _proof(report: ChainReport, seal: Seal | None, detail: str, checked: int | None = None) -> ChainProof:
+    checked = report.events if checked is None else checked
+    if report.ok:
+        return ChainProof(True, detail, seal, checked)
+    return ChainProof(False, f"the chain is broken at event #{report.broken_at}: {report.reason}", seal, checked)
