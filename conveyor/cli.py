@@ -76,6 +76,10 @@ labels_app = typer.Typer(
     cls=_Group, help="Bring ground truth to logged predictions.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(labels_app, name="labels")
+export_app = typer.Typer(
+    cls=_Group, help="Export the lineage record for other tools (OpenLineage, in-toto).", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(export_app, name="export")
 
 
 @app.callback()
@@ -401,62 +405,212 @@ def rollback(
 @app.command()
 def lineage(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="A file (hashed to find it) or a sha256 digest.")],
+    target: Annotated[str | None, typer.Argument(
+        help="A file (hashed), a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N, event:N or request:ID.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Instead of TARGET: what was serving at this time (ISO 8601; no offset means UTC).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="With --at: only this model.")] = None,
     up: Annotated[bool, typer.Option("--up", help="Only where it came from.")] = False,
     down: Annotated[bool, typer.Option("--down", help="Only what it fed.")] = False,
     depth: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write the graph as a self-contained HTML page.")] = None,
 ) -> None:
     """Show where an artifact came from and what it fed, from the lineage ledger."""
     from conveyor.render import lineage_text
-    from policies.errors import NotFound
-    from registry.digests import file_digest, parse_digest
-    from registry.lineage import downstream, upstream
+    from policies.errors import ConveyorError, NotFound
+    from registry.lineage import walk
+    from registry.lookup import find_start, parse_time, serving_at
 
+    if (target is None) == (at is None):
+        raise ConveyorError("Say where to start: a TARGET or --at TIME (one of them).", hint="e.g. `conveyor lineage loan-default@champion` or `conveyor lineage --at 2026-11-21T14:30`.")
     settings = _settings(ctx)
-    path = Path(target)
-    digest = file_digest(path) if path.is_file() else parse_digest(target)
     directions = ["upstream"] * (up or not down) + ["downstream"] * (down or not up)
     with _ledger(settings) as ledger:
-        walks = [(upstream if d == "upstream" else downstream)(ledger, digest, depth) for d in directions]
+        if at is not None:
+            start = serving_at(ledger, parse_time(at), model)
+        else:
+            start = find_start(target, ledger, inference=settings.home / "inference", tracking_uri=str(settings.mlflow_tracking_uri))
+        walks = [walk(ledger, start.digests, d, depth) for d in directions]  # type: ignore[arg-type]
     if not any(w.events for w in walks):
-        what = f"{target} ({digest})" if path.is_file() else digest
         raise NotFound(
-            f"The ledger has no event that names {what}.",
+            f"The ledger has no event that names {start.label}.",
             hint="It was never recorded by Conveyor, or the file changed since (new content, new "
             "digest): `conveyor demo` or `conveyor train` record data when they use it.",
         )
+    if html is not None:
+        from conveyor.lineage_html import lineage_page
+
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(lineage_page(walks, start.label, start.note), encoding="utf-8")
     if as_json:
-        _out(json.dumps({"target": target, "digest": digest, **{w.direction: w.to_dict() for w in walks}}, indent=2))
+        _out(json.dumps({"start": start.label, "note": start.note, "digests": list(start.digests),
+                         **{w.direction: w.to_dict() for w in walks}}, indent=2))  # fmt: skip
         return
-    label = target if path.is_file() else None
-    for walk in walks:
-        for line in lineage_text(walk, label):
+    _out(f"{start.label}" + (f": {start.note}" if start.note else ""))
+    for lineage_walk in walks:
+        for line in lineage_text(lineage_walk, start.label if len(start.digests) == 1 else None):
             _out(line)
+    if html is not None:
+        _out(f"Graph: {html}")
 
 
 @app.command()
 def audit(
     ctx: typer.Context,
+    ref: Annotated[str | None, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS: re-verify its whole record.")] = None,
     ledger_only: Annotated[bool, typer.Option("--ledger", help="Check the ledger's hash chain, event by event.")] = False,
+    seal: Annotated[bool, typer.Option("--seal", help="With --ledger: sign a checkpoint of the verified chain.")] = False,
+    export: Annotated[Path | None, typer.Option("--export", help="With MODEL/VERSION: write an evidence bundle (.tar.gz).")] = None,
+    bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an evidence bundle, offline.")] = None,
+    pinned: Annotated[str | None, typer.Option("--fingerprint", help="With --bundle: the key fingerprint the bundle must be signed by.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Check that the record is intact: the ledger's chain (--ledger)."""
+    """Check that the record is intact: a model version end to end, the ledger's chain, or an evidence bundle.
+
+    Exit code 0 when every link holds, 1 when one does not (each link says why)."""
     from policies.errors import ConveyorError
 
-    if not ledger_only:
-        raise ConveyorError("Say what to audit.", hint="`conveyor audit --ledger` checks the ledger's hash chain.")
+    if sum(x is not None and x is not False for x in (ref, bundle, ledger_only or None)) != 1:
+        raise ConveyorError("Say what to audit: MODEL/VERSION, --ledger or --bundle FILE (one of them).",
+                            hint="e.g. `conveyor audit loan-default/1`, `conveyor audit --ledger`, `conveyor audit --bundle evidence.tar.gz`.")  # fmt: skip
+    if bundle is not None:
+        _audit_bundle(bundle, pinned, as_json)
+    elif ledger_only:
+        _audit_ledger(ctx, seal, as_json)
+    else:
+        _audit_version(ctx, str(ref), export, as_json)
+
+
+def _print_links(links: list[Any], verdict: str) -> None:
+    for link in links:
+        _out(f"{'PASS' if link.ok else 'FAIL'}  {link.name:11s} {link.detail}")
+    _out(verdict)
+
+
+def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: bool) -> None:
+    import tempfile
+
+    from registry.audit import audit_version, trusted_signers
+    from registry.evidence import export_evidence
+    from registry.keys import load_or_create_key
+
+    settings = _settings(ctx)
+    with _ledger(settings) as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
+        release = _release(settings, ledger)
+        policy = release.signing()
+        report = audit_version(ref, policy, root=release.root, keys_dir=settings.keys_dir, ledger=ledger, keep=Path(keep))
+        written = None
+        if export is not None and report.verification.version_digest is not None:
+            written = export_evidence(report, ledger, export, key=load_or_create_key(settings.keys_dir),
+                                      trusted=trusted_signers(policy, release.root, settings.keys_dir), root=release.root)  # fmt: skip
+    v = report.verification
+    if as_json:
+        _out(json.dumps({**report.to_dict(), "evidence": str(written) if written else None}, indent=2))
+    else:
+        name = f"{v.name} version {v.version}" if v.version else ref
+        _print_links(report.links, f"{name}: {'every link verified' if report.ok else 'NOT verified'} "
+                                   f"({len(report.events)} ledger events on its record).")  # fmt: skip
+        if written is not None:
+            _out(f"Evidence bundle: {written} (verify offline: conveyor audit --bundle {written.name} "
+                 f"--fingerprint {load_or_create_key(settings.keys_dir).fingerprint})")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
     settings = _settings(ctx)
     with _ledger(settings) as ledger:
         report = ledger.verify_chain()
+        sealed = None
+        if seal and report.ok:
+            from policies.signing import load_signing_policy
+            from registry.audit import trusted_signers
+            from registry.keys import load_or_create_key
+            from registry.seals import seal_ledger
+
+            key = load_or_create_key(settings.keys_dir)
+            trusted = {**trusted_signers(load_signing_policy(settings.project_root), settings.project_root, settings.keys_dir),
+                       key.fingerprint: key.public_path.read_bytes()}  # fmt: skip
+            sealed = seal_ledger(ledger, key.private_key(), key.fingerprint, trusted)
     if as_json:
-        _out(json.dumps({"ledger": ledger.display_url, **report.__dict__}, indent=2))
+        body = {k: v for k, v in report.__dict__.items() if k != "milestones"}
+        _out(json.dumps({"ledger": ledger.display_url, **body, "sealed": sealed.seq if sealed else None}, indent=2))
         if not report.ok:
             raise typer.Exit(1)
         return
     report.raise_if_broken()
     head = f", head {report.head[:16]}…" if report.head else ""
     _out(f"Ledger intact: {report.events:,} events, every link verified{head}.")
+    if sealed is not None:
+        _out(f"Sealed at event #{sealed.seq:,} with key {sealed.signer}.")
+
+
+def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:
+    from registry.evidence import describe, verify_evidence
+
+    report = verify_evidence(bundle, pinned=pinned)
+    if as_json:
+        _out(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_links(report.links, describe(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@export_app.command("openlineage")
+def export_openlineage(
+    ctx: typer.Context,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSON lines to this file.")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="POST to this OpenLineage endpoint (e.g. Marquez at http://127.0.0.1:5000).")] = None,
+    namespace: Annotated[str | None, typer.Option(help="OpenLineage namespace (default: conveyor/<model name>).")] = None,
+    since: Annotated[int, typer.Option("--since", min=1, help="Start at this ledger event.")] = 1,
+) -> None:
+    """Export the ledger as OpenLineage run events: one per event, datasets named by digest."""
+    from policies.errors import ConveyorError
+    from policies.project import load_project
+    from registry.openlineage import post_events, run_events, write_events
+
+    if (output is None) == (url is None):
+        raise ConveyorError("Say where the events go: --output FILE or --url URL (one of them).", hint="e.g. `conveyor export openlineage -o lineage.jsonl`.")
+    settings = _settings(ctx)
+    namespace = namespace or f"conveyor/{load_project(settings.project_file, check_data=False).model_name}"
+    with _ledger(settings) as ledger:
+        events = run_events(ledger.iter_events(since), namespace)
+        count = write_events(events, output) if output is not None else post_events(events, str(url))
+    _out(f"{count:,} OpenLineage run events {'written to ' + str(output) if output else 'sent to ' + str(url)} (namespace {namespace}).")
+
+
+@export_app.command("intoto")
+def export_intoto(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL (every version), MODEL/VERSION or MODEL@ALIAS.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the statements to.")],
+) -> None:
+    """Write each version's signed in-toto statements as they are: the provenance (DSSE) and the signature bundle."""
+    from mlflow import MlflowClient
+
+    from registry.models import fetch_model
+    from registry.signing import BUNDLE, PROVENANCE
+    from registry.verify import resolve
+
+    settings = _settings(ctx)
+    client = MlflowClient(tracking_uri=str(settings.mlflow_tracking_uri))
+    if "/" in ref or "@" in ref:
+        versions = [resolve(client, ref)]
+    else:
+        versions = [(ref, str(v.version)) for v in client.search_model_versions(f"name='{ref}'")]
+    output.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    written = 0
+    for name, version in sorted(versions, key=lambda nv: int(nv[1])):
+        with tempfile.TemporaryDirectory(prefix="conveyor-intoto-") as scratch:
+            folder = fetch_model(f"models:/{name}/{version}", Path(scratch))
+            for source, suffix in ((PROVENANCE, "provenance.dsse.json"), (BUNDLE, "model-signature.sigstore.json")):
+                if (folder / source).is_file():
+                    (output / f"{name}-{version}.{suffix}").write_bytes((folder / source).read_bytes())
+                    written += 1
+    _out(f"{written} statements of {len(versions)} version(s) written to {output}.")
 
 
 # -- serving ---------------------------------------------------------------------------------------

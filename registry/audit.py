@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from registry.lineage import upstream
 from registry.seals import ChainProof, prove_events
 from registry.verify import Link, VerificationReport, trusted_keys, verify_version
 
-__all__ = ["AuditReport", "audit_version", "recorded_files", "trusted_signers"]
+__all__ = ["REPORT_KEYS", "AuditReport", "Facts", "audit_version", "record_links", "record_of", "recorded_files", "trusted_signers"]
 
 RELEASE_KINDS = ("model.promoted", "model.promotion_refused", "model.deployed", "model.canary_completed",
                  "model.canary_rolled_back", "model.rolled_back", "model.load_refused")  # fmt: skip
@@ -89,36 +90,46 @@ def _audit(report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Pat
     if v.version_digest is None:  # the version or its files could not be read: nothing more to check
         report.links = list(v.links)
         return
-    with ledger.reading():
-        lineage = upstream(ledger, v.version_digest)
-        named = [e for e in ledger.consumers(v.version_digest) if e.kind in RELEASE_KINDS or e.kind.startswith(("drift.", "quality."))]
-    report.events = sorted({e.seq: e for e in (*lineage.events, *named)}.values(), key=lambda e: e.seq)
+    report.events = record_of(ledger, v.version_digest)
     report.proof = prove_events(ledger, {e.seq for e in report.events}, trusted_signers(policy, root, keys_dir))
-    by_output: dict[str, list[LedgerEvent]] = {}
-    for event in lineage.events:
-        for digest in event.outputs:
-            by_output.setdefault(digest, []).append(event)
-    facts = _Facts(v.tags, by_output, root)
-    report.links = [
-        Link("chain", report.proof.ok, report.proof.detail),
-        *v.links,
-        facts.data(),
-        facts.validation(),
-        facts.features(),
-        facts.training(),
-        _materials(v, facts),
-        _releases(v, named),
-        _reports(report.events, root),
-    ]
+    facts = Facts.of(v.tags, report.events, root)
+    report.links = [Link("chain", report.proof.ok, report.proof.detail), *v.links, facts.data(),
+                    *record_links(v, facts, report.events, lambda event, key, value: _path(root, value))]  # fmt: skip
+
+
+def record_of(ledger: Ledger, version_digest: str) -> list[LedgerEvent]:
+    """A version's record: everything upstream of it, and the release and monitoring events naming it."""
+    with ledger.reading():
+        lineage = upstream(ledger, version_digest)
+        named = [e for e in ledger.consumers(version_digest) if e.kind in RELEASE_KINDS or e.kind.startswith(("drift.", "quality."))]
+    return sorted({e.seq: e for e in (*lineage.events, *named)}.values(), key=lambda e: e.seq)
+
+
+Locate = Callable[[LedgerEvent, str, str], Path]  # (event, details key, recorded path) -> where the file is now
+
+
+def record_links(v: VerificationReport, facts: Facts, events: list[LedgerEvent], locate: Locate) -> list[Link]:
+    """The links checked from the ledger's record alone (no registry, no data): the same in a project
+    and in an evidence bundle."""
+    named = [e for e in events if v.version_digest in e.inputs]
+    return [facts.validation(), facts.features(), facts.training(), _materials(v, facts), _releases(v, named), _reports(events, locate)]
 
 
 @dataclass
-class _Facts:
+class Facts:
     """The producing events of this version's artifacts, found by the digests its registry tags name."""
 
     tags: dict[str, str]
     by_output: dict[str, list[LedgerEvent]]
     root: Path
+
+    @classmethod
+    def of(cls, tags: dict[str, str], events: list[LedgerEvent], root: Path) -> Facts:
+        by_output: dict[str, list[LedgerEvent]] = {}
+        for event in events:
+            for digest in event.outputs:
+                by_output.setdefault(digest, []).append(event)
+        return cls(tags, by_output, root)
 
     def made(self, tag: str, kind: str) -> tuple[str | None, LedgerEvent | None]:
         digest = self.tags.get(tag)
@@ -188,7 +199,7 @@ class _Facts:
         return Link("training", True, f"trained in MLflow run {event.details.get('run_id')} (event #{event.seq})")
 
 
-def _materials(v: VerificationReport, facts: _Facts) -> Link:
+def _materials(v: VerificationReport, facts: Facts) -> Link:
     if v.statement is None:
         return Link("materials", False, "no verified provenance statement to compare")
     materials = {d.get("uri", ""): d.get("digest", {}) for d in v.statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
@@ -237,33 +248,31 @@ def _releases(v: VerificationReport, named: list[LedgerEvent]) -> Link:
     return Link("releases", True, f"{len(releases)} release events name this verified version" + (f" ({', '.join(kinds)})" if kinds else ""))
 
 
-def recorded_files(event: LedgerEvent, root: Path) -> dict[str, Path]:
-    """The files an event recorded by path in its details, for the digests among its outputs that they
-    still hash to (digest -> path); ``missing`` entries map the digests whose file is gone or changed."""
+def recorded_files(event: LedgerEvent, locate: Locate) -> dict[str, Path]:
+    """The report files an event recorded by path in its details (digest -> where it is now), for
+    those that still hash to one of its output digests."""
     found: dict[str, Path] = {}
     for key, value in event.details.items():
-        if not isinstance(value, str) or key in ("path", "suite") or not value.endswith((".json", ".html", ".parquet")):
-            continue
-        path = _path(root, value)
-        if path.is_file() and (digest := file_digest(path)) in event.outputs:
-            found[digest] = path
+        if key in REPORT_KEYS and isinstance(value, str) and value:
+            path = locate(event, key, value)
+            if path.is_file() and (digest := file_digest(path)) in event.outputs:
+                found[digest] = path
     return found
 
 
-def _reports(events: list[LedgerEvent], root: Path) -> Link:
+def _reports(events: list[LedgerEvent], locate: Locate) -> Link:
     """Each report an event recorded by path (validation, evaluation, drift) still hashes to its output digest."""
     checked, wrong = 0, []
     for event in events:
-        paths = {k: v for k, v in event.details.items() if k in _REPORT_KEYS and isinstance(v, str) and v}
-        if not paths:
-            continue
-        found = recorded_files(event, root)
-        for key, value in paths.items():
-            path = _path(root, value)
+        found = recorded_files(event, locate)
+        for key, value in event.details.items():
+            if key not in REPORT_KEYS or not isinstance(value, str) or not value:
+                continue
+            path = locate(event, key, value)
             if not path.is_file():
-                wrong.append(f"#{event.seq} {event.kind}: its {key} {path} is gone")
+                wrong.append(f"#{event.seq} {event.kind}: its {key} {value} is gone")
             elif path not in found.values():
-                wrong.append(f"#{event.seq} {event.kind}: its {key} {path} hashes to {file_digest(path)}, which the event did not record")
+                wrong.append(f"#{event.seq} {event.kind}: its {key} {value} hashes to {file_digest(path)}, which the event did not record")
             else:
                 checked += 1
     if wrong:
@@ -271,7 +280,7 @@ def _reports(events: list[LedgerEvent], root: Path) -> Link:
     return Link("reports", True, f"{checked} recorded report files hash to their digests")
 
 
-_REPORT_KEYS = ("report", "html", "snapshot")
+REPORT_KEYS = ("report", "html", "snapshot")  # details naming a file whose digest is an output
 
 
 def _path(root: Path, value: str) -> Path:

@@ -34,6 +34,7 @@ __all__ = [
     "GENESIS",
     "ChainReport",
     "Draft",
+    "EventSlice",
     "Ledger",
     "LedgerEvent",
     "event_hash",
@@ -126,6 +127,25 @@ class ChainReport:
                 hint="Do not trust events from that point on; restore the ledger from a backup "
                 "or an evidence bundle and compare.",
             )
+
+
+@dataclass(frozen=True)
+class EventSlice:
+    """Some events held in memory (e.g. read from an evidence bundle), answering the same lookups as a ledger."""
+
+    events: tuple[LedgerEvent, ...]
+
+    def producers(self, digest: str) -> list[LedgerEvent]:
+        return [e for e in self.events if digest in e.outputs]
+
+    def consumers(self, digest: str) -> list[LedgerEvent]:
+        return [e for e in self.events if digest in e.inputs]
+
+    @staticmethod
+    def event_of(record: dict[str, Any]) -> LedgerEvent:
+        """An event from its ``to_dict`` form."""
+        return LedgerEvent(int(record["seq"]), record["kind"], record["actor"], record["time"], tuple(record["inputs"]),
+                           tuple(record["outputs"]), record["details"], record["prev_hash"], record["hash"])  # fmt: skip
 
 
 class Ledger:

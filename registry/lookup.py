@@ -106,13 +106,17 @@ def _deployment_digest(event: LedgerEvent) -> str:
 
 
 def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> Start:
+    """The deployment that answered ``request_id``, from the inference logs under ``inference`` (one
+    folder per model)."""
+    import pandas as pd
+
     from registry.inference_log import read_log
 
-    rows = read_log(inference) if inference is not None and inference.is_dir() else None
-    if rows is not None:
-        rows = rows[rows["request_id"] == request_id]
-    if rows is None or rows.empty:
-        raise NotFound(f"No request {request_id} in the inference log{f' at {inference}' if inference else ''}.",
+    folders = sorted(p for p in inference.iterdir() if p.is_dir()) if inference is not None and inference.is_dir() else []
+    rows = pd.concat([read_log(folder) for folder in folders]) if folders else pd.DataFrame(columns=["request_id"])
+    rows = rows[rows["request_id"] == request_id]
+    if rows.empty:
+        raise NotFound(f"No request {request_id} in the inference log{f' under {inference}' if inference else ''}.",
                        hint="Request ids are in each response (`request_id`); the log keeps what the service answered.")  # fmt: skip
     row = rows.iloc[0]
     note = f"answered by {row['model']} version {row['version']} ({row['served_by']}) at {row['time']}"

@@ -140,14 +140,24 @@ def verify_version(
     return report
 
 
-def verify_folder(model_dir: Path, policy: SigningPolicy, *, root: Path, keys_dir: Path, name: str = "model") -> VerificationReport:
-    """Signature and provenance links for a model folder (e.g. before it is registered)."""
-    report = VerificationReport(name, None)
+def verify_folder(
+    model_dir: Path, policy: SigningPolicy, *, root: Path, keys_dir: Path, name: str = "model",
+    version: str | None = None, tags: dict[str, str] | None = None, ledger: Any = None,
+) -> VerificationReport:  # fmt: skip
+    """Signature and provenance links for a model folder (e.g. before it is registered); given the
+    version and its registry ``tags`` (e.g. from an evidence bundle), the tags and ledger links too."""
+    report = VerificationReport(name, version)
     files = model_files(model_dir)
     report.model_digest = model_digest(files)
     signer = _check_signature(model_dir, policy, root, keys_dir, report)
     if signer is not None:
         _check_provenance(model_dir, files, signer, report)
+    if version is not None and tags is not None:
+        report.tags = dict(tags)
+        report.version_digest = version_digest(name, version, report.model_digest)
+        _check_tags(model_dir, report)
+        if ledger is not None:
+            _check_ledger(ledger, report)
     return report
 
 
