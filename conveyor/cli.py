@@ -587,6 +587,9 @@ def export_intoto(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the statements to.")],
 ) -> None:
     """Write each version's signed in-toto statements as they are: the provenance (DSSE) and the signature bundle."""
+    import tempfile
+
+    import mlflow
     from mlflow import MlflowClient
 
     from registry.models import fetch_model
@@ -594,14 +597,13 @@ def export_intoto(
     from registry.verify import resolve
 
     settings = _settings(ctx)
+    mlflow.set_tracking_uri(str(settings.mlflow_tracking_uri))
     client = MlflowClient(tracking_uri=str(settings.mlflow_tracking_uri))
     if "/" in ref or "@" in ref:
         versions = [resolve(client, ref)]
     else:
         versions = [(ref, str(v.version)) for v in client.search_model_versions(f"name='{ref}'")]
     output.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
     written = 0
     for name, version in sorted(versions, key=lambda nv: int(nv[1])):
         with tempfile.TemporaryDirectory(prefix="conveyor-intoto-") as scratch:

@@ -40,6 +40,7 @@ from registry.verify import Link, VerificationReport, trusted_keys, verify_versi
 
 __all__ = ["REPORT_KEYS", "AuditReport", "Facts", "audit_version", "record_links", "record_of", "recorded_files", "trusted_signers"]
 
+_BUILT_FROM = ("conveyor.data_digest", "conveyor.validation_digest")
 RELEASE_KINDS = ("model.promoted", "model.promotion_refused", "model.deployed", "model.canary_completed",
                  "model.canary_rolled_back", "model.rolled_back", "model.load_refused")  # fmt: skip
 
@@ -131,10 +132,14 @@ class Facts:
                 by_output.setdefault(digest, []).append(event)
         return cls(tags, by_output, root)
 
-    def made(self, tag: str, kind: str) -> tuple[str | None, LedgerEvent | None]:
+    def made(self, tag: str, kind: str, needs: tuple[str, ...] = ()) -> tuple[str | None, LedgerEvent | None]:
+        """The digest a registry tag names and the event of ``kind`` that made it: one whose inputs include
+        the digests the tags in ``needs`` name when there is one (the same content can be made twice)."""
         digest = self.tags.get(tag)
         found = [e for e in self.by_output.get(digest or "", []) if e.kind == kind]
-        return digest, (found[-1] if found else None)
+        wanted = {self.tags.get(t) for t in needs}
+        fitting = [e for e in found if wanted <= set(e.inputs)]
+        return digest, (fitting or found or [None])[-1]
 
     def data(self) -> Link:
         digest, event = self.made("conveyor.data_digest", "dataset.versioned")
@@ -166,7 +171,7 @@ class Facts:
         return event.details.get("path") if event else None
 
     def validation(self) -> Link:
-        digest, event = self.made("conveyor.validation_digest", "data.validated")
+        digest, event = self.made("conveyor.validation_digest", "data.validated", ("conveyor.data_digest",))
         data = self.tags.get("conveyor.data_digest")
         if event is None:
             return Link("validation", False, f"no data.validated event produced the validation report {digest}")
@@ -177,7 +182,7 @@ class Facts:
         return Link("validation", True, f"passed {event.details.get('evaluated')} expectations on this data (event #{event.seq})")
 
     def features(self) -> Link:
-        digest, event = self.made("conveyor.training_set", "features.built")
+        digest, event = self.made("conveyor.training_set", "features.built", _BUILT_FROM)
         wanted = [self.tags.get("conveyor.data_digest"), self.tags.get("conveyor.validation_digest")]
         if event is None:
             return Link("features", False, f"no features.built event produced the training set {digest}")
@@ -204,7 +209,7 @@ def _materials(v: VerificationReport, facts: Facts) -> Link:
         return Link("materials", False, "no verified provenance statement to compare")
     materials = {d.get("uri", ""): d.get("digest", {}) for d in v.statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
     trained = [e for e in facts.by_output.get(v.model_digest or "", []) if e.kind == "model.trained"]
-    _, built = facts.made("conveyor.training_set", "features.built")
+    _, built = facts.made("conveyor.training_set", "features.built", _BUILT_FROM)
     expected = {
         "data": facts.tags.get("conveyor.data_digest"),
         "validation report": facts.tags.get("conveyor.validation_digest"),
