@@ -9,6 +9,7 @@ floats, which would change what the statement says.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def open_envelope(envelope: Any, payload_type: str, public_key_pem: bytes, what:
     from securesystemslib.signer import SSlibKey
 
     try:
-        opened = Envelope.from_dict(envelope)
+        opened = Envelope.from_dict(copy.deepcopy(envelope))  # from_dict takes the signatures' fields out of it
         key = SSlibKey.from_crypto(serialization.load_pem_public_key(public_key_pem))
         opened.verify([key], 1)
         payload = json.loads(opened.payload)

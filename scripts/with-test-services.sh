@@ -4,6 +4,9 @@
 # PostgreSQL (Debian's package, installed here if missing and we are root) runs as a private
 # instance on 127.0.0.1 only, in a temporary folder, for the ledger tests. Where it cannot be
 # had, the command still runs and those tests skip, saying why.
+#
+# Chromium (Debian's package, installed here if missing and we are root) draws the lineage page
+# in a headless browser test; without it, that test skips, saying why.
 set -u
 PORT=${TEST_POSTGRES_PORT:-55432}
 DATA=$(mktemp -d /tmp/conveyor-test-pg.XXXXXX)
@@ -45,6 +48,18 @@ stop_postgres() {
   rm -rf "$DATA"
 }
 
+install_chromium() {
+  command -v chromium >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Chromium from Debian's packages (headless browser test)"
+    [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ] || apt-get update -qq >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }
+  fi
+  command -v chromium >/dev/null || say "Chromium is not installed; the browser test will be skipped"
+}
+
 trap stop_postgres EXIT
 start_postgres || true
+install_chromium
 "$@"

@@ -298,3 +298,32 @@ def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served
     for row in sample.itertuples():
         assert answered[row.request_id]["version"] == row.version and answered[row.request_id]["predictions"][0] == pytest.approx(row.prediction)
     assert not list((served.home / "inference").rglob("*.partial"))
+
+
+def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(served: Served) -> None:
+    """After the stop above, every answer is in the log: an auditor starts from a request id, or a time."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    def lineage(*args: str) -> dict:
+        result = CliRunner().invoke(app, ["--config", str(served.root / "conveyor.yaml"), "lineage", *args, "--up", "--json"])
+        assert result.exit_code == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)
+
+    by_role = {r.body["served_by"]: r.body for r in ANSWERED}
+    assert {"champion", "canary"} <= set(by_role)
+    deployments = {e.outputs[0]: e for e in served.ledger("model.deployed")}
+    for role, body in by_role.items():
+        found = lineage(f"request:{body['request_id']}")
+        deployed = deployments[found["digests"][0]]
+        assert deployed.details["version"] == body["version"] and deployed.details["role"] == role
+        registered = [e for e in found["upstream"]["events"] if e["kind"] == "model.registered"]
+        assert [e["details"]["version"] for e in registered] == [body["version"]]
+        assert {"model.signed", "model.trained", "features.built", "data.validated", "dataset.versioned"} <= {e["kind"] for e in found["upstream"]["events"]}
+    newest = max(deployments.values(), key=lambda e: e.seq)
+    at = lineage("--at", newest.time)
+    champion = [deployments[d] for d in at["digests"] if deployments[d].details["role"] == "champion"]
+    assert len(champion) == 1 and champion[0].seq == max(e.seq for e in deployments.values() if e.details["role"] == "champion")
