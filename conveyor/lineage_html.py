@@ -26,6 +26,12 @@ _MADE = {
     "drift.checked": ["drift report", "drift report (HTML)", "drift snapshot"], "retraining.triggered": ["retraining trigger"],
     "model.promoted": ["promotion decision"], "model.promotion_refused": ["promotion decision"],
 }  # fmt: skip
+# What an event's inputs are, by position, when no event in the graph made them.
+_USED = {
+    "data.validated": [None, "expectation suite"], "features.built": [None, None, "feature definitions"],
+    "model.trained": [None, "project config", "retraining trigger"], "model.promoted": [None, "promotion policy"],
+    "model.promotion_refused": [None, "promotion policy"], "drift.checked": [None, None, "inference window"],
+}  # fmt: skip
 
 
 def graph_of(walks: list[Lineage]) -> dict[str, Any]:
@@ -64,6 +70,10 @@ def graph_of(walks: list[Lineage]) -> dict[str, Any]:
 def _labels(events: Any) -> dict[str, tuple[str, str]]:
     """(kind, name) of each digest an event made, from the event that made it."""
     found: dict[str, tuple[str, str]] = {}
+    for event in events:
+        for digest, kind in zip(event.inputs, _USED.get(event.kind, []), strict=False):
+            if kind:
+                found.setdefault(digest, (kind, ""))
     for event in sorted(events, key=lambda e: e.seq):
         names = _MADE.get(event.kind, [])
         files = {digest: name for name, digest in (event.details.get("files") or {}).items()} if event.kind == "model.trained" else {}

@@ -300,9 +300,11 @@ def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served
     assert not list((served.home / "inference").rglob("*.partial"))
 
 
-def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(served: Served) -> None:
+def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """After the stop above, every answer is in the log: an auditor starts from a request id, or a time."""
     import json
+
+    monkeypatch.setenv("CONVEYOR_HOME", str(served.home))
 
     from typer.testing import CliRunner
 
