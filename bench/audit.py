@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,10 +31,9 @@ import sqlalchemy as sa
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from ledger import EVENTS_PER_RUN, digest, run_events  # noqa: E402
+from ledger import EVENTS_PER_RUN, digest, percentiles, query_figures, run_events  # noqa: E402
 
 from registry.ledger import Draft, Ledger  # noqa: E402
-from registry.lineage import downstream, upstream  # noqa: E402
 
 REPO = HERE.parent
 
@@ -69,11 +66,6 @@ def bare_walk(conn: sa.Connection, root: str, role: str) -> int:
         seen |= onward
         frontier = onward
     return found
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000
 
 
 def project_with_model(base: Path, ledger_url: str, events: int) -> tuple[Path, Path]:
@@ -120,24 +112,7 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
         print(f"\n== {backend}: {total:,} events (built in {time.perf_counter() - start:.0f} s)")
 
         with Ledger(ledger_url) as ledger, ledger._engine.connect() as conn:  # noqa: SLF001 - the same engine, bare
-            runs = events // EVENTS_PER_RUN
-            rng = random.Random(7)
-            picks = [rng.randrange(runs) for _ in range(queries)]
-            for name, root_of, walk, role in (
-                ("upstream(deployment)", lambda r: digest("deploy", r), upstream, "out"),
-                ("downstream(dataset)", lambda r: digest("dataset", r // 10), downstream, "in"),
-            ):
-                ours, bare, sizes = [], [], []
-                for run in picks:
-                    t = time.perf_counter()
-                    sizes.append(len(walk(ledger, root_of(run)).events))
-                    ours.append(time.perf_counter() - t)
-                    t = time.perf_counter()
-                    bare_walk(conn, root_of(run), role)
-                    bare.append(time.perf_counter() - t)
-                (p50, p95), (b50, _) = percentiles(ours), percentiles(bare)
-                print(f"{name:22s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  ({statistics.mean(sizes):.0f} events)"
-                      f"   bare SQL p50 {b50:5.1f} ms   ratio {p50 / b50:.1f}")  # fmt: skip
+            query_figures(ledger, events // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role), "bare SQL")
 
         t = time.perf_counter()
         conveyor("audit", "--ledger", "--seal")
@@ -161,7 +136,7 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
                 t = time.perf_counter()
                 verify_version("loan-default/1", policy, root=root, keys_dir=home / "keys", ledger=ledger)
                 verifies.append(time.perf_counter() - t)
-        (a50, a95), (v50, _) = percentiles(audits), percentiles(verifies)
+        (a50, _), (v50, _) = percentiles(audits), percentiles(verifies)
         print(f"audit of one version     p50 {a50 / 1000:5.2f} s  max {max(audits):5.2f} s ({len(report.events)} record events; "
               f"{report.proof.checked:,} re-hashed)   verify_version p50 {v50 / 1000:5.2f} s   ratio {a50 / v50:.1f}")  # fmt: skip
     finally:
@@ -177,6 +152,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for backend in args.backends:
         if backend == "sqlite":
             scratch = Path(tempfile.mkdtemp(prefix="bench-ledger-"))

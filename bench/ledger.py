@@ -20,6 +20,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,6 +100,28 @@ def bare_walk(conn: sqlite3.Connection, root: str, role: str, levels: int) -> No
         frontier = [r[0][2:73] for r in rows][:50]
 
 
+def query_figures(ledger: Ledger, runs: int, queries: int, bare: Callable[[str, str], object], baseline: str) -> None:
+    """Print p50/p95 of upstream(deployment) and downstream(dataset) over random runs, against ``bare``
+    (the same walk without the ledger's code) timed on the same roots."""
+    rng = random.Random(7)
+    picks = [rng.randrange(runs) for _ in range(queries)]
+    for name, root_of, direction, role in (
+        ("upstream(deployment)", lambda r: digest("deploy", r), upstream, "out"),
+        ("downstream(dataset)", lambda r: digest("dataset", r // 10), downstream, "in"),
+    ):
+        ours, theirs, sizes = [], [], []
+        for run in picks:
+            start = time.perf_counter()
+            sizes.append(len(direction(ledger, root_of(run)).events))
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            bare(root_of(run), role)
+            theirs.append(time.perf_counter() - start)
+        (p50, p95), (b50, _) = percentiles(ours), percentiles(theirs)
+        print(f"{name:22s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  ({statistics.mean(sizes):.0f} events)"
+              f"   {baseline} p50 {b50:5.1f} ms   ratio {p50 / b50:.1f}")  # fmt: skip
+
+
 def measure(size: int, folder: Path, appends: int, queries: int) -> None:
     path = folder / f"ledger-{size}.db"
     if path.exists():
@@ -118,26 +141,8 @@ def measure(size: int, folder: Path, appends: int, queries: int) -> None:
         bare = bare_append_rate(folder / "bare.db", appends)
         print(f"single appends      {ours:8,.0f} /s   bare sqlite3 {bare:8,.0f} /s   ratio {ours / bare:.2f}")
 
-        runs = size // EVENTS_PER_RUN
-        rng = random.Random(7)
-        picks = [rng.randrange(runs) for _ in range(queries)]
         conn = sqlite3.connect(path)
-        for name, root_of, direction, role in (
-            ("upstream(deployment)", lambda r: digest("deploy", r), upstream, "out"),
-            ("downstream(dataset)", lambda r: digest("dataset", r // 10), downstream, "in"),
-        ):
-            ours_t, bare_t, sizes = [], [], []
-            for run in picks:
-                start = time.perf_counter()
-                walk = direction(ledger, root_of(run))
-                ours_t.append(time.perf_counter() - start)
-                sizes.append(len(walk.events))
-                start = time.perf_counter()
-                bare_walk(conn, root_of(run), role, 8)
-                bare_t.append(time.perf_counter() - start)
-            (p50, p95), (b50, _) = percentiles(ours_t), percentiles(bare_t)
-            print(f"{name:20s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  ({statistics.mean(sizes):.0f} events)"
-                  f"   bare sqlite3 p50 {b50:5.1f} ms   ratio {p50 / b50:.1f}")  # fmt: skip
+        query_figures(ledger, size // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role, 8), "bare sqlite3")
         conn.close()
 
         start = time.perf_counter()

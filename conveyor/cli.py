@@ -201,11 +201,30 @@ def demo(
                 _out(f"{'':<59}{link}")
     _out(f"{'the loop':<50} {time.monotonic() - started:>6.1f}s")
     _out()
+    _out(f"Auditing {outcome.name}@champion end to end, then sealing the ledger...")
+    from conveyor.lineage_html import lineage_page
+    from registry.audit import audit_version
+    from registry.lineage import walk
+
+    graph = settings.home / "reports" / "lineage-champion.html"
+    with _ledger(settings) as ledger:
+        release = _release(settings, ledger)
+        report = audit_version(f"{outcome.name}@champion", release.signing(), root=release.root, keys_dir=settings.keys_dir, ledger=ledger)
+        sealed = _seal(settings, ledger)
+        digest = report.verification.version_digest
+        if digest:
+            graph.write_text(lineage_page([walk(ledger, digest, d) for d in ("upstream", "downstream")], f"{outcome.name}@champion"), encoding="utf-8")
+    failed = [link.name for link in report.links if not link.ok]
+    v = report.verification
+    _out(f"  {v.name} version {v.version}: {len(report.links) - len(failed)} of {len(report.links)} links verified"
+         + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; ledger sealed at event #{sealed.seq:,}.")
+    _out()
     first = prepared[0].ref.path.relative_to(settings.project_root)
     _out(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} (then http://127.0.0.1:5000)")
     _out(f"Reports:    {settings.home / 'reports'}")
     _out(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
-    _out("            `conveyor audit --ledger` checks every link of the ledger.")
+    _out(f"            the champion's graph: {graph}")
+    _out(f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle.")
 
 
 @expectations_app.command("init")
@@ -518,20 +537,12 @@ def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: b
 
 
 def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
+    from registry.seals import MILESTONE_EVERY
+
     settings = _settings(ctx)
     with _ledger(settings) as ledger:
-        report = ledger.verify_chain()
-        sealed = None
-        if seal and report.ok:
-            from policies.signing import load_signing_policy
-            from registry.audit import trusted_signers
-            from registry.keys import load_or_create_key
-            from registry.seals import seal_ledger
-
-            key = load_or_create_key(settings.keys_dir)
-            trusted = {**trusted_signers(load_signing_policy(settings.project_root), settings.project_root, settings.keys_dir),
-                       key.fingerprint: key.public_path.read_bytes()}  # fmt: skip
-            sealed = seal_ledger(ledger, key.private_key(), key.fingerprint, trusted)
+        report = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
+        sealed = _seal(settings, ledger, report) if seal and report.ok else None
     if as_json:
         body = {k: v for k, v in report.__dict__.items() if k != "milestones"}
         _out(json.dumps({"ledger": ledger.display_url, **body, "sealed": sealed.seq if sealed else None}, indent=2))
@@ -543,6 +554,19 @@ def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
     _out(f"Ledger intact: {report.events:,} events, every link verified{head}.")
     if sealed is not None:
         _out(f"Sealed at event #{sealed.seq:,} with key {sealed.signer}.")
+
+
+def _seal(settings: Settings, ledger: Ledger, verified: Any = None):  # noqa: ANN202 - registry.seals.Seal, imported lazily
+    """Seal the ledger with the project key (trusted beside the keys the signing policy trusts)."""
+    from policies.signing import load_signing_policy
+    from registry.audit import trusted_signers
+    from registry.keys import load_or_create_key
+    from registry.seals import seal_ledger
+
+    key = load_or_create_key(settings.keys_dir)
+    trusted = {**trusted_signers(load_signing_policy(settings.project_root), settings.project_root, settings.keys_dir),
+               key.fingerprint: key.public_path.read_bytes()}  # fmt: skip
+    return seal_ledger(ledger, key.private_key(), key.fingerprint, trusted, verified=verified)
 
 
 def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:

@@ -61,12 +61,15 @@ class ChainProof:
     checked: int  # events re-hashed
 
 
-def seal_ledger(ledger: Ledger, private_key: Any, signer: str, trusted: dict[str, bytes]) -> Seal:
-    """Verify the chain (from the newest trusted seal on, or all of it) and seal its head."""
+def seal_ledger(ledger: Ledger, private_key: Any, signer: str, trusted: dict[str, bytes], *, verified: ChainReport | None = None) -> Seal:
+    """Verify the chain (from the newest trusted seal on, or all of it) and seal its head; ``verified``
+    is a whole-chain check with milestones just made, which then is not repeated."""
     previous, problem = trusted_seal(ledger, trusted)
     if problem:
         raise LedgerCorrupt(f"The ledger cannot be sealed: {problem}.", hint="Find out what changed before sealing again: `conveyor audit --ledger`.")
-    if previous is None:
+    if verified is not None and verified.milestones:
+        report, milestones = verified, dict(verified.milestones)
+    elif previous is None:
         report = ledger.verify_chain(milestone_every=MILESTONE_EVERY)
         milestones = dict(report.milestones)
     else:
