@@ -120,7 +120,8 @@ def prove_events(ledger: Ledger, seqs: set[int], trusted: dict[str, bytes]) -> C
         return ChainProof(False, problem, None, 0)
     if seal is None:
         report = ledger.verify_chain()
-        return _proof(report, None, f"whole chain verified ({report.events:,} events; no seal yet)")
+        return _proof(report, None, f"whole chain verified ({report.events:,} events; no seal yet: "
+                                    "`conveyor audit --ledger --seal` lets later audits check only the stretches they need)")
     stretches = sorted({seal.stretch(seq) for seq in seqs if seq <= seal.seq})
     checked = 0
     for after, after_hash, until, until_hash in stretches:

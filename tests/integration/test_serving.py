@@ -325,6 +325,8 @@ def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(ser
         registered = [e for e in found["upstream"]["events"] if e["kind"] == "model.registered"]
         assert [e["details"]["version"] for e in registered] == [body["version"]]
         assert {"model.signed", "model.trained", "features.built", "data.validated", "dataset.versioned"} <= {e["kind"] for e in found["upstream"]["events"]}
+        by_number = lineage(f"deployment:{deployed.seq}")
+        assert by_number["digests"] == found["digests"] and by_number["upstream"] == found["upstream"]
     newest = max(deployments.values(), key=lambda e: e.seq)
     at = lineage("--at", newest.time)
     champion = [deployments[d] for d in at["digests"] if deployments[d].details["role"] == "champion"]
