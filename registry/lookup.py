@@ -50,7 +50,7 @@ def find_start(target: str, ledger: Ledger, *, inference: Path | None = None, tr
         return Start(short(parse_digest(text)), (parse_digest(text),))
     if "@" in text or re.fullmatch(r"[^/\s]+/\d+", text):
         return _version_start(text, tracking_uri)
-    raise NotFound(f"{target!r} is not something the ledger can be asked about.", hint=f"Pass {_FORMS}.")
+    raise NotFound(f"{target!r} is neither a file here nor anything else the ledger can be asked about.", hint=f"Pass {_FORMS}.")
 
 
 def parse_time(text: str) -> datetime:

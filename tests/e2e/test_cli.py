@@ -126,7 +126,7 @@ def test_lineage_of_unknown_things_says_so(demo_project: Path) -> None:
     result = conveyor(demo_project, "lineage", str(stranger))
     assert result.exit_code == 1 and "has no event that names" in result.stderr
     garbage = conveyor(demo_project, "lineage", "no/such/file.csv")
-    assert garbage.exit_code == 1 and "neither a file nor a sha256 digest" in garbage.stderr
+    assert garbage.exit_code == 1 and "is neither a file here nor anything else the ledger can be asked about" in garbage.stderr
 
 
 def test_config_check_reports_a_bad_config_in_one_paragraph(demo_project: Path) -> None:

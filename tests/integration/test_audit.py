@@ -274,7 +274,7 @@ def test_lineage_starts_from_a_file_a_digest_a_version_an_alias_and_an_event(pro
 
 
 def test_lineage_from_something_unknown_is_a_clear_error(project: Project) -> None:
-    for target, says in [("not-a-thing", "is not something the ledger can be asked about"),
+    for target, says in [("not-a-thing", "is neither a file here nor anything else the ledger can be asked about"),
                          ("sha256:" + "ab" * 32, "The ledger has no event that names"),
                          ("deployment:1", "is a dataset.versioned, not a deployment")]:  # fmt: skip
         result = project.cli("lineage", target)
