@@ -103,7 +103,7 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
 
         def conveyor(*args: str):  # noqa: ANN202
             result = cli.invoke(app, ["--config", str(root / "conveyor.yaml"), *args])
-            assert result.exit_code == 0, result.stdout + result.stderr
+            assert result.exit_code == 0, f"{result.stdout}{result.stderr}{result.exception!r}"
             return result
 
         conveyor("promote", "loan-default/1", "--to", "champion")

@@ -489,9 +489,13 @@ def audit(
     Exit code 0 when every link holds, 1 when one does not (each link says why)."""
     from policies.errors import ConveyorError
 
-    if sum(x is not None and x is not False for x in (ref, bundle, ledger_only or None)) != 1:
+    if [ref is not None, bundle is not None, ledger_only].count(True) != 1:
         raise ConveyorError("Say what to audit: MODEL/VERSION, --ledger or --bundle FILE (one of them).",
                             hint="e.g. `conveyor audit loan-default/1`, `conveyor audit --ledger`, `conveyor audit --bundle evidence.tar.gz`.")  # fmt: skip
+    for given, needs, option in ((seal, ledger_only, "--seal goes with --ledger"), (export is not None, ref is not None, "--export goes with MODEL/VERSION"),
+                                 (pinned is not None, bundle is not None, "--fingerprint goes with --bundle")):  # fmt: skip
+        if given and not needs:
+            raise ConveyorError(f"{option}.", hint="See `conveyor audit --help`.")
     if bundle is not None:
         _audit_bundle(bundle, pinned, as_json)
     elif ledger_only:
@@ -518,10 +522,11 @@ def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: b
         release = _release(settings, ledger)
         policy = release.signing()
         report = audit_version(ref, policy, root=release.root, keys_dir=settings.keys_dir, ledger=ledger, keep=Path(keep))
-        written = None
+        written, key = None, None
         if export is not None and report.verification.version_digest is not None:
-            written = export_evidence(report, ledger, export, key=load_or_create_key(settings.keys_dir),
-                                      trusted=trusted_signers(policy, release.root, settings.keys_dir), root=release.root)  # fmt: skip
+            key = load_or_create_key(settings.keys_dir)
+            written = export_evidence(report, ledger, export, key=key, trusted=trusted_signers(policy, release.root, settings.keys_dir),
+                                      root=release.root)  # fmt: skip
     v = report.verification
     if as_json:
         _out(json.dumps({**report.to_dict(), "evidence": str(written) if written else None}, indent=2))
@@ -529,9 +534,8 @@ def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: b
         name = f"{v.name} version {v.version}" if v.version else ref
         _print_links(report.links, f"{name}: {'every link verified' if report.ok else 'NOT verified'} "
                                    f"({len(report.events)} ledger events on its record).")  # fmt: skip
-        if written is not None:
-            _out(f"Evidence bundle: {written} (verify offline: conveyor audit --bundle {written.name} "
-                 f"--fingerprint {load_or_create_key(settings.keys_dir).fingerprint})")
+        if written is not None and key is not None:
+            _out(f"Evidence bundle: {written} (verify offline: conveyor audit --bundle {written.name} --fingerprint {key.fingerprint})")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -36,7 +36,7 @@ from registry.dvc_files import dvc_cached, dvc_recorded_md5
 from registry.ledger import Ledger, LedgerEvent
 from registry.lineage import upstream
 from registry.seals import ChainProof, prove_events
-from registry.verify import Link, VerificationReport, trusted_keys, verify_version
+from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
 
 __all__ = ["REPORT_KEYS", "AuditReport", "Facts", "audit_version", "record_links", "record_of", "recorded_files", "trusted_signers"]
 
@@ -95,7 +95,7 @@ def _audit(report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Pat
     report.proof = prove_events(ledger, {e.seq for e in report.events}, trusted_signers(policy, root, keys_dir))
     facts = Facts.of(v.tags, report.events, root)
     report.links = [Link("chain", report.proof.ok, report.proof.detail), *v.links, facts.data(),
-                    *record_links(v, facts, report.events, lambda event, key, value: _path(root, value))]  # fmt: skip
+                    *record_links(v, facts, report.events, lambda _event, _key, value: in_project(root, value))]  # fmt: skip
 
 
 def record_of(ledger: Ledger, version_digest: str) -> list[LedgerEvent]:
@@ -145,7 +145,7 @@ class Facts:
         digest, event = self.made("conveyor.data_digest", "dataset.versioned")
         if event is None:
             return Link("data", False, f"no dataset.versioned event records the data {digest}")
-        path = _path(self.root, event.details.get("path", ""))
+        path = in_project(self.root, event.details.get("path", ""))
         md5 = event.details.get("md5")
         source = path if path.is_file() else dvc_cached(self.root, md5)
         if source is None:
@@ -286,8 +286,3 @@ def _reports(events: list[LedgerEvent], locate: Locate) -> Link:
 
 
 REPORT_KEYS = ("report", "html", "snapshot")  # details naming a file whose digest is an output
-
-
-def _path(root: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else root / path

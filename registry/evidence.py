@@ -38,9 +38,9 @@ from registry.keys import PUBLIC, SigningKey, fingerprint
 from registry.ledger import EventSlice, Ledger, LedgerEvent, utc_now
 from registry.provenance import open_envelope, sign_envelope
 from registry.seals import Seal, open_seal, seal_ledger
-from registry.verify import Link, verify_folder
+from registry.verify import Link, in_project, verify_folder
 
-__all__ = ["EVIDENCE_TYPE", "EvidenceReport", "export_evidence", "verify_evidence"]
+__all__ = ["EVIDENCE_TYPE", "EvidenceReport", "describe", "export_evidence", "verify_evidence"]
 
 EVIDENCE_TYPE = "application/vnd.conveyor.evidence+json"
 FORMAT = "conveyor-evidence/1"
@@ -97,7 +97,7 @@ def export_evidence(
         (stage / "ledger" / "seal.json").write_text(json.dumps(seal.envelope, sort_keys=True, indent=2))
         reports: dict[str, str] = {}
         for event in report.events:
-            for digest, path in recorded_files(event, lambda _e, _k, value: _inside(root, value)).items():
+            for digest, path in recorded_files(event, lambda _event, _key, value: in_project(root, value)).items():
                 name = f"reports/{digest.split(':')[1][:16]}-{path.name}"
                 (stage / name).parent.mkdir(exist_ok=True)
                 shutil.copyfile(path, stage / name)
@@ -133,11 +133,6 @@ def _write_jsonl(path: Path, events: list[LedgerEvent]) -> None:
     with path.open("w") as handle:
         for event in events:
             handle.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
-
-
-def _inside(root: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else root / path
 
 
 # -- verification -------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "Ledger",
     "LedgerEvent",
     "event_hash",
+    "ledger_time",
     "utc_now",
 ]
 
@@ -47,7 +48,12 @@ _PAGE = 10_000
 
 def utc_now() -> str:
     """The current time as the ledger writes it: ISO 8601, UTC, microseconds, sortable."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ledger_time(datetime.now(UTC))
+
+
+def ledger_time(moment: datetime) -> str:
+    """``moment`` (timezone-aware) as the ledger writes times, so the two compare as strings."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)

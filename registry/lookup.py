@@ -15,7 +15,7 @@ from pathlib import Path
 
 from policies.errors import ConveyorError, NotFound
 from registry.digests import file_digest, is_digest, parse_digest, short
-from registry.ledger import Ledger, LedgerEvent
+from registry.ledger import Ledger, LedgerEvent, ledger_time
 
 __all__ = ["DEPLOYED", "Start", "find_start", "parse_time", "serving_at"]
 
@@ -65,7 +65,7 @@ def parse_time(text: str) -> datetime:
 def serving_at(ledger: Ledger, moment: datetime, model: str | None = None) -> Start:
     """The deployments answering at ``moment``: per model, the newest champion deployment before it and
     a canary deployed after that champion whose analysis had not ended by then."""
-    until = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    until = ledger_time(moment)
     champions: dict[str, LedgerEvent] = {}
     canaries: dict[str, LedgerEvent] = {}
     ended: set[tuple[str, str]] = set()

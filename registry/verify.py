@@ -26,7 +26,7 @@ from registry.models import fetch_model, version_digest
 from registry.provenance import verify_statement
 from registry.signing import BUNDLE, PROVENANCE, model_digest, model_files, verify_model, verify_model_with_chain
 
-__all__ = ["Link", "Signer", "VerificationReport", "parse_ref", "resolve", "trusted_keys", "verify_folder", "verify_version"]
+__all__ = ["Link", "Signer", "VerificationReport", "in_project", "parse_ref", "resolve", "trusted_keys", "verify_folder", "verify_version"]
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def trusted_keys(policy: SigningPolicy, root: Path, keys_dir: Path) -> tuple[lis
         pem = (keys_dir / PUBLIC).read_bytes()
         signers.append(Signer(fingerprint(pem), pem))
     for key in policy.trusted_keys:
-        path = _path(root, key.public_key)
+        path = in_project(root, key.public_key)
         if not path.is_file():
             problems.append(f"trusted key {key.name!r}: no file at {path}")
         elif (found := fingerprint(path.read_bytes())) != key.fingerprint:
@@ -189,7 +189,7 @@ def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_di
             report.links.append(Link("signature", False, "signed with a certificate, but no organisation CA is trusted"))
             return None
         try:
-            identity, pem = verify_model_with_chain(model_dir, [_path(root, p) for p in policy.organisation_ca.chain],
+            identity, pem = verify_model_with_chain(model_dir, [in_project(root, p) for p in policy.organisation_ca.chain],
                                                     policy.organisation_ca.identities, now=datetime.now(UTC))  # fmt: skip
         except ConveyorError as exc:
             report.links.append(Link("signature", False, exc.message))
@@ -271,7 +271,9 @@ def _bundle_certificates(bundle: Path) -> list[bytes]:
     return [base64.b64decode(r) for r in raw]
 
 
-def _path(root: Path, path: Path) -> Path:
+def in_project(root: Path, path: str | Path) -> Path:
+    """``path`` as recorded (relative to the project root, or absolute), made absolute."""
+    path = Path(path)
     return path if path.is_absolute() else root / path
 
 
