@@ -54,10 +54,11 @@ def graph_of(walks: list[Lineage]) -> dict[str, Any]:
     for event in sorted(events.values(), key=lambda e: e.seq):
         for digest in (*event.inputs, *event.outputs):
             column.setdefault(digest, column[f"e{event.seq}"] + (1 if digest in event.outputs else -1))
+    made_at = {d: e.time for e in sorted(events.values(), key=lambda e: -e.seq) for d in e.outputs}  # the first maker's time
     for digest in sorted({d for e in events.values() for d in (*e.inputs, *e.outputs)} | roots):
         kind, name = labels.get(digest, ("input", ""))
         nodes.append({"id": digest, "type": "artifact", "kind": kind, "label": name, "digest": digest, "short": short(digest),
-                      "column": column[digest], "root": digest in roots, "time": ""})  # fmt: skip
+                      "column": column[digest], "root": digest in roots, "time": made_at.get(digest, "")})  # fmt: skip
     for event in sorted(events.values(), key=lambda e: e.seq):
         nodes.append({"id": f"e{event.seq}", "type": "event", "kind": event.kind, "label": f"#{event.seq}", "digest": event.hash,
                       "short": event.hash[:12], "column": column[f"e{event.seq}"], "root": False, "time": event.time,
@@ -173,7 +174,7 @@ code {{ font-size: 11px; }}
                         "data-id": n.id, "data-kind": n.kind, "data-digest": n.digest, "data-time": n.time }}, svg);
     el("rect", {{ width: W, height: H }}, g);
     const lines = n.type === "event" ? [`${{n.kind}}  ${{n.label}}`, n.time.replace("T", " ").slice(0, 19), `by ${{n.actor}}`]
-                                     : [n.label ? `${{n.kind}}: ${{n.label}}` : n.kind, n.short, ""];
+                                     : [n.label ? `${{n.kind}}: ${{n.label}}` : n.kind, n.short, n.time.replace("T", " ").slice(0, 19)];
     lines.forEach((t, i) => {{ const s = el("text", {{ x: 8, y: 17 + i * 15, class: i ? "" : "title" }}, g); s.textContent = t.slice(0, 36); }});
     const tip = el("title", {{}}, g);
     tip.textContent = `${{n.kind}} ${{n.label}}\\n${{n.digest}}` + (n.details ? "\\n" + JSON.stringify(n.details, null, 1) : "");
