@@ -358,3 +358,45 @@ def test_intoto_statements_are_exported_as_they_are(project: Project, tmp_path: 
     signed = {e.details["signer"] for e in project.events("model.signed")}
     provenance = [e.outputs[1] for e in project.events("model.signed")]
     assert [file_digest(out / f"{NAME}-{v}.provenance.dsse.json") for v in ("1", "2")] == provenance and len(signed) == 1
+
+
+def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_loans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training, promotion and the audit against a ledger on PostgreSQL; an edited row is named there too."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("PostgreSQL is not available here: `make test` starts one on 127.0.0.1 when it can")
+    database = f"audit_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    url = str(sa.make_url(admin_url).set(database=database))
+    try:
+        root, home = tmp_path / "project", tmp_path / "project" / ".conveyor"
+        (root / "data").mkdir(parents=True)
+        shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+        shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+        shutil.copy(small_loans, root / "data" / "loans.csv")
+        run_training(TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home), ledger_url=url,
+                                     mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", actor="trainer"))  # fmt: skip
+        monkeypatch.setenv("CONVEYOR_HOME", str(home))
+        monkeypatch.setenv("CONVEYOR_LEDGER_URL", url)
+        project = Project(root, home)
+        assert project.cli("promote", f"{NAME}/1", "--to", "champion").exit_code == 0
+        assert project.cli("audit", "--ledger", "--seal").exit_code == 0
+        code, links = project.audit()
+        assert code == 0 and "against the seal of" in links["chain"]["detail"], [link for link in links.values() if not link["ok"]]
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE ledger_events SET details = replace(details, :old, :new) WHERE kind = 'model.trained'"),
+                         {"old": '"train_rows":', "new": '"train_rows":1'})
+        engine.dispose()
+        code, links = project.audit()
+        assert code == 1 and not links["chain"]["ok"] and "no longer matches its hash" in links["chain"]["detail"]
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.dispose()
