@@ -31,22 +31,11 @@ import sqlalchemy as sa
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from ledger import EVENTS_PER_RUN, digest, percentiles, query_figures, run_events  # noqa: E402
+from ledger import EVENTS_PER_RUN, fill, percentiles, query_figures  # noqa: E402
 
-from registry.ledger import Draft, Ledger  # noqa: E402
+from registry.ledger import Ledger  # noqa: E402
 
 REPO = HERE.parent
-
-
-def fill(ledger: Ledger, runs: range) -> None:
-    batch: list[Draft] = [Draft("dataset.versioned", [], [digest("dataset", d)], {"d": d}) for d in range(runs.start // 10, runs.stop // 10 + 1)]
-    for run in runs:
-        batch.extend(run_events(run))
-        if len(batch) >= 20_000:
-            ledger.append_many(batch)
-            batch = []
-    if batch:
-        ledger.append_many(batch)
 
 
 def bare_walk(conn: sa.Connection, root: str, role: str) -> int:

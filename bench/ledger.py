@@ -53,19 +53,21 @@ def run_events(run: int) -> list[Draft]:
     ]
 
 
-def build(ledger: Ledger, events: int) -> float:
-    runs = events // EVENTS_PER_RUN
-    start = time.perf_counter()
-    datasets = [Draft("dataset.versioned", [], [digest("dataset", d)], {"d": d}) for d in range(runs // 10 + 1)]
-    ledger.append_many(datasets)
-    batch: list[Draft] = []
-    for run in range(runs):
+def fill(ledger: Ledger, runs: range) -> None:
+    """Append the datasets and the runs ``runs`` of the synthetic history, in batches."""
+    batch = [Draft("dataset.versioned", [], [digest("dataset", d)], {"d": d}) for d in range(runs.start // 10, (runs.stop - 1) // 10 + 1)]
+    for run in runs:
         batch.extend(run_events(run))
         if len(batch) >= 20_000:
             ledger.append_many(batch)
             batch = []
     if batch:
         ledger.append_many(batch)
+
+
+def build(ledger: Ledger, events: int) -> float:
+    start = time.perf_counter()
+    fill(ledger, range(events // EVENTS_PER_RUN))
     return time.perf_counter() - start
 
 
