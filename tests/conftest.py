@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,26 @@ def demo_project(tmp_path: Path, demo_files: dict[str, Path]) -> Path:
         (root / spec.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(demo_files[name], root / spec.path)
     return root
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server (its URL), dropped afterwards; skips the
+    test, saying why, where there is no server."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.skip("PostgreSQL is not available here: `make test` starts one on 127.0.0.1 when it can")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield str(sa.make_url(admin_url).set(database=name))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

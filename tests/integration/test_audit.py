@@ -22,7 +22,7 @@ from conveyor.cli import app
 from pipelines.training import TrainingRequest, run_training
 from registry.digests import file_digest
 from registry.ledger import Ledger, event_hash
-from tests.conftest import POLICY_CODE, REPO
+from tests.conftest import POLICY_CODE, REPO, postgres_database
 
 NAME = "loan-default"
 runner = CliRunner()
@@ -362,19 +362,9 @@ def test_intoto_statements_are_exported_as_they_are(project: Project, tmp_path: 
 
 def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_loans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training, promotion and the audit against a ledger on PostgreSQL; an edited row is named there too."""
-    import uuid
-
     import sqlalchemy as sa
 
-    admin_url = os.environ.get("TEST_POSTGRES_URL")
-    if not admin_url:
-        pytest.skip("PostgreSQL is not available here: `make test` starts one on 127.0.0.1 when it can")
-    database = f"audit_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {database}")
-    url = str(sa.make_url(admin_url).set(database=database))
-    try:
+    with postgres_database("audit") as url:
         root, home = tmp_path / "project", tmp_path / "project" / ".conveyor"
         (root / "data").mkdir(parents=True)
         shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
@@ -396,7 +386,3 @@ def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_lo
         engine.dispose()
         code, links = project.audit()
         assert code == 1 and not links["chain"]["ok"] and "no longer matches its hash" in links["chain"]["detail"]
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        admin.dispose()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from policies.errors import LedgerCorrupt, LedgerError, NotFound
 from registry.digests import bytes_digest
 from registry.ledger import GENESIS, Draft, Ledger, event_hash
 from registry.lineage import downstream, upstream
+from tests.conftest import postgres_database
 
 D = {name: bytes_digest(name.encode()) for name in ("data", "features", "model", "bundle", "report", "other")}
 
@@ -25,19 +24,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'ledger.db'}"
         return
-    admin_url = os.environ.get("TEST_POSTGRES_URL")
-    if not admin_url:
-        pytest.skip("PostgreSQL is not available here: `make test` starts one on 127.0.0.1 when it can")
-    name = f"ledger_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield str(sa.make_url(admin_url).set(database=name))
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    with postgres_database("ledger") as database:
+        yield database
 
 
 @pytest.fixture
