@@ -40,10 +40,6 @@ class Lineage:
         """The digests the walk continues to from ``event``."""
         return event.inputs if self.direction == "upstream" else event.outputs
 
-    def digests(self) -> set[str]:
-        """Every artifact in the walk: the roots and every digest its events name."""
-        return set(self.roots).union(*(set(e.inputs) | set(e.outputs) for e in self.events))
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "roots": list(self.roots),
