@@ -59,7 +59,7 @@ def bare_walk(conn: sa.Connection, root: str, role: str) -> int:
 
 def project_with_model(base: Path, ledger_url: str, events: int) -> tuple[Path, Path]:
     """Demo data, half the synthetic history, one real trained version, the other half."""
-    from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
+    from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
     from pipelines.training import TrainingRequest, run_training
 
     root, home = base / "project", base / "project" / ".conveyor"

@@ -20,7 +20,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitoring.drift import check_drift  # noqa: E402
-from pipelines.demo_data import DEMO_DATASETS, generate  # noqa: E402
+from conveyor.demo.data import DEMO_DATASETS, generate  # noqa: E402
 from policies.drift import DriftPolicy, WindowPolicy  # noqa: E402
 from policies.project import load_project  # noqa: E402
 

@@ -39,7 +39,7 @@ def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     import mlflow
     import yaml
 
-    from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
+    from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
     from pipelines.training import TrainingRequest, run_training
     from policies.project import load_project
     from registry.ledger import Ledger

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from registry.digests import short
+from registry.events import EventKind, inputs_by_role
 from registry.ledger import LedgerEvent
 from registry.lineage import Lineage
 
@@ -26,11 +27,10 @@ _MADE = {
     "drift.checked": ["drift report", "drift report (HTML)", "drift snapshot"], "retraining.triggered": ["retraining trigger"],
     "model.promoted": ["promotion decision"], "model.promotion_refused": ["promotion decision"],
 }  # fmt: skip
-# What an event's inputs are, by position, when no event in the graph made them.
+# What an event's inputs are, by their role, when no event in the graph made them.
 _USED = {
-    "data.validated": [None, "expectation suite"], "features.built": [None, None, "feature definitions"],
-    "model.trained": [None, "project config", "retraining trigger"], "model.promoted": [None, "promotion policy"],
-    "model.promotion_refused": [None, "promotion policy"], "drift.checked": [None, None, "inference window"],
+    "suite": "expectation suite", "feature_definitions": "feature definitions", "config": "project config",
+    "cause": "retraining trigger", "policy": "promotion policy", "window": "inference window",
 }  # fmt: skip
 
 
@@ -72,12 +72,12 @@ def _labels(events: Any) -> dict[str, tuple[str, str]]:
     """(kind, name) of each digest an event made, from the event that made it."""
     found: dict[str, tuple[str, str]] = {}
     for event in events:
-        for digest, kind in zip(event.inputs, _USED.get(event.kind, []), strict=False):
-            if kind:
-                found.setdefault(digest, (kind, ""))
+        for role, digest in inputs_by_role(event).items():
+            if role in _USED:
+                found.setdefault(digest, (_USED[role], ""))
     for event in sorted(events, key=lambda e: e.seq):
         names = _MADE.get(event.kind, [])
-        files = {digest: name for name, digest in (event.details.get("files") or {}).items()} if event.kind == "model.trained" else {}
+        files = {digest: name for name, digest in (event.details.get("files") or {}).items()} if event.kind == EventKind.MODEL_TRAINED else {}
         for i, digest in enumerate(event.outputs):
             kind = names[i] if i < len(names) else ("model file" if digest in files else "artifact")
             found[digest] = (kind, _name(event, kind, files.get(digest, "")))

@@ -27,6 +27,7 @@ from registry.digests import canonical_json, file_digest
 from registry.inference_log import read_log
 from registry.ledger import Ledger
 from registry.lineage import training_set
+from registry.workspace import Workspace
 
 __all__ = ["ColumnDrift", "Comparison", "DriftResult", "Reference", "as_features", "champion_reference", "check_drift",
            "measure_drift", "read_window", "window_digest"]
@@ -97,16 +98,13 @@ class DriftResult:
         return f"{verdict}: {len(self.drifted)} of {len(self.columns)} columns drifted ({self.share:.0%}): {names}"
 
 
-def champion_reference(ledger: Ledger, name: str) -> Reference:
+def champion_reference(ws: Workspace, ledger: Ledger, name: str) -> Reference:
     """The champion of ``name`` and its training set, checked against the digest it was trained on."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, "champion")
-    except MlflowException:
+    number = ws.champion(name)
+    if number is None:
         raise NotFound(f"{name} has no champion to compare traffic with.",
-                       hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.") from None  # fmt: skip
+                       hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.")  # fmt: skip
+    version = ws.mlflow().get_model_version(name, number)
     digest = version.tags.get("conveyor.training_set")
     path = training_set(ledger, digest)
     if digest is None or path is None:
@@ -203,18 +201,18 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: Project
     return Comparison(share, columns, html, evidently, sampled)
 
 
-def measure_drift(ledger: Ledger, project: ProjectConfig, policy: DriftPolicy, home: Path, window: Window,
+def measure_drift(ledger: Ledger, ws: Workspace, project: ProjectConfig, policy: DriftPolicy, window: Window,
                   now: datetime | None = None) -> DriftResult:  # fmt: skip
-    """The champion's training set against ``window`` of its inference log; reports under ``home/reports/drift``."""
+    """The champion's training set against ``window`` of its inference log; reports under ``reports/drift``."""
     now = now or datetime.now(UTC)
-    reference = champion_reference(ledger, project.model_name)
-    frame = read_window(home / "inference" / project.model_name, window, now)
+    reference = champion_reference(ws, ledger, project.model_name)
+    frame = read_window(ws.inference_dir(project.model_name), window, now)
     since = frame["time"].min().isoformat() if len(frame) else None
     until = frame["time"].max().isoformat() if len(frame) else None
     result = DriftResult("not_enough_data", reference.name, reference.version, window.describe(), len(frame), 0,
                          since, until, reference_digest=reference.digest, version_digest=reference.version_digest,
                          window_digest=window_digest(frame))  # fmt: skip
-    out = home / "reports" / "drift"
+    out = ws.reports / "drift"
     label = f"{reference.name}-v{reference.version}-{now:%Y%m%dT%H%M%S%fZ}"
     if len(frame) >= policy.window.min_rows:
         training = pd.read_parquet(reference.path)

@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 from policies.drift import DriftPolicy
 
-__all__ = ["RETRAINING_EVENT", "TRIGGERED", "Breach", "PastTrigger", "TriggerDecision", "decide_trigger"]
+__all__ = ["RETRAINING_EVENT", "Breach", "PastTrigger", "TriggerDecision", "decide_trigger"]
 
-TRIGGERED = "retraining.triggered"  # the ledger's record of a retraining the trigger started
 RETRAINING_EVENT = "conveyor.retraining.requested"  # the Prefect event that starts it on a server
 
 

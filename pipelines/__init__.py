@@ -1,3 +1,4 @@
 """Conveyor's flows and their stages: one module per stage, a plain function each."""
 
-__all__ = ["datasets", "demo", "demo_data"]
+__all__ = ["datasets", "deployments", "evaluate", "features", "loop", "register", "release", "retraining", "sign", "train",
+           "training", "validate"]

@@ -14,11 +14,11 @@ from typing import Any
 from policies.errors import DataInvalid
 from registry.digests import file_hashes
 from registry.dvc_files import dvc_cached, dvc_recorded_md5
+from registry.events import EventKind
 from registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["DatasetRef", "relative_to_root", "version_dataset"]
 
-DATASET_VERSIONED = "dataset.versioned"
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ def version_dataset(
         _dvc_add(root, path)
 
     relative = relative_to_root(path, root)
-    known = [e for e in ledger.producers(hashes["sha256"]) if e.kind == DATASET_VERSIONED]
+    known = [e for e in ledger.producers(hashes["sha256"]) if e.kind == EventKind.DATASET_VERSIONED]
     event: LedgerEvent
     if known:
         event, new = known[0], False
     else:
         event = ledger.append(
-            DATASET_VERSIONED,
+            EventKind.DATASET_VERSIONED,
             outputs=[hashes["sha256"]],
             details={"path": relative, "md5": hashes["md5"], "size": path.stat().st_size,
                      "dvc": "tracked" if recorded or track else "untracked", **(details or {})},

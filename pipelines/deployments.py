@@ -1,75 +1,74 @@
 """The monitoring loop's Prefect flows and deployments (this module imports Prefect).
 
 ``drift_check`` and ``retraining`` are module-level flows so that a Prefect server can run them
-from their entry points (``pipelines/deployments.py:retraining``). In embedded mode the drift
-check calls the retraining flow itself, as a subflow. On a server, ``deployments`` builds the two
-deployments ``conveyor monitor`` serves: the drift check on an interval schedule, and the
-retraining with an event trigger on ``conveyor.retraining.requested`` for this model, whose
-payload names the ledger's trigger record. ``prefect.yaml`` declares the same two for
-``prefect deploy`` with a process work pool.
+from their entry points (``pipelines/deployments.py:retraining``). Their parameters are the
+Workspace's plain form (``Workspace.params()``). In embedded mode the drift check calls the
+retraining flow itself, as a subflow; with a Prefect server it emits
+``conveyor.retraining.requested``, and ``deployments`` builds the two deployments ``conveyor
+monitor`` serves: the drift check on an interval schedule, and the retraining with an event
+trigger for this model, whose payload names the ledger's trigger record. ``prefect.yaml``
+declares the same two for ``prefect deploy`` with a process work pool.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import asdict, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
 from monitoring.trigger import RETRAINING_EVENT
+from registry.workspace import Workspace
 
 if TYPE_CHECKING:  # imported inside the flows: a triggered run reaches "Running" before pandas loads
-    from pipelines.retraining import DriftOutcome, RetrainingOutcome
-    from pipelines.training import TrainingRequest
+    from pipelines.retraining import DriftOutcome, RetrainingOutcome, Started
 
-__all__ = ["deployments", "drift_check", "request_of", "retraining"]
+__all__ = ["deployments", "drift_check", "retraining", "start_retraining"]
 
 logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports outcomes itself
 warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # its schema hints, in served flow runs
 
 
-def request_of(values: dict[str, Any]) -> TrainingRequest:
-    """A ``TrainingRequest`` from flow parameters; relative paths are taken from the working directory."""
-    from pipelines.training import TrainingRequest
-
-    known = {f.name for f in fields(TrainingRequest)}
-    values = {k: v for k, v in values.items() if k in known}
-    for name in ("config_file", "root", "home"):
-        values[name] = str(Path(values[name]).absolute())
-    for name in ("ledger_url", "mlflow_tracking_uri"):
-        prefix = "sqlite:///"
-        if values[name].startswith(prefix) and not values[name][len(prefix):].startswith("/"):
-            values[name] = prefix + str(Path(values[name][len(prefix):]).absolute())
-    return TrainingRequest(**values)
-
-
 @flow(name="retraining", validate_parameters=False, log_prints=False)
-def retraining(request: dict[str, Any], trigger: str) -> RetrainingOutcome:
+def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
     from pipelines.retraining import retrain
     from pipelines.training import as_task
 
-    return retrain(request_of(request), trigger, as_task)
+    return retrain(Workspace.from_params(workspace), trigger, as_task)
 
 
 @flow(name="drift-check", validate_parameters=False, log_prints=False)
-def drift_check(request: dict[str, Any], window: str | None = None) -> DriftOutcome:
+def drift_check(workspace: dict[str, Any], window: str | None = None) -> DriftOutcome:
     """Check the champion's traffic for drift; a breach starts ``retraining`` (a subflow, or an event)."""
     from pipelines.retraining import check_drift
 
-    return check_drift(request_of(request), window)
+    ws = Workspace.from_params(workspace)
+    outcome = check_drift(ws, window)
+    if outcome.started:
+        outcome.retraining = start_retraining(ws, outcome.started)
+    return outcome
 
 
-def deployments(request: TrainingRequest, model: str, interval_seconds: float, window: str | None) -> list[Any]:
+def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | None:
+    """Embedded: run the retraining flow now (a subflow when called from a flow). Server: emit the event."""
+    if started.mode == "server":
+        from prefect.events import emit_event
+
+        emit_event(RETRAINING_EVENT, resource={"prefect.resource.id": f"conveyor.model.{ws.model_name}"},
+                   payload={"trigger": started.trigger})  # fmt: skip
+        return None
+    return retraining(ws.params(), started.trigger)
+
+
+def deployments(ws: Workspace, model: str, interval_seconds: float, window: str | None) -> list[Any]:
     """The two deployments a monitoring process serves on a Prefect server."""
     from datetime import timedelta
 
     from prefect.events import DeploymentEventTrigger
 
-    parameters = {"request": asdict(request)}
+    parameters = {"workspace": ws.params()}
     trigger = DeploymentEventTrigger(
         name=f"retrain {model} on request", expect={RETRAINING_EVENT},
         match={"prefect.resource.id": f"conveyor.model.{model}"},

@@ -27,7 +27,7 @@ from policies.errors import DataInvalid
 from policies.project import ProjectConfig
 from registry.digests import file_digest, json_digest
 
-__all__ = ["FeatureSet", "build_training_set", "feature_spec", "materialize", "open_store"]
+__all__ = ["FeatureSet", "build_training_set", "feature_spec", "open_store"]
 
 _REPO_YAML = """\
 # Written by Conveyor from the project config; `feast -c {repo} plan` reads it too.
@@ -139,14 +139,6 @@ def build_training_set(store: Any, view: Any, config: ProjectConfig, frame: pd.D
     path = out_dir / f"training-{digest.split(':')[1][:16]}.parquet"
     partial.replace(path)
     return FeatureSet(training, path, digest, json_digest(feature_spec(config)), len(labels), len(training), dropped)
-
-
-def materialize(store: Any, frame: pd.DataFrame, config: ProjectConfig) -> int:
-    """Load the latest feature values into the online store for serving; returns the rows read."""
-    times = frame[config.event_timestamp]
-    with _quiet():
-        store.materialize(start_date=times.min().to_pydatetime(), end_date=(times.max() + pd.Timedelta(seconds=1)).to_pydatetime())
-    return len(frame)
 
 
 def _feature_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:

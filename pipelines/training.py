@@ -1,9 +1,11 @@
 """The training flow: version → validate → features → train → evaluate → sign → register.
 
 Each stage is a plain function of the stage modules plus the ledger event that records it.
-``run_training`` runs the stages through a ``runner``: directly (tests, benchmarks) or, in
-``training_flow``, each as a Prefect task in a real flow run. Any stage that refuses stops the
-run before anything is registered; the ledger keeps the refusal.
+``run_training`` runs the stages through a ``runner``: directly, or each as a Prefect task in a
+real flow run. ``training_flow`` chooses by the Workspace: a Prefect flow run when a Prefect
+server is set (or ``flows: prefect``), the stages in this process otherwise, so a laptop does
+not pay for starting a temporary Prefect API. Any stage that refuses stops the run before
+anything is registered; the ledger keeps the refusal.
 """
 
 from __future__ import annotations
@@ -18,39 +20,27 @@ from typing import Any
 from pipelines.data import read_data
 from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from pipelines.evaluate import Evaluation, evaluate_model
-from pipelines.features import FeatureSet, build_training_set, feature_spec, materialize, open_store
+from pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
 from pipelines.register import register_verified
 from pipelines.sign import SignedModel, code_state, sign_and_attest
-from registry.models import fetch_model
-from registry.signing import model_digest, model_files
 from pipelines.train import TrainedModel, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
 from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
-from policies.project import ProjectConfig, load_project, read_columns
-from policies.signing import CertificateSigner, SigningPolicy, load_signing_policy
+from policies.project import ProjectConfig, read_columns
+from policies.signing import CertificateSigner, SigningPolicy
 from registry.digests import canonical_json, file_digest, json_digest
+from registry.events import EventKind
 from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
+from registry.models import fetch_model
 from registry.provenance import Material
+from registry.signing import model_digest, model_files
 from registry.verify import verify_version
+from registry.workspace import Workspace
 
-__all__ = ["TrainingOutcome", "TrainingRequest", "as_task", "run_training", "training_flow", "validate_only"]
+__all__ = ["TrainingOutcome", "as_task", "run_training", "training_flow", "validate_only"]
 
 Runner = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class TrainingRequest:
-    """Everything a training run needs, as plain values (Prefect flow parameters)."""
-
-    config_file: str
-    root: str
-    home: str
-    ledger_url: str
-    mlflow_tracking_uri: str
-    actor: str
-    data: str | None = None
-    cause: str | None = None  # digest of what started this run (a retraining trigger), recorded as an input
 
 
 @dataclass(frozen=True)
@@ -76,32 +66,38 @@ class TrainingOutcome:
 
 @dataclass
 class _Run:
-    """The state one run carries from stage to stage."""
+    """The state one run carries from stage to stage (where things are: its Workspace)."""
 
-    request: TrainingRequest
-    config: ProjectConfig
+    ws: Workspace
+    config: ProjectConfig  # the project config, with ``data`` replaced when the run was given a file
     ledger: Ledger
     started: str
     config_digest: str  # the project config file, hashed once per run
+    cause: str | None = None  # digest of what started this run (a retraining trigger), recorded as an input
 
     @property
     def root(self) -> Path:
-        return Path(self.request.root)
+        return self.ws.root
 
     @property
     def home(self) -> Path:
-        return Path(self.request.home)
+        return self.ws.home
 
 
 def _direct(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return function(*args, **kwargs)
 
 
-def run_training(request: TrainingRequest, runner: Runner = _direct) -> TrainingOutcome:
-    """Run every stage in order through ``runner``; raises the first stage's refusal."""
-    config = _load(request)
-    with Ledger(request.ledger_url, actor=request.actor) as ledger:
-        run = _Run(request, config, ledger, utc_now(), file_digest(request.config_file))
+def run_training(
+    ws: Workspace, data: str | Path | None = None, *, cause: str | None = None, runner: Runner = _direct
+) -> TrainingOutcome:
+    """Run every stage in order through ``runner``; raises the first stage's refusal.
+
+    ``data`` replaces the config's data file; ``cause`` is the digest of what started the run
+    (a retraining trigger), recorded as an input of the trained model."""
+    config = _load(ws, data)
+    with ws.ledger() as ledger:
+        run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause)
         data: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
         frame = runner("read", read_data, config.data, config)
         validation: ValidationResult = runner("validate", _validate, run, data, frame)
@@ -112,18 +108,21 @@ def run_training(request: TrainingRequest, runner: Runner = _direct) -> Training
         return runner("register", _register, run, data, trained, evaluation, signed, validation, features)
 
 
-def validate_only(request: TrainingRequest) -> ValidationResult:
+def validate_only(ws: Workspace, data: str | Path | None = None) -> ValidationResult:
     """Version and validate the data, as the first stages of a run do; raises if it fails."""
-    config = _load(request)
-    with Ledger(request.ledger_url, actor=request.actor) as ledger:
-        run = _Run(request, config, ledger, utc_now(), file_digest(request.config_file))
+    config = _load(ws, data)
+    with ws.ledger() as ledger:
+        run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file))
         data = version_dataset(config.data, ledger, root=run.root)
         return _validate(run, data, read_data(config.data, config))
 
 
-def training_flow(request: TrainingRequest) -> TrainingOutcome:
-    """The same run as a Prefect flow, each stage a task (imports Prefect on first call)."""
-    return _prefect_flow()(request)
+def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str | None = None) -> TrainingOutcome:
+    """The run as the Workspace says: a Prefect flow run, each stage a task (imports Prefect), when
+    a Prefect server is set or ``flows: prefect``; otherwise the same stages in this process."""
+    if not ws.uses_prefect:
+        return run_training(ws, data, cause=cause)
+    return _prefect_flow()(ws.params(), str(Path(data).absolute()) if data else None, cause)
 
 
 def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -141,8 +140,8 @@ def _prefect_flow() -> Any:
     from prefect import flow
 
     @flow(name="training", validate_parameters=False, log_prints=False)
-    def training(request: TrainingRequest) -> TrainingOutcome:
-        return run_training(request, as_task)
+    def training(workspace: dict[str, str], data: str | None = None, cause: str | None = None) -> TrainingOutcome:
+        return run_training(Workspace.from_params(workspace), data, cause=cause, runner=as_task)
 
     logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
     return training
@@ -151,13 +150,11 @@ def _prefect_flow() -> Any:
 # -- the stages ------------------------------------------------------------------------------
 
 
-def _load(request: TrainingRequest) -> ProjectConfig:
-    import mlflow
-
-    mlflow.set_tracking_uri(request.mlflow_tracking_uri)  # this run's registry, whatever the environment says
-    config = load_project(request.config_file)
-    if request.data:
-        data = Path(request.data).absolute()
+def _load(ws: Workspace, given: str | Path | None) -> ProjectConfig:
+    ws.bind_mlflow()  # this run's registry, whatever the environment says
+    config = ws.project(check_data=True)
+    if given:
+        data = Path(given).absolute()
         if not data.is_file():
             raise DataInvalid(f"No data file at {data}.", hint="Check the path given to --data.")
         config = config.model_copy(update={"data": data})
@@ -169,8 +166,8 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
     suite = suite_path(run.config, run.root)
     result = validate_data(frame, run.config, suite, run.home / "reports")
     run.ledger.append(
-        "data.validated",
-        inputs=[data.digest, result.suite_digest],
+        EventKind.DATA_VALIDATED,
+        inputs={"data": data.digest, "suite": result.suite_digest},
         outputs=[result.digest],
         details={"success": result.success, "evaluated": result.evaluated, "failed": len(result.failures),
                  "report": str(result.report), "suite": str(suite)},
@@ -187,12 +184,11 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
 
 def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> FeatureSet:
     config = run.config
-    store, view = open_store(config, run.home / "feast", frame, Path(run.request.config_file))
+    store, view = open_store(config, run.home / "feast", frame, run.ws.project_file)
     features = build_training_set(store, view, config, frame, run.home / "features")
-    materialize(store, frame, config)
     run.ledger.append(
-        "features.built",
-        inputs=[data.digest, validation.digest, features.spec_digest],
+        EventKind.FEATURES_BUILT,
+        inputs={"data": data.digest, "validation": validation.digest, "feature_definitions": features.spec_digest},
         outputs=[features.digest],
         details={"rows_in": features.rows_in, "rows_out": features.rows_out, "dropped": features.dropped,
                  "training_set": str(features.path), "feature_view": feature_spec(config)["view"]},
@@ -212,7 +208,7 @@ class _Trained:
 
 def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
     tags = {"conveyor.data_digest": data.digest, "conveyor.training_set": features.digest,
-            **({"conveyor.cause": run.request.cause} if run.request.cause else {})}  # fmt: skip
+            **({"conveyor.cause": run.cause} if run.cause else {})}  # fmt: skip
     trained = train_model(
         run.config, features.frame, data_digest=data.digest, data_path=data.path,
         training_digest=features.digest, artifact_root=run.home / "mlartifacts", tags=tags,
@@ -221,31 +217,30 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
     files = model_files(folder)
     digest = model_digest(files)
     run.ledger.append(
-        "model.trained",
-        inputs=[features.digest, run.config_digest, *([run.request.cause] if run.request.cause else [])],
+        EventKind.MODEL_TRAINED,
+        inputs={"training_set": features.digest, "config": run.config_digest, "cause": run.cause},
         outputs=[digest, *files.values()],
         details={"run_id": trained.run_id, "model_id": trained.model_id, "estimator": run.config.estimator.class_path,
                  "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files,
-                 **({"cause": run.request.cause} if run.request.cause else {})},
+                 **({"cause": run.cause} if run.cause else {})},
     )  # fmt: skip
     return _Trained(trained, folder, files, digest)
 
 
 def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
-    from mlflow import MlflowClient
-
     model = trained.model
     evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run))
-    MlflowClient().log_batch(model.run_id, metrics=_metrics(evaluation))
+    client = run.ws.mlflow()
+    client.log_batch(model.run_id, metrics=_metrics(evaluation))
     if evaluation.champion_version:
-        MlflowClient().set_tag(model.run_id, "conveyor.champion_version", evaluation.champion_version)
+        client.set_tag(model.run_id, "conveyor.champion_version", evaluation.champion_version)
     report = run.home / "reports" / "evaluation" / f"{run.config.model_name}-{model.run_id}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(canonical_json(evaluation.to_dict()))
     failed = [b for b in evaluation.behaviour if not b.passed]
     run.ledger.append(
-        "model.evaluated",
-        inputs=[trained.digest, features.digest],
+        EventKind.MODEL_EVALUATED,
+        inputs={"model": trained.digest, "training_set": features.digest},
         outputs=[file_digest(report)],
         details={"metrics": evaluation.metrics, "champion": evaluation.champion_version,
                  "champion_metrics": evaluation.champion_metrics, "behaviour_passed": not failed,
@@ -261,8 +256,8 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
 
 def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained) -> SignedModel:
     config, root = run.config, run.root
-    policy = load_signing_policy(run.root)
-    key = load_or_create_key(run.home / "keys") if policy.sign_with == "key" else None
+    policy = run.ws.signing()
+    key = load_or_create_key(run.ws.keys_dir) if policy.sign_with == "key" else None
     code = code_state(root)
     lock = root / "uv.lock"
     materials = [
@@ -270,7 +265,7 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
         Material(relative_to_root(validation.report, root), validation.digest),
         Material("feature-definitions", features.spec_digest),
         Material("training-set", features.digest),
-        Material(relative_to_root(Path(run.request.config_file), root), run.config_digest),
+        Material(relative_to_root(run.ws.project_file, root), run.config_digest),
         *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
         *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
     ]
@@ -283,7 +278,8 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
                "code_commit": code.commit, "code_dirty": code.dirty, "validation_success": validation.success}  # fmt: skip
     signer = key if key is not None else _resolve_certificate(policy, root)
     signed = sign_and_attest(trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details)
-    run.ledger.append("model.signed", inputs=[signed.model_digest, data.digest, validation.digest],
+    run.ledger.append(EventKind.MODEL_SIGNED,
+                      inputs={"model": signed.model_digest, "data": data.digest, "validation": validation.digest},
                       outputs=[signed.bundle_digest, signed.provenance_digest],
                       details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty})  # fmt: skip
     return signed
@@ -294,11 +290,11 @@ def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evalua
     tags = {"conveyor.data_digest": data.digest, "conveyor.bundle_digest": signed.bundle_digest,
             "conveyor.provenance_digest": signed.provenance_digest, "conveyor.run_id": trained.model.run_id,
             "conveyor.validation_digest": validation.digest, "conveyor.training_set": features.digest}  # fmt: skip
-    version, verified = register_verified(run.config.model_name, trained.model.model_uri, load_signing_policy(run.root),
-                                          root=run.root, keys_dir=run.home / "keys", tags=tags)  # fmt: skip
+    version, verified = register_verified(run.config.model_name, trained.model.model_uri, run.ws.signing(),
+                                          root=run.root, keys_dir=run.ws.keys_dir, tags=tags)  # fmt: skip
     run.ledger.append(
-        "model.registered",
-        inputs=[str(verified.model_digest), signed.bundle_digest, signed.provenance_digest],
+        EventKind.MODEL_REGISTERED,
+        inputs={"model": str(verified.model_digest), "bundle": signed.bundle_digest, "provenance": signed.provenance_digest},
         outputs=[version.digest],
         details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
@@ -327,15 +323,12 @@ def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner
 def _champion(run: _Run) -> tuple[str, Any] | None:
     """The current champion, verified before it is loaded (None when there is none)."""
     import mlflow.sklearn
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     name = run.config.model_name
-    try:
-        version = str(MlflowClient().get_model_version_by_alias(name, "champion").version)
-    except MlflowException:
+    version = run.ws.champion(name)
+    if version is None:
         return None
-    report = verify_version(f"{name}/{version}", load_signing_policy(run.root), root=run.root, keys_dir=run.home / "keys", ledger=run.ledger)
+    report = verify_version(f"{name}/{version}", run.ws.signing(), root=run.root, keys_dir=run.ws.keys_dir, ledger=run.ledger)
     if not report.ok:
         failed = report.first_failure
         raise SignatureInvalid(

@@ -21,7 +21,7 @@ from policies.errors import PolicyInvalid
 from policies.project import ProjectConfig
 from registry.digests import canonical_json, file_digest, json_digest
 
-__all__ = ["Failure", "ValidationResult", "load_suite", "starter_suite", "suite_path", "validate_data"]
+__all__ = ["write_starter_suite", "Failure", "ValidationResult", "load_suite", "starter_suite", "suite_path", "validate_data"]
 
 _NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                   "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
@@ -234,3 +234,20 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
         labels = sorted(frame[config.target].dropna().unique().tolist())
         expect("expect_column_values_to_be_in_set", column=config.target, value_set=labels)
     return {"name": config.model_name, "expectations": expectations}
+
+
+def write_starter_suite(config: ProjectConfig, root: Path, data: Path | None = None, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Write ``starter_suite`` of ``data`` (default: the config's) where the project's suite lives;
+    an existing suite is kept unless ``force``. Returns where it went and the suite."""
+    import json
+
+    from pipelines.data import read_data
+    from policies.errors import ConveyorError
+
+    target = suite_path(config, root)
+    if target.exists() and not force:
+        raise ConveyorError(f"{target} already exists.", hint="Edit it, or pass --force to replace it.")
+    suite = starter_suite(config, read_data((data or config.data).absolute(), config))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(suite, indent=2) + "\n")
+    return target, suite

@@ -191,7 +191,10 @@ def read_columns(path: Path) -> list[str]:
 
 
 def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
-    """Read and check a project config; also check its columns against the data if it exists."""
+    """Read and check a project config. With ``check_data`` (what training and ``config check``
+    need), also build the estimator once (an unknown class or refused parameters fail now, not at
+    training time) and check the columns against the data if it exists; without it, nothing
+    heavier than the config's own schema is imported."""
     from policies.loading import read_yaml_mapping
 
     path = Path(path).absolute()
@@ -205,9 +208,10 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
         raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
     if not config.data.is_absolute():
         config = config.model_copy(update={"data": (path.parent / config.data)})
-    config.estimator.build()  # unknown class or refused params: fail now, not at training time
-    if check_data and config.data.is_file():
-        config.check_columns(read_columns(config.data))
+    if check_data:
+        config.estimator.build()
+        if config.data.is_file():
+            config.check_columns(read_columns(config.data))
     return config
 
 

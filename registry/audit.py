@@ -33,6 +33,7 @@ from policies.errors import ConveyorError
 from policies.signing import SigningPolicy
 from registry.digests import file_digest, file_hashes
 from registry.dvc_files import dvc_cached, dvc_recorded_md5
+from registry.events import EventKind, input_of
 from registry.ledger import Ledger, LedgerEvent
 from registry.lineage import upstream
 from registry.seals import ChainProof, prove_events
@@ -41,8 +42,9 @@ from registry.verify import Link, VerificationReport, in_project, trusted_keys, 
 __all__ = ["REPORT_KEYS", "AuditReport", "Facts", "audit_version", "record_links", "record_of", "recorded_files", "trusted_signers"]
 
 _BUILT_FROM = ("conveyor.data_digest", "conveyor.validation_digest")
-RELEASE_KINDS = ("model.promoted", "model.promotion_refused", "model.deployed", "model.canary_completed",
-                 "model.canary_rolled_back", "model.rolled_back", "model.load_refused")  # fmt: skip
+RELEASE_KINDS = (EventKind.MODEL_PROMOTED, EventKind.MODEL_PROMOTION_REFUSED, EventKind.MODEL_DEPLOYED,
+                 EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK, EventKind.MODEL_ROLLED_BACK,
+                 EventKind.MODEL_LOAD_REFUSED)  # fmt: skip
 
 
 @dataclass
@@ -53,6 +55,8 @@ class AuditReport:
     events: list[LedgerEvent] = field(default_factory=list)  # the version's record: upstream, then what named it
     proof: ChainProof | None = None
     model_dir: Path | None = None  # the verified files, when kept
+    evidence: Path | None = None  # the evidence bundle written with it, if one was asked for
+    evidence_key: str | None = None  # ... and the fingerprint of the key that signed it
 
     @property
     def ok(self) -> bool:
@@ -62,7 +66,7 @@ class AuditReport:
         v = self.verification
         return {"ref": self.ref, "name": v.name, "version": v.version, "ok": self.ok, "version_digest": v.version_digest,
                 "model_digest": v.model_digest, "signer": v.signer, "links": [link.__dict__ for link in self.links],
-                "events": [e.seq for e in self.events]}  # fmt: skip
+                "events": [e.seq for e in self.events], "evidence": str(self.evidence) if self.evidence else None}  # fmt: skip
 
 
 def trusted_signers(policy: SigningPolicy, root: Path, keys_dir: Path) -> dict[str, bytes]:
@@ -142,7 +146,7 @@ class Facts:
         return digest, (fitting or found or [None])[-1]
 
     def data(self) -> Link:
-        digest, event = self.made("conveyor.data_digest", "dataset.versioned")
+        digest, event = self.made("conveyor.data_digest", EventKind.DATASET_VERSIONED)
         if event is None:
             return Link("data", False, f"no dataset.versioned event records the data {digest}")
         path = in_project(self.root, event.details.get("path", ""))
@@ -167,11 +171,11 @@ class Facts:
         return Link("data", True, f"{where} hashes to {digest} (event #{event.seq}); {dvc}")
 
     def data_path(self) -> str | None:
-        _, event = self.made("conveyor.data_digest", "dataset.versioned")
+        _, event = self.made("conveyor.data_digest", EventKind.DATASET_VERSIONED)
         return event.details.get("path") if event else None
 
     def validation(self) -> Link:
-        digest, event = self.made("conveyor.validation_digest", "data.validated", ("conveyor.data_digest",))
+        digest, event = self.made("conveyor.validation_digest", EventKind.DATA_VALIDATED, ("conveyor.data_digest",))
         data = self.tags.get("conveyor.data_digest")
         if event is None:
             return Link("validation", False, f"no data.validated event produced the validation report {digest}")
@@ -182,7 +186,7 @@ class Facts:
         return Link("validation", True, f"passed {event.details.get('evaluated')} expectations on this data (event #{event.seq})")
 
     def features(self) -> Link:
-        digest, event = self.made("conveyor.training_set", "features.built", _BUILT_FROM)
+        digest, event = self.made("conveyor.training_set", EventKind.FEATURES_BUILT, _BUILT_FROM)
         wanted = [self.tags.get("conveyor.data_digest"), self.tags.get("conveyor.validation_digest")]
         if event is None:
             return Link("features", False, f"no features.built event produced the training set {digest}")
@@ -193,7 +197,7 @@ class Facts:
 
     def training(self) -> Link:
         model = self.tags.get("conveyor.model_digest")
-        found = [e for e in self.by_output.get(model or "", []) if e.kind == "model.trained"]
+        found = [e for e in self.by_output.get(model or "", []) if e.kind == EventKind.MODEL_TRAINED]
         if not found:
             return Link("training", False, f"no model.trained event produced the model {model}")
         event = found[-1]
@@ -208,14 +212,14 @@ def _materials(v: VerificationReport, facts: Facts) -> Link:
     if v.statement is None:
         return Link("materials", False, "no verified provenance statement to compare")
     materials = {d.get("uri", ""): d.get("digest", {}) for d in v.statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
-    trained = [e for e in facts.by_output.get(v.model_digest or "", []) if e.kind == "model.trained"]
+    trained = [e for e in facts.by_output.get(v.model_digest or "", []) if e.kind == EventKind.MODEL_TRAINED]
     _, built = facts.made("conveyor.training_set", "features.built", _BUILT_FROM)
     expected = {
         "data": facts.tags.get("conveyor.data_digest"),
         "validation report": facts.tags.get("conveyor.validation_digest"),
         "training-set": facts.tags.get("conveyor.training_set"),
-        "feature-definitions": built.inputs[-1] if built else None,
-        "project config": trained[-1].inputs[1] if trained and len(trained[-1].inputs) > 1 else None,
+        "feature-definitions": input_of(built, "feature_definitions") if built else None,
+        "project config": input_of(trained[-1], "config") if trained else None,
     }
     found = {
         "data": _material(materials, lambda uri: uri == facts.data_path()),
@@ -241,7 +245,7 @@ def _releases(v: VerificationReport, named: list[LedgerEvent]) -> Link:
     wrong = []
     for event in releases:
         name, version = event.details.get("name"), str(event.details.get("version", ""))
-        if event.kind == "model.rolled_back":
+        if event.kind == EventKind.MODEL_ROLLED_BACK:
             ok = name == v.name and v.version in (str(event.details.get("from")), str(event.details.get("to")))
         else:
             ok = name == v.name and version == v.version

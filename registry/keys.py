@@ -13,7 +13,7 @@ from pathlib import Path
 from policies.errors import SignatureInvalid
 from registry.digests import bytes_digest
 
-__all__ = ["SigningKey", "fingerprint", "load_or_create_key"]
+__all__ = ["show_public_key", "SigningKey", "fingerprint", "load_or_create_key"]
 
 PRIVATE, PUBLIC = "signing-key.pem", "signing-key.pub.pem"
 
@@ -55,6 +55,16 @@ def load_or_create_key(keys_dir: Path) -> SigningKey:
             hint="Restore the public key from a backup; Conveyor will not overwrite a private key.",
         )
     return SigningKey(private, public, fingerprint(public.read_bytes()))
+
+
+def show_public_key(keys_dir: Path) -> tuple[str, str]:
+    """The project's public key (PEM text) and its fingerprint; ``NotFound`` when there is none."""
+    from policies.errors import NotFound
+
+    public = keys_dir / PUBLIC
+    if not public.is_file():
+        raise NotFound(f"No signing key in {keys_dir}.", hint="Create one with `conveyor keys init`.")
+    return public.read_text().strip(), fingerprint(public.read_bytes())
 
 
 def _create(keys_dir: Path, private: Path, public: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,13 +187,32 @@ class Ledger:
         self,
         kind: str,
         *,
-        inputs: Iterable[str] = (),
+        inputs: Iterable[str] | Mapping[str, str | None] = (),
         outputs: Iterable[str] = (),
         details: dict[str, Any] | None = None,
         actor: str | None = None,
     ) -> LedgerEvent:
-        """Seal one event onto the end of the chain and return it."""
-        draft = Draft(kind, tuple(inputs), tuple(outputs), details or {}, actor)
+        """Seal one event onto the end of the chain and return it.
+
+        ``inputs`` by role (``{"data": digest, "suite": digest}``; a ``None`` digest is left out)
+        stores the digests in that order and the role names in the details. An ``EventKind``'s
+        details are checked against its model (``registry.events``) before anything is written.
+        """
+        from registry.events import INPUT_ROLES, EventKind, check_details
+
+        details = dict(details or {})
+        roles: tuple[str, ...] | None = None
+        if isinstance(inputs, Mapping):
+            named: dict[str, str] = {}
+            for role, digest in inputs.items():
+                if digest and digest not in named.values():  # a digest is stored once, under its first role
+                    named[role] = digest
+            roles, inputs = tuple(named), tuple(named.values())
+            details[INPUT_ROLES] = list(roles)
+        if isinstance(kind, EventKind):
+            check_details(kind, details, roles)
+            kind = kind.value
+        draft = Draft(kind, tuple(inputs), tuple(outputs), details, actor)
         return self.append_many([draft])[0]
 
     def append_many(self, drafts: Iterable[Draft]) -> list[LedgerEvent]:

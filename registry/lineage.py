@@ -98,6 +98,8 @@ def training_set(ledger: Ledger, digest: str | None) -> Path | None:
     ledger does not know it, or the file is gone or no longer hashes to ``digest``."""
     from registry.digests import file_digest
 
-    built = [e for e in ledger.producers(digest) if e.kind == "features.built"] if digest else []
-    path = Path(built[-1].details["training_set"]) if built else None
+    from registry.events import EventKind, typed
+
+    built = [e for e in ledger.producers(digest) if e.kind == EventKind.FEATURES_BUILT] if digest else []
+    path = Path(typed(built[-1]).training_set) if built else None
     return path if path is not None and path.is_file() and file_digest(path) == digest else None

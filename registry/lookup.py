@@ -15,12 +15,13 @@ from pathlib import Path
 
 from policies.errors import ConveyorError, NotFound
 from registry.digests import file_digest, is_digest, parse_digest, short
+from registry.events import EventKind
 from registry.ledger import Ledger, LedgerEvent, ledger_time
 
 __all__ = ["DEPLOYED", "Start", "find_start", "parse_time", "serving_at"]
 
-DEPLOYED = "model.deployed"
-_ENDED = ("model.canary_completed", "model.canary_rolled_back")
+DEPLOYED = EventKind.MODEL_DEPLOYED
+_ENDED = (EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK)
 _FORMS = ("a file, a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N or event:N (a ledger event), "
           "or request:ID (a request id from the inference log)")  # fmt: skip
 

@@ -16,7 +16,7 @@ from typing import Any
 from policies.errors import RegistryError
 from registry.digests import json_digest
 
-__all__ = ["RegisteredVersion", "fetch_model", "register_version", "version_digest"]
+__all__ = ["RegisteredVersion", "export_statements", "fetch_model", "register_version", "version_digest"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,26 @@ def _undo(client: Any, name: str, version: str) -> None:
         client.delete_model_version(name, version)
     except Exception:  # noqa: S110 - the original error is the one to report
         pass
+
+
+def export_statements(client: Any, ref: str, output: Path) -> tuple[int, int]:
+    """Write each version's signed statements as they are (provenance DSSE, signature bundle) to
+    ``output``: ``ref`` is a model (every version), ``MODEL/VERSION`` or ``MODEL@ALIAS``. Returns
+    (statements written, versions)."""
+    from registry.signing import BUNDLE, PROVENANCE
+    from registry.verify import resolve
+
+    if "/" in ref or "@" in ref:
+        versions = [resolve(client, ref)]
+    else:
+        versions = [(ref, str(v.version)) for v in client.search_model_versions(f"name='{ref}'")]
+    output.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for name, version in sorted(versions, key=lambda nv: int(nv[1])):
+        with tempfile.TemporaryDirectory(prefix="conveyor-intoto-") as scratch:
+            folder = fetch_model(f"models:/{name}/{version}", Path(scratch))
+            for source, suffix in ((PROVENANCE, "provenance.dsse.json"), (BUNDLE, "model-signature.sigstore.json")):
+                if (folder / source).is_file():
+                    (output / f"{name}-{version}.{suffix}").write_bytes((folder / source).read_bytes())
+                    written += 1
+    return written, len(versions)

@@ -21,9 +21,9 @@ from openlineage.client.facet_v2 import RunFacet, job_type_job
 from openlineage.client.serde import Serde
 
 from policies.errors import ConveyorError
-from registry.ledger import LedgerEvent
+from registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["post_events", "run_events", "write_events"]
+__all__ = ["export_ledger", "post_events", "run_events", "write_events"]
 
 _RUN_IDS = uuid.UUID("6f1c1a52-5d0e-4c53-9d0b-2f4a0a3e9c11")  # the namespace run ids are derived in
 _FAILED = ("failed", "refused", "rolled_back")
@@ -102,3 +102,9 @@ def post_events(events: Iterable[RunEvent], url: str, *, endpoint: str = "api/v1
     finally:
         transport.close() if hasattr(transport, "close") else None
     return count
+
+
+def export_ledger(ledger: Ledger, namespace: str, since: int = 1, *, output: Path | None = None, url: str | None = None) -> int:
+    """The ledger's events from ``since`` on as OpenLineage run events, to ``output`` (JSON lines) or POSTed to ``url``."""
+    events = run_events(ledger.iter_events(since), namespace)
+    return write_events(events, output) if output is not None else post_events(events, str(url))

@@ -11,20 +11,18 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from policies.errors import ConveyorError, NotFound, RegistryError
-from policies.loading import load_policy
-from policies.project import ProjectConfig
-from policies.promotion import Candidate, Decision, PromotionPolicy, decide_promotion
-from policies.signing import SigningPolicy, load_signing_policy
-from registry.digests import file_digest, json_digest
+from policies.promotion import Candidate, Decision, decide_promotion
+from registry.digests import json_digest
+from registry.events import EventKind
 from registry.ledger import Ledger
 from registry.locks import file_lock
 from registry.verify import VerificationReport, verify_version
+from registry.workspace import Workspace
 
-__all__ = ["ChampionScorer", "PromotionOutcome", "ReleaseContext", "alias", "promote", "rollback"]
+__all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
 
 CHAMPION, PREVIOUS, CANARY = "champion", "previous-champion", "canary"
 
@@ -48,33 +46,21 @@ class PromotionOutcome:
 
 # Scores champion version ``champion`` on the holdout of the candidate ``report`` describes
 # (None when that holdout cannot be found intact); the pipelines provide one.
-ChampionScorer = Callable[["ReleaseContext", VerificationReport, str], "dict[str, float] | None"]
+ChampionScorer = Callable[[Workspace, VerificationReport, str], "dict[str, float] | None"]
 
 
-@dataclass(frozen=True)
-class ReleaseContext:
-    """Where the release reads its policies and keeps its state."""
+def promote(
+    ws: Workspace, ref: str, target: str, *, dry_run: bool = False, score_champion: ChampionScorer | None = None
+) -> PromotionOutcome:
+    """Verify ``ref``, decide by the promotion policy, and (unless ``dry_run``) move ``target`` to it.
 
-    root: Path
-    home: Path
-    project: ProjectConfig
-    ledger: Ledger
-    policies: Path  # the folder holding promotion.yaml
-    score_champion: ChampionScorer | None = None  # used when training did not record the comparison
-
-    def signing(self) -> SigningPolicy:
-        return load_signing_policy(self.root)
-
-
-def promote(ctx: ReleaseContext, ref: str, target: str, *, dry_run: bool = False) -> PromotionOutcome:
-    """Verify ``ref``, decide by the promotion policy, and (unless ``dry_run``) move ``target`` to it."""
-    from mlflow import MlflowClient
-
-    policy_file = ctx.policies / "promotion.yaml"
-    policy = load_policy(policy_file, PromotionPolicy)
-    client = MlflowClient()
-    with file_lock(ctx.home, "release-" + ref.split("@")[0].split("/")[0]):
-        report = verify_version(ref, ctx.signing(), root=ctx.root, keys_dir=ctx.home / "keys", ledger=ctx.ledger)
+    ``score_champion`` scores the champion on the candidate's holdout when training did not
+    record that comparison (the pipelines provide one); without it the comparison is unknown."""
+    loaded = ws.policy("promotion")
+    policy = loaded.value
+    client = ws.mlflow()
+    with ws.ledger() as ledger, file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]):
+        report = verify_version(ref, ws.signing(), root=ws.root, keys_dir=ws.keys_dir, ledger=ledger)
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
             raise RegistryError(report.links[0].detail, hint="Check the model name, version or alias.")
@@ -85,29 +71,28 @@ def promote(ctx: ReleaseContext, ref: str, target: str, *, dry_run: bool = False
             failed = report.first_failure
             decision = Decision(False, [f"verification failed at the {failed.name} link: {failed.detail}"])
         else:
-            decision = decide_promotion(_candidate(ctx, client, report, champion), champion, policy)
+            candidate = _candidate(ws, ledger, client, report, champion, score_champion)
+            decision = decide_promotion(candidate, champion, policy)
         previous = alias(client, name, target) if version else None
         if dry_run:
             return PromotionOutcome(name, version, target, decision, dry_run, previous, None, report)
         if decision.ok:
             _move(client, name, version, target, champion)
-        event = ctx.ledger.append(
-            "model.promoted" if decision.ok else "model.promotion_refused",
-            inputs=[d for d in (report.version_digest, file_digest(policy_file)) if d],
+        event = ledger.append(
+            EventKind.MODEL_PROMOTED if decision.ok else EventKind.MODEL_PROMOTION_REFUSED,
+            inputs={"version": report.version_digest, "policy": loaded.digest},
             outputs=[json_digest({"decision": asdict(decision), "target": target, "version": version})],
             details={"name": name, "version": version, "target": target, "ok": decision.ok,
                      "reasons": decision.reasons, "previous": previous, "champion_before": champion,
-                     "policy": str(policy_file)},
+                     "policy": str(loaded.path)},
         )  # fmt: skip
     return PromotionOutcome(name, version, target, decision, False, previous, event.seq, report)
 
 
-def rollback(ctx: ReleaseContext, name: str) -> tuple[str, str]:
+def rollback(ws: Workspace, name: str) -> tuple[str, str]:
     """Point ``champion`` back at ``previous-champion``; returns (from version, to version)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    with file_lock(ctx.home, f"release-{name}"):
+    client = ws.mlflow()
+    with file_lock(ws.home, f"release-{name}"):
         current, previous = alias(client, name, CHAMPION), alias(client, name, PREVIOUS)
         if previous is None:
             raise NotFound(f"{name} has no previous champion to roll back to.", hint="Promote a version with `conveyor promote` first.")
@@ -116,9 +101,11 @@ def rollback(ctx: ReleaseContext, name: str) -> tuple[str, str]:
             client.delete_registered_model_alias(name, PREVIOUS)
         except Exception as exc:
             raise RegistryError(f"The registry refused the rollback of {name}: {exc}.", hint="Check the tracking URI.") from None
-        digests = [_version_digest(client, name, v) for v in (current, previous) if v]
         # Both versions are inputs: a rollback uses them, it does not make either.
-        ctx.ledger.append("model.rolled_back", inputs=digests, outputs=[],
+        inputs = {"from_version": _version_digest(client, name, current) if current else None,
+                  "to_version": _version_digest(client, name, previous)}  # fmt: skip
+        with ws.ledger() as ledger:
+            ledger.append(EventKind.MODEL_ROLLED_BACK, inputs=inputs, outputs=[],
                           details={"name": name, "from": current, "to": previous})  # fmt: skip
     return str(current), previous
 
@@ -126,19 +113,21 @@ def rollback(ctx: ReleaseContext, name: str) -> tuple[str, str]:
 # -- facts for the decision --------------------------------------------------------------------
 
 
-def _candidate(ctx: ReleaseContext, client: Any, report: VerificationReport, champion: str | None) -> Candidate:
+def _candidate(ws: Workspace, ledger: Ledger, client: Any, report: VerificationReport, champion: str | None,
+               score_champion: ChampionScorer | None) -> Candidate:  # fmt: skip
     run = client.get_run(report.tags["conveyor.run_id"])
     metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
     return Candidate(
         name=report.name, version=str(report.version), signature_verified=report.ok,
-        validation_passed=_validation_passed(ctx.ledger, report.tags.get("conveyor.validation_digest")),
+        validation_passed=_validation_passed(ledger, report.tags.get("conveyor.validation_digest")),
         clean_tree=_clean_tree(report.statement), size_bytes=report.size_bytes, metrics=metrics,
-        champion_metrics=_champion_metrics(ctx, client, report, champion) if champion and champion != report.version else None,
+        champion_metrics=_champion_metrics(ws, client, report, champion, score_champion)
+        if champion and champion != report.version else None,
     )  # fmt: skip
 
 
 def _validation_passed(ledger: Ledger, digest: str | None) -> bool:
-    events = [e for e in ledger.producers(digest) if e.kind == "data.validated"] if digest else []
+    events = [e for e in ledger.producers(digest) if e.kind == EventKind.DATA_VALIDATED] if digest else []
     return bool(events) and events[-1].details.get("success") is True
 
 
@@ -152,13 +141,14 @@ def _clean_tree(statement: dict[str, Any] | None) -> bool | None:
     return None if dirty is None else not dirty
 
 
-def _champion_metrics(ctx: ReleaseContext, client: Any, report: VerificationReport, champion: str) -> dict[str, float] | None:
+def _champion_metrics(ws: Workspace, client: Any, report: VerificationReport, champion: str,
+                      score_champion: ChampionScorer | None) -> dict[str, float] | None:  # fmt: skip
     """The champion's metrics on the candidate's holdout: recorded at training when that champion
-    was already champion, otherwise scored now by ``ctx.score_champion`` (if there is one)."""
+    was already champion, otherwise scored now by ``score_champion`` (if there is one)."""
     run = client.get_run(report.tags["conveyor.run_id"])
     if run.data.tags.get("conveyor.champion_version") == champion:
         return {k.removeprefix("champion_"): v for k, v in run.data.metrics.items() if k.startswith("champion_")}
-    return None if ctx.score_champion is None else ctx.score_champion(ctx, report, champion)
+    return None if score_champion is None else score_champion(ws, report, champion)
 
 
 # -- registry moves ------------------------------------------------------------------------------

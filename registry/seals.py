@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policies.errors import LedgerCorrupt
 from registry.ledger import GENESIS, ChainReport, Ledger, utc_now
 from registry.provenance import open_envelope, sign_envelope
 
-__all__ = ["MILESTONE_EVERY", "SEAL_TYPE", "ChainProof", "Seal", "prove_events", "seal_ledger", "trusted_seal"]
+if TYPE_CHECKING:
+    from registry.keys import SigningKey
+    from registry.workspace import Workspace
+
+__all__ = ["MILESTONE_EVERY", "SEAL_TYPE", "ChainProof", "Seal", "project_trust", "prove_events", "seal_ledger",
+           "seal_with_project_key", "trusted_seal"]
 
 SEAL_TYPE = "application/vnd.conveyor.ledger-seal+json"
 MILESTONE_EVERY = 1_000
@@ -140,3 +145,20 @@ def _proof(report: ChainReport, seal: Seal | None, detail: str, checked: int | N
     if report.ok:
         return ChainProof(True, detail, seal, checked)
     return ChainProof(False, f"the chain is broken at event #{report.broken_at}: {report.reason}", seal, checked)
+
+
+def project_trust(ws: Workspace) -> tuple[SigningKey, dict[str, bytes]]:
+    """The project's key (made on first use), and every key a seal may be signed by: the keys the
+    signing policy trusts, and the project key."""
+    from registry.audit import trusted_signers
+    from registry.keys import load_or_create_key
+
+    key = load_or_create_key(ws.keys_dir)
+    trusted = {**trusted_signers(ws.signing(), ws.root, ws.keys_dir), key.fingerprint: key.public_path.read_bytes()}
+    return key, trusted
+
+
+def seal_with_project_key(ws: Workspace, ledger: Ledger, verified: ChainReport | None = None) -> Seal:
+    """Seal ``ledger`` with the project key (see ``seal_ledger``)."""
+    key, trusted = project_trust(ws)
+    return seal_ledger(ledger, key.private_key(), key.fingerprint, trusted, verified=verified)

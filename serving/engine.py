@@ -19,29 +19,28 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from policies.canary import CanaryPolicy, Verdict
+from policies.canary import Verdict
 from policies.serving import ServingPolicy
-from policies.signing import SigningPolicy
 from registry.digests import json_digest
-from registry.ledger import Ledger, utc_now
-from registry.release import CANARY, CHAMPION, ReleaseContext, alias, promote
+from registry.events import EventKind
+from registry.inference_log import InferenceLog, LogEntry
+from registry.ledger import utc_now
+from registry.release import CANARY, CHAMPION, alias, promote
+from registry.workspace import Workspace
 from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
-from registry.inference_log import InferenceLog, LogEntry
 from serving.metrics import ServiceMetrics
 from serving.models import IsolatedModel, InProcessModel, LoadRefused, VerifiedModel, load_verified
 from serving.router import Router
 from serving.schema import request_model
 
-__all__ = ["ClientError", "Engine", "ServingContext"]
+__all__ = ["ClientError", "Engine"]
 
 log = logging.getLogger("conveyor.serving")
 
@@ -56,39 +55,20 @@ class ClientError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class ServingContext:
-    """What the engine serves and where it keeps its state."""
-
-    release: ReleaseContext  # root, home, project, ledger, policies folder
-    signing: SigningPolicy
-    canary: CanaryPolicy
-    serving: ServingPolicy
-    tracking_uri: str
-
-    @property
-    def name(self) -> str:
-        return self.release.project.model_name
-
-    @property
-    def home(self) -> Path:
-        return self.release.home
-
-    @property
-    def ledger(self) -> Ledger:
-        return self.release.ledger
-
-
 class Engine:
-    def __init__(self, ctx: ServingContext) -> None:
+    def __init__(self, ws: Workspace) -> None:
         self._instance = uuid.uuid4().hex  # this service process: tells two deployments of one version apart
-        self.ctx = ctx
+        self.ws = ws
+        self.name = ws.model_name
+        self.serving: ServingPolicy = ws.serving_policy()
+        self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
-        self.controller = CanaryController(self.router, ctx.canary, on_promote=self._canary_passed, on_rollback=self._canary_failed)
+        self.controller = CanaryController(self.router, ws.canary_policy(), on_promote=self._canary_passed,
+                                           on_rollback=self._canary_failed)  # fmt: skip
         self.metrics = ServiceMetrics()
-        self.keys = ApiKeys(ctx.home / "serving" / "api-keys.json")
-        self.limiter = RateLimiter(ctx.serving.rate_limit.per_second, ctx.serving.rate_limit.burst)
-        self.log = InferenceLog(ctx.home / "inference" / ctx.name)
+        self.keys = ApiKeys(ws.api_keys_file)
+        self.limiter = RateLimiter(self.serving.rate_limit.per_second, self.serving.rate_limit.burst)
+        self.log = InferenceLog(ws.inference_dir(self.name))
         self.champion: InProcessModel | None = None
         self.canary: IsolatedModel | None = None
         self._request_model: Any = None
@@ -124,6 +104,7 @@ class Engine:
                 if model is not None:
                     model.verified.discard()
         self.log.close()
+        self.ledger.close()
 
     @property
     def ready(self) -> bool:
@@ -135,7 +116,7 @@ class Engine:
         """The caller's role; 401 without a valid key, 403 for a predict key at an admin endpoint, 429 over the limit."""
         role = self._role(token)
         if role is None:
-            if admin or self.ctx.serving.api_keys_required:
+            if admin or self.serving.api_keys_required:
                 self.metrics.client_errors.labels("unauthorized").inc()
                 raise ClientError(401, "a valid API key is required (header `Authorization: Bearer <key>`)")
             role = Role("anonymous", admin=False)
@@ -144,7 +125,7 @@ class Engine:
             raise ClientError(403, f"the key of {role.name!r} is not an admin key")
         if not admin and not self.limiter.allow(role.name, rate=role.per_second, burst=role.burst):
             self.metrics.client_errors.labels("rate_limited").inc()
-            rate = role.per_second or self.ctx.serving.rate_limit.per_second
+            rate = role.per_second or self.serving.rate_limit.per_second
             raise ClientError(429, f"rate limit of {rate:g} requests/s for {role.name!r} exceeded; retry later")
         return role
 
@@ -173,7 +154,7 @@ class Engine:
             if answer is not None:
                 answered_by = "canary"
             else:
-                self.metrics.fallbacks.labels(self.ctx.name).inc()
+                self.metrics.fallbacks.labels(self.name).inc()
         if answer is None:
             answer = await self._ask(champion, "champion", checked)
             if answer is None:
@@ -182,7 +163,7 @@ class Engine:
         version = model.verified.version  # type: ignore[union-attr]
         predictions = [float(v) for v in answer]
         self._record(request_id, checked, version, predictions, answered_by, model.deployment)  # type: ignore[union-attr]
-        return {"request_id": request_id, "model": self.ctx.name, "version": version, "served_by": answered_by,
+        return {"request_id": request_id, "model": self.name, "version": version, "served_by": answered_by,
                 "predictions": predictions}  # fmt: skip
 
     def _rows(self, rows: Any, key: str | None) -> list[dict[str, Any]]:
@@ -197,9 +178,9 @@ class Engine:
 
     async def _ask(self, model: InProcessModel | IsolatedModel, role: str, rows: list[dict[str, Any]]) -> np.ndarray | None:
         """The model's answer, or None when it failed (counted, and judged at once for a canary)."""
-        labels = (self.ctx.name, model.verified.version, role)
+        labels = (self.name, model.verified.version, role)
         started = time.perf_counter()
-        timeout = self.ctx.serving.canary_timeout_ms / 1000 if role == "canary" else None
+        timeout = self.serving.canary_timeout_ms / 1000 if role == "canary" else None
         try:
             answer = await model.predict(rows, timeout)
         except Exception as exc:  # noqa: BLE001 - ModelFailed, or anything else a model raised: the model's failure
@@ -224,7 +205,7 @@ class Engine:
     @property
     def _context(self) -> tuple[str, str]:
         """The row fields that are not model inputs but are logged: entity key and event time."""
-        project = self.ctx.release.project
+        project = self.ws.project()
         return project.entity_key, project.event_timestamp
 
     def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str,
@@ -235,7 +216,7 @@ class Engine:
         for i, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
             entity, at = row.get(entity_key), row.get(event_time)
             features = {name: row.get(name) for name in inputs}
-            self.log.record(LogEntry(request_id, now, self.ctx.name, version, features, prediction, served_by, i,
+            self.log.record(LogEntry(request_id, now, self.name, version, features, prediction, served_by, i,
                                      None if entity is None else str(entity), None if at is None else str(at), deployment))  # fmt: skip
 
     # -- admin ------------------------------------------------------------------------------------
@@ -247,9 +228,9 @@ class Engine:
             v = model.verified
             return {"version": v.version, "version_digest": v.version_digest, "signer": v.signer}
 
-        return {"model": self.ctx.name, "ready": self.ready, "champion": describe(self.champion),
+        return {"model": self.name, "ready": self.ready, "champion": describe(self.champion),
                 "canary": describe(self.canary), "analysis": self.controller.status(),
-                "refused": dict(self._refused), "policy": self.ctx.canary.model_dump()}  # fmt: skip
+                "refused": dict(self._refused), "policy": self.ws.canary_policy().model_dump()}  # fmt: skip
 
     def set_weight(self, weight: float, hold: bool = False) -> dict[str, Any]:
         if self.canary is None:
@@ -260,7 +241,7 @@ class Engine:
             self.controller.set_weight(weight, hold=hold)
         except ValueError as exc:
             raise ClientError(409, str(exc)) from None
-        self.metrics.weight.labels(self.ctx.name).set(weight)
+        self.metrics.weight.labels(self.name).set(weight)
         return self.status()
 
     def abort(self, reason: str) -> dict[str, Any]:
@@ -273,15 +254,13 @@ class Engine:
 
     def sync(self) -> dict[str, Any]:
         """Load whatever the ``champion`` and ``canary`` aliases point at now, if it changed."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
+        client = self.ws.mlflow()
         with self._switch:
-            wanted_champion = alias(client, self.ctx.name, CHAMPION)
+            wanted_champion = alias(client, self.name, CHAMPION)
             current = self.champion.verified.version if self.champion else None
             if wanted_champion is not None and wanted_champion != current and self._refused.get(CHAMPION) != wanted_champion:
                 self._load_champion(wanted_champion)
-            wanted_canary = alias(client, self.ctx.name, CANARY)
+            wanted_canary = alias(client, self.name, CANARY)
             if wanted_canary == (self.champion.verified.version if self.champion else None):
                 wanted_canary = None  # a canary that is already champion has nothing left to prove
             current = self.canary.verified.version if self.canary else None
@@ -292,22 +271,22 @@ class Engine:
         return self.status()
 
     def _verify(self, version: str, role: str) -> VerifiedModel | None:
-        ctx = self.ctx
+        ws = self.ws
         try:
-            verified = load_verified(f"{ctx.name}/{version}", policy=ctx.signing, root=ctx.release.root,
-                                     keys_dir=ctx.home / "keys", ledger=ctx.ledger, task=ctx.release.project.task,
-                                     workspace=ctx.home / "serving" / "models")  # fmt: skip
+            verified = load_verified(f"{self.name}/{version}", policy=ws.signing(), root=ws.root,
+                                     keys_dir=ws.keys_dir, ledger=self.ledger, task=ws.project().task,
+                                     workspace=ws.home / "serving" / "models")  # fmt: skip
         except LoadRefused as exc:
             self._refuse(version, role, str(exc))
             return None
         return verified
 
     def _refuse(self, version: str, role: str, reason: str) -> None:
-        log.error("refused to serve %s version %s as %s: %s", self.ctx.name, version, role, reason)
+        log.error("refused to serve %s version %s as %s: %s", self.name, version, role, reason)
         self._refused[role] = version
-        self.metrics.refusals.labels(self.ctx.name).inc()
-        self.ctx.ledger.append("model.load_refused", inputs=[], outputs=[],
-                               details={"name": self.ctx.name, "version": version, "role": role, "reason": reason,
+        self.metrics.refusals.labels(self.name).inc()
+        self.ledger.append(EventKind.MODEL_LOAD_REFUSED, inputs=[], outputs=[],
+                               details={"name": self.name, "version": version, "role": role, "reason": reason,
                                         "serving": {r: m.verified.version if m else None
                                                     for r, m in ((CHAMPION, self.champion), (CANARY, self.canary))}})  # fmt: skip
 
@@ -317,7 +296,7 @@ class Engine:
         details = {"name": verified.name, "version": verified.version, "role": role, "signer": verified.signer,
                    "at": utc_now(), "instance": self._instance}  # fmt: skip
         deployment = json_digest({"deployment": details, "model": verified.version_digest})
-        self.ctx.ledger.append("model.deployed", inputs=[verified.version_digest], outputs=[deployment], details=details)
+        self.ledger.append(EventKind.MODEL_DEPLOYED, inputs={"version": verified.version_digest}, outputs=[deployment], details=details)
         log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
         return deployment
 
@@ -334,7 +313,7 @@ class Engine:
         model.deployment = self._deployed(verified, CHAMPION)
         old, self.champion = self.champion, model
         self._columns = list(verified.columns)
-        self._request_model = request_model(self._columns, max_rows=self.ctx.serving.max_rows, context=self._context)
+        self._request_model = request_model(self._columns, max_rows=self.serving.max_rows, context=self._context)
         if old is not None:
             old.close()
             old.verified.discard()
@@ -357,12 +336,12 @@ class Engine:
         self.canary = model
         self._canary_seen = 0
         self.controller.start()
-        self.metrics.weight.labels(self.ctx.name).set(self.router.weight)
+        self.metrics.weight.labels(self.name).set(self.router.weight)
 
     def _stop_canary(self) -> None:
         canary, self.canary = self.canary, None
         self.controller.stop()
-        self.metrics.weight.labels(self.ctx.name).set(0)
+        self.metrics.weight.labels(self.name).set(0)
         if canary is not None:
             canary.close()
             canary.verified.discard()
@@ -371,12 +350,10 @@ class Engine:
 
     def _remove_canary_alias(self, version: str) -> bool:
         """Drop ``@canary`` if it still names ``version`` (so a restart does not bring it back)."""
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.ctx.tracking_uri)
-        if alias(client, self.ctx.name, CANARY) != version:
+        client = self.ws.mlflow()
+        if alias(client, self.name, CANARY) != version:
             return False
-        client.delete_registered_model_alias(self.ctx.name, CANARY)
+        client.delete_registered_model_alias(self.name, CANARY)
         return True
 
     def _canary_failed(self, verdict: Verdict) -> None:
@@ -386,40 +363,37 @@ class Engine:
             if canary is None:
                 return
             version = canary.verified.version
-            self.metrics.rollbacks.labels(self.ctx.name).inc()
-            self.metrics.weight.labels(self.ctx.name).set(0)
+            self.metrics.rollbacks.labels(self.name).inc()
+            self.metrics.weight.labels(self.name).set(0)
             restored = self._remove_canary_alias(version)
-            self.ctx.ledger.append("model.canary_rolled_back", inputs=[canary.verified.version_digest], outputs=[],
-                                   details={"name": self.ctx.name, "version": version, "reasons": verdict.reasons,
+            self.ledger.append(EventKind.CANARY_ROLLED_BACK, inputs={"version": canary.verified.version_digest}, outputs=[],
+                                   details={"name": self.name, "version": version, "reasons": verdict.reasons,
                                             "figures": self.controller.status(), "alias_removed": restored,
                                             "champion": self.champion.verified.version if self.champion else None})  # fmt: skip
-            log.warning("canary %s version %s rolled back: %s", self.ctx.name, version, "; ".join(verdict.reasons))
+            log.warning("canary %s version %s rolled back: %s", self.name, version, "; ".join(verdict.reasons))
             self._stop_canary()
 
     def _canary_passed(self, verdict: Verdict) -> None:
         """The last step is clean: promote through the promotion policy, then serve it as champion."""
-        import mlflow
-
         with self._switch:
             canary = self.canary
             if canary is None:
                 return
             version = canary.verified.version
-            mlflow.set_tracking_uri(self.ctx.tracking_uri)
             try:
-                outcome = promote(self.ctx.release, f"{self.ctx.name}/{version}", CHAMPION)
+                outcome = promote(self.ws, f"{self.name}/{version}", CHAMPION)
                 ok, reasons = outcome.decision.ok, outcome.decision.reasons
             except Exception as exc:  # noqa: BLE001 - a promotion error leaves the champion as it is
                 ok, reasons = False, [f"promotion failed: {exc}"]
-            self.ctx.ledger.append("model.canary_completed", inputs=[canary.verified.version_digest], outputs=[],
-                                   details={"name": self.ctx.name, "version": version, "promoted": ok,
+            self.ledger.append(EventKind.CANARY_COMPLETED, inputs={"version": canary.verified.version_digest}, outputs=[],
+                                   details={"name": self.name, "version": version, "promoted": ok,
                                             "analysis": verdict.reasons, "promotion": reasons,
                                             "figures": self.controller.status()})  # fmt: skip
             if ok:
                 self._load_champion(version)  # first: the canary keeps its share until the champion has switched
             self._stop_canary()
             if not ok:
-                log.warning("canary %s version %s cleared every step but was not promoted: %s", self.ctx.name, version, "; ".join(reasons))
+                log.warning("canary %s version %s cleared every step but was not promoted: %s", self.name, version, "; ".join(reasons))
                 self._remove_canary_alias(version)
 
     # -- background -------------------------------------------------------------------------------
@@ -432,12 +406,12 @@ class Engine:
                 return
             try:
                 self.controller.evaluate()
-                self.metrics.weight.labels(self.ctx.name).set(self.router.weight if self.canary else 0)
+                self.metrics.weight.labels(self.name).set(self.router.weight if self.canary else 0)
             except Exception:
                 log.exception("canary analysis failed")
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.ctx.serving.watch_seconds):
+        while not self._stop.wait(self.serving.watch_seconds):
             try:
                 self.sync()
             except Exception:

@@ -8,8 +8,6 @@ registry's text when no multiprocess directory is in use.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["ServiceMetrics"]
@@ -39,6 +37,8 @@ class ServiceMetrics:
 
     def render(self) -> str:
         """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import values
+
+        if values.ValueClass is not values.MutexValue:  # multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by BentoML)
             return ""
         return generate_latest(self.registry).decode()

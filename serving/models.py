@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from registry.workspace import prepare_process
 from serving.schema import Column, columns_from_signature
 
 __all__ = ["Answer", "InProcessModel", "IsolatedModel", "LoadRefused", "ModelFailed", "VerifiedModel", "load_verified"]
@@ -174,7 +175,7 @@ _child_predict: Any = None
 
 def _child_start(model_dir: str, task: str, columns: tuple[Column, ...]) -> None:
     global _child_predict  # noqa: PLW0603 - one model per child process
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    prepare_process()  # telemetry off, one BLAS thread: this child is a model process too
     _child_predict = _predictor(Path(model_dir), task, columns)
 
 

@@ -1,29 +1,29 @@
 """The BentoML service: ``POST /predict``, ``/admin/*``, and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
 
-Run it with ``conveyor serve`` (which resolves the project's settings and starts
-``bentoml serve serving.service:Conveyor`` on 127.0.0.1), or build it with ``bentoml build``.
-The project comes from the environment: ``CONVEYOR_PROJECT_FILE``, ``CONVEYOR_HOME``,
-``CONVEYOR_LEDGER_URL`` and ``CONVEYOR_MLFLOW_TRACKING_URI`` (``conveyor serve`` sets all four).
+Run it with ``conveyor serve`` (which starts ``bentoml serve serving.service:Conveyor`` on
+127.0.0.1 with the Workspace's environment), or build it with ``bentoml build``. The service
+opens its Workspace exactly as the command line does (``Workspace.open()``: the ``CONVEYOR_*``
+environment, then the project file's ``settings:``, then defaults), so a bare ``bentoml serve``
+in the project folder uses the same stores as ``conveyor serve``.
 
 One worker: the router, the canary analysis and the inference log are the state of one process,
 and the canary's model runs in a child process of its own (see ``serving.models``).
 """
 
 import logging
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # one BLAS thread per model: 1.6-1.8x throughput on 2 cores
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+from registry.workspace import Workspace, prepare_process
 
-import bentoml  # noqa: E402
-from fastapi import FastAPI, Header, HTTPException  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+prepare_process()  # telemetry off and one BLAS thread per model, before BentoML is imported
 
-from serving.engine import ClientError, Engine, ServingContext  # noqa: E402
+import bentoml  # noqa: E402 - must follow prepare_process
+from fastapi import FastAPI, Header, HTTPException  # noqa: E402 - as above
+from pydantic import BaseModel, Field  # noqa: E402 - as above
 
-__all__ = ["Conveyor", "serving_context"]
+from serving.engine import ClientError, Engine  # noqa: E402 - as above
+
+__all__ = ["Conveyor"]
 
 log = logging.getLogger("conveyor.serving")
 
@@ -39,30 +39,6 @@ class Abort(BaseModel):
 admin = FastAPI(title="Conveyor admin", description="Canary status and control: admin API keys only.")
 
 
-def serving_context() -> ServingContext:
-    """The project named by the environment, its policies, ledger and registry."""
-    import mlflow
-
-    from policies.canary import CanaryPolicy
-    from policies.loading import load_policy
-    from policies.project import load_project
-    from policies.serving import ServingPolicy
-    from policies.signing import load_signing_policy
-    from registry.ledger import Ledger
-    from registry.release import ReleaseContext
-
-    project_file = Path(os.environ.get("CONVEYOR_PROJECT_FILE", "conveyor.yaml")).absolute()
-    root = project_file.parent
-    home = Path(os.environ.get("CONVEYOR_HOME", root / ".conveyor"))
-    tracking_uri = os.environ.get("CONVEYOR_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    ledger = Ledger(os.environ.get("CONVEYOR_LEDGER_URL", f"sqlite:///{home / 'ledger.db'}"), actor=os.environ.get("CONVEYOR_ACTOR", "conveyor-serve"))
-    mlflow.set_tracking_uri(tracking_uri)
-    policies = root / "policies"
-    release = ReleaseContext(root, home, load_project(project_file, check_data=False), ledger, policies)
-    return ServingContext(release, load_signing_policy(root), load_policy(policies / "canary.yaml", CanaryPolicy),
-                          load_policy(policies / "serving.yaml", ServingPolicy), tracking_uri)  # fmt: skip
-
-
 def _token(authorization: str | None, api_key: str | None) -> str | None:
     if api_key:
         return api_key
@@ -75,7 +51,7 @@ def _token(authorization: str | None, api_key: str | None) -> str | None:
 @bentoml.asgi_app(admin, path="/admin")
 class Conveyor:
     def __init__(self) -> None:
-        self.engine = Engine(serving_context())
+        self.engine = Engine(Workspace.open().prepare())
         self.engine.start()
 
     def __is_ready__(self) -> bool:

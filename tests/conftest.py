@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,20 +20,16 @@ _PREFIXES = ("CONVEYOR_", "MLFLOW_", "PREFECT_", "BENTOML_", "FEAST_", "GX_")
 @pytest.fixture(autouse=True)
 def clean_environ(tmp_path: Path) -> Iterator[Path]:
     """No tool settings from outside; Conveyor's home in ``tmp_path``; all restored afterwards."""
-    import conveyor.settings
-
     saved = dict(os.environ)
     for name in list(os.environ):
         if name.startswith(_PREFIXES):
             del os.environ[name]
     os.environ["CONVEYOR_HOME"] = str(tmp_path / ".conveyor")
-    conveyor.settings._settings = None
     try:
         yield tmp_path
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        conveyor.settings._settings = None
         if "mlflow" in sys.modules:  # a test's registry must not leak into the next test
             sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{tmp_path / 'stray-mlflow.db'}")
 
@@ -49,7 +46,7 @@ def prefect_api() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's data files, generated once per test session."""
-    from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
+    from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
 
     folder = tmp_path_factory.mktemp("demo-data")
     files = {}
@@ -62,7 +59,7 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def demo_project(tmp_path: Path, demo_files: dict[str, Path]) -> Path:
     """A copy of the demo project (config, policies and data, no DVC) in ``tmp_path``."""
-    from pipelines.demo_data import DEMO_DATASETS
+    from conveyor.demo.data import DEMO_DATASETS
 
     root = tmp_path / "project"
     root.mkdir()
@@ -95,3 +92,12 @@ def postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
+
+
+def open_workspace(root: Path, home: Path, *, ledger_url: str | None = None, tracking_uri: str | None = None,
+                   actor: str = "tester") -> Any:  # fmt: skip
+    """The Workspace of the project at ``root`` with its stores in ``home`` (SQLite unless given)."""
+    from registry.workspace import Workspace
+
+    return Workspace.open(root, home=str(home), ledger_url=ledger_url or f"sqlite:///{home / 'ledger.db'}",
+                          mlflow_tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}", actor=actor)  # fmt: skip

@@ -1,10 +1,10 @@
-"""The service in tests: ``pipelines.local_service`` with this checkout on the path (for ``tests.faults``)."""
+"""The service in tests: ``conveyor.demo.service`` with this checkout on the path (for ``tests.faults``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.local_service import LocalService, Reply, drive, free_port
+from conveyor.demo.service import LocalService, Reply, drive, free_port
 from tests.conftest import REPO
 
 __all__ = ["Reply", "Service", "drive", "free_port"]

@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
+from tests.conftest import open_workspace
 from registry.digests import file_digest
 from registry.ledger import Ledger, event_hash
 from tests.conftest import POLICY_CODE, REPO, postgres_database
@@ -70,8 +71,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Proj
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True, env=env)
     subprocess.run([*dvc, "add", "-q", "data/loans.csv"], cwd=root, check=True, env=env)
     project = Project(root, home)
-    request = TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home), ledger_url=project.ledger_url,
-                              mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", actor="trainer")  # fmt: skip
+    request = open_workspace(root, home, ledger_url=project.ledger_url, actor="trainer")
     run_training(request)
     run_training(request)
     os.environ["CONVEYOR_HOME"] = str(home)
@@ -370,8 +370,7 @@ def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_lo
         shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
         shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
         shutil.copy(small_loans, root / "data" / "loans.csv")
-        run_training(TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home), ledger_url=url,
-                                     mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", actor="trainer"))  # fmt: skip
+        run_training(open_workspace(root, home, ledger_url=url, actor="trainer"))
         monkeypatch.setenv("CONVEYOR_HOME", str(home))
         monkeypatch.setenv("CONVEYOR_LEDGER_URL", url)
         project = Project(root, home)

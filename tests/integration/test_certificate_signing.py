@@ -11,7 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
+from tests.conftest import open_workspace
 from tests.ca import OrgCA
 
 pytestmark = pytest.mark.slow
@@ -29,10 +30,7 @@ def test_model_signed_with_an_organisation_certificate(project: Path, tmp_path: 
     }  # fmt: skip
     (project / "policies" / "signing.yaml").write_text(yaml.safe_dump(policy))
     home = tmp_path / ".conveyor"
-    outcome = run_training(TrainingRequest(
-        config_file=str(project / "conveyor.yaml"), root=str(project), home=str(home),
-        ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", actor="ci",
-    ))  # fmt: skip
+    outcome = run_training(open_workspace(project, home, actor="ci"))
     assert outcome.version == "1"
 
     runner = CliRunner()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
+from tests.conftest import open_workspace
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -30,11 +31,7 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
     assert json.loads((project / "build" / "validation.json").read_text())["success"] is True
     reproduced = json.loads((project / "build" / "metrics.json").read_text())
 
-    direct = run_training(TrainingRequest(
-        config_file=str(project / "conveyor.yaml"), root=str(project), home=str(tmp_path / "direct"),
-        ledger_url=f"sqlite:///{tmp_path / 'direct' / 'ledger.db'}", actor="tester",
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'direct' / 'mlflow.db'}",
-    ))  # fmt: skip
+    direct = run_training(open_workspace(project, tmp_path / "direct"))
     assert reproduced == pytest.approx(direct.metrics, abs=1e-6)
     assert "Registered loan-default version 1" in done.stdout
 

@@ -13,28 +13,28 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from typing import Any
+
 import httpx
 import pandas as pd
 import pytest
 
+from pipelines.loop import drift_flow
 from pipelines.retraining import add_labels, check_drift
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
 from policies.project import load_project
 from registry.inference_log import InferenceLog, LogEntry
 from registry.ledger import Ledger
-from registry.release import ReleaseContext, alias, promote
-from tests.conftest import POLICY_CODE, REPO
+from registry.release import alias, promote
+from tests.conftest import POLICY_CODE, REPO, open_workspace
 from tests.service import free_port
 
 pytestmark = pytest.mark.slow
 NAME = "loan-default"
 
 
-def _request(root: Path) -> TrainingRequest:
-    home = root / ".conveyor"
-    return TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
-                           ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                           actor="monitor-test")  # fmt: skip
+def _request(root: Path) -> Any:
+    return open_workspace(root, root / ".conveyor", actor="monitor-test")
 
 
 def _log(root: Path, frame: pd.DataFrame, version: str = "1") -> None:
@@ -56,8 +56,6 @@ def _events(root: Path, kind: str) -> list:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Path:
     """A project with a signed, registered, promoted champion (small data), copied for each test."""
-    import mlflow
-
     root = tmp_path_factory.mktemp("monitoring") / "project"
     (root / "data").mkdir(parents=True)
     shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
@@ -65,10 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Path
     shutil.copy(small_loans, root / "data" / "loans.csv")
     request = _request(root)
     version = run_training(request).version
-    mlflow.set_tracking_uri(request.mlflow_tracking_uri)
-    with Ledger(request.ledger_url) as ledger:
-        ctx = ReleaseContext(root, Path(request.home), load_project(root / "conveyor.yaml"), ledger, root / "policies")
-        assert promote(ctx, f"{NAME}/{version}", "champion").decision.ok
+    assert promote(request, f"{NAME}/{version}", "champion").decision.ok
     return root
 
 
@@ -126,7 +121,7 @@ def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: P
     added = add_labels(request, labels, start=False)
     assert added.complete and added.matched == 2_000 and added.quality.status in ("ok", "breach")
 
-    first = check_drift(request, "2000")
+    first = drift_flow(request, "2000")
     assert first.started is not None and first.retraining is not None, first.result.trigger
     assert first.retraining.status == "completed", first.retraining.reason
     new = first.retraining.version
@@ -135,14 +130,14 @@ def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: P
     assert first.started.trigger in trained_event.inputs
     trigger_event = _events(project, "retraining.triggered")[-1]
     assert first.result.report_digest in trigger_event.inputs
-    client = MlflowClient(tracking_uri=request.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=request.tracking_uri)
     assert alias(client, NAME, "champion") == "1"  # never straight to champion
     if first.retraining.canary:
         assert alias(client, NAME, "canary") == new
     derived = [e for e in _events(project, "dataset.versioned") if e.details.get("derived_from")]
     assert derived and added.digest in derived[-1].details["derived_from"]
 
-    again = check_drift(request, "2000")
+    again = drift_flow(request, "2000")
     assert again.started is None and again.retraining is None
     assert "already started for this window" in again.result.trigger or "cooldown" in again.result.trigger
     assert len(_events(project, "retraining.triggered")) == 1
@@ -157,10 +152,10 @@ def test_a_failed_retraining_leaves_the_champion_serving(project: Path, traffic)
     labels = project / "data" / "bad-labels.csv"
     bad.to_csv(labels, index=False)
     add_labels(request, labels, start=False)
-    outcome = check_drift(request, "2000")
+    outcome = drift_flow(request, "2000")
     assert outcome.retraining is not None and outcome.retraining.status == "failed"
     assert "expectation" in outcome.retraining.reason and "purpose" in outcome.retraining.reason
-    client = MlflowClient(tracking_uri=request.mlflow_tracking_uri)
+    client = MlflowClient(tracking_uri=request.tracking_uri)
     assert alias(client, NAME, "champion") == "1" and alias(client, NAME, "canary") is None
     failed = _events(project, "retraining.failed")
     assert len(failed) == 1 and outcome.started.trigger in failed[0].inputs

@@ -17,7 +17,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
+from tests.conftest import open_workspace
 from registry.ledger import Ledger
 from tests.conftest import POLICY_CODE, REPO
 
@@ -64,10 +65,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Reg
     reg = Registry(root, home)
 
     def train() -> None:
-        run_training(TrainingRequest(
-            config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
-            ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=reg.mlflow_uri, actor="trainer",
-        ))  # fmt: skip
+        run_training(open_workspace(root, home, tracking_uri=reg.mlflow_uri, actor="trainer"))
 
     (root / "conveyor.yaml").write_text(config)
     train()

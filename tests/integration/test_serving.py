@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
 from registry.ledger import Ledger
-from registry.release import ReleaseContext, alias, promote
+from registry.release import alias, promote
 from serving.auth import ApiKeys
-from tests.conftest import POLICY_CODE, REPO
+from tests.conftest import POLICY_CODE, REPO, open_workspace
 from tests.service import Reply, Service, drive
 
 pytestmark = pytest.mark.slow
@@ -99,21 +99,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
     (root / "policies" / "promotion.yaml").write_text(yaml.safe_dump(promotion))
     config = (REPO / "conveyor.yaml").read_text()
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    request = TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
-                              ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=uri, actor="trainer")  # fmt: skip
+    request = open_workspace(root, home, tracking_uri=uri, actor="trainer")
 
     versions = {}
     (root / "conveyor.yaml").write_text(config)
     versions["champion"] = run_training(request).version
-    import mlflow
     from mlflow import MlflowClient
 
-    from policies.project import load_project
-
-    with Ledger(f"sqlite:///{home / 'ledger.db'}") as ledger:
-        ctx = ReleaseContext(root, home, load_project(root / "conveyor.yaml", check_data=False), ledger, root / "policies")
-        mlflow.set_tracking_uri(uri)
-        assert promote(ctx, f"{NAME}/{versions['champion']}", "champion").decision.ok
+    assert promote(request, f"{NAME}/{versions['champion']}", "champion").decision.ok
     project = yaml.safe_load(config)  # the canaries are trained against this champion, as in real life
     for name, params in FAULTS.items():
         project["estimator"] = {"class": "tests.faults.FaultyClassifier", "params": params}

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import TrainingRequest, run_training
+from pipelines.training import run_training
+from tests.conftest import open_workspace
 from registry.ledger import Ledger
 
 pytestmark = pytest.mark.slow
@@ -36,17 +39,16 @@ def registry_versions(tmp_path: Path, name: str = "loan-default") -> list:
     return mlflow_client(tmp_path).search_model_versions(f"name = '{name}'")
 
 
-def request(project: Path, tmp_path: Path, data: Path | None = None) -> TrainingRequest:
-    return TrainingRequest(
-        config_file=str(project / "conveyor.yaml"), root=str(project), home=str(tmp_path / ".conveyor"),
-        ledger_url=f"sqlite:///{tmp_path / '.conveyor' / 'ledger.db'}", actor="tester",
-        mlflow_tracking_uri=f"sqlite:///{tmp_path / '.conveyor' / 'mlflow.db'}",
-        data=str(data) if data else None,
-    )  # fmt: skip
+def request(project: Path, tmp_path: Path) -> Any:
+    return open_workspace(project, tmp_path / ".conveyor")
 
 
-def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(prefect_api: None, project: Path, tmp_path: Path) -> None:
+def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
+    prefect_api: None, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("CONVEYOR_FLOWS", "prefect")  # the run as a Prefect flow run, which this test reads back
 
     result = conveyor(project, "train", "--metrics", str(tmp_path / "metrics.json"))
     assert result.exit_code == 0, result.output

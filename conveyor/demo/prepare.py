@@ -1,7 +1,6 @@
-"""``conveyor demo``: the bundled project, end to end, on generated data.
+"""The demo's data: build (or find) its files, pin them in DVC, record them in the ledger.
 
-At this stage it builds (or finds) the demo's data files, pins them in DVC and records them in
-the ledger. The demo is an ordinary project: its columns live in ``conveyor.yaml`` only.
+The demo is an ordinary project: its columns live in ``conveyor.yaml`` only.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.datasets import DatasetRef, version_dataset
-from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
+from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
 from registry.ledger import Ledger
 
 __all__ = ["DemoDataset", "prepare_demo_data"]
@@ -36,7 +35,7 @@ def prepare_demo_data(root: Path, ledger: Ledger) -> list[DemoDataset]:
             frame = generate(spec)
             write_csv(frame, path)
             rows = len(frame)
-        details = {"demo": name, "generator": "pipelines.demo_data", "seed": spec.seed}
+        details = {"demo": name, "generator": "conveyor.demo.data", "seed": spec.seed}
         ref = version_dataset(path, ledger, root=root, details=details, track=True)
         prepared.append(DemoDataset(name, ref, rows is not None, rows))
     return prepared

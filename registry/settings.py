@@ -4,21 +4,22 @@ Each field comes from, first to last: the environment (``CONVEYOR_<FIELD>``), th
 section of the project file (``conveyor.yaml``), the default here. Every embedded store lives
 under ``home`` (``.conveyor/`` in the project) unless a URL points elsewhere.
 
-Nothing happens at import: ``get_settings()`` reads once, on first use.
+Nothing happens at import. ``read_settings()`` reads them; the ``Workspace``
+(``registry.workspace``) is built from them and is what every entry point uses.
 """
 
 from __future__ import annotations
 
 import getpass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.errors import ConfigInvalid
 
-__all__ = ["Settings", "configure", "get_settings"]
+__all__ = ["FLOW_MODES", "Settings", "read_settings"]
 
 
 def _default_actor() -> str:
@@ -38,6 +39,14 @@ class Settings(BaseSettings):
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in home")
     mlflow_tracking_uri: str | None = Field(None, description="default: SQLite in home")
     actor: str = Field(default_factory=_default_actor)
+    prefect_api_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CONVEYOR_PREFECT_API_URL", "PREFECT_API_URL", "prefect_api_url"),
+        description="a Prefect server; default: none (flows run their stages in this process)",
+    )
+    flows: Literal["auto", "prefect", "direct"] = Field(
+        "auto", description="auto: Prefect flow runs when a Prefect server is set, stages in process otherwise"
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -102,14 +111,10 @@ class _ProjectFileSection(PydanticBaseSettingsSource):
         return section
 
 
-_settings: Settings | None = None
-
-
-def configure(**overrides: Any) -> Settings:
-    """Read the settings again, with ``overrides`` first in line (e.g. from ``--config``)."""
-    global _settings
+def read_settings(**overrides: Any) -> Settings:
+    """The settings, with ``overrides`` first in line (e.g. from ``--config``); ``None`` values are skipped."""
     try:
-        _settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(f"`{'.'.join(map(str, e['loc']))}`: {e['msg']}" for e in exc.errors())
         raise ConfigInvalid(
@@ -117,9 +122,6 @@ def configure(**overrides: Any) -> Settings:
             hint=f"Settings come from CONVEYOR_<NAME> variables or the `settings:` section of the "
             f"project file; known names: {', '.join(Settings.model_fields)}.",
         ) from None
-    return _settings
 
 
-def get_settings() -> Settings:
-    """The settings, read on first use and kept."""
-    return _settings if _settings is not None else configure()
+FLOW_MODES = ("auto", "prefect", "direct")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from registry.dvc_files import dvc_recorded_md5
-from pipelines.demo_data import DEMO_DATASETS, generate, write_csv
+from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
 from registry.digests import file_hashes
 from tests.conftest import REPO
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.local_service import LocalService, drive
-from pipelines.retraining import add_labels, drift_flow
-from pipelines.training import TrainingRequest
-from policies.project import ProjectConfig, load_project
-from registry.ledger import Ledger
+from conveyor.demo.service import LocalService, drive
+from pipelines.loop import drift_flow, labels
+from policies.project import ProjectConfig
+from registry.events import EventKind, typed
+from registry.workspace import Workspace
 
 __all__ = ["LoopStep", "run_loop"]
 
@@ -39,20 +39,18 @@ class LoopStep:
     links: list[str] = field(default_factory=list)
 
 
-def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
+def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
     """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step."""
     from serving.auth import ApiKeys
 
-    project = load_project(request.config_file, check_data=False)
-    home = Path(request.home)
-    keys = ApiKeys(home / "serving" / "api-keys.json")
+    project = ws.project()
+    keys = ApiKeys(ws.api_keys_file)
     client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
     admin = keys.create("demo-admin", admin=True)
     steps: list[LoopStep] = []
-    stores = {"CONVEYOR_HOME": request.home, "CONVEYOR_LEDGER_URL": request.ledger_url,
-              "CONVEYOR_MLFLOW_TRACKING_URI": request.mlflow_tracking_uri}  # the service uses this run's stores
-    service = LocalService(Path(request.config_file), env=stores, log=home / "logs" / "demo-serve.log")
-    log = home / "inference" / project.model_name
+    stores = {k: v for k, v in ws.environment().items() if k.startswith("CONVEYOR_")}  # the service uses this run's stores
+    service = LocalService(ws.project_file, env=stores, log=ws.home / "logs" / "demo-serve.log")
+    log = ws.inference_dir(project.model_name)
 
     def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
         say(f"{name}...")
@@ -65,15 +63,15 @@ def run_loop(request: TrainingRequest, reference: Path, drifted: Path, say: Call
         timed("serve the champion on 127.0.0.1", lambda: (_start(service), [str(service.log)]))
         past = _rows(reference, project, _TRAFFIC_ROWS, tail=True)
         timed("reference-period traffic", lambda: (_traffic(service, client, past, log), []))
-        timed("drift check (reference traffic)", lambda: _drift(request, len(past)))
+        timed("drift check (reference traffic)", lambda: _drift(ws, len(past)))
         later = _rows(drifted, project, _TRAFFIC_ROWS)
         timed("drifted traffic", lambda: (_traffic(service, client, later, log), []))
-        timed("labels arrive for the drifted applications", lambda: _labels(request, drifted))
+        timed("labels arrive for the drifted applications", lambda: _labels(ws, drifted))
         retrained: dict[str, Any] = {}
-        timed("drift check (drifted traffic) -> retraining", lambda: _drift(request, len(later), retrained))
+        timed("drift check (drifted traffic) -> retraining", lambda: _drift(ws, len(later), retrained))
         if retrained.get("canary"):
             timed(f"canary v{retrained['version']}: weighted traffic and analysis",
-                  lambda: _canary(service, client, admin, later, request, retrained["version"]))  # fmt: skip
+                  lambda: _canary(service, client, admin, later, ws, retrained["version"]))  # fmt: skip
     finally:
         service.stop()
         keys.revoke("demo-traffic")
@@ -117,8 +115,8 @@ def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]], log:
     return f"{len(replies):,} requests, {ok:,} answered and logged"
 
 
-def _drift(request: TrainingRequest, rows: int, retrained: dict[str, Any] | None = None) -> tuple[str, list[str]]:
-    outcome = drift_flow(request, str(rows))
+def _drift(ws: Workspace, rows: int, retrained: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+    outcome = drift_flow(ws, str(rows))
     result = outcome.result
     text = result.describe()
     if result.trigger:
@@ -131,19 +129,19 @@ def _drift(request: TrainingRequest, rows: int, retrained: dict[str, Any] | None
     return text, [str(p) for p in (result.html, result.report) if p]
 
 
-def _labels(request: TrainingRequest, path: Path) -> tuple[str, list[str]]:
-    outcome = add_labels(request, path, start=False)  # in the demo, drift is what starts the retraining
+def _labels(ws: Workspace, path: Path) -> tuple[str, list[str]]:
+    outcome = labels(ws, path, start=False)  # in the demo, drift is what starts the retraining
     return f"{outcome.rows:,} labels, {outcome.matched:,} joined; {outcome.quality.describe()}", [outcome.joined or ""]
 
 
-def _canary(service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], request: TrainingRequest,
+def _canary(service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], ws: Workspace,
             version: str) -> tuple[str, list[str]]:  # fmt: skip
     service.admin("POST", "reload", admin).raise_for_status()
     deadline = time.monotonic() + _CANARY_SECONDS
     verdict: dict[str, Any] = {}
 
     def decided() -> bool:
-        verdict.update(_verdict(request, version))
+        verdict.update(_verdict(ws, version))
         return bool(verdict) or time.monotonic() > deadline
 
     keys = [f"applicant-{i}" for i in range(200)]
@@ -154,14 +152,15 @@ def _canary(service: LocalService, token: str, admin: str, rows: list[dict[str, 
     return f"{verdict['kind']}: {verdict['why']} ({len(replies):,} requests, {errors} client errors)", []
 
 
-def _verdict(request: TrainingRequest, version: str) -> dict[str, Any]:
+def _verdict(ws: Workspace, version: str) -> dict[str, Any]:
     """The canary's end in the ledger: promoted (``model.canary_completed``) or rolled back."""
-    with Ledger(request.ledger_url, actor=request.actor) as ledger:
-        for event in ledger.latest(["model.canary_completed", "model.canary_rolled_back"], limit=5):
-            if str(event.details.get("version")) == version:
-                if event.kind == "model.canary_completed" and event.details.get("promoted"):
+    with ws.ledger() as ledger:
+        for event in ledger.latest([EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], limit=5):
+            details = typed(event)
+            if str(details.version) == version:
+                if event.kind == EventKind.CANARY_COMPLETED and details.promoted:
                     return {"kind": "promoted to champion", "why": "every step within the canary policy"}
-                if event.kind == "model.canary_completed":
-                    return {"kind": "not promoted", "why": "; ".join(event.details.get("promotion", []))}
-                return {"kind": "rolled back", "why": "; ".join(event.details.get("reasons", [])) or "see the ledger"}
+                if event.kind == EventKind.CANARY_COMPLETED:
+                    return {"kind": "not promoted", "why": "; ".join(details.promotion)}
+                return {"kind": "rolled back", "why": "; ".join(details.reasons) or "see the ledger"}
     return {}

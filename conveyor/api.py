@@ -1,0 +1,210 @@
+"""Conveyor from Python: the same verbs as the command line, on a ``Workspace``.
+
+    import conveyor
+
+    ws = conveyor.Workspace.open(".")               # a project folder, or its conveyor.yaml
+    ws.validate()                                   # -> ValidationResult (raises ValidationFailed)
+    trained = ws.train()                            # -> TrainingOutcome
+    ws.verify("loan-default@candidate")             # -> VerificationReport (.ok, .links)
+    ws.promote("loan-default@candidate", to="champion")   # -> PromotionOutcome (.decision)
+    ws.lineage("loan-default@champion", up=True)    # -> LineageResult (.start, .walks)
+    ws.audit("loan-default@champion")               # -> AuditReport (.ok, .links)
+
+Each returns the typed result the command prints (and ``--json`` serialises); a refusal the
+command exits 1 for is a result with ``ok`` false, a mistake is a ``ConveyorError``. Opening a
+Workspace reads the settings (environment, the project file's ``settings:``, defaults) and
+changes nothing; the first verb that needs the stores prepares the process for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.workspace import Workspace as _Workspace
+
+if TYPE_CHECKING:
+    from monitoring.drift import DriftResult  # noqa: F401 - named in docstrings
+    from pipelines.retraining import DriftOutcome, LabelsOutcome
+    from pipelines.training import TrainingOutcome
+    from pipelines.validate import ValidationResult
+    from registry.audit import AuditReport
+    from registry.evidence import EvidenceReport
+    from registry.ledger import ChainReport
+    from registry.lineage import Lineage
+    from registry.lookup import Start
+    from registry.release import PromotionOutcome
+    from registry.seals import Seal
+    from registry.verify import VerificationReport
+
+__all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
+
+
+@dataclass(frozen=True)
+class LineageResult:
+    """Where a lineage query started and what it found, one walk per direction."""
+
+    start: Start
+    walks: list[Lineage]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start.label, "note": self.start.note, "digests": list(self.start.digests),
+                **{w.direction: w.to_dict() for w in self.walks}}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    """The ledger's whole chain, checked; and the seal made on it, when asked for."""
+
+    chain: ChainReport
+    ledger: str  # the ledger's URL, without a password
+    sealed: Seal | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {k: v for k, v in self.chain.__dict__.items() if k != "milestones"}
+        return {"ledger": self.ledger, **body, "sealed": self.sealed.seq if self.sealed else None}
+
+
+class Workspace(_Workspace):
+    """A project and its stores, with the verbs of the command line."""
+
+    _prepared = False
+
+    def prepare(self) -> Workspace:
+        super().prepare()
+        self._prepared = True
+        return self
+
+    def _ready(self) -> Workspace:
+        return self if self._prepared else self.prepare()
+
+    # -- data and training ---------------------------------------------------------------------
+
+    def validate(self, data: str | Path | None = None) -> ValidationResult:
+        """Version the data and validate it against its suite; raises ``ValidationFailed`` naming each failure."""
+        from pipelines.training import validate_only
+
+        return validate_only(self._ready(), data)
+
+    def train(self, data: str | Path | None = None) -> TrainingOutcome:
+        """Validate, build features, train, evaluate, sign and register (``@candidate``)."""
+        from pipelines.training import training_flow
+
+        return training_flow(self._ready(), data)
+
+    # -- release -------------------------------------------------------------------------------
+
+    def verify(self, ref: str) -> VerificationReport:
+        """Every link of ``MODEL/VERSION`` or ``MODEL@ALIAS``: signature, provenance, tags, ledger."""
+        from registry.verify import verify_version
+
+        self._ready()
+        with self.ledger() as ledger:
+            return verify_version(ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger)
+
+    def promote(self, ref: str, *, to: str, dry_run: bool = False) -> PromotionOutcome:
+        """Verify ``ref``, decide by ``policies/promotion.yaml``, move ``to`` (canary or champion)."""
+        from pipelines.release import score_champion
+        from policies.errors import ConveyorError
+        from registry.release import promote
+
+        if to not in ("canary", "champion"):
+            raise ConveyorError(f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion.")
+        return promote(self._ready(), ref, to, dry_run=dry_run, score_champion=score_champion)
+
+    def rollback(self, model: str | None = None) -> tuple[str, str]:
+        """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version)."""
+        from registry.release import rollback
+
+        return rollback(self._ready(), model or self.model_name)
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def lineage(
+        self, target: str | None = None, *, at: str | None = None, model: str | None = None,
+        up: bool = False, down: bool = False, depth: int | None = None,
+    ) -> LineageResult:  # fmt: skip
+        """Where ``target`` came from (``up``) and what it fed (``down``; both when neither is given).
+
+        ``target``: a file (hashed), a digest, ``MODEL/VERSION``, ``MODEL@ALIAS``, ``deployment:N``,
+        ``event:N`` or ``request:ID``; or ``at`` a time: what was serving then."""
+        from policies.errors import ConveyorError, NotFound
+        from registry.lineage import walk
+        from registry.lookup import find_start, parse_time, serving_at
+
+        if (target is None) == (at is None):
+            raise ConveyorError("Say where to start: a TARGET or --at TIME (one of them).",
+                                hint="e.g. `conveyor lineage loan-default@champion` or `conveyor lineage --at 2026-11-21T14:30`.")  # fmt: skip
+        directions = ["upstream"] * (up or not down) + ["downstream"] * (down or not up)
+        with self.ledger() as ledger:
+            if at is not None:
+                start = serving_at(ledger, parse_time(at), model)
+            else:
+                start = find_start(str(target), ledger, inference=self.inference_dir(), tracking_uri=self.tracking_uri)
+            walks = [walk(ledger, start.digests, d, depth) for d in directions]  # type: ignore[arg-type]
+        if not any(w.events for w in walks):
+            raise NotFound(
+                f"The ledger has no event that names {start.label}.",
+                hint="It was never recorded by Conveyor, or the file changed since (new content, new "
+                "digest): `conveyor demo` or `conveyor train` record data when they use it.",
+            )
+        return LineageResult(start, walks)
+
+    def audit(self, ref: str, *, export: str | Path | None = None) -> AuditReport:
+        """Re-verify the whole record of ``ref``, link by link; with ``export``, also write an evidence bundle."""
+        import tempfile
+
+        from registry.audit import audit_version
+        from registry.evidence import export_evidence
+        from registry.seals import project_trust
+
+        self._ready()
+        with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
+            report = audit_version(ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, keep=Path(keep))
+            if export is not None and report.verification.version_digest is not None:
+                key, trusted = project_trust(self)
+                report.evidence = export_evidence(report, ledger, Path(export), key=key, trusted=trusted, root=self.root)
+                report.evidence_key = key.fingerprint
+        return report
+
+    def audit_ledger(self, *, seal: bool = False) -> LedgerAudit:
+        """Check the ledger's whole chain; with ``seal``, sign a checkpoint of it when it holds."""
+        from registry.seals import MILESTONE_EVERY, seal_with_project_key
+
+        with self.ledger() as ledger:
+            chain = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
+            sealed = seal_with_project_key(self, ledger, chain) if seal and chain.ok else None
+            return LedgerAudit(chain, ledger.display_url, sealed)
+
+    def seal(self) -> Seal:
+        """Check the whole chain, then seal it with the project key."""
+        from registry.seals import seal_with_project_key
+
+        with self.ledger() as ledger:
+            return seal_with_project_key(self, ledger)
+
+    # -- monitoring ----------------------------------------------------------------------------
+
+    def drift(self, window: str | None = None, *, retrain: bool = True) -> DriftOutcome:
+        """Check the champion's traffic over ``window``; a breach starts a retraining unless ``retrain`` is false."""
+        from pipelines.loop import drift_flow
+
+        return drift_flow(self._ready(), window, start=retrain)
+
+    def add_labels(self, path: str | Path, *, retrain: bool = True) -> LabelsOutcome:
+        """Join ground truth to logged predictions and judge quality; a breach starts a retraining."""
+        from pipelines.loop import labels
+
+        return labels(self._ready(), Path(path), start=retrain)
+
+
+def verify_bundle(bundle: str | Path, *, fingerprint: str | None = None) -> EvidenceReport:
+    """Verify an evidence bundle offline: no project, registry, ledger or network needed."""
+    from registry.evidence import verify_evidence
+
+    return verify_evidence(Path(bundle), pinned=fingerprint)

@@ -1,0 +1,50 @@
+"""The ``conveyor`` command line: the front door, kept thin and fast.
+
+One module per group of users: ``data`` (config, expectations, validate, train, keys),
+``release`` (verify, promote, rollback), ``record`` (lineage, audit, export), ``serving``
+(serve, api-key, canary), ``monitoring`` (drift, labels, monitor), ``demo``. Each command parses
+its options, calls the Python API (``conveyor.api``) and prints; the commands import what they
+need when they run, so ``conveyor --help`` loads no heavy library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from conveyor.cli._common import Group
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    cls=Group,
+    help="Conveyor: validated data in, signed and served models out, every step on the record.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain help: rich's help renderer alone costs ~0.2 s at start
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Project config file (default: conveyor.yaml, or $CONVEYOR_PROJECT_FILE)."),
+    ] = None,
+) -> None:
+    ctx.obj = {"config": config}
+
+
+from conveyor.cli import data, demo, monitoring, record, release, serving  # noqa: E402 - they register on ``app``
+
+for module in (data, release, record, serving, monitoring, demo):
+    module.register(app)
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()

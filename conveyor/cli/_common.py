@@ -1,0 +1,101 @@
+"""What every command shares: the Workspace from ``--config``, output, errors, progress.
+
+Commands parse, call the Python API (``conveyor.api.Workspace``), and print. A ``ConveyorError``
+is printed as one paragraph (what failed, why, what to do) and sets the exit code; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from conveyor.api import Workspace
+
+__all__ = ["JSON", "Group", "emit_json", "out", "progress", "sub_app", "workspace"]
+
+JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+class Group(TyperGroup):
+    """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        from policies.errors import ConveyorError
+
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            _print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _print_error(exc: Any) -> None:
+    from rich.markup import escape
+
+    text = f"[bold red]Error:[/] {escape(exc.message)}"
+    if exc.hint:
+        text += f" {escape(exc.hint)}"
+    _console(stderr=True).print(text, soft_wrap=True)
+
+
+def sub_app(help_text: str) -> typer.Typer:
+    """A command group, with the same error handling and plain help as the root."""
+    return typer.Typer(cls=Group, help=help_text, no_args_is_help=True, rich_markup_mode=None)
+
+
+@lru_cache(maxsize=2)
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+def out(text: Any = "") -> None:
+    """One line (or a rich renderable, e.g. a table) on standard output."""
+    if isinstance(text, str):
+        _console().print(text, markup=False, soft_wrap=True)
+    else:
+        _console().print(text)
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@contextmanager
+def progress(what: str, *, quiet: bool = False) -> Iterator[None]:
+    """A spinner with ``what`` while a step runs, on a terminal only (never with ``--json``)."""
+    console = _console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(what, spinner="dots"):
+        yield
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    """The Workspace of this invocation: ``--config`` first in line, then the environment, the
+    project file's ``settings:``, defaults. Third-party warnings and log lines are quieted."""
+    from conveyor.api import Workspace
+    from registry.workspace import quiet_libraries
+
+    root = ctx.find_root()
+    if not isinstance(root.obj, dict):
+        root.obj = {}
+    if "workspace" not in root.obj:
+        config = root.obj.get("config")
+        ws = Workspace.open(config) if config else Workspace.open()
+        ws.prepare()  # telemetry off and the tools' homes in .conveyor/ before any heavy import
+        quiet_libraries()
+        root.obj["workspace"] = ws
+    return root.obj["workspace"]  # type: ignore[no-any-return]

@@ -1,0 +1,136 @@
+"""Data and training: ``config check``, ``expectations init``, ``validate``, ``train``, ``keys``, ``version``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli._common import out, progress, sub_app, workspace
+
+__all__ = ["print_outcome", "register"]
+
+config_app = sub_app("Check the project config (conveyor.yaml).")
+keys_app = sub_app("Manage the project's signing key.")
+expectations_app = sub_app("Write and review the data's expectation suite.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(version)
+    app.command()(validate)
+    app.command()(train)
+    app.add_typer(config_app, name="config")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(expectations_app, name="expectations")
+
+
+def version() -> None:
+    """Show Conveyor's version and the versions of the libraries it is built on."""
+    from importlib import metadata
+
+    out(f"conveyor {metadata.version('conveyor')}")
+    for name in ("prefect", "mlflow", "dvc", "feast", "great-expectations", "bentoml", "evidently",
+                 "model-signing", "sigstore", "scikit-learn", "pandas"):  # fmt: skip
+        try:
+            out(f"  {name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out(f"  {name} (not installed)")
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context) -> None:
+    """Read the project config, check it (and its columns against the data), and summarise it."""
+    ws = workspace(ctx)
+    project = ws.project(check_data=True)
+    out(f"{ws.project_file}: valid")
+    out(f"  model      {project.model_name} ({project.task})")
+    out(f"  data       {project.data}" + ("" if project.data.is_file() else "  (not present yet)"))
+    out(f"  entity     {project.entity_key}, time {project.event_timestamp}, target {project.target}")
+    out(f"  features   {len(project.features.numeric)} numeric, {len(project.features.categorical)} categorical")
+    out(f"  estimator  {project.estimator.class_path}")
+
+
+@expectations_app.command("init")
+def expectations_init(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Data file to learn from (default: the config's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing suite.")] = False,
+) -> None:
+    """Write a starter suite from the config and the data, to review and tighten by hand."""
+    from pipelines.validate import write_starter_suite
+
+    ws = workspace(ctx)
+    target, suite = write_starter_suite(ws.project(check_data=True), ws.root, data, force=force)
+    out(f"Wrote {len(suite['expectations'])} expectations to {target}; review them before relying on them.")
+
+
+def validate(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Validate this file instead of the config's `data`.")] = None,
+    summary: Annotated[Path | None, typer.Option(help="Also write a JSON summary here (for DVC).")] = None,
+) -> None:
+    """Validate the data against its expectation suite; exit 1 naming every failed expectation."""
+    ws = workspace(ctx)
+    with progress("Validating the data (Great Expectations)..."):
+        result = ws.validate(data)
+    if summary:
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps({"success": result.success, "evaluated": result.evaluated,
+                                       "report": result.digest}, indent=2) + "\n")  # fmt: skip
+    out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
+    if result.docs:
+        out(f"Data Docs: {result.docs}")
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help="Train on this file instead of the config's `data`.")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Also write the holdout metrics here as JSON (for DVC).")] = None,
+) -> None:
+    """Validate, build features, train, evaluate, sign and register a model (a Prefect flow on a server)."""
+    ws = workspace(ctx)
+    with progress("Training: validate, features, train, evaluate, sign, register..."):
+        outcome = ws.train(data)
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        metrics.write_text(json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n")
+    print_outcome(outcome)
+
+
+def print_outcome(outcome: Any) -> None:
+    out(f"Registered {outcome.name} version {outcome.version} as @{outcome.alias} (signed, provenance verified).")
+    out(f"  model    {outcome.model_digest}")
+    out(f"  version  {outcome.version_digest}")
+    out(f"  data     {outcome.data_digest}  ({outcome.rows_out:,} of {outcome.rows_in:,} rows joined)")
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
+    out(f"  holdout  {metrics}")
+    if outcome.champion_metrics:
+        champion = ", ".join(f"{k} {v:.4f}" for k, v in outcome.champion_metrics.items())
+        out(f"  champion v{outcome.champion_version}: {champion}")
+    for check in outcome.behaviour:
+        out(f"  behaviour {check['feature']} +{check['delta']:g} -> {check['direction']}: {check['share']:.0%} of rows")
+    out(f"  report   {outcome.validation_report}")
+    out(f"Next: `conveyor lineage {outcome.version_digest}` walks back to the data.")
+
+
+@keys_app.command("init")
+def keys_init(ctx: typer.Context) -> None:
+    """Create the project's signing key pair (EC P-256) if there is none, and show it."""
+    from registry.keys import load_or_create_key
+
+    key = load_or_create_key(workspace(ctx).keys_dir)
+    out(f"Signing key: {key.private_path} (private, mode 0600)")
+    out(f"Public key:  {key.public_path}")
+    out(f"Fingerprint: {key.fingerprint}")
+
+
+@keys_app.command("show")
+def keys_show(ctx: typer.Context) -> None:
+    """Show the project's public key and its fingerprint."""
+    from registry.keys import show_public_key
+
+    pem, fingerprint = show_public_key(workspace(ctx).keys_dir)
+    out(pem)
+    out(f"Fingerprint: {fingerprint}")

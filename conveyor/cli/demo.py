@@ -1,0 +1,31 @@
+"""``conveyor demo``: the bundled project, end to end."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from conveyor.cli._common import out, workspace
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+
+
+def demo(
+    ctx: typer.Context,
+    data_only: Annotated[bool, typer.Option("--data-only", help="Only build and version the demo data.")] = False,
+    no_loop: Annotated[bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")] = False,
+) -> None:  # fmt: skip
+    """Run the bundled demo: data, a signed champion, then the whole loop.
+
+    Serves the champion on 127.0.0.1, sends reference-period then drifted traffic, checks drift,
+    adds labels, retrains on the new data, and lets the canary analysis promote or roll back the
+    new model; prints a summary. The service is stopped at the end.
+    """
+    from conveyor.demo.run import run_demo
+
+    run_demo(workspace(ctx), out, data_only=data_only, loop=not no_loop)

@@ -1,0 +1,77 @@
+"""Release, for CI: ``verify``, ``promote``, ``rollback`` (exit 0 ok, 1 refused, 2 usage or setup)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli._common import JSON, emit_json, out, progress, workspace
+
+__all__ = ["print_promotion", "register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)
+    app.command()(promote)
+    app.command()(rollback)
+
+
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS.")],
+    as_json: JSON = False,
+) -> None:
+    """Verify a registered version: signature, provenance, registry tags and ledger, link by link."""
+    with progress(f"Verifying {ref}...", quiet=as_json):
+        report = workspace(ctx).verify(ref)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for link in report.links:
+            out(f"{'PASS' if link.ok else 'FAIL'}  {link.name:10s} {link.detail}")
+        out(f"{ref}: {'verified' if report.ok else 'NOT verified'}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def promote(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS.")],
+    to: Annotated[str, typer.Option("--to", help="canary or champion.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and explain, change nothing.")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
+    from policies.errors import ConveyorError
+
+    if to not in ("canary", "champion"):
+        raise ConveyorError(f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion.")
+    with progress(f"Verifying {ref} and deciding by policies/promotion.yaml...", quiet=as_json):
+        outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run)
+    if as_json:
+        emit_json(outcome.to_dict())
+    else:
+        print_promotion(outcome)
+    if not outcome.decision.ok:
+        raise typer.Exit(1)
+
+
+def print_promotion(outcome: Any) -> None:
+    verdict = "would be promoted" if outcome.dry_run and outcome.decision.ok else (
+        "promoted" if outcome.decision.ok else "refused")  # fmt: skip
+    replaced = f" (previous {outcome.target}: version {outcome.previous})" if outcome.decision.ok and outcome.previous else ""
+    out(f"{outcome.name} version {outcome.version} to {outcome.target}: {verdict}{replaced}")
+    for reason in outcome.decision.reasons:
+        out(f"  - {reason}")
+    if outcome.event:
+        out(f"  recorded as ledger event #{outcome.event}")
+
+
+def rollback(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="The registered model's name.")],
+) -> None:
+    """Point @champion back at the champion the last promotion replaced."""
+    current, previous = workspace(ctx).rollback(model)
+    out(f"{model}: champion rolled back from version {current} to version {previous}.")

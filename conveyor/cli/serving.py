@@ -1,0 +1,138 @@
+"""Serving, for operators: ``serve``, ``api-key``, ``canary``."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli._common import JSON, emit_json, out, sub_app, workspace
+
+__all__ = ["register"]
+
+api_key_app = sub_app("Manage the service's API keys.")
+canary_app = sub_app("Watch and steer the canary of a running service.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(api_key_app, name="api-key")
+    app.add_typer(canary_app, name="canary")
+
+
+def serve(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Serve @champion, and @canary when one is set, behind one endpoint (BentoML)."""
+    import sys
+
+    ws = workspace(ctx)
+    ws.project()  # a broken config fails here, in one paragraph
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Conveyor", "--host", host, "--port", str(port)]
+    out(f"Serving {ws.root.name} on http://{host}:{port} (Ctrl-C stops it cleanly)")
+    sys.stdout.flush()
+    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1"}
+    os.execve(sys.executable, command, env)  # BentoML owns the process: signals reach it directly
+
+
+@api_key_app.command("create")
+def api_key_create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Who the key is for (a client, a team).")],
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key: /admin endpoints, `conveyor canary`.")] = False,
+    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="This key's own limit, requests/s (default: policies/serving.yaml).")] = None,
+    burst: Annotated[int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")] = None,
+) -> None:  # fmt: skip
+    """Create an API key; it is shown once and stored only as a salted hash."""
+    from serving.auth import ApiKeys
+
+    key = ApiKeys(workspace(ctx).api_keys_file).create(name, admin=admin, per_second=rate, burst=burst)
+    out(key)
+    typer.echo(f"{'Admin' if admin else 'Predict'} key for {name!r}: keep it now, it is not shown again.", err=True)
+
+
+@api_key_app.command("list")
+def api_key_list(ctx: typer.Context) -> None:
+    """The keys' ids, owners and roles (never the keys)."""
+    from serving.auth import ApiKeys
+
+    for entry in ApiKeys(workspace(ctx).api_keys_file).entries():
+        out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}")
+
+
+_URL = typer.Option("--url", help="The service (default: http://127.0.0.1:3000, or $CONVEYOR_SERVICE_URL).")
+_TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMIN_KEY).")
+
+
+def _call(method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    from serving.admin import DEFAULT_URL, admin_call
+
+    return admin_call(method, path, url or os.environ.get("CONVEYOR_SERVICE_URL", DEFAULT_URL),
+                      token or os.environ.get("CONVEYOR_ADMIN_KEY"), body)  # fmt: skip
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    champion, canary, analysis = status.get("champion"), status.get("canary"), status.get("analysis", {})
+    out(f"{status['model']}: champion {champion['version'] if champion else 'none'}, "
+        f"canary {canary['version'] if canary else 'none'}")  # fmt: skip
+    if canary:
+        out(f"  weight {analysis['weight']:g}% (step {analysis['step'] + 1}), state {analysis['state']}, "
+            f"{analysis['canary_requests']} canary requests, {analysis['canary_errors']} errors")  # fmt: skip
+    verdict = analysis.get("last_verdict")
+    if verdict:
+        out(f"  last verdict: {verdict['action']}: {'; '.join(verdict['reasons'])}")
+    for role, version in (status.get("refused") or {}).items():
+        out(f"  refused as {role}: version {version} (did not verify; see the ledger)")
+
+
+@canary_app.command("status")
+def canary_status(
+    ctx: typer.Context, url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+    as_json: JSON = False,
+) -> None:  # fmt: skip
+    """The canary's weight, step and last verdict (from the ledger when no service is running)."""
+    status = _call("GET", "status", url, token)
+    if status is None:
+        from serving.admin import canary_history
+
+        ws = workspace(ctx)
+        with ws.ledger() as ledger:
+            status = canary_history(ledger, ws.model_name)
+    if as_json:
+        emit_json(status)
+    elif "events" in status:
+        out(f"No service answered; the ledger's last canary events for {status['model']}:")
+        for event in status["events"]:
+            out(f"  #{event['seq']} {event['time']} {event['kind']} version {event['version']}: {event['summary']}")
+    else:
+        _print_status(status)
+
+
+@canary_app.command("set-weight")
+def canary_set_weight(
+    weight: Annotated[float, typer.Argument(help="Percent of requests for the canary (0-100).")],
+    hold: Annotated[bool, typer.Option("--hold", help="Stay at this weight (rollback still applies) until the next set-weight.")] = False,
+    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+) -> None:  # fmt: skip
+    """Move the canary's weight by hand; the analysis goes on from there."""
+    _print_status(_running(_call("POST", "weight", url, token, {"weight": weight, "hold": hold})))
+
+
+@canary_app.command("abort")
+def canary_abort(
+    reason: Annotated[str, typer.Option("--reason", help="Why, for the ledger.")] = "no reason given",
+    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+) -> None:  # fmt: skip
+    """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
+    _print_status(_running(_call("POST", "abort", url, token, {"reason": reason})))
+
+
+def _running(status: dict[str, Any] | None) -> dict[str, Any]:
+    from policies.errors import ConveyorError
+
+    if status is None:
+        raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")
+    return status

@@ -1,0 +1,92 @@
+"""``conveyor demo``: data, a signed champion, then the whole loop, an audit and a seal.
+
+Every step is an ordinary Conveyor operation on the project's Workspace; ``say`` prints a line.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.api import Workspace
+
+__all__ = ["run_demo"]
+
+
+def run_demo(ws: Workspace, say: Callable[[Any], None], *, data_only: bool = False, loop: bool = True) -> None:
+    """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false after the champion."""
+    from conveyor.cli.data import print_outcome
+    from conveyor.cli.release import print_promotion
+    from conveyor.demo.prepare import prepare_demo_data
+
+    with ws.ledger() as ledger:
+        prepared = prepare_demo_data(ws.root, ledger)
+    for item in prepared:
+        ref = item.ref
+        made = f"generated {item.rows:,} rows" if item.generated else "found on disk"
+        recorded = "recorded as" if ref.newly_recorded else "already recorded as"
+        say(f"{ref.path.relative_to(ws.root)}: {made}, {ref.size:,} bytes")
+        say(f"  content  {ref.digest}")
+        say(f"  DVC md5  {ref.md5}")
+        say(f"  ledger   {recorded} event #{ref.event}")
+    if data_only:
+        return
+    say("")
+    say("Training on the first version (validate, features, train, evaluate, sign, register)...")
+    outcome = ws.train(prepared[0].ref.path)
+    print_outcome(outcome)
+    say("")
+    say(f"Promoting {outcome.name}/{outcome.version} to champion (verify, then policies/promotion.yaml decides)...")
+    print_promotion(ws.promote(f"{outcome.name}/{outcome.version}", to="champion"))
+    if not loop:
+        return
+    say("")
+    say("The loop: serve, watch for drift, retrain, canary (policies/drift.yaml, policies/canary.yaml)...")
+    from conveyor.demo.loop import run_loop
+
+    started = time.monotonic()
+    steps = run_loop(ws, prepared[0].ref.path, prepared[1].ref.path, say)
+    say("")
+    _summary(steps, time.monotonic() - started, say)
+    say("")
+    say(f"Auditing {outcome.name}@champion end to end, then sealing the ledger...")
+    graph = _audit_and_seal(ws, f"{outcome.name}@champion", say)
+    say("")
+    first = prepared[0].ref.path.relative_to(ws.root)
+    say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} (then http://127.0.0.1:5000)")
+    say(f"Reports:    {ws.reports}")
+    say(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
+    say(f"            the champion's graph: {graph}")
+    say(f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle.")
+
+
+def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> None:
+    from rich.table import Table
+
+    table = Table(title="The loop", title_justify="left", show_edge=False)
+    table.add_column("step")
+    table.add_column("time", justify="right")
+    table.add_column("outcome", overflow="fold")
+    for step in steps:
+        table.add_row(step.step, f"{step.seconds:.1f}s", "\n".join([step.outcome, *(link for link in step.links if link)]))
+    table.add_row("the loop", f"{seconds:.1f}s", "")
+    say(table)
+
+
+def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None]) -> Any:
+    from conveyor.lineage_html import lineage_page
+
+    report = ws.audit(ref)
+    sealed = ws.seal()
+    graph = ws.reports / "lineage-champion.html"
+    digest = report.verification.version_digest
+    if digest:
+        found = ws.lineage(digest)
+        graph.write_text(lineage_page(found.walks, ref), encoding="utf-8")
+    failed = [link.name for link in report.links if not link.ok]
+    v = report.verification
+    say(f"  {v.name} version {v.version}: {len(report.links) - len(failed)} of {len(report.links)} links verified"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; ledger sealed at event #{sealed.seq:,}.")
+    return graph

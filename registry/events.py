@@ -1,0 +1,328 @@
+"""What the ledger records: every event kind, its inputs and outputs by role, its details as a model.
+
+One table says it all (``SPECS``): for each ``EventKind``, the roles of its input digests and of its
+output digests, in the order they are stored, and the typed model of its details. Writers name
+their inputs (``inputs={"data": d, "suite": s}``) and the ledger stores the digests in that order,
+with the role names in the details (``"input_roles"``); readers ask ``input_of(event, "data")``.
+
+Ledgers written before roles were recorded hash exactly as before (the chain is untouched); their
+events are read by the positions the code of that time wrote, which ``SPECS`` also gives
+(``legacy_inputs``). Details are checked against the kind's model when written: a misspelt or
+mistyped key is a bug, refused before it reaches the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.errors import LedgerError
+
+if TYPE_CHECKING:
+    from registry.ledger import LedgerEvent
+
+__all__ = ["INPUT_ROLES", "SPECS", "EventKind", "EventSpec", "check_details", "input_of", "inputs_by_role", "typed"]
+
+INPUT_ROLES = "input_roles"  # the details key that names each stored input's role
+
+
+class EventKind(StrEnum):
+    """Every kind of event the ledger holds (the value is what is stored and hashed)."""
+
+    DATASET_VERSIONED = "dataset.versioned"
+    DATA_VALIDATED = "data.validated"
+    FEATURES_BUILT = "features.built"
+    MODEL_TRAINED = "model.trained"
+    MODEL_EVALUATED = "model.evaluated"
+    MODEL_SIGNED = "model.signed"
+    MODEL_REGISTERED = "model.registered"
+    MODEL_PROMOTED = "model.promoted"
+    MODEL_PROMOTION_REFUSED = "model.promotion_refused"
+    MODEL_ROLLED_BACK = "model.rolled_back"
+    MODEL_DEPLOYED = "model.deployed"
+    MODEL_LOAD_REFUSED = "model.load_refused"
+    CANARY_ROLLED_BACK = "model.canary_rolled_back"
+    CANARY_COMPLETED = "model.canary_completed"
+    DRIFT_CHECKED = "drift.checked"
+    LABELS_ADDED = "labels.added"
+    QUALITY_CHECKED = "quality.checked"
+    RETRAINING_TRIGGERED = "retraining.triggered"
+    RETRAINING_STARTED = "retraining.started"
+    RETRAINING_SKIPPED = "retraining.skipped"
+    RETRAINING_FAILED = "retraining.failed"
+    RETRAINING_COMPLETED = "retraining.completed"
+
+
+class _Details(BaseModel):
+    """Details as read: keys a later version added are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class DatasetVersioned(_Details):
+    path: str
+    md5: str
+    size: int
+    dvc: str
+    derived_from: list[str] | None = None  # a file made from others (labelled data)
+    labels_for: str | None = None  # a labels file: which model's predictions it labels
+    complete: bool | None = None  # ... and whether it carries every feature (new training data)
+    demo: str | None = None  # the demo's generated files: which, by what, from which seed
+    generator: str | None = None
+    seed: int | None = None
+
+
+class DataValidated(_Details):
+    success: bool
+    evaluated: int
+    failed: int
+    report: str
+    suite: str
+
+
+class FeaturesBuilt(_Details):
+    rows_in: int
+    rows_out: int
+    dropped: Any = None
+    training_set: str  # the training set's file, which promotion scoring and drift reference read
+    feature_view: str | None = None
+
+
+class ModelTrained(_Details):
+    run_id: str
+    model_id: str
+    estimator: str
+    train_rows: int
+    holdout_from: str | None = None
+    files: dict[str, str]
+    cause: str | None = None
+
+
+class ModelEvaluated(_Details):
+    metrics: dict[str, float]
+    champion: str | None = None
+    champion_metrics: dict[str, float] | None = None
+    behaviour_passed: bool
+    holdout_rows: int
+    holdout_from: str | None = None
+    report: str
+
+
+class ModelSigned(_Details):
+    signer: str
+    code_commit: str
+    code_dirty: bool | None = None
+
+
+class ModelRegistered(_Details):
+    name: str
+    version: str
+    alias: str
+    signer: str | None = None
+
+
+class Promotion(_Details):
+    name: str
+    version: str | None
+    target: str
+    ok: bool
+    reasons: list[str]
+    previous: str | None = None
+    champion_before: str | None = None
+    policy: str
+
+
+class RolledBack(_Details):
+    name: str
+    from_: str | None = Field(None, alias="from")  # stored as "from": a Python keyword
+    to: str
+
+
+class Deployed(_Details):
+    name: str
+    version: str
+    role: str
+    signer: str | None = None
+    at: str | None = None
+    instance: str | None = None  # the service process: tells two deployments of one version apart
+
+
+class LoadRefused(_Details):
+    name: str
+    version: str
+    role: str
+    reason: str
+    serving: dict[str, str | None] | None = None
+
+
+class CanaryRolledBack(_Details):
+    name: str
+    version: str
+    reasons: list[str]
+    figures: dict[str, Any] | None = None
+    alias_removed: bool | None = None
+    champion: str | None = None
+
+
+class CanaryCompleted(_Details):
+    name: str
+    version: str
+    promoted: bool
+    analysis: list[str]
+    promotion: list[str]
+    figures: dict[str, Any] | None = None
+
+
+class DriftChecked(_Details):
+    model: str
+    version: str
+    status: str
+    window: str
+    window_rows: int
+    since: str | None = None
+    until: str | None = None
+    share: float | None = None
+    drifted: list[str]
+    report: str
+    html: str | None = None
+    snapshot: str | None = None
+    trigger: str | None = None
+
+
+class LabelsAdded(_Details):
+    model: str
+    path: str
+    rows: int
+    matched: int
+    complete: bool
+    joined: str | None = None
+
+
+class QualityChecked(_Details):
+    model: str
+    status: str
+    metric: str
+    bound: str
+    version: str
+    value: float | None = None
+    labelled: int
+    per_version: dict[str, dict[str, float]] = {}
+    trigger: str | None = None
+
+
+class RetrainingTriggered(_Details):
+    cause: str
+    model: str
+    champion: str
+    since: str
+    until: str
+    evidence: str | None = None
+    reason: str | None = None
+    decision: str | None = None
+
+
+class RetrainingStarted(_Details):
+    model: str
+
+
+class RetrainingSkipped(_Details):
+    reason: str
+
+
+class RetrainingFailed(_Details):
+    error: str
+    hint: str | None = None
+
+
+class RetrainingCompleted(_Details):
+    version: str
+    canary: bool
+    reasons: list[str]
+    data: str
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One kind: its input roles (in stored order; optional ones may be absent), output roles, details."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    details: type[_Details]
+    legacy_inputs: tuple[str, ...] | None = None  # positions of ledgers written before roles; default: ``inputs``
+
+
+SPECS: dict[EventKind, EventSpec] = {
+    EventKind.DATASET_VERSIONED: EventSpec((), ("data",), DatasetVersioned),
+    EventKind.DATA_VALIDATED: EventSpec(("data", "suite"), ("report",), DataValidated),
+    EventKind.FEATURES_BUILT: EventSpec(("data", "validation", "feature_definitions"), ("training_set",), FeaturesBuilt),
+    EventKind.MODEL_TRAINED: EventSpec(("training_set", "config", "cause"), ("model", "*files"), ModelTrained),
+    EventKind.MODEL_EVALUATED: EventSpec(("model", "training_set"), ("report",), ModelEvaluated),
+    EventKind.MODEL_SIGNED: EventSpec(("model", "data", "validation"), ("bundle", "provenance"), ModelSigned),
+    EventKind.MODEL_REGISTERED: EventSpec(("model", "bundle", "provenance"), ("version",), ModelRegistered),
+    EventKind.MODEL_PROMOTED: EventSpec(("version", "policy"), ("decision",), Promotion),
+    EventKind.MODEL_PROMOTION_REFUSED: EventSpec(("version", "policy"), ("decision",), Promotion),
+    EventKind.MODEL_ROLLED_BACK: EventSpec(("from_version", "to_version"), (), RolledBack),
+    EventKind.MODEL_DEPLOYED: EventSpec(("version",), ("deployment",), Deployed),
+    EventKind.MODEL_LOAD_REFUSED: EventSpec((), (), LoadRefused),
+    EventKind.CANARY_ROLLED_BACK: EventSpec(("version",), (), CanaryRolledBack),
+    EventKind.CANARY_COMPLETED: EventSpec(("version",), (), CanaryCompleted),
+    EventKind.DRIFT_CHECKED: EventSpec(("version", "reference", "window"), ("report", "html", "snapshot"), DriftChecked),
+    EventKind.LABELS_ADDED: EventSpec(("labels",), ("joined",), LabelsAdded),
+    EventKind.QUALITY_CHECKED: EventSpec(("joined", "version"), (), QualityChecked),
+    EventKind.RETRAINING_TRIGGERED: EventSpec(("evidence", "version"), ("trigger",), RetrainingTriggered),
+    EventKind.RETRAINING_STARTED: EventSpec(("trigger",), (), RetrainingStarted),
+    EventKind.RETRAINING_SKIPPED: EventSpec(("trigger", "data"), (), RetrainingSkipped),
+    EventKind.RETRAINING_FAILED: EventSpec(("trigger",), (), RetrainingFailed),
+    EventKind.RETRAINING_COMPLETED: EventSpec(("trigger", "version"), (), RetrainingCompleted),
+}
+
+
+def _spec(kind: str) -> EventSpec | None:
+    try:
+        return SPECS[EventKind(kind)]
+    except ValueError:
+        return None
+
+
+def check_details(kind: str, details: Mapping[str, Any], roles: tuple[str, ...] | None = None) -> None:
+    """Refuse details (and input roles) that do not fit the kind's model: a writer's bug."""
+    spec = _spec(kind)
+    if spec is None:
+        raise LedgerError(f"{kind!r} is not an event kind Conveyor records.", hint="Use one of registry.events.EventKind.")
+    body = {k: v for k, v in details.items() if k != INPUT_ROLES}
+    known = {field.alias or name for name, field in spec.details.model_fields.items()}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise LedgerError(f"{kind} events have no detail {', '.join(unknown)}.", hint=f"Known: {', '.join(sorted(known))}.")
+    try:
+        spec.details.model_validate(body)
+    except ValidationError as exc:
+        raise LedgerError(f"{kind} details do not fit their model: {exc.errors()[0]['msg']}.", hint="A bug: fix the writer.") from None
+    for role in roles or ():
+        if role not in spec.inputs:
+            raise LedgerError(f"{kind} events have no input role {role!r}.", hint=f"Known: {', '.join(spec.inputs)}.")
+
+
+def inputs_by_role(event: LedgerEvent) -> dict[str, str]:
+    """The event's inputs by role: as recorded, or for an older event by the positions written then."""
+    roles = event.details.get(INPUT_ROLES)
+    if roles is None:
+        spec = _spec(event.kind)
+        roles = (spec.legacy_inputs or spec.inputs) if spec else ()
+    return {role: digest for role, digest in zip(roles, event.inputs, strict=False)}
+
+
+def input_of(event: LedgerEvent, role: str) -> str | None:
+    """The digest of the event's input in ``role``, or None."""
+    return inputs_by_role(event).get(role)
+
+
+def typed(event: LedgerEvent) -> Any:
+    """The event's details as its kind's model (keys unknown to the model are kept)."""
+    spec = _spec(event.kind)
+    body = {k: v for k, v in event.details.items() if k != INPUT_ROLES}
+    return spec.details.model_validate(body) if spec else _Details.model_validate(body)

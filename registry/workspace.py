@@ -1,0 +1,371 @@
+"""The Workspace: the one context every entry point uses (CLI, service, flows, Python API).
+
+A Workspace is built from the settings (environment, then the project file's ``settings:``,
+then defaults; see ``registry.settings``) and owns what a command, a flow run or the service
+needs to know about the project::
+
+    ws = Workspace.open(".")          # a project folder or its conveyor.yaml
+    ws.root, ws.home, ws.policies     # where things are
+    ws.ledger()                       # the lineage ledger (a context manager)
+    ws.mlflow()                       # an MLflow client on the project's tracking store
+    ws.champion("loan-default")       # the version @champion points at, or None
+    ws.policy("promotion")            # parsed, cached, with its digest
+    ws.params()                       # plain strings: Prefect flow parameters, the service's environment
+
+This module is also the only code that touches process-wide state: the tools' telemetry
+switches and homes (``prepare_process``), and MLflow's process-wide tracking URI, which MLflow's
+fluent API and ``models:/`` URIs read (``bind_mlflow``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from policies.errors import ConfigInvalid, NotFound
+from registry.settings import Settings, read_settings
+
+if TYPE_CHECKING:
+    from policies.canary import CanaryPolicy
+    from policies.drift import DriftPolicy
+    from policies.project import ProjectConfig
+    from policies.promotion import PromotionPolicy
+    from policies.serving import ServingPolicy
+    from policies.signing import SigningPolicy
+    from registry.ledger import Ledger
+
+__all__ = ["POLICIES", "TELEMETRY_OFF", "LoadedPolicy", "Workspace", "prepare_process", "quiet_libraries"]
+
+# Verified switches (see LIBRARIES.md): each tool reports otherwise on import, serve or CLI.
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "true",  # Prefect, Evidently (MLflow ignores the value "1")
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "FEAST_USAGE": "False",
+    "HF_HUB_OFFLINE": "1",
+}
+
+# The policy files a project may hold, by the name ``Workspace.policy`` takes.
+POLICIES: dict[str, str] = {
+    "promotion": "policies.promotion:PromotionPolicy",
+    "canary": "policies.canary:CanaryPolicy",
+    "serving": "policies.serving:ServingPolicy",
+    "drift": "policies.drift:DriftPolicy",
+    "signing": "policies.signing:SigningPolicy",
+}
+# Policies a project may leave out: the default is then the documented one (signing: the project key).
+_OPTIONAL = {"signing"}
+
+Policy = TypeVar("Policy")
+_mlflow_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LoadedPolicy(Generic[Policy]):
+    """A policy file as it was read: the typed rules, the file and its content digest."""
+
+    name: str
+    path: Path
+    digest: str | None  # None when the file is absent and the documented default applies
+    value: Policy
+
+
+def prepare_process(environment: dict[str, str] | None = None) -> None:
+    """Telemetry off and one BLAS thread per model process; then ``environment`` on top.
+
+    Safe to call more than once; every entry point calls it before a heavy import.
+    """
+    for name, value in TELEMETRY_OFF.items():
+        os.environ[name] = value
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # 1.6-1.8x model throughput on 2 cores
+    os.environ.update(environment or {})
+
+
+# Libraries whose log lines and warnings are theirs to fix, not the user's: a command prints its
+# own summary, and refusals arrive as one ConveyorError paragraph.
+_CHATTY_LOGGERS = (
+    "prefect", "mlflow", "great_expectations", "feast", "dvc", "alembic", "py.warnings",
+    "bentoml", "evidently", "urllib3", "httpx",
+)  # fmt: skip
+
+
+def quiet_libraries() -> None:
+    """Keep third-party warnings and INFO logs off the terminal (the command line calls this)."""
+    import logging
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _stamp(path: Path) -> str | None:
+    """What tells a changed file from the one parsed before: its content's hash (None when absent)."""
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class Workspace:
+    """A project and its stores: where they are, how to open them, which policies rule them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Parsed files, kept while the file on disk is unchanged (keyed by its content's hash).
+        self._policies: dict[str, tuple[str | None, LoadedPolicy[Any]]] = {}
+        self._projects: dict[bool, tuple[str | None, ProjectConfig]] = {}
+
+    # -- building one ------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, **overrides: Any) -> Workspace:
+        """The project at ``path`` (a folder holding ``conveyor.yaml``, or the config file itself).
+
+        Without ``path``: ``$CONVEYOR_PROJECT_FILE``, else ``./conveyor.yaml``. ``overrides`` are
+        settings (``home``, ``ledger_url``, ``mlflow_tracking_uri``, ``actor``, ...) ahead of the
+        environment and the project file.
+        """
+        if path is not None:
+            given = Path(path).expanduser()
+            overrides["project_file"] = given / "conveyor.yaml" if given.is_dir() else given
+        return cls(read_settings(**overrides))
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Workspace:
+        """The Workspace ``params()`` describes (Prefect flow parameters); relative paths are taken
+        from the working directory, where a deployment's worker runs."""
+        values = {k: v for k, v in params.items() if k in Settings.model_fields and v is not None}
+        for name in ("ledger_url", "mlflow_tracking_uri"):
+            prefix = "sqlite:///"
+            value = values.get(name)
+            if isinstance(value, str) and value.startswith(prefix) and not value[len(prefix) :].startswith("/"):
+                values[name] = prefix + str(Path(value[len(prefix) :]).absolute())
+        for name in ("project_file", "home"):
+            if name in values:
+                values[name] = str(Path(values[name]).absolute())
+        return cls(read_settings(**values))
+
+    def params(self) -> dict[str, str]:
+        """Every setting as a plain string: for flow parameters, or to rebuild this Workspace elsewhere."""
+        s = self.settings
+        values = {
+            "project_file": str(s.project_file), "home": str(s.home), "ledger_url": str(s.ledger_url),
+            "mlflow_tracking_uri": str(s.mlflow_tracking_uri), "actor": s.actor, "flows": s.flows,
+        }  # fmt: skip
+        if s.prefect_api_url:
+            values["prefect_api_url"] = s.prefect_api_url
+        return values
+
+    def environment(self) -> dict[str, str]:
+        """The environment a child process (the service, a flow's worker) needs to open this same
+        Workspace, with the tools' homes inside ``home`` and their telemetry off."""
+        home = self.home
+        return {
+            **TELEMETRY_OFF,
+            **{f"CONVEYOR_{k.upper()}": v for k, v in self.params().items()},
+            "PREFECT_HOME": str(home / "prefect"),
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",  # 20 s is tight on 2 cores
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "BENTOML_HOME": str(home / "bentoml"),
+            "GX_HOME": str(home / "gx"),
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # a triggered flow run starts within a second
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "TQDM_DISABLE": "1",
+        }
+
+    def prepare(self) -> Workspace:
+        """Make this process ready for the heavy libraries: telemetry off, the tools' homes in
+        ``home``, MLflow pointed at this project. Creates ``home``. Returns self."""
+        import sys
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        prepare_process(self.environment())  # MLFLOW_TRACKING_URI among them: MLflow reads it on first use
+        if "mlflow" in sys.modules:  # already imported (and perhaps pointed elsewhere): point it here
+            self.bind_mlflow()
+        return self
+
+    # -- where things are --------------------------------------------------------------------
+
+    @property
+    def project_file(self) -> Path:
+        return self.settings.project_file
+
+    @property
+    def root(self) -> Path:
+        return self.settings.project_root
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def policies(self) -> Path:
+        """The folder of policy files."""
+        return self.root / "policies"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.settings.keys_dir
+
+    @property
+    def reports(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def api_keys_file(self) -> Path:
+        return self.home / "serving" / "api-keys.json"
+
+    def inference_dir(self, model: str | None = None) -> Path:
+        """The inference log's folder: all models', or one model's."""
+        folder = self.home / "inference"
+        return folder / model if model else folder
+
+    @property
+    def ledger_url(self) -> str:
+        return str(self.settings.ledger_url)
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self.settings.mlflow_tracking_uri)
+
+    @property
+    def actor(self) -> str:
+        return self.settings.actor
+
+    @property
+    def prefect_api_url(self) -> str | None:
+        return self.settings.prefect_api_url
+
+    @property
+    def uses_prefect(self) -> bool:
+        """Whether flows run as Prefect flow runs (a server is set, or ``flows: prefect``)."""
+        mode = self.settings.flows
+        return mode == "prefect" or (mode == "auto" and bool(self.prefect_api_url))
+
+    # -- what it holds -----------------------------------------------------------------------
+
+    def project(self, *, check_data: bool = False) -> ProjectConfig:
+        """The project config, parsed (and with ``check_data``, its columns checked against the data)."""
+        from policies.project import load_project
+
+        stamp = _stamp(self.project_file)
+        kept = self._projects.get(check_data)
+        if kept is None or kept[0] != stamp or stamp is None:
+            kept = (stamp, load_project(self.project_file, check_data=check_data))
+            self._projects[check_data] = kept
+        return kept[1]
+
+    @property
+    def model_name(self) -> str:
+        return self.project().model_name
+
+    def ledger(self, actor: str | None = None) -> Ledger:
+        """A new connection to the lineage ledger: ``with ws.ledger() as ledger: ...``."""
+        from registry.ledger import Ledger
+
+        return Ledger(self.ledger_url, actor=actor or self.actor)
+
+    def bind_mlflow(self) -> None:
+        """Point MLflow's process-wide tracking and registry URIs at this project's store.
+
+        MLflow's fluent API (``start_run``, ``log_model``) and ``models:/`` downloads read them;
+        this is the only place Conveyor sets them.
+        """
+        import mlflow
+
+        with _mlflow_lock:
+            if mlflow.get_tracking_uri() != self.tracking_uri:
+                mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_registry_uri(self.tracking_uri)
+
+    @cached_property
+    def _client(self) -> Any:
+        from mlflow import MlflowClient
+
+        self.bind_mlflow()
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def mlflow(self) -> Any:
+        """An MLflow client on this project's tracking store and registry (MLflow is bound to it too)."""
+        return self._client
+
+    def alias(self, alias: str, model: str | None = None) -> str | None:
+        """The version ``model@alias`` points at, or None (default model: the project's)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.mlflow().get_model_version_by_alias(model or self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def champion(self, model: str | None = None) -> str | None:
+        """The version ``@champion`` points at, or None when there is none yet."""
+        return self.alias("champion", model)
+
+    def policy(self, name: str) -> LoadedPolicy[Any]:
+        """The policy ``policies/<name>.yaml``, parsed and checked (cached), with its digest.
+
+        A malformed file is a ``PolicyInvalid`` naming the field; a missing one too, except for
+        ``signing`` (a project without one signs with, and trusts, its own key).
+        """
+        if name not in POLICIES:
+            raise ConfigInvalid(f"There is no policy called {name!r}.", hint=f"Known policies: {', '.join(POLICIES)}.")
+        stamp = _stamp(self.policies / f"{name}.yaml")
+        kept = self._policies.get(name)
+        if kept is None or kept[0] != stamp:
+            kept = (stamp, self._load_policy(name))
+            self._policies[name] = kept
+        return kept[1]
+
+    def _load_policy(self, name: str) -> LoadedPolicy[Any]:
+        from importlib import import_module
+
+        from policies.loading import load_policy
+        from registry.digests import file_digest
+
+        module, _, cls_name = POLICIES[name].partition(":")
+        model = getattr(import_module(module), cls_name)
+        path = self.policies / f"{name}.yaml"
+        if name in _OPTIONAL and not path.exists():
+            return LoadedPolicy(name, path, None, model())
+        value = load_policy(path, model)
+        return LoadedPolicy(name, path, file_digest(path), value)
+
+    # Typed shorthands for the policies most code reads.
+    def promotion_policy(self) -> PromotionPolicy:
+        return self.policy("promotion").value  # type: ignore[no-any-return]
+
+    def canary_policy(self) -> CanaryPolicy:
+        return self.policy("canary").value  # type: ignore[no-any-return]
+
+    def serving_policy(self) -> ServingPolicy:
+        return self.policy("serving").value  # type: ignore[no-any-return]
+
+    def drift_policy(self) -> DriftPolicy:
+        return self.policy("drift").value  # type: ignore[no-any-return]
+
+    def signing(self) -> SigningPolicy:
+        return self.policy("signing").value  # type: ignore[no-any-return]
+
+    def require_project(self) -> Workspace:
+        """Raise unless the project file exists (commands that need a project call this first)."""
+        if not self.project_file.is_file():
+            raise NotFound(
+                f"No project config at {self.project_file}.",
+                hint="Run the command in a project folder, or pass --config (the demo's is conveyor.yaml).",
+            )
+        return self
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.project_file)!r}, home={str(self.home)!r})"
