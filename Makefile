@@ -14,20 +14,26 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test sync bench clean
+.PHONY: demo test check sync bench clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv
 
 sync: $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
-	$(UV) sync --frozen --python $(PYTHON) --quiet
+	$(UV) sync --frozen --python $(PYTHON) --quiet --compile-bytecode
 
 demo: sync
 	$(VENV)/bin/conveyor demo
 
-# The tests run with a private PostgreSQL on 127.0.0.1 (started, then stopped, by the script).
-test: sync
+# Lint, format and types first; then the suite, with a private PostgreSQL on 127.0.0.1 (started,
+# then stopped, by the script).
+check: sync
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: check
 	bash scripts/with-test-services.sh $(VENV)/bin/python -m pytest
 
 bench: sync

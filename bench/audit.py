@@ -31,9 +31,9 @@ import sqlalchemy as sa
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from ledger import EVENTS_PER_RUN, fill, percentiles, query_figures  # noqa: E402
+from ledger import EVENTS_PER_RUN, fill, percentiles, query_figures
 
-from registry.ledger import Ledger  # noqa: E402
+from registry.ledger import Ledger
 
 REPO = HERE.parent
 
@@ -41,12 +41,19 @@ REPO = HERE.parent
 def bare_walk(conn: sa.Connection, root: str, role: str) -> int:
     """The same walk as bare SQL: per level, one lookup in the index and one fetch of the events."""
     frontier, seen, found = {root}, {root}, 0
-    links, events = sa.table("ledger_links", sa.column("digest"), sa.column("role"), sa.column("seq")), sa.table(
-        "ledger_events", sa.column("seq"), sa.column("inputs"), sa.column("outputs"))  # fmt: skip
+    links, events = (
+        sa.table("ledger_links", sa.column("digest"), sa.column("role"), sa.column("seq")),
+        sa.table("ledger_events", sa.column("seq"), sa.column("inputs"), sa.column("outputs")),
+    )
     import json
 
     while frontier:
-        seqs = [s for (s,) in conn.execute(sa.select(links.c.seq).where(links.c.role == role, links.c.digest.in_(list(frontier))))]
+        seqs = [
+            s
+            for (s,) in conn.execute(
+                sa.select(links.c.seq).where(links.c.role == role, links.c.digest.in_(list(frontier)))
+            )
+        ]
         if not seqs:
             break
         rows = conn.execute(sa.select(events.c.inputs, events.c.outputs).where(events.c.seq.in_(seqs))).all()
@@ -60,7 +67,8 @@ def bare_walk(conn: sa.Connection, root: str, role: str) -> int:
 def project_with_model(base: Path, ledger_url: str, events: int) -> tuple[Path, Path]:
     """Demo data, half the synthetic history, one real trained version, the other half."""
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-    from pipelines.training import TrainingRequest, run_training
+    from pipelines.training import run_training
+    from registry.workspace import Workspace
 
     root, home = base / "project", base / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
@@ -70,9 +78,16 @@ def project_with_model(base: Path, ledger_url: str, events: int) -> tuple[Path, 
     write_csv(frame, root / "data" / "loans.csv")
     runs = events // EVENTS_PER_RUN
     with Ledger(ledger_url, actor="bench") as ledger:
-        fill(ledger, range(0, runs // 2))
-    run_training(TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home), ledger_url=ledger_url,
-                                 mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", actor="bench"))  # fmt: skip
+        fill(ledger, range(runs // 2))
+    run_training(
+        Workspace.open(
+            root,
+            home=str(home),
+            ledger_url=ledger_url,
+            mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+            actor="bench",
+        )
+    )
     with Ledger(ledger_url, actor="bench") as ledger:
         fill(ledger, range(runs // 2, runs))
     return root, home
@@ -90,7 +105,7 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
         os.environ.update(CONVEYOR_HOME=str(home), CONVEYOR_LEDGER_URL=ledger_url)
         cli = CliRunner()
 
-        def conveyor(*args: str):  # noqa: ANN202
+        def conveyor(*args: str):
             result = cli.invoke(app, ["--config", str(root / "conveyor.yaml"), *args])
             assert result.exit_code == 0, f"{result.stdout}{result.stderr}{result.exception!r}"
             return result
@@ -100,8 +115,10 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
             total = ledger.count()
         print(f"\n== {backend}: {total:,} events (built in {time.perf_counter() - start:.0f} s)")
 
-        with Ledger(ledger_url) as ledger, ledger._engine.connect() as conn:  # noqa: SLF001 - the same engine, bare
-            query_figures(ledger, events // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role), "bare SQL")
+        with Ledger(ledger_url) as ledger, ledger._engine.connect() as conn:
+            query_figures(
+                ledger, events // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role), "bare SQL"
+            )
 
         t = time.perf_counter()
         conveyor("audit", "--ledger", "--seal")
@@ -126,8 +143,10 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
                 verify_version("loan-default/1", policy, root=root, keys_dir=home / "keys", ledger=ledger)
                 verifies.append(time.perf_counter() - t)
         (a50, _), (v50, _) = percentiles(audits), percentiles(verifies)
-        print(f"audit of one version     p50 {a50 / 1000:5.2f} s  max {max(audits):5.2f} s ({len(report.events)} record events; "
-              f"{report.proof.checked:,} re-hashed)   verify_version p50 {v50 / 1000:5.2f} s   ratio {a50 / v50:.1f}")  # fmt: skip
+        print(
+            f"audit of one version     p50 {a50 / 1000:5.2f} s  max {max(audits):5.2f} s ({len(report.events)} record events; "
+            f"{report.proof.checked:,} re-hashed)   verify_version p50 {v50 / 1000:5.2f} s   ratio {a50 / v50:.1f}"
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
         for name in ("CONVEYOR_HOME", "CONVEYOR_LEDGER_URL"):

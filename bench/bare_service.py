@@ -5,9 +5,9 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from typing import Any  # noqa: E402
+from typing import Any
 
-import bentoml  # noqa: E402
+import bentoml
 
 
 @bentoml.service(name="bare", workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
@@ -18,7 +18,7 @@ class Bare:
         self.model = mlflow.sklearn.load_model(os.environ["BENCH_MODEL_DIR"])
 
     @bentoml.api(route="/predict")
-    def predict(self, rows: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:  # noqa: ARG002 - same request as Conveyor's
+    def predict(self, rows: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
         import pandas as pd
 
         return {"predictions": self.model.predict_proba(pd.DataFrame(rows))[:, 1].tolist()}

@@ -1,6 +1,6 @@
 """`conveyor --help` wall time against `mlflow --help`, measured in the same run.
 
-    .venv/bin/python bench/cli_startup.py [--repeat 7]
+.venv/bin/python bench/cli_startup.py [--repeat 7]
 """
 
 from __future__ import annotations

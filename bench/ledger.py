@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.digests import bytes_digest  # noqa: E402
-from registry.ledger import Draft, Ledger  # noqa: E402
-from registry.lineage import downstream, upstream  # noqa: E402
+from registry.digests import bytes_digest
+from registry.ledger import Draft, Ledger
+from registry.lineage import downstream, upstream
 
 EVENTS_PER_RUN = 8
 
@@ -55,7 +55,10 @@ def run_events(run: int) -> list[Draft]:
 
 def fill(ledger: Ledger, runs: range) -> None:
     """Append the datasets and the runs ``runs`` of the synthetic history, in batches."""
-    batch = [Draft("dataset.versioned", [], [digest("dataset", d)], {"d": d}) for d in range(runs.start // 10, (runs.stop - 1) // 10 + 1)]
+    batch = [
+        Draft("dataset.versioned", [], [digest("dataset", d)], {"d": d})
+        for d in range(runs.start // 10, (runs.stop - 1) // 10 + 1)
+    ]
     for run in runs:
         batch.extend(run_events(run))
         if len(batch) >= 20_000:
@@ -95,10 +98,17 @@ def bare_walk(conn: sqlite3.Connection, root: str, role: str, levels: int) -> No
     frontier = [root]
     for _ in range(levels):
         marks = ",".join("?" * len(frontier))
-        seqs = [s for (s,) in conn.execute(f"SELECT seq FROM ledger_links WHERE role=? AND digest IN ({marks})", (role, *frontier))]
+        seqs = [
+            s
+            for (s,) in conn.execute(
+                f"SELECT seq FROM ledger_links WHERE role=? AND digest IN ({marks})", (role, *frontier)
+            )
+        ]
         if not seqs:
             return
-        rows = conn.execute(f"SELECT inputs FROM ledger_events WHERE seq IN ({','.join('?' * len(seqs))})", seqs).fetchall()
+        rows = conn.execute(
+            f"SELECT inputs FROM ledger_events WHERE seq IN ({','.join('?' * len(seqs))})", seqs
+        ).fetchall()
         frontier = [r[0][2:73] for r in rows][:50]
 
 
@@ -120,8 +130,10 @@ def query_figures(ledger: Ledger, runs: int, queries: int, bare: Callable[[str, 
             bare(root_of(run), role)
             theirs.append(time.perf_counter() - start)
         (p50, p95), (b50, _) = percentiles(ours), percentiles(theirs)
-        print(f"{name:22s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  ({statistics.mean(sizes):.0f} events)"
-              f"   {baseline} p50 {b50:5.1f} ms   ratio {p50 / b50:.1f}")  # fmt: skip
+        print(
+            f"{name:22s} p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  ({statistics.mean(sizes):.0f} events)"
+            f"   {baseline} p50 {b50:5.1f} ms   ratio {p50 / b50:.1f}"
+        )
 
 
 def measure(size: int, folder: Path, appends: int, queries: int) -> None:
@@ -144,7 +156,9 @@ def measure(size: int, folder: Path, appends: int, queries: int) -> None:
         print(f"single appends      {ours:8,.0f} /s   bare sqlite3 {bare:8,.0f} /s   ratio {ours / bare:.2f}")
 
         conn = sqlite3.connect(path)
-        query_figures(ledger, size // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role, 8), "bare sqlite3")
+        query_figures(
+            ledger, size // EVENTS_PER_RUN, queries, lambda root, role: bare_walk(conn, root, role, 8), "bare sqlite3"
+        )
         conn.close()
 
         start = time.perf_counter()

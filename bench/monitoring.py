@@ -19,21 +19,25 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitoring.drift import check_drift  # noqa: E402
-from conveyor.demo.data import DEMO_DATASETS, generate  # noqa: E402
-from policies.drift import DriftPolicy, WindowPolicy  # noqa: E402
-from policies.project import load_project  # noqa: E402
+from conveyor.demo.data import DEMO_DATASETS, generate
+from monitoring.drift import check_drift
+from policies.drift import DriftPolicy, WindowPolicy
+from policies.project import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def bare(reference: pd.DataFrame, current: pd.DataFrame, project, policy: DriftPolicy) -> float:  # noqa: ANN001
+def bare(reference: pd.DataFrame, current: pd.DataFrame, project, policy: DriftPolicy) -> float:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
     started = time.perf_counter()
-    definition = DataDefinition(numerical_columns=list(project.features.numeric), categorical_columns=list(project.features.categorical))
-    Report([DataDriftPreset(drift_share=policy.drift.share, num_method="ks", cat_method="chisquare")], include_tests=True).run(
+    definition = DataDefinition(
+        numerical_columns=list(project.features.numeric), categorical_columns=list(project.features.categorical)
+    )
+    Report(
+        [DataDriftPreset(drift_share=policy.drift.share, num_method="ks", cat_method="chisquare")], include_tests=True
+    ).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition),
     )
@@ -63,8 +67,10 @@ def main() -> None:
             started = time.perf_counter()
             check_drift(reference, current, project, DriftPolicy(), Path(folder), f"s{size}")
             sampled = time.perf_counter() - started
-            print(f"window {size:>9,}: conveyor {ours:6.2f} s, bare evidently {base:6.2f} s, ratio {ours / base:.2f}; "
-                  f"with the policy's sampling {sampled:6.2f} s ({sampled / base:.2f}x bare); share {compared.share:.2f}")
+            print(
+                f"window {size:>9,}: conveyor {ours:6.2f} s, bare evidently {base:6.2f} s, ratio {ours / base:.2f}; "
+                f"with the policy's sampling {sampled:6.2f} s ({sampled / base:.2f}x bare); share {compared.share:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -36,14 +36,12 @@ CONCURRENCY = 16
 
 def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     """A project with a champion and a 5%-error canary candidate, trained on 8,000 demo rows."""
-    import mlflow
     import yaml
 
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-    from pipelines.training import TrainingRequest, run_training
-    from policies.project import load_project
-    from registry.ledger import Ledger
-    from registry.release import ReleaseContext, promote
+    from pipelines.training import run_training
+    from registry.release import promote
+    from registry.workspace import Workspace
 
     root, home = work / "project", work / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
@@ -52,13 +50,11 @@ def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     config = (ROOT / "conveyor.yaml").read_text()
     (root / "conveyor.yaml").write_text(config)
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    request = TrainingRequest(config_file=str(root / "conveyor.yaml"), root=str(root), home=str(home),
-                              ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=uri, actor="bench")  # fmt: skip
+    request = Workspace.open(
+        root, home=str(home), ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=uri, actor="bench"
+    )
     versions = {"champion": run_training(request).version}
-    mlflow.set_tracking_uri(uri)
-    with Ledger(request.ledger_url) as ledger:
-        ctx = ReleaseContext(root, home, load_project(root / "conveyor.yaml", check_data=False), ledger, root / "policies")
-        assert promote(ctx, f"loan-default/{versions['champion']}", "champion").decision.ok
+    assert promote(request, f"loan-default/{versions['champion']}", "champion").decision.ok
     project = yaml.safe_load(config)
     project["estimator"] = {"class": "tests.faults.FaultyClassifier", "params": {"fault": "raise", "rate": 0.05}}
     (root / "conveyor.yaml").write_text(yaml.safe_dump(project))
@@ -75,8 +71,13 @@ def rows_of(root: Path, n: int = 500) -> list[dict]:
 
     features = yaml.safe_load((root / "conveyor.yaml").read_text())["features"]
     frame = pd.read_csv(root / "data" / "loans.csv", nrows=n)[features["numeric"] + features["categorical"]]
-    return [{k: None if isinstance(v, float) and math.isnan(v) else float(v) if isinstance(v, int | float) else v
-             for k, v in row.items()} for row in frame.to_dict("records")]  # fmt: skip
+    return [
+        {
+            k: None if isinstance(v, float) and math.isnan(v) else float(v) if isinstance(v, int | float) else v
+            for k, v in row.items()
+        }
+        for row in frame.to_dict("records")
+    ]
 
 
 def load(url: str, token: str | None, rows: list[dict], requests: int) -> dict[str, float]:
@@ -131,7 +132,9 @@ def serve(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
     import httpx
 
     with log.open("w") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -156,7 +159,7 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
-def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, version: str) -> dict[str, float]:  # noqa: ANN001
+def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, version: str) -> dict[str, float]:
     """Requests until the 5%-error canary is rolled back under the shipped canary policy."""
     import httpx
 
@@ -171,8 +174,13 @@ def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, 
         if status["canary"] is None:
             break
     elapsed = time.perf_counter() - started
-    return {"seconds": elapsed, "requests": sent, "state": status["analysis"]["state"],
-            "canary_requests": status["analysis"]["canary_requests"], "reasons": status["analysis"]["last_verdict"]["reasons"]}  # fmt: skip
+    return {
+        "seconds": elapsed,
+        "requests": sent,
+        "state": status["analysis"]["state"],
+        "canary_requests": status["analysis"]["canary_requests"],
+        "reasons": status["analysis"]["last_verdict"]["reasons"],
+    }
 
 
 def main() -> None:
@@ -181,11 +189,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-serving-"))
     os.environ["CONVEYOR_HOME"] = str(work / "project" / ".conveyor")
-    from conveyor.bootstrap import bootstrap, quiet_libraries
-    from conveyor.settings import configure
+    from registry.workspace import Workspace, quiet_libraries
     from tests.service import free_port
 
-    bootstrap(configure(project_file=work / "project" / "conveyor.yaml"))
+    Workspace.open(work / "project" / "conveyor.yaml").prepare()
     quiet_libraries()
     processes: list[subprocess.Popen] = []
     try:
@@ -208,16 +215,34 @@ def main() -> None:
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), BENCH_MODEL_DIR=str(model_dir), CONVEYOR_TEST_FAULTS="1")
 
         port = free_port()
-        bare = serve([sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare", "--host", "127.0.0.1",
-                      "--port", str(port)], env, port, work / "bare.log")  # fmt: skip
+        bare = serve(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "bench.bare_service:Bare",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env,
+            port,
+            work / "bare.log",
+        )
         processes.append(bare)
         load(f"http://127.0.0.1:{port}", None, rows, 200)  # warm-up
         results["bare BentoML"] = load(f"http://127.0.0.1:{port}", None, rows, args.requests)
         stop(bare)
 
         port = free_port()
-        ours = serve([sys.executable, "-m", "conveyor", "--config", str(root / "conveyor.yaml"), "serve", "--port", str(port)],
-                     env, port, work / "conveyor.log")  # fmt: skip
+        ours = serve(
+            [sys.executable, "-m", "conveyor", "--config", str(root / "conveyor.yaml"), "serve", "--port", str(port)],
+            env,
+            port,
+            work / "conveyor.log",
+        )
         processes.append(ours)
         url = f"http://127.0.0.1:{port}"
         load(url, token, rows, 200)  # warm-up
@@ -227,13 +252,19 @@ def main() -> None:
 
         base, bare_r = results["in-process"], results["bare BentoML"]
         print(f"\n{args.requests:,} one-row requests at concurrency {CONCURRENCY} (after a warm-up)")
-        print(f"{'':14s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs bare (rps, p99)':>20s} {'vs in-process':>14s}")
+        print(
+            f"{'':14s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs bare (rps, p99)':>20s} {'vs in-process':>14s}"
+        )
         for name, r in results.items():
-            print(f"{name:14s} {r['rps']:8.0f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
-                  f"{r['rps'] / bare_r['rps']:9.2f}x {r['p99_ms'] / bare_r['p99_ms']:8.2f}x {r['rps'] / base['rps']:13.2f}x"
-                  f"{'  (' + str(r['failures']) + ' failed)' if r['failures'] else ''}")  # fmt: skip
-        print(f"\n5%-error canary under policies/canary.yaml: {canary['state']} after {canary['canary_requests']} canary "
-              f"requests ({canary['requests']:,} in all, 0 client errors) in {canary['seconds']:.1f} s")  # fmt: skip
+            print(
+                f"{name:14s} {r['rps']:8.0f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
+                f"{r['rps'] / bare_r['rps']:9.2f}x {r['p99_ms'] / bare_r['p99_ms']:8.2f}x {r['rps'] / base['rps']:13.2f}x"
+                f"{'  (' + str(r['failures']) + ' failed)' if r['failures'] else ''}"
+            )
+        print(
+            f"\n5%-error canary under policies/canary.yaml: {canary['state']} after {canary['canary_requests']} canary "
+            f"requests ({canary['requests']:,} in all, 0 client errors) in {canary['seconds']:.1f} s"
+        )
         print(f"  verdict: {'; '.join(canary['reasons'])}")
     finally:
         for process in processes:

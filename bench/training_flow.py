@@ -24,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def request(home: Path, data: Path):
-    from pipelines.training import TrainingRequest
+def workspace(home: Path):
+    from registry.workspace import Workspace
 
-    return TrainingRequest(
-        config_file=str(ROOT / "conveyor.yaml"), root=str(ROOT), home=str(home), data=str(data),
-        ledger_url=f"sqlite:///{home / 'ledger.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+    return Workspace.open(
+        ROOT,
+        home=str(home),
+        ledger_url=f"sqlite:///{home / 'ledger.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
         actor="bench",
-    )  # fmt: skip
+    )
 
 
 def main() -> None:
@@ -41,16 +43,19 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     os.environ["CONVEYOR_HOME"] = str(work / "cli")
-    from conveyor.bootstrap import bootstrap, quiet_libraries
-    from conveyor.settings import configure
+    from registry.workspace import Workspace, quiet_libraries
 
-    bootstrap(configure(project_file=ROOT / "conveyor.yaml"))
+    Workspace.open(ROOT).prepare()
     quiet_libraries()
     try:
         if args.cli:
             start = time.perf_counter()
-            subprocess.run([str(ROOT / ".venv" / "bin" / "conveyor"), "train", "--data", str(args.data)],
-                           check=True, capture_output=True, env=os.environ)  # fmt: skip
+            subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "conveyor"), "train", "--data", str(args.data)],
+                check=True,
+                capture_output=True,
+                env=os.environ,
+            )
             print(f"`conveyor train` as a user runs it (fresh process): {time.perf_counter() - start:6.1f} s")
         run(work, args.data)
     finally:
@@ -64,31 +69,35 @@ def run(work: Path, data: Path) -> None:
 
     stage_times: dict[str, dict[str, float]] = defaultdict(dict)
 
-    def timed(label: str, runner):  # noqa: ANN001, ANN202
-        def run_stage(name, function, *args, **kwargs):  # noqa: ANN001, ANN202
-            def body(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def timed(label: str, runner):
+        def run_stage(name, function, *args, **kwargs):
+            def body(*a, **k):
                 start = time.perf_counter()
                 try:
                     return function(*a, **k)
                 finally:
                     stage_times[label][name] = time.perf_counter() - start
+
             body.__name__ = getattr(function, "__name__", name)
             return runner(name, body, *args, **kwargs)
+
         return run_stage
 
-    def direct(name, function, *args, **kwargs):  # noqa: ANN001, ANN202
+    def direct(name, function, *args, **kwargs):
         return function(*args, **kwargs)
 
     @flow(name="training-bench", validate_parameters=False)
-    def bench_flow(req, label):  # noqa: ANN001, ANN202
-        return run_training(req, timed(label, as_task))
+    def bench_flow(params, label):
+        from registry.workspace import Workspace
+
+        return run_training(Workspace.from_params(params), data, runner=timed(label, as_task))
 
     totals = {}
-    run_training(request(work / "warmup", data))  # imports, caches: not measured
+    run_training(workspace(work / "warmup"), data)  # imports, caches: not measured
     for label, call in (
-        ("direct", lambda: run_training(request(work / "direct", data), timed("direct", direct))),
-        ("flow (cold)", lambda: bench_flow(request(work / "cold", data), "flow (cold)")),
-        ("flow (warm)", lambda: bench_flow(request(work / "warm", data), "flow (warm)")),
+        ("direct", lambda: run_training(workspace(work / "direct"), data, runner=timed("direct", direct))),
+        ("flow (cold)", lambda: bench_flow(workspace(work / "cold").params(), "flow (cold)")),
+        ("flow (warm)", lambda: bench_flow(workspace(work / "warm").params(), "flow (warm)")),
     ):
         start = time.perf_counter()
         call()

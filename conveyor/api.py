@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
-    from monitoring.drift import DriftResult  # noqa: F401 - named in docstrings
     from pipelines.retraining import DriftOutcome, LabelsOutcome
     from pipelines.training import TrainingOutcome
     from pipelines.validate import ValidationResult
@@ -49,8 +48,12 @@ class LineageResult:
     walks: list[Lineage]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start.label, "note": self.start.note, "digests": list(self.start.digests),
-                **{w.direction: w.to_dict() for w in self.walks}}  # fmt: skip
+        return {
+            "start": self.start.label,
+            "note": self.start.note,
+            "digests": list(self.start.digests),
+            **{w.direction: w.to_dict() for w in self.walks},
+        }
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ class Workspace(_Workspace):
         from registry.release import promote
 
         if to not in ("canary", "champion"):
-            raise ConveyorError(f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion.")
+            raise ConveyorError(
+                f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion."
+            )
         return promote(self._ready(), ref, to, dry_run=dry_run, score_champion=score_champion)
 
     def rollback(self, model: str | None = None) -> tuple[str, str]:
@@ -126,9 +131,15 @@ class Workspace(_Workspace):
     # -- the record ----------------------------------------------------------------------------
 
     def lineage(
-        self, target: str | None = None, *, at: str | None = None, model: str | None = None,
-        up: bool = False, down: bool = False, depth: int | None = None,
-    ) -> LineageResult:  # fmt: skip
+        self,
+        target: str | None = None,
+        *,
+        at: str | None = None,
+        model: str | None = None,
+        up: bool = False,
+        down: bool = False,
+        depth: int | None = None,
+    ) -> LineageResult:
         """Where ``target`` came from (``up``) and what it fed (``down``; both when neither is given).
 
         ``target``: a file (hashed), a digest, ``MODEL/VERSION``, ``MODEL@ALIAS``, ``deployment:N``,
@@ -138,8 +149,10 @@ class Workspace(_Workspace):
         from registry.lookup import find_start, parse_time, serving_at
 
         if (target is None) == (at is None):
-            raise ConveyorError("Say where to start: a TARGET or --at TIME (one of them).",
-                                hint="e.g. `conveyor lineage loan-default@champion` or `conveyor lineage --at 2026-11-21T14:30`.")  # fmt: skip
+            raise ConveyorError(
+                "Say where to start: a TARGET or --at TIME (one of them).",
+                hint="e.g. `conveyor lineage loan-default@champion` or `conveyor lineage --at 2026-11-21T14:30`.",
+            )
         directions = ["upstream"] * (up or not down) + ["downstream"] * (down or not up)
         with self.ledger() as ledger:
             if at is not None:
@@ -165,10 +178,14 @@ class Workspace(_Workspace):
 
         self._ready()
         with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
-            report = audit_version(ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, keep=Path(keep))
+            report = audit_version(
+                ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, keep=Path(keep)
+            )
             if export is not None and report.verification.version_digest is not None:
                 key, trusted = project_trust(self)
-                report.evidence = export_evidence(report, ledger, Path(export), key=key, trusted=trusted, root=self.root)
+                report.evidence = export_evidence(
+                    report, ledger, Path(export), key=key, trusted=trusted, root=self.root
+                )
                 report.evidence_key = key.fingerprint
         return report
 

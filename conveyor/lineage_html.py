@@ -21,17 +21,29 @@ __all__ = ["graph_of", "lineage_page"]
 
 # What an event's outputs are, by position (the rest: "artifact").
 _MADE = {
-    "dataset.versioned": ["dataset"], "data.validated": ["validation report"], "features.built": ["training set"],
-    "model.trained": ["model"], "model.evaluated": ["evaluation report"], "model.signed": ["signature bundle", "provenance"],
-    "model.registered": ["registered version"], "model.deployed": ["deployment"], "labels.added": ["joined labels"],
-    "drift.checked": ["drift report", "drift report (HTML)", "drift snapshot"], "retraining.triggered": ["retraining trigger"],
-    "model.promoted": ["promotion decision"], "model.promotion_refused": ["promotion decision"],
-}  # fmt: skip
+    "dataset.versioned": ["dataset"],
+    "data.validated": ["validation report"],
+    "features.built": ["training set"],
+    "model.trained": ["model"],
+    "model.evaluated": ["evaluation report"],
+    "model.signed": ["signature bundle", "provenance"],
+    "model.registered": ["registered version"],
+    "model.deployed": ["deployment"],
+    "labels.added": ["joined labels"],
+    "drift.checked": ["drift report", "drift report (HTML)", "drift snapshot"],
+    "retraining.triggered": ["retraining trigger"],
+    "model.promoted": ["promotion decision"],
+    "model.promotion_refused": ["promotion decision"],
+}
 # What an event's inputs are, by their role, when no event in the graph made them.
 _USED = {
-    "suite": "expectation suite", "feature_definitions": "feature definitions", "config": "project config",
-    "cause": "retraining trigger", "policy": "promotion policy", "window": "inference window",
-}  # fmt: skip
+    "suite": "expectation suite",
+    "feature_definitions": "feature definitions",
+    "config": "project config",
+    "cause": "retraining trigger",
+    "policy": "promotion policy",
+    "window": "inference window",
+}
 
 
 def graph_of(walks: list[Lineage]) -> dict[str, Any]:
@@ -54,15 +66,40 @@ def graph_of(walks: list[Lineage]) -> dict[str, Any]:
     for event in sorted(events.values(), key=lambda e: e.seq):
         for digest in (*event.inputs, *event.outputs):
             column.setdefault(digest, column[f"e{event.seq}"] + (1 if digest in event.outputs else -1))
-    made_at = {d: e.time for e in sorted(events.values(), key=lambda e: -e.seq) for d in e.outputs}  # the first maker's time
+    made_at = {
+        d: e.time for e in sorted(events.values(), key=lambda e: -e.seq) for d in e.outputs
+    }  # the first maker's time
     for digest in sorted({d for e in events.values() for d in (*e.inputs, *e.outputs)} | roots):
         kind, name = labels.get(digest, ("input", ""))
-        nodes.append({"id": digest, "type": "artifact", "kind": kind, "label": name, "digest": digest, "short": short(digest),
-                      "column": column[digest], "root": digest in roots, "time": made_at.get(digest, "")})  # fmt: skip
+        nodes.append(
+            {
+                "id": digest,
+                "type": "artifact",
+                "kind": kind,
+                "label": name,
+                "digest": digest,
+                "short": short(digest),
+                "column": column[digest],
+                "root": digest in roots,
+                "time": made_at.get(digest, ""),
+            }
+        )
     for event in sorted(events.values(), key=lambda e: e.seq):
-        nodes.append({"id": f"e{event.seq}", "type": "event", "kind": event.kind, "label": f"#{event.seq}", "digest": event.hash,
-                      "short": event.hash[:12], "column": column[f"e{event.seq}"], "root": False, "time": event.time,
-                      "actor": event.actor, "details": event.details})  # fmt: skip
+        nodes.append(
+            {
+                "id": f"e{event.seq}",
+                "type": "event",
+                "kind": event.kind,
+                "label": f"#{event.seq}",
+                "digest": event.hash,
+                "short": event.hash[:12],
+                "column": column[f"e{event.seq}"],
+                "root": False,
+                "time": event.time,
+                "actor": event.actor,
+                "details": event.details,
+            }
+        )
     edges = [{"from": d, "to": f"e{e.seq}"} for e in events.values() for d in e.inputs]
     edges += [{"from": f"e{e.seq}", "to": d} for e in events.values() for d in e.outputs]
     return {"nodes": nodes, "edges": edges}
@@ -77,7 +114,11 @@ def _labels(events: Any) -> dict[str, tuple[str, str]]:
                 found.setdefault(digest, (_USED[role], ""))
     for event in sorted(events, key=lambda e: e.seq):
         names = _MADE.get(event.kind, [])
-        files = {digest: name for name, digest in (event.details.get("files") or {}).items()} if event.kind == EventKind.MODEL_TRAINED else {}
+        files = (
+            {digest: name for name, digest in (event.details.get("files") or {}).items()}
+            if event.kind == EventKind.MODEL_TRAINED
+            else {}
+        )
         for i, digest in enumerate(event.outputs):
             kind = names[i] if i < len(names) else ("model file" if digest in files else "artifact")
             found[digest] = (kind, _name(event, kind, files.get(digest, "")))
@@ -89,7 +130,9 @@ def _name(event: LedgerEvent, kind: str, file_name: str) -> str:
     if kind == "dataset":
         return str(d.get("path", ""))
     if kind in ("registered version", "deployment"):
-        return f"{d.get('name')}/{d.get('version')}" + (f" as {d['role']}" if kind == "deployment" and d.get("role") else "")
+        return f"{d.get('name')}/{d.get('version')}" + (
+            f" as {d['role']}" if kind == "deployment" and d.get("role") else ""
+        )
     return file_name
 
 
@@ -103,8 +146,13 @@ def lineage_page(walks: list[Lineage], title: str, note: str | None = None) -> s
         f"<td><code>{html.escape(n['digest'])}</code></td><td>{html.escape(n['time'])}</td></tr>"
         for n in graph["nodes"]
     )
-    return _PAGE.format(title=html.escape(title), note=html.escape(note or ""), data=data, rows=rows,
-                        summary=f"{events} events, {len(graph['nodes']) - events} artifacts")  # fmt: skip
+    return _PAGE.format(
+        title=html.escape(title),
+        note=html.escape(note or ""),
+        data=data,
+        rows=rows,
+        summary=f"{events} events, {len(graph['nodes']) - events} artifacts",
+    )
 
 
 _PAGE = """<!doctype html>

@@ -29,8 +29,18 @@ from registry.ledger import Ledger
 from registry.lineage import training_set
 from registry.workspace import Workspace
 
-__all__ = ["ColumnDrift", "Comparison", "DriftResult", "Reference", "as_features", "champion_reference", "check_drift",
-           "measure_drift", "read_window", "window_digest"]
+__all__ = [
+    "ColumnDrift",
+    "Comparison",
+    "DriftResult",
+    "Reference",
+    "as_features",
+    "champion_reference",
+    "check_drift",
+    "measure_drift",
+    "read_window",
+    "window_digest",
+]
 
 Status = Literal["drift", "no_drift", "not_enough_data"]
 EXIT_CODES: dict[str, int] = {"no_drift": 0, "drift": 1, "not_enough_data": 3}
@@ -102,15 +112,19 @@ def champion_reference(ws: Workspace, ledger: Ledger, name: str) -> Reference:
     """The champion of ``name`` and its training set, checked against the digest it was trained on."""
     number = ws.champion(name)
     if number is None:
-        raise NotFound(f"{name} has no champion to compare traffic with.",
-                       hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.")  # fmt: skip
+        raise NotFound(
+            f"{name} has no champion to compare traffic with.",
+            hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
+        )
     version = ws.mlflow().get_model_version(name, number)
     digest = version.tags.get("conveyor.training_set")
     path = training_set(ledger, digest)
     if digest is None or path is None:
-        raise NotFound(f"The training set of {name} version {version.version} ({digest or 'not tagged'}) is not in the "
-                       "ledger, or its file is gone or changed.",
-                       hint="Retrain, or restore the file; drift is not measured against anything else.")  # fmt: skip
+        raise NotFound(
+            f"The training set of {name} version {version.version} ({digest or 'not tagged'}) is not in the "
+            "ledger, or its file is gone or changed.",
+            hint="Retrain, or restore the file; drift is not measured against anything else.",
+        )
     return Reference(name, str(version.version), version.tags.get("conveyor.version_digest", ""), digest, path)
 
 
@@ -136,8 +150,10 @@ def as_features(frame: pd.DataFrame, project: ProjectConfig, *, logged: bool) ->
     source = [f"feature.{n}" for n in names] if logged else names
     missing = [s for s in source if s not in frame.columns]
     if missing:
-        raise NotFound(f"The {'inference log' if logged else 'training set'} has no column(s) {', '.join(missing)}.",
-                       hint="The champion's features and the project config disagree; check `conveyor config check`.")  # fmt: skip
+        raise NotFound(
+            f"The {'inference log' if logged else 'training set'} has no column(s) {', '.join(missing)}.",
+            hint="The champion's features and the project config disagree; check `conveyor config check`.",
+        )
     out = frame[source].copy()
     out.columns = names
     for column in project.features.numeric:
@@ -158,8 +174,9 @@ class Comparison:
     sampled: bool
 
 
-def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: ProjectConfig, policy: DriftPolicy,
-                out: Path, label: str) -> Comparison:  # fmt: skip
+def check_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, project: ProjectConfig, policy: DriftPolicy, out: Path, label: str
+) -> Comparison:
     """Compare two feature frames with Evidently; writes ``<out>/<label>.html`` and ``.evidently.json``."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -169,14 +186,18 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: Project
     reference = reference.sample(limit, random_state=0) if len(reference) > limit else reference
     current = current.sample(limit, random_state=0) if len(current) > limit else current
     rules = policy.drift
-    definition = DataDefinition(numerical_columns=list(project.features.numeric),
-                                categorical_columns=list(project.features.categorical))  # fmt: skip
+    definition = DataDefinition(
+        numerical_columns=list(project.features.numeric), categorical_columns=list(project.features.categorical)
+    )
     preset = DataDriftPreset(
-        drift_share=rules.share, num_method=rules.numeric.method, num_threshold=rules.numeric.threshold,
-        cat_method=rules.categorical.method, cat_threshold=rules.categorical.threshold,
+        drift_share=rules.share,
+        num_method=rules.numeric.method,
+        num_threshold=rules.numeric.threshold,
+        cat_method=rules.categorical.method,
+        cat_threshold=rules.categorical.threshold,
         per_column_method={c: t.method for c, t in rules.columns.items()} or None,
         per_column_threshold={c: t.threshold for c, t in rules.columns.items()} or None,
-    )  # fmt: skip
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # scipy divides by zero for a category the reference lacks
         snapshot = Report([preset], include_tests=True).run(
@@ -184,14 +205,23 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: Project
             reference_data=Dataset.from_pandas(reference, data_definition=definition),
         )
     result = snapshot.dict()
-    scores = {m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")}
+    scores = {
+        m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")
+    }
     columns = []
     for test in result["tests"]:
         params = test["metric_config"]["params"]
         if params["type"].endswith(":ValueDrift"):
             column = params["column"]
-            columns.append(ColumnDrift(column, params["method"], float(params["threshold"]), float(scores[column]),
-                                       test["status"] == "FAIL"))  # fmt: skip
+            columns.append(
+                ColumnDrift(
+                    column,
+                    params["method"],
+                    float(params["threshold"]),
+                    float(scores[column]),
+                    test["status"] == "FAIL",
+                )
+            )
     share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"{label}.html"
@@ -201,24 +231,45 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, project: Project
     return Comparison(share, columns, html, evidently, sampled)
 
 
-def measure_drift(ledger: Ledger, ws: Workspace, project: ProjectConfig, policy: DriftPolicy, window: Window,
-                  now: datetime | None = None) -> DriftResult:  # fmt: skip
+def measure_drift(
+    ledger: Ledger,
+    ws: Workspace,
+    project: ProjectConfig,
+    policy: DriftPolicy,
+    window: Window,
+    now: datetime | None = None,
+) -> DriftResult:
     """The champion's training set against ``window`` of its inference log; reports under ``reports/drift``."""
     now = now or datetime.now(UTC)
     reference = champion_reference(ws, ledger, project.model_name)
     frame = read_window(ws.inference_dir(project.model_name), window, now)
     since = frame["time"].min().isoformat() if len(frame) else None
     until = frame["time"].max().isoformat() if len(frame) else None
-    result = DriftResult("not_enough_data", reference.name, reference.version, window.describe(), len(frame), 0,
-                         since, until, reference_digest=reference.digest, version_digest=reference.version_digest,
-                         window_digest=window_digest(frame))  # fmt: skip
+    result = DriftResult(
+        "not_enough_data",
+        reference.name,
+        reference.version,
+        window.describe(),
+        len(frame),
+        0,
+        since,
+        until,
+        reference_digest=reference.digest,
+        version_digest=reference.version_digest,
+        window_digest=window_digest(frame),
+    )
     out = ws.reports / "drift"
     label = f"{reference.name}-v{reference.version}-{now:%Y%m%dT%H%M%S%fZ}"
     if len(frame) >= policy.window.min_rows:
         training = pd.read_parquet(reference.path)
         current = as_features(frame, project, logged=True)
         compared = check_drift(as_features(training, project, logged=False), current, project, policy, out, label)
-        result.reference_rows, result.share, result.columns, result.sampled = len(training), compared.share, compared.columns, compared.sampled
+        result.reference_rows, result.share, result.columns, result.sampled = (
+            len(training),
+            compared.share,
+            compared.columns,
+            compared.sampled,
+        )
         result.drifted = [c.column for c in compared.columns if c.drifted]
         result.status = "drift" if compared.share >= policy.drift.share else "no_drift"
         result.html, result.html_digest = compared.html, file_digest(compared.html)

@@ -49,37 +49,52 @@ def read_labels(path: Path, project: ProjectConfig) -> tuple[pd.DataFrame, bool]
         raise DataInvalid(f"No labels file at {path}.", hint="Give the path of a CSV or Parquet file.")
     try:
         frame = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is the file's problem, said in one line
-        raise DataInvalid(f"{path} cannot be read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}".replace("\n", " "),
-                          hint="Labels are a CSV or Parquet file with the entity key, event timestamp and target.") from None  # fmt: skip
+    except Exception as exc:
+        raise DataInvalid(
+            f"{path} cannot be read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}".replace(
+                "\n", " "
+            ),
+            hint="Labels are a CSV or Parquet file with the entity key, event timestamp and target.",
+        ) from None
     keys = [project.entity_key, project.event_timestamp, project.target]
     missing = [k for k in keys if k not in frame.columns]
     if missing:
-        raise DataInvalid(f"{path} lacks the column(s) {', '.join(missing)}.",
-                          hint=f"Labels need {', '.join(keys)} (the project config's entity key, event timestamp and target).")  # fmt: skip
+        raise DataInvalid(
+            f"{path} lacks the column(s) {', '.join(missing)}.",
+            hint=f"Labels need {', '.join(keys)} (the project config's entity key, event timestamp and target).",
+        )
     times = pd.to_datetime(frame[project.event_timestamp], utc=True, errors="coerce", format="mixed")
     bad = int(times.isna().sum() + frame[project.entity_key].isna().sum() + frame[project.target].isna().sum())
     if bad or frame.empty:
-        raise DataInvalid(f"{path} has {'no rows' if frame.empty else f'{bad} empty or unreadable key, time or target value(s)'}.",
-                          hint="Every label needs an entity, a parseable event time and a target value.")  # fmt: skip
+        raise DataInvalid(
+            f"{path} has {'no rows' if frame.empty else f'{bad} empty or unreadable key, time or target value(s)'}.",
+            hint="Every label needs an entity, a parseable event time and a target value.",
+        )
     frame = frame.assign(**{project.event_timestamp: times})
     return frame, all(c in frame.columns for c in project.features.all)
 
 
-def join_labels(labels: pd.DataFrame, log: pd.DataFrame, project: ProjectConfig, tolerance_hours: float) -> pd.DataFrame:
+def join_labels(
+    labels: pd.DataFrame, log: pd.DataFrame, project: ProjectConfig, tolerance_hours: float
+) -> pd.DataFrame:
     """Each label with the prediction it judges (``request_id``, ``version``, ``prediction``...); unmatched labels dropped."""
     entity, at, target = project.entity_key, project.event_timestamp, project.target
     left = pd.DataFrame({"entity": labels[entity].astype(str), "label_time": labels[at], "label": labels[target]})
     columns = ["request_id", "row", "time", "version", "prediction", "served_by", "entity"]
     if log.empty or "entity" not in log.columns or log["entity"].isna().all():
         return pd.DataFrame(columns=[*columns, "label_time", "label"])
-    right = log.loc[log["entity"].notna(), columns + ["event_time"]].copy()
+    right = log.loc[log["entity"].notna(), [*columns, "event_time"]].copy()
     sent = pd.to_datetime(right.pop("event_time"), utc=True, errors="coerce", format="mixed")
     right["prediction_time"] = sent.fillna(pd.to_datetime(right["time"], utc=True))
     joined = pd.merge_asof(
-        left.sort_values("label_time"), right.sort_values("prediction_time"), left_on="label_time",
-        right_on="prediction_time", by="entity", direction="backward", tolerance=pd.Timedelta(hours=tolerance_hours),
-    )  # fmt: skip
+        left.sort_values("label_time"),
+        right.sort_values("prediction_time"),
+        left_on="label_time",
+        right_on="prediction_time",
+        by="entity",
+        direction="backward",
+        tolerance=pd.Timedelta(hours=tolerance_hours),
+    )
     return joined.dropna(subset=["request_id"]).reset_index(drop=True)
 
 
@@ -94,7 +109,15 @@ def quality_of(joined: pd.DataFrame, project: ProjectConfig, policy: Quality, ch
     if labelled < policy.min_labelled or mine is None or np.isnan(mine[policy.metric]):
         return QualityResult("not_enough_data", policy.metric, policy.describe(), champion, None, labelled, per_version)
     value = mine[policy.metric]
-    return QualityResult("breach" if policy.breached(value) else "ok", policy.metric, policy.describe(), champion, value, labelled, per_version)
+    return QualityResult(
+        "breach" if policy.breached(value) else "ok",
+        policy.metric,
+        policy.describe(),
+        champion,
+        value,
+        labelled,
+        per_version,
+    )
 
 
 def _metric(name: str, truth: np.ndarray, predicted: np.ndarray) -> float:

@@ -31,8 +31,15 @@ class Breach:
     reason: str
 
     def record(self) -> dict[str, Any]:
-        return {"cause": self.cause, "model": self.model, "champion": self.version, "since": self.since.isoformat(),
-                "until": self.until.isoformat(), "evidence": self.evidence, "reason": self.reason}  # fmt: skip
+        return {
+            "cause": self.cause,
+            "model": self.model,
+            "champion": self.version,
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "evidence": self.evidence,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,13 @@ class PastTrigger:
 
     @classmethod
     def from_details(cls, at: str, details: dict[str, Any], event: int) -> PastTrigger:
-        return cls(datetime.fromisoformat(at), details["champion"], datetime.fromisoformat(details["since"]),
-                   datetime.fromisoformat(details["until"]), event)  # fmt: skip
+        return cls(
+            datetime.fromisoformat(at),
+            details["champion"],
+            datetime.fromisoformat(details["since"]),
+            datetime.fromisoformat(details["until"]),
+            event,
+        )
 
 
 @dataclass(frozen=True)
@@ -61,15 +73,21 @@ def decide_trigger(breach: Breach, past: list[PastTrigger], policy: DriftPolicy,
     """Start a retraining for ``breach`` unless it repeats one already started or the cooldown holds."""
     for earlier in past:
         if earlier.version == breach.version and earlier.since <= breach.until and breach.since <= earlier.until:
-            return TriggerDecision(False, f"a retraining was already started for this window of version "
-                                          f"{breach.version} (ledger event #{earlier.event}, {earlier.at:%Y-%m-%d %H:%M:%S} UTC)")  # fmt: skip
+            return TriggerDecision(
+                False,
+                f"a retraining was already started for this window of version "
+                f"{breach.version} (ledger event #{earlier.event}, {earlier.at:%Y-%m-%d %H:%M:%S} UTC)",
+            )
     cooldown = timedelta(minutes=policy.retraining.cooldown_minutes)
     recent = [p for p in past if p.version == breach.version and now - p.at < cooldown]
     if recent:
         latest = max(recent, key=lambda p: p.at)
         left = cooldown - (now - latest.at)
-        return TriggerDecision(False, f"cooldown: a retraining started at {latest.at:%Y-%m-%d %H:%M:%S} UTC "
-                                      f"(event #{latest.event}); the next may start in {_minutes(left)}")  # fmt: skip
+        return TriggerDecision(
+            False,
+            f"cooldown: a retraining started at {latest.at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(event #{latest.event}); the next may start in {_minutes(left)}",
+        )
     return TriggerDecision(True, f"{breach.cause} breach on version {breach.version}: {breach.reason}")
 
 

@@ -1,4 +1,16 @@
 """Conveyor's flows and their stages: one module per stage, a plain function each."""
 
-__all__ = ["datasets", "deployments", "evaluate", "features", "loop", "register", "release", "retraining", "sign", "train",
-           "training", "validate"]
+__all__ = [
+    "datasets",
+    "deployments",
+    "evaluate",
+    "features",
+    "loop",
+    "register",
+    "release",
+    "retraining",
+    "sign",
+    "train",
+    "training",
+    "validate",
+]

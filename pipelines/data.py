@@ -32,10 +32,14 @@ def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
         else:
             frame = pd.read_csv(path, usecols=list(config.columns), encoding="utf-8", low_memory=False)
     except UnicodeDecodeError:
-        raise DataInvalid(f"{path} is not UTF-8 text past its header.", hint="Re-export the file as UTF-8 CSV.") from None
+        raise DataInvalid(
+            f"{path} is not UTF-8 text past its header.", hint="Re-export the file as UTF-8 CSV."
+        ) from None
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataInvalid(f"Cannot parse {path}: {detail}.", hint="Check the file is well-formed CSV or Parquet.") from None
+        raise DataInvalid(
+            f"Cannot parse {path}: {detail}.", hint="Check the file is well-formed CSV or Parquet."
+        ) from None
     frame = frame[list(config.columns)]
     frame[config.event_timestamp] = _parse_times(frame[config.event_timestamp], config.event_timestamp, path)
     return frame

@@ -20,7 +20,6 @@ from registry.ledger import Ledger, LedgerEvent
 __all__ = ["DatasetRef", "relative_to_root", "version_dataset"]
 
 
-
 @dataclass(frozen=True)
 class DatasetRef:
     """A data file pinned to its content: what later stages take as input."""
@@ -46,8 +45,7 @@ def version_dataset(
     recorded = dvc_recorded_md5(path)
     if recorded is not None and recorded != hashes["md5"]:
         raise DataInvalid(
-            f"{path} has changed since DVC recorded it (md5 {hashes['md5']}, but "
-            f"{path.name}.dvc records {recorded}).",
+            f"{path} has changed since DVC recorded it (md5 {hashes['md5']}, but {path.name}.dvc records {recorded}).",
             hint=f"To go back to the recorded version run `dvc checkout {path}`; to make this "
             f"content the new version run `dvc add {path}` and commit the .dvc file.",
         )
@@ -63,8 +61,13 @@ def version_dataset(
         event = ledger.append(
             EventKind.DATASET_VERSIONED,
             outputs=[hashes["sha256"]],
-            details={"path": relative, "md5": hashes["md5"], "size": path.stat().st_size,
-                     "dvc": "tracked" if recorded or track else "untracked", **(details or {})},
+            details={
+                "path": relative,
+                "md5": hashes["md5"],
+                "size": path.stat().st_size,
+                "dvc": "tracked" if recorded or track else "untracked",
+                **(details or {}),
+            },
         )
         new = True
     return DatasetRef(path, hashes["sha256"], hashes["md5"], path.stat().st_size, event.seq, new)

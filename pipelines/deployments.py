@@ -56,8 +56,11 @@ def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | Non
     if started.mode == "server":
         from prefect.events import emit_event
 
-        emit_event(RETRAINING_EVENT, resource={"prefect.resource.id": f"conveyor.model.{ws.model_name}"},
-                   payload={"trigger": started.trigger})  # fmt: skip
+        emit_event(
+            RETRAINING_EVENT,
+            resource={"prefect.resource.id": f"conveyor.model.{ws.model_name}"},
+            payload={"trigger": started.trigger},
+        )
         return None
     return retraining(ws.params(), started.trigger)
 
@@ -70,12 +73,16 @@ def deployments(ws: Workspace, model: str, interval_seconds: float, window: str 
 
     parameters = {"workspace": ws.params()}
     trigger = DeploymentEventTrigger(
-        name=f"retrain {model} on request", expect={RETRAINING_EVENT},
+        name=f"retrain {model} on request",
+        expect={RETRAINING_EVENT},
         match={"prefect.resource.id": f"conveyor.model.{model}"},
         parameters={**parameters, "trigger": "{{ event.payload.trigger }}"},
-    )  # fmt: skip
+    )
     return [
         retraining.to_deployment(f"retraining-{model}", parameters=parameters, triggers=[trigger]),
-        drift_check.to_deployment(f"drift-check-{model}", parameters={**parameters, "window": window},
-                                  interval=timedelta(seconds=interval_seconds)),  # fmt: skip
+        drift_check.to_deployment(
+            f"drift-check-{model}",
+            parameters={**parameters, "window": window},
+            interval=timedelta(seconds=interval_seconds),
+        ),
     ]

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from policies.project import ProjectConfig
 from pipelines.train import features_frame
+from policies.project import ProjectConfig
 
 __all__ = ["BehaviourResult", "Evaluation", "behaviour_checks", "evaluate_model", "holdout_metrics", "score"]
 
@@ -65,17 +65,29 @@ def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) ->
     x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
     if config.task == "regression":
         predicted = score(model, config, x)
-        return {"rmse": float(np.sqrt(m.mean_squared_error(y, predicted))), "mae": float(m.mean_absolute_error(y, predicted)),
-                "r2": float(m.r2_score(y, predicted))}  # fmt: skip
+        return {
+            "rmse": float(np.sqrt(m.mean_squared_error(y, predicted))),
+            "mae": float(m.mean_absolute_error(y, predicted)),
+            "r2": float(m.r2_score(y, predicted)),
+        }
     proba, labels = model.predict_proba(x), model.predict(x)
-    out = {"accuracy": float(m.accuracy_score(y, labels)), "log_loss": float(m.log_loss(y, proba, labels=model.classes_))}
+    out = {
+        "accuracy": float(m.accuracy_score(y, labels)),
+        "log_loss": float(m.log_loss(y, proba, labels=model.classes_)),
+    }
     if proba.shape[1] == 2:
         positive = proba[:, 1]
-        out |= {"roc_auc": float(m.roc_auc_score(y, positive)), "average_precision": float(m.average_precision_score(y, positive)),
-                "f1": float(m.f1_score(y, labels, pos_label=model.classes_[1])), "brier": float(m.brier_score_loss(y, positive, pos_label=model.classes_[1]))}  # fmt: skip
+        out |= {
+            "roc_auc": float(m.roc_auc_score(y, positive)),
+            "average_precision": float(m.average_precision_score(y, positive)),
+            "f1": float(m.f1_score(y, labels, pos_label=model.classes_[1])),
+            "brier": float(m.brier_score_loss(y, positive, pos_label=model.classes_[1])),
+        }
     else:
-        out |= {"roc_auc": float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)),
-                "f1": float(m.f1_score(y, labels, average="macro"))}  # fmt: skip
+        out |= {
+            "roc_auc": float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)),
+            "f1": float(m.f1_score(y, labels, average="macro")),
+        }
     return out
 
 
@@ -94,12 +106,22 @@ def behaviour_checks(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -
         signed = change if check.direction == "increase" else -change
         share = float(np.mean(signed >= -1e-9))
         mean_change = float(np.mean(change))
-        results.append(BehaviourResult(check.feature, check.direction, check.delta, share, mean_change,
-                                       passed=share >= check.min_share and float(np.mean(signed)) > 0))  # fmt: skip
+        results.append(
+            BehaviourResult(
+                check.feature,
+                check.direction,
+                check.delta,
+                share,
+                mean_change,
+                passed=share >= check.min_share and float(np.mean(signed)) > 0,
+            )
+        )
     return results
 
 
-def evaluate_model(model: Any, config: ProjectConfig, holdout: pd.DataFrame, champion: tuple[str, Any] | None) -> Evaluation:
+def evaluate_model(
+    model: Any, config: ProjectConfig, holdout: pd.DataFrame, champion: tuple[str, Any] | None
+) -> Evaluation:
     """Holdout metrics for the candidate and (if there is one) the champion, plus behaviour checks."""
     champion_metrics = holdout_metrics(champion[1], config, holdout) if champion else None
     return Evaluation(

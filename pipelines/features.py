@@ -84,13 +84,19 @@ def feast_objects(config: ProjectConfig, source_path: str | Path) -> tuple[Any, 
     from feast.types import Float64, String
 
     entity = Entity(name=config.entity_key, join_keys=[config.entity_key], value_type=ValueType.STRING)
-    source = FileSource(name=f"{_view_name(config)}_source", path=str(source_path), timestamp_field=config.event_timestamp)
+    source = FileSource(
+        name=f"{_view_name(config)}_source", path=str(source_path), timestamp_field=config.event_timestamp
+    )
     schema = [Field(name=c, dtype=Float64) for c in config.features.numeric]
     schema += [Field(name=c, dtype=String) for c in config.features.categorical]
     view = FeatureView(
-        name=_view_name(config), entities=[entity], ttl=timedelta(days=config.feature_ttl_days),
-        schema=schema, source=source, online=True,
-    )  # fmt: skip
+        name=_view_name(config),
+        entities=[entity],
+        ttl=timedelta(days=config.feature_ttl_days),
+        schema=schema,
+        source=source,
+        online=True,
+    )
     return entity, view
 
 

@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.retraining import DriftOutcome, LabelsOutcome, RetrainingOutcome, Started, add_labels, check_drift, retrain
+from pipelines.retraining import (
+    DriftOutcome,
+    LabelsOutcome,
+    RetrainingOutcome,
+    Started,
+    add_labels,
+    check_drift,
+    retrain,
+)
 from registry.workspace import Workspace
 
 __all__ = ["drift_flow", "labels", "monitor", "retraining_flow", "serve_monitoring", "start_retraining"]
@@ -78,6 +86,8 @@ def serve_monitoring(ws: Workspace, window: str | None, every: float, announce: 
 
     ws.prepare()
     name = ws.model_name
-    announce(f"Serving drift-check-{name} (every {every:g} s) and retraining-{name} (on {name}'s retraining "
-             f"requests) on the Prefect server at {ws.prefect_api_url}; Ctrl-C stops.")  # fmt: skip
+    announce(
+        f"Serving drift-check-{name} (every {every:g} s) and retraining-{name} (on {name}'s retraining "
+        f"requests) on the Prefect server at {ws.prefect_api_url}; Ctrl-C stops."
+    )
     serve_deployments(*deployments(ws, name, every, window), print_starting_message=False)

@@ -19,7 +19,14 @@ __all__ = ["register_verified"]
 
 
 def register_verified(
-    name: str, model_uri: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, tags: dict[str, str], alias: str = "candidate"
+    name: str,
+    model_uri: str,
+    policy: SigningPolicy,
+    *,
+    root: Path,
+    keys_dir: Path,
+    tags: dict[str, str],
+    alias: str = "candidate",
 ) -> tuple[RegisteredVersion, VerificationReport]:
     """Verify the model at ``model_uri`` as the registry holds it, then register it under ``alias``."""
     folder = Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
@@ -29,8 +36,10 @@ def register_verified(
         shutil.rmtree(folder, ignore_errors=True)
     failed = report.first_failure
     if failed is not None:
-        raise SignatureInvalid(f"Refused to register {name}: the {failed.name} check failed: {failed.detail}.",
-                               hint="Nothing was registered. The model changed after signing, or its signer is not trusted.")  # fmt: skip
+        raise SignatureInvalid(
+            f"Refused to register {name}: the {failed.name} check failed: {failed.detail}.",
+            hint="Nothing was registered. The model changed after signing, or its signer is not trusted.",
+        )
     tags = {**tags, "conveyor.model_digest": str(report.model_digest)}
     if report.signer and report.signer.startswith("sha256:"):
         tags["conveyor.key_fingerprint"] = report.signer

@@ -41,11 +41,18 @@ from registry.ledger import Ledger
 from registry.locks import file_lock
 from registry.workspace import Workspace
 
-__all__ = ["DriftOutcome", "LabelsOutcome", "RetrainingOutcome", "Started", "add_labels", "check_drift", "labelled_data",
-           "retrain"]  # fmt: skip
+__all__ = [
+    "DriftOutcome",
+    "LabelsOutcome",
+    "RetrainingOutcome",
+    "Started",
+    "add_labels",
+    "check_drift",
+    "labelled_data",
+    "retrain",
+]
 
 log = logging.getLogger("conveyor.monitoring")
-
 
 
 @dataclass(frozen=True)
@@ -106,20 +113,41 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
         result = measure_drift(ledger, ws, project, policy, spec, now)
         decision = None
         if result.status == "drift":
-            breach = Breach("drift", result.model, result.version, _at(result.since), _at(result.until),
-                            result.report_digest or "", result.describe())  # fmt: skip
+            breach = Breach(
+                "drift",
+                result.model,
+                result.version,
+                _at(result.since),
+                _at(result.until),
+                result.report_digest or "",
+                result.describe(),
+            )
             decision = _decide(breach, ledger, policy, now, start)
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
         ledger.append(
             EventKind.DRIFT_CHECKED,
-            inputs={"version": result.version_digest, "reference": result.reference_digest, "window": result.window_digest},
+            inputs={
+                "version": result.version_digest,
+                "reference": result.reference_digest,
+                "window": result.window_digest,
+            },
             outputs=[d for d in (result.report_digest, result.html_digest, result.snapshot_digest) if d],
-            details={"model": result.model, "version": result.version, "status": result.status, "window": result.window,
-                     "window_rows": result.window_rows, "since": result.since, "until": result.until, "share": result.share,
-                     "drifted": result.drifted, "report": str(result.report), "html": str(result.html) if result.html else None,
-                     "snapshot": str(result.snapshot) if result.snapshot else None,
-                     "trigger": result.trigger},
-        )  # fmt: skip
+            details={
+                "model": result.model,
+                "version": result.version,
+                "status": result.status,
+                "window": result.window,
+                "window_rows": result.window_rows,
+                "since": result.since,
+                "until": result.until,
+                "share": result.share,
+                "drifted": result.drifted,
+                "report": str(result.report),
+                "html": str(result.html) if result.html else None,
+                "snapshot": str(result.snapshot) if result.snapshot else None,
+                "trigger": result.trigger,
+            },
+        )
         outcome = DriftOutcome(result, decision)
         if decision is not None and decision.start:
             outcome.started = _record_trigger(ws, ledger, breach, decision)
@@ -135,8 +163,10 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
     name = project.model_name
     champion = ws.champion(name)
     if champion is None:
-        raise NotFound(f"{name} has no champion whose predictions the labels could judge.",
-                       hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.")  # fmt: skip
+        raise NotFound(
+            f"{name} has no champion whose predictions the labels could judge.",
+            hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
+        )
     now = datetime.now(UTC)
     with ws.ledger() as ledger:
         details = {"labels_for": name, "complete": complete}
@@ -152,19 +182,46 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
             kept = folder / f"joined-{joined_digest.split(':')[1][:16]}.parquet"
             partial.replace(kept)
         quality = quality_of(joined, project, policy.quality, champion)
-        ledger.append(EventKind.LABELS_ADDED, inputs={"labels": ref.digest}, outputs=[joined_digest] if joined_digest else [],
-                      details={"model": name, "path": relative_to_root(ref.path, root), "rows": len(labels),
-                               "matched": len(joined), "complete": complete, "joined": str(kept) if kept else None})  # fmt: skip
-        outcome = LabelsOutcome(str(path), ref.digest, len(labels), len(joined), complete, str(kept) if kept else None, quality)
+        ledger.append(
+            EventKind.LABELS_ADDED,
+            inputs={"labels": ref.digest},
+            outputs=[joined_digest] if joined_digest else [],
+            details={
+                "model": name,
+                "path": relative_to_root(ref.path, root),
+                "rows": len(labels),
+                "matched": len(joined),
+                "complete": complete,
+                "joined": str(kept) if kept else None,
+            },
+        )
+        outcome = LabelsOutcome(
+            str(path), ref.digest, len(labels), len(joined), complete, str(kept) if kept else None, quality
+        )
         if quality.status == "breach":
             times = pd.to_datetime(joined["time"], utc=True)
-            breach = Breach("quality", name, champion, times.min().to_pydatetime(), times.max().to_pydatetime(),
-                            joined_digest or ref.digest, quality.describe())  # fmt: skip
+            breach = Breach(
+                "quality",
+                name,
+                champion,
+                times.min().to_pydatetime(),
+                times.max().to_pydatetime(),
+                joined_digest or ref.digest,
+                quality.describe(),
+            )
             outcome.decision = _decide(breach, ledger, policy, now, start)
-        ledger.append(EventKind.QUALITY_CHECKED, inputs={"joined": joined_digest, "version": _version_digest(ws, name, champion)},
-                      outputs=[],
-                      details={"model": name, **quality.to_dict(),
-                               "trigger": None if outcome.decision is None else ("started: " if outcome.decision.start else "not started: ") + outcome.decision.reason})  # fmt: skip
+        ledger.append(
+            EventKind.QUALITY_CHECKED,
+            inputs={"joined": joined_digest, "version": _version_digest(ws, name, champion)},
+            outputs=[],
+            details={
+                "model": name,
+                **quality.to_dict(),
+                "trigger": None
+                if outcome.decision is None
+                else ("started: " if outcome.decision.start else "not started: ") + outcome.decision.reason,
+            },
+        )
         if outcome.decision is not None and outcome.decision.start:
             outcome.started = _record_trigger(ws, ledger, breach, outcome.decision)
     return outcome
@@ -176,9 +233,12 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
 def _record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> Started:
     record = {**breach.record(), "decision": decision.reason}
     digest = json_digest(record)
-    event = ledger.append(EventKind.RETRAINING_TRIGGERED,
-                          inputs={"evidence": breach.evidence, "version": _version_digest(ws, breach.model, breach.version)},
-                          outputs=[digest], details=record)  # fmt: skip
+    event = ledger.append(
+        EventKind.RETRAINING_TRIGGERED,
+        inputs={"evidence": breach.evidence, "version": _version_digest(ws, breach.model, breach.version)},
+        outputs=[digest],
+        details=record,
+    )
     # With a Prefect server a deployment's trigger starts it; otherwise this process does.
     return Started(digest, event.seq, "server" if ws.prefect_api_url else "embedded")
 
@@ -214,34 +274,65 @@ def retrain(ws: Workspace, trigger: str, runner: Runner | None = None) -> Retrai
     root, home = ws.root, ws.home
     with ws.ledger() as ledger:
         if not [e for e in ledger.producers(trigger) if e.kind == EventKind.RETRAINING_TRIGGERED]:
-            raise NotFound(f"No retraining trigger {trigger} in the ledger.",
-                           hint="A retraining starts from a trigger that `conveyor drift check` or `conveyor labels add` recorded.")  # fmt: skip
+            raise NotFound(
+                f"No retraining trigger {trigger} in the ledger.",
+                hint="A retraining starts from a trigger that `conveyor drift check` or `conveyor labels add` recorded.",
+            )
         with file_lock(home, f"retraining-{project.model_name}"):  # a trigger delivered twice still retrains once
             earlier = [e for e in ledger.consumers(trigger) if e.kind == EventKind.RETRAINING_STARTED]
             if earlier:
-                return RetrainingOutcome("skipped", trigger, f"this trigger's retraining already started (ledger event #{earlier[0].seq})")
-            ledger.append(EventKind.RETRAINING_STARTED, inputs={"trigger": trigger}, details={"model": project.model_name})
+                return RetrainingOutcome(
+                    "skipped", trigger, f"this trigger's retraining already started (ledger event #{earlier[0].seq})"
+                )
+            ledger.append(
+                EventKind.RETRAINING_STARTED, inputs={"trigger": trigger}, details={"model": project.model_name}
+            )
         try:
             data = labelled_data(project, ledger, root, home)
             champion = ws.mlflow().get_model_version_by_alias(project.model_name, "champion")
             if data.digest == champion.tags.get("conveyor.data_digest"):
-                reason = (f"no labelled data newer than what version {champion.version} was trained on "
-                          f"({relative_to_root(data.path, root)}); add labels with `conveyor labels add FILE`")  # fmt: skip
-                ledger.append(EventKind.RETRAINING_SKIPPED, inputs={"trigger": trigger, "data": data.digest},
-                              details={"reason": reason})
+                reason = (
+                    f"no labelled data newer than what version {champion.version} was trained on "
+                    f"({relative_to_root(data.path, root)}); add labels with `conveyor labels add FILE`"
+                )
+                ledger.append(
+                    EventKind.RETRAINING_SKIPPED,
+                    inputs={"trigger": trigger, "data": data.digest},
+                    details={"reason": reason},
+                )
                 return RetrainingOutcome("skipped", trigger, reason, data=str(data.path))
             outcome = run_training(ws, data.path, cause=trigger, runner=runner or _direct)
         except ConveyorError as exc:
-            ledger.append(EventKind.RETRAINING_FAILED, inputs={"trigger": trigger}, details={"error": exc.message, "hint": exc.hint})
+            ledger.append(
+                EventKind.RETRAINING_FAILED,
+                inputs={"trigger": trigger},
+                details={"error": exc.message, "hint": exc.hint},
+            )
             return RetrainingOutcome("failed", trigger, str(exc))
         promotion = promote(ws, f"{outcome.name}/{outcome.version}", "canary", score_champion=score_champion)
         reasons = list(promotion.decision.reasons)
-        ledger.append(EventKind.RETRAINING_COMPLETED, inputs={"trigger": trigger, "version": outcome.version_digest},
-                      details={"version": outcome.version, "canary": promotion.decision.ok, "reasons": reasons,
-                               "data": relative_to_root(data.path, root)})  # fmt: skip
-    verdict = "made the canary" if promotion.decision.ok else "registered, but the promotion policy refused it as canary"
-    return RetrainingOutcome("completed", trigger, f"version {outcome.version} {verdict}", outcome.version,
-                             promotion.decision.ok, reasons, str(data.path))  # fmt: skip
+        ledger.append(
+            EventKind.RETRAINING_COMPLETED,
+            inputs={"trigger": trigger, "version": outcome.version_digest},
+            details={
+                "version": outcome.version,
+                "canary": promotion.decision.ok,
+                "reasons": reasons,
+                "data": relative_to_root(data.path, root),
+            },
+        )
+    verdict = (
+        "made the canary" if promotion.decision.ok else "registered, but the promotion policy refused it as canary"
+    )
+    return RetrainingOutcome(
+        "completed",
+        trigger,
+        f"version {outcome.version} {verdict}",
+        outcome.version,
+        promotion.decision.ok,
+        reasons,
+        str(data.path),
+    )
 
 
 def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path) -> DatasetRef:
@@ -251,8 +342,11 @@ def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path
     under ``home/datasets/`` by content and recorded with the digests it was derived from.
     """
     base = version_dataset(project.data, ledger, root=root)
-    added = [e for e in reversed(ledger.latest([EventKind.LABELS_ADDED], limit=1_000))
-             if typed(e).model == project.model_name and typed(e).complete]  # fmt: skip
+    added = [
+        e
+        for e in reversed(ledger.latest([EventKind.LABELS_ADDED], limit=1_000))
+        if typed(e).model == project.model_name and typed(e).complete
+    ]
     sources: dict[str, Path] = {}
     for event in added:
         path = Path(typed(event).path)
@@ -274,7 +368,9 @@ def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path
     union.to_parquet(partial, index=False)
     path = folder / f"{project.data.stem}-labelled-{file_digest(partial).split(':')[1][:16]}.parquet"
     partial.replace(path)
-    return version_dataset(path, ledger, root=root, details={"derived_from": [base.digest, *sources], "labels_for": project.model_name})
+    return version_dataset(
+        path, ledger, root=root, details={"derived_from": [base.digest, *sources], "labels_for": project.model_name}
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -289,7 +385,9 @@ def _window(text: str) -> Any:
     try:
         return parse_window(text)
     except ValueError as exc:
-        raise PolicyInvalid(f"Bad window: {exc}.", hint="Give a row count (5000) or a duration (30m, 24h, 7d).") from None
+        raise PolicyInvalid(
+            f"Bad window: {exc}.", hint="Give a row count (5000) or a duration (30m, 24h, 7d)."
+        ) from None
 
 
 def _at(text: str | None) -> datetime:
@@ -297,7 +395,7 @@ def _at(text: str | None) -> datetime:
 
 
 def _version_digest(ws: Workspace, name: str, version: str) -> str | None:
-    return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")  # type: ignore[no-any-return]
+    return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")
 
 
 def _direct(name: str, function: Any, *args: Any, **kwargs: Any) -> Any:

@@ -11,11 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from policies.signing import CertificateSigner
 from registry.digests import file_digest
 from registry.keys import SigningKey
 from registry.provenance import Material, build_statement, sign_statement
-from policies.signing import CertificateSigner
-from registry.signing import BUNDLE, PROVENANCE, certificate_identity, model_digest, sign_model, sign_model_with_certificate
+from registry.signing import (
+    BUNDLE,
+    PROVENANCE,
+    certificate_identity,
+    model_digest,
+    sign_model,
+    sign_model_with_certificate,
+)
 
 __all__ = ["CodeState", "SignedModel", "code_state", "sign_and_attest"]
 
@@ -38,6 +45,7 @@ class SignedModel:
 
 def code_state(root: Path) -> CodeState:
     """The commit the code is at and whether the work tree has uncommitted changes."""
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
@@ -52,9 +60,15 @@ def code_state(root: Path) -> CodeState:
 
 
 def sign_and_attest(
-    model_dir: Path, files: dict[str, str], model_id: str, signer: SigningKey | CertificateSigner, *,
-    materials: list[Material], parameters: dict[str, Any], run: dict[str, Any],
-) -> SignedModel:  # fmt: skip
+    model_dir: Path,
+    files: dict[str, str],
+    model_id: str,
+    signer: SigningKey | CertificateSigner,
+    *,
+    materials: list[Material],
+    parameters: dict[str, Any],
+    run: dict[str, Any],
+) -> SignedModel:
     """Sign the model fetched into ``model_dir`` (whose files are ``files``) with the project key
     or an organisation certificate, and attach bundle and provenance to MLflow model ``model_id``."""
     from cryptography.hazmat.primitives import serialization

@@ -49,7 +49,7 @@ def features_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:
 def split_by_time(config: ProjectConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, holdout): the holdout is the latest ``test_fraction`` of rows by event time."""
     ordered = frame.sort_values([config.event_timestamp, config.entity_key], kind="stable").reset_index(drop=True)
-    cut = int(round(len(ordered) * (1 - config.split.test_fraction)))
+    cut = round(len(ordered) * (1 - config.split.test_fraction))
     if cut < 10 or len(ordered) - cut < 10:
         raise DataInvalid(
             f"Too few rows to train and hold out ({len(ordered)} rows, test_fraction {config.split.test_fraction}).",
@@ -67,20 +67,30 @@ def build_pipeline(config: ProjectConfig) -> Any:
 
     steps = []
     if config.features.numeric:
-        steps.append(("numeric", SimpleImputer(strategy="median", keep_empty_features=True), list(config.features.numeric)))
+        steps.append(
+            ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), list(config.features.numeric))
+        )
     if config.features.categorical:
-        categorical = Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
-            ("encode", OneHotEncoder(handle_unknown="ignore", min_frequency=10, sparse_output=False)),
-        ])  # fmt: skip
+        categorical = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="constant", fill_value="missing")),
+                ("encode", OneHotEncoder(handle_unknown="ignore", min_frequency=10, sparse_output=False)),
+            ]
+        )
         steps.append(("categorical", categorical, list(config.features.categorical)))
     return Pipeline([("prepare", ColumnTransformer(steps)), ("model", config.estimator.build())])
 
 
 def train_model(
-    config: ProjectConfig, training_set: pd.DataFrame, *, data_digest: str, data_path: Path,
-    training_digest: str, artifact_root: Path, tags: dict[str, str],
-) -> TrainedModel:  # fmt: skip
+    config: ProjectConfig,
+    training_set: pd.DataFrame,
+    *,
+    data_digest: str,
+    data_path: Path,
+    training_digest: str,
+    artifact_root: Path,
+    tags: dict[str, str],
+) -> TrainedModel:
     """Fit on the earlier rows, log the run and the model to MLflow."""
     import mlflow
     import mlflow.sklearn
@@ -99,22 +109,37 @@ def train_model(
     experiment = _experiment(config.model_name, artifact_root)
     with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
         mlflow.log_params({f"estimator.{k}": v for k, v in config.estimator.params.items()})
-        mlflow.log_params({
-            "estimator.class": config.estimator.class_path, "split.test_fraction": config.split.test_fraction,
-            "train_rows": len(train), "holdout_rows": len(holdout),
-        })  # fmt: skip
-        dataset = mlflow.data.from_pandas(
-            train, source=str(data_path), name=data_path.name, targets=config.target,
+        mlflow.log_params(
+            {
+                "estimator.class": config.estimator.class_path,
+                "split.test_fraction": config.split.test_fraction,
+                "train_rows": len(train),
+                "holdout_rows": len(holdout),
+            }
+        )
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+            train,
+            source=str(data_path),
+            name=data_path.name,
+            targets=config.target,
             digest=data_digest.split(":", 1)[1][:36],  # MLflow keeps 36 characters; the full one is a tag
-        )  # fmt: skip
-        mlflow.log_input(dataset, context="training", tags={"conveyor.data_digest": data_digest, "conveyor.training_set": training_digest})
+        )
+        mlflow.log_input(
+            dataset,
+            context="training",
+            tags={"conveyor.data_digest": data_digest, "conveyor.training_set": training_digest},
+        )
         predict_fn = "predict_proba" if config.task == "classification" else "predict"
         sample = x_train.head(200)
         signature = infer_signature(sample, getattr(pipeline, predict_fn)(sample))
         info = mlflow.sklearn.log_model(
-            pipeline, name="model", signature=signature, pyfunc_predict_fn=predict_fn,
-            pip_requirements=_requirements(), skops_trusted_types=_trusted_types(pipeline),
-        )  # fmt: skip
+            pipeline,
+            name="model",
+            signature=signature,
+            pyfunc_predict_fn=predict_fn,
+            pip_requirements=_requirements(),
+            skops_trusted_types=_trusted_types(pipeline),
+        )
     cutoff = holdout[config.event_timestamp].iloc[0]
     return TrainedModel(run.info.run_id, info.model_id, info.model_uri, pipeline, holdout, len(train), str(cutoff))
 
@@ -129,7 +154,9 @@ def _experiment(name: str, artifact_root: Path) -> str:
 
 
 def _requirements() -> list[str]:
-    return [f"{name}=={metadata.version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")]
+    return [
+        f"{name}=={metadata.version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy", "skops", "mlflow")
+    ]
 
 
 def _trusted_types(pipeline: Any) -> list[str]:

@@ -98,14 +98,17 @@ def run_training(
     config = _load(ws, data)
     with ws.ledger() as ledger:
         run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause)
-        data: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
+        dataset: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
         frame = runner("read", read_data, config.data, config)
-        validation: ValidationResult = runner("validate", _validate, run, data, frame)
-        features: FeatureSet = runner("features", _features, run, data, validation, frame)
-        trained: _Trained = runner("train", _train, run, data, features)
+        validation: ValidationResult = runner("validate", _validate, run, dataset, frame)
+        features: FeatureSet = runner("features", _features, run, dataset, validation, frame)
+        trained: _Trained = runner("train", _train, run, dataset, features)
         evaluation: Evaluation = runner("evaluate", _evaluate, run, features, trained)
-        signed: SignedModel = runner("sign", _sign, run, data, validation, features, trained)
-        return runner("register", _register, run, data, trained, evaluation, signed, validation, features)
+        signed: SignedModel = runner("sign", _sign, run, dataset, validation, features, trained)
+        outcome: TrainingOutcome = runner(
+            "register", _register, run, dataset, trained, evaluation, signed, validation, features
+        )
+        return outcome
 
 
 def validate_only(ws: Workspace, data: str | Path | None = None) -> ValidationResult:
@@ -113,8 +116,8 @@ def validate_only(ws: Workspace, data: str | Path | None = None) -> ValidationRe
     config = _load(ws, data)
     with ws.ledger() as ledger:
         run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file))
-        data = version_dataset(config.data, ledger, root=run.root)
-        return _validate(run, data, read_data(config.data, config))
+        dataset = version_dataset(config.data, ledger, root=run.root)
+        return _validate(run, dataset, read_data(config.data, config))
 
 
 def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str | None = None) -> TrainingOutcome:
@@ -133,7 +136,8 @@ def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) 
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    return task(function, name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(*args, **kwargs)
+    stage: Any = task(name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(function)
+    return stage(*args, **kwargs)
 
 
 def _prefect_flow() -> Any:
@@ -169,9 +173,14 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
         EventKind.DATA_VALIDATED,
         inputs={"data": data.digest, "suite": result.suite_digest},
         outputs=[result.digest],
-        details={"success": result.success, "evaluated": result.evaluated, "failed": len(result.failures),
-                 "report": str(result.report), "suite": str(suite)},
-    )  # fmt: skip
+        details={
+            "success": result.success,
+            "evaluated": result.evaluated,
+            "failed": len(result.failures),
+            "report": str(result.report),
+            "suite": str(suite),
+        },
+    )
     if not result.success:
         lines = "; ".join(f.describe() for f in result.failures)
         raise ValidationFailed(
@@ -190,9 +199,14 @@ def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: 
         EventKind.FEATURES_BUILT,
         inputs={"data": data.digest, "validation": validation.digest, "feature_definitions": features.spec_digest},
         outputs=[features.digest],
-        details={"rows_in": features.rows_in, "rows_out": features.rows_out, "dropped": features.dropped,
-                 "training_set": str(features.path), "feature_view": feature_spec(config)["view"]},
-    )  # fmt: skip
+        details={
+            "rows_in": features.rows_in,
+            "rows_out": features.rows_out,
+            "dropped": features.dropped,
+            "training_set": str(features.path),
+            "feature_view": feature_spec(config)["view"],
+        },
+    )
     return features
 
 
@@ -207,12 +221,20 @@ class _Trained:
 
 
 def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
-    tags = {"conveyor.data_digest": data.digest, "conveyor.training_set": features.digest,
-            **({"conveyor.cause": run.cause} if run.cause else {})}  # fmt: skip
+    tags = {
+        "conveyor.data_digest": data.digest,
+        "conveyor.training_set": features.digest,
+        **({"conveyor.cause": run.cause} if run.cause else {}),
+    }
     trained = train_model(
-        run.config, features.frame, data_digest=data.digest, data_path=data.path,
-        training_digest=features.digest, artifact_root=run.home / "mlartifacts", tags=tags,
-    )  # fmt: skip
+        run.config,
+        features.frame,
+        data_digest=data.digest,
+        data_path=data.path,
+        training_digest=features.digest,
+        artifact_root=run.home / "mlartifacts",
+        tags=tags,
+    )
     folder = fetch_model(trained.model_uri, run.home / "staging" / trained.model_id)
     files = model_files(folder)
     digest = model_digest(files)
@@ -220,10 +242,16 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
         EventKind.MODEL_TRAINED,
         inputs={"training_set": features.digest, "config": run.config_digest, "cause": run.cause},
         outputs=[digest, *files.values()],
-        details={"run_id": trained.run_id, "model_id": trained.model_id, "estimator": run.config.estimator.class_path,
-                 "train_rows": trained.train_rows, "holdout_from": trained.cutoff, "files": files,
-                 **({"cause": run.cause} if run.cause else {})},
-    )  # fmt: skip
+        details={
+            "run_id": trained.run_id,
+            "model_id": trained.model_id,
+            "estimator": run.config.estimator.class_path,
+            "train_rows": trained.train_rows,
+            "holdout_from": trained.cutoff,
+            "files": files,
+            **({"cause": run.cause} if run.cause else {}),
+        },
+    )
     return _Trained(trained, folder, files, digest)
 
 
@@ -242,19 +270,32 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
         EventKind.MODEL_EVALUATED,
         inputs={"model": trained.digest, "training_set": features.digest},
         outputs=[file_digest(report)],
-        details={"metrics": evaluation.metrics, "champion": evaluation.champion_version,
-                 "champion_metrics": evaluation.champion_metrics, "behaviour_passed": not failed,
-                 "holdout_rows": evaluation.holdout_rows, "holdout_from": model.cutoff, "report": str(report)},
-    )  # fmt: skip
+        details={
+            "metrics": evaluation.metrics,
+            "champion": evaluation.champion_version,
+            "champion_metrics": evaluation.champion_metrics,
+            "behaviour_passed": not failed,
+            "holdout_rows": evaluation.holdout_rows,
+            "holdout_from": model.cutoff,
+            "report": str(report),
+        },
+    )
     if failed:
-        reasons = "; ".join(f"raising {b.feature} by {b.delta:g} should {b.direction} the prediction, "
-                            f"but did so for {b.share:.0%} of rows (mean change {b.mean_change:+.4f})" for b in failed)  # fmt: skip
-        raise GateFailed(f"The model failed {len(failed)} behavioural check(s): {reasons}.",
-                         hint="Nothing was signed or registered. Look at the features and estimator, or at the checks under `behaviour` in the project config.")  # fmt: skip
+        reasons = "; ".join(
+            f"raising {b.feature} by {b.delta:g} should {b.direction} the prediction, "
+            f"but did so for {b.share:.0%} of rows (mean change {b.mean_change:+.4f})"
+            for b in failed
+        )
+        raise GateFailed(
+            f"The model failed {len(failed)} behavioural check(s): {reasons}.",
+            hint="Nothing was signed or registered. Look at the features and estimator, or at the checks under `behaviour` in the project config.",
+        )
     return evaluation
 
 
-def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained) -> SignedModel:
+def _sign(
+    run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained
+) -> SignedModel:
     config, root = run.config, run.root
     policy = run.ws.signing()
     key = load_or_create_key(run.ws.keys_dir) if policy.sign_with == "key" else None
@@ -269,43 +310,91 @@ def _sign(run: _Run, data: DatasetRef, validation: ValidationResult, features: F
         *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
         *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
     ]
-    parameters = {"model_name": config.model_name, "task": config.task, "estimator": config.estimator.class_path,
-                  "estimator_params": config.estimator.params, "split": config.split.model_dump(),
-                  "params_digest": json_digest(config.estimator.params), "data": relative_to_root(data.path, root)}  # fmt: skip
+    parameters = {
+        "model_name": config.model_name,
+        "task": config.task,
+        "estimator": config.estimator.class_path,
+        "estimator_params": config.estimator.params,
+        "split": config.split.model_dump(),
+        "params_digest": json_digest(config.estimator.params),
+        "data": relative_to_root(data.path, root),
+    }
     model = trained.model
-    details = {"invocationId": model.run_id, "startedOn": run.started, "finishedOn": utc_now(),
-               "mlflow_run_id": model.run_id, "mlflow_model_id": model.model_id,
-               "code_commit": code.commit, "code_dirty": code.dirty, "validation_success": validation.success}  # fmt: skip
+    details = {
+        "invocationId": model.run_id,
+        "startedOn": run.started,
+        "finishedOn": utc_now(),
+        "mlflow_run_id": model.run_id,
+        "mlflow_model_id": model.model_id,
+        "code_commit": code.commit,
+        "code_dirty": code.dirty,
+        "validation_success": validation.success,
+    }
     signer = key if key is not None else _resolve_certificate(policy, root)
-    signed = sign_and_attest(trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details)
-    run.ledger.append(EventKind.MODEL_SIGNED,
-                      inputs={"model": signed.model_digest, "data": data.digest, "validation": validation.digest},
-                      outputs=[signed.bundle_digest, signed.provenance_digest],
-                      details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty})  # fmt: skip
+    signed = sign_and_attest(
+        trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details
+    )
+    run.ledger.append(
+        EventKind.MODEL_SIGNED,
+        inputs={"model": signed.model_digest, "data": data.digest, "validation": validation.digest},
+        outputs=[signed.bundle_digest, signed.provenance_digest],
+        details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
+    )
     return signed
 
 
-def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evaluation, signed: SignedModel,
-              validation: ValidationResult, features: FeatureSet) -> TrainingOutcome:  # fmt: skip
-    tags = {"conveyor.data_digest": data.digest, "conveyor.bundle_digest": signed.bundle_digest,
-            "conveyor.provenance_digest": signed.provenance_digest, "conveyor.run_id": trained.model.run_id,
-            "conveyor.validation_digest": validation.digest, "conveyor.training_set": features.digest}  # fmt: skip
-    version, verified = register_verified(run.config.model_name, trained.model.model_uri, run.ws.signing(),
-                                          root=run.root, keys_dir=run.ws.keys_dir, tags=tags)  # fmt: skip
+def _register(
+    run: _Run,
+    data: DatasetRef,
+    trained: _Trained,
+    evaluation: Evaluation,
+    signed: SignedModel,
+    validation: ValidationResult,
+    features: FeatureSet,
+) -> TrainingOutcome:
+    tags = {
+        "conveyor.data_digest": data.digest,
+        "conveyor.bundle_digest": signed.bundle_digest,
+        "conveyor.provenance_digest": signed.provenance_digest,
+        "conveyor.run_id": trained.model.run_id,
+        "conveyor.validation_digest": validation.digest,
+        "conveyor.training_set": features.digest,
+    }
+    version, verified = register_verified(
+        run.config.model_name,
+        trained.model.model_uri,
+        run.ws.signing(),
+        root=run.root,
+        keys_dir=run.ws.keys_dir,
+        tags=tags,
+    )
     run.ledger.append(
         EventKind.MODEL_REGISTERED,
-        inputs={"model": str(verified.model_digest), "bundle": signed.bundle_digest, "provenance": signed.provenance_digest},
+        inputs={
+            "model": str(verified.model_digest),
+            "bundle": signed.bundle_digest,
+            "provenance": signed.provenance_digest,
+        },
         outputs=[version.digest],
         details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
     return TrainingOutcome(
-        name=version.name, version=version.version, alias=version.alias, version_digest=version.digest,
-        model_digest=str(verified.model_digest), data_digest=data.digest, metrics=evaluation.metrics,
-        champion_metrics=evaluation.champion_metrics, champion_version=evaluation.champion_version,
-        run_id=trained.model.run_id, validation_report=str(validation.report),
-        data_docs=str(validation.docs) if validation.docs else None, rows_in=features.rows_in,
-        rows_out=features.rows_out, behaviour=[asdict(b) for b in evaluation.behaviour],
-    )  # fmt: skip
+        name=version.name,
+        version=version.version,
+        alias=version.alias,
+        version_digest=version.digest,
+        model_digest=str(verified.model_digest),
+        data_digest=data.digest,
+        metrics=evaluation.metrics,
+        champion_metrics=evaluation.champion_metrics,
+        champion_version=evaluation.champion_version,
+        run_id=trained.model.run_id,
+        validation_report=str(validation.report),
+        data_docs=str(validation.docs) if validation.docs else None,
+        rows_in=features.rows_in,
+        rows_out=features.rows_out,
+        behaviour=[asdict(b) for b in evaluation.behaviour],
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -313,11 +402,14 @@ def _register(run: _Run, data: DatasetRef, trained: _Trained, evaluation: Evalua
 
 def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner:
     assert policy.certificate is not None  # the policy's own check guarantees it
+
     def resolve(path: Path) -> Path:
         return path if path.is_absolute() else root / path
 
     c = policy.certificate
-    return CertificateSigner(private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain))
+    return CertificateSigner(
+        private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain)
+    )
 
 
 def _champion(run: _Run) -> tuple[str, Any] | None:
@@ -328,9 +420,12 @@ def _champion(run: _Run) -> tuple[str, Any] | None:
     version = run.ws.champion(name)
     if version is None:
         return None
-    report = verify_version(f"{name}/{version}", run.ws.signing(), root=run.root, keys_dir=run.ws.keys_dir, ledger=run.ledger)
+    report = verify_version(
+        f"{name}/{version}", run.ws.signing(), root=run.root, keys_dir=run.ws.keys_dir, ledger=run.ledger
+    )
     if not report.ok:
         failed = report.first_failure
+        assert failed is not None  # the report is not ok: some link failed
         raise SignatureInvalid(
             f"The champion, {name} version {version}, does not verify ({failed.name}: {failed.detail}); "
             "it was not loaded and nothing was signed or registered.",

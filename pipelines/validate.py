@@ -21,10 +21,35 @@ from policies.errors import PolicyInvalid
 from policies.project import ProjectConfig
 from registry.digests import canonical_json, file_digest, json_digest
 
-__all__ = ["write_starter_suite", "Failure", "ValidationResult", "load_suite", "starter_suite", "suite_path", "validate_data"]
+__all__ = [
+    "Failure",
+    "ValidationResult",
+    "load_suite",
+    "starter_suite",
+    "suite_path",
+    "validate_data",
+    "write_starter_suite",
+]
 
-_NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                  "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64"]  # fmt: skip
+_NUMERIC_TYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Float32",
+    "Float64",
+]
 _TEXT_TYPES = ["object", "str", "string", "category"]
 
 
@@ -78,12 +103,22 @@ def load_suite(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PolicyInvalid(f"{path} is not valid JSON: {exc}.", hint="Fix the syntax, or re-create it with `conveyor expectations init --force`.") from None
+        raise PolicyInvalid(
+            f"{path} is not valid JSON: {exc}.",
+            hint="Fix the syntax, or re-create it with `conveyor expectations init --force`.",
+        ) from None
     expectations = document.get("expectations") if isinstance(document, dict) else None
     if not isinstance(expectations, list) or not expectations:
-        raise PolicyInvalid(f"{path} has no `expectations` list.", hint="A suite is {\"name\": ..., \"expectations\": [{\"type\": ..., \"kwargs\": {...}}]}.")
+        raise PolicyInvalid(
+            f"{path} has no `expectations` list.",
+            hint='A suite is {"name": ..., "expectations": [{"type": ..., "kwargs": {...}}]}.',
+        )
     for index, item in enumerate(expectations):
-        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(item.get("kwargs", {}), dict):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("type"), str)
+            or not isinstance(item.get("kwargs", {}), dict)
+        ):
             raise PolicyInvalid(
                 f"Expectation #{index + 1} in {path} is malformed: each needs a `type` (string) and `kwargs` (mapping).",
                 hint="Compare it with the others in the file, or re-create the suite.",
@@ -115,9 +150,13 @@ def validate_data(
     """Run the suite (plus the no-future-events check) and write the JSON report and Data Docs."""
     document = load_suite(suite_file)
     now = now or datetime.now(UTC)
-    runtime = [{"type": "expect_column_max_to_be_between",
-                "kwargs": {"column": config.event_timestamp, "max_value": now.isoformat()},
-                "meta": {"conveyor": "no event may lie in the future"}}]  # fmt: skip
+    runtime = [
+        {
+            "type": "expect_column_max_to_be_between",
+            "kwargs": {"column": config.event_timestamp, "max_value": now.isoformat()},
+            "meta": {"conveyor": "no event may lie in the future"},
+        }
+    ]
     context, batch_definition = _context(reports / "data-docs")
     suite = context.suites.add(_build_suite(document, suite_file, runtime))
     result = _run(context, batch_definition, suite, frame)
@@ -214,7 +253,11 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
         expect("expect_column_values_to_not_be_null", column=column)
     for column in config.features.all:
         null_share = float(frame[column].isna().mean())
-        expect("expect_column_values_to_not_be_null", column=column, mostly=round(max(0.0, 1 - max(0.05, 2 * null_share)), 3))
+        expect(
+            "expect_column_values_to_not_be_null",
+            column=column,
+            mostly=round(max(0.0, 1 - max(0.05, 2 * null_share)), 3),
+        )
     numeric = list(config.features.numeric) + ([config.target] if config.task == "regression" else [])
     for column in numeric:
         expect("expect_column_values_to_be_in_type_list", column=column, type_list=_NUMERIC_TYPES)
@@ -224,7 +267,12 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
         low, high = float(values.min()), float(values.max())
         margin = 0.2 * (high - low)
         bounds = {"min_value": low - margin if low < 0 or low - margin >= 0 else 0.0, "max_value": high + margin}
-        expect("expect_column_values_to_be_between", column=column, mostly=0.99, **{k: round(v, 6) for k, v in bounds.items()})
+        expect(
+            "expect_column_values_to_be_between",
+            column=column,
+            mostly=0.99,
+            **{k: round(v, 6) for k, v in bounds.items()},
+        )
     for column in config.features.categorical:
         expect("expect_column_values_to_be_in_type_list", column=column, type_list=_TEXT_TYPES)
         values = sorted(str(v) for v in frame[column].dropna().unique())
@@ -236,7 +284,9 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
     return {"name": config.model_name, "expectations": expectations}
 
 
-def write_starter_suite(config: ProjectConfig, root: Path, data: Path | None = None, *, force: bool = False) -> tuple[Path, dict[str, Any]]:
+def write_starter_suite(
+    config: ProjectConfig, root: Path, data: Path | None = None, *, force: bool = False
+) -> tuple[Path, dict[str, Any]]:
     """Write ``starter_suite`` of ``data`` (default: the config's) where the project's suite lives;
     an existing suite is kept unless ``force``. Returns where it went and the suite."""
     import json

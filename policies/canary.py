@@ -91,8 +91,13 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
     allowed_errors = policy.max_error_rate * max(policy.min_requests, canary.requests)
     if canary.errors > allowed_errors:
         rate = canary.errors / max(canary.requests, 1)
-        return Verdict("rollback", [f"canary errors {canary.errors} of {canary.requests} ({rate:.1%}) exceed the "
-                                    f"allowed {policy.max_error_rate:.1%} of at least {policy.min_requests} requests"])  # fmt: skip
+        return Verdict(
+            "rollback",
+            [
+                f"canary errors {canary.errors} of {canary.requests} ({rate:.1%}) exceed the "
+                f"allowed {policy.max_error_rate:.1%} of at least {policy.min_requests} requests"
+            ],
+        )
     waiting = []
     if canary.requests < policy.min_requests:
         waiting.append(f"{canary.requests} of {policy.min_requests} canary requests")
@@ -101,14 +106,16 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
     if waiting:
         return Verdict("hold", ["step not complete: " + ", ".join(waiting)])
 
-    breaches, passed = [], [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
+    breaches: list[str] = []
+    passed = [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
     q = {"p50": 50, "p95": 95, "p99": 99}[policy.latency.percentile]
     if len(canary.latencies_ms) and len(champion.latencies_ms):
         ours, theirs = np.percentile(canary.latencies_ms, q), np.percentile(champion.latencies_ms, q)
         ratio = ours / max(theirs, 1e-9)
         (breaches if ratio > policy.latency.max_ratio else passed).append(
             f"{policy.latency.percentile} latency {ours:.1f} ms vs champion {theirs:.1f} ms: ratio {ratio:.2f} "
-            f"(max {policy.latency.max_ratio:g})")  # fmt: skip
+            f"(max {policy.latency.max_ratio:g})"
+        )
     # About 30 predictions a bin on each side: with fewer, empty bins make PSI's sampling noise
     # heavy-tailed (a healthy canary of 60 requests would reach 0.9 now and then).
     bins = min(10, len(canary.predictions) // 30, len(champion.predictions) // 30)
@@ -116,8 +123,10 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
         shift = psi(champion.predictions, canary.predictions, bins=bins)
         (breaches if shift > policy.max_psi else passed).append(f"prediction PSI {shift:.3f} (max {policy.max_psi:g})")
     elif len(canary.predictions):
-        passed.append(f"prediction PSI not judged: {len(champion.predictions)} champion and "
-                      f"{len(canary.predictions)} canary predictions are too few to compare")  # fmt: skip
+        passed.append(
+            f"prediction PSI not judged: {len(champion.predictions)} champion and "
+            f"{len(canary.predictions)} canary predictions are too few to compare"
+        )
     if breaches:
         return Verdict("rollback", breaches)
     return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.loading import load_policy
 
-__all__ = ["ColumnTest", "DriftPolicy", "QUALITY_METRICS", "Window", "load_drift_policy", "parse_window"]
+__all__ = ["QUALITY_METRICS", "ColumnTest", "DriftPolicy", "Window", "load_drift_policy", "parse_window"]
 
 # Quality metrics a label check can compute, and whether higher is better.
-QUALITY_METRICS: dict[str, bool] = {"roc_auc": True, "accuracy": True, "f1": True, "log_loss": False, "brier": False,
-                                    "rmse": False, "mae": False, "r2": True}  # fmt: skip
+QUALITY_METRICS: dict[str, bool] = {
+    "roc_auc": True,
+    "accuracy": True,
+    "f1": True,
+    "log_loss": False,
+    "brier": False,
+    "rmse": False,
+    "mae": False,
+    "r2": True,
+}
 _UNITS = {"m": 60, "h": 3_600, "d": 86_400}
 
 
@@ -70,7 +79,9 @@ class Quality(_Strict):
             raise ValueError("give exactly one of `min` (higher is better) or `max` (lower is better)")
         if QUALITY_METRICS[self.metric] != (self.min is not None):
             better = "higher" if QUALITY_METRICS[self.metric] else "lower"
-            raise ValueError(f"{self.metric} is {better}-is-better: bound it with `{'min' if better == 'higher' else 'max'}`")
+            raise ValueError(
+                f"{self.metric} is {better}-is-better: bound it with `{'min' if better == 'higher' else 'max'}`"
+            )
         return self
 
     def breached(self, value: float) -> bool:

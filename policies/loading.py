@@ -31,8 +31,12 @@ def read_yaml_mapping(path: Path, error: type[ConveyorError], *, missing_hint: s
 
 def load_policy(path: Path, model: type[Model]) -> Model:
     """Parse ``path`` (YAML) as ``model``; never falls back to defaults for a broken file."""
-    document = read_yaml_mapping(path, PolicyInvalid, missing_hint="Restore it from the repository (policies/*.yaml).",
-                                 example="the repository's version")  # fmt: skip
+    document = read_yaml_mapping(
+        path,
+        PolicyInvalid,
+        missing_hint="Restore it from the repository (policies/*.yaml).",
+        example="the repository's version",
+    )
     try:
         return model.model_validate(document)
     except ValidationError as exc:
@@ -40,4 +44,6 @@ def load_policy(path: Path, model: type[Model]) -> Model:
             f"`{'.'.join(map(str, e['loc'])) or '(top level)'}`: {e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors()
         )
-        raise PolicyInvalid(f"{path} is not a valid policy: {problems}.", hint="Fix the field(s) named; no default is assumed.") from None
+        raise PolicyInvalid(
+            f"{path} is not a valid policy: {problems}.", hint="Fix the field(s) named; no default is assumed."
+        ) from None

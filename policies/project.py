@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 # Holdout metrics where a smaller value is the better model.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
 
@@ -73,8 +72,7 @@ class EstimatorSpec(_Strict):
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise ConfigInvalid(
-                f"`estimator.class` is {self.class_path!r}, but module {module_name!r} cannot be "
-                f"imported ({exc}).",
+                f"`estimator.class` is {self.class_path!r}, but module {module_name!r} cannot be imported ({exc}).",
                 hint="Use an installed estimator, e.g. sklearn.ensemble.HistGradientBoostingClassifier.",
             ) from None
         estimator = getattr(module, name, None)
@@ -186,7 +184,9 @@ def read_columns(path: Path) -> list[str]:
     except Exception as exc:  # pyarrow's own errors for a damaged Parquet file
         raise DataInvalid(f"Cannot read the schema of {path}: {exc}.", hint="Check the file is intact.") from None
     if not header:
-        raise DataInvalid(f"{path} is empty: it has no header row.", hint="Point `data` at a file with a header and rows.")
+        raise DataInvalid(
+            f"{path} is empty: it has no header row.", hint="Point `data` at a file with a header and rows."
+        )
     return [c.strip() for c in header]
 
 
@@ -199,9 +199,11 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
 
     path = Path(path).absolute()
     document = read_yaml_mapping(
-        path, ConfigInvalid, example="the demo's conveyor.yaml",
+        path,
+        ConfigInvalid,
+        example="the demo's conveyor.yaml",
         missing_hint="Create conveyor.yaml (see the one in Conveyor's repository for the demo), or pass --config.",
-    )  # fmt: skip
+    )
     try:
         config = ProjectConfig.model_validate({**document, "source": path})
     except ValidationError as exc:
@@ -226,7 +228,25 @@ def _describe(exc: ValidationError, path: Path) -> str:
         if kind == "missing":
             problems.append(f"`{where}` is missing")
         elif kind == "extra_forbidden":
-            close = difflib.get_close_matches(str(error["loc"][-1]), sorted(_FIELDS | {"numeric", "categorical", "class", "params", "method", "test_fraction", "feature", "direction", "delta", "min_share"}), n=1)
+            close = difflib.get_close_matches(
+                str(error["loc"][-1]),
+                sorted(
+                    _FIELDS
+                    | {
+                        "numeric",
+                        "categorical",
+                        "class",
+                        "params",
+                        "method",
+                        "test_fraction",
+                        "feature",
+                        "direction",
+                        "delta",
+                        "min_share",
+                    }
+                ),
+                n=1,
+            )
             problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
         else:
             got = error.get("input")
@@ -238,8 +258,10 @@ def _describe(exc: ValidationError, path: Path) -> str:
 def _hint(exc: ValidationError) -> str:
     kinds = {e["type"] for e in exc.errors()}
     if "missing" in kinds:
-        return ("A project config needs model_name, task, data, entity_key, event_timestamp, target, "
-                "features (numeric/categorical lists) and estimator (class, params).")  # fmt: skip
+        return (
+            "A project config needs model_name, task, data, entity_key, event_timestamp, target, "
+            "features (numeric/categorical lists) and estimator (class, params)."
+        )
     if "extra_forbidden" in kinds:
         return "Remove or rename the unknown key(s); the demo's conveyor.yaml shows every key."
     return "Fix the value(s) named above; the demo's conveyor.yaml shows a working example."

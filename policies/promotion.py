@@ -86,26 +86,43 @@ def decide_promotion(candidate: Candidate, champion: str | None, policy: Promoti
     def check(ok: bool, good: str, bad: str) -> None:
         (passed if ok else refusals).append(good if ok else bad)
 
-    check(candidate.signature_verified, "signature and provenance verified by a trusted signer",
-          "signature or provenance did not verify against a trusted signer")  # fmt: skip
+    check(
+        candidate.signature_verified,
+        "signature and provenance verified by a trusted signer",
+        "signature or provenance did not verify against a trusted signer",
+    )
     if policy.require.validation_passed:
         check(candidate.validation_passed, "its data passed validation", "its data did not pass validation")
     if policy.require.clean_tree:
-        check(candidate.clean_tree is True, "built from a clean, committed work tree",
-              "not built from a clean, committed work tree (provenance records uncommitted changes or no commit)")  # fmt: skip
+        check(
+            candidate.clean_tree is True,
+            "built from a clean, committed work tree",
+            "not built from a clean, committed work tree (provenance records uncommitted changes or no commit)",
+        )
     if policy.max_model_size_mb is not None:
         size_mb = candidate.size_bytes / 1e6
-        check(size_mb <= policy.max_model_size_mb, f"size {size_mb:.2f} MB within {policy.max_model_size_mb:g} MB",
-              f"size {size_mb:.2f} MB exceeds the maximum {policy.max_model_size_mb:g} MB")  # fmt: skip
+        check(
+            size_mb <= policy.max_model_size_mb,
+            f"size {size_mb:.2f} MB within {policy.max_model_size_mb:g} MB",
+            f"size {size_mb:.2f} MB exceeds the maximum {policy.max_model_size_mb:g} MB",
+        )
     for metric, bound in sorted(policy.thresholds.items()):
         value = candidate.metrics.get(metric)
         if value is None:
             refusals.append(f"metric {metric} was not recorded for this version")
             continue
         if bound.min is not None:
-            check(value >= bound.min, f"{metric} {value:.4f} >= {bound.min:g}", f"{metric} {value:.4f} is below the minimum {bound.min:g}")
+            check(
+                value >= bound.min,
+                f"{metric} {value:.4f} >= {bound.min:g}",
+                f"{metric} {value:.4f} is below the minimum {bound.min:g}",
+            )
         if bound.max is not None:
-            check(value <= bound.max, f"{metric} {value:.4f} <= {bound.max:g}", f"{metric} {value:.4f} is above the maximum {bound.max:g}")
+            check(
+                value <= bound.max,
+                f"{metric} {value:.4f} <= {bound.max:g}",
+                f"{metric} {value:.4f} is above the maximum {bound.max:g}",
+            )
     if policy.beat_champion is not None:
         if champion is None:
             passed.append("no champion yet: nothing to beat")
@@ -124,6 +141,10 @@ def _beat(candidate: Candidate, champion: str, rule: BeatChampion, refusals: lis
         return
     gain = theirs - ours if rule.metric in LOWER_IS_BETTER else ours - theirs
     if gain >= rule.min_delta:
-        passed.append(f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})")
+        passed.append(
+            f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})"
+        )
     else:
-        refusals.append(f"{rule.metric} {ours:.4f} does not beat champion v{champion} ({theirs:.4f}) by {rule.min_delta:g}: change {gain:+.4f}")
+        refusals.append(
+            f"{rule.metric} {ours:.4f} does not beat champion v{champion} ({theirs:.4f}) by {rule.min_delta:g}: change {gain:+.4f}"
+        )

@@ -53,7 +53,9 @@ class SigningPolicy(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> SigningPolicy:
         if self.sign_with == "certificate" and self.certificate is None:
-            raise ValueError("`sign_with: certificate` needs a `certificate:` section (private_key, certificate, chain)")
+            raise ValueError(
+                "`sign_with: certificate` needs a `certificate:` section (private_key, certificate, chain)"
+            )
         if not (self.trust_project_key or self.trusted_keys or self.organisation_ca):
             raise ValueError("no signer is trusted: set trust_project_key, trusted_keys or organisation_ca")
         return self

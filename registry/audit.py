@@ -39,12 +39,27 @@ from registry.lineage import upstream
 from registry.seals import ChainProof, prove_events
 from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
 
-__all__ = ["REPORT_KEYS", "AuditReport", "Facts", "audit_version", "record_links", "record_of", "recorded_files", "trusted_signers"]
+__all__ = [
+    "REPORT_KEYS",
+    "AuditReport",
+    "Facts",
+    "audit_version",
+    "record_links",
+    "record_of",
+    "recorded_files",
+    "trusted_signers",
+]
 
 _BUILT_FROM = ("conveyor.data_digest", "conveyor.validation_digest")
-RELEASE_KINDS = (EventKind.MODEL_PROMOTED, EventKind.MODEL_PROMOTION_REFUSED, EventKind.MODEL_DEPLOYED,
-                 EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK, EventKind.MODEL_ROLLED_BACK,
-                 EventKind.MODEL_LOAD_REFUSED)  # fmt: skip
+RELEASE_KINDS = (
+    EventKind.MODEL_PROMOTED,
+    EventKind.MODEL_PROMOTION_REFUSED,
+    EventKind.MODEL_DEPLOYED,
+    EventKind.CANARY_COMPLETED,
+    EventKind.CANARY_ROLLED_BACK,
+    EventKind.MODEL_ROLLED_BACK,
+    EventKind.MODEL_LOAD_REFUSED,
+)
 
 
 @dataclass
@@ -64,9 +79,18 @@ class AuditReport:
 
     def to_dict(self) -> dict[str, Any]:
         v = self.verification
-        return {"ref": self.ref, "name": v.name, "version": v.version, "ok": self.ok, "version_digest": v.version_digest,
-                "model_digest": v.model_digest, "signer": v.signer, "links": [link.__dict__ for link in self.links],
-                "events": [e.seq for e in self.events], "evidence": str(self.evidence) if self.evidence else None}  # fmt: skip
+        return {
+            "ref": self.ref,
+            "name": v.name,
+            "version": v.version,
+            "ok": self.ok,
+            "version_digest": v.version_digest,
+            "model_digest": v.model_digest,
+            "signer": v.signer,
+            "links": [link.__dict__ for link in self.links],
+            "events": [e.seq for e in self.events],
+            "evidence": str(self.evidence) if self.evidence else None,
+        }
 
 
 def trusted_signers(policy: SigningPolicy, root: Path, keys_dir: Path) -> dict[str, bytes]:
@@ -98,15 +122,23 @@ def _audit(report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Pat
     report.events = record_of(ledger, v.version_digest)
     report.proof = prove_events(ledger, {e.seq for e in report.events}, trusted_signers(policy, root, keys_dir))
     facts = Facts.of(v.tags, report.events, root)
-    report.links = [Link("chain", report.proof.ok, report.proof.detail), *v.links, facts.data(),
-                    *record_links(v, facts, report.events, lambda _event, _key, value: in_project(root, value))]  # fmt: skip
+    report.links = [
+        Link("chain", report.proof.ok, report.proof.detail),
+        *v.links,
+        facts.data(),
+        *record_links(v, facts, report.events, lambda _event, _key, value: in_project(root, value)),
+    ]
 
 
 def record_of(ledger: Ledger, version_digest: str) -> list[LedgerEvent]:
     """A version's record: everything upstream of it, and the release and monitoring events naming it."""
     with ledger.reading():
         lineage = upstream(ledger, version_digest)
-        named = [e for e in ledger.consumers(version_digest) if e.kind in RELEASE_KINDS or e.kind.startswith(("drift.", "quality."))]
+        named = [
+            e
+            for e in ledger.consumers(version_digest)
+            if e.kind in RELEASE_KINDS or e.kind.startswith(("drift.", "quality."))
+        ]
     return sorted({e.seq: e for e in (*lineage.events, *named)}.values(), key=lambda e: e.seq)
 
 
@@ -117,7 +149,14 @@ def record_links(v: VerificationReport, facts: Facts, events: list[LedgerEvent],
     """The links checked from the ledger's record alone (no registry, no data): the same in a project
     and in an evidence bundle."""
     named = [e for e in events if v.version_digest in e.inputs]
-    return [facts.validation(), facts.features(), facts.training(), _materials(v, facts), _releases(v, named), _reports(events, locate)]
+    return [
+        facts.validation(),
+        facts.features(),
+        facts.training(),
+        _materials(v, facts),
+        _releases(v, named),
+        _reports(events, locate),
+    ]
 
 
 @dataclass
@@ -143,7 +182,8 @@ class Facts:
         found = [e for e in self.by_output.get(digest or "", []) if e.kind == kind]
         wanted = {self.tags.get(t) for t in needs}
         fitting = [e for e in found if wanted <= set(e.inputs)]
-        return digest, (fitting or found or [None])[-1]
+        chosen = fitting or found
+        return digest, chosen[-1] if chosen else None
 
     def data(self) -> Link:
         digest, event = self.made("conveyor.data_digest", EventKind.DATASET_VERSIONED)
@@ -153,10 +193,16 @@ class Facts:
         md5 = event.details.get("md5")
         source = path if path.is_file() else dvc_cached(self.root, md5)
         if source is None:
-            return Link("data", False, f"{path} is gone and DVC's cache has no copy of md5 {md5}: run `dvc pull` or `dvc checkout`")
+            return Link(
+                "data",
+                False,
+                f"{path} is gone and DVC's cache has no copy of md5 {md5}: run `dvc pull` or `dvc checkout`",
+            )
         hashes = file_hashes(source, "md5")
         if hashes["sha256"] != digest:
-            return Link("data", False, f"{source} hashes to {hashes['sha256']}, not the recorded {digest}: the data was changed")
+            return Link(
+                "data", False, f"{source} hashes to {hashes['sha256']}, not the recorded {digest}: the data was changed"
+            )
         if hashes["md5"] != md5:
             return Link("data", False, f"{source} has md5 {hashes['md5']}, but the ledger recorded {md5}")
         try:
@@ -164,8 +210,12 @@ class Facts:
         except ConveyorError as exc:
             return Link("data", False, exc.message)
         if tracked is not None and tracked != md5:
-            return Link("data", False, f"{path.name}.dvc now records md5 {tracked}, not {md5}: DVC's record was changed "
-                                       "(or the data re-versioned) since this model was trained")  # fmt: skip
+            return Link(
+                "data",
+                False,
+                f"{path.name}.dvc now records md5 {tracked}, not {md5}: DVC's record was changed "
+                "(or the data re-versioned) since this model was trained",
+            )
         where = "DVC's cache" if source != path else str(event.details.get("path"))
         dvc = "tracked by DVC, record agrees" if tracked else "not tracked by DVC"
         return Link("data", True, f"{where} hashes to {digest} (event #{event.seq}); {dvc}")
@@ -183,7 +233,11 @@ class Facts:
             return Link("validation", False, f"event #{event.seq} validated other data, not {data}")
         if event.details.get("success") is not True:
             return Link("validation", False, f"event #{event.seq} records a failed validation")
-        return Link("validation", True, f"passed {event.details.get('evaluated')} expectations on this data (event #{event.seq})")
+        return Link(
+            "validation",
+            True,
+            f"passed {event.details.get('evaluated')} expectations on this data (event #{event.seq})",
+        )
 
     def features(self) -> Link:
         digest, event = self.made("conveyor.training_set", EventKind.FEATURES_BUILT, _BUILT_FROM)
@@ -192,7 +246,11 @@ class Facts:
             return Link("features", False, f"no features.built event produced the training set {digest}")
         missing = [d for d in wanted if d not in event.inputs]
         if missing:
-            return Link("features", False, f"event #{event.seq} built the training set from other inputs (lacks {', '.join(map(str, missing))})")
+            return Link(
+                "features",
+                False,
+                f"event #{event.seq} built the training set from other inputs (lacks {', '.join(map(str, missing))})",
+            )
         return Link("features", True, f"training set {digest} built from this data and validation (event #{event.seq})")
 
     def training(self) -> Link:
@@ -204,14 +262,21 @@ class Facts:
         if self.tags.get("conveyor.training_set") not in event.inputs:
             return Link("training", False, f"event #{event.seq} trained on another training set")
         if event.details.get("run_id") != self.tags.get("conveyor.run_id"):
-            return Link("training", False, f"event #{event.seq} names MLflow run {event.details.get('run_id')}, the registry {self.tags.get('conveyor.run_id')}")
+            return Link(
+                "training",
+                False,
+                f"event #{event.seq} names MLflow run {event.details.get('run_id')}, the registry {self.tags.get('conveyor.run_id')}",
+            )
         return Link("training", True, f"trained in MLflow run {event.details.get('run_id')} (event #{event.seq})")
 
 
 def _materials(v: VerificationReport, facts: Facts) -> Link:
     if v.statement is None:
         return Link("materials", False, "no verified provenance statement to compare")
-    materials = {d.get("uri", ""): d.get("digest", {}) for d in v.statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    materials = {
+        d.get("uri", ""): d.get("digest", {})
+        for d in v.statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    }
     trained = [e for e in facts.by_output.get(v.model_digest or "", []) if e.kind == EventKind.MODEL_TRAINED]
     _, built = facts.made("conveyor.training_set", "features.built", _BUILT_FROM)
     expected = {
@@ -228,10 +293,18 @@ def _materials(v: VerificationReport, facts: Facts) -> Link:
         "feature-definitions": _material(materials, lambda uri: uri == "feature-definitions"),
         "project config": _material(materials, lambda uri: uri.endswith((".yaml", ".yml"))),
     }
-    wrong = [f"{name}: provenance says {found[name]}, the ledger {want}" for name, want in expected.items() if found[name] != want]
+    wrong = [
+        f"{name}: provenance says {found[name]}, the ledger {want}"
+        for name, want in expected.items()
+        if found[name] != want
+    ]
     if wrong:
         return Link("materials", False, "; ".join(wrong))
-    return Link("materials", True, f"{len(expected)} provenance materials match the ledger (data, validation, training set, features, config)")
+    return Link(
+        "materials",
+        True,
+        f"{len(expected)} provenance materials match the ledger (data, validation, training set, features, config)",
+    )
 
 
 def _material(materials: dict[str, dict[str, str]], match: Any) -> str | None:
@@ -254,7 +327,11 @@ def _releases(v: VerificationReport, named: list[LedgerEvent]) -> Link:
     if wrong:
         return Link("releases", False, "events name this version's digest for another version: " + "; ".join(wrong))
     kinds = sorted({e.kind.removeprefix("model.") for e in releases})
-    return Link("releases", True, f"{len(releases)} release events name this verified version" + (f" ({', '.join(kinds)})" if kinds else ""))
+    return Link(
+        "releases",
+        True,
+        f"{len(releases)} release events name this verified version" + (f" ({', '.join(kinds)})" if kinds else ""),
+    )
 
 
 def recorded_files(event: LedgerEvent, locate: Locate) -> dict[str, Path]:
@@ -281,7 +358,9 @@ def _reports(events: list[LedgerEvent], locate: Locate) -> Link:
             if not path.is_file():
                 wrong.append(f"#{event.seq} {event.kind}: its {key} {value} is gone")
             elif path not in found.values():
-                wrong.append(f"#{event.seq} {event.kind}: its {key} {value} hashes to {file_digest(path)}, which the event did not record")
+                wrong.append(
+                    f"#{event.seq} {event.kind}: its {key} {value} hashes to {file_digest(path)}, which the event did not record"
+                )
             else:
                 checked += 1
     if wrong:

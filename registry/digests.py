@@ -62,9 +62,7 @@ def file_hashes(path: str | Path, *others: str) -> dict[str, str]:
 
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys and no whitespace: the same value always gives the same bytes."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def json_digest(value: Any) -> str:

@@ -2,12 +2,13 @@
 
 One table says it all (``SPECS``): for each ``EventKind``, the roles of its input digests and of its
 output digests, in the order they are stored, and the typed model of its details. Writers name
-their inputs (``inputs={"data": d, "suite": s}``) and the ledger stores the digests in that order,
-with the role names in the details (``"input_roles"``); readers ask ``input_of(event, "data")``.
+their inputs (``inputs={"data": d, "suite": s}``) and the ledger stores the digests in that order
+and the role names beside them (``LedgerEvent.roles``, covered by the event's hash); readers ask
+``input_of(event, "data")``.
 
-Ledgers written before roles were recorded hash exactly as before (the chain is untouched); their
-events are read by the positions the code of that time wrote, which ``SPECS`` also gives
-(``legacy_inputs``). Details are checked against the kind's model when written: a misspelt or
+Ledgers written before roles were recorded gain an empty ``roles`` column when first opened and
+otherwise stay as they are: their events hash exactly as before, and are read by the positions
+the code of that time wrote, which ``SPECS`` also gives (``legacy_inputs``). Details are checked against the kind's model when written: a misspelt or
 mistyped key is a bug, refused before it reaches the record.
 """
 
@@ -25,9 +26,7 @@ from policies.errors import LedgerError
 if TYPE_CHECKING:
     from registry.ledger import LedgerEvent
 
-__all__ = ["INPUT_ROLES", "SPECS", "EventKind", "EventSpec", "check_details", "input_of", "inputs_by_role", "typed"]
-
-INPUT_ROLES = "input_roles"  # the details key that names each stored input's role
+__all__ = ["SPECS", "EventKind", "EventSpec", "check_details", "input_of", "inputs_by_role", "typed"]
 
 
 class EventKind(StrEnum):
@@ -258,7 +257,9 @@ class EventSpec:
 SPECS: dict[EventKind, EventSpec] = {
     EventKind.DATASET_VERSIONED: EventSpec((), ("data",), DatasetVersioned),
     EventKind.DATA_VALIDATED: EventSpec(("data", "suite"), ("report",), DataValidated),
-    EventKind.FEATURES_BUILT: EventSpec(("data", "validation", "feature_definitions"), ("training_set",), FeaturesBuilt),
+    EventKind.FEATURES_BUILT: EventSpec(
+        ("data", "validation", "feature_definitions"), ("training_set",), FeaturesBuilt
+    ),
     EventKind.MODEL_TRAINED: EventSpec(("training_set", "config", "cause"), ("model", "*files"), ModelTrained),
     EventKind.MODEL_EVALUATED: EventSpec(("model", "training_set"), ("report",), ModelEvaluated),
     EventKind.MODEL_SIGNED: EventSpec(("model", "data", "validation"), ("bundle", "provenance"), ModelSigned),
@@ -270,7 +271,9 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.MODEL_LOAD_REFUSED: EventSpec((), (), LoadRefused),
     EventKind.CANARY_ROLLED_BACK: EventSpec(("version",), (), CanaryRolledBack),
     EventKind.CANARY_COMPLETED: EventSpec(("version",), (), CanaryCompleted),
-    EventKind.DRIFT_CHECKED: EventSpec(("version", "reference", "window"), ("report", "html", "snapshot"), DriftChecked),
+    EventKind.DRIFT_CHECKED: EventSpec(
+        ("version", "reference", "window"), ("report", "html", "snapshot"), DriftChecked
+    ),
     EventKind.LABELS_ADDED: EventSpec(("labels",), ("joined",), LabelsAdded),
     EventKind.QUALITY_CHECKED: EventSpec(("joined", "version"), (), QualityChecked),
     EventKind.RETRAINING_TRIGGERED: EventSpec(("evidence", "version"), ("trigger",), RetrainingTriggered),
@@ -292,16 +295,22 @@ def check_details(kind: str, details: Mapping[str, Any], roles: tuple[str, ...] 
     """Refuse details (and input roles) that do not fit the kind's model: a writer's bug."""
     spec = _spec(kind)
     if spec is None:
-        raise LedgerError(f"{kind!r} is not an event kind Conveyor records.", hint="Use one of registry.events.EventKind.")
-    body = {k: v for k, v in details.items() if k != INPUT_ROLES}
+        raise LedgerError(
+            f"{kind!r} is not an event kind Conveyor records.", hint="Use one of registry.events.EventKind."
+        )
+    body = dict(details)
     known = {field.alias or name for name, field in spec.details.model_fields.items()}
     unknown = sorted(set(body) - known)
     if unknown:
-        raise LedgerError(f"{kind} events have no detail {', '.join(unknown)}.", hint=f"Known: {', '.join(sorted(known))}.")
+        raise LedgerError(
+            f"{kind} events have no detail {', '.join(unknown)}.", hint=f"Known: {', '.join(sorted(known))}."
+        )
     try:
         spec.details.model_validate(body)
     except ValidationError as exc:
-        raise LedgerError(f"{kind} details do not fit their model: {exc.errors()[0]['msg']}.", hint="A bug: fix the writer.") from None
+        raise LedgerError(
+            f"{kind} details do not fit their model: {exc.errors()[0]['msg']}.", hint="A bug: fix the writer."
+        ) from None
     for role in roles or ():
         if role not in spec.inputs:
             raise LedgerError(f"{kind} events have no input role {role!r}.", hint=f"Known: {', '.join(spec.inputs)}.")
@@ -309,11 +318,11 @@ def check_details(kind: str, details: Mapping[str, Any], roles: tuple[str, ...] 
 
 def inputs_by_role(event: LedgerEvent) -> dict[str, str]:
     """The event's inputs by role: as recorded, or for an older event by the positions written then."""
-    roles = event.details.get(INPUT_ROLES)
-    if roles is None:
+    roles: tuple[str, ...] = event.roles
+    if not roles:
         spec = _spec(event.kind)
         roles = (spec.legacy_inputs or spec.inputs) if spec else ()
-    return {role: digest for role, digest in zip(roles, event.inputs, strict=False)}
+    return dict(zip(roles, event.inputs, strict=False))
 
 
 def input_of(event: LedgerEvent, role: str) -> str | None:
@@ -324,5 +333,4 @@ def input_of(event: LedgerEvent, role: str) -> str | None:
 def typed(event: LedgerEvent) -> Any:
     """The event's details as its kind's model (keys unknown to the model are kept)."""
     spec = _spec(event.kind)
-    body = {k: v for k, v in event.details.items() if k != INPUT_ROLES}
-    return spec.details.model_validate(body) if spec else _Details.model_validate(body)
+    return (spec.details if spec else _Details).model_validate(event.details)

@@ -69,8 +69,14 @@ class EvidenceReport:
         return bool(self.links) and all(link.ok for link in self.links)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bundle": str(self.archive), "name": self.name, "version": self.version, "ok": self.ok,
-                "signer": self.signer, "links": [link.__dict__ for link in self.links]}  # fmt: skip
+        return {
+            "bundle": str(self.archive),
+            "name": self.name,
+            "version": self.version,
+            "ok": self.ok,
+            "signer": self.signer,
+            "links": [link.__dict__ for link in self.links],
+        }
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -82,7 +88,9 @@ def export_evidence(
     """Seal the ledger, then write ``out`` (a .tar.gz) for ``report``, whose model files were kept."""
     v = report.verification
     if report.model_dir is None or v.version is None or v.version_digest is None:
-        raise ConveyorError(f"There is no verified model to export for {report.ref}.", hint="Fix what the audit reports first.")
+        raise ConveyorError(
+            f"There is no verified model to export for {report.ref}.", hint="Fix what the audit reports first."
+        )
     public = key.public_path.read_bytes()
     seal = seal_ledger(ledger, key.private_key(), key.fingerprint, {**trusted, key.fingerprint: public})
     chain = _stretch_events(ledger, seal, [e.seq for e in report.events])
@@ -103,13 +111,26 @@ def export_evidence(
                 shutil.copyfile(path, stage / name)
                 reports[digest] = name
         created = utc_now()
-        (stage / "README.txt").write_text(_README.format(name=v.name, version=v.version, created=created, archive=out.name,
-                                                         fingerprint=key.fingerprint))  # fmt: skip
+        (stage / "README.txt").write_text(
+            _README.format(
+                name=v.name, version=v.version, created=created, archive=out.name, fingerprint=key.fingerprint
+            )
+        )
         files = {p.relative_to(stage).as_posix(): file_digest(p) for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {"format": FORMAT, "created": created, "name": v.name, "version": v.version,
-                    "version_digest": v.version_digest, "model_digest": v.model_digest, "model_signer": v.signer,
-                    "tags": v.tags, "audit": report.to_dict(), "seal": {"seq": seal.seq, "hash": seal.hash},
-                    "reports": reports, "files": files}  # fmt: skip
+        manifest = {
+            "format": FORMAT,
+            "created": created,
+            "name": v.name,
+            "version": v.version,
+            "version_digest": v.version_digest,
+            "model_digest": v.model_digest,
+            "model_signer": v.signer,
+            "tags": v.tags,
+            "audit": report.to_dict(),
+            "seal": {"seq": seal.seq, "hash": seal.hash},
+            "reports": reports,
+            "files": files,
+        }
         (stage / _MANIFEST).write_text(json.dumps(sign_envelope(manifest, EVIDENCE_TYPE, key.private_key()), indent=2))
         (stage / _SIGNER).write_bytes(public)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,10 +182,16 @@ def _unpack(archive: Path, into: Path) -> Path:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(into, filter="data")  # refuses absolute paths, links out, devices
     except (OSError, tarfile.TarError) as exc:
-        raise ConveyorError(f"{archive} is not a readable evidence bundle ({exc}).", hint="Export it again with `conveyor audit MODEL/VERSION --export FILE`.") from None
+        raise ConveyorError(
+            f"{archive} is not a readable evidence bundle ({exc}).",
+            hint="Export it again with `conveyor audit MODEL/VERSION --export FILE`.",
+        ) from None
     stage = into / "evidence"
     if not (stage / _MANIFEST).is_file() or not (stage / _SIGNER).is_file():
-        raise ConveyorError(f"{archive} has no signed manifest (evidence/{_MANIFEST}, evidence/{_SIGNER}).", hint="It is not a Conveyor evidence bundle.")
+        raise ConveyorError(
+            f"{archive} has no signed manifest (evidence/{_MANIFEST}, evidence/{_SIGNER}).",
+            hint="It is not a Conveyor evidence bundle.",
+        )
     return stage
 
 
@@ -174,7 +201,9 @@ def _manifest(stage: Path, pinned: str | None, report: EvidenceReport) -> tuple[
     if pinned is not None and found != pinned:
         raise ConveyorError(f"the bundle is signed by key {found}, not the pinned {pinned}")
     try:
-        manifest = open_envelope(json.loads((stage / _MANIFEST).read_text()), EVIDENCE_TYPE, public, "evidence manifest")
+        manifest = open_envelope(
+            json.loads((stage / _MANIFEST).read_text()), EVIDENCE_TYPE, public, "evidence manifest"
+        )
     except ValueError:
         raise ConveyorError(f"{_MANIFEST} is not JSON") from None
     if manifest.get("format") != FORMAT:
@@ -189,7 +218,9 @@ def _files(stage: Path, manifest: dict[str, Any]) -> Link:
     present = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()} - {_MANIFEST, _SIGNER}
     wrong = [f"{name} is missing" for name in sorted(set(listed) - present)]
     wrong += [f"{name} is not in the manifest" for name in sorted(present - set(listed))]
-    wrong += [f"{name} was changed" for name in sorted(set(listed) & present) if file_digest(stage / name) != listed[name]]
+    wrong += [
+        f"{name} was changed" for name in sorted(set(listed) & present) if file_digest(stage / name) != listed[name]
+    ]
     if wrong:
         return Link("files", False, "; ".join(wrong))
     return Link("files", True, f"{len(listed)} files hash to the signed manifest")
@@ -218,33 +249,57 @@ def _chain(stage: Path, manifest: dict[str, Any], record: list[LedgerEvent], tru
     chain = {e.seq: e for e in _events(stage / "ledger" / "chain.jsonl")}
     for event in record:
         if event.computed_hash() != event.hash:
-            return Link("chain", False, f"record event #{event.seq} ({event.kind}) no longer matches its hash: it was edited")
+            return Link(
+                "chain", False, f"record event #{event.seq} ({event.kind}) no longer matches its hash: it was edited"
+            )
         if event.seq > seal.seq or chain.get(event.seq) != event:
-            return Link("chain", False, f"record event #{event.seq} ({event.kind}) is not in the sealed chain the bundle carries")
+            return Link(
+                "chain",
+                False,
+                f"record event #{event.seq} ({event.kind}) is not in the sealed chain the bundle carries",
+            )
     stretches = sorted({seal.stretch(e.seq) for e in record})
     for after, after_hash, until, until_hash in stretches:
         prev = after_hash
         for seq in range(after + 1, until + 1):
-            event = chain.get(seq)
-            if event is None:
+            held = chain.get(seq)
+            if held is None:
                 return Link("chain", False, f"event #{seq} is missing from the sealed stretch #{after + 1}-#{until}")
-            if event.prev_hash != prev or event.computed_hash() != event.hash:
+            if held.prev_hash != prev or held.computed_hash() != held.hash:
                 return Link("chain", False, f"event #{seq} does not chain: it was edited, moved or inserted")
-            prev = event.hash
+            prev = held.hash
         if prev != until_hash:
             return Link("chain", False, f"the stretch #{after + 1}-#{until} does not end in the hash the seal signed")
-    return Link("chain", True, f"{len(record)} record events chain to the seal of #{seal.seq:,} ({seal.time}) "
-                               f"through {len(stretches)} stretch(es), {sum(u - a for a, _, u, _ in stretches):,} events")  # fmt: skip
+    return Link(
+        "chain",
+        True,
+        f"{len(record)} record events chain to the seal of #{seal.seq:,} ({seal.time}) "
+        f"through {len(stretches)} stretch(es), {sum(u - a for a, _, u, _ in stretches):,} events",
+    )
 
 
 def _model_links(stage: Path, manifest: dict[str, Any], record: list[LedgerEvent]) -> list[Link]:
     with tempfile.TemporaryDirectory(prefix="conveyor-keys-") as keys:
         if (stage / _MODEL_SIGNER).is_file():
             shutil.copyfile(stage / _MODEL_SIGNER, Path(keys) / PUBLIC)
-        v = verify_folder(stage / "model", SigningPolicy(), root=stage, keys_dir=Path(keys), name=manifest["name"],
-                          version=str(manifest["version"]), tags=manifest["tags"], ledger=EventSlice(tuple(record)))  # fmt: skip
+        v = verify_folder(
+            stage / "model",
+            SigningPolicy(),
+            root=stage,
+            keys_dir=Path(keys),
+            name=manifest["name"],
+            version=str(manifest["version"]),
+            tags=manifest["tags"],
+            ledger=EventSlice(tuple(record)),
+        )
     if v.version_digest != manifest["version_digest"]:
-        v.links.append(Link("version", False, f"the files make version digest {v.version_digest}, the manifest says {manifest['version_digest']}"))
+        v.links.append(
+            Link(
+                "version",
+                False,
+                f"the files make version digest {v.version_digest}, the manifest says {manifest['version_digest']}",
+            )
+        )
     reports = {digest: stage / name for digest, name in manifest["reports"].items()}
 
     def locate(event: LedgerEvent, _key: str, value: str) -> Path:
@@ -253,8 +308,11 @@ def _model_links(stage: Path, manifest: dict[str, Any], record: list[LedgerEvent
 
     exported = {link["name"]: link for link in manifest["audit"]["links"]}
     data = exported.get("data", {"ok": False, "detail": "not checked at export"})
-    return [*v.links, Link("data", bool(data["ok"]), f"not in the bundle; at export: {data['detail']}"),
-            *record_links(v, Facts.of(v.tags, record, stage), record, locate)]
+    return [
+        *v.links,
+        Link("data", bool(data["ok"]), f"not in the bundle; at export: {data['detail']}"),
+        *record_links(v, Facts.of(v.tags, record, stage), record, locate),
+    ]
 
 
 def describe(report: EvidenceReport) -> str:

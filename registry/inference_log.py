@@ -40,10 +40,19 @@ class LogEntry:
     deployment: str | None = None  # the ledger's digest of the deployment that answered
 
     def row(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "row": self.row_index, "time": self.time, "model": self.model,
-                "version": self.version, "prediction": self.prediction, "served_by": self.served_by,
-                "entity": self.entity, "event_time": self.event_time, "deployment": self.deployment,
-                **{f"feature.{k}": v for k, v in self.features.items()}}  # fmt: skip
+        return {
+            "request_id": self.request_id,
+            "row": self.row_index,
+            "time": self.time,
+            "model": self.model,
+            "version": self.version,
+            "prediction": self.prediction,
+            "served_by": self.served_by,
+            "entity": self.entity,
+            "event_time": self.event_time,
+            "deployment": self.deployment,
+            **{f"feature.{k}": v for k, v in self.features.items()},
+        }
 
 
 class InferenceLog:
@@ -114,7 +123,20 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
     """Every logged row in ``folder`` (optionally within [since, until)), oldest first."""
     files = sorted(p for p in folder.glob("date=*/part-*.parquet"))
     if not files:
-        return pd.DataFrame(columns=["request_id", "row", "time", "model", "version", "prediction", "served_by", "entity", "event_time", "deployment"])
+        return pd.DataFrame(
+            columns=[
+                "request_id",
+                "row",
+                "time",
+                "model",
+                "version",
+                "prediction",
+                "served_by",
+                "entity",
+                "event_time",
+                "deployment",
+            ]
+        )
     frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
     if since is not None:
         frame = frame[frame["time"] >= since]

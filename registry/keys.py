@@ -13,7 +13,7 @@ from pathlib import Path
 from policies.errors import SignatureInvalid
 from registry.digests import bytes_digest
 
-__all__ = ["show_public_key", "SigningKey", "fingerprint", "load_or_create_key"]
+__all__ = ["SigningKey", "fingerprint", "load_or_create_key", "show_public_key"]
 
 PRIVATE, PUBLIC = "signing-key.pem", "signing-key.pub.pem"
 
@@ -39,7 +39,9 @@ def fingerprint(public_pem: bytes) -> str:
     try:
         key = serialization.load_pem_public_key(public_pem)
     except ValueError:
-        raise SignatureInvalid("The public key is not a PEM public key.", hint="Re-create it with `conveyor keys init`.") from None
+        raise SignatureInvalid(
+            "The public key is not a PEM public key.", hint="Re-create it with `conveyor keys init`."
+        ) from None
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return bytes_digest(der)
 
@@ -82,7 +84,9 @@ def _create(keys_dir: Path, private: Path, public: Path) -> None:
         return
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     partial = public.with_suffix(".partial")
     partial.write_bytes(public_pem)
     partial.replace(public)

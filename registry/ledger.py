@@ -66,6 +66,7 @@ class Draft:
     details: dict[str, Any] = field(default_factory=dict)
     actor: str | None = None
     time: str | None = None
+    roles: tuple[str, ...] = ()  # the role of each input, in order (empty: not recorded)
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,35 @@ class LedgerEvent:
     details: dict[str, Any]
     prev_hash: str
     hash: str
+    roles: tuple[str, ...] = ()  # the role of each input, in order; empty for events written before roles
 
     def computed_hash(self) -> str:
         """The hash this event's content should have; differs from ``hash`` if it was altered."""
         return event_hash(
-            self.seq, self.kind, self.actor, self.time,
-            self.inputs, self.outputs, self.details, self.prev_hash,
-        )  # fmt: skip
+            self.seq,
+            self.kind,
+            self.actor,
+            self.time,
+            self.inputs,
+            self.outputs,
+            self.details,
+            self.prev_hash,
+            self.roles,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "seq": self.seq, "kind": self.kind, "actor": self.actor, "time": self.time,
-            "inputs": list(self.inputs), "outputs": list(self.outputs), "details": self.details,
-            "prev_hash": self.prev_hash, "hash": self.hash,
-        }  # fmt: skip
+            "seq": self.seq,
+            "kind": self.kind,
+            "actor": self.actor,
+            "time": self.time,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            **({"roles": list(self.roles)} if self.roles else {}),
+        }
 
 
 def event_hash(
@@ -106,12 +122,23 @@ def event_hash(
     outputs: Sequence[str],
     details: dict[str, Any],
     prev_hash: str,
+    roles: Sequence[str] = (),
 ) -> str:
-    """sha256 (hex) of the event's canonical JSON, its sequence number and predecessor included."""
+    """sha256 (hex) of the event's canonical JSON, its sequence number and predecessor included.
+
+    The input roles are part of it only when recorded, so events written before roles hash as they did."""
     body = {
-        "seq": seq, "kind": kind, "actor": actor, "time": time,
-        "inputs": list(inputs), "outputs": list(outputs), "details": details, "prev": prev_hash,
-    }  # fmt: skip
+        "seq": seq,
+        "kind": kind,
+        "actor": actor,
+        "time": time,
+        "inputs": list(inputs),
+        "outputs": list(outputs),
+        "details": details,
+        "prev": prev_hash,
+    }
+    if roles:
+        body["roles"] = list(roles)
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
@@ -150,8 +177,18 @@ class EventSlice:
     @staticmethod
     def event_of(record: dict[str, Any]) -> LedgerEvent:
         """An event from its ``to_dict`` form."""
-        return LedgerEvent(int(record["seq"]), record["kind"], record["actor"], record["time"], tuple(record["inputs"]),
-                           tuple(record["outputs"]), record["details"], record["prev_hash"], record["hash"])  # fmt: skip
+        return LedgerEvent(
+            int(record["seq"]),
+            record["kind"],
+            record["actor"],
+            record["time"],
+            tuple(record["inputs"]),
+            tuple(record["outputs"]),
+            record["details"],
+            record["prev_hash"],
+            record["hash"],
+            tuple(record.get("roles") or ()),
+        )
 
 
 class Ledger:
@@ -198,21 +235,20 @@ class Ledger:
         stores the digests in that order and the role names in the details. An ``EventKind``'s
         details are checked against its model (``registry.events``) before anything is written.
         """
-        from registry.events import INPUT_ROLES, EventKind, check_details
+        from registry.events import EventKind, check_details
 
         details = dict(details or {})
-        roles: tuple[str, ...] | None = None
+        roles: tuple[str, ...] = ()
         if isinstance(inputs, Mapping):
             named: dict[str, str] = {}
             for role, digest in inputs.items():
                 if digest and digest not in named.values():  # a digest is stored once, under its first role
                     named[role] = digest
             roles, inputs = tuple(named), tuple(named.values())
-            details[INPUT_ROLES] = list(roles)
         if isinstance(kind, EventKind):
             check_details(kind, details, roles)
             kind = kind.value
-        draft = Draft(kind, tuple(inputs), tuple(outputs), details, actor)
+        draft = Draft(kind, tuple(inputs), tuple(outputs), details, actor, roles=roles)
         return self.append_many([draft])[0]
 
     def append_many(self, drafts: Iterable[Draft]) -> list[LedgerEvent]:
@@ -221,9 +257,7 @@ class Ledger:
         sealed: list[LedgerEvent] = []
         with self._guard("append to"), self._write() as conn:
             head = conn.execute(
-                sa.select(head_table.c.seq, head_table.c.hash)
-                .where(head_table.c.id == 1)
-                .with_for_update()
+                sa.select(head_table.c.seq, head_table.c.hash).where(head_table.c.id == 1).with_for_update()
             ).one()
             seq, prev = head.seq, head.hash
             now = utc_now()
@@ -241,9 +275,7 @@ class Ledger:
             ]
             if link_rows:
                 conn.execute(sa.insert(links_table), link_rows)
-            conn.execute(
-                sa.update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev)
-            )
+            conn.execute(sa.update(head_table).where(head_table.c.id == 1).values(seq=seq, hash=prev))
         return sealed
 
     # -- reading -----------------------------------------------------------------------------
@@ -312,10 +344,7 @@ class Ledger:
         while True:
             with self._guard("read"), self._engine.connect() as conn:
                 rows = conn.execute(
-                    sa.select(events_table)
-                    .where(events_table.c.seq > after)
-                    .order_by(events_table.c.seq)
-                    .limit(_PAGE)
+                    sa.select(events_table).where(events_table.c.seq > after).order_by(events_table.c.seq).limit(_PAGE)
                 ).all()
             if not rows:
                 return
@@ -350,7 +379,13 @@ class Ledger:
         return self.verify_range(0, GENESIS, None, milestone_every=milestone_every)
 
     def verify_range(
-        self, after: int, after_hash: str, until: int | None, until_hash: str | None = None, *, milestone_every: int | None = None
+        self,
+        after: int,
+        after_hash: str,
+        until: int | None,
+        until_hash: str | None = None,
+        *,
+        milestone_every: int | None = None,
     ) -> ChainReport:
         """Verify the events after #``after`` (whose hash is ``after_hash``) up to #``until`` and that
         #``until`` still has ``until_hash`` when given; ``until`` None: up to the head, checked too."""
@@ -364,20 +399,36 @@ class Ledger:
                 head = conn.execute(sa.select(head_table).where(head_table.c.id == 1)).one()
         if until is not None:
             if last_seq != until:
-                return ChainReport(False, report.events, last_hash, last_seq + 1, f"event #{last_seq + 1} is missing: events were deleted")
+                return ChainReport(
+                    False,
+                    report.events,
+                    last_hash,
+                    last_seq + 1,
+                    f"event #{last_seq + 1} is missing: events were deleted",
+                )
             if until_hash is not None and last_hash != until_hash:
-                return ChainReport(False, report.events, last_hash, until,
-                                   f"event #{until} no longer has the hash the seal recorded ({until_hash[:16]}…): "
-                                   "events up to it were rewritten")  # fmt: skip
+                return ChainReport(
+                    False,
+                    report.events,
+                    last_hash,
+                    until,
+                    f"event #{until} no longer has the hash the seal recorded ({until_hash[:16]}…): "
+                    "events up to it were rewritten",
+                )
             return report
         if stray is not None:
-            return ChainReport(False, report.events, last_hash, stray, "the lineage index names an event that does not exist")
+            return ChainReport(
+                False, report.events, last_hash, stray, "the lineage index names an event that does not exist"
+            )
         if (head.seq, head.hash) != (last_seq, last_hash):
             return ChainReport(
-                False, report.events, last_hash, min(head.seq, last_seq) + 1,
+                False,
+                report.events,
+                last_hash,
+                min(head.seq, last_seq) + 1,
                 f"the ledger head records #{head.seq} but the last event is #{last_seq}: "
                 "events at the end were deleted or added behind the ledger's back",
-            )  # fmt: skip
+            )
         return report
 
     def _verify_range(
@@ -432,6 +483,7 @@ class Ledger:
             try:
                 with self._write() as conn:
                     metadata.create_all(conn)
+                    _add_roles_column(conn)
                     exists = conn.execute(sa.select(head_table.c.id).where(head_table.c.id == 1)).first()
                     if exists is None:
                         conn.execute(sa.insert(head_table).values(id=1, seq=0, hash=GENESIS))
@@ -461,6 +513,16 @@ class Ledger:
             ) from exc
 
 
+def _add_roles_column(conn: sa.Connection) -> None:
+    """Migrate a ledger made before input roles were recorded: add the (nullable) ``roles`` column.
+
+    Nothing else changes: its events keep their bytes and hashes, and are read by the positions the
+    code of that time wrote (``registry.events``)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(events_table.name)}
+    if "roles" not in columns:
+        conn.exec_driver_sql(f"ALTER TABLE {events_table.name} ADD COLUMN roles TEXT")
+
+
 def _checked(draft: Draft) -> Draft:
     if not draft.kind or not isinstance(draft.kind, str):
         raise ValueError("a ledger event needs a kind")
@@ -468,8 +530,10 @@ def _checked(draft: Draft) -> Draft:
     for digest in (*inputs, *outputs):
         if not is_digest(digest):
             raise ValueError(f"not a content address: {digest!r} (expected sha256:<64 hex>)")
+    if draft.roles and len(draft.roles) != len(inputs):
+        raise ValueError(f"{len(draft.roles)} input roles for {len(inputs)} distinct inputs")
     canonical_json(draft.details)  # fails now, not halfway through a transaction
-    return Draft(draft.kind, inputs, outputs, draft.details, draft.actor, draft.time)
+    return Draft(draft.kind, inputs, outputs, draft.details, draft.actor, draft.time, tuple(draft.roles))
 
 
 def _unique(digests: Sequence[str]) -> tuple[str, ...]:
@@ -478,28 +542,54 @@ def _unique(digests: Sequence[str]) -> tuple[str, ...]:
 
 def _seal(seq: int, draft: Draft, prev: str, actor: str, time: str) -> LedgerEvent:
     details = json.loads(canonical_json(draft.details))  # what is stored is what is hashed
-    digest = event_hash(seq, draft.kind, actor, time, draft.inputs, draft.outputs, details, prev)
-    return LedgerEvent(seq, draft.kind, actor, time, tuple(draft.inputs), tuple(draft.outputs), details, prev, digest)
+    digest = event_hash(seq, draft.kind, actor, time, draft.inputs, draft.outputs, details, prev, draft.roles)
+    return LedgerEvent(
+        seq,
+        draft.kind,
+        actor,
+        time,
+        tuple(draft.inputs),
+        tuple(draft.outputs),
+        details,
+        prev,
+        digest,
+        tuple(draft.roles),
+    )
 
 
 def _row(event: LedgerEvent) -> dict[str, Any]:
     return {
-        "seq": event.seq, "kind": event.kind, "actor": event.actor, "time": event.time,
-        "inputs": json.dumps(list(event.inputs)), "outputs": json.dumps(list(event.outputs)),
+        "seq": event.seq,
+        "kind": event.kind,
+        "actor": event.actor,
+        "time": event.time,
+        "inputs": json.dumps(list(event.inputs)),
+        "outputs": json.dumps(list(event.outputs)),
         "details": canonical_json(event.details).decode(),
-        "prev_hash": event.prev_hash, "hash": event.hash,
-    }  # fmt: skip
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+        "roles": json.dumps(list(event.roles)) if event.roles else None,
+    }
 
 
 def _event(row: Any) -> LedgerEvent:
     try:
         inputs, outputs, details = json.loads(row.inputs), json.loads(row.outputs), json.loads(row.details)
+        roles = json.loads(row.roles) if row.roles else []
     except (TypeError, ValueError):
-        inputs, outputs, details = [], [], {"unreadable": True}  # verify_chain flags the hash
+        inputs, outputs, details, roles = [], [], {"unreadable": True}, []  # verify_chain flags the hash
     return LedgerEvent(
-        row.seq, row.kind, row.actor, row.time, tuple(inputs), tuple(outputs), details,
-        row.prev_hash, row.hash,
-    )  # fmt: skip
+        row.seq,
+        row.kind,
+        row.actor,
+        row.time,
+        tuple(inputs),
+        tuple(outputs),
+        details,
+        row.prev_hash,
+        row.hash,
+        tuple(map(str, roles)),
+    )
 
 
 def _links_between(conn: sa.Connection, first: int, last: int) -> dict[int, set[tuple[str, str]]]:
@@ -514,9 +604,7 @@ def _links_between(conn: sa.Connection, first: int, last: int) -> dict[int, set[
     return index
 
 
-def _link_problem(
-    event: LedgerEvent, prev_seq: int, prev_hash: str, indexed: set[tuple[str, str]]
-) -> str | None:
+def _link_problem(event: LedgerEvent, prev_seq: int, prev_hash: str, indexed: set[tuple[str, str]]) -> str | None:
     if event.seq != prev_seq + 1:
         missing = prev_seq + 1 if event.seq - prev_seq == 2 else f"{prev_seq + 1}-{event.seq - 1}"
         return f"event #{missing} is missing (#{prev_seq} is followed by #{event.seq}): events were deleted"
@@ -527,10 +615,7 @@ def _link_problem(
             "or this event was inserted)"
         )
     if event.computed_hash() != event.hash:
-        return (
-            "its content no longer matches its hash (the event was edited, or moved from "
-            "another position)"
-        )
+        return "its content no longer matches its hash (the event was edited, or moved from another position)"
     expected = {("in", d) for d in event.inputs} | {("out", d) for d in event.outputs}
     if indexed != expected:
         return "the lineage index does not match the event's inputs and outputs (the index was edited)"

@@ -29,6 +29,9 @@ events_table = sa.Table(
     sa.Column("inputs", sa.Text, nullable=False),
     sa.Column("outputs", sa.Text, nullable=False),
     sa.Column("details", sa.Text, nullable=False),
+    # The role of each input, in order (JSON), for events written since roles were recorded; NULL
+    # before. Hashed with the event when present, so old events keep their hashes.
+    sa.Column("roles", sa.Text, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("hash", sa.String(64), nullable=False, unique=True),
 )

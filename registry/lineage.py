@@ -97,7 +97,6 @@ def training_set(ledger: Ledger, digest: str | None) -> Path | None:
     """The training set file with content ``digest``, as ``features.built`` recorded it; None when the
     ledger does not know it, or the file is gone or no longer hashes to ``digest``."""
     from registry.digests import file_digest
-
     from registry.events import EventKind, typed
 
     built = [e for e in ledger.producers(digest) if e.kind == EventKind.FEATURES_BUILT] if digest else []

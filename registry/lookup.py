@@ -22,8 +22,10 @@ __all__ = ["DEPLOYED", "Start", "find_start", "parse_time", "serving_at"]
 
 DEPLOYED = EventKind.MODEL_DEPLOYED
 _ENDED = (EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK)
-_FORMS = ("a file, a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N or event:N (a ledger event), "
-          "or request:ID (a request id from the inference log)")  # fmt: skip
+_FORMS = (
+    "a file, a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N or event:N (a ledger event), "
+    "or request:ID (a request id from the inference log)"
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ def find_start(target: str, ledger: Ledger, *, inference: Path | None = None, tr
         return Start(short(parse_digest(text)), (parse_digest(text),))
     if "@" in text or re.fullmatch(r"[^/\s]+/\d+", text):
         return _version_start(text, tracking_uri)
-    raise NotFound(f"{target!r} is neither a file here nor anything else the ledger can be asked about.", hint=f"Pass {_FORMS}.")
+    raise NotFound(
+        f"{target!r} is neither a file here nor anything else the ledger can be asked about.", hint=f"Pass {_FORMS}."
+    )
 
 
 def parse_time(text: str) -> datetime:
@@ -59,7 +63,10 @@ def parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ConveyorError(f"{text!r} is not a time.", hint="Use ISO 8601, e.g. 2026-11-21T14:30 or 2026-11-21T14:30:00+01:00 (no offset means UTC).") from None
+        raise ConveyorError(
+            f"{text!r} is not a time.",
+            hint="Use ISO 8601, e.g. 2026-11-21T14:30 or 2026-11-21T14:30:00+01:00 (no offset means UTC).",
+        ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
@@ -72,7 +79,7 @@ def serving_at(ledger: Ledger, moment: datetime, model: str | None = None) -> St
     ended: set[tuple[str, str]] = set()
     for event in ledger.latest([DEPLOYED, *_ENDED], limit=10_000, until=until):
         name = event.details.get("name")
-        if model is not None and name != model or not name:
+        if (model is not None and name != model) or not name:
             continue
         if event.kind in _ENDED:
             ended.add((name, str(event.details.get("version"))))
@@ -83,8 +90,14 @@ def serving_at(ledger: Ledger, moment: datetime, model: str | None = None) -> St
     chosen = [*champions.values(), *(c for n, c in canaries.items() if n in champions)]
     if not chosen:
         what = f"{model} " if model else ""
-        raise NotFound(f"No {what}deployment is recorded at or before {until}.", hint="Pick a later time; `conveyor lineage MODEL@champion` shows the current champion.")
-    described = ", ".join(f"{e.details['name']} version {e.details['version']} as {e.details['role']} (deployment:{e.seq}, since {e.time})" for e in chosen)
+        raise NotFound(
+            f"No {what}deployment is recorded at or before {until}.",
+            hint="Pick a later time; `conveyor lineage MODEL@champion` shows the current champion.",
+        )
+    described = ", ".join(
+        f"{e.details['name']} version {e.details['version']} as {e.details['role']} (deployment:{e.seq}, since {e.time})"
+        for e in chosen
+    )
     return Start(f"serving at {until}", tuple(_deployment_digest(e) for e in chosen), note=described)
 
 
@@ -97,7 +110,10 @@ def _event_start(ledger: Ledger, seq: int, prefix: str) -> Start:
         return Start(f"deployment:{seq}", (_deployment_digest(event),), note=note)
     digests = tuple(dict.fromkeys((*event.outputs, *event.inputs)))
     if not digests:
-        raise NotFound(f"Ledger event #{seq} ({event.kind}) names no artifact, so it has no lineage.", hint="Its details: `conveyor lineage event:N --json`.")
+        raise NotFound(
+            f"Ledger event #{seq} ({event.kind}) names no artifact, so it has no lineage.",
+            hint="Its details: `conveyor lineage event:N --json`.",
+        )
     return Start(f"event:{seq}", digests, note=note)
 
 
@@ -113,12 +129,16 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
 
     from registry.inference_log import read_log
 
-    folders = sorted(p for p in inference.iterdir() if p.is_dir()) if inference is not None and inference.is_dir() else []
+    folders = (
+        sorted(p for p in inference.iterdir() if p.is_dir()) if inference is not None and inference.is_dir() else []
+    )
     rows = pd.concat([read_log(folder) for folder in folders]) if folders else pd.DataFrame(columns=["request_id"])
     rows = rows[rows["request_id"] == request_id]
     if rows.empty:
-        raise NotFound(f"No request {request_id} in the inference log{f' under {inference}' if inference else ''}.",
-                       hint="Request ids are in each response (`request_id`); the log keeps what the service answered.")  # fmt: skip
+        raise NotFound(
+            f"No request {request_id} in the inference log{f' under {inference}' if inference else ''}.",
+            hint="Request ids are in each response (`request_id`); the log keeps what the service answered.",
+        )
     row = rows.iloc[0]
     note = f"answered by {row['model']} version {row['version']} ({row['served_by']}) at {row['time']}"
     recorded = row.get("deployment")
@@ -137,5 +157,8 @@ def _version_start(ref: str, tracking_uri: str | None) -> Start:
     name, version = resolve(client, ref)
     digest = client.get_model_version(name, version).tags.get("conveyor.version_digest")
     if not digest:
-        raise NotFound(f"{name} version {version} has no conveyor.version_digest tag.", hint="Only versions registered by Conveyor are in the ledger.")
+        raise NotFound(
+            f"{name} version {version} has no conveyor.version_digest tag.",
+            hint="Only versions registered by Conveyor are in the ledger.",
+        )
     return Start(f"{name}/{version}" + (f" ({ref})" if "@" in ref else ""), (digest,))

@@ -7,6 +7,7 @@ half-registered model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ def fetch_model(model_uri: str, destination: Path | None = None) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
     except Exception as exc:  # MlflowException and storage errors
-        raise RegistryError(f"Could not fetch {model_uri}: {exc}.", hint="Check the MLflow tracking URI and that the model exists.") from None
+        raise RegistryError(
+            f"Could not fetch {model_uri}: {exc}.", hint="Check the MLflow tracking URI and that the model exists."
+        ) from None
 
 
 def register_version(name: str, model_uri: str, model: str, tags: dict[str, str], alias: str) -> RegisteredVersion:
@@ -57,22 +60,26 @@ def register_version(name: str, model_uri: str, model: str, tags: dict[str, str]
             client.create_registered_model(name)
         version = client.create_model_version(name, model_uri, tags=tags)
     except MlflowException as exc:
-        raise RegistryError(f"MLflow refused to register {name}: {exc.message}.", hint="Check the tracking URI and the model URI.") from None
+        raise RegistryError(
+            f"MLflow refused to register {name}: {exc.message}.", hint="Check the tracking URI and the model URI."
+        ) from None
     try:
-        client.set_model_version_tag(name, version.version, "conveyor.version_digest", version_digest(name, version.version, model))
+        client.set_model_version_tag(
+            name, version.version, "conveyor.version_digest", version_digest(name, version.version, model)
+        )
         client.set_registered_model_alias(name, alias, version.version)
     except Exception as exc:
         _undo(client, name, version.version)
-        raise RegistryError(f"Registering {name} version {version.version} failed half-way and was undone: {exc}.",
-                            hint="Run the command again.") from None  # fmt: skip
+        raise RegistryError(
+            f"Registering {name} version {version.version} failed half-way and was undone: {exc}.",
+            hint="Run the command again.",
+        ) from None
     return RegisteredVersion(name, str(version.version), alias, version_digest(name, version.version, model))
 
 
 def _undo(client: Any, name: str, version: str) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the original error is the one to report
         client.delete_model_version(name, version)
-    except Exception:  # noqa: S110 - the original error is the one to report
-        pass
 
 
 def export_statements(client: Any, ref: str, output: Path) -> tuple[int, int]:

@@ -43,7 +43,7 @@ class ConveyorRunFacet(RunFacet):
 
     seq: int
     hash: str
-    prevHash: str  # noqa: N815 - OpenLineage facets use camelCase
+    prevHash: str
     actor: str
     kind: str
     details: dict[str, Any]
@@ -58,9 +58,18 @@ def run_events(events: Iterable[LedgerEvent], namespace: str) -> Iterator[RunEve
     producer = _producer()
     for event in events:
         state = RunState.FAIL if event.kind.endswith(_FAILED) else RunState.COMPLETE
-        facet = ConveyorRunFacet(seq=event.seq, hash=event.hash, prevHash=event.prev_hash, actor=event.actor, kind=event.kind,
-                                 details=event.details, producer=producer)  # fmt: skip
-        job_type = job_type_job.JobTypeJobFacet(processingType="BATCH", integration="CONVEYOR", jobType=event.kind.split(".")[0].upper(), producer=producer)
+        facet = ConveyorRunFacet(
+            seq=event.seq,
+            hash=event.hash,
+            prevHash=event.prev_hash,
+            actor=event.actor,
+            kind=event.kind,
+            details=event.details,
+            producer=producer,
+        )
+        job_type = job_type_job.JobTypeJobFacet(
+            processingType="BATCH", integration="CONVEYOR", jobType=event.kind.split(".")[0].upper(), producer=producer
+        )
         yield RunEvent(
             eventTime=event.time.replace("Z", "+00:00"),
             producer=producer,
@@ -88,7 +97,9 @@ def post_events(events: Iterable[RunEvent], url: str, *, endpoint: str = "api/v1
     """POST run events to an OpenLineage endpoint (e.g. Marquez); returns how many were accepted."""
     from openlineage.client.transport.http import HttpConfig, HttpTransport
 
-    transport = HttpTransport(HttpConfig(url=url, endpoint=endpoint, timeout=timeout, retry={"total": 2, "backoff_factor": 0.2}))
+    transport = HttpTransport(
+        HttpConfig(url=url, endpoint=endpoint, timeout=timeout, retry={"total": 2, "backoff_factor": 0.2})
+    )
     count = 0
     try:
         for event in events:
@@ -104,7 +115,9 @@ def post_events(events: Iterable[RunEvent], url: str, *, endpoint: str = "api/v1
     return count
 
 
-def export_ledger(ledger: Ledger, namespace: str, since: int = 1, *, output: Path | None = None, url: str | None = None) -> int:
+def export_ledger(
+    ledger: Ledger, namespace: str, since: int = 1, *, output: Path | None = None, url: str | None = None
+) -> int:
     """The ledger's events from ``since`` on as OpenLineage run events, to ``output`` (JSON lines) or POSTed to ``url``."""
     events = run_events(ledger.iter_events(since), namespace)
     return write_events(events, output) if output is not None else post_events(events, str(url))

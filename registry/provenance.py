@@ -17,7 +17,15 @@ from typing import Any
 
 from policies.errors import SignatureInvalid
 
-__all__ = ["Material", "build_statement", "open_envelope", "read_statement", "sign_envelope", "sign_statement", "verify_statement"]
+__all__ = [
+    "Material",
+    "build_statement",
+    "open_envelope",
+    "read_statement",
+    "sign_envelope",
+    "sign_statement",
+    "verify_statement",
+]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
@@ -56,11 +64,17 @@ def build_statement(
         "runDetails": {
             "builder": {"id": "urn:conveyor:builder:local"},
             "metadata": {k: _text(v) for k, v in run.items() if k in {"invocationId", "startedOn", "finishedOn"}},
-            "byproducts": [{"name": k, "content": base64.b64encode(_text(v).encode()).decode()}
-                           for k, v in sorted(run.items()) if k not in {"invocationId", "startedOn", "finishedOn"}],
+            "byproducts": [
+                {"name": k, "content": base64.b64encode(_text(v).encode()).decode()}
+                for k, v in sorted(run.items())
+                if k not in {"invocationId", "startedOn", "finishedOn"}
+            ],
         },
-    }  # fmt: skip
-    descriptors = [ResourceDescriptor(name=name, digest={"sha256": digest.split(":", 1)[1]}).pb for name, digest in sorted(subjects.items())]
+    }
+    descriptors = [
+        ResourceDescriptor(name=name, digest={"sha256": digest.split(":", 1)[1]}).pb
+        for name, digest in sorted(subjects.items())
+    ]
     statement = Statement(descriptors, SLSA_PROVENANCE, predicate)
     statement.validate()
     return json.loads(json_format.MessageToJson(statement.pb, sort_keys=True))
@@ -101,7 +115,9 @@ def open_envelope(envelope: Any, payload_type: str, public_key_pem: bytes, what:
             hint=f"The {what} was edited after signing or signed by another key: do not trust it.",
         ) from None
     if opened.payload_type != payload_type:
-        raise SignatureInvalid(f"The {what} is a {opened.payload_type!r} envelope, not {payload_type!r}.", hint="Do not trust it.")
+        raise SignatureInvalid(
+            f"The {what} is a {opened.payload_type!r} envelope, not {payload_type!r}.", hint="Do not trust it."
+        )
     return payload
 
 
@@ -111,20 +127,28 @@ def read_statement(path: Path) -> dict[str, Any]:
         envelope = json.loads(path.read_text())
         return json.loads(base64.b64decode(envelope["payload"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SignatureInvalid(f"{path} is not a readable provenance envelope ({exc}).", hint="Do not use this model.") from None
+        raise SignatureInvalid(
+            f"{path} is not a readable provenance envelope ({exc}).", hint="Do not use this model."
+        ) from None
 
 
 def verify_statement(path: Path, public_key_pem: bytes, files: dict[str, str]) -> dict[str, Any]:
     """Check the envelope's signature and that its subjects are exactly ``files``; return the statement."""
     if not path.is_file():
-        raise SignatureInvalid(f"No provenance statement at {path}.", hint="Only models trained by `conveyor train` carry one.")
+        raise SignatureInvalid(
+            f"No provenance statement at {path}.", hint="Only models trained by `conveyor train` carry one."
+        )
     try:
         envelope = json.loads(path.read_text())
     except ValueError:
-        raise SignatureInvalid(f"{path} is not a readable provenance envelope.", hint="Do not use this model.") from None
+        raise SignatureInvalid(
+            f"{path} is not a readable provenance envelope.", hint="Do not use this model."
+        ) from None
     statement = open_envelope(envelope, PAYLOAD_TYPE, public_key_pem, "provenance statement")
     if statement.get("predicateType") != SLSA_PROVENANCE:
-        raise SignatureInvalid("The provenance envelope is not an SLSA provenance statement.", hint="Do not use this model.")
+        raise SignatureInvalid(
+            "The provenance envelope is not an SLSA provenance statement.", hint="Do not use this model."
+        )
     subjects = {s["name"]: f"sha256:{s['digest']['sha256']}" for s in statement.get("subject", [])}
     if subjects != files:
         changed = sorted(set(subjects.items()) ^ set(files.items()))

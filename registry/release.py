@@ -39,9 +39,17 @@ class PromotionOutcome:
     verification: VerificationReport
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.decision.ok, "name": self.name, "version": self.version, "target": self.target,
-                "dry_run": self.dry_run, "previous": self.previous, "reasons": self.decision.reasons,
-                "ledger_event": self.event, "verification": self.verification.to_dict()}  # fmt: skip
+        return {
+            "ok": self.decision.ok,
+            "name": self.name,
+            "version": self.version,
+            "target": self.target,
+            "dry_run": self.dry_run,
+            "previous": self.previous,
+            "reasons": self.decision.reasons,
+            "ledger_event": self.event,
+            "verification": self.verification.to_dict(),
+        }
 
 
 # Scores champion version ``champion`` on the holdout of the candidate ``report`` describes
@@ -69,6 +77,7 @@ def promote(
             decision = Decision(False, [f"the promotion policy does not allow promotion to {target}"])
         elif not report.ok:
             failed = report.first_failure
+            assert failed is not None  # the report is not ok: some link failed
             decision = Decision(False, [f"verification failed at the {failed.name} link: {failed.detail}"])
         else:
             candidate = _candidate(ws, ledger, client, report, champion, score_champion)
@@ -82,10 +91,17 @@ def promote(
             EventKind.MODEL_PROMOTED if decision.ok else EventKind.MODEL_PROMOTION_REFUSED,
             inputs={"version": report.version_digest, "policy": loaded.digest},
             outputs=[json_digest({"decision": asdict(decision), "target": target, "version": version})],
-            details={"name": name, "version": version, "target": target, "ok": decision.ok,
-                     "reasons": decision.reasons, "previous": previous, "champion_before": champion,
-                     "policy": str(loaded.path)},
-        )  # fmt: skip
+            details={
+                "name": name,
+                "version": version,
+                "target": target,
+                "ok": decision.ok,
+                "reasons": decision.reasons,
+                "previous": previous,
+                "champion_before": champion,
+                "policy": str(loaded.path),
+            },
+        )
     return PromotionOutcome(name, version, target, decision, False, previous, event.seq, report)
 
 
@@ -95,35 +111,57 @@ def rollback(ws: Workspace, name: str) -> tuple[str, str]:
     with file_lock(ws.home, f"release-{name}"):
         current, previous = alias(client, name, CHAMPION), alias(client, name, PREVIOUS)
         if previous is None:
-            raise NotFound(f"{name} has no previous champion to roll back to.", hint="Promote a version with `conveyor promote` first.")
+            raise NotFound(
+                f"{name} has no previous champion to roll back to.",
+                hint="Promote a version with `conveyor promote` first.",
+            )
         try:
             client.set_registered_model_alias(name, CHAMPION, previous)
             client.delete_registered_model_alias(name, PREVIOUS)
         except Exception as exc:
-            raise RegistryError(f"The registry refused the rollback of {name}: {exc}.", hint="Check the tracking URI.") from None
+            raise RegistryError(
+                f"The registry refused the rollback of {name}: {exc}.", hint="Check the tracking URI."
+            ) from None
         # Both versions are inputs: a rollback uses them, it does not make either.
-        inputs = {"from_version": _version_digest(client, name, current) if current else None,
-                  "to_version": _version_digest(client, name, previous)}  # fmt: skip
+        inputs = {
+            "from_version": _version_digest(client, name, current) if current else None,
+            "to_version": _version_digest(client, name, previous),
+        }
         with ws.ledger() as ledger:
-            ledger.append(EventKind.MODEL_ROLLED_BACK, inputs=inputs, outputs=[],
-                          details={"name": name, "from": current, "to": previous})  # fmt: skip
+            ledger.append(
+                EventKind.MODEL_ROLLED_BACK,
+                inputs=inputs,
+                outputs=[],
+                details={"name": name, "from": current, "to": previous},
+            )
     return str(current), previous
 
 
 # -- facts for the decision --------------------------------------------------------------------
 
 
-def _candidate(ws: Workspace, ledger: Ledger, client: Any, report: VerificationReport, champion: str | None,
-               score_champion: ChampionScorer | None) -> Candidate:  # fmt: skip
+def _candidate(
+    ws: Workspace,
+    ledger: Ledger,
+    client: Any,
+    report: VerificationReport,
+    champion: str | None,
+    score_champion: ChampionScorer | None,
+) -> Candidate:
     run = client.get_run(report.tags["conveyor.run_id"])
     metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
     return Candidate(
-        name=report.name, version=str(report.version), signature_verified=report.ok,
+        name=report.name,
+        version=str(report.version),
+        signature_verified=report.ok,
         validation_passed=_validation_passed(ledger, report.tags.get("conveyor.validation_digest")),
-        clean_tree=_clean_tree(report.statement), size_bytes=report.size_bytes, metrics=metrics,
+        clean_tree=_clean_tree(report.statement),
+        size_bytes=report.size_bytes,
+        metrics=metrics,
         champion_metrics=_champion_metrics(ws, client, report, champion, score_champion)
-        if champion and champion != report.version else None,
-    )  # fmt: skip
+        if champion and champion != report.version
+        else None,
+    )
 
 
 def _validation_passed(ledger: Ledger, digest: str | None) -> bool:
@@ -141,8 +179,9 @@ def _clean_tree(statement: dict[str, Any] | None) -> bool | None:
     return None if dirty is None else not dirty
 
 
-def _champion_metrics(ws: Workspace, client: Any, report: VerificationReport, champion: str,
-                      score_champion: ChampionScorer | None) -> dict[str, float] | None:  # fmt: skip
+def _champion_metrics(
+    ws: Workspace, client: Any, report: VerificationReport, champion: str, score_champion: ChampionScorer | None
+) -> dict[str, float] | None:
     """The champion's metrics on the candidate's holdout: recorded at training when that champion
     was already champion, otherwise scored now by ``score_champion`` (if there is one)."""
     run = client.get_run(report.tags["conveyor.run_id"])
@@ -165,7 +204,9 @@ def _move(client: Any, name: str, version: str, target: str, champion: str | Non
         else:
             client.set_registered_model_alias(name, target, version)
     except Exception as exc:
-        raise RegistryError(f"The registry refused to move {target} of {name}: {exc}.", hint="Check the tracking URI.") from None
+        raise RegistryError(
+            f"The registry refused to move {target} of {name}: {exc}.", hint="Check the tracking URI."
+        ) from None
 
 
 def alias(client: Any, name: str, alias_name: str) -> str | None:
@@ -181,5 +222,7 @@ def alias(client: Any, name: str, alias_name: str) -> str | None:
 def _version_digest(client: Any, name: str, version: str) -> str:
     digest = client.get_model_version(name, version).tags.get("conveyor.version_digest")
     if not digest:
-        raise ConveyorError(f"{name} version {version} has no conveyor.version_digest tag.", hint="Was it registered by Conveyor?")
+        raise ConveyorError(
+            f"{name} version {version} has no conveyor.version_digest tag.", hint="Was it registered by Conveyor?"
+        )
     return digest

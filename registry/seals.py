@@ -25,8 +25,17 @@ if TYPE_CHECKING:
     from registry.keys import SigningKey
     from registry.workspace import Workspace
 
-__all__ = ["MILESTONE_EVERY", "SEAL_TYPE", "ChainProof", "Seal", "project_trust", "prove_events", "seal_ledger",
-           "seal_with_project_key", "trusted_seal"]
+__all__ = [
+    "MILESTONE_EVERY",
+    "SEAL_TYPE",
+    "ChainProof",
+    "Seal",
+    "project_trust",
+    "prove_events",
+    "seal_ledger",
+    "seal_with_project_key",
+    "trusted_seal",
+]
 
 SEAL_TYPE = "application/vnd.conveyor.ledger-seal+json"
 MILESTONE_EVERY = 1_000
@@ -66,12 +75,17 @@ class ChainProof:
     checked: int  # events re-hashed
 
 
-def seal_ledger(ledger: Ledger, private_key: Any, signer: str, trusted: dict[str, bytes], *, verified: ChainReport | None = None) -> Seal:
+def seal_ledger(
+    ledger: Ledger, private_key: Any, signer: str, trusted: dict[str, bytes], *, verified: ChainReport | None = None
+) -> Seal:
     """Verify the chain (from the newest trusted seal on, or all of it) and seal its head; ``verified``
     is a whole-chain check with milestones just made, which then is not repeated."""
     previous, problem = trusted_seal(ledger, trusted)
     if problem:
-        raise LedgerCorrupt(f"The ledger cannot be sealed: {problem}.", hint="Find out what changed before sealing again: `conveyor audit --ledger`.")
+        raise LedgerCorrupt(
+            f"The ledger cannot be sealed: {problem}.",
+            hint="Find out what changed before sealing again: `conveyor audit --ledger`.",
+        )
     if verified is not None and verified.milestones:
         report, milestones = verified, dict(verified.milestones)
     elif previous is None:
@@ -83,9 +97,16 @@ def seal_ledger(ledger: Ledger, private_key: Any, signer: str, trusted: dict[str
     report.raise_if_broken()
     seq = max(milestones, default=0)
     if seq == 0:
-        raise LedgerCorrupt("The ledger is empty: there is nothing to seal.", hint="Run `conveyor demo` or `conveyor train` first.")
-    payload = {"ledger": "conveyor", "seq": seq, "hash": milestones[seq], "time": utc_now(),
-               "milestones": {str(k): v for k, v in sorted(milestones.items())}}  # fmt: skip
+        raise LedgerCorrupt(
+            "The ledger is empty: there is nothing to seal.", hint="Run `conveyor demo` or `conveyor train` first."
+        )
+    payload = {
+        "ledger": "conveyor",
+        "seq": seq,
+        "hash": milestones[seq],
+        "time": utc_now(),
+        "milestones": {str(k): v for k, v in sorted(milestones.items())},
+    }
     envelope = sign_envelope(payload, SEAL_TYPE, private_key)
     ledger.add_seal(seq, envelope)
     return Seal.from_payload(payload, signer, envelope)
@@ -97,7 +118,7 @@ def open_seal(envelope: Any, trusted: dict[str, bytes]) -> Seal | None:
         try:
             payload = open_envelope(envelope, SEAL_TYPE, pem, "ledger seal")
             return Seal.from_payload(payload, name, envelope)
-        except Exception:  # noqa: BLE001, S112 - not this key (or not a seal): try the next one
+        except Exception:
             continue
     return None
 
@@ -125,8 +146,12 @@ def prove_events(ledger: Ledger, seqs: set[int], trusted: dict[str, bytes]) -> C
         return ChainProof(False, problem, None, 0)
     if seal is None:
         report = ledger.verify_chain()
-        return _proof(report, None, f"whole chain verified ({report.events:,} events; no seal yet: "
-                                    "`conveyor audit --ledger --seal` lets later audits check only the stretches they need)")
+        return _proof(
+            report,
+            None,
+            f"whole chain verified ({report.events:,} events; no seal yet: "
+            "`conveyor audit --ledger --seal` lets later audits check only the stretches they need)",
+        )
     stretches = sorted({seal.stretch(seq) for seq in seqs if seq <= seal.seq})
     checked = 0
     for after, after_hash, until, until_hash in stretches:
@@ -136,8 +161,13 @@ def prove_events(ledger: Ledger, seqs: set[int], trusted: dict[str, bytes]) -> C
             return _proof(report, seal, "", checked)
     tail = ledger.verify_range(seal.seq, seal.hash, None)
     checked += tail.events
-    return _proof(tail, seal, f"{len(seqs)} events verified in {len(stretches)} sealed stretch(es) against the seal of "
-                              f"#{seal.seq:,} ({seal.time}, key {seal.signer[:19]}…), and {tail.events:,} events since", checked)  # fmt: skip
+    return _proof(
+        tail,
+        seal,
+        f"{len(seqs)} events verified in {len(stretches)} sealed stretch(es) against the seal of "
+        f"#{seal.seq:,} ({seal.time}, key {seal.signer[:19]}…), and {tail.events:,} events since",
+        checked,
+    )
 
 
 def _proof(report: ChainReport, seal: Seal | None, detail: str, checked: int | None = None) -> ChainProof:

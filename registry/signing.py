@@ -13,6 +13,7 @@ import base64
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from policies.errors import SignatureInvalid
 from registry.digests import file_digest, json_digest
@@ -81,10 +82,14 @@ def verify_model(model_dir: Path, public_key: Path) -> None:
             hint="Only models trained and signed by `conveyor train` can be registered or served.",
         )
     config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
-    _verify(config, model_dir, "The model files were changed after signing, or were signed by another key: do not use this model.")
+    _verify(
+        config,
+        model_dir,
+        "The model files were changed after signing, or were signed by another key: do not use this model.",
+    )
 
 
-def _verify(config, model_dir: Path, hint: str) -> None:  # noqa: ANN001 - model_signing's verifying config
+def _verify(config: Any, model_dir: Path, hint: str) -> None:  # model_signing's verifying config
     """Run model-signing's verifier with the signer's hashing configuration; one error for any failure."""
     try:
         config.set_hashing_config(_hashing()).verify(model_dir, model_dir / BUNDLE)
@@ -106,7 +111,7 @@ def sign_model_with_certificate(model_dir: Path, private_key: Path, certificate:
     return bundle
 
 
-def certificate_identity(certificate) -> list[str]:  # noqa: ANN001 - cryptography's Certificate
+def certificate_identity(certificate: Any) -> list[str]:  # cryptography's Certificate
     """The names a certificate vouches for: subject common names and SAN e-mails, URIs and DNS names."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -121,7 +126,9 @@ def certificate_identity(certificate) -> list[str]:  # noqa: ANN001 - cryptograp
     return list(dict.fromkeys(str(n) for n in names))
 
 
-def verify_model_with_chain(model_dir: Path, ca_chain: list[Path], identities: tuple[str, ...], *, now: datetime) -> tuple[str, bytes]:
+def verify_model_with_chain(
+    model_dir: Path, ca_chain: list[Path], identities: tuple[str, ...], *, now: datetime
+) -> tuple[str, bytes]:
     """Verify a certificate-signed model: chain to the CA (model-signing), then what it does not
     check: the signing leaf is valid ``now`` and names one of the pinned ``identities``.
     Returns (identity, the leaf's public key as PEM)."""

@@ -26,7 +26,17 @@ from registry.models import fetch_model, version_digest
 from registry.provenance import verify_statement
 from registry.signing import BUNDLE, PROVENANCE, model_digest, model_files, verify_model, verify_model_with_chain
 
-__all__ = ["Link", "Signer", "VerificationReport", "in_project", "parse_ref", "resolve", "trusted_keys", "verify_folder", "verify_version"]
+__all__ = [
+    "Link",
+    "Signer",
+    "VerificationReport",
+    "in_project",
+    "parse_ref",
+    "resolve",
+    "trusted_keys",
+    "verify_folder",
+    "verify_version",
+]
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,15 @@ class VerificationReport:
         return next((link for link in self.links if not link.ok), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "ok": self.ok, "model_digest": self.model_digest,
-                "version_digest": self.version_digest, "signer": self.signer,
-                "links": [asdict(link) for link in self.links]}  # fmt: skip
+        return {
+            "name": self.name,
+            "version": self.version,
+            "ok": self.ok,
+            "model_digest": self.model_digest,
+            "version_digest": self.version_digest,
+            "signer": self.signer,
+            "links": [asdict(link) for link in self.links],
+        }
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
@@ -80,7 +96,10 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
         name, _, version = ref.rpartition("/")
         if name and version.isdigit():
             return name, version, None
-    raise ConveyorError(f"{ref!r} does not name a model version.", hint="Use MODEL/VERSION (loan-default/3) or MODEL@ALIAS (loan-default@champion).")
+    raise ConveyorError(
+        f"{ref!r} does not name a model version.",
+        hint="Use MODEL/VERSION (loan-default/3) or MODEL@ALIAS (loan-default@champion).",
+    )
 
 
 def resolve(client: Any, ref: str) -> tuple[str, str]:
@@ -91,7 +110,9 @@ def resolve(client: Any, ref: str) -> tuple[str, str]:
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException:
-        raise NotFound(f"The registry has no {ref}.", hint="List versions in the MLflow UI, or check the name and alias.") from None
+        raise NotFound(
+            f"The registry has no {ref}.", hint="List versions in the MLflow UI, or check the name and alias."
+        ) from None
     return name, str(found.version)
 
 
@@ -141,9 +162,16 @@ def verify_version(
 
 
 def verify_folder(
-    model_dir: Path, policy: SigningPolicy, *, root: Path, keys_dir: Path, name: str = "model",
-    version: str | None = None, tags: dict[str, str] | None = None, ledger: Any = None,
-) -> VerificationReport:  # fmt: skip
+    model_dir: Path,
+    policy: SigningPolicy,
+    *,
+    root: Path,
+    keys_dir: Path,
+    name: str = "model",
+    version: str | None = None,
+    tags: dict[str, str] | None = None,
+    ledger: Any = None,
+) -> VerificationReport:
     """Signature and provenance links for a model folder (e.g. before it is registered); given the
     version and its registry ``tags`` (e.g. from an evidence bundle), the tags and ledger links too."""
     report = VerificationReport(name, version)
@@ -173,29 +201,41 @@ def trusted_keys(policy: SigningPolicy, root: Path, keys_dir: Path) -> tuple[lis
         if not path.is_file():
             problems.append(f"trusted key {key.name!r}: no file at {path}")
         elif (found := fingerprint(path.read_bytes())) != key.fingerprint:
-            problems.append(f"trusted key {key.name!r}: {path} has fingerprint {found}, not the pinned {key.fingerprint}")
+            problems.append(
+                f"trusted key {key.name!r}: {path} has fingerprint {found}, not the pinned {key.fingerprint}"
+            )
         else:
             signers.append(Signer(key.fingerprint, path.read_bytes()))
     return signers, problems
 
 
-def _check_signature(model_dir: Path, policy: SigningPolicy, root: Path, keys_dir: Path, report: VerificationReport) -> Signer | None:
+def _check_signature(
+    model_dir: Path, policy: SigningPolicy, root: Path, keys_dir: Path, report: VerificationReport
+) -> Signer | None:
     bundle = model_dir / BUNDLE
     if not bundle.is_file():
         report.links.append(Link("signature", False, f"the model is not signed (no {BUNDLE})"))
         return None
     if _bundle_certificates(bundle):
         if policy.organisation_ca is None:
-            report.links.append(Link("signature", False, "signed with a certificate, but no organisation CA is trusted"))
+            report.links.append(
+                Link("signature", False, "signed with a certificate, but no organisation CA is trusted")
+            )
             return None
         try:
-            identity, pem = verify_model_with_chain(model_dir, [in_project(root, p) for p in policy.organisation_ca.chain],
-                                                    policy.organisation_ca.identities, now=datetime.now(UTC))  # fmt: skip
+            identity, pem = verify_model_with_chain(
+                model_dir,
+                [in_project(root, p) for p in policy.organisation_ca.chain],
+                policy.organisation_ca.identities,
+                now=datetime.now(UTC),
+            )
         except ConveyorError as exc:
             report.links.append(Link("signature", False, exc.message))
             return None
         report.signer = identity
-        report.links.append(Link("signature", True, f"signed by {identity} (certificate chains to the organisation CA)"))
+        report.links.append(
+            Link("signature", True, f"signed by {identity} (certificate chains to the organisation CA)")
+        )
         return Signer(identity, pem)
     candidates, problems = trusted_keys(policy, root, keys_dir)
     with tempfile.TemporaryDirectory(prefix="conveyor-keys-") as keys:
@@ -221,7 +261,9 @@ def _check_provenance(model_dir: Path, files: dict[str, str], signer: Signer, re
     except ConveyorError as exc:
         report.links.append(Link("provenance", False, exc.message))
         return
-    report.links.append(Link("provenance", True, f"signed by the same signer; its {len(files)} subjects are exactly the files"))
+    report.links.append(
+        Link("provenance", True, f"signed by the same signer; its {len(files)} subjects are exactly the files")
+    )
 
 
 def _check_tags(model_dir: Path, report: VerificationReport) -> None:
@@ -233,11 +275,18 @@ def _check_tags(model_dir: Path, report: VerificationReport) -> None:
     if report.signer and report.signer.startswith("sha256:"):
         expected["conveyor.key_fingerprint"] = report.signer
     if report.statement is not None:
-        data = [d for d in report.statement["predicate"]["buildDefinition"]["resolvedDependencies"]
-                if d.get("uri", "").startswith("data") or d.get("uri", "").endswith((".csv", ".parquet"))]  # fmt: skip
+        data = [
+            d
+            for d in report.statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+            if d.get("uri", "").startswith("data") or d.get("uri", "").endswith((".csv", ".parquet"))
+        ]
         if data:
             expected["conveyor.data_digest"] = f"sha256:{data[0]['digest']['sha256']}"
-    wrong = [f"{tag} is {report.tags.get(tag)!r}, expected {value!r}" for tag, value in expected.items() if report.tags.get(tag) != value]
+    wrong = [
+        f"{tag} is {report.tags.get(tag)!r}, expected {value!r}"
+        for tag, value in expected.items()
+        if report.tags.get(tag) != value
+    ]
     report.links.append(Link("tags", not wrong, "; ".join(wrong) if wrong else f"{len(expected)} registry tags agree"))
 
 
@@ -257,7 +306,9 @@ def _check_ledger(ledger: Ledger, report: VerificationReport) -> None:
     elif not signed or provenance not in signed[-1].outputs:
         report.links.append(Link("ledger", False, "no model.signed event recorded this bundle and provenance"))
     else:
-        report.links.append(Link("ledger", True, f"registered in event #{event.seq}, signed in event #{signed[-1].seq}"))
+        report.links.append(
+            Link("ledger", True, f"registered in event #{event.seq}, signed in event #{signed[-1].seq}")
+        )
 
 
 def _bundle_certificates(bundle: Path) -> list[bytes]:
@@ -275,5 +326,3 @@ def in_project(root: Path, path: str | Path) -> Path:
     """``path`` as recorded (relative to the project root, or absolute), made absolute."""
     path = Path(path)
     return path if path.is_absolute() else root / path
-
-

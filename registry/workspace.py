@@ -91,9 +91,18 @@ def prepare_process(environment: dict[str, str] | None = None) -> None:
 # Libraries whose log lines and warnings are theirs to fix, not the user's: a command prints its
 # own summary, and refusals arrive as one ConveyorError paragraph.
 _CHATTY_LOGGERS = (
-    "prefect", "mlflow", "great_expectations", "feast", "dvc", "alembic", "py.warnings",
-    "bentoml", "evidently", "urllib3", "httpx",
-)  # fmt: skip
+    "prefect",
+    "mlflow",
+    "great_expectations",
+    "feast",
+    "dvc",
+    "alembic",
+    "py.warnings",
+    "bentoml",
+    "evidently",
+    "urllib3",
+    "httpx",
+)
 
 
 def quiet_libraries() -> None:
@@ -160,9 +169,13 @@ class Workspace:
         """Every setting as a plain string: for flow parameters, or to rebuild this Workspace elsewhere."""
         s = self.settings
         values = {
-            "project_file": str(s.project_file), "home": str(s.home), "ledger_url": str(s.ledger_url),
-            "mlflow_tracking_uri": str(s.mlflow_tracking_uri), "actor": s.actor, "flows": s.flows,
-        }  # fmt: skip
+            "project_file": str(s.project_file),
+            "home": str(s.home),
+            "ledger_url": str(s.ledger_url),
+            "mlflow_tracking_uri": str(s.mlflow_tracking_uri),
+            "actor": s.actor,
+            "flows": s.flows,
+        }
         if s.prefect_api_url:
             values["prefect_api_url"] = s.prefect_api_url
         return values
@@ -344,19 +357,19 @@ class Workspace:
 
     # Typed shorthands for the policies most code reads.
     def promotion_policy(self) -> PromotionPolicy:
-        return self.policy("promotion").value  # type: ignore[no-any-return]
+        return self.policy("promotion").value
 
     def canary_policy(self) -> CanaryPolicy:
-        return self.policy("canary").value  # type: ignore[no-any-return]
+        return self.policy("canary").value
 
     def serving_policy(self) -> ServingPolicy:
-        return self.policy("serving").value  # type: ignore[no-any-return]
+        return self.policy("serving").value
 
     def drift_policy(self) -> DriftPolicy:
-        return self.policy("drift").value  # type: ignore[no-any-return]
+        return self.policy("drift").value
 
     def signing(self) -> SigningPolicy:
-        return self.policy("signing").value  # type: ignore[no-any-return]
+        return self.policy("signing").value
 
     def require_project(self) -> Workspace:
         """Raise unless the project file exists (commands that need a project call this first)."""

@@ -14,6 +14,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class ApiKeys:
             self._entries = json.loads(self.path.read_text()) if mtime is not None else []
             self._mtime = mtime
 
-    def create(self, name: str, *, admin: bool = False, per_second: float | None = None, burst: int | None = None) -> str:
+    def create(
+        self, name: str, *, admin: bool = False, per_second: float | None = None, burst: int | None = None
+    ) -> str:
         """A new key for ``name``; the only time the key itself is seen."""
         key = f"cvk_{secrets.token_urlsafe(32)}"
         salt = secrets.token_bytes(16)
@@ -82,7 +85,10 @@ class ApiKeys:
         """Each key's id, owner and role; never a hash or salt."""
         with self._lock:
             self._reload()
-            return [{"id": e["id"], "name": e["name"], "admin": e["admin"], "rate_limit": e.get("rate_limit")} for e in self._entries]
+            return [
+                {"id": e["id"], "name": e["name"], "admin": e["admin"], "rate_limit": e.get("rate_limit")}
+                for e in self._entries
+            ]
 
     def check(self, presented: str | None) -> Role | None:
         if not presented:
@@ -91,10 +97,11 @@ class ApiKeys:
             self._reload()
             entries = list(self._entries)
         for entry in entries:
-            if hmac.compare_digest(entry["id"], presented[:12]):
-                if hmac.compare_digest(bytes.fromhex(entry["hash"]), _hash(presented, bytes.fromhex(entry["salt"]))):
-                    limit = entry.get("rate_limit") or {}
-                    return Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
+            if hmac.compare_digest(entry["id"], presented[:12]) and hmac.compare_digest(
+                bytes.fromhex(entry["hash"]), _hash(presented, bytes.fromhex(entry["salt"]))
+            ):
+                limit = entry.get("rate_limit") or {}
+                return Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
         return None
 
 
@@ -105,7 +112,7 @@ def _hash(key: str, salt: bytes) -> bytes:
 class RateLimiter:
     """A token bucket per caller: ``rate`` requests a second on average, bursts up to ``burst``."""
 
-    def __init__(self, rate: float, burst: int, *, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()

@@ -36,10 +36,14 @@ class _Window:
 
 class CanaryController:
     def __init__(
-        self, router: Router, policy: CanaryPolicy, *,
-        on_promote: Callable[[Verdict], None], on_rollback: Callable[[Verdict], None],
+        self,
+        router: Router,
+        policy: CanaryPolicy,
+        *,
+        on_promote: Callable[[Verdict], None],
+        on_rollback: Callable[[Verdict], None],
         clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.router, self.policy = router, policy
         self._on_promote, self._on_rollback, self._clock = on_promote, on_rollback, clock
         self._lock = threading.Lock()
@@ -102,8 +106,12 @@ class CanaryController:
         with self._lock:
             if self.state != "running":
                 return None
-            stats = CanaryStats(self.step, self._clock() - self._started,
-                                self._windows["canary"].side(), self._windows["champion"].side())  # fmt: skip
+            stats = CanaryStats(
+                self.step,
+                self._clock() - self._started,
+                self._windows["canary"].side(),
+                self._windows["champion"].side(),
+            )
             verdict = judge_canary(stats, self.policy)
             if verdict.action == "advance" and self.held:
                 verdict = Verdict("hold", [f"held at {self.router.weight:g}% by an admin", *verdict.reasons])
@@ -124,9 +132,17 @@ class CanaryController:
     def status(self) -> dict[str, Any]:
         with self._lock:
             canary = self._windows.get("canary", _Window())
-            return {"state": self.state, "step": self.step, "weight": self.router.weight, "held": self.held,
-                    "canary_requests": canary.requests, "canary_errors": canary.errors,
-                    "last_verdict": None if self.last is None else {"action": self.last.action, "reasons": self.last.reasons}}  # fmt: skip
+            return {
+                "state": self.state,
+                "step": self.step,
+                "weight": self.router.weight,
+                "held": self.held,
+                "canary_requests": canary.requests,
+                "canary_errors": canary.errors,
+                "last_verdict": None
+                if self.last is None
+                else {"action": self.last.action, "reasons": self.last.reasons},
+            }
 
     def _new_window(self) -> None:
         # The champion's latencies and predictions carry over from step to step: they are the

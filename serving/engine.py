@@ -36,7 +36,7 @@ from registry.workspace import Workspace
 from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
 from serving.metrics import ServiceMetrics
-from serving.models import IsolatedModel, InProcessModel, LoadRefused, VerifiedModel, load_verified
+from serving.models import InProcessModel, IsolatedModel, LoadRefused, VerifiedModel, load_verified
 from serving.router import Router
 from serving.schema import request_model
 
@@ -63,8 +63,9 @@ class Engine:
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
-        self.controller = CanaryController(self.router, ws.canary_policy(), on_promote=self._canary_passed,
-                                           on_rollback=self._canary_failed)  # fmt: skip
+        self.controller = CanaryController(
+            self.router, ws.canary_policy(), on_promote=self._canary_passed, on_rollback=self._canary_failed
+        )
         self.metrics = ServiceMetrics()
         self.keys = ApiKeys(ws.api_keys_file)
         self.limiter = RateLimiter(self.serving.rate_limit.per_second, self.serving.rate_limit.burst)
@@ -163,8 +164,13 @@ class Engine:
         version = model.verified.version  # type: ignore[union-attr]
         predictions = [float(v) for v in answer]
         self._record(request_id, checked, version, predictions, answered_by, model.deployment)  # type: ignore[union-attr]
-        return {"request_id": request_id, "model": self.name, "version": version, "served_by": answered_by,
-                "predictions": predictions}  # fmt: skip
+        return {
+            "request_id": request_id,
+            "model": self.name,
+            "version": version,
+            "served_by": answered_by,
+            "predictions": predictions,
+        }
 
     def _rows(self, rows: Any, key: str | None) -> list[dict[str, Any]]:
         """The request checked against the champion's signature: one plain dict per row."""
@@ -176,14 +182,16 @@ class Engine:
             raise ClientError(400, f"invalid request: {problems}") from None
         return [row.__dict__ for row in request.rows]
 
-    async def _ask(self, model: InProcessModel | IsolatedModel, role: str, rows: list[dict[str, Any]]) -> np.ndarray | None:
+    async def _ask(
+        self, model: InProcessModel | IsolatedModel, role: str, rows: list[dict[str, Any]]
+    ) -> np.ndarray | None:
         """The model's answer, or None when it failed (counted, and judged at once for a canary)."""
         labels = (self.name, model.verified.version, role)
         started = time.perf_counter()
         timeout = self.serving.canary_timeout_ms / 1000 if role == "canary" else None
         try:
             answer = await model.predict(rows, timeout)
-        except Exception as exc:  # noqa: BLE001 - ModelFailed, or anything else a model raised: the model's failure
+        except Exception as exc:
             elapsed = time.perf_counter() - started
             log.warning("%s version %s failed a request: %s", role, model.verified.version, exc)
             self.metrics.requests.labels(*labels).inc()
@@ -208,16 +216,36 @@ class Engine:
         project = self.ws.project()
         return project.entity_key, project.event_timestamp
 
-    def _record(self, request_id: str, rows: list[dict[str, Any]], version: str, predictions: list[float], served_by: str,
-                deployment: str | None) -> None:  # fmt: skip
+    def _record(
+        self,
+        request_id: str,
+        rows: list[dict[str, Any]],
+        version: str,
+        predictions: list[float],
+        served_by: str,
+        deployment: str | None,
+    ) -> None:
         now = datetime.now(UTC)
         entity_key, event_time = self._context
         inputs = [c.name for c in self._columns]
         for i, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
             entity, at = row.get(entity_key), row.get(event_time)
             features = {name: row.get(name) for name in inputs}
-            self.log.record(LogEntry(request_id, now, self.name, version, features, prediction, served_by, i,
-                                     None if entity is None else str(entity), None if at is None else str(at), deployment))  # fmt: skip
+            self.log.record(
+                LogEntry(
+                    request_id,
+                    now,
+                    self.name,
+                    version,
+                    features,
+                    prediction,
+                    served_by,
+                    i,
+                    None if entity is None else str(entity),
+                    None if at is None else str(at),
+                    deployment,
+                )
+            )
 
     # -- admin ------------------------------------------------------------------------------------
 
@@ -228,9 +256,15 @@ class Engine:
             v = model.verified
             return {"version": v.version, "version_digest": v.version_digest, "signer": v.signer}
 
-        return {"model": self.name, "ready": self.ready, "champion": describe(self.champion),
-                "canary": describe(self.canary), "analysis": self.controller.status(),
-                "refused": dict(self._refused), "policy": self.ws.canary_policy().model_dump()}  # fmt: skip
+        return {
+            "model": self.name,
+            "ready": self.ready,
+            "champion": describe(self.champion),
+            "canary": describe(self.canary),
+            "analysis": self.controller.status(),
+            "refused": dict(self._refused),
+            "policy": self.ws.canary_policy().model_dump(),
+        }
 
     def set_weight(self, weight: float, hold: bool = False) -> dict[str, Any]:
         if self.canary is None:
@@ -258,7 +292,11 @@ class Engine:
         with self._switch:
             wanted_champion = alias(client, self.name, CHAMPION)
             current = self.champion.verified.version if self.champion else None
-            if wanted_champion is not None and wanted_champion != current and self._refused.get(CHAMPION) != wanted_champion:
+            if (
+                wanted_champion is not None
+                and wanted_champion != current
+                and self._refused.get(CHAMPION) != wanted_champion
+            ):
                 self._load_champion(wanted_champion)
             wanted_canary = alias(client, self.name, CANARY)
             if wanted_canary == (self.champion.verified.version if self.champion else None):
@@ -273,9 +311,15 @@ class Engine:
     def _verify(self, version: str, role: str) -> VerifiedModel | None:
         ws = self.ws
         try:
-            verified = load_verified(f"{self.name}/{version}", policy=ws.signing(), root=ws.root,
-                                     keys_dir=ws.keys_dir, ledger=self.ledger, task=ws.project().task,
-                                     workspace=ws.home / "serving" / "models")  # fmt: skip
+            verified = load_verified(
+                f"{self.name}/{version}",
+                policy=ws.signing(),
+                root=ws.root,
+                keys_dir=ws.keys_dir,
+                ledger=self.ledger,
+                task=ws.project().task,
+                workspace=ws.home / "serving" / "models",
+            )
         except LoadRefused as exc:
             self._refuse(version, role, str(exc))
             return None
@@ -285,18 +329,36 @@ class Engine:
         log.error("refused to serve %s version %s as %s: %s", self.name, version, role, reason)
         self._refused[role] = version
         self.metrics.refusals.labels(self.name).inc()
-        self.ledger.append(EventKind.MODEL_LOAD_REFUSED, inputs=[], outputs=[],
-                               details={"name": self.name, "version": version, "role": role, "reason": reason,
-                                        "serving": {r: m.verified.version if m else None
-                                                    for r, m in ((CHAMPION, self.champion), (CANARY, self.canary))}})  # fmt: skip
+        self.ledger.append(
+            EventKind.MODEL_LOAD_REFUSED,
+            inputs=[],
+            outputs=[],
+            details={
+                "name": self.name,
+                "version": version,
+                "role": role,
+                "reason": reason,
+                "serving": {
+                    r: m.verified.version if m else None for r, m in ((CHAMPION, self.champion), (CANARY, self.canary))
+                },
+            },
+        )
 
     def _deployed(self, verified: VerifiedModel, role: str) -> str:
         """Record the deployment; returns its content address, which the inference log carries per row."""
         self._refused.pop(role, None)
-        details = {"name": verified.name, "version": verified.version, "role": role, "signer": verified.signer,
-                   "at": utc_now(), "instance": self._instance}  # fmt: skip
+        details = {
+            "name": verified.name,
+            "version": verified.version,
+            "role": role,
+            "signer": verified.signer,
+            "at": utc_now(),
+            "instance": self._instance,
+        }
         deployment = json_digest({"deployment": details, "model": verified.version_digest})
-        self.ledger.append(EventKind.MODEL_DEPLOYED, inputs={"version": verified.version_digest}, outputs=[deployment], details=details)
+        self.ledger.append(
+            EventKind.MODEL_DEPLOYED, inputs={"version": verified.version_digest}, outputs=[deployment], details=details
+        )
         log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
         return deployment
 
@@ -306,7 +368,7 @@ class Engine:
             return
         try:
             model = InProcessModel(verified)
-        except Exception as exc:  # noqa: BLE001 - a model that cannot load is refused like one that does not verify
+        except Exception as exc:
             verified.discard()
             self._refuse(version, CHAMPION, f"failed to load: {exc!r}")
             return
@@ -366,10 +428,19 @@ class Engine:
             self.metrics.rollbacks.labels(self.name).inc()
             self.metrics.weight.labels(self.name).set(0)
             restored = self._remove_canary_alias(version)
-            self.ledger.append(EventKind.CANARY_ROLLED_BACK, inputs={"version": canary.verified.version_digest}, outputs=[],
-                                   details={"name": self.name, "version": version, "reasons": verdict.reasons,
-                                            "figures": self.controller.status(), "alias_removed": restored,
-                                            "champion": self.champion.verified.version if self.champion else None})  # fmt: skip
+            self.ledger.append(
+                EventKind.CANARY_ROLLED_BACK,
+                inputs={"version": canary.verified.version_digest},
+                outputs=[],
+                details={
+                    "name": self.name,
+                    "version": version,
+                    "reasons": verdict.reasons,
+                    "figures": self.controller.status(),
+                    "alias_removed": restored,
+                    "champion": self.champion.verified.version if self.champion else None,
+                },
+            )
             log.warning("canary %s version %s rolled back: %s", self.name, version, "; ".join(verdict.reasons))
             self._stop_canary()
 
@@ -383,17 +454,31 @@ class Engine:
             try:
                 outcome = promote(self.ws, f"{self.name}/{version}", CHAMPION)
                 ok, reasons = outcome.decision.ok, outcome.decision.reasons
-            except Exception as exc:  # noqa: BLE001 - a promotion error leaves the champion as it is
+            except Exception as exc:
                 ok, reasons = False, [f"promotion failed: {exc}"]
-            self.ledger.append(EventKind.CANARY_COMPLETED, inputs={"version": canary.verified.version_digest}, outputs=[],
-                                   details={"name": self.name, "version": version, "promoted": ok,
-                                            "analysis": verdict.reasons, "promotion": reasons,
-                                            "figures": self.controller.status()})  # fmt: skip
+            self.ledger.append(
+                EventKind.CANARY_COMPLETED,
+                inputs={"version": canary.verified.version_digest},
+                outputs=[],
+                details={
+                    "name": self.name,
+                    "version": version,
+                    "promoted": ok,
+                    "analysis": verdict.reasons,
+                    "promotion": reasons,
+                    "figures": self.controller.status(),
+                },
+            )
             if ok:
                 self._load_champion(version)  # first: the canary keeps its share until the champion has switched
             self._stop_canary()
             if not ok:
-                log.warning("canary %s version %s cleared every step but was not promoted: %s", self.name, version, "; ".join(reasons))
+                log.warning(
+                    "canary %s version %s cleared every step but was not promoted: %s",
+                    self.name,
+                    version,
+                    "; ".join(reasons),
+                )
                 self._remove_canary_alias(version)
 
     # -- background -------------------------------------------------------------------------------

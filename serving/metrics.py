@@ -19,21 +19,42 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "version", "role"]
-        self.requests = Counter("conveyor_predict_requests", "Prediction requests a model answered or failed",
-                                labels, registry=self.registry)  # fmt: skip
-        self.errors = Counter("conveyor_predict_errors", "Prediction requests a model failed (raised, timed out, died)",
-                              labels, registry=self.registry)  # fmt: skip
-        self.latency = Histogram("conveyor_predict_latency_seconds", "Time a model took to answer",
-                                 labels, buckets=_LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.fallbacks = Counter("conveyor_fallbacks", "Canary requests the champion answered instead", ["model"],
-                                 registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "conveyor_predict_requests",
+            "Prediction requests a model answered or failed",
+            labels,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "conveyor_predict_errors",
+            "Prediction requests a model failed (raised, timed out, died)",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "conveyor_predict_latency_seconds",
+            "Time a model took to answer",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "conveyor_fallbacks", "Canary requests the champion answered instead", ["model"], registry=self.registry
+        )
         self.rollbacks = Counter("conveyor_canary_rollbacks", "Canaries rolled back", ["model"], registry=self.registry)
-        self.refusals = Counter("conveyor_model_load_refusals", "Models refused at load (did not verify)", ["model"],
-                                registry=self.registry)  # fmt: skip
-        self.client_errors = Counter("conveyor_client_errors", "Requests refused before any model ran", ["reason"],
-                                     registry=self.registry)  # fmt: skip
-        self.weight = Gauge("conveyor_canary_weight_percent", "Share of requests routed to the canary", ["model"],
-                            multiprocess_mode="mostrecent", registry=self.registry)  # fmt: skip
+        self.refusals = Counter(
+            "conveyor_model_load_refusals", "Models refused at load (did not verify)", ["model"], registry=self.registry
+        )
+        self.client_errors = Counter(
+            "conveyor_client_errors", "Requests refused before any model ran", ["reason"], registry=self.registry
+        )
+        self.weight = Gauge(
+            "conveyor_canary_weight_percent",
+            "Share of requests routed to the canary",
+            ["model"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
 
     def render(self) -> str:
         """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""

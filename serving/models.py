@@ -54,7 +54,9 @@ class VerifiedModel:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
 
 
-def load_verified(ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: Any, task: str, workspace: Path) -> VerifiedModel:
+def load_verified(
+    ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: Any, task: str, workspace: Path
+) -> VerifiedModel:
     """Verify ``ref`` (every link of ``conveyor verify``) and keep its files in ``workspace``."""
     from mlflow.models import Model
 
@@ -66,6 +68,7 @@ def load_verified(ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: 
     try:
         if not report.ok:
             failed = report.first_failure
+            assert failed is not None  # the report is not ok: some link failed
             raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
         model_dir = folder / "files"
         try:
@@ -75,7 +78,9 @@ def load_verified(ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: 
     except LoadRefused:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return VerifiedModel(report.name, str(report.version), model_dir, str(report.version_digest), str(report.signer), columns, task)
+    return VerifiedModel(
+        report.name, str(report.version), model_dir, str(report.version_digest), str(report.signer), columns, task
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class InProcessModel:
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:  # noqa: ARG002 - as IsolatedModel
+    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:
         if self._queue is None or self._worker is None or self._worker.done():
             self._loop = asyncio.get_running_loop()
             self._queue = asyncio.Queue()
@@ -150,7 +155,7 @@ class InProcessModel:
             rows = [row for request, _ in batch for row in request]
             try:
                 answer = await asyncio.to_thread(_timed, self._predict, rows)
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the model's error
+            except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(ModelFailed(f"the model raised {type(exc).__name__}: {exc}"))
@@ -199,16 +204,20 @@ class IsolatedModel:
         self._start()
         # Load now, so the first requests do not pay for it (and a model that cannot load fails here).
         try:
-            self._ready.result(timeout=120)  # type: ignore[union-attr]
+            self._ready.result(timeout=120)  # type: ignore[attr-defined]
         except Exception as exc:
             self.close()
-            raise LoadRefused(f"{verified.name} version {verified.version} failed to load in its process: {exc!r}") from None
+            raise LoadRefused(
+                f"{verified.name} version {verified.version} failed to load in its process: {exc!r}"
+            ) from None
 
     def _start(self) -> None:
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_start, initargs=(str(self.verified.folder), self.verified.task, self.verified.columns),
-        )  # fmt: skip
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_child_start,
+            initargs=(str(self.verified.folder), self.verified.task, self.verified.columns),
+        )
         self._ready = self._pool.submit(os.getpid)  # done once the child has loaded the model
 
     async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:

@@ -52,6 +52,6 @@ def request_model(columns: list[Column], *, max_rows: int = 1_000, context: tupl
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid"),
-        rows=(list[row], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+        rows=(list[row], Field(min_length=1, max_length=max_rows)),
         key=(Annotated[str, StringConstraints(max_length=200)] | None, None),
     )

@@ -27,6 +27,7 @@ __all__ = ["Conveyor"]
 
 log = logging.getLogger("conveyor.serving")
 
+
 class Weight(BaseModel):
     weight: float = Field(ge=0, le=100, description="percent of requests for the canary")
     hold: bool = Field(False, description="stay at this weight until told otherwise (rollback still applies)")
@@ -67,10 +68,13 @@ class Conveyor:
 
     @bentoml.api(route="/predict")
     async def predict(
-        self, rows: Annotated[list[dict[str, Any]], Field(description="rows of feature values, one object per row")],
-        key: Annotated[str | None, Field(description="a routing key: requests with the same key go to the same model")] = None,
+        self,
+        rows: Annotated[list[dict[str, Any]], Field(description="rows of feature values, one object per row")],
+        key: Annotated[
+            str | None, Field(description="a routing key: requests with the same key go to the same model")
+        ] = None,
         ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """Predictions for ``rows``, with the model version that answered."""
         headers = ctx.request.headers
         try:
@@ -89,29 +93,39 @@ class Conveyor:
             raise HTTPException(exc.status, str(exc)) from None
 
     @admin.get("/status")
-    def status(self, authorization: Annotated[str | None, Header()] = None,
-               x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:  # fmt: skip
+    def status(
+        self, authorization: Annotated[str | None, Header()] = None, x_api_key: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         """The models served, the canary's weight, step and last verdict."""
         self._admin(authorization, x_api_key)
         return self.engine.status()
 
     @admin.post("/weight")
-    def set_weight(self, body: Weight, authorization: Annotated[str | None, Header()] = None,
-                   x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:  # fmt: skip
+    def set_weight(
+        self,
+        body: Weight,
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
         """Move the canary's weight by hand; analysis goes on from the step at or above it."""
         self._admin(authorization, x_api_key)
         return self._engine_call(self.engine.set_weight, body.weight, body.hold)
 
     @admin.post("/abort")
-    def abort(self, body: Abort, authorization: Annotated[str | None, Header()] = None,
-              x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:  # fmt: skip
+    def abort(
+        self,
+        body: Abort,
+        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
         """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
         self._admin(authorization, x_api_key)
         return self._engine_call(self.engine.abort, body.reason)
 
     @admin.post("/reload")
-    def reload(self, authorization: Annotated[str | None, Header()] = None,
-               x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:  # fmt: skip
+    def reload(
+        self, authorization: Annotated[str | None, Header()] = None, x_api_key: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
         """Check the registry's aliases now instead of at the next watch."""
         self._admin(authorization, x_api_key)
         return self.engine.sync()

@@ -94,10 +94,16 @@ def postgres_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-def open_workspace(root: Path, home: Path, *, ledger_url: str | None = None, tracking_uri: str | None = None,
-                   actor: str = "tester") -> Any:  # fmt: skip
+def open_workspace(
+    root: Path, home: Path, *, ledger_url: str | None = None, tracking_uri: str | None = None, actor: str = "tester"
+) -> Any:
     """The Workspace of the project at ``root`` with its stores in ``home`` (SQLite unless given)."""
     from registry.workspace import Workspace
 
-    return Workspace.open(root, home=str(home), ledger_url=ledger_url or f"sqlite:///{home / 'ledger.db'}",
-                          mlflow_tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}", actor=actor)  # fmt: skip
+    return Workspace.open(
+        root,
+        home=str(home),
+        ledger_url=ledger_url or f"sqlite:///{home / 'ledger.db'}",
+        mlflow_tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}",
+        actor=actor,
+    )

@@ -24,14 +24,14 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, fault: str = "none", rate: float = 1.0, delay: float = 0.0) -> None:
         self.fault, self.rate, self.delay = fault, rate, delay
 
-    def fit(self, x, y):  # noqa: ANN001, ANN201 - scikit-learn's signature
+    def fit(self, x, y):
         # The demo champion's estimator, so that only the fault tells the two apart.
         inner = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.08, max_leaf_nodes=31, random_state=7)
         self.model_ = inner.fit(x, y)
         self.classes_ = self.model_.classes_
         return self
 
-    def predict_proba(self, x):  # noqa: ANN001, ANN201
+    def predict_proba(self, x):
         armed = os.environ.get("CONVEYOR_TEST_FAULTS") == "1"
         hit = armed and _random.random() < self.rate
         if hit and self.fault == "raise":
@@ -43,5 +43,5 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
         proba = self.model_.predict_proba(x)
         return proba[:, ::-1].copy() if armed and self.fault == "skew" else proba
 
-    def predict(self, x):  # noqa: ANN001, ANN201
+    def predict(self, x):
         return self.classes_[np.argmax(self.predict_proba(x), axis=1)]

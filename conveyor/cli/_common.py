@@ -29,7 +29,7 @@ JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text."
 class Group(TyperGroup):
     """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own vendored click.Context
         from policies.errors import ConveyorError
 
         try:
@@ -98,4 +98,4 @@ def workspace(ctx: typer.Context) -> Workspace:
         ws.prepare()  # telemetry off and the tools' homes in .conveyor/ before any heavy import
         quiet_libraries()
         root.obj["workspace"] = ws
-    return root.obj["workspace"]  # type: ignore[no-any-return]
+    return root.obj["workspace"]

@@ -31,8 +31,19 @@ def version() -> None:
     from importlib import metadata
 
     out(f"conveyor {metadata.version('conveyor')}")
-    for name in ("prefect", "mlflow", "dvc", "feast", "great-expectations", "bentoml", "evidently",
-                 "model-signing", "sigstore", "scikit-learn", "pandas"):  # fmt: skip
+    for name in (
+        "prefect",
+        "mlflow",
+        "dvc",
+        "feast",
+        "great-expectations",
+        "bentoml",
+        "evidently",
+        "model-signing",
+        "sigstore",
+        "scikit-learn",
+        "pandas",
+    ):
         try:
             out(f"  {name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -77,8 +88,10 @@ def validate(
         result = ws.validate(data)
     if summary:
         summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(json.dumps({"success": result.success, "evaluated": result.evaluated,
-                                       "report": result.digest}, indent=2) + "\n")  # fmt: skip
+        summary.write_text(
+            json.dumps({"success": result.success, "evaluated": result.evaluated, "report": result.digest}, indent=2)
+            + "\n"
+        )
     out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
     if result.docs:
         out(f"Data Docs: {result.docs}")
@@ -95,7 +108,9 @@ def train(
         outcome = ws.train(data)
     if metrics:
         metrics.parent.mkdir(parents=True, exist_ok=True)
-        metrics.write_text(json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n")
+        metrics.write_text(
+            json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n"
+        )
     print_outcome(outcome)
 
 

@@ -18,8 +18,10 @@ def register(app: typer.Typer) -> None:
 def demo(
     ctx: typer.Context,
     data_only: Annotated[bool, typer.Option("--data-only", help="Only build and version the demo data.")] = False,
-    no_loop: Annotated[bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")] = False,
-) -> None:  # fmt: skip
+    no_loop: Annotated[
+        bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")
+    ] = False,
+) -> None:
     """Run the bundled demo: data, a signed champion, then the whole loop.
 
     Serves the champion on 127.0.0.1, sends reference-period then drifted traffic, checks drift,

@@ -35,14 +35,20 @@ def _window_option(value: str | None) -> str | None:
 
 _WINDOW = Annotated[
     str | None,
-    typer.Option("--window", "-w", callback=_window_option,
-                 help="Traffic to check: a duration (30m, 24h, 7d) or a row count (5000); default: policies/drift.yaml."),
-]  # fmt: skip
+    typer.Option(
+        "--window",
+        "-w",
+        callback=_window_option,
+        help="Traffic to check: a duration (30m, 24h, 7d) or a row count (5000); default: policies/drift.yaml.",
+    ),
+]
 _NO_RETRAIN = Annotated[bool, typer.Option("--no-retrain", help="Record a breach, but start no retraining.")]
 
 
 @drift_app.command("check")
-def drift_check(ctx: typer.Context, window: _WINDOW = None, no_retrain: _NO_RETRAIN = False, as_json: JSON = False) -> None:
+def drift_check(
+    ctx: typer.Context, window: _WINDOW = None, no_retrain: _NO_RETRAIN = False, as_json: JSON = False
+) -> None:
     """Check the champion's traffic for drift (Evidently); exit 0 no drift, 1 drift, 3 not enough data.
 
     A drift breach starts the retraining flow (cooldown and one retraining per breach window, from
@@ -54,8 +60,10 @@ def drift_check(ctx: typer.Context, window: _WINDOW = None, no_retrain: _NO_RETR
     if as_json:
         emit_json({**result.to_dict(), "retraining": outcome.retraining.to_dict() if outcome.retraining else None})
     else:
-        out(f"{result.model} version {result.version}, {result.window} ({result.window_rows:,} rows) against its "
-            f"training set ({result.reference_rows:,} rows): {result.describe()}")  # fmt: skip
+        out(
+            f"{result.model} version {result.version}, {result.window} ({result.window_rows:,} rows) against its "
+            f"training set ({result.reference_rows:,} rows): {result.describe()}"
+        )
         for column in result.columns:
             if column.drifted:
                 out(f"  drifted  {column.column}: {column.method} {column.score:.4g} (threshold {column.threshold:g})")
@@ -70,7 +78,9 @@ def drift_check(ctx: typer.Context, window: _WINDOW = None, no_retrain: _NO_RETR
 
 def _print_retraining(outcome: Any) -> None:
     if outcome.started is not None and outcome.started.mode == "server":
-        out(f"  retraining requested from the Prefect server (trigger {outcome.started.trigger}, ledger event #{outcome.started.event})")
+        out(
+            f"  retraining requested from the Prefect server (trigger {outcome.started.trigger}, ledger event #{outcome.started.event})"
+        )
     if outcome.retraining is not None:
         r = outcome.retraining
         out(f"  retraining {r.status}: {r.reason}")
@@ -81,7 +91,9 @@ def _print_retraining(outcome: Any) -> None:
 def monitor(
     ctx: typer.Context,
     window: _WINDOW = None,
-    interval: Annotated[float | None, typer.Option(min=1, help="Seconds between checks (default: policies/drift.yaml).")] = None,
+    interval: Annotated[
+        float | None, typer.Option(min=1, help="Seconds between checks (default: policies/drift.yaml).")
+    ] = None,
     checks: Annotated[int | None, typer.Option(min=1, help="Stop after this many checks (embedded mode).")] = None,
 ) -> None:
     """Check for drift periodically; a breach starts retraining.
@@ -103,7 +115,9 @@ def monitor(
         for outcome in checks_every(ws, window, every, checks):
             done += 1
             result = outcome.result
-            out(f"check {done}: {result.model} v{result.version}, {result.window} ({result.window_rows:,} rows): {result.describe()}")
+            out(
+                f"check {done}: {result.model} v{result.version}, {result.window} ({result.window_rows:,} rows): {result.describe()}"
+            )
             if result.trigger:
                 out(f"  retraining {result.trigger}")
             _print_retraining(outcome)

@@ -22,16 +22,25 @@ def register(app: typer.Typer) -> None:
 
 def lineage(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(
-        help="A file (hashed), a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N, event:N or request:ID.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="Instead of TARGET: what was serving at this time (ISO 8601; no offset means UTC).")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            help="A file (hashed), a sha256 digest, MODEL/VERSION, MODEL@ALIAS, deployment:N, event:N or request:ID."
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option("--at", help="Instead of TARGET: what was serving at this time (ISO 8601; no offset means UTC)."),
+    ] = None,
     model: Annotated[str | None, typer.Option("--model", help="With --at: only this model.")] = None,
     up: Annotated[bool, typer.Option("--up", help="Only where it came from.")] = False,
     down: Annotated[bool, typer.Option("--down", help="Only what it fed.")] = False,
     depth: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps.")] = None,
     as_json: JSON = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write the graph as a self-contained HTML page.")] = None,
-) -> None:  # fmt: skip
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write the graph as a self-contained HTML page.")
+    ] = None,
+) -> None:
     """Show where an artifact came from and what it fed, from the lineage ledger."""
     from conveyor.render import lineage_text
 
@@ -56,23 +65,37 @@ def lineage(
 def audit(
     ctx: typer.Context,
     ref: Annotated[str | None, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS: re-verify its whole record.")] = None,
-    ledger_only: Annotated[bool, typer.Option("--ledger", help="Check the ledger's hash chain, event by event.")] = False,
-    seal: Annotated[bool, typer.Option("--seal", help="With --ledger: sign a checkpoint of the verified chain.")] = False,
-    export: Annotated[Path | None, typer.Option("--export", help="With MODEL/VERSION: write an evidence bundle (.tar.gz).")] = None,
+    ledger_only: Annotated[
+        bool, typer.Option("--ledger", help="Check the ledger's hash chain, event by event.")
+    ] = False,
+    seal: Annotated[
+        bool, typer.Option("--seal", help="With --ledger: sign a checkpoint of the verified chain.")
+    ] = False,
+    export: Annotated[
+        Path | None, typer.Option("--export", help="With MODEL/VERSION: write an evidence bundle (.tar.gz).")
+    ] = None,
     bundle: Annotated[Path | None, typer.Option("--bundle", help="Verify an evidence bundle, offline.")] = None,
-    pinned: Annotated[str | None, typer.Option("--fingerprint", help="With --bundle: the key fingerprint the bundle must be signed by.")] = None,
+    pinned: Annotated[
+        str | None,
+        typer.Option("--fingerprint", help="With --bundle: the key fingerprint the bundle must be signed by."),
+    ] = None,
     as_json: JSON = False,
-) -> None:  # fmt: skip
+) -> None:
     """Check that the record is intact: a model version end to end, the ledger's chain, or an evidence bundle.
 
     Exit code 0 when every link holds, 1 when one does not (each link says why)."""
     from policies.errors import ConveyorError
 
     if [ref is not None, bundle is not None, ledger_only].count(True) != 1:
-        raise ConveyorError("Say what to audit: MODEL/VERSION, --ledger or --bundle FILE (one of them).",
-                            hint="e.g. `conveyor audit loan-default/1`, `conveyor audit --ledger`, `conveyor audit --bundle evidence.tar.gz`.")  # fmt: skip
-    pairs = ((seal, ledger_only, "--seal goes with --ledger"), (export is not None, ref is not None, "--export goes with MODEL/VERSION"),
-             (pinned is not None, bundle is not None, "--fingerprint goes with --bundle"))  # fmt: skip
+        raise ConveyorError(
+            "Say what to audit: MODEL/VERSION, --ledger or --bundle FILE (one of them).",
+            hint="e.g. `conveyor audit loan-default/1`, `conveyor audit --ledger`, `conveyor audit --bundle evidence.tar.gz`.",
+        )
+    pairs = (
+        (seal, ledger_only, "--seal goes with --ledger"),
+        (export is not None, ref is not None, "--export goes with MODEL/VERSION"),
+        (pinned is not None, bundle is not None, "--fingerprint goes with --bundle"),
+    )
     for given, needs, option in pairs:
         if given and not needs:
             raise ConveyorError(f"{option}.", hint="See `conveyor audit --help`.")
@@ -98,11 +121,16 @@ def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: b
         emit_json(report.to_dict())
     else:
         name = f"{v.name} version {v.version}" if v.version else ref
-        _print_links(report.links, f"{name}: {'every link verified' if report.ok else 'NOT verified'} "
-                                   f"({len(report.events)} ledger events on its record).")  # fmt: skip
+        _print_links(
+            report.links,
+            f"{name}: {'every link verified' if report.ok else 'NOT verified'} "
+            f"({len(report.events)} ledger events on its record).",
+        )
         if report.evidence is not None:
-            out(f"Evidence bundle: {report.evidence} (verify offline: conveyor audit --bundle {report.evidence.name} "
-                f"--fingerprint {report.evidence_key})")  # fmt: skip
+            out(
+                f"Evidence bundle: {report.evidence} (verify offline: conveyor audit --bundle {report.evidence.name} "
+                f"--fingerprint {report.evidence_key})"
+            )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -140,21 +168,31 @@ def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:
 def export_openlineage(
     ctx: typer.Context,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSON lines to this file.")] = None,
-    url: Annotated[str | None, typer.Option("--url", help="POST to this OpenLineage endpoint (e.g. Marquez at http://127.0.0.1:5000).")] = None,
-    namespace: Annotated[str | None, typer.Option(help="OpenLineage namespace (default: conveyor/<model name>).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="POST to this OpenLineage endpoint (e.g. Marquez at http://127.0.0.1:5000)."),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="OpenLineage namespace (default: conveyor/<model name>).")
+    ] = None,
     since: Annotated[int, typer.Option("--since", min=1, help="Start at this ledger event.")] = 1,
-) -> None:  # fmt: skip
+) -> None:
     """Export the ledger as OpenLineage run events: one per event, datasets named by digest."""
     from policies.errors import ConveyorError
     from registry.openlineage import export_ledger
 
     if (output is None) == (url is None):
-        raise ConveyorError("Say where the events go: --output FILE or --url URL (one of them).", hint="e.g. `conveyor export openlineage -o lineage.jsonl`.")
+        raise ConveyorError(
+            "Say where the events go: --output FILE or --url URL (one of them).",
+            hint="e.g. `conveyor export openlineage -o lineage.jsonl`.",
+        )
     ws = workspace(ctx)
     namespace = namespace or f"conveyor/{ws.model_name}"
     with ws.ledger() as ledger:
         count = export_ledger(ledger, namespace, since, output=output, url=url)
-    out(f"{count:,} OpenLineage run events {'written to ' + str(output) if output else 'sent to ' + str(url)} (namespace {namespace}).")
+    out(
+        f"{count:,} OpenLineage run events {'written to ' + str(output) if output else 'sent to ' + str(url)} (namespace {namespace})."
+    )
 
 
 @export_app.command("intoto")

@@ -46,7 +46,9 @@ def promote(
     from policies.errors import ConveyorError
 
     if to not in ("canary", "champion"):
-        raise ConveyorError(f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion.")
+        raise ConveyorError(
+            f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion."
+        )
     with progress(f"Verifying {ref} and deciding by policies/promotion.yaml...", quiet=as_json):
         outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run)
     if as_json:
@@ -58,9 +60,14 @@ def promote(
 
 
 def print_promotion(outcome: Any) -> None:
-    verdict = "would be promoted" if outcome.dry_run and outcome.decision.ok else (
-        "promoted" if outcome.decision.ok else "refused")  # fmt: skip
-    replaced = f" (previous {outcome.target}: version {outcome.previous})" if outcome.decision.ok and outcome.previous else ""
+    verdict = (
+        "would be promoted"
+        if outcome.dry_run and outcome.decision.ok
+        else ("promoted" if outcome.decision.ok else "refused")
+    )
+    replaced = (
+        f" (previous {outcome.target}: version {outcome.previous})" if outcome.decision.ok and outcome.previous else ""
+    )
     out(f"{outcome.name} version {outcome.version} to {outcome.target}: {verdict}{replaced}")
     for reason in outcome.decision.reasons:
         out(f"  - {reason}")

@@ -31,7 +31,17 @@ def serve(
 
     ws = workspace(ctx)
     ws.project()  # a broken config fails here, in one paragraph
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:Conveyor", "--host", host, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:Conveyor",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     out(f"Serving {ws.root.name} on http://{host}:{port} (Ctrl-C stops it cleanly)")
     sys.stdout.flush()
     env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1"}
@@ -43,9 +53,14 @@ def api_key_create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Who the key is for (a client, a team).")],
     admin: Annotated[bool, typer.Option("--admin", help="An admin key: /admin endpoints, `conveyor canary`.")] = False,
-    rate: Annotated[float | None, typer.Option("--rate", min=0.001, help="This key's own limit, requests/s (default: policies/serving.yaml).")] = None,
-    burst: Annotated[int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")] = None,
-) -> None:  # fmt: skip
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.001, help="This key's own limit, requests/s (default: policies/serving.yaml)."),
+    ] = None,
+    burst: Annotated[
+        int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")
+    ] = None,
+) -> None:
     """Create an API key; it is shown once and stored only as a salted hash."""
     from serving.auth import ApiKeys
 
@@ -67,20 +82,31 @@ _URL = typer.Option("--url", help="The service (default: http://127.0.0.1:3000, 
 _TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMIN_KEY).")
 
 
-def _call(method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def _call(
+    method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     from serving.admin import DEFAULT_URL, admin_call
 
-    return admin_call(method, path, url or os.environ.get("CONVEYOR_SERVICE_URL", DEFAULT_URL),
-                      token or os.environ.get("CONVEYOR_ADMIN_KEY"), body)  # fmt: skip
+    return admin_call(
+        method,
+        path,
+        url or os.environ.get("CONVEYOR_SERVICE_URL", DEFAULT_URL),
+        token or os.environ.get("CONVEYOR_ADMIN_KEY"),
+        body,
+    )
 
 
 def _print_status(status: dict[str, Any]) -> None:
     champion, canary, analysis = status.get("champion"), status.get("canary"), status.get("analysis", {})
-    out(f"{status['model']}: champion {champion['version'] if champion else 'none'}, "
-        f"canary {canary['version'] if canary else 'none'}")  # fmt: skip
+    out(
+        f"{status['model']}: champion {champion['version'] if champion else 'none'}, "
+        f"canary {canary['version'] if canary else 'none'}"
+    )
     if canary:
-        out(f"  weight {analysis['weight']:g}% (step {analysis['step'] + 1}), state {analysis['state']}, "
-            f"{analysis['canary_requests']} canary requests, {analysis['canary_errors']} errors")  # fmt: skip
+        out(
+            f"  weight {analysis['weight']:g}% (step {analysis['step'] + 1}), state {analysis['state']}, "
+            f"{analysis['canary_requests']} canary requests, {analysis['canary_errors']} errors"
+        )
     verdict = analysis.get("last_verdict")
     if verdict:
         out(f"  last verdict: {verdict['action']}: {'; '.join(verdict['reasons'])}")
@@ -90,9 +116,11 @@ def _print_status(status: dict[str, Any]) -> None:
 
 @canary_app.command("status")
 def canary_status(
-    ctx: typer.Context, url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
+    ctx: typer.Context,
+    url: Annotated[str | None, _URL] = None,
+    token: Annotated[str | None, _TOKEN] = None,
     as_json: JSON = False,
-) -> None:  # fmt: skip
+) -> None:
     """The canary's weight, step and last verdict (from the ledger when no service is running)."""
     status = _call("GET", "status", url, token)
     if status is None:
@@ -114,9 +142,12 @@ def canary_status(
 @canary_app.command("set-weight")
 def canary_set_weight(
     weight: Annotated[float, typer.Argument(help="Percent of requests for the canary (0-100).")],
-    hold: Annotated[bool, typer.Option("--hold", help="Stay at this weight (rollback still applies) until the next set-weight.")] = False,
-    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
-) -> None:  # fmt: skip
+    hold: Annotated[
+        bool, typer.Option("--hold", help="Stay at this weight (rollback still applies) until the next set-weight.")
+    ] = False,
+    url: Annotated[str | None, _URL] = None,
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
     """Move the canary's weight by hand; the analysis goes on from there."""
     _print_status(_running(_call("POST", "weight", url, token, {"weight": weight, "hold": hold})))
 
@@ -124,8 +155,9 @@ def canary_set_weight(
 @canary_app.command("abort")
 def canary_abort(
     reason: Annotated[str, typer.Option("--reason", help="Why, for the ledger.")] = "no reason given",
-    url: Annotated[str | None, _URL] = None, token: Annotated[str | None, _TOKEN] = None,
-) -> None:  # fmt: skip
+    url: Annotated[str | None, _URL] = None,
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
     """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
     _print_status(_running(_call("POST", "abort", url, token, {"reason": reason})))
 

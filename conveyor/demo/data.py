@@ -20,8 +20,16 @@ import pandas as pd
 __all__ = ["DEMO_DATASETS", "DemoDataset", "generate", "write_csv"]
 
 PURPOSES = ["debt_consolidation", "credit_card", "home_improvement", "car", "medical", "small_business", "other"]
-_PURPOSE_RISK = {"debt_consolidation": 0.1, "credit_card": 0.0, "home_improvement": -0.2, "car": -0.1,
-                 "medical": 0.35, "small_business": 0.55, "other": 0.15, "crypto": 0.9}  # fmt: skip
+_PURPOSE_RISK = {
+    "debt_consolidation": 0.1,
+    "credit_card": 0.0,
+    "home_improvement": -0.2,
+    "car": -0.1,
+    "medical": 0.35,
+    "small_business": 0.55,
+    "other": 0.15,
+    "crypto": 0.9,
+}
 _EMPLOYMENT_RISK = {"salaried": -0.2, "self_employed": 0.2, "contract": 0.35, "unemployed": 0.9}
 
 
@@ -40,9 +48,10 @@ class DemoDataset:
 
 DEMO_DATASETS: dict[str, DemoDataset] = {
     "v1": DemoDataset("data/loans.csv", 60_000, "2026-01-01", "2026-07-31", seed=20260101, drifted=False),
-    "drift": DemoDataset("data/loans_drift.csv", 12_000, "2026-08-01", "2026-09-30", seed=20260801,
-                         drifted=True, first_applicant=15_001),
-}  # fmt: skip
+    "drift": DemoDataset(
+        "data/loans_drift.csv", 12_000, "2026-08-01", "2026-09-30", seed=20260801, drifted=True, first_applicant=15_001
+    ),
+}
 
 
 def generate(spec: DemoDataset) -> pd.DataFrame:

@@ -48,7 +48,9 @@ def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str],
     client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
     admin = keys.create("demo-admin", admin=True)
     steps: list[LoopStep] = []
-    stores = {k: v for k, v in ws.environment().items() if k.startswith("CONVEYOR_")}  # the service uses this run's stores
+    stores = {
+        k: v for k, v in ws.environment().items() if k.startswith("CONVEYOR_")
+    }  # the service uses this run's stores
     service = LocalService(ws.project_file, env=stores, log=ws.home / "logs" / "demo-serve.log")
     log = ws.inference_dir(project.model_name)
 
@@ -70,8 +72,10 @@ def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str],
         retrained: dict[str, Any] = {}
         timed("drift check (drifted traffic) -> retraining", lambda: _drift(ws, len(later), retrained))
         if retrained.get("canary"):
-            timed(f"canary v{retrained['version']}: weighted traffic and analysis",
-                  lambda: _canary(service, client, admin, later, ws, retrained["version"]))  # fmt: skip
+            timed(
+                f"canary v{retrained['version']}: weighted traffic and analysis",
+                lambda: _canary(service, client, admin, later, ws, retrained["version"]),
+            )
     finally:
         service.stop()
         keys.revoke("demo-traffic")
@@ -134,8 +138,9 @@ def _labels(ws: Workspace, path: Path) -> tuple[str, list[str]]:
     return f"{outcome.rows:,} labels, {outcome.matched:,} joined; {outcome.quality.describe()}", [outcome.joined or ""]
 
 
-def _canary(service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], ws: Workspace,
-            version: str) -> tuple[str, list[str]]:  # fmt: skip
+def _canary(
+    service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], ws: Workspace, version: str
+) -> tuple[str, list[str]]:
     service.admin("POST", "reload", admin).raise_for_status()
     deadline = time.monotonic() + _CANARY_SECONDS
     verdict: dict[str, Any] = {}

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.datasets import DatasetRef, version_dataset
 from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
+from pipelines.datasets import DatasetRef, version_dataset
 from registry.ledger import Ledger
 
 __all__ = ["DemoDataset", "prepare_demo_data"]

@@ -59,7 +59,9 @@ def run_demo(ws: Workspace, say: Callable[[Any], None], *, data_only: bool = Fal
     say(f"Reports:    {ws.reports}")
     say(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
     say(f"            the champion's graph: {graph}")
-    say(f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle.")
+    say(
+        f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle."
+    )
 
 
 def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> None:
@@ -70,7 +72,9 @@ def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> No
     table.add_column("time", justify="right")
     table.add_column("outcome", overflow="fold")
     for step in steps:
-        table.add_row(step.step, f"{step.seconds:.1f}s", "\n".join([step.outcome, *(link for link in step.links if link)]))
+        table.add_row(
+            step.step, f"{step.seconds:.1f}s", "\n".join([step.outcome, *(link for link in step.links if link)])
+        )
     table.add_row("the loop", f"{seconds:.1f}s", "")
     say(table)
 
@@ -87,6 +91,9 @@ def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None]) -> Any:
         graph.write_text(lineage_page(found.walks, ref), encoding="utf-8")
     failed = [link.name for link in report.links if not link.ok]
     v = report.verification
-    say(f"  {v.name} version {v.version}: {len(report.links) - len(failed)} of {len(report.links)} links verified"
-        + (f"; FAILED: {', '.join(failed)}" if failed else "") + f"; ledger sealed at event #{sealed.seq:,}.")
+    say(
+        f"  {v.name} version {v.version}: {len(report.links) - len(failed)} of {len(report.links)} links verified"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        + f"; ledger sealed at event #{sealed.seq:,}."
+    )
     return graph

@@ -52,12 +52,18 @@ class LocalService:
         with self.log.open("w") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "conveyor", "--config", str(self.config), "serve", "--port", str(self.port)],
-                cwd=self.cwd or self.config.parent, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=self.cwd or self.config.parent,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"the service exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
@@ -80,7 +86,9 @@ class LocalService:
             raise
 
     def admin(self, method: str, path: str, token: str, body: dict | None = None) -> httpx.Response:
-        return httpx.request(method, f"{self.url}/admin/{path}", json=body, timeout=120, headers={"Authorization": f"Bearer {token}"})
+        return httpx.request(
+            method, f"{self.url}/admin/{path}", json=body, timeout=120, headers={"Authorization": f"Bearer {token}"}
+        )
 
 
 @dataclass(frozen=True)
@@ -91,30 +99,40 @@ class Reply:
 
 
 def drive(
-    url: str, token: str, rows: Sequence[dict], *, requests: int, concurrency: int = 8,
-    keys: Sequence[str | None] = (None,), stop: Callable[[], bool] | None = None, check_every: int = 50,
-) -> list[Reply]:  # fmt: skip
+    url: str,
+    token: str,
+    rows: Sequence[dict],
+    *,
+    requests: int,
+    concurrency: int = 8,
+    keys: Sequence[str | None] = (None,),
+    stop: Callable[[], bool] | None = None,
+    check_every: int = 50,
+) -> list[Reply]:
     """Up to ``requests`` one-row predictions at ``concurrency``; ends early once ``stop()`` is true
     (asked every ``check_every`` requests). Bounded in count; every reply is returned."""
 
     async def run() -> list[Reply]:
         replies: list[Reply] = []
         limits = httpx.Limits(max_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
 
             async def one(i: int) -> None:
                 key = keys[i % len(keys)]
                 response = await client.post("/predict", json={"rows": [rows[i % len(rows)]], "key": key})
                 replies.append(Reply(response.status_code, response.json(), key))
 
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def limited(i: int) -> None:
+                async with semaphore:
+                    await one(i)
+
             sent = 0
             while sent < requests:
                 batch = min(check_every, requests - sent)
-                semaphore = asyncio.Semaphore(concurrency)
-
-                async def limited(i: int) -> None:
-                    async with semaphore:
-                        await one(i)
 
                 await asyncio.gather(*(limited(sent + i) for i in range(batch)))
                 sent += batch

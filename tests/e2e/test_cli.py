@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from registry.dvc_files import dvc_recorded_md5
 from registry.digests import file_digest
+from registry.dvc_files import dvc_recorded_md5
 from tests.conftest import REPO
 
 runner = CliRunner()
@@ -126,7 +126,10 @@ def test_lineage_of_unknown_things_says_so(demo_project: Path) -> None:
     result = conveyor(demo_project, "lineage", str(stranger))
     assert result.exit_code == 1 and "has no event that names" in result.stderr
     garbage = conveyor(demo_project, "lineage", "no/such/file.csv")
-    assert garbage.exit_code == 1 and "is neither a file here nor anything else the ledger can be asked about" in garbage.stderr
+    assert (
+        garbage.exit_code == 1
+        and "is neither a file here nor anything else the ledger can be asked about" in garbage.stderr
+    )
 
 
 def test_config_check_reports_a_bad_config_in_one_paragraph(demo_project: Path) -> None:

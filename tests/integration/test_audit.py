@@ -14,21 +14,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
 from pipelines.training import run_training
-from tests.conftest import open_workspace
 from registry.digests import file_digest
 from registry.ledger import Ledger, event_hash
-from tests.conftest import POLICY_CODE, REPO, postgres_database
+from tests.conftest import POLICY_CODE, REPO, open_workspace, postgres_database
 
 NAME = "loan-default"
 runner = CliRunner()
-LINKS = ["chain", "registry", "files", "signature", "provenance", "tags", "ledger", "data", "validation", "features",
-         "training", "materials", "releases", "reports"]  # fmt: skip
+LINKS = [
+    "chain",
+    "registry",
+    "files",
+    "signature",
+    "provenance",
+    "tags",
+    "ledger",
+    "data",
+    "validation",
+    "features",
+    "training",
+    "materials",
+    "releases",
+    "reports",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +54,7 @@ class Project:
     def ledger_url(self) -> str:
         return f"sqlite:///{self.home / 'ledger.db'}"
 
-    def cli(self, *args: str):  # noqa: ANN201
+    def cli(self, *args: str):
         return runner.invoke(app, ["--config", str(self.root / "conveyor.yaml"), *args])
 
     def audit(self, ref: str = f"{NAME}/1") -> tuple[int, dict[str, dict]]:
@@ -105,7 +119,9 @@ def test_an_intact_version_passes_every_link(project: Project) -> None:
 
 
 def _edit_row(p: Project) -> None:
-    p.sql("UPDATE ledger_events SET details = replace(details, '\"train_rows\":', '\"train_rows\":1') WHERE kind = 'model.trained'")
+    p.sql(
+        "UPDATE ledger_events SET details = replace(details, '\"train_rows\":', '\"train_rows\":1') WHERE kind = 'model.trained'"
+    )
 
 
 def _delete_row(p: Project) -> None:
@@ -114,14 +130,22 @@ def _delete_row(p: Project) -> None:
 
 def _reorder_rows(p: Project) -> None:
     with sqlite3.connect(p.home / "ledger.db") as db:
-        rows = db.execute("SELECT seq, kind, actor, time, inputs, outputs, details FROM ledger_events WHERE seq IN (3, 4)").fetchall()
+        rows = db.execute(
+            "SELECT seq, kind, actor, time, inputs, outputs, details FROM ledger_events WHERE seq IN (3, 4)"
+        ).fetchall()
         for (seq, *_), (_, *content) in zip(rows, reversed(rows), strict=True):
-            db.execute("UPDATE ledger_events SET kind=?, actor=?, time=?, inputs=?, outputs=?, details=? WHERE seq=?", (*content, seq))
+            db.execute(
+                "UPDATE ledger_events SET kind=?, actor=?, time=?, inputs=?, outputs=?, details=? WHERE seq=?",
+                (*content, seq),
+            )
 
 
 def _replace_report(p: Project) -> None:
     report = Path(p.events("data.validated")[0].details["report"])
-    report.write_text(report.read_text().replace('"success": true', '"success": false').replace('"success":true', '"success":false') + " ")
+    report.write_text(
+        report.read_text().replace('"success": true', '"success": false').replace('"success":true', '"success":false')
+        + " "
+    )
 
 
 def _swap_bundle(p: Project) -> None:
@@ -147,15 +171,26 @@ def _edit_data(p: Project) -> None:
 _RESTORE: list[tuple[Path, bytes]] = []
 
 
-@pytest.mark.parametrize(("tamper", "link", "says"), [
-    (_edit_row, "chain", "no longer matches its hash"),
-    (_delete_row, "chain", "is missing"),
-    (_reorder_rows, "chain", "no longer matches its hash"),
-    (_replace_report, "reports", "which the event did not record"),
-    (_swap_bundle, "signature", "no trusted key verifies the signature"),
-    (_edit_data, "data", "the data was changed"),
-], ids=["edit-ledger-row", "delete-ledger-row", "reorder-ledger-rows", "replace-report", "swap-bundle", "edit-dvc-data"])  # fmt: skip
-def test_tampering_fails_the_audit_naming_the_link(project: Project, tamper, link: str, says: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("tamper", "link", "says"),
+    [
+        (_edit_row, "chain", "no longer matches its hash"),
+        (_delete_row, "chain", "is missing"),
+        (_reorder_rows, "chain", "no longer matches its hash"),
+        (_replace_report, "reports", "which the event did not record"),
+        (_swap_bundle, "signature", "no trusted key verifies the signature"),
+        (_edit_data, "data", "the data was changed"),
+    ],
+    ids=[
+        "edit-ledger-row",
+        "delete-ledger-row",
+        "reorder-ledger-rows",
+        "replace-report",
+        "swap-bundle",
+        "edit-dvc-data",
+    ],
+)
+def test_tampering_fails_the_audit_naming_the_link(project: Project, tamper, link: str, says: str) -> None:
     report = Path(project.events("data.validated")[0].details["report"])
     saved_report = report.read_bytes()
     try:
@@ -187,9 +222,13 @@ def test_a_sealed_chain_is_checked_stretch_by_stretch_and_a_rewritten_one_is_cau
     with sqlite3.connect(project.home / "ledger.db") as db:
         for event in events[target.seq - 1 :]:
             details = {**event.details, "train_rows": 1} if event.seq == target.seq else event.details
-            digest = event_hash(event.seq, event.kind, event.actor, event.time, event.inputs, event.outputs, details, prev)
-            db.execute("UPDATE ledger_events SET details=?, prev_hash=?, hash=? WHERE seq=?",
-                       (json.dumps(details, sort_keys=True, separators=(",", ":")), prev, digest, event.seq))  # fmt: skip
+            digest = event_hash(
+                event.seq, event.kind, event.actor, event.time, event.inputs, event.outputs, details, prev
+            )
+            db.execute(
+                "UPDATE ledger_events SET details=?, prev_hash=?, hash=? WHERE seq=?",
+                (json.dumps(details, sort_keys=True, separators=(",", ":")), prev, digest, event.seq),
+            )
             prev = digest
         db.execute("UPDATE ledger_head SET hash=? WHERE id=1", (prev,))
     assert project.cli("audit", "--ledger").exit_code == 0  # the chain alone cannot tell
@@ -203,7 +242,12 @@ def test_a_seal_signed_by_an_unknown_key_is_itself_a_failure(project: Project, t
 
     stranger = load_or_create_key(tmp_path / "stranger")
     with Ledger(project.ledger_url) as ledger:
-        seal_ledger(ledger, stranger.private_key(), stranger.fingerprint, {stranger.fingerprint: stranger.public_path.read_bytes()})
+        seal_ledger(
+            ledger,
+            stranger.private_key(),
+            stranger.fingerprint,
+            {stranger.fingerprint: stranger.public_path.read_bytes()},
+        )
     code, links = project.audit()
     assert code == 1 and "not signed by a trusted key" in links["chain"]["detail"]
 
@@ -259,11 +303,20 @@ def test_lineage_starts_from_a_file_a_digest_a_version_an_alias_and_an_event(pro
         return {e["kind"] for e in walk["events"]}
 
     down = query(str(data), "--down")
-    assert down["digests"] == [file_digest(data)] and {"data.validated", "model.trained", "model.registered"} <= kinds(down["downstream"])
+    assert down["digests"] == [file_digest(data)] and {"data.validated", "model.trained", "model.registered"} <= kinds(
+        down["downstream"]
+    )
     assert query(file_digest(data), "--down")["downstream"] == down["downstream"]
     up = query(f"{NAME}/1", "--up")
     assert up["digests"] == [version_digest]
-    assert {"dataset.versioned", "data.validated", "features.built", "model.trained", "model.signed", "model.registered"} <= kinds(up["upstream"])
+    assert {
+        "dataset.versioned",
+        "data.validated",
+        "features.built",
+        "model.trained",
+        "model.signed",
+        "model.registered",
+    } <= kinds(up["upstream"])
     assert query(f"{NAME}@champion", "--up")["digests"] == [version_digest]
     shallow = query(f"{NAME}/1", "--up", "--depth", "1")
     assert kinds(shallow["upstream"]) == {"model.registered"} and shallow["upstream"]["truncated"] is True
@@ -274,9 +327,11 @@ def test_lineage_starts_from_a_file_a_digest_a_version_an_alias_and_an_event(pro
 
 
 def test_lineage_from_something_unknown_is_a_clear_error(project: Project) -> None:
-    for target, says in [("not-a-thing", "is neither a file here nor anything else the ledger can be asked about"),
-                         ("sha256:" + "ab" * 32, "The ledger has no event that names"),
-                         ("deployment:1", "is a dataset.versioned, not a deployment")]:  # fmt: skip
+    for target, says in [
+        ("not-a-thing", "is neither a file here nor anything else the ledger can be asked about"),
+        ("sha256:" + "ab" * 32, "The ledger has no event that names"),
+        ("deployment:1", "is a dataset.versioned, not a deployment"),
+    ]:
         result = project.cli("lineage", target)
         assert result.exit_code != 0 and says in result.stderr + result.stdout
         assert "Traceback" not in result.stderr + result.stdout
@@ -293,8 +348,17 @@ def test_the_html_page_draws_the_graph_in_chromium(project: Project, tmp_path: P
     result = project.cli("lineage", f"{NAME}/1", "--html", str(page))
     assert result.exit_code == 0 and page.is_file()
     assert "http://" not in page.read_text().replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-              "--disable-background-networking", "--disable-sync", "--user-data-dir=" + str(tmp_path / "profile")]  # fmt: skip
+    common = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--user-data-dir=" + str(tmp_path / "profile"),
+    ]
     dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
     graph = json.loads(project.cli("lineage", f"{NAME}/1", "--json").stdout)
     events = {e["seq"] for w in ("upstream", "downstream") for e in graph[w]["events"]}
@@ -305,14 +369,18 @@ def test_the_html_page_draws_the_graph_in_chromium(project: Project, tmp_path: P
         assert f'data-kind="{kind}"' in dom
     assert graph["digests"][0] in dom and "<path" in dom
     shot = tmp_path / "lineage.png"
-    subprocess.run([*common, "--window-size=1600,1000", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # a drawn page, not a blank one
+    subprocess.run(
+        [*common, "--window-size=1600,1000", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=90
+    )
+    assert (
+        shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    )  # a drawn page, not a blank one
 
 
 class _Collector(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Collector.received.append(json.loads(body))
         self.send_response(201)
@@ -331,7 +399,9 @@ def test_openlineage_events_are_written_and_posted(project: Project, tmp_path: P
     assert len(lines) == len(events) and len({line["run"]["runId"] for line in lines}) == len(events)
     for line, event in zip(lines, events, strict=True):
         assert line["job"]["name"] == event.kind and line["eventType"] in ("COMPLETE", "FAIL")
-        assert [d["name"] for d in line["inputs"]] == list(event.inputs) and [d["name"] for d in line["outputs"]] == list(event.outputs)
+        assert [d["name"] for d in line["inputs"]] == list(event.inputs) and [
+            d["name"] for d in line["outputs"]
+        ] == list(event.outputs)
         assert line["run"]["facets"]["conveyor"]["hash"] == event.hash
 
     server = HTTPServer(("127.0.0.1", 0), _Collector)
@@ -354,13 +424,19 @@ def test_intoto_statements_are_exported_as_they_are(project: Project, tmp_path: 
     result = project.cli("export", "intoto", NAME, "-o", str(out))
     assert result.exit_code == 0, result.stdout + result.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f"{NAME}-{v}.{kind}" for v in ("1", "2") for kind in ("model-signature.sigstore.json", "provenance.dsse.json")]
+    assert files == [
+        f"{NAME}-{v}.{kind}" for v in ("1", "2") for kind in ("model-signature.sigstore.json", "provenance.dsse.json")
+    ]
     signed = {e.details["signer"] for e in project.events("model.signed")}
     provenance = [e.outputs[1] for e in project.events("model.signed")]
-    assert [file_digest(out / f"{NAME}-{v}.provenance.dsse.json") for v in ("1", "2")] == provenance and len(signed) == 1
+    assert [file_digest(out / f"{NAME}-{v}.provenance.dsse.json") for v in ("1", "2")] == provenance and len(
+        signed
+    ) == 1
 
 
-def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_loans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_audit_runs_the_same_on_a_postgresql_ledger(
+    tmp_path: Path, small_loans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Training, promotion and the audit against a ledger on PostgreSQL; an edited row is named there too."""
     import sqlalchemy as sa
 
@@ -377,11 +453,15 @@ def test_the_audit_runs_the_same_on_a_postgresql_ledger(tmp_path: Path, small_lo
         assert project.cli("promote", f"{NAME}/1", "--to", "champion").exit_code == 0
         assert project.cli("audit", "--ledger", "--seal").exit_code == 0
         code, links = project.audit()
-        assert code == 0 and "against the seal of" in links["chain"]["detail"], [link for link in links.values() if not link["ok"]]
+        assert code == 0 and "against the seal of" in links["chain"]["detail"], [
+            link for link in links.values() if not link["ok"]
+        ]
         engine = sa.create_engine(url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE ledger_events SET details = replace(details, :old, :new) WHERE kind = 'model.trained'"),
-                         {"old": '"train_rows":', "new": '"train_rows":1'})
+            conn.execute(
+                sa.text("UPDATE ledger_events SET details = replace(details, :old, :new) WHERE kind = 'model.trained'"),
+                {"old": '"train_rows":', "new": '"train_rows":1'},
+            )
         engine.dispose()
         code, links = project.audit()
         assert code == 1 and not links["chain"]["ok"] and "no longer matches its hash" in links["chain"]["detail"]

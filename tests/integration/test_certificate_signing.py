@@ -12,22 +12,28 @@ from typer.testing import CliRunner
 
 from conveyor.cli import app
 from pipelines.training import run_training
-from tests.conftest import open_workspace
 from tests.ca import OrgCA
+from tests.conftest import open_workspace
 
 pytestmark = pytest.mark.slow
 RELEASE = "ml-release@example.org"
 
 
-def test_model_signed_with_an_organisation_certificate(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_signed_with_an_organisation_certificate(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ca = OrgCA(project / "keys")
     signer = ca.issue(RELEASE)
     policy = {
-        "sign_with": "certificate", "trust_project_key": False,
-        "certificate": {"private_key": str(signer.key.relative_to(project)), "certificate": str(signer.certificate.relative_to(project)),
-                        "chain": [str(ca.root.relative_to(project))]},
+        "sign_with": "certificate",
+        "trust_project_key": False,
+        "certificate": {
+            "private_key": str(signer.key.relative_to(project)),
+            "certificate": str(signer.certificate.relative_to(project)),
+            "chain": [str(ca.root.relative_to(project))],
+        },
         "organisation_ca": {"chain": [str(ca.root.relative_to(project))], "identities": [RELEASE]},
-    }  # fmt: skip
+    }
     (project / "policies" / "signing.yaml").write_text(yaml.safe_dump(policy))
     home = tmp_path / ".conveyor"
     outcome = run_training(open_workspace(project, home, actor="ci"))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.training import run_training
-from tests.conftest import open_workspace
-from tests.conftest import REPO
+from tests.conftest import REPO, open_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,9 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
     home = tmp_path / "dvc-home"
     env = {**os.environ, "CONVEYOR_HOME": str(home), "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((project / "build" / "validation.json").read_text())["success"] is True
     reproduced = json.loads((project / "build" / "metrics.json").read_text())
@@ -35,5 +36,7 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
     assert reproduced == pytest.approx(direct.metrics, abs=1e-6)
     assert "Registered loan-default version 1" in done.stdout
 
-    again = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True, text=True, timeout=120
+    )
     assert "up to date" in again.stdout.lower(), again.stdout

@@ -13,10 +13,16 @@ from policies.project import load_project
 
 def tiny_project(tmp_path: Path) -> Path:
     config = {
-        "model_name": "tiny", "task": "regression", "data": "data.csv", "entity_key": "user",
-        "event_timestamp": "ts", "target": "y", "features": {"numeric": ["x"], "categorical": ["c"]},
-        "estimator": {"class": "sklearn.linear_model.Ridge", "params": {}}, "feature_ttl_days": 10,
-    }  # fmt: skip
+        "model_name": "tiny",
+        "task": "regression",
+        "data": "data.csv",
+        "entity_key": "user",
+        "event_timestamp": "ts",
+        "target": "y",
+        "features": {"numeric": ["x"], "categorical": ["c"]},
+        "estimator": {"class": "sklearn.linear_model.Ridge", "params": {}},
+        "feature_ttl_days": 10,
+    }
     path = tmp_path / "conveyor.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -29,16 +35,25 @@ def at(day: int) -> pd.Timestamp:
 def test_join_uses_the_latest_value_at_or_before_each_label(tmp_path: Path) -> None:
     config_file = tiny_project(tmp_path)
     config = load_project(config_file)
-    features = pd.DataFrame({
-        "user": ["u1", "u1", "u1", "u2"], "ts": [at(0), at(5), at(9), at(0)],
-        "y": [0.0] * 4, "x": [1.0, 5.0, 9.0, 100.0], "c": ["a", "b", "c", "z"],
-    })  # fmt: skip
+    features = pd.DataFrame(
+        {
+            "user": ["u1", "u1", "u1", "u2"],
+            "ts": [at(0), at(5), at(9), at(0)],
+            "y": [0.0] * 4,
+            "x": [1.0, 5.0, 9.0, 100.0],
+            "c": ["a", "b", "c", "z"],
+        }
+    )
     store, view = open_store(config, tmp_path / "feast", features, config_file)
-    labels = pd.DataFrame({
-        "user": ["u1", "u1", "u1", "u2", "u3"],
-        "ts": [at(4), at(5), at(8), at(3), at(3)],  # u3 has no features at all
-        "y": [1.0, 2.0, 3.0, 4.0, 5.0], "x": [None] * 5, "c": [None] * 5,
-    })  # fmt: skip
+    labels = pd.DataFrame(
+        {
+            "user": ["u1", "u1", "u1", "u2", "u3"],
+            "ts": [at(4), at(5), at(8), at(3), at(3)],  # u3 has no features at all
+            "y": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "x": [None] * 5,
+            "c": [None] * 5,
+        }
+    )
     result = build_training_set(store, view, config, labels, tmp_path / "out")
 
     got = result.frame.set_index(["user", "ts"])
@@ -56,6 +71,8 @@ def test_values_older_than_the_ttl_are_not_joined(tmp_path: Path) -> None:
     config = load_project(config_file)
     features = pd.DataFrame({"user": ["u1"], "ts": [at(0)], "y": [0.0], "x": [1.0], "c": ["a"]})
     store, view = open_store(config, tmp_path / "feast", features, config_file)
-    labels = pd.DataFrame({"user": ["u1", "u1"], "ts": [at(2), at(30)], "y": [1.0, 2.0], "x": [None] * 2, "c": [None] * 2})
+    labels = pd.DataFrame(
+        {"user": ["u1", "u1"], "ts": [at(2), at(30)], "y": [1.0, 2.0], "x": [None] * 2, "c": [None] * 2}
+    )
     result = build_training_set(store, view, config, labels, tmp_path / "out")
     assert (result.rows_out, result.dropped) == (1, 1)

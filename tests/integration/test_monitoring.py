@@ -12,7 +12,6 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
 from typing import Any
 
 import httpx
@@ -44,8 +43,20 @@ def _log(root: Path, frame: pd.DataFrame, version: str = "1") -> None:
     with InferenceLog(root / ".conveyor" / "inference" / NAME) as log:
         for i, row in enumerate(frame.to_dict("records")):
             features = {k: (None if pd.isna(row[k]) else row[k]) for k in project.features.all}
-            log.record(LogEntry(f"t{time.monotonic_ns()}-{i}", now, NAME, version, features, 0.3, "champion", 0,
-                                row[project.entity_key], row[project.event_timestamp]))  # fmt: skip
+            log.record(
+                LogEntry(
+                    f"t{time.monotonic_ns()}-{i}",
+                    now,
+                    NAME,
+                    version,
+                    features,
+                    0.3,
+                    "champion",
+                    0,
+                    row[project.entity_key],
+                    row[project.event_timestamp],
+                )
+            )
 
 
 def _events(root: Path, kind: str) -> list:
@@ -82,7 +93,7 @@ def traffic(demo_files: dict[str, Path]) -> dict[str, pd.DataFrame]:
     return {"reference": later, "drifted": drifted}
 
 
-def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained: Path, traffic) -> None:  # noqa: ANN001
+def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained: Path, traffic) -> None:
     root = trained
     _log(root, traffic["reference"])
     quiet = check_drift(_request(root), "2000", start=False).result
@@ -111,7 +122,7 @@ def test_a_window_too_small_is_reported_as_such(trained: Path) -> None:
     assert result.columns == [] and result.html is None
 
 
-def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: Path, traffic) -> None:  # noqa: ANN001
+def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: Path, traffic) -> None:
     from mlflow import MlflowClient
 
     request = _request(project)
@@ -143,7 +154,7 @@ def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: P
     assert len(_events(project, "retraining.triggered")) == 1
 
 
-def test_a_failed_retraining_leaves_the_champion_serving(project: Path, traffic) -> None:  # noqa: ANN001
+def test_a_failed_retraining_leaves_the_champion_serving(project: Path, traffic) -> None:
     from mlflow import MlflowClient
 
     request = _request(project)
@@ -166,8 +177,25 @@ def test_the_cli_exit_codes_say_drift_no_drift_or_not_enough_data(trained: Path)
     env["CONVEYOR_HOME"] = str(trained / ".conveyor")
 
     def check(window: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "conveyor", "--config", str(trained / "conveyor.yaml"), "drift", "check",
-                               "--window", window, "--no-retrain", "--json"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "conveyor",
+                "--config",
+                str(trained / "conveyor.yaml"),
+                "drift",
+                "check",
+                "--window",
+                window,
+                "--no-retrain",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     small = check("5")
     assert small.returncode == 3, small.stderr
@@ -176,19 +204,32 @@ def test_the_cli_exit_codes_say_drift_no_drift_or_not_enough_data(trained: Path)
     assert bad.returncode == 2 and "neither a row count" in bad.stderr
 
 
-def test_the_trigger_works_through_a_prefect_server(project: Path, traffic, tmp_path: Path) -> None:  # noqa: ANN001
+def test_the_trigger_works_through_a_prefect_server(project: Path, traffic, tmp_path: Path) -> None:
     """``conveyor monitor`` serves the deployments; a drift check emits the event; the retraining runs there."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
-    env.update({"PREFECT_HOME": str(tmp_path / "prefect-server"), "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_UI_ENABLED": "false", "CONVEYOR_HOME": str(project / ".conveyor")})  # fmt: skip
+    env.update(
+        {
+            "PREFECT_HOME": str(tmp_path / "prefect-server"),
+            "DO_NOT_TRACK": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "CONVEYOR_HOME": str(project / ".conveyor"),
+        }
+    )
     processes: list[subprocess.Popen] = []
 
     def start(command: list[str], log: Path, extra: dict[str, str]) -> subprocess.Popen:
         with log.open("w") as output:  # the child keeps its own descriptor
-            process = subprocess.Popen(command, env={**env, **extra}, stdout=output, stderr=subprocess.STDOUT,
-                                       start_new_session=True, cwd=project)  # fmt: skip
+            process = subprocess.Popen(
+                command,
+                env={**env, **extra},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=project,
+            )
         processes.append(process)
         return process
 
@@ -197,16 +238,30 @@ def test_the_trigger_works_through_a_prefect_server(project: Path, traffic, tmp_
     traffic["drifted"].to_csv(labels, index=False)
     add_labels(_request(project), labels, start=False)
     try:
-        start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], tmp_path / "server.log", {})
+        start(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            tmp_path / "server.log",
+            {},
+        )
         _wait(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
         conveyor = [sys.executable, "-m", "conveyor", "--config", str(project / "conveyor.yaml")]
         start([*conveyor, "monitor", "--interval", "3600"], tmp_path / "monitor.log", {"PREFECT_API_URL": api})
         _wait(lambda: _deployments(api) >= 2, 120, "the monitor's deployments")
-        checked = subprocess.run([*conveyor, "drift", "check", "--window", "2000"], env={**env, "PREFECT_API_URL": api},
-                                 capture_output=True, text=True, timeout=300, cwd=project)  # fmt: skip
+        checked = subprocess.run(
+            [*conveyor, "drift", "check", "--window", "2000"],
+            env={**env, "PREFECT_API_URL": api},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=project,
+        )
         assert checked.returncode == 1, checked.stdout + checked.stderr
         assert "retraining requested from the Prefect server" in checked.stdout
-        _wait(lambda: _events(project, "retraining.completed") or _events(project, "retraining.failed"), 240, "the retraining")
+        _wait(
+            lambda: _events(project, "retraining.completed") or _events(project, "retraining.failed"),
+            240,
+            "the retraining",
+        )
     finally:
         for process in reversed(processes):
             if process.poll() is None:
@@ -227,7 +282,7 @@ def _deployments(api: str) -> int:
     return len(response.json()) if response.status_code == 200 else 0
 
 
-def _wait(condition, timeout: float, what: str) -> None:  # noqa: ANN001
+def _wait(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

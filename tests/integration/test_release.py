@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -18,9 +19,8 @@ from typer.testing import CliRunner
 
 from conveyor.cli import app
 from pipelines.training import run_training
-from tests.conftest import open_workspace
 from registry.ledger import Ledger
-from tests.conftest import POLICY_CODE, REPO
+from tests.conftest import POLICY_CODE, REPO, open_workspace
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -36,7 +36,7 @@ class Registry:
     def mlflow_uri(self) -> str:
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
-    def client(self):  # noqa: ANN201
+    def client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.mlflow_uri)
@@ -70,7 +70,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Reg
     (root / "conveyor.yaml").write_text(config)
     train()
     train()
-    (root / "conveyor.yaml").write_text(config.replace("max_iter: 200, learning_rate: 0.08", "max_iter: 3, learning_rate: 0.01"))
+    (root / "conveyor.yaml").write_text(
+        config.replace("max_iter: 200, learning_rate: 0.08", "max_iter: 3, learning_rate: 0.01")
+    )
     train()
     (root / "conveyor.yaml").write_text(config)
     return reg
@@ -82,10 +84,8 @@ def reg(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registr
     monkeypatch.setenv("CONVEYOR_HOME", str(registry.home))
     client = registry.client()
     for alias in ("champion", "previous-champion", "canary"):
-        try:
+        with contextlib.suppress(Exception):
             client.delete_registered_model_alias(NAME, alias)
-        except Exception:
-            pass
     yield registry
 
 
@@ -117,18 +117,30 @@ def model_dir(reg: Registry) -> Iterator[Path]:
 def test_intact_version_verifies_every_link(reg: Registry) -> None:
     report = verify_json(reg)
     assert report["exit"] == 0 and report["ok"] is True
-    assert [link["name"] for link in report["links"]] == ["registry", "files", "signature", "provenance", "tags", "ledger"]
+    assert [link["name"] for link in report["links"]] == [
+        "registry",
+        "files",
+        "signature",
+        "provenance",
+        "tags",
+        "ledger",
+    ]
     by_alias = verify_json(reg, f"{NAME}@candidate")
     assert by_alias["ok"] and by_alias["version"] == "3"
 
 
-@pytest.mark.parametrize("tamper", [
-    pytest.param(lambda m: (m / "model.skops").write_bytes(b"\x00" + (m / "model.skops").read_bytes()[1:]), id="flipped-byte"),
-    pytest.param(lambda m: (m / "backdoor.py").write_text("import os"), id="added-file"),
-    pytest.param(lambda m: (m / "requirements.txt").unlink(), id="removed-file"),
-    pytest.param(lambda m: (m / "conda.yaml").rename(m / "conda.yml"), id="renamed-file"),
-])  # fmt: skip
-def test_tampered_files_are_refused_at_the_signature(reg: Registry, model_dir: Path, tamper) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(
+            lambda m: (m / "model.skops").write_bytes(b"\x00" + (m / "model.skops").read_bytes()[1:]), id="flipped-byte"
+        ),
+        pytest.param(lambda m: (m / "backdoor.py").write_text("import os"), id="added-file"),
+        pytest.param(lambda m: (m / "requirements.txt").unlink(), id="removed-file"),
+        pytest.param(lambda m: (m / "conda.yaml").rename(m / "conda.yml"), id="renamed-file"),
+    ],
+)
+def test_tampered_files_are_refused_at_the_signature(reg: Registry, model_dir: Path, tamper) -> None:
     tamper(model_dir)
     report = verify_json(reg)
     assert report["exit"] == 1 and report["ok"] is False
@@ -231,8 +243,16 @@ def test_malformed_policy_file_is_a_clear_error(reg: Registry) -> None:
 def test_two_promotions_at_once_leave_one_consistent_state(reg: Registry) -> None:
     env = {**os.environ, "CONVEYOR_HOME": str(reg.home)}
     command = [sys.executable, "-m", "conveyor", "--config", str(reg.root / "conveyor.yaml"), "promote"]
-    runs = [subprocess.Popen([*command, f"{NAME}/{v}", "--to", "champion", "--json"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in ("1", "2")]  # fmt: skip
+    runs = [
+        subprocess.Popen(
+            [*command, f"{NAME}/{v}", "--to", "champion", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in ("1", "2")
+    ]
     outcomes = [json.loads(p.communicate(timeout=300)[0]) for p in runs]
     assert all(o["ok"] for o in outcomes), outcomes
     with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
@@ -247,11 +267,25 @@ def test_the_ci_example_runs_these_commands(reg: Registry) -> None:
     workflow = yaml.safe_load((REPO / ".github" / "workflows" / "promote.yml").read_text())
     steps = [s["run"] for s in workflow["jobs"]["promote"]["steps"] if "conveyor" in s.get("run", "")]
     assert len(steps) == 3
-    env = {**os.environ, "CONVEYOR_HOME": str(reg.home), "TARGET": "canary", "CONVEYOR_PROJECT_FILE": str(reg.root / "conveyor.yaml")}
+    env = {
+        **os.environ,
+        "CONVEYOR_HOME": str(reg.home),
+        "TARGET": "canary",
+        "CONVEYOR_PROJECT_FILE": str(reg.root / "conveyor.yaml"),
+    }
 
     def run_steps() -> list[subprocess.CompletedProcess]:
-        return [subprocess.run(step.replace(".venv/bin/conveyor", str(REPO / ".venv" / "bin" / "conveyor")),
-                               shell=True, env=env, capture_output=True, text=True, timeout=300) for step in steps]  # fmt: skip
+        return [
+            subprocess.run(
+                step.replace(".venv/bin/conveyor", str(REPO / ".venv" / "bin" / "conveyor")),
+                shell=True,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            for step in steps
+        ]
 
     verify, dry_run, real = run_steps()  # @candidate is version 3, the worse one
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
@@ -274,8 +308,20 @@ def test_trusted_key_whose_file_does_not_match_its_pin_is_named(reg: Registry) -
     original = policy.read_text()
     pinned = "sha256:" + "1" * 64
     try:
-        policy.write_text(yaml.safe_dump({"trust_project_key": False, "trusted_keys": [
-            {"name": "ci", "public_key": str(other.public_path.relative_to(reg.root)), "fingerprint": pinned}]}))  # fmt: skip
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "trust_project_key": False,
+                    "trusted_keys": [
+                        {
+                            "name": "ci",
+                            "public_key": str(other.public_path.relative_to(reg.root)),
+                            "fingerprint": pinned,
+                        }
+                    ],
+                }
+            )
+        )
         name, detail = failed_link(verify_json(reg))
         assert name == "signature" and f"has fingerprint {other.fingerprint}, not the pinned {pinned}" in detail
     finally:

@@ -30,8 +30,14 @@ FAULTS = {  # the canaries, by what is wrong with them (tests/faults.py)
     "crashes": {"fault": "crash", "rate": 0.1},
     "healthy": {"fault": "none"},
 }
-CANARY_POLICY = {"steps": [20, 50, 100], "min_requests": 60, "min_seconds": 1, "max_error_rate": 0.05,
-                 "latency": {"percentile": "p95", "max_ratio": 3.0}, "max_psi": 0.5}  # fmt: skip
+CANARY_POLICY = {
+    "steps": [20, 50, 100],
+    "min_requests": 60,
+    "min_seconds": 1,
+    "max_error_rate": 0.05,
+    "latency": {"percentile": "p95", "max_ratio": 3.0},
+    "max_psi": 0.5,
+}
 ANSWERED: list[Reply] = []  # every successful reply of the module, for the inference log's check
 
 
@@ -50,7 +56,7 @@ class Served:
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
-    def client(self):  # noqa: ANN201
+    def client(self):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri)
@@ -70,7 +76,7 @@ class Served:
         with Ledger(f"sqlite:///{self.home / 'ledger.db'}") as ledger:
             return [e for e in ledger.iter_events() if e.kind == kind]
 
-    def drive(self, requests: int, **kwargs) -> list[Reply]:  # noqa: ANN003
+    def drive(self, requests: int, **kwargs) -> list[Reply]:
         replies = drive(self.service.url, self.client_key, self.rows, requests=requests, **kwargs)
         ANSWERED.extend(r for r in replies if r.status == 200)
         return replies
@@ -78,8 +84,13 @@ class Served:
 
 def _rows(path: Path, columns: list[str], n: int = 500) -> list[dict]:
     frame = pd.read_csv(path, nrows=n)[columns]
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else (float(v) if isinstance(v, int | float) else v))
-             for k, v in row.items()} for row in frame.to_dict("records")]  # fmt: skip
+    return [
+        {
+            k: (None if isinstance(v, float) and math.isnan(v) else (float(v) if isinstance(v, int | float) else v))
+            for k, v in row.items()
+        }
+        for row in frame.to_dict("records")
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +102,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
     shutil.copy(small_loans, root / "data" / "loans.csv")
     (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(CANARY_POLICY))
     serving = yaml.safe_load((REPO / "policies" / "serving.yaml").read_text())
-    serving.update(watch_seconds=3600, canary_timeout_ms=1000,  # the tests reload by hand
-                   rate_limit={"per_second": 100_000, "burst": 100_000})  # limits are tested with a key of its own
+    serving.update(
+        watch_seconds=3600,
+        canary_timeout_ms=1000,  # the tests reload by hand
+        rate_limit={"per_second": 100_000, "burst": 100_000},
+    )  # limits are tested with a key of its own
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     promotion = yaml.safe_load((REPO / "policies" / "promotion.yaml").read_text())
     promotion["beat_champion"]["min_delta"] = -0.05  # the healthy canary is the champion's equal
@@ -129,7 +143,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
         service.stop()
 
 
-def canary_gone(served: Served):  # noqa: ANN201
+def canary_gone(served: Served):
     return lambda: served.status()["canary"] is None
 
 
@@ -145,8 +159,10 @@ def test_a_batch_gets_one_prediction_per_row_in_order(served: Served) -> None:
 
     headers = {"Authorization": f"Bearer {served.client_key}"}
     batch = httpx.post(f"{served.service.url}/predict", json={"rows": served.rows[:25]}, headers=headers).json()
-    singles = [httpx.post(f"{served.service.url}/predict", json={"rows": [row]}, headers=headers).json()["predictions"][0]
-               for row in served.rows[:25]]  # fmt: skip
+    singles = [
+        httpx.post(f"{served.service.url}/predict", json={"rows": [row]}, headers=headers).json()["predictions"][0]
+        for row in served.rows[:25]
+    ]
     assert batch["predictions"] == pytest.approx(singles)
 
 
@@ -159,22 +175,27 @@ def test_callers_need_a_key_admins_an_admin_key_and_each_key_has_its_rate(served
     assert httpx.post(f"{url}/predict", json=body, headers={"Authorization": "Bearer cvk_not-a-key"}).status_code == 401
     assert served.service.admin("GET", "status", served.client_key).status_code == 403
     assert httpx.get(f"{url}/admin/status").status_code == 401
-    answers = [httpx.post(f"{url}/predict", json=body, headers={"X-API-Key": served.slow_key}).status_code for _ in range(4)]
+    answers = [
+        httpx.post(f"{url}/predict", json=body, headers={"X-API-Key": served.slow_key}).status_code for _ in range(4)
+    ]
     assert answers[:2] == [200, 200] and 429 in answers[2:]  # 1 request/s, burst 2
     assert httpx.get(f"{url}/livez").status_code == 200 and httpx.get(f"{url}/readyz").status_code == 200
 
 
-@pytest.mark.parametrize("bad, field", [
-    (lambda row: {"rows": [{**row, "age": "forty"}]}, "rows.0.age"),
-    (lambda row: {"rows": [{**row, "credit_score": None, "region": 7}]}, "rows.0.region"),
-    (lambda row: {"rows": [{k: v for k, v in row.items() if k != "purpose"}]}, "rows.0.purpose"),
-    (lambda row: {"rows": [{**row, "backdoor": 1}]}, "rows.0.backdoor"),
-    (lambda row: {"rows": []}, "rows"),
-    (lambda row: {"rows": "all of them"}, "rows"),
-    (lambda row: {"rows": [row] * 1001}, "rows"),
-    (lambda row: {"rows": [row], "key": ["a"]}, "key"),
-])  # fmt: skip
-def test_bad_requests_are_4xx_naming_the_field(served: Served, bad, field: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (lambda row: {"rows": [{**row, "age": "forty"}]}, "rows.0.age"),
+        (lambda row: {"rows": [{**row, "credit_score": None, "region": 7}]}, "rows.0.region"),
+        (lambda row: {"rows": [{k: v for k, v in row.items() if k != "purpose"}]}, "rows.0.purpose"),
+        (lambda row: {"rows": [{**row, "backdoor": 1}]}, "rows.0.backdoor"),
+        (lambda row: {"rows": []}, "rows"),
+        (lambda row: {"rows": "all of them"}, "rows"),
+        (lambda row: {"rows": [row] * 1001}, "rows"),
+        (lambda row: {"rows": [row], "key": ["a"]}, "key"),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_field(served: Served, bad, field: str) -> None:
     import httpx
 
     headers = {"Authorization": f"Bearer {served.client_key}"}
@@ -192,13 +213,18 @@ def test_a_version_that_does_not_verify_is_refused_and_service_goes_on(served: S
     assert all(r.status == 200 and r.body["served_by"] == "champion" for r in served.drive(50))
 
 
-@pytest.mark.parametrize("fault, causes", [
-    ("raises", ["errors"]),
-    ("slow", ["latency", "errors"]),  # slower than the champion, or queued past the timeout
-    ("skewed", ["PSI"]),
-    ("crashes", ["errors"]),
-])  # fmt: skip
-def test_a_faulty_canary_is_rolled_back_and_no_client_sees_an_error(served: Served, fault: str, causes: list[str]) -> None:
+@pytest.mark.parametrize(
+    "fault, causes",
+    [
+        ("raises", ["errors"]),
+        ("slow", ["latency", "errors"]),  # slower than the champion, or queued past the timeout
+        ("skewed", ["PSI"]),
+        ("crashes", ["errors"]),
+    ],
+)
+def test_a_faulty_canary_is_rolled_back_and_no_client_sees_an_error(
+    served: Served, fault: str, causes: list[str]
+) -> None:
     version = served.versions[fault]
     status = served.make_canary(version)
     assert status["canary"]["version"] == version and status["analysis"]["state"] == "running"
@@ -256,9 +282,10 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(served: Served) -> Non
     statuses: collections.Counter[int] = collections.Counter()
 
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def fuzz(case) -> None:  # noqa: ANN001
+        def fuzz(case) -> None:
             response = case.call(base_url=served.service.url, headers=headers)
             statuses[response.status_code] += 1
             assert response.status_code < 500, (case.body, response.text)
@@ -271,7 +298,10 @@ def test_metrics_count_requests_per_version_rollbacks_and_fallbacks(served: Serv
     import httpx
 
     text = httpx.get(f"{served.service.url}/metrics").text
-    assert f'conveyor_predict_requests_total{{model="{NAME}",role="champion",version="{served.versions["champion"]}"}}' in text
+    assert (
+        f'conveyor_predict_requests_total{{model="{NAME}",role="champion",version="{served.versions["champion"]}"}}'
+        in text
+    )
     assert 'conveyor_canary_rollbacks_total{model="loan-default"} 4.0' in text
     fallbacks = next(line for line in text.splitlines() if line.startswith("conveyor_fallbacks_total"))
     assert float(fallbacks.split()[-1]) > 0
@@ -289,11 +319,15 @@ def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served
     answered = {r.body["request_id"]: r.body for r in ANSWERED}
     sample = log[log["request_id"].isin(list(answered)[:50])]
     for row in sample.itertuples():
-        assert answered[row.request_id]["version"] == row.version and answered[row.request_id]["predictions"][0] == pytest.approx(row.prediction)
+        assert answered[row.request_id]["version"] == row.version and answered[row.request_id]["predictions"][
+            0
+        ] == pytest.approx(row.prediction)
     assert not list((served.home / "inference").rglob("*.partial"))
 
 
-def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After the stop above, every answer is in the log: an auditor starts from a request id, or a time."""
     import json
 
@@ -304,7 +338,9 @@ def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(ser
     from conveyor.cli import app
 
     def lineage(*args: str) -> dict:
-        result = CliRunner().invoke(app, ["--config", str(served.root / "conveyor.yaml"), "lineage", *args, "--up", "--json"])
+        result = CliRunner().invoke(
+            app, ["--config", str(served.root / "conveyor.yaml"), "lineage", *args, "--up", "--json"]
+        )
         assert result.exit_code == 0, result.stdout + result.stderr
         return json.loads(result.stdout)
 
@@ -317,10 +353,14 @@ def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(ser
         assert deployed.details["version"] == body["version"] and deployed.details["role"] == role
         registered = [e for e in found["upstream"]["events"] if e["kind"] == "model.registered"]
         assert [e["details"]["version"] for e in registered] == [body["version"]]
-        assert {"model.signed", "model.trained", "features.built", "data.validated", "dataset.versioned"} <= {e["kind"] for e in found["upstream"]["events"]}
+        assert {"model.signed", "model.trained", "features.built", "data.validated", "dataset.versioned"} <= {
+            e["kind"] for e in found["upstream"]["events"]
+        }
         by_number = lineage(f"deployment:{deployed.seq}")
         assert by_number["digests"] == found["digests"] and by_number["upstream"] == found["upstream"]
     newest = max(deployments.values(), key=lambda e: e.seq)
     at = lineage("--at", newest.time)
     champion = [deployments[d] for d in at["digests"] if deployments[d].details["role"] == "champion"]
-    assert len(champion) == 1 and champion[0].seq == max(e.seq for e in deployments.values() if e.details["role"] == "champion")
+    assert len(champion) == 1 and champion[0].seq == max(
+        e.seq for e in deployments.values() if e.details["role"] == "champion"
+    )

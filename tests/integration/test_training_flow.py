@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import Any
 
 import pytest
@@ -13,8 +12,8 @@ from typer.testing import CliRunner
 
 from conveyor.cli import app
 from pipelines.training import run_training
-from tests.conftest import open_workspace
 from registry.ledger import Ledger
+from tests.conftest import open_workspace
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -56,8 +55,14 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
 
     version = mlflow_client(tmp_path).get_model_version_by_alias("loan-default", "candidate")
     tags = version.tags
-    for tag in ("conveyor.model_digest", "conveyor.bundle_digest", "conveyor.provenance_digest",
-                "conveyor.data_digest", "conveyor.key_fingerprint", "conveyor.version_digest"):  # fmt: skip
+    for tag in (
+        "conveyor.model_digest",
+        "conveyor.bundle_digest",
+        "conveyor.provenance_digest",
+        "conveyor.data_digest",
+        "conveyor.key_fingerprint",
+        "conveyor.version_digest",
+    ):
         assert tags[tag].startswith("sha256:"), tag
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["roc_auc"] > 0.75
@@ -65,7 +70,14 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
     lineage = conveyor(project, "lineage", tags["conveyor.version_digest"], "--up", "--json")
     assert lineage.exit_code == 0, lineage.output
     kinds = [e["kind"] for e in json.loads(lineage.stdout)["upstream"]["events"]]
-    for kind in ("model.registered", "model.signed", "model.trained", "features.built", "data.validated", "dataset.versioned"):
+    for kind in (
+        "model.registered",
+        "model.signed",
+        "model.trained",
+        "features.built",
+        "data.validated",
+        "dataset.versioned",
+    ):
         assert kind in kinds
     data_lineage = conveyor(project, "lineage", str(project / "data" / "loans.csv"), "--down", "--json")
     downstream = {e["kind"] for e in json.loads(data_lineage.stdout)["downstream"]["events"]}
@@ -118,7 +130,11 @@ def write_bad(kind: str, project: Path) -> Path:
 
     if kind == "missing-column":
         index = columns.index("purpose")
-        target.write_text("".join(",".join(c for j, c in enumerate(line.rstrip("\n").split(",")) if j != index) + "\n" for line in source))
+        target.write_text(
+            "".join(
+                ",".join(c for j, c in enumerate(line.rstrip("\n").split(",")) if j != index) + "\n" for line in source
+            )
+        )
     elif kind == "wrong-dtype":
         target.write_text(header + "".join(edit("age", "forty", 300)))
     elif kind == "all-null-column":
@@ -147,7 +163,9 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("kind", list(BAD_DATA))
-def test_bad_data_is_refused_clearly_and_nothing_is_registered(prefect_api: None, project: Path, tmp_path: Path, kind: str) -> None:
+def test_bad_data_is_refused_clearly_and_nothing_is_registered(
+    prefect_api: None, project: Path, tmp_path: Path, kind: str
+) -> None:
     code, message, recorded = BAD_DATA[kind]
     bad = write_bad(kind, project)
     result = conveyor(project, "train", "--data", str(bad))
@@ -164,7 +182,9 @@ def test_bad_data_is_refused_clearly_and_nothing_is_registered(prefect_api: None
         assert all(e.details["success"] is False for e in validated)
 
 
-def test_failed_validation_names_counts_and_examples_and_writes_reports(prefect_api: None, project: Path, tmp_path: Path) -> None:
+def test_failed_validation_names_counts_and_examples_and_writes_reports(
+    prefect_api: None, project: Path, tmp_path: Path
+) -> None:
     result = conveyor(project, "train", "--data", str(write_bad("wrong-dtype", project)))
     assert result.exit_code == 1
     assert "Nothing was trained" in result.stderr
@@ -183,12 +203,20 @@ def test_config_naming_a_column_the_data_lacks(prefect_api: None, project: Path,
     assert registry_versions(tmp_path) == []
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "is not valid JSON"),
-    ('{"name": "x", "expectations": [{"type": "expect_the_moon", "kwargs": {}}]}', "Expectation #1 (expect_the_moon)"),
-    ('{"name": "x", "expectations": [{"kwargs": {}}]}', "Expectation #1 in"),
-])  # fmt: skip
-def test_malformed_expectation_suite(prefect_api: None, project: Path, tmp_path: Path, content: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not valid JSON"),
+        (
+            '{"name": "x", "expectations": [{"type": "expect_the_moon", "kwargs": {}}]}',
+            "Expectation #1 (expect_the_moon)",
+        ),
+        ('{"name": "x", "expectations": [{"kwargs": {}}]}', "Expectation #1 in"),
+    ],
+)
+def test_malformed_expectation_suite(
+    prefect_api: None, project: Path, tmp_path: Path, content: str, message: str
+) -> None:
     (project / "policies" / "expectations" / "loan-default.json").write_text(content)
     result = conveyor(project, "train")
     assert result.exit_code == 2, result.output
@@ -198,9 +226,15 @@ def test_malformed_expectation_suite(prefect_api: None, project: Path, tmp_path:
         assert ledger.verify_chain().ok
 
 
-def test_model_failing_a_behavioural_check_is_not_signed_or_registered(prefect_api: None, project: Path, tmp_path: Path) -> None:
+def test_model_failing_a_behavioural_check_is_not_signed_or_registered(
+    prefect_api: None, project: Path, tmp_path: Path
+) -> None:
     config = project / "conveyor.yaml"
-    config.write_text(config.read_text().replace("{feature: credit_score, direction: decrease", "{feature: credit_score, direction: increase"))
+    config.write_text(
+        config.read_text().replace(
+            "{feature: credit_score, direction: decrease", "{feature: credit_score, direction: increase"
+        )
+    )
     result = conveyor(project, "train")
     assert result.exit_code == 1, result.output
     assert "failed 1 behavioural check(s): raising credit_score by 100 should increase" in result.stderr
@@ -220,24 +254,40 @@ def test_any_dataset_a_config_describes(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(3)
     n = 1_500
-    frame = pd.DataFrame({
-        "house": [f"h{i % 400}" for i in range(n)],
-        "listed_at": pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 200 * 86400, n), unit="s"),
-        "sqft": rng.uniform(40, 250, n).round(1), "rooms": rng.integers(1, 7, n),
-        "city": rng.choice(["oslo", "bergen", "tromso"], n),
-    })  # fmt: skip
-    frame["price"] = (frame.sqft * 3 + frame.rooms * 20 + frame.city.map({"oslo": 200, "bergen": 100, "tromso": 50})
-                      + rng.normal(0, 10, n)).round(2)  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "house": [f"h{i % 400}" for i in range(n)],
+            "listed_at": pd.Timestamp("2026-01-01", tz="UTC")
+            + pd.to_timedelta(rng.integers(0, 200 * 86400, n), unit="s"),
+            "sqft": rng.uniform(40, 250, n).round(1),
+            "rooms": rng.integers(1, 7, n),
+            "city": rng.choice(["oslo", "bergen", "tromso"], n),
+        }
+    )
+    frame["price"] = (
+        frame.sqft * 3
+        + frame.rooms * 20
+        + frame.city.map({"oslo": 200, "bergen": 100, "tromso": 50})
+        + rng.normal(0, 10, n)
+    ).round(2)
     root = tmp_path / "houses"
     (root / "policies" / "expectations").mkdir(parents=True)
     frame.to_csv(root / "houses.csv", index=False)
-    (root / "conveyor.yaml").write_text(yaml.safe_dump({
-        "model_name": "house-price", "task": "regression", "data": "houses.csv", "entity_key": "house",
-        "event_timestamp": "listed_at", "target": "price",
-        "features": {"numeric": ["sqft", "rooms"], "categorical": ["city"]},
-        "estimator": {"class": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
-        "behaviour": [{"feature": "sqft", "direction": "increase", "delta": 10}],
-    }))  # fmt: skip
+    (root / "conveyor.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "model_name": "house-price",
+                "task": "regression",
+                "data": "houses.csv",
+                "entity_key": "house",
+                "event_timestamp": "listed_at",
+                "target": "price",
+                "features": {"numeric": ["sqft", "rooms"], "categorical": ["city"]},
+                "estimator": {"class": "sklearn.linear_model.Ridge", "params": {"alpha": 1.0}},
+                "behaviour": [{"feature": "sqft", "direction": "increase", "delta": 10}],
+            }
+        )
+    )
     config = load_project(root / "conveyor.yaml")
     suite = starter_suite(config, pd.read_csv(root / "houses.csv"))
     (root / "policies" / "expectations" / "house-price.json").write_text(json.dumps(suite))

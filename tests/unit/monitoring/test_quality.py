@@ -16,31 +16,56 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def project():  # noqa: ANN201
+def project():
     return load_project(REPO / "conveyor.yaml", check_data=False)
 
 
 def _log(rows: list[tuple[str, str | None, str, float, str]]) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"request_id": f"r{i}", "row": 0, "time": pd.Timestamp(t, tz="UTC"), "version": v, "prediction": p,
-          "served_by": "champion", "entity": e, "event_time": et} for i, (e, et, t, p, v) in enumerate(rows)]
-    )  # fmt: skip
+        [
+            {
+                "request_id": f"r{i}",
+                "row": 0,
+                "time": pd.Timestamp(t, tz="UTC"),
+                "version": v,
+                "prediction": p,
+                "served_by": "champion",
+                "entity": e,
+                "event_time": et,
+            }
+            for i, (e, et, t, p, v) in enumerate(rows)
+        ]
+    )
 
 
-def test_each_label_joins_the_latest_earlier_prediction_of_its_entity(project) -> None:  # noqa: ANN001
-    log = _log([("A1", "2026-08-01T10:00:00Z", "2026-11-21 09:00", 0.9, "1"),
-                ("A1", "2026-08-03T10:00:00Z", "2026-11-21 09:01", 0.2, "1"),
-                ("A2", None, "2026-11-21 09:02", 0.7, "2")])  # fmt: skip
-    labels = pd.DataFrame({"applicant_id": ["A1", "A1", "A2", "A3"], "defaulted": [1, 0, 1, 0],
-                           "event_timestamp": pd.to_datetime(["2026-08-01T10:00:00Z", "2026-08-03T12:00:00Z",
-                                                              "2026-11-21T09:30:00Z", "2026-08-01T10:00:00Z"], utc=True)})  # fmt: skip
+def test_each_label_joins_the_latest_earlier_prediction_of_its_entity(project) -> None:
+    log = _log(
+        [
+            ("A1", "2026-08-01T10:00:00Z", "2026-11-21 09:00", 0.9, "1"),
+            ("A1", "2026-08-03T10:00:00Z", "2026-11-21 09:01", 0.2, "1"),
+            ("A2", None, "2026-11-21 09:02", 0.7, "2"),
+        ]
+    )
+    labels = pd.DataFrame(
+        {
+            "applicant_id": ["A1", "A1", "A2", "A3"],
+            "defaulted": [1, 0, 1, 0],
+            "event_timestamp": pd.to_datetime(
+                ["2026-08-01T10:00:00Z", "2026-08-03T12:00:00Z", "2026-11-21T09:30:00Z", "2026-08-01T10:00:00Z"],
+                utc=True,
+            ),
+        }
+    )
     joined = join_labels(labels, log, project, tolerance_hours=24).sort_values("request_id")
     assert list(joined["request_id"]) == ["r0", "r1", "r2"]  # A3 was never predicted
     assert list(joined["label"]) == [1, 0, 1]
-    assert join_labels(labels, log, project, tolerance_hours=1)["request_id"].tolist() == ["r0", "r2"]  # r1 is 2 h early
+    assert join_labels(labels, log, project, tolerance_hours=1)["request_id"].tolist() == [
+        "r0",
+        "r2",
+    ]  # r1 is 2 h early
 
 
-def test_quality_is_judged_on_the_champions_predictions(project) -> None:  # noqa: ANN001
+def test_quality_is_judged_on_the_champions_predictions(project) -> None:
     good = pd.DataFrame({"version": "1", "label": [0, 1] * 150, "prediction": [0.1, 0.9] * 150})
     bad = pd.DataFrame({"version": "1", "label": [0, 1] * 150, "prediction": [0.9, 0.1] * 150})
     policy = Quality(metric="roc_auc", min=0.75, min_labelled=200)
@@ -51,10 +76,10 @@ def test_quality_is_judged_on_the_champions_predictions(project) -> None:  # noq
     assert quality_of(good, project, policy, "2").status == "not_enough_data"
 
 
-def test_a_labels_file_without_the_keys_is_refused(project, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_labels_file_without_the_keys_is_refused(project, tmp_path: Path) -> None:
     path = tmp_path / "labels.csv"
     path.write_text("applicant_id,defaulted\nA1,1\n")
-    with pytest.raises(DataInvalid, match="lacks the column.*event_timestamp"):
+    with pytest.raises(DataInvalid, match=r"lacks the column.*event_timestamp"):
         read_labels(path, project)
     path.write_text("applicant_id,event_timestamp,defaulted\nA1,not a time,1\n")
     with pytest.raises(DataInvalid, match="1 empty or unreadable"):

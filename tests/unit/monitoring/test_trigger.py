@@ -12,11 +12,25 @@ POLICY = DriftPolicy(retraining=Retraining(cooldown_minutes=60))
 
 
 def breach(version: str = "3", since_hours: float = 2, until_hours: float = 0) -> Breach:
-    return Breach("drift", "m", version, NOW - timedelta(hours=since_hours), NOW - timedelta(hours=until_hours), "sha256:" + "a" * 64, "drift")
+    return Breach(
+        "drift",
+        "m",
+        version,
+        NOW - timedelta(hours=since_hours),
+        NOW - timedelta(hours=until_hours),
+        "sha256:" + "a" * 64,
+        "drift",
+    )
 
 
 def past(version: str = "3", at_minutes: float = 10, since_hours: float = 3, until_hours: float = 2.5) -> PastTrigger:
-    return PastTrigger(NOW - timedelta(minutes=at_minutes), version, NOW - timedelta(hours=since_hours), NOW - timedelta(hours=until_hours), 7)
+    return PastTrigger(
+        NOW - timedelta(minutes=at_minutes),
+        version,
+        NOW - timedelta(hours=since_hours),
+        NOW - timedelta(hours=until_hours),
+        7,
+    )
 
 
 def test_a_first_breach_starts_a_retraining() -> None:
@@ -36,4 +50,6 @@ def test_the_cooldown_holds_for_the_same_champion_and_ends() -> None:
 
 
 def test_a_new_champion_is_not_held_by_its_predecessor() -> None:
-    assert decide_trigger(breach(version="4"), [past(version="3", at_minutes=1, since_hours=2, until_hours=0)], POLICY, NOW).start
+    assert decide_trigger(
+        breach(version="4"), [past(version="3", at_minutes=1, since_hours=2, until_hours=0)], POLICY, NOW
+    ).start

@@ -16,8 +16,15 @@ FAST = list(rng.normal(20, 2, 500))
 SCORES = list(rng.beta(2, 8, 500))
 
 
-def stats(*, step: int = 0, seconds: float = 60, requests: int = 300, errors: int = 0,
-          latencies: list[float] = FAST, predictions: list[float] = SCORES) -> CanaryStats:  # fmt: skip
+def stats(
+    *,
+    step: int = 0,
+    seconds: float = 60,
+    requests: int = 300,
+    errors: int = 0,
+    latencies: list[float] = FAST,
+    predictions: list[float] = SCORES,
+) -> CanaryStats:
     champion = Side(requests=3000, errors=0, latencies_ms=FAST, predictions=list(rng.beta(2, 8, 500)))
     return CanaryStats(step, seconds, Side(requests, errors, latencies, predictions), champion)
 
@@ -59,7 +66,7 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
     assert psi([0.5] * 10, [0.5] * 10) == 0.0
 
 
-def test_the_repositorys_canary_policy_loads_and_bad_steps_are_refused(tmp_path) -> None:  # noqa: ANN001
+def test_the_repositorys_canary_policy_loads_and_bad_steps_are_refused(tmp_path) -> None:
     assert load_policy(REPO / "policies" / "canary.yaml", CanaryPolicy).steps[-1] == 100
     path = tmp_path / "canary.yaml"
     path.write_text("steps: [50, 10]\n")

@@ -125,8 +125,13 @@ def test_column_the_data_lacks_is_named_with_a_suggestion(tmp_path: Path) -> Non
 
 def load_columns() -> list[str]:
     document = demo_config()
-    return [document["entity_key"], document["event_timestamp"], document["target"],
-            *document["features"]["numeric"], *document["features"]["categorical"]]  # fmt: skip
+    return [
+        document["entity_key"],
+        document["event_timestamp"],
+        document["target"],
+        *document["features"]["numeric"],
+        *document["features"]["categorical"],
+    ]
 
 
 def test_malformed_yaml(tmp_path: Path) -> None:
@@ -140,7 +145,7 @@ def test_not_a_mapping(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigInvalid, match="No file at .*nope.yaml"):
+    with pytest.raises(ConfigInvalid, match=r"No file at .*nope\.yaml"):
         load_project(tmp_path / "nope.yaml")
 
 

@@ -13,17 +13,26 @@ from policies.promotion import Candidate, PromotionPolicy, decide_promotion
 from policies.signing import SigningPolicy
 from tests.conftest import REPO
 
-POLICY = PromotionPolicy.model_validate({
-    "thresholds": {"roc_auc": {"min": 0.8}, "log_loss": {"max": 0.45}},
-    "beat_champion": {"metric": "roc_auc", "min_delta": 0.01},
-    "max_model_size_mb": 10,
-})  # fmt: skip
+POLICY = PromotionPolicy.model_validate(
+    {
+        "thresholds": {"roc_auc": {"min": 0.8}, "log_loss": {"max": 0.45}},
+        "beat_champion": {"metric": "roc_auc", "min_delta": 0.01},
+        "max_model_size_mb": 10,
+    }
+)
 
 
-def candidate(**changes) -> Candidate:  # noqa: ANN003
-    facts = {"name": "m", "version": "5", "signature_verified": True, "validation_passed": True, "clean_tree": True,
-             "size_bytes": 2_000_000, "metrics": {"roc_auc": 0.86, "log_loss": 0.35},
-             "champion_metrics": {"roc_auc": 0.84, "log_loss": 0.36}}  # fmt: skip
+def candidate(**changes) -> Candidate:
+    facts = {
+        "name": "m",
+        "version": "5",
+        "signature_verified": True,
+        "validation_passed": True,
+        "clean_tree": True,
+        "size_bytes": 2_000_000,
+        "metrics": {"roc_auc": 0.86, "log_loss": 0.35},
+        "champion_metrics": {"roc_auc": 0.84, "log_loss": 0.36},
+    }
     return Candidate(**{**facts, **changes})
 
 
@@ -40,15 +49,25 @@ def test_no_champion_yet_is_handled_explicitly() -> None:
 
 def test_every_failed_rule_is_a_reason() -> None:
     decision = decide_promotion(
-        candidate(signature_verified=False, validation_passed=False, size_bytes=20_000_000,
-                  metrics={"roc_auc": 0.7, "log_loss": 0.5}),  # fmt: skip
-        "4", POLICY,
+        candidate(
+            signature_verified=False,
+            validation_passed=False,
+            size_bytes=20_000_000,
+            metrics={"roc_auc": 0.7, "log_loss": 0.5},
+        ),
+        "4",
+        POLICY,
     )
     assert not decision.ok
     text = " | ".join(decision.reasons)
-    for expected in ("did not verify", "did not pass validation", "exceeds the maximum 10 MB",
-                     "roc_auc 0.7000 is below the minimum 0.8", "log_loss 0.5000 is above the maximum 0.45",
-                     "does not beat champion v4"):  # fmt: skip
+    for expected in (
+        "did not verify",
+        "did not pass validation",
+        "exceeds the maximum 10 MB",
+        "roc_auc 0.7000 is below the minimum 0.8",
+        "log_loss 0.5000 is above the maximum 0.45",
+        "does not beat champion v4",
+    ):
         assert expected in text
 
 
@@ -58,7 +77,9 @@ def test_must_beat_the_champion_by_the_delta() -> None:
 
 
 def test_lower_is_better_metrics_compare_the_right_way() -> None:
-    policy = POLICY.model_copy(update={"beat_champion": POLICY.beat_champion.model_copy(update={"metric": "log_loss", "min_delta": 0.0})})
+    policy = POLICY.model_copy(
+        update={"beat_champion": POLICY.beat_champion.model_copy(update={"metric": "log_loss", "min_delta": 0.0})}
+    )
     assert decide_promotion(candidate(), "4", policy).ok  # 0.35 < 0.36
     worse = candidate(metrics={"roc_auc": 0.9, "log_loss": 0.40})
     assert not decide_promotion(worse, "4", policy).ok
@@ -81,15 +102,18 @@ def test_the_repositorys_policies_load() -> None:
     assert load_policy(REPO / "policies" / "signing.yaml", SigningPolicy).trust_project_key
 
 
-@pytest.mark.parametrize("text, message", [
-    ("thresholds: {roc_auc: {}}\n", "give `min`, `max` or both"),
-    ("require: {trusted_signature: false}\n", "`require.trusted_signature`"),
-    ("max_model_size_mb: -1\n", "`max_model_size_mb`"),
-    ("beat_champion: {min_delta: 0.1}\n", "`beat_champion.metric`"),
-    ("targets: [production]\n", "`targets.0`"),
-    ("- just\n- a list\n", "must be a YAML mapping"),
-    ("thresholds: [unclosed\n", "is not valid YAML"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("thresholds: {roc_auc: {}}\n", "give `min`, `max` or both"),
+        ("require: {trusted_signature: false}\n", "`require.trusted_signature`"),
+        ("max_model_size_mb: -1\n", "`max_model_size_mb`"),
+        ("beat_champion: {min_delta: 0.1}\n", "`beat_champion.metric`"),
+        ("targets: [production]\n", "`targets.0`"),
+        ("- just\n- a list\n", "must be a YAML mapping"),
+        ("thresholds: [unclosed\n", "is not valid YAML"),
+    ],
+)
 def test_malformed_promotion_policy(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "promotion.yaml"
     path.write_text(text)

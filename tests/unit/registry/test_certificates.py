@@ -27,7 +27,7 @@ def model(tmp_path: Path, name: str = "model") -> Path:
     return folder
 
 
-def sign(folder: Path, ca: OrgCA, issued) -> None:  # noqa: ANN001
+def sign(folder: Path, ca: OrgCA, issued) -> None:
     sign_model_with_certificate(folder, issued.key, issued.certificate, [ca.root])
 
 
@@ -41,7 +41,7 @@ def test_pinned_identity_from_the_ca_verifies(tmp_path: Path, ca: OrgCA) -> None
 def test_another_identity_from_the_same_ca_is_refused(tmp_path: Path, ca: OrgCA) -> None:
     folder = model(tmp_path)
     sign(folder, ca, ca.issue("intern@example.org"))
-    with pytest.raises(SignatureInvalid, match="names intern@example.org, not a pinned identity"):
+    with pytest.raises(SignatureInvalid, match=r"names intern@example\.org, not a pinned identity"):
         verify_model_with_chain(folder, [ca.root], (RELEASE,), now=datetime.now(UTC))
 
 

@@ -15,8 +15,15 @@ START = datetime(2026, 9, 30, 23, 59, 50, tzinfo=UTC)
 
 
 def entry(i: int, when: datetime = START) -> LogEntry:
-    return LogEntry(f"req-{i:05d}", when + timedelta(seconds=i % 20), "loan-default", "3",
-                    {"income": 1000.0 + i, "purpose": "car"}, prediction=i / 10_000, served_by="champion")  # fmt: skip
+    return LogEntry(
+        f"req-{i:05d}",
+        when + timedelta(seconds=i % 20),
+        "loan-default",
+        "3",
+        {"income": 1000.0 + i, "purpose": "car"},
+        prediction=i / 10_000,
+        served_by="champion",
+    )
 
 
 def test_everything_recorded_is_readable_after_close(tmp_path: Path) -> None:
@@ -44,7 +51,9 @@ def test_small_batches_are_flushed_by_time_without_a_close(tmp_path: Path) -> No
 
 def test_many_threads_recording_at_once_lose_nothing(tmp_path: Path) -> None:
     log = InferenceLog(tmp_path, batch_rows=100)
-    threads = [threading.Thread(target=lambda t=t: [log.record(entry(t * 500 + i)) for i in range(500)]) for t in range(8)]
+    threads = [
+        threading.Thread(target=lambda t=t: [log.record(entry(t * 500 + i)) for i in range(500)]) for t in range(8)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -62,4 +71,3 @@ def test_recording_after_close_is_an_error_and_windows_filter_by_time(tmp_path: 
     window = read_log(tmp_path, since=START + timedelta(seconds=5), until=START + timedelta(seconds=10))
     assert len(window) == 5
     assert read_log(tmp_path / "nothing").empty
-

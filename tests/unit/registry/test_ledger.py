@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,25 +12,8 @@ from policies.errors import LedgerCorrupt, LedgerError, NotFound
 from registry.digests import bytes_digest
 from registry.ledger import GENESIS, Draft, Ledger, event_hash
 from registry.lineage import downstream, upstream
-from tests.conftest import postgres_database
 
 D = {name: bytes_digest(name.encode()) for name in ("data", "features", "model", "bundle", "report", "other")}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty ledger database: SQLite in tmp_path, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    with postgres_database("ledger") as database:
-        yield database
-
-
-@pytest.fixture
-def ledger(url: str) -> Iterator[Ledger]:
-    with Ledger(url, actor="tester") as opened:
-        yield opened
 
 
 def small_chain(ledger: Ledger) -> None:
@@ -138,7 +120,9 @@ def test_edited_payload_is_named(ledger: Ledger, url: str) -> None:
 def test_edited_payload_with_recomputed_hash_breaks_the_next_link(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
     event = ledger.get(3)
-    forged_hash = event_hash(3, event.kind, event.actor, event.time, event.inputs, event.outputs, {"auc": 0.99}, event.prev_hash)
+    forged_hash = event_hash(
+        3, event.kind, event.actor, event.time, event.inputs, event.outputs, {"auc": 0.99}, event.prev_hash
+    )
     tamper(url, "UPDATE ledger_events SET details = :d, hash = :h WHERE seq = 3", d='{"auc":0.99}', h=forged_hash)
     at, reason = broken(ledger)
     assert at == 4 and "does not follow #3" in reason
@@ -160,8 +144,11 @@ def test_deleted_last_row_is_caught_by_the_head(ledger: Ledger, url: str) -> Non
 
 def test_reordered_rows_are_caught(ledger: Ledger, url: str) -> None:
     small_chain(ledger)
-    swap = [f"UPDATE {table} SET seq = {new} WHERE seq = {old}"  # swap events 2 and 3, index and all
-            for table in ("ledger_events", "ledger_links") for old, new in ((2, -1), (3, 2), (-1, 3))]  # fmt: skip
+    swap = [
+        f"UPDATE {table} SET seq = {new} WHERE seq = {old}"  # swap events 2 and 3, index and all
+        for table in ("ledger_events", "ledger_links")
+        for old, new in ((2, -1), (3, 2), (-1, 3))
+    ]
     tamper(url, *swap)
     at, reason = broken(ledger)
     assert at == 2 and "does not follow #1" in reason
@@ -177,8 +164,14 @@ def test_inserted_forged_row_is_caught(ledger: Ledger, url: str) -> None:
         "INSERT INTO ledger_events (seq, kind, actor, time, inputs, outputs, details, prev_hash, hash) "
         "VALUES (6, 'model.promoted', 'mallory', :t, :i, :o, '{}', :p, :h)",
         "INSERT INTO ledger_links (digest, role, seq) VALUES (:m, 'in', 6), (:x, 'out', 6)",
-        t=last.time, i=f'["{D["model"]}"]', o=f'["{D["other"]}"]', p=last.hash, h=forged, m=D["model"], x=D["other"],
-    )  # fmt: skip
+        t=last.time,
+        i=f'["{D["model"]}"]',
+        o=f'["{D["other"]}"]',
+        p=last.hash,
+        h=forged,
+        m=D["model"],
+        x=D["other"],
+    )
     at, reason = broken(ledger)
     assert at == 6 and "head records #5 but the last event is #6" in reason
 
@@ -188,11 +181,20 @@ def test_row_inserted_in_the_middle_is_caught(ledger: Ledger, url: str) -> None:
     prev = ledger.get(2).hash
     time = "2026-01-01T00:00:00.000000Z"
     forged = event_hash(3, "x", "mallory", time, [], [], {}, prev)
-    shift = [f"UPDATE {table} SET seq = {seq + 1} WHERE seq = {seq}"  # make room at 3
-             for seq in (5, 4, 3) for table in ("ledger_events", "ledger_links")]  # fmt: skip
-    tamper(url, *shift,
-           "INSERT INTO ledger_events (seq, kind, actor, time, inputs, outputs, details, prev_hash, hash) "
-           "VALUES (3, 'x', 'mallory', :t, '[]', '[]', '{}', :p, :h)", t=time, p="e" * 64, h=forged)  # fmt: skip
+    shift = [
+        f"UPDATE {table} SET seq = {seq + 1} WHERE seq = {seq}"  # make room at 3
+        for seq in (5, 4, 3)
+        for table in ("ledger_events", "ledger_links")
+    ]
+    tamper(
+        url,
+        *shift,
+        "INSERT INTO ledger_events (seq, kind, actor, time, inputs, outputs, details, prev_hash, hash) "
+        "VALUES (3, 'x', 'mallory', :t, '[]', '[]', '{}', :p, :h)",
+        t=time,
+        p="e" * 64,
+        h=forged,
+    )
     at, _ = broken(ledger)
     assert at == 3
 

@@ -12,7 +12,7 @@ from registry.digests import bytes_digest
 from registry.keys import SigningKey, load_or_create_key
 from registry.ledger import Draft, Ledger, event_hash
 from registry.seals import MILESTONE_EVERY, prove_events, seal_ledger, trusted_seal
-from tests.unit.registry.test_ledger import ledger, tamper, url  # noqa: F401 - the shared backends
+from tests.unit.registry.test_ledger import tamper
 
 EVENTS = 2 * MILESTONE_EVERY + 500  # three stretches: two whole, one partial
 
@@ -22,13 +22,20 @@ def key(tmp_path: Path) -> SigningKey:
     return load_or_create_key(tmp_path / "keys")
 
 
-def fill(ledger: Ledger, n: int = EVENTS) -> None:  # noqa: F811
-    drafts = [Draft("step", inputs=[bytes_digest(f"{i - 1}".encode())] if i else [], outputs=[bytes_digest(f"{i}".encode())],
-                    details={"i": i}) for i in range(n)]  # fmt: skip
+def fill(ledger: Ledger, n: int = EVENTS) -> None:
+    drafts = [
+        Draft(
+            "step",
+            inputs=[bytes_digest(f"{i - 1}".encode())] if i else [],
+            outputs=[bytes_digest(f"{i}".encode())],
+            details={"i": i},
+        )
+        for i in range(n)
+    ]
     ledger.append_many(drafts)
 
 
-def seal(ledger: Ledger, key: SigningKey):  # noqa: ANN201, F811
+def seal(ledger: Ledger, key: SigningKey):
     return seal_ledger(ledger, key.private_key(), key.fingerprint, trusted(key))
 
 
@@ -36,7 +43,7 @@ def trusted(key: SigningKey) -> dict[str, bytes]:
     return {key.fingerprint: key.public_path.read_bytes()}
 
 
-def test_a_seal_signs_the_head_and_the_milestones(ledger: Ledger, key: SigningKey) -> None:  # noqa: F811
+def test_a_seal_signs_the_head_and_the_milestones(ledger: Ledger, key: SigningKey) -> None:
     fill(ledger)
     sealed = seal(ledger, key)
     assert sealed.seq == EVENTS and sealed.hash == ledger.get(EVENTS).hash
@@ -47,7 +54,7 @@ def test_a_seal_signs_the_head_and_the_milestones(ledger: Ledger, key: SigningKe
     assert proof.ok and proof.checked == 2 * MILESTONE_EVERY  # two stretches, not the whole chain
 
 
-def test_sealing_again_walks_only_the_new_events(ledger: Ledger, key: SigningKey) -> None:  # noqa: F811
+def test_sealing_again_walks_only_the_new_events(ledger: Ledger, key: SigningKey) -> None:
     fill(ledger, 1_200)
     seal(ledger, key)
     ledger.append("later", outputs=[bytes_digest(b"later")])
@@ -56,7 +63,9 @@ def test_sealing_again_walks_only_the_new_events(ledger: Ledger, key: SigningKey
     assert prove_events(ledger, {1_201}, trusted(key)).ok
 
 
-def test_an_edit_inside_a_sealed_stretch_is_caught_even_if_rehashed_to_the_end(ledger: Ledger, key: SigningKey, url: str) -> None:  # noqa: F811
+def test_an_edit_inside_a_sealed_stretch_is_caught_even_if_rehashed_to_the_end(
+    ledger: Ledger, key: SigningKey, url: str
+) -> None:
     fill(ledger, 1_500)
     seal(ledger, key)
     # The forger rewrites event 10 and every hash after it, head included: a self-consistent chain.
@@ -79,7 +88,7 @@ def test_an_edit_inside_a_sealed_stretch_is_caught_even_if_rehashed_to_the_end(l
     assert not proof.ok and f"event #{MILESTONE_EVERY} no longer has the hash the seal recorded" in proof.detail
 
 
-def test_a_deleted_tail_after_the_seal_is_caught(ledger: Ledger, key: SigningKey, url: str) -> None:  # noqa: F811
+def test_a_deleted_tail_after_the_seal_is_caught(ledger: Ledger, key: SigningKey, url: str) -> None:
     fill(ledger, 50)
     seal(ledger, key)
     tamper(url, "DELETE FROM ledger_events WHERE seq = 50")
@@ -90,7 +99,7 @@ def test_a_deleted_tail_after_the_seal_is_caught(ledger: Ledger, key: SigningKey
     assert not proof.ok and "#50" in proof.detail
 
 
-def test_a_seal_by_an_untrusted_key_is_refused_not_skipped(ledger: Ledger, key: SigningKey, tmp_path: Path) -> None:  # noqa: F811
+def test_a_seal_by_an_untrusted_key_is_refused_not_skipped(ledger: Ledger, key: SigningKey, tmp_path: Path) -> None:
     fill(ledger, 10)
     seal(ledger, key)
     stranger = load_or_create_key(tmp_path / "stranger")
@@ -102,7 +111,7 @@ def test_a_seal_by_an_untrusted_key_is_refused_not_skipped(ledger: Ledger, key: 
         seal(ledger, key)
 
 
-def test_without_a_seal_the_whole_chain_is_verified(ledger: Ledger, key: SigningKey) -> None:  # noqa: F811
+def test_without_a_seal_the_whole_chain_is_verified(ledger: Ledger, key: SigningKey) -> None:
     fill(ledger, 30)
     proof = prove_events(ledger, {3}, trusted(key))
     assert proof.ok and proof.checked == 30 and "no seal yet" in proof.detail

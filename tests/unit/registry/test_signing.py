@@ -29,7 +29,9 @@ def model(tmp_path: Path, key) -> Path:
     (folder / "sub" / "requirements.txt").write_text("scikit-learn\n")
     sign_model(folder, key.private_path)
     files = model_files(folder)
-    statement = build_statement(files, [Material("data/x.csv", "sha256:" + "ab" * 32)], {"alpha": 0.5}, {"invocationId": "run-1"})
+    statement = build_statement(
+        files, [Material("data/x.csv", "sha256:" + "ab" * 32)], {"alpha": 0.5}, {"invocationId": "run-1"}
+    )
     sign_statement(statement, key.private_key(), folder / PROVENANCE)
     return folder
 
@@ -62,7 +64,10 @@ def test_registered_model_meta_written_by_mlflow_is_ignored(model: Path, key) ->
 @pytest.mark.parametrize(
     "tamper",
     [
-        pytest.param(lambda m: (m / "model.skops").write_bytes((m / "model.skops").read_bytes()[:-1] + b"\x00"), id="flipped-byte"),
+        pytest.param(
+            lambda m: (m / "model.skops").write_bytes((m / "model.skops").read_bytes()[:-1] + b"\x00"),
+            id="flipped-byte",
+        ),
         pytest.param(lambda m: (m / "extra.py").write_text("print('hi')"), id="added-file"),
         pytest.param(lambda m: (m / "sub" / "requirements.txt").unlink(), id="removed-file"),
         pytest.param(lambda m: (m / "MLmodel").rename(m / "MLmodel.yaml"), id="renamed-file"),

@@ -93,18 +93,26 @@ def test_the_plain_form_rebuilds_the_same_workspace_elsewhere(tmp_path: Path, mo
     assert Workspace.open().params() == params  # the service opens this same Workspace from its environment
 
 
-def test_relative_flow_parameters_are_taken_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_flow_parameters_are_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    ws = Workspace.from_params({"project_file": "p/conveyor.yaml", "home": "p/.conveyor", "ledger_url": "sqlite:///p/l.db"})
+    ws = Workspace.from_params(
+        {"project_file": "p/conveyor.yaml", "home": "p/.conveyor", "ledger_url": "sqlite:///p/l.db"}
+    )
     assert ws.project_file == tmp_path / "p" / "conveyor.yaml" and ws.home == tmp_path / "p" / ".conveyor"
     assert ws.ledger_url == f"sqlite:///{tmp_path / 'p' / 'l.db'}"
 
 
 @pytest.mark.parametrize(
     ("settings", "prefect"),
-    [({}, False), ({"prefect_api_url": "http://127.0.0.1:4200/api"}, True),
-     ({"flows": "prefect"}, True), ({"flows": "direct", "prefect_api_url": "http://127.0.0.1:4200/api"}, False)],
-)  # fmt: skip
+    [
+        ({}, False),
+        ({"prefect_api_url": "http://127.0.0.1:4200/api"}, True),
+        ({"flows": "prefect"}, True),
+        ({"flows": "direct", "prefect_api_url": "http://127.0.0.1:4200/api"}, False),
+    ],
+)
 def test_flows_run_on_prefect_only_with_a_server_or_when_asked(tmp_path: Path, settings: dict, prefect: bool) -> None:
     assert Workspace.open(tmp_path, **settings).uses_prefect is prefect
 

@@ -19,8 +19,15 @@ class Clock:
         return self.now
 
 
-def drive(controller: CanaryController, clock: Clock, *, error_rate: float = 0.0, slow: float = 1.0,
-          skew: float = 0.0, limit: int = 20_000) -> int:  # fmt: skip
+def drive(
+    controller: CanaryController,
+    clock: Clock,
+    *,
+    error_rate: float = 0.0,
+    slow: float = 1.0,
+    skew: float = 0.0,
+    limit: int = 20_000,
+) -> int:
     """Send requests until the canary is promoted or rolled back; returns canary requests sent."""
     rng = random.Random(4)
     canary_sent = 0
@@ -30,7 +37,12 @@ def drive(controller: CanaryController, clock: Clock, *, error_rate: float = 0.0
         if target == "canary":
             canary_sent += 1
             ok = rng.random() >= error_rate
-            controller.observe("canary", ok=ok, latency_ms=rng.gauss(20, 2) * slow, predictions=[min(1.0, rng.betavariate(2, 8) + skew)])
+            controller.observe(
+                "canary",
+                ok=ok,
+                latency_ms=rng.gauss(20, 2) * slow,
+                predictions=[min(1.0, rng.betavariate(2, 8) + skew)],
+            )
         else:
             controller.observe("champion", ok=True, latency_ms=rng.gauss(20, 2), predictions=[rng.betavariate(2, 8)])
         if i % 10 == 0 and controller.evaluate() and controller.state != "running":
@@ -38,10 +50,14 @@ def drive(controller: CanaryController, clock: Clock, *, error_rate: float = 0.0
     return canary_sent
 
 
-def controller(clock: Clock, events: list) -> CanaryController:  # noqa: ANN001
-    return CanaryController(Router(0, seed=1), POLICY, clock=clock,
-                            on_promote=lambda v: events.append(("promote", v)),
-                            on_rollback=lambda v: events.append(("rollback", v)))  # fmt: skip
+def controller(clock: Clock, events: list) -> CanaryController:
+    return CanaryController(
+        Router(0, seed=1),
+        POLICY,
+        clock=clock,
+        on_promote=lambda v: events.append(("promote", v)),
+        on_rollback=lambda v: events.append(("rollback", v)),
+    )
 
 
 def test_a_healthy_canary_goes_through_every_step_to_promotion() -> None:

@@ -28,15 +28,18 @@ def test_good_rows_pass_and_null_is_allowed_where_the_model_imputes() -> None:
     assert Request.model_validate({"rows": [{**GOOD, "income": 52_000}]}).rows[0].income == 52_000
 
 
-@pytest.mark.parametrize("row, field", [
-    ({**GOOD, "income": "52000"}, "income"),          # a string where a number belongs
-    ({**GOOD, "term": 36.5}, "term"),                 # a fraction where an integer belongs
-    ({**GOOD, "purpose": 3}, "purpose"),              # a number where text belongs
-    ({k: v for k, v in GOOD.items() if k != "term"}, "term"),  # missing
-    ({**GOOD, "extra": 1}, "extra"),                  # unknown
-    ({**GOOD, "income": math.nan}, "income"),
-    ({**GOOD, "income": math.inf}, "income"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "row, field",
+    [
+        ({**GOOD, "income": "52000"}, "income"),  # a string where a number belongs
+        ({**GOOD, "term": 36.5}, "term"),  # a fraction where an integer belongs
+        ({**GOOD, "purpose": 3}, "purpose"),  # a number where text belongs
+        ({k: v for k, v in GOOD.items() if k != "term"}, "term"),  # missing
+        ({**GOOD, "extra": 1}, "extra"),  # unknown
+        ({**GOOD, "income": math.nan}, "income"),
+        ({**GOOD, "income": math.inf}, "income"),
+    ],
+)
 def test_bad_rows_are_refused_naming_the_field(row: dict, field: str) -> None:
     assert f"rows.0.{field}" in refused({"rows": [row]})
 

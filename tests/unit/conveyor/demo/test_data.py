@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registry.dvc_files import dvc_recorded_md5
 from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
 from registry.digests import file_hashes
+from registry.dvc_files import dvc_recorded_md5
 from tests.conftest import REPO
 
 
@@ -45,7 +45,10 @@ def test_the_dataset_looks_like_loan_applications(frames: dict[str, pd.DataFrame
 def test_label_carries_signal_in_the_expected_direction(frames: dict[str, pd.DataFrame]) -> None:
     data = frames["v1"]
     low, high = data["credit_score"].quantile([0.2, 0.8])
-    assert data.loc[data.credit_score <= low, "defaulted"].mean() > 2 * data.loc[data.credit_score >= high, "defaulted"].mean()
+    assert (
+        data.loc[data.credit_score <= low, "defaulted"].mean()
+        > 2 * data.loc[data.credit_score >= high, "defaulted"].mean()
+    )
     assert np.corrcoef(data["debt_to_income"], data["defaulted"])[0, 1] > 0.1
 
 
