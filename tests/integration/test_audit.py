@@ -223,7 +223,7 @@ def test_a_sealed_chain_is_checked_stretch_by_stretch_and_a_rewritten_one_is_cau
         for event in events[target.seq - 1 :]:
             details = {**event.details, "train_rows": 1} if event.seq == target.seq else event.details
             digest = event_hash(
-                event.seq, event.kind, event.actor, event.time, event.inputs, event.outputs, details, prev
+                event.seq, event.kind, event.actor, event.time, event.inputs, event.outputs, details, prev, event.roles
             )
             db.execute(
                 "UPDATE ledger_events SET details=?, prev_hash=?, hash=? WHERE seq=?",

@@ -1,0 +1,76 @@
+"""The serving engine without HTTP: who may call, what it answers with no champion, the admin verbs'
+refusals, and that a registry with no champion leaves it not ready but answering clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registry.workspace import Workspace
+from serving.auth import ApiKeys
+from serving.engine import ClientError, Engine
+from tests.conftest import POLICY_CODE, REPO
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+    serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
+    serving["rate_limit"] = {"per_second": 1, "burst": 2}
+    (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
+    made = Engine(Workspace.open(root, home=str(root / ".conveyor")))
+    yield made
+    made.close()
+
+
+def keys(engine: Engine) -> ApiKeys:
+    return ApiKeys(engine.ws.api_keys_file)
+
+
+def test_without_a_key_the_caller_gets_401_and_the_refusal_is_counted(engine: Engine) -> None:
+    for token in (None, "", "not-a-key"):
+        with pytest.raises(ClientError) as caught:
+            engine.authorize(token)
+        assert caught.value.status == 401
+    assert 'reason="unauthorized"' in engine.metrics.render()
+
+
+def test_a_predict_key_may_predict_but_not_administer(engine: Engine) -> None:
+    token = keys(engine).create("app", per_second=100, burst=100)
+    assert engine.authorize(token).name == "app"
+    with pytest.raises(ClientError) as caught:
+        engine.authorize(token, admin=True)
+    assert caught.value.status == 403 and "'app' is not an admin key" in str(caught.value)
+    admin = keys(engine).create("ops", admin=True)
+    assert engine.authorize(admin, admin=True).admin
+
+
+def test_a_key_over_its_limit_gets_429(engine: Engine) -> None:
+    token = keys(engine).create("burst")  # the policy's 1/s, burst 2
+    engine.authorize(token)
+    engine.authorize(token)
+    with pytest.raises(ClientError) as caught:
+        engine.authorize(token)
+    assert caught.value.status == 429 and "1 requests/s" in str(caught.value)
+
+
+def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine) -> None:
+    status = engine.sync()  # the registry is empty: nothing to load, nothing refused
+    assert not engine.ready and status["champion"] is None and status["refused"] == {}
+    with pytest.raises(ClientError) as caught:
+        asyncio.run(engine.predict([{"x": 1}]))
+    assert caught.value.status == 503 and "no verified champion" in str(caught.value)
+
+
+def test_admin_verbs_need_a_canary_and_a_sane_weight(engine: Engine) -> None:
+    for call in (lambda: engine.set_weight(30), lambda: engine.abort("why")):
+        with pytest.raises(ClientError) as caught:
+            call()
+        assert caught.value.status == 409 and "no canary" in str(caught.value)
