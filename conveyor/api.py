@@ -108,7 +108,9 @@ class Workspace(_Workspace):
 
         self._ready()
         with self.ledger() as ledger:
-            return verify_version(ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger)
+            return verify_version(
+                ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, registry=self.registry()
+            )
 
     def promote(self, ref: str, *, to: str, dry_run: bool = False) -> PromotionOutcome:
         """Verify ``ref``, decide by ``policies/promotion.yaml``, move ``to`` (canary or champion)."""
@@ -179,7 +181,13 @@ class Workspace(_Workspace):
         self._ready()
         with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
             report = audit_version(
-                ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, keep=Path(keep)
+                ref,
+                self.signing(),
+                root=self.root,
+                keys_dir=self.keys_dir,
+                ledger=ledger,
+                keep=Path(keep),
+                registry=self.registry(),
             )
             if export is not None and report.verification.version_digest is not None:
                 key, trusted = project_trust(self)

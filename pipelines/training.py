@@ -421,7 +421,12 @@ def _champion(run: _Run) -> tuple[str, Any] | None:
     if version is None:
         return None
     report = verify_version(
-        f"{name}/{version}", run.ws.signing(), root=run.root, keys_dir=run.ws.keys_dir, ledger=run.ledger
+        f"{name}/{version}",
+        run.ws.signing(),
+        root=run.root,
+        keys_dir=run.ws.keys_dir,
+        ledger=run.ledger,
+        registry=run.ws.registry(),
     )
     if not report.ok:
         failed = report.first_failure

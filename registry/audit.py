@@ -37,6 +37,7 @@ from registry.events import EventKind, input_of
 from registry.ledger import Ledger, LedgerEvent
 from registry.lineage import upstream
 from registry.seals import ChainProof, prove_events
+from registry.store import RegistryView
 from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
 
 __all__ = [
@@ -100,12 +101,21 @@ def trusted_signers(policy: SigningPolicy, root: Path, keys_dir: Path) -> dict[s
 
 
 def audit_version(
-    ref: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, ledger: Ledger, keep: Path | None = None
+    ref: str,
+    policy: SigningPolicy,
+    *,
+    root: Path,
+    keys_dir: Path,
+    ledger: Ledger,
+    keep: Path | None = None,
+    registry: RegistryView | None = None,
 ) -> AuditReport:
     """Check every link of ``ref`` (``MODEL/VERSION`` or ``MODEL@ALIAS``); see the module docstring."""
     folder = keep or Path(tempfile.mkdtemp(prefix="conveyor-audit-"))
     try:
-        verification = verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=folder)
+        verification = verify_version(
+            ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=folder, registry=registry
+        )
         report = AuditReport(ref, verification, model_dir=folder if keep else None)
         _audit(report, ledger, policy, root, keys_dir)
     finally:

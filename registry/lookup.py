@@ -149,13 +149,15 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
 
 
 def _version_start(ref: str, tracking_uri: str | None) -> Start:
-    from mlflow import MlflowClient
+    from registry.store import registry_view
 
-    from registry.verify import resolve
+    if tracking_uri is None:
+        from mlflow import get_tracking_uri
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    name, version = resolve(client, ref)
-    digest = client.get_model_version(name, version).tags.get("conveyor.version_digest")
+        tracking_uri = get_tracking_uri()
+    registry = registry_view(tracking_uri)
+    name, version = registry.resolve(ref)
+    digest = registry.tags(name, version).get("conveyor.version_digest")
     if not digest:
         raise NotFound(
             f"{name} version {version} has no conveyor.version_digest tag.",

@@ -33,14 +33,19 @@ def version_digest(name: str, version: str, model: str) -> str:
     return json_digest({"registry": "mlflow", "name": name, "version": str(version), "model": model})
 
 
-def fetch_model(model_uri: str, destination: Path | None = None) -> Path:
-    """Download a model's files (``models:/…``) into ``destination`` (a new temp folder by default)."""
+def fetch_model(model_uri: str, destination: Path | None = None, *, tracking_uri: str | None = None) -> Path:
+    """Download a model's files (``models:/…``) into ``destination`` (a new temp folder by default),
+    from ``tracking_uri``'s registry (default: MLflow's process-wide one)."""
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     target = destination or Path(tempfile.mkdtemp(prefix="conveyor-model-"))
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(target)))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(target), tracking_uri=tracking_uri, registry_uri=tracking_uri
+            )
+        )
     except Exception as exc:  # MlflowException and storage errors
         raise RegistryError(
             f"Could not fetch {model_uri}: {exc}.", hint="Check the MLflow tracking URI and that the model exists."

@@ -68,7 +68,9 @@ def promote(
     policy = loaded.value
     client = ws.mlflow()
     with ws.ledger() as ledger, file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]):
-        report = verify_version(ref, ws.signing(), root=ws.root, keys_dir=ws.keys_dir, ledger=ledger)
+        report = verify_version(
+            ref, ws.signing(), root=ws.root, keys_dir=ws.keys_dir, ledger=ledger, registry=ws.registry()
+        )
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
             raise RegistryError(report.links[0].detail, hint="Check the model name, version or alias.")

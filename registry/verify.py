@@ -22,9 +22,10 @@ from policies.signing import SigningPolicy
 from registry.digests import file_digest
 from registry.keys import PUBLIC, fingerprint
 from registry.ledger import Ledger
-from registry.models import fetch_model, version_digest
+from registry.models import version_digest
 from registry.provenance import verify_statement
 from registry.signing import BUNDLE, PROVENANCE, model_digest, model_files, verify_model, verify_model_with_chain
+from registry.store import MlflowView, RegistryView
 
 __all__ = [
     "Link",
@@ -117,30 +118,39 @@ def resolve(client: Any, ref: str) -> tuple[str, str]:
 
 
 def verify_version(
-    ref: str, policy: SigningPolicy, *, root: Path, keys_dir: Path, ledger: Ledger | None, keep: Path | None = None
+    ref: str,
+    policy: SigningPolicy,
+    *,
+    root: Path,
+    keys_dir: Path,
+    ledger: Ledger | None,
+    keep: Path | None = None,
+    registry: RegistryView | None = None,
 ) -> VerificationReport:
     """Check every link for the version ``ref`` names; never raises for a failed link.
 
     With ``keep`` (an empty folder), the fetched files stay there: whoever loads the model loads
-    exactly the bytes that were verified, not a second download."""
-    from mlflow import MlflowClient
+    exactly the bytes that were verified, not a second download. ``registry`` is where the version
+    is read (``Workspace.registry()``; default: MLflow's client on its process-wide URI)."""
+    if registry is None:
+        from mlflow import MlflowClient
 
-    client = MlflowClient()
+        registry = MlflowView(MlflowClient())
     name, _, _ = parse_ref(ref)
     report = VerificationReport(name, None)
     try:
-        name, version = resolve(client, ref)
+        name, version = registry.resolve(ref)
     except ConveyorError as exc:
         report.links.append(Link("registry", False, exc.message))
         return report
     report.version = version
-    report.tags = dict(client.get_model_version(name, version).tags)
+    report.tags = registry.tags(name, version)
     report.links.append(Link("registry", True, f"{name} version {version} exists"))
 
     folder = keep or Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
     try:
         try:
-            model_dir = fetch_model(f"models:/{name}/{version}", folder)
+            model_dir = registry.fetch(name, version, folder)
             files = model_files(model_dir)
         except ConveyorError as exc:
             report.links.append(Link("files", False, exc.message))

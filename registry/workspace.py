@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from policies.serving import ServingPolicy
     from policies.signing import SigningPolicy
     from registry.ledger import Ledger
+    from registry.store import RegistryView
 
 __all__ = ["POLICIES", "TELEMETRY_OFF", "LoadedPolicy", "Workspace", "prepare_process", "quiet_libraries"]
 
@@ -312,6 +313,17 @@ class Workspace:
     def mlflow(self) -> Any:
         """An MLflow client on this project's tracking store and registry (MLflow is bound to it too)."""
         return self._client
+
+    @cached_property
+    def _registry(self) -> RegistryView:
+        from registry.store import registry_view
+
+        return registry_view(self.tracking_uri)
+
+    def registry(self) -> RegistryView:
+        """The registry as verification reads it: resolve, tags, files (``registry.store``); fast on
+        the embedded stores, MLflow's client elsewhere."""
+        return self._registry
 
     def alias(self, alias: str, model: str | None = None) -> str | None:
         """The version ``model@alias`` points at, or None (default model: the project's)."""
