@@ -8,6 +8,6 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script in ("cli_startup.py", "ledger.py", "audit.py", "training_flow.py"):
+for script in ("cli_startup.py", "commands.py", "ledger.py", "audit.py", "training_flow.py"):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
