@@ -58,6 +58,16 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def bare_project(tmp_path: Path) -> Path:
+    """The demo's config and policies in ``tmp_path``, without data or stores."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+    return root
+
+
+@pytest.fixture
 def demo_project(tmp_path: Path, demo_files: dict[str, Path]) -> Path:
     """A copy of the demo project (config, policies and data, no DVC) in ``tmp_path``."""
     from conveyor.demo.data import DEMO_DATASETS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,11 @@ from policies.errors import NotFound, RegistryError
 from registry.events import EventKind
 from registry.release import _clean_tree, _validation_passed, promote, rollback
 from registry.workspace import Workspace
-from tests.conftest import POLICY_CODE, REPO
 
 
 @pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
-    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
-    return Workspace.open(root, home=str(root / ".conveyor"))
+def ws(bare_project: Path) -> Workspace:
+    return Workspace.open(bare_project, home=str(bare_project / ".conveyor"))
 
 
 def statement(dirty: object) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from policies.errors import ConfigInvalid, PolicyInvalid
 from registry.digests import file_digest
 from registry.workspace import TELEMETRY_OFF, Workspace
-from tests.conftest import POLICY_CODE, REPO
 
 
 def test_defaults_put_every_store_under_home(tmp_path: Path) -> None:
@@ -124,12 +122,8 @@ def test_prefects_own_variable_names_the_server(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
-    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
-    return root
+def project(bare_project: Path) -> Path:
+    return bare_project
 
 
 def test_a_policy_is_parsed_once_with_its_digest_and_again_when_it_changes(project: Path) -> None:

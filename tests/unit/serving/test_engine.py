@@ -4,7 +4,6 @@ refusals, and that a registry with no champion leaves it not ready but answering
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,11 @@ import yaml
 from registry.workspace import Workspace
 from serving.auth import ApiKeys
 from serving.engine import ClientError, Engine
-from tests.conftest import POLICY_CODE, REPO
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
-    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+def engine(bare_project: Path) -> Engine:
+    root = bare_project
     serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
     serving["rate_limit"] = {"per_second": 1, "burst": 2}
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
