@@ -291,17 +291,16 @@ class Workspace:
         return Ledger(self.ledger_url, actor=actor or self.actor)
 
     def bind_mlflow(self) -> None:
-        """Point MLflow's process-wide tracking and registry URIs at this project's store.
+        """Point MLflow's process-wide tracking URI (and so its registry) at this project's store.
 
         MLflow's fluent API (``start_run``, ``log_model``) and ``models:/`` downloads read them;
         this is the only place Conveyor sets them.
         """
         import mlflow
 
-        with _mlflow_lock:
+        with _mlflow_lock:  # the registry URI is left unset: MLflow then takes the tracking URI for it too
             if mlflow.get_tracking_uri() != self.tracking_uri:
                 mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_registry_uri(self.tracking_uri)
 
     @cached_property
     def _client(self) -> Any:

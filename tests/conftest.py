@@ -32,7 +32,6 @@ def clean_environ(tmp_path: Path) -> Iterator[Path]:
         os.environ.update(saved)
         if "mlflow" in sys.modules:  # a test's registry must not leak into the next test
             sys.modules["mlflow"].set_tracking_uri(f"sqlite:///{tmp_path / 'stray-mlflow.db'}")
-            sys.modules["mlflow"].set_registry_uri(f"sqlite:///{tmp_path / 'stray-mlflow.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     experiment = mlflow.create_experiment("e", artifact_location=(folder / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         info = mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model",
