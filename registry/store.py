@@ -38,7 +38,7 @@ class RegistryView(Protocol):
     def tags(self, name: str, version: str) -> dict[str, str]: ...
 
     def fetch(self, name: str, version: str, destination: Path) -> Path:
-        """The version's files, copied under ``destination``; returns their folder."""
+        """The version's files, copied into ``destination`` (made if need be); returns that folder."""
         ...
 
 
@@ -63,8 +63,15 @@ class MlflowView:
     def fetch(self, name: str, version: str, destination: Path) -> Path:
         from registry.models import fetch_model
 
-        location = self.client.get_model_version_download_uri(name, version)  # the artifacts, not a registry URI
-        return fetch_model(location, destination, tracking_uri=self.client.tracking_uri)
+        # The version's artifact location, not models:/ (MLflow 3.17 resolves models:/ against its
+        # process-wide registry, whatever URI is passed); its files are moved up into ``destination``.
+        location = self.client.get_model_version_download_uri(name, version)
+        scratch = destination / ".download"
+        fetched = fetch_model(location, scratch, tracking_uri=self.client.tracking_uri)
+        for item in fetched.iterdir():
+            shutil.move(str(item), destination / item.name)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return destination
 
 
 @dataclass
@@ -148,9 +155,8 @@ class SqlView:
         if not source.is_dir():
             raise RegistryError(f"Could not fetch models:/{name}/{version}: {source} is gone.",
                                 hint="Check the MLflow tracking URI and that the model exists.")  # fmt: skip
-        target = destination / "model"
-        shutil.copytree(source, target, symlinks=True)
-        return target
+        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)  # as MLflow downloads: into it
+        return destination
 
     def close(self) -> None:
         self.engine.dispose()

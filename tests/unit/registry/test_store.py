@@ -47,6 +47,7 @@ def test_both_views_resolve_tag_and_fetch_alike(store: str, tmp_path: Path) -> N
         assert fast.resolve(ref) == slow.resolve(ref)
     assert fast.tags("m", "2") == slow.tags("m", "2") == {"conveyor.version_digest": "sha256:x", "extra": "yes"}
     ours, theirs = fast.fetch("m", "1", tmp_path / "a"), slow.fetch("m", "1", tmp_path / "b")
+    assert (ours, theirs) == (tmp_path / "a", tmp_path / "b")  # the files land in the folder given, as MLflow's do
     assert model_files(ours) == model_files(theirs) and model_files(ours)
     for ref in ("m/3", "m@canary", "nobody/1"):
         for view in (fast, slow):
