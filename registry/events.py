@@ -8,7 +8,8 @@ and the role names beside them (``LedgerEvent.roles``, covered by the event's ha
 
 Ledgers written before roles were recorded gain an empty ``roles`` column when first opened and
 otherwise stay as they are: their events hash exactly as before, and are read by the positions
-the code of that time wrote, which ``SPECS`` also gives (``legacy_inputs``). Details are checked against the kind's model when written: a misspelt or
+the code of that time wrote, which is the order ``SPECS`` gives (an absent optional input shifts
+the ones after it there; only ``drift.checked`` and promotions could omit one). Details are checked against the kind's model when written: a misspelt or
 mistyped key is a bug, refused before it reaches the record.
 """
 
@@ -251,7 +252,6 @@ class EventSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     details: type[_Details]
-    legacy_inputs: tuple[str, ...] | None = None  # positions of ledgers written before roles; default: ``inputs``
 
 
 SPECS: dict[EventKind, EventSpec] = {
@@ -321,7 +321,7 @@ def inputs_by_role(event: LedgerEvent) -> dict[str, str]:
     roles: tuple[str, ...] = event.roles
     if not roles:
         spec = _spec(event.kind)
-        roles = (spec.legacy_inputs or spec.inputs) if spec else ()
+        roles = spec.inputs if spec else ()  # the order the code before roles wrote them in
     return dict(zip(roles, event.inputs, strict=False))
 
 
