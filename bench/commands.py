@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/commands.py [--repeat 3]
 
-On a copy of the demo project (60,000 rows): `conveyor train` against `bench/bare_train.py` (the
+Run it on an installed checkout (`make sync` compiles the bytecode; this machine sets
+PYTHONDONTWRITEBYTECODE, so without it every process compiles every module from source). On a copy
+of the demo project (60,000 rows): `conveyor train` against `bench/bare_train.py` (the
 same library calls without Conveyor: goal <= 1.2x), then `conveyor verify`, `audit` and `lineage`
 of the champion (goal <= 2 s each), with `lineage` by digest and a bare `python -c "import mlflow"`
 as the floors. Runs alternate so that load on the shared machine falls on both sides.
