@@ -59,7 +59,11 @@ class Engine:
     def __init__(self, ws: Workspace) -> None:
         self._instance = uuid.uuid4().hex  # this service process: tells two deployments of one version apart
         self.ws = ws
-        self.name = ws.model_name
+        project = ws.project()  # read once: nothing on the request path reads a file
+        self.name = project.model_name
+        self._task = project.task
+        # The row fields that are not model inputs but are logged: entity key and event time.
+        self._context = (project.entity_key, project.event_timestamp)
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
@@ -210,12 +214,6 @@ class Engine:
                 self._wake.set()
         return answer.values
 
-    @property
-    def _context(self) -> tuple[str, str]:
-        """The row fields that are not model inputs but are logged: entity key and event time."""
-        project = self.ws.project()
-        return project.entity_key, project.event_timestamp
-
     def _record(
         self,
         request_id: str,
@@ -317,7 +315,7 @@ class Engine:
                 root=ws.root,
                 keys_dir=ws.keys_dir,
                 ledger=self.ledger,
-                task=ws.project().task,
+                task=self._task,
                 workspace=ws.home / "serving" / "models",
             )
         except LoadRefused as exc:
