@@ -153,8 +153,10 @@ class SqlView:
             )
         source = Path(unquote(location.path))
         if not source.is_dir():
-            raise RegistryError(f"Could not fetch models:/{name}/{version}: {source} is gone.",
-                                hint="Check the MLflow tracking URI and that the model exists.")  # fmt: skip
+            raise RegistryError(
+                f"Could not fetch models:/{name}/{version}: {source} is gone.",
+                hint="Check the MLflow tracking URI and that the model exists.",
+            )
         shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)  # as MLflow downloads: into it
         return destination
 

@@ -20,8 +20,12 @@ def test_the_notebook_trains_promotes_and_audits_with_the_workspace_alone(projec
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_", "PREFECT_"))}
     done = subprocess.run(
         [sys.executable, str(REPO / "examples" / "notebook.py"), str(project)],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "trained: loan-default version 1" in done.stdout
     assert "promoted: True" in done.stdout and "no champion yet: nothing to beat" in done.stdout

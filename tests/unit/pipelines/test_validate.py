@@ -16,8 +16,11 @@ from policies.project import ProjectConfig
 
 def test_a_malformed_suite_is_named(tmp_path: Path) -> None:
     suite = tmp_path / "suite.json"
-    for text, message in (("{", "not valid JSON"), ('{"expectations": []}', "no `expectations` list"),
-                          ('{"expectations": [{"kwargs": {}}]}', "#1 .* is malformed")):  # fmt: skip
+    for text, message in (
+        ("{", "not valid JSON"),
+        ('{"expectations": []}', "no `expectations` list"),
+        ('{"expectations": [{"kwargs": {}}]}', "#1 .* is malformed"),
+    ):
         suite.write_text(text)
         with pytest.raises(PolicyInvalid, match=message):
             load_suite(suite)

@@ -18,8 +18,13 @@ def d(name: str) -> str:
     return bytes_digest(name.encode())
 
 
-TAGS = {"conveyor.data_digest": d("data"), "conveyor.validation_digest": d("report"),
-        "conveyor.training_set": d("train"), "conveyor.model_digest": d("model"), "conveyor.run_id": "run-1"}  # fmt: skip
+TAGS = {
+    "conveyor.data_digest": d("data"),
+    "conveyor.validation_digest": d("report"),
+    "conveyor.training_set": d("train"),
+    "conveyor.model_digest": d("model"),
+    "conveyor.run_id": "run-1",
+}
 
 
 def record(
@@ -28,18 +33,36 @@ def record(
     with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
         data = d("other data") if other_data else d("data")
         return [
-            ledger.append(EventKind.DATASET_VERSIONED, outputs=[d("data")],
-                          details={"path": "data/x.csv", "md5": "0" * 32, "size": 3, "dvc": "untracked"}),
-            ledger.append(EventKind.DATA_VALIDATED, inputs={"data": data, "suite": d("suite")}, outputs=[d("report")],
-                          details={"success": validated, "evaluated": 7, "failed": 0 if validated else 2,
-                                   "report": "r.json", "suite": "s.json"}),
-            ledger.append(EventKind.FEATURES_BUILT,
-                          inputs={"data": d("data"), "validation": d("report"), "feature_definitions": d("spec")},
-                          outputs=[d("train")], details={"rows_in": 10, "rows_out": 10, "training_set": "t.parquet"}),
-            ledger.append(EventKind.MODEL_TRAINED, inputs={"training_set": d("train"), "config": d("config")},
-                          outputs=[d("model")], details={"run_id": run_id, "model_id": "m-1", "estimator": "e",
-                                                         "train_rows": 8, "files": {}}),
-        ]  # fmt: skip
+            ledger.append(
+                EventKind.DATASET_VERSIONED,
+                outputs=[d("data")],
+                details={"path": "data/x.csv", "md5": "0" * 32, "size": 3, "dvc": "untracked"},
+            ),
+            ledger.append(
+                EventKind.DATA_VALIDATED,
+                inputs={"data": data, "suite": d("suite")},
+                outputs=[d("report")],
+                details={
+                    "success": validated,
+                    "evaluated": 7,
+                    "failed": 0 if validated else 2,
+                    "report": "r.json",
+                    "suite": "s.json",
+                },
+            ),
+            ledger.append(
+                EventKind.FEATURES_BUILT,
+                inputs={"data": d("data"), "validation": d("report"), "feature_definitions": d("spec")},
+                outputs=[d("train")],
+                details={"rows_in": 10, "rows_out": 10, "training_set": "t.parquet"},
+            ),
+            ledger.append(
+                EventKind.MODEL_TRAINED,
+                inputs={"training_set": d("train"), "config": d("config")},
+                outputs=[d("model")],
+                details={"run_id": run_id, "model_id": "m-1", "estimator": "e", "train_rows": 8, "files": {}},
+            ),
+        ]
 
 
 def test_a_consistent_record_passes_validation_features_and_training(tmp_path: Path) -> None:
@@ -72,9 +95,19 @@ def test_the_data_link_needs_the_file_or_dvcs_copy(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("version", "ok"), [("1", True), ("2", False)])
 def test_release_events_must_name_the_version_whose_digest_they_carry(tmp_path: Path, version: str, ok: bool) -> None:
     with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
-        event = ledger.append(EventKind.MODEL_PROMOTED, inputs={"version": d("v1")}, outputs=[d("decision")],
-                              details={"name": "m", "version": version, "target": "champion", "ok": True,
-                                       "reasons": [], "policy": "p.yaml"})  # fmt: skip
+        event = ledger.append(
+            EventKind.MODEL_PROMOTED,
+            inputs={"version": d("v1")},
+            outputs=[d("decision")],
+            details={
+                "name": "m",
+                "version": version,
+                "target": "champion",
+                "ok": True,
+                "reasons": [],
+                "policy": "p.yaml",
+            },
+        )
     link = _releases(VerificationReport("m", "1"), [event])
     assert link.ok is ok
     if not ok:
@@ -85,8 +118,12 @@ def test_recorded_report_files_count_only_while_they_hash_to_the_output(tmp_path
     report = tmp_path / "r.json"
     report.write_text("{}")
     with Ledger(f"sqlite:///{tmp_path / 'ledger.db'}") as ledger:
-        event = ledger.append(EventKind.DATA_VALIDATED, inputs={"data": d("a")}, outputs=[file_digest(report)],
-                              details={"success": True, "evaluated": 1, "failed": 0, "report": "r.json", "suite": "s"})  # fmt: skip
+        event = ledger.append(
+            EventKind.DATA_VALIDATED,
+            inputs={"data": d("a")},
+            outputs=[file_digest(report)],
+            details={"success": True, "evaluated": 1, "failed": 0, "report": "r.json", "suite": "s"},
+        )
 
     def locate(_event: LedgerEvent, _key: str, value: str) -> Path:
         return tmp_path / value

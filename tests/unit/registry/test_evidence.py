@@ -46,10 +46,13 @@ def test_a_member_that_escapes_the_folder_is_refused(tmp_path: Path) -> None:
 def test_a_manifest_signed_by_another_key_than_the_pinned_one_is_refused(tmp_path: Path) -> None:
     key = load_or_create_key(tmp_path / "keys")
     envelope = sign_envelope({"format": "x"}, EVIDENCE_TYPE, key.private_key())
-    bundle = archive(tmp_path / "b.tar.gz", {
-        "evidence/manifest.dsse.json": json.dumps(envelope).encode(),
-        "evidence/signer.pub.pem": key.public_path.read_bytes(),
-    })  # fmt: skip
+    bundle = archive(
+        tmp_path / "b.tar.gz",
+        {
+            "evidence/manifest.dsse.json": json.dumps(envelope).encode(),
+            "evidence/signer.pub.pem": key.public_path.read_bytes(),
+        },
+    )
     pinned = "sha256:" + "0" * 64
     report = verify_evidence(bundle, pinned=pinned)
     assert not report.ok and f"not the pinned {pinned}" in report.links[0].detail

@@ -36,8 +36,12 @@ def test_validation_passed_only_when_the_last_record_of_that_report_says_so(ws: 
     report = bytes_digest(b"report")
     with ws.ledger() as ledger:
         assert not _validation_passed(ledger, report) and not _validation_passed(ledger, None)
-        ledger.append(EventKind.DATA_VALIDATED, inputs={"data": bytes_digest(b"d")}, outputs=[report],
-                      details={"success": True, "evaluated": 3, "failed": 0, "report": "r", "suite": "s"})  # fmt: skip
+        ledger.append(
+            EventKind.DATA_VALIDATED,
+            inputs={"data": bytes_digest(b"d")},
+            outputs=[report],
+            details={"success": True, "evaluated": 3, "failed": 0, "report": "r", "suite": "s"},
+        )
         assert _validation_passed(ledger, report)
 
 

@@ -23,8 +23,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("e", artifact_location=(folder / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model",
-                                        pip_requirements=["scikit-learn"])  # fmt: skip
+        info = mlflow.sklearn.log_model(
+            LogisticRegression().fit([[0], [1]], [0, 1]), name="model", pip_requirements=["scikit-learn"]
+        )
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("m")
     for _ in range(2):

@@ -16,9 +16,12 @@ from registry.verify import in_project, parse_ref, verify_folder
 
 @pytest.mark.parametrize(
     ("ref", "parsed"),
-    [("loan-default/3", ("loan-default", "3", None)), ("loan-default@champion", ("loan-default", None, "champion")),
-     ("team/model/12", ("team/model", "12", None))],
-)  # fmt: skip
+    [
+        ("loan-default/3", ("loan-default", "3", None)),
+        ("loan-default@champion", ("loan-default", None, "champion")),
+        ("team/model/12", ("team/model", "12", None)),
+    ],
+)
 def test_a_reference_names_a_version_or_an_alias(ref: str, parsed: tuple) -> None:
     assert parse_ref(ref) == parsed
 
