@@ -326,12 +326,9 @@ class Workspace:
 
     def alias(self, alias: str, model: str | None = None) -> str | None:
         """The version ``model@alias`` points at, or None (default model: the project's)."""
-        from mlflow.exceptions import MlflowException
+        from registry.release import alias as alias_of
 
-        try:
-            return str(self.mlflow().get_model_version_by_alias(model or self.model_name, alias).version)
-        except MlflowException:
-            return None
+        return alias_of(self.mlflow(), model or self.model_name, alias)
 
     def champion(self, model: str | None = None) -> str | None:
         """The version ``@champion`` points at, or None when there is none yet."""

@@ -43,12 +43,6 @@ def promote(
     as_json: JSON = False,
 ) -> None:
     """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
-    from policies.errors import ConveyorError
-
-    if to not in ("canary", "champion"):
-        raise ConveyorError(
-            f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion."
-        )
     with progress(f"Verifying {ref} and deciding by policies/promotion.yaml...", quiet=as_json):
         outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run)
     if as_json:
