@@ -118,13 +118,10 @@ def quiet_libraries() -> None:
 
 
 def _stamp(path: Path) -> str | None:
-    """What tells a changed file from the one parsed before: its content's hash (None when absent)."""
-    import hashlib
+    """What tells a changed file from the one parsed before: its content address (None when absent)."""
+    from registry.digests import file_digest
 
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
+    return file_digest(path) if path.is_file() else None
 
 
 class Workspace:
@@ -345,23 +342,21 @@ class Workspace:
         stamp = _stamp(self.policies / f"{name}.yaml")
         kept = self._policies.get(name)
         if kept is None or kept[0] != stamp:
-            kept = (stamp, self._load_policy(name))
+            kept = (stamp, self._load_policy(name, stamp))
             self._policies[name] = kept
         return kept[1]
 
-    def _load_policy(self, name: str) -> LoadedPolicy[Any]:
+    def _load_policy(self, name: str, digest: str | None) -> LoadedPolicy[Any]:
         from importlib import import_module
 
         from policies.loading import load_policy
-        from registry.digests import file_digest
 
         module, _, cls_name = POLICIES[name].partition(":")
         model = getattr(import_module(module), cls_name)
         path = self.policies / f"{name}.yaml"
-        if name in _OPTIONAL and not path.exists():
+        if name in _OPTIONAL and digest is None:  # absent: the documented default
             return LoadedPolicy(name, path, None, model())
-        value = load_policy(path, model)
-        return LoadedPolicy(name, path, file_digest(path), value)
+        return LoadedPolicy(name, path, digest, load_policy(path, model))
 
     # Typed shorthands for the policies most code reads.
     def promotion_policy(self) -> PromotionPolicy:
