@@ -139,9 +139,27 @@ def train_model(
             pyfunc_predict_fn=predict_fn,
             pip_requirements=_requirements(),
             skops_trusted_types=_trusted_types(pipeline),
+            metadata={"conveyor": input_contract(config, x_train, pipeline)},
         )
     cutoff = holdout[config.event_timestamp].iloc[0]
     return TrainedModel(run.info.run_id, info.model_id, info.model_uri, pipeline, holdout, len(train), str(cutoff))
+
+
+_MAX_CATEGORIES = 1_000  # a column with more distinct values is served unchecked (an identifier, not a category)
+
+
+def input_contract(config: ProjectConfig, x_train: pd.DataFrame, model: Any) -> dict[str, Any]:
+    """What the service holds requests and answers to, beyond the signature's types: each
+    categorical column's values as seen in training, and the classes of a classifier."""
+    categories = {}
+    for column in config.features.categorical:
+        values = sorted({str(v) for v in x_train[column].dropna().unique()})
+        if len(values) <= _MAX_CATEGORIES:
+            categories[column] = values
+    contract: dict[str, Any] = {"categories": categories}
+    if config.task == "classification":
+        contract["classes"] = [v.item() if hasattr(v, "item") else v for v in model.classes_]
+    return contract
 
 
 def _experiment(name: str, artifact_root: Path) -> str:

@@ -1,10 +1,19 @@
 """The canary policy (``policies/canary.yaml``) and the pure judgement of a canary step.
 
-``judge_canary(stats, policy)`` compares the canary with the champion over the current step:
-its error rate, its latency at a percentile relative to the champion's, and the shift of its
-prediction distribution (population stability index). It answers ``advance`` (this step is
-done and clean), ``hold`` (not enough requests or time yet), or ``rollback`` (a limit is broken,
-or is certain to be broken by the time the step could end).
+``judge_canary(stats, policy)`` compares the canary with the champion over the current step and
+answers ``advance`` (the step is done and clean), ``hold`` (not enough requests or time yet, or
+the evidence is inconclusive), or ``rollback``.
+
+Errors and contract breaches are faults, not noise: past ``max_error_rate`` (of at least
+``min_requests``), the canary is rolled back at once. Latency and prediction shift are compared as
+distributions, as Kayenta does, because a point estimate of a tail from a few hundred samples on
+a shared machine is mostly noise: latency fails only when a one-sided Mann-Whitney U test is
+significant, the effect is large (the canary slower in at least ``min_effect`` of all pairs), the
+median is ``max_ratio`` times the champion's *and* more than ``slack_ms`` slower; predictions fail
+when their PSI is over ``max_psi`` and a two-sample Kolmogorov-Smirnov test is significant. Such a
+breach rolls back only after ``breach_limit`` analyses in a row (Flagger's threshold, Argo's
+failureLimit); a latency that looks slower but is not significant is ``inconclusive`` and holds
+the step until the evidence decides.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CanaryPolicy", "CanaryStats", "LatencyRule", "Verdict", "judge_canary", "psi"]
+__all__ = ["CanaryPolicy", "CanaryStats", "LatencyRule", "PredictionRule", "Side", "Verdict", "judge_canary", "psi"]
 
 
 class _Strict(BaseModel):
@@ -24,17 +33,27 @@ class _Strict(BaseModel):
 
 
 class LatencyRule(_Strict):
-    percentile: Literal["p50", "p95", "p99"] = "p95"
-    max_ratio: float = Field(1.5, gt=0)  # canary latency / champion latency at that percentile
+    significance: float = Field(0.01, gt=0, lt=0.5)  # Mann-Whitney U p-value below which a difference is real
+    min_effect: float = Field(0.65, gt=0.5, le=1)  # share of (canary, champion) pairs where the canary is slower
+    max_ratio: float = Field(1.5, gt=1)  # canary median latency / champion median latency
+    slack_ms: float = Field(5.0, ge=0)  # a canary at most this much slower never fails on latency
+    min_samples: int = Field(50, ge=10)  # per side; fewer is inconclusive
+
+
+class PredictionRule(_Strict):
+    max_psi: float = Field(0.2, gt=0)  # population stability index of the canary's answers vs the champion's
+    significance: float = Field(0.01, gt=0, lt=0.5)  # two-sample Kolmogorov-Smirnov p-value
 
 
 class CanaryPolicy(_Strict):
     steps: tuple[float, ...] = Field((5.0, 25.0, 50.0, 100.0), min_length=1)  # canary weight (%) per step
     min_requests: int = Field(200, ge=1)  # canary requests a step needs before it can advance
     min_seconds: float = Field(30.0, ge=0)  # and the time it must last
-    max_error_rate: float = Field(0.02, ge=0, le=1)
+    max_error_rate: float = Field(0.02, ge=0, le=1)  # errors and contract breaches: rollback at once past it
     latency: LatencyRule = LatencyRule()
-    max_psi: float = Field(0.2, gt=0)  # prediction distribution shift vs the champion
+    predictions: PredictionRule = PredictionRule()
+    breach_limit: int = Field(3, ge=1)  # latency or prediction breaches in a row before a rollback
+    analysis_seconds: float = Field(2.0, gt=0)  # at most one analysis this often (errors are judged at once)
 
     @field_validator("steps")
     @classmethod
@@ -52,6 +71,7 @@ class Side:
     errors: int
     latencies_ms: Sequence[float] = ()
     predictions: Sequence[float] = ()
+    breaches: int = 0  # answers that broke the output contract (counted in ``errors`` too)
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,7 @@ class CanaryStats:
     elapsed_seconds: float
     canary: Side
     champion: Side
+    breaches_in_a_row: int = 0  # earlier analyses of this canary that found a latency or prediction breach
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,8 @@ class Verdict:
     action: Literal["advance", "hold", "rollback"]
     reasons: list[str] = field(default_factory=list)
     final: bool = False  # advancing past the last step: the canary becomes champion
+    breached: bool = False  # this analysis found a latency or prediction breach (counts toward breach_limit)
+    inconclusive: bool = False
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> float:
@@ -88,6 +111,8 @@ def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> f
 def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
     """advance, hold or rollback, with the figures that decided it."""
     canary, champion = stats.canary, stats.champion
+    if canary.breaches:
+        return Verdict("rollback", [f"{canary.breaches} canary answers broke the output contract"])
     allowed_errors = policy.max_error_rate * max(policy.min_requests, canary.requests)
     if canary.errors > allowed_errors:
         rate = canary.errors / max(canary.requests, 1)
@@ -108,25 +133,64 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
 
     breaches: list[str] = []
     passed = [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
-    q = {"p50": 50, "p95": 95, "p99": 99}[policy.latency.percentile]
-    if len(canary.latencies_ms) and len(champion.latencies_ms):
-        ours, theirs = np.percentile(canary.latencies_ms, q), np.percentile(champion.latencies_ms, q)
-        ratio = ours / max(theirs, 1e-9)
-        (breaches if ratio > policy.latency.max_ratio else passed).append(
-            f"{policy.latency.percentile} latency {ours:.1f} ms vs champion {theirs:.1f} ms: ratio {ratio:.2f} "
-            f"(max {policy.latency.max_ratio:g})"
+    unsure: list[str] = []
+    for outcome, text in (
+        _latency(canary, champion, policy.latency),
+        _predictions(canary, champion, policy.predictions),
+    ):
+        {"fail": breaches, "pass": passed, "inconclusive": unsure}[outcome].append(text)
+    if breaches:
+        in_a_row = stats.breaches_in_a_row + 1
+        if in_a_row >= policy.breach_limit:
+            return Verdict("rollback", [*breaches, f"breached in {in_a_row} analyses in a row"], breached=True)
+        return Verdict(
+            "hold", [*breaches, f"breach {in_a_row} of {policy.breach_limit} in a row: watching"], breached=True
         )
+    if unsure:
+        return Verdict("hold", [*unsure, *passed], inconclusive=True)
+    return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)
+
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+
+
+def _latency(canary: Side, champion: Side, rule: LatencyRule) -> tuple[Outcome, str]:
+    from scipy.stats import mannwhitneyu
+
+    ours, theirs = np.asarray(canary.latencies_ms, float), np.asarray(champion.latencies_ms, float)
+    if min(ours.size, theirs.size) < rule.min_samples:
+        return "inconclusive", (
+            f"latency not judged yet: {ours.size} canary and {theirs.size} champion samples "
+            f"(at least {rule.min_samples} each)"
+        )
+    median, reference = float(np.median(ours)), float(np.median(theirs))
+    ratio, slower = median / max(reference, 1e-9), median - reference
+    test = mannwhitneyu(ours, theirs, alternative="greater")
+    effect = float(test.statistic) / (ours.size * theirs.size)  # P(a canary sample > a champion sample)
+    figures = (
+        f"median latency {median:.2f} ms vs champion {reference:.2f} ms (ratio {ratio:.2f}, "
+        f"{slower:+.2f} ms); canary slower in {effect:.0%} of pairs, p={test.pvalue:.2g}"
+    )
+    looks_slow = ratio > rule.max_ratio and slower > rule.slack_ms
+    if looks_slow and test.pvalue < rule.significance and effect >= rule.min_effect:
+        return "fail", f"latency regressed: {figures}"
+    if looks_slow:
+        return "inconclusive", f"latency inconclusive: {figures}"
+    return "pass", f"latency within limits: {figures}"
+
+
+def _predictions(canary: Side, champion: Side, rule: PredictionRule) -> tuple[Outcome, str]:
+    from scipy.stats import ks_2samp
+
     # About 30 predictions a bin on each side: with fewer, empty bins make PSI's sampling noise
     # heavy-tailed (a healthy canary of 60 requests would reach 0.9 now and then).
     bins = min(10, len(canary.predictions) // 30, len(champion.predictions) // 30)
-    if bins >= 2:
-        shift = psi(champion.predictions, canary.predictions, bins=bins)
-        (breaches if shift > policy.max_psi else passed).append(f"prediction PSI {shift:.3f} (max {policy.max_psi:g})")
-    elif len(canary.predictions):
-        passed.append(
-            f"prediction PSI not judged: {len(champion.predictions)} champion and "
+    if bins < 2:
+        return "pass", (
+            f"prediction shift not judged: {len(champion.predictions)} champion and "
             f"{len(canary.predictions)} canary predictions are too few to compare"
         )
-    if breaches:
-        return Verdict("rollback", breaches)
-    return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)
+    shift = psi(champion.predictions, canary.predictions, bins=bins)
+    p = float(ks_2samp(canary.predictions, champion.predictions).pvalue)
+    text = f"prediction PSI {shift:.3f} (max {rule.max_psi:g}), KS p={p:.2g}"
+    return ("fail" if shift > rule.max_psi and p < rule.significance else "pass"), text

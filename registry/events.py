@@ -47,6 +47,7 @@ class EventKind(StrEnum):
     MODEL_LOAD_REFUSED = "model.load_refused"
     CANARY_ROLLED_BACK = "model.canary_rolled_back"
     CANARY_COMPLETED = "model.canary_completed"
+    MODEL_FAULT = "model.fault"
     DRIFT_CHECKED = "drift.checked"
     LABELS_ADDED = "labels.added"
     QUALITY_CHECKED = "quality.checked"
@@ -168,6 +169,17 @@ class CanaryRolledBack(_Details):
     champion: str | None = None
 
 
+class ModelFault(_Details):
+    """A served model failed requests (raised, timed out, died, or answered outside its contract)."""
+
+    name: str
+    version: str
+    role: str
+    kind: str  # error | timeout | crash | contract
+    reason: str
+    failures: int  # requests failed this way since the last record of it (at most one record a minute)
+
+
 class CanaryCompleted(_Details):
     name: str
     version: str
@@ -271,6 +283,7 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.MODEL_LOAD_REFUSED: EventSpec((), (), LoadRefused),
     EventKind.CANARY_ROLLED_BACK: EventSpec(("version",), (), CanaryRolledBack),
     EventKind.CANARY_COMPLETED: EventSpec(("version",), (), CanaryCompleted),
+    EventKind.MODEL_FAULT: EventSpec(("deployment",), (), ModelFault),
     EventKind.DRIFT_CHECKED: EventSpec(
         ("version", "reference", "window"), ("report", "html", "snapshot"), DriftChecked
     ),

@@ -38,6 +38,7 @@ class LogEntry:
     entity: str | None = None  # the project's entity key, when the client sent it
     event_time: str | None = None  # the row's own event time, when the client sent it
     deployment: str | None = None  # the ledger's digest of the deployment that answered
+    flags: str | None = None  # what the service noticed about the row, e.g. "unknown:region"
 
     def row(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class LogEntry:
             "entity": self.entity,
             "event_time": self.event_time,
             "deployment": self.deployment,
+            "flags": self.flags,
             **{f"feature.{k}": v for k, v in self.features.items()},
         }
 
@@ -72,6 +74,12 @@ class InferenceLog:
         if self._closed:
             raise RuntimeError("the inference log is closed")
         self._queue.put(entry)
+
+    def record_all(self, entries: list[LogEntry]) -> None:
+        """Queue a request's entries together: a reader sees all of them or none."""
+        if self._closed:
+            raise RuntimeError("the inference log is closed")
+        self._queue.put(entries)
 
     def close(self) -> None:
         """Write everything queued so far, then stop the writer."""
@@ -100,7 +108,10 @@ class InferenceLog:
             if item is not None and not stop:
                 if not batch:
                     deadline = time.monotonic() + self._batch_seconds
-                batch.append(item)
+                if isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             if batch and (stop or len(batch) >= self._batch_rows or time.monotonic() >= deadline):
                 self._write(batch)
                 batch = []
@@ -135,6 +146,7 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
                 "entity",
                 "event_time",
                 "deployment",
+                "flags",
             ]
         )
     frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     flows: Literal["auto", "prefect", "direct"] = Field(
         "auto", description="auto: Prefect flow runs when a Prefect server is set, stages in process otherwise"
     )
+    service_run: str | None = Field(
+        None,
+        description="the service run a serving worker belongs to (set by `conveyor serve`; workers share its state)",
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

@@ -176,6 +176,8 @@ class Workspace:
         }
         if s.prefect_api_url:
             values["prefect_api_url"] = s.prefect_api_url
+        if s.service_run:
+            values["service_run"] = s.service_run
         return values
 
     def environment(self) -> dict[str, str]:

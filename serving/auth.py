@@ -1,8 +1,14 @@
-"""Who may call the service: API keys for predictions, a separate admin token, per-key rate limits.
+"""Who may call the service: API keys (predict or admin), per-key rate limits, and a limit on failed attempts.
 
-Keys are stored only as salted scrypt hashes (``<home>/serving/api-keys.json``); a key is shown
-once, when it is created. Its first 12 characters are kept in clear as an id, so checking a
-presented key costs one scrypt (for the entry with that id), not one per stored key.
+A key is ``cvk_`` and 32 random bytes (256 bits), so it needs no slow password hash: the file
+(``<home>/serving/api-keys.json``) keeps its SHA-256 and its first 12 characters as an id, and
+checking a presented key is one SHA-256 and a constant-time compare, a few microseconds, so a
+caller without a key cannot make the service work for its refusal. A running service re-reads
+the file when it changes (at most every ``recheck`` seconds), so ``conveyor api-key revoke`` or
+``rotate`` stops a key within that time, whichever worker sees it.
+
+Keys made by earlier versions (salted scrypt, field ``salt``) are no longer accepted: ``list``
+marks them, and ``rotate NAME`` replaces them.
 """
 
 from __future__ import annotations
@@ -14,13 +20,18 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ApiKeys", "RateLimiter", "Role"]
+__all__ = ["ApiKeys", "RateLimiter", "Role", "UnknownKey"]
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_ID = 12  # characters of the key kept in clear as its id
+
+
+class UnknownKey(LookupError):
+    """``revoke`` or ``rotate`` named no key."""
 
 
 @dataclass(frozen=True)
@@ -31,46 +42,111 @@ class Role:
     burst: int | None = None
 
 
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
 class ApiKeys:
-    """A small file of hashed keys; ``check`` returns the key's role, or None."""
+    """The key file; ``check`` returns the key's role, or None."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, recheck: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._recheck, self._clock = recheck, clock
         self._lock = threading.Lock()
-        self._mtime: float | None = None
+        self._stamp: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) of the file last read
+        self._checked = float("-inf")
         self._entries: list[dict] = []
-        self._reload()
+        self._by_id: dict[str, list[tuple[bytes, Role]]] = {}
+        self._reload(force=True)
 
-    def _reload(self) -> None:
-        """Read the file again if it changed (keys created while the service runs)."""
-        mtime = self.path.stat().st_mtime if self.path.is_file() else None
-        if mtime != self._mtime:
-            self._entries = json.loads(self.path.read_text()) if mtime is not None else []
-            self._mtime = mtime
+    # -- reading ------------------------------------------------------------------------------
+
+    def _reload(self, *, force: bool = False) -> None:
+        """Read the file again if it changed; between checks, at most every ``recheck`` seconds."""
+        now = self._clock()
+        if not force and now - self._checked < self._recheck:
+            return
+        self._checked = now
+        try:
+            info = self.path.stat()
+            stamp: tuple[int, int, int] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and not force:
+            return
+        entries = json.loads(self.path.read_text()) if stamp is not None else []
+        by_id: dict[str, list[tuple[bytes, Role]]] = {}
+        for entry in entries:
+            if "sha256" not in entry:
+                continue  # an old scrypt entry: refused (rotate it)
+            limit = entry.get("rate_limit") or {}
+            role = Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
+            by_id.setdefault(entry["id"], []).append((bytes.fromhex(entry["sha256"]), role))
+        self._entries, self._by_id, self._stamp = entries, by_id, stamp
+
+    def check(self, presented: str | None) -> Role | None:
+        """The role of ``presented``, or None: one SHA-256, whatever is presented."""
+        if not presented or len(presented) > 200:
+            return None
+        with self._lock:
+            self._reload()
+            candidates = self._by_id.get(presented[:_ID], ())
+        digest = _digest(presented)
+        found = None
+        for stored, role in candidates:
+            if hmac.compare_digest(stored, digest):
+                found = role
+        return found
+
+    def entries(self) -> list[dict]:
+        """Each key's id, owner and role; never a hash."""
+        with self._lock:
+            self._reload(force=True)
+            return [
+                {
+                    "id": e["id"],
+                    "name": e["name"],
+                    "admin": e["admin"],
+                    "rate_limit": e.get("rate_limit"),
+                    "outdated": "sha256" not in e,
+                }
+                for e in self._entries
+            ]
+
+    # -- changing -----------------------------------------------------------------------------
 
     def create(
         self, name: str, *, admin: bool = False, per_second: float | None = None, burst: int | None = None
     ) -> str:
         """A new key for ``name``; the only time the key itself is seen."""
-        key = f"cvk_{secrets.token_urlsafe(32)}"
-        salt = secrets.token_bytes(16)
-        entry = {"id": key[:12], "name": name, "admin": admin, "salt": salt.hex(), "hash": _hash(key, salt).hex()}
-        if per_second is not None:
-            entry["rate_limit"] = {"per_second": per_second, "burst": burst or max(1, int(per_second))}
         with self._lock:
-            self._reload()
+            self._reload(force=True)
+            key, entry = _new_entry(name, admin, per_second, burst)
             self._save([*self._entries, entry])
         return key
 
     def revoke(self, name: str) -> int:
         """Remove every key of ``name``; returns how many there were."""
         with self._lock:
-            self._reload()
+            self._reload(force=True)
             kept = [e for e in self._entries if e["name"] != name]
             removed = len(self._entries) - len(kept)
-            if removed:
-                self._save(kept)
+            if not removed:
+                raise UnknownKey(name)
+            self._save(kept)
             return removed
+
+    def rotate(self, name: str) -> str:
+        """Replace every key of ``name`` by one new key with the same role and limits."""
+        with self._lock:
+            self._reload(force=True)
+            old = [e for e in self._entries if e["name"] == name]
+            if not old:
+                raise UnknownKey(name)
+            limit = old[-1].get("rate_limit") or {}
+            key, entry = _new_entry(name, old[-1]["admin"], limit.get("per_second"), limit.get("burst"))
+            self._save([*(e for e in self._entries if e["name"] != name), entry])
+        return key
 
     def _save(self, entries: list[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,42 +155,30 @@ class ApiKeys:
         with os.fdopen(fd, "w") as handle:
             json.dump(entries, handle, indent=2)
         partial.replace(self.path)
-        self._entries = entries
-
-    def entries(self) -> list[dict]:
-        """Each key's id, owner and role; never a hash or salt."""
-        with self._lock:
-            self._reload()
-            return [
-                {"id": e["id"], "name": e["name"], "admin": e["admin"], "rate_limit": e.get("rate_limit")}
-                for e in self._entries
-            ]
-
-    def check(self, presented: str | None) -> Role | None:
-        if not presented:
-            return None
-        with self._lock:
-            self._reload()
-            entries = list(self._entries)
-        for entry in entries:
-            if hmac.compare_digest(entry["id"], presented[:12]) and hmac.compare_digest(
-                bytes.fromhex(entry["hash"]), _hash(presented, bytes.fromhex(entry["salt"]))
-            ):
-                limit = entry.get("rate_limit") or {}
-                return Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
-        return None
+        self._stamp = None  # read back what was written, as a service would
+        self._reload(force=True)
 
 
-def _hash(key: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(key.encode(), salt=salt, **_SCRYPT)
+def _new_entry(name: str, admin: bool, per_second: float | None, burst: int | None) -> tuple[str, dict]:
+    key = f"cvk_{secrets.token_urlsafe(32)}"
+    entry: dict = {"id": key[:_ID], "name": name, "admin": admin, "sha256": _digest(key).hex()}
+    if per_second is not None:
+        entry["rate_limit"] = {"per_second": per_second, "burst": burst or max(1, int(per_second))}
+    return key, entry
 
 
 class RateLimiter:
-    """A token bucket per caller: ``rate`` requests a second on average, bursts up to ``burst``."""
+    """A token bucket per caller: ``rate`` requests a second on average, bursts up to ``burst``.
 
-    def __init__(self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self._clock = rate, burst, clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+    At most ``max_callers`` buckets are kept (the least recently used go first), so a stream of
+    new caller names cannot grow it without bound.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic, max_callers: int = 10_000
+    ) -> None:
+        self.rate, self.burst, self._clock, self._max = rate, burst, clock, max_callers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def allow(self, caller: str, *, rate: float | None = None, burst: int | None = None) -> bool:
@@ -122,8 +186,10 @@ class RateLimiter:
         rate, burst = rate or self.rate, burst or self.burst
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(caller, (float(burst), now))
+            tokens, last = self._buckets.pop(caller, (float(burst), now))
             tokens = min(float(burst), tokens + (now - last) * rate)
             allowed = tokens >= 1.0
             self._buckets[caller] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
             return allowed

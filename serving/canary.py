@@ -1,160 +1,216 @@
-"""The canary controller: watches both models' traffic, asks ``judge_canary``, moves the weight.
+"""The canary controller: the canary's step, weight and verdict, kept in the workers' shared state.
 
-The service calls ``observe`` for every answered request and ``evaluate`` now and then (every
-few requests, and on a timer). Advancing moves the router to the next step's weight and starts a
-new observation window; the last step calls ``on_promote``; a rollback sets the weight to 0 at
-once and calls ``on_rollback`` with the verdict's figures.
+Every worker ``observe``s the answers it served (buffered, written to the shared state a few
+times a second, at once after a canary failure) and ``refresh``es its router's weight from the
+shared row. The leading worker ``start``s a canary it has loaded and ``evaluate``s it: all
+workers' observations of the step against the champion's, through ``judge_canary``. Advancing
+moves every worker to the next step's weight and opens a new observation window; the last step
+calls ``on_promote``; a rollback sets the weight to 0 for every worker at once and calls
+``on_rollback``. Admin changes (weight, hold, abort) may come to any worker: each is a
+compare-and-set on the shared row, so no two workers act on one step.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from policies.canary import CanaryPolicy, CanaryStats, Side, Verdict, judge_canary
 from serving.router import Router
+from serving.shared import CanaryRow, Observation, SharedState
 
 __all__ = ["CanaryController"]
 
-_WINDOW = 10_000  # latest observations kept per model and step
-
-
-@dataclass
-class _Window:
-    requests: int = 0
-    errors: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
-    predictions: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
-
-    def side(self) -> Side:
-        return Side(self.requests, self.errors, list(self.latencies), list(self.predictions))
+_CHAMPION_REFERENCE = 10_000  # the champion's latest observations in this canary's run
 
 
 class CanaryController:
     def __init__(
         self,
+        state: SharedState,
         router: Router,
         policy: CanaryPolicy,
         *,
         on_promote: Callable[[Verdict], None],
         on_rollback: Callable[[Verdict], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.router, self.policy = router, policy
+        self.state, self.router, self.policy = state, router, policy
         self._on_promote, self._on_rollback, self._clock = on_promote, on_rollback, clock
-        self._lock = threading.Lock()
-        self.state = "idle"  # idle | running | promoted | rolled_back
-        self.step = 0
-        self.last: Verdict | None = None
-        self._windows: dict[str, _Window] = {}
-        self._started = 0.0
-        self.held = False  # an admin holds the weight: advance no further
+        self._buffer: list[Observation] = []
+        self._buffer_lock = threading.Lock()
+        self.row = state.canary()
+        self.serving: str | None = None  # the canary version this worker has loaded
 
-    def start(self) -> None:
-        with self._lock:
-            self.state, self.step, self.held = "idle", 0, False
-            self._new_window()  # a new canary: no reference from an earlier one
-            self.state = "running"
+    # -- every worker -----------------------------------------------------------------------------
+
+    def refresh(self) -> CanaryRow:
+        """Read the shared row and route by it: the canary's weight only while it runs (or is being promoted)
+        and only if this worker serves that version."""
+        row = self.row = self.state.canary()
+        live = row.state in ("running", "promoted") and row.version is not None and row.version == self.serving
+        self.router.weight = row.weight if live else 0
+        return row
+
+    def observe(
+        self, role: str, *, ok: bool, kind: str = "ok", latency_ms: float, predictions: Sequence[float] = ()
+    ) -> None:
+        """One request answered (or failed) by ``role``, with the model's time and its answers."""
+        row = self.row
+        if row.state != "running" or row.run is None:
+            return
+        observation = Observation(row.run, row.window, role, ok, kind, latency_ms, tuple(predictions))
+        with self._buffer_lock:
+            self._buffer.append(observation)
+
+    def flush(self) -> None:
+        """Write the buffered observations to the shared state."""
+        with self._buffer_lock:
+            buffered, self._buffer = self._buffer, []
+        self.state.add(buffered)
+
+    # -- the leader -------------------------------------------------------------------------------
+
+    def start(self, version: str) -> CanaryRow:
+        """Begin the analysis of ``version`` at the first step (unless it is already running: a new leader)."""
+        row = self.state.canary()
+        if row.state == "running" and row.version == version:
+            return self.refresh()
+        run = uuid.uuid4().hex
+        self.state.forget(keep_run=run)
+        self.state.change_canary(
+            row.epoch,
+            run=run,
+            version=version,
+            state="running",
+            step=0,
+            weight=self.policy.steps[0],
+            held=False,
+            window=row.window + 1,
+            window_started=self._clock(),
+            breaches_in_a_row=0,
+            last_analysis=0.0,
+            verdict=None,
+        )
+        return self.refresh()
 
     def stop(self) -> None:
-        """No canary any more (promoted, rolled back or replaced): no traffic to it."""
-        with self._lock:
-            self.router.weight = 0
-            if self.state == "running":
-                self.state = "idle"
-
-    def set_weight(self, weight: float, *, hold: bool = False) -> None:
-        """Move the weight by hand; analysis restarts at the first step at or above it. With
-        ``hold``, the canary stays at this weight (it can still be rolled back) until the next call."""
-        with self._lock:
-            if self.state != "running":
-                raise ValueError(f"no canary analysis is running (state: {self.state})")
-            steps = self.policy.steps
-            self.step = next((i for i, s in enumerate(steps) if s >= weight), len(steps) - 1)
-            self._new_window()
-            self.router.weight = weight
-            self.held = hold
-
-    def abort(self, reason: str) -> Verdict:
-        """Roll back by hand (the admin endpoint)."""
-        verdict = Verdict("rollback", [reason])
-        with self._lock:
-            if self.state != "running":
-                return verdict
-            self._rollback(verdict)
-        self._on_rollback(verdict)
-        return verdict
-
-    def observe(self, target: str, *, ok: bool, latency_ms: float, predictions: Sequence[float] = ()) -> None:
-        """One request answered (or failed) by ``target``, with the model's time and its answers."""
-        with self._lock:
-            if self.state != "running":
-                return
-            window = self._windows[target]
-            window.requests += 1
-            window.errors += 0 if ok else 1
-            window.latencies.append(latency_ms)
-            window.predictions.extend(predictions)
+        """No canary any more (promoted, rolled back or replaced): no traffic to it, for every worker."""
+        for _ in range(10):
+            row = self.state.canary()
+            state = "idle" if row.state in ("running", "promoted") else row.state
+            if self.state.change_canary(row.epoch, state=state, weight=0.0) is not None:
+                break
+        self.refresh()
 
     def evaluate(self) -> Verdict | None:
-        """Judge the current step and act on the verdict; None when no canary is running."""
+        """Judge the current step and act on the verdict; None when no canary runs or it is not time yet."""
+        self.flush()
+        row = self.state.canary()
+        if row.state != "running" or row.run is None:
+            return None
+        now = self._clock()
+        stats = self._stats(row, now)
+        verdict = judge_canary(stats, self.policy)
+        immediate = verdict.action == "rollback" and not verdict.breached
+        if now - row.last_analysis < self.policy.analysis_seconds and not immediate:
+            return None
+        if verdict.action == "advance" and row.held:
+            verdict = Verdict("hold", [f"held at {row.weight:g}% by an admin", *verdict.reasons])
+        changes: dict[str, Any] = {
+            "last_analysis": now,
+            "verdict": {"action": verdict.action, "reasons": verdict.reasons, "inconclusive": verdict.inconclusive},
+            "breaches_in_a_row": row.breaches_in_a_row + 1 if verdict.breached else 0,
+        }
         callback = None
-        with self._lock:
-            if self.state != "running":
-                return None
-            stats = CanaryStats(
-                self.step,
-                self._clock() - self._started,
-                self._windows["canary"].side(),
-                self._windows["champion"].side(),
-            )
-            verdict = judge_canary(stats, self.policy)
-            if verdict.action == "advance" and self.held:
-                verdict = Verdict("hold", [f"held at {self.router.weight:g}% by an admin", *verdict.reasons])
-            self.last = verdict
-            if verdict.action == "rollback":
-                self._rollback(verdict)
-                callback = self._on_rollback
-            elif verdict.action == "advance" and verdict.final:
-                self.state = "promoted"
-                callback = self._on_promote
-            elif verdict.action == "advance":
-                self.step += 1
-                self._new_window()
+        if verdict.action == "rollback":
+            changes |= {"state": "rolled_back", "weight": 0.0}
+            callback = self._on_rollback
+        elif verdict.action == "advance" and verdict.final:
+            changes |= {"state": "promoted"}
+            callback = self._on_promote
+        elif verdict.action == "advance":
+            step = row.step + 1
+            changes |= self._new_window(row, step, self.policy.steps[step], now)
+        if self.state.change_canary(row.epoch, **changes) is None:
+            return None  # an admin changed the canary meanwhile: judge again next time
+        self.refresh()
         if callback is not None:
             callback(verdict)
         return verdict
 
+    # -- admin (any worker) -----------------------------------------------------------------------
+
+    def set_weight(self, weight: float, *, hold: bool = False) -> None:
+        """Move the weight by hand; analysis restarts at the first step at or above it. With
+        ``hold``, the canary stays at this weight (it can still be rolled back) until the next call."""
+        row = self.state.canary()
+        if row.state != "running":
+            raise ValueError(f"no canary analysis is running (state: {row.state})")
+        steps = self.policy.steps
+        step = next((i for i, s in enumerate(steps) if s >= weight), len(steps) - 1)
+        changes = self._new_window(row, step, weight, self._clock()) | {"held": hold}
+        if self.state.change_canary(row.epoch, **changes) is None:
+            raise ValueError("the canary changed meanwhile (a verdict was reached); check its status and retry")
+        self.refresh()
+
+    def abort(self, reason: str) -> Verdict:
+        """Roll back by hand (the admin endpoint)."""
+        verdict = Verdict("rollback", [reason])
+        row = self.state.canary()
+        if row.state != "running":
+            return verdict
+        changed = self.state.change_canary(
+            row.epoch, state="rolled_back", weight=0.0, verdict={"action": "rollback", "reasons": [reason]}
+        )
+        self.refresh()
+        if changed is not None:
+            self._on_rollback(verdict)
+        return verdict
+
     def status(self) -> dict[str, Any]:
-        with self._lock:
-            canary = self._windows.get("canary", _Window())
-            return {
-                "state": self.state,
-                "step": self.step,
-                "weight": self.router.weight,
-                "held": self.held,
-                "canary_requests": canary.requests,
-                "canary_errors": canary.errors,
-                "last_verdict": None
-                if self.last is None
-                else {"action": self.last.action, "reasons": self.last.reasons},
-            }
+        row = self.state.canary()
+        canary = self.state.observations(row.run, "canary", window=row.window) if row.run else []
+        return {
+            "state": row.state,
+            "version": row.version,
+            "step": row.step,
+            "weight": row.weight,
+            "held": row.held,
+            "canary_requests": len(canary),
+            "canary_errors": sum(not o.ok for o in canary),
+            "breaches_in_a_row": row.breaches_in_a_row,
+            "last_verdict": row.verdict,
+        }
 
-    def _new_window(self) -> None:
-        # The champion's latencies and predictions carry over from step to step: they are the
-        # reference the canary is compared with, and at 100 % the champion answers (almost) nothing.
-        before = self._windows.get("champion") if self.state == "running" else None
-        self._windows = {"canary": _Window(), "champion": _Window()}
-        if before is not None:
-            self._windows["champion"].latencies.extend(before.latencies)
-            self._windows["champion"].predictions.extend(before.predictions)
-        self._started = self._clock()
-        self.router.weight = self.policy.steps[self.step]
+    # -- figures ------------------------------------------------------------------------------------
 
-    def _rollback(self, verdict: Verdict) -> None:
-        self.router.weight = 0  # first: no further request reaches the canary
-        self.state, self.last = "rolled_back", verdict
+    def _stats(self, row: CanaryRow, now: float) -> CanaryStats:
+        assert row.run is not None
+        canary = self.state.observations(row.run, "canary", window=row.window)
+        champion = self.state.observations(row.run, "champion", window=row.window)
+        if len(champion) < self.policy.latency.min_samples:  # at high weights: the champion's earlier steps
+            champion = self.state.observations(row.run, "champion", limit=_CHAMPION_REFERENCE)
+        return CanaryStats(row.step, now - row.window_started, _side(canary), _side(champion), row.breaches_in_a_row)
+
+    def _new_window(self, row: CanaryRow, step: int, weight: float, now: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "weight": weight,
+            "window": row.window + 1,
+            "window_started": now,
+            "breaches_in_a_row": 0,
+        }
+
+
+def _side(observations: list[Observation]) -> Side:
+    return Side(
+        requests=len(observations),
+        errors=sum(not o.ok for o in observations),
+        latencies_ms=[o.latency_ms for o in observations if o.ok],
+        predictions=[p for o in observations if o.ok for p in o.predictions],
+        breaches=sum(o.kind == "contract" for o in observations),
+    )

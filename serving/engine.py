@@ -1,31 +1,33 @@
 """The serving engine: what the service does, without the HTTP around it.
 
-It holds the champion (in this process) and the canary (in a child process), both loaded only
-after ``verify`` passed. It watches the registry's ``champion`` and ``canary`` aliases and loads
-what they point at; a version that does not verify is refused, logged, recorded in the ledger,
-and the engine keeps serving what it had. Each request is checked against the champion's
-signature, routed (sticky per key), answered, and logged off the request path. A canary that
-fails a request is answered for by the champion; its failure counts against it. An analyst
-thread asks ``judge_canary`` after every canary error and every few canary requests; a rollback
-sets the canary's weight to 0 at once, removes the ``canary`` alias and records the figures; a
-canary that clears the last step is promoted by the promotion policy, like any other promotion.
+It holds the champion and the canary, each in a child process of its own and loaded only after
+``verify`` passed. The leading worker watches the registry's ``champion`` and ``canary`` aliases,
+loads what they point at and publishes it in the workers' shared state; every worker serves what
+is published (verifying it itself). A version that does not verify is refused, logged, recorded
+in the ledger, and the engine keeps serving what it had.
+
+A request is checked against the champion's signature and input contract (categories), routed
+(sticky per key), answered, checked against the output contract, and logged off the request
+path. Whatever fails after routing, up to the built response and its log rows, is the fault of
+the model that answered: a canary's request is then answered by the champion and the fault
+counts against the canary (a contract breach rolls it back at once); a champion's fault is a 500,
+counted and recorded. Nothing that breaks the contract reaches a client or the inference log.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from policies.canary import Verdict
+from policies.errors import NotFound
 from policies.serving import ServingPolicy
 from registry.digests import json_digest
 from registry.events import EventKind
@@ -35,29 +37,25 @@ from registry.release import CANARY, CHAMPION, alias, promote
 from registry.workspace import Workspace
 from serving.auth import ApiKeys, RateLimiter, Role
 from serving.canary import CanaryController
+from serving.errors import ClientError
 from serving.metrics import ServiceMetrics
-from serving.models import InProcessModel, IsolatedModel, LoadRefused, VerifiedModel, load_verified
+from serving.models import Answer, LoadRefused, ModelFailed, ModelProcess, VerifiedModel, load_verified, warm_pool
 from serving.router import Router
 from serving.schema import request_model
+from serving.shared import SharedState, run_state_path
 
 __all__ = ["ClientError", "Engine"]
 
 log = logging.getLogger("conveyor.serving")
 
-_EVALUATE_EVERY = 20  # canary requests between two judgements (every canary error is judged at once)
-
-
-class ClientError(Exception):
-    """A request the service refuses: ``status`` is the HTTP status, the message says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+_EVALUATE_EVERY = 20  # canary requests between two judgements (every canary failure is judged at once)
+_SHARED_EVERY = 0.2  # seconds between two reads of the shared state (weight, desired models)
+_FAULT_RECORD_SECONDS = 60.0  # at most one ledger record a minute per deployment and kind of fault
 
 
 class Engine:
     def __init__(self, ws: Workspace) -> None:
-        self._instance = uuid.uuid4().hex  # this service process: tells two deployments of one version apart
+        self._instance = uuid.uuid4().hex  # this worker: tells two deployments of one version apart
         self.ws = ws
         project = ws.project()  # read once: nothing on the request path reads a file
         self.name = project.model_name
@@ -67,188 +65,269 @@ class Engine:
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
+        self.state = SharedState(run_state_path(ws.home, ws.settings.service_run))
         self.controller = CanaryController(
-            self.router, ws.canary_policy(), on_promote=self._canary_passed, on_rollback=self._canary_failed
+            self.state,
+            self.router,
+            ws.canary_policy(),
+            on_promote=self._canary_passed,
+            on_rollback=self._canary_failed,
         )
         self.metrics = ServiceMetrics()
         self.keys = ApiKeys(ws.api_keys_file)
-        self.limiter = RateLimiter(self.serving.rate_limit.per_second, self.serving.rate_limit.burst)
+        workers = self.serving.workers  # each worker takes its share of every key's rate
+        limit = self.serving.rate_limit
+        self._share = 1 / workers
+        self.limiter = RateLimiter(limit.per_second / workers, max(1, limit.burst // workers))
+        failed = self.serving.failed_auth_limit
+        self.failures = RateLimiter(failed.per_second / workers, max(1, failed.burst // workers))
         self.log = InferenceLog(ws.inference_dir(self.name))
-        self.champion: InProcessModel | None = None
-        self.canary: IsolatedModel | None = None
+        self.champion: ModelProcess | None = None
+        self.canary: ModelProcess | None = None
         self._request_model: Any = None
         self._columns: list[Any] = []
         self._refused: dict[str, str] = {}  # role -> version last refused (not retried until the alias moves)
         self._switch = threading.RLock()  # one model switch at a time
+        self._applied = -1  # the epoch of the desired models this worker serves
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._canary_seen = 0
-        self._roles: OrderedDict[bytes, Role | None] = OrderedDict()  # checked keys, by their sha256
+        self._spare: Any = None  # a model process started before the first model is verified
+        self._faults: dict[tuple[str, str], list[float]] = {}  # (deployment, kind) -> [last record, failures since]
         self._threads: list[threading.Thread] = []
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load what the aliases point at, then watch them and judge the canary in the background."""
-        self.sync()
-        for name, target in (("canary-analyst", self._analyse), ("alias-watcher", self._watch)):
+        """Load what the aliases say, then keep following them (and the other workers)."""
+        self._spare = warm_pool()  # its imports overlap the champion's verification
+        self._shared_tick()
+        for name, target in (
+            ("shared-state", self._follow),
+            ("canary-analyst", self._analyse),
+            ("alias-watcher", self._watch),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def close(self) -> None:
-        """Stop the background threads and the canary's process; write out the inference log."""
+        """Stop the background threads and the models' processes; write out the inference log."""
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=30)
         with self._switch:
-            if self.canary is not None:
-                self.canary.close()
+            self.controller.flush()
+            if self._spare is not None:
+                self._spare.shutdown(wait=False, cancel_futures=True)
             for model in (self.champion, self.canary):
                 if model is not None:
+                    model.close()
                     model.verified.discard()
         self.log.close()
         self.ledger.close()
+        self.state.close()
 
     @property
     def ready(self) -> bool:
         return self.champion is not None
 
+    @property
+    def request_model(self) -> Any:
+        """The pydantic model of a predict request for the champion's signature (None before one is loaded)."""
+        return self._request_model
+
     # -- requests ---------------------------------------------------------------------------------
 
-    def authorize(self, token: str | None, *, admin: bool = False) -> Role:
-        """The caller's role; 401 without a valid key, 403 for a predict key at an admin endpoint, 429 over the limit."""
-        role = self._role(token)
+    def authorize(self, token: str | None, *, admin: bool = False, client: str = "?") -> Role:
+        """The caller's role; 401 without a valid key (429 past the address's failures), 403 for a
+        predict key at an admin endpoint, 429 over the key's rate."""
+        role = self.keys.check(token)
         if role is None:
-            if admin or self.serving.api_keys_required:
+            if admin or self.serving.api_keys_required or token:
+                if not self.failures.allow(client):
+                    self.metrics.client_errors.labels("auth_limited").inc()
+                    raise ClientError(429, "too many requests with a wrong key from this address; retry later")
                 self.metrics.client_errors.labels("unauthorized").inc()
                 raise ClientError(401, "a valid API key is required (header `Authorization: Bearer <key>`)")
             role = Role("anonymous", admin=False)
         if admin and not role.admin:
             self.metrics.client_errors.labels("forbidden").inc()
             raise ClientError(403, f"the key of {role.name!r} is not an admin key")
-        if not admin and not self.limiter.allow(role.name, rate=role.per_second, burst=role.burst):
+        return role
+
+    def admit(self, role: Role) -> None:
+        """A predict request's place in its key's rate (429 over it)."""
+        rate = role.per_second * self._share if role.per_second else None
+        burst = max(1, int(role.burst * self._share)) if role.burst else None
+        if not self.limiter.allow(role.name, rate=rate, burst=burst):
             self.metrics.client_errors.labels("rate_limited").inc()
-            rate = role.per_second or self.serving.rate_limit.per_second
-            raise ClientError(429, f"rate limit of {rate:g} requests/s for {role.name!r} exceeded; retry later")
-        return role
+            shown = role.per_second or self.serving.rate_limit.per_second
+            raise ClientError(429, f"rate limit of {shown:g} requests/s for {role.name!r} exceeded; retry later")
 
-    def _role(self, token: str | None) -> Role | None:
-        if not token:
-            return None
-        fingerprint = hashlib.sha256(token.encode()).digest()
-        if fingerprint in self._roles:
-            return self._roles[fingerprint]
-        role = self.keys.check(token)  # one scrypt; remembered, so a key costs it once
-        self._roles[fingerprint] = role
-        while len(self._roles) > 10_000:
-            self._roles.popitem(last=False)
-        return role
-
-    async def predict(self, rows: Any, key: str | None = None) -> dict[str, Any]:
-        """Answer ``rows``: by the canary when routed there and it succeeds, by the champion otherwise."""
-        champion, canary = self.champion, self.canary
-        if champion is None or self._request_model is None:
+    async def predict(self, body: bytes) -> bytes:
+        """The JSON answer to a predict request's body: by the canary when routed there and it
+        succeeds, by the champion otherwise."""
+        champion, canary, request_model = self.champion, self.canary, self._request_model
+        if champion is None or request_model is None:
             raise ClientError(503, "no verified champion is loaded yet")
-        checked = self._rows(rows, key)
-        request_id = uuid.uuid4().hex
-        answered_by, answer = "champion", None
+        rows, key = self._rows(request_model, body)
+        flags = self._categories(champion.verified, rows)
         if canary is not None and self.router.route(key) == "canary":
-            answer = await self._ask(canary, "canary", checked)
-            if answer is not None:
-                answered_by = "canary"
-            else:
+            try:
+                return await self._answer(canary, "canary", rows, flags)
+            except ModelFailed as exc:
+                self._failed(canary, "canary", exc)
                 self.metrics.fallbacks.labels(self.name).inc()
-        if answer is None:
-            answer = await self._ask(champion, "champion", checked)
-            if answer is None:
-                raise ClientError(500, "the champion failed to answer; see the service log")
-        model = canary if answered_by == "canary" else champion
-        version = model.verified.version  # type: ignore[union-attr]
-        predictions = [float(v) for v in answer]
-        self._record(request_id, checked, version, predictions, answered_by, model.deployment)  # type: ignore[union-attr]
-        return {
-            "request_id": request_id,
-            "model": self.name,
-            "version": version,
-            "served_by": answered_by,
-            "predictions": predictions,
-        }
-
-    def _rows(self, rows: Any, key: str | None) -> list[dict[str, Any]]:
-        """The request checked against the champion's signature: one plain dict per row."""
         try:
-            request = self._request_model.model_validate({"rows": rows, "key": key})
+            return await self._answer(champion, "champion", rows, flags)
+        except ModelFailed as exc:
+            self._failed(champion, "champion", exc)
+            raise ClientError(500, "the model failed to answer; the failure is recorded") from None
+
+    def _rows(self, request_model: Any, body: bytes) -> tuple[list[dict[str, Any]], str | None]:
+        """The request checked against the champion's signature: one plain dict per row, and the routing key."""
+        try:
+            request = request_model.model_validate_json(body)
         except ValidationError as exc:
             self.metrics.client_errors.labels("invalid").inc()
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
+            problems = "; ".join(_problem(e) for e in exc.errors()[:10])
             raise ClientError(400, f"invalid request: {problems}") from None
-        return [row.__dict__ for row in request.rows]
+        return [row.__dict__ for row in request.rows], request.key
 
-    async def _ask(
-        self, model: InProcessModel | IsolatedModel, role: str, rows: list[dict[str, Any]]
-    ) -> np.ndarray | None:
-        """The model's answer, or None when it failed (counted, and judged at once for a canary)."""
+    def _categories(self, verified: VerifiedModel, rows: list[dict[str, Any]]) -> list[str | None]:
+        """Per row, the flag for values the model never saw (None: none); 400 unless the policy flags them."""
+        unknown = verified.contract.unknown(rows)
+        flags: list[str | None] = [None] * len(rows)
+        if not unknown:
+            return flags
+        for _, column, _ in unknown:
+            self.metrics.unknown_categories.labels(self.name, column).inc()
+        if self.serving.unknown_categories == "refuse":
+            self.metrics.client_errors.labels("invalid").inc()
+            problems = "; ".join(verified.contract.explain(*u) for u in unknown[:5])
+            raise ClientError(400, f"invalid request: {problems}")
+        for row, column, _ in unknown:
+            flags[row] = ",".join(filter(None, [flags[row], f"unknown:{column}"]))
+        return flags
+
+    async def _answer(
+        self, model: ModelProcess, role: str, rows: list[dict[str, Any]], flags: list[str | None]
+    ) -> bytes:
+        """``model``'s answer as the response body, its rows logged; ``ModelFailed`` for anything that
+        goes wrong from the call to the logged answer."""
         labels = (self.name, model.verified.version, role)
-        started = time.perf_counter()
-        timeout = self.serving.canary_timeout_ms / 1000 if role == "canary" else None
+        answer: Answer = await model.predict(rows)
         try:
-            answer = await model.predict(rows, timeout)
+            request_id = uuid.uuid4().hex
+            predictions = [float(v) for v in answer.values]
+            body = json.dumps(
+                {
+                    "request_id": request_id,
+                    "model": self.name,
+                    "version": model.verified.version,
+                    "served_by": role,
+                    "predictions": predictions,
+                },
+                allow_nan=False,
+            ).encode()
+            entries = self._entries(request_id, rows, model, predictions, role, flags)
         except Exception as exc:
-            elapsed = time.perf_counter() - started
-            log.warning("%s version %s failed a request: %s", role, model.verified.version, exc)
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.errors.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(elapsed)
-            self.controller.observe(role, ok=False, latency_ms=elapsed * 1000)
-            if role == "canary":
-                self._wake.set()
-            return None
+            raise ModelFailed(f"its answer could not be built: {type(exc).__name__}: {exc}", "contract") from None
+        self.log.record_all(entries)
         self.metrics.requests.labels(*labels).inc()
-        self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
-        self.controller.observe(role, ok=True, latency_ms=answer.model_ms, predictions=answer.values.tolist())
+        self.metrics.latency.labels(*labels).observe(answer.model_ms / 1000)
+        self.controller.observe(role, ok=True, latency_ms=answer.model_ms, predictions=predictions)
         if role == "canary":
             self._canary_seen += 1
             if self._canary_seen % _EVALUATE_EVERY == 0:
                 self._wake.set()
-        return answer.values
+        return body
 
-    def _record(
+    def _failed(self, model: ModelProcess, role: str, exc: ModelFailed) -> None:
+        """A model's failure: counted, judged at once for a canary, recorded (at most once a minute per kind)."""
+        version = model.verified.version
+        log.warning("%s version %s failed a request (%s): %s", role, version, exc.kind, exc)
+        labels = (self.name, version, role)
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.errors.labels(*labels).inc()
+        if exc.kind == "contract":
+            self.metrics.contract_breaches.labels(*labels).inc()
+        self.controller.observe(role, ok=False, kind=exc.kind, latency_ms=0.0)
+        if role == "canary":
+            self._wake.set()
+        self._record_fault(model, role, exc)
+
+    def _record_fault(self, model: ModelProcess, role: str, exc: ModelFailed) -> None:
+        if model.deployment is None or self._stop.is_set():
+            return
+        now = time.monotonic()
+        last, failures = self._faults.get((model.deployment, exc.kind), (float("-inf"), 0))
+        failures += 1
+        if now - last < _FAULT_RECORD_SECONDS:
+            self._faults[(model.deployment, exc.kind)] = [last, failures]
+            return
+        self._faults[(model.deployment, exc.kind)] = [now, 0]
+        details = {
+            "name": self.name,
+            "version": model.verified.version,
+            "role": role,
+            "kind": exc.kind,
+            "reason": str(exc)[:500],
+            "failures": failures,
+        }
+        threading.Thread(
+            target=self._append_quietly,
+            args=(EventKind.MODEL_FAULT, {"deployment": model.deployment}, details),
+            name="record-fault",
+            daemon=True,
+        ).start()
+
+    def _append_quietly(self, kind: EventKind, inputs: dict[str, str], details: dict[str, Any]) -> None:
+        try:
+            with self.ws.ledger() as ledger:
+                ledger.append(kind, inputs=inputs, outputs=[], details=details)
+        except Exception:
+            log.exception("could not record %s", kind)
+
+    def _entries(
         self,
         request_id: str,
         rows: list[dict[str, Any]],
-        version: str,
+        model: ModelProcess,
         predictions: list[float],
         served_by: str,
-        deployment: str | None,
-    ) -> None:
+        flags: list[str | None],
+    ) -> list[LogEntry]:
         now = datetime.now(UTC)
         entity_key, event_time = self._context
         inputs = [c.name for c in self._columns]
-        for i, (row, prediction) in enumerate(zip(rows, predictions, strict=True)):
+        entries = []
+        for i, (row, prediction, flag) in enumerate(zip(rows, predictions, flags, strict=True)):
             entity, at = row.get(entity_key), row.get(event_time)
-            features = {name: row.get(name) for name in inputs}
-            self.log.record(
+            entries.append(
                 LogEntry(
                     request_id,
                     now,
                     self.name,
-                    version,
-                    features,
+                    model.verified.version,
+                    {name: row.get(name) for name in inputs},
                     prediction,
                     served_by,
                     i,
                     None if entity is None else str(entity),
                     None if at is None else str(at),
-                    deployment,
+                    model.deployment,
+                    flag,
                 )
             )
+        return entries
 
     # -- admin ------------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        def describe(model: InProcessModel | IsolatedModel | None) -> dict[str, Any] | None:
+        def describe(model: ModelProcess | None) -> dict[str, Any] | None:
             if model is None:
                 return None
             v = model.verified
@@ -261,6 +340,7 @@ class Engine:
             "canary": describe(self.canary),
             "analysis": self.controller.status(),
             "refused": dict(self._refused),
+            "workers": self.serving.workers,
             "policy": self.ws.canary_policy().model_dump(),
         }
 
@@ -273,7 +353,7 @@ class Engine:
             self.controller.set_weight(weight, hold=hold)
         except ValueError as exc:
             raise ClientError(409, str(exc)) from None
-        self.metrics.weight.labels(self.name).set(weight)
+        self.metrics.weight.labels(self.name).set(weight / 100)
         return self.status()
 
     def abort(self, reason: str) -> dict[str, Any]:
@@ -285,10 +365,10 @@ class Engine:
     # -- models -----------------------------------------------------------------------------------
 
     def sync(self) -> dict[str, Any]:
-        """Load whatever the ``champion`` and ``canary`` aliases point at now, if it changed."""
-        client = self.ws.mlflow()
+        """Load what the ``champion`` and ``canary`` aliases point at now, if it changed, and publish
+        it for the other workers (the leader does so every ``watch_seconds``, any worker on ``/admin/reload``)."""
         with self._switch:
-            wanted_champion = alias(client, self.name, CHAMPION)
+            wanted_champion = self._alias(CHAMPION)
             current = self.champion.verified.version if self.champion else None
             if (
                 wanted_champion is not None
@@ -296,7 +376,7 @@ class Engine:
                 and self._refused.get(CHAMPION) != wanted_champion
             ):
                 self._load_champion(wanted_champion)
-            wanted_canary = alias(client, self.name, CANARY)
+            wanted_canary = self._alias(CANARY)
             if wanted_canary == (self.champion.verified.version if self.champion else None):
                 wanted_canary = None  # a canary that is already champion has nothing left to prove
             current = self.canary.verified.version if self.canary else None
@@ -304,12 +384,47 @@ class Engine:
                 self._stop_canary()
                 if wanted_canary is not None and self.champion is not None:
                     self._load_canary(wanted_canary)
+            self._publish()
         return self.status()
+
+    def _alias(self, name: str) -> str | None:
+        """The version ``name`` points at, read as verification reads the registry (no MLflow import on the embedded store)."""
+        try:
+            return self.ws.registry().resolve(f"{self.name}@{name}")[1]
+        except NotFound:
+            return None
+
+    def _publish(self) -> None:
+        """What this worker serves is what every worker must serve."""
+        desired = self.state.set_desired(
+            self.champion.verified.version if self.champion else None,
+            self.canary.verified.version if self.canary else None,
+        )
+        self._applied = desired.epoch
+        if self.canary is not None:
+            self.controller.start(self.canary.verified.version)
+            self.metrics.weight.labels(self.name).set(self.router.weight / 100)
+
+    def _follow_desired(self) -> None:
+        """Serve the models the leader published, if they changed."""
+        desired = self.state.desired()
+        if desired.epoch == self._applied:
+            return
+        with self._switch:
+            current = self.champion.verified.version if self.champion else None
+            if desired.champion is not None and desired.champion != current:
+                self._load_champion(desired.champion)
+            current = self.canary.verified.version if self.canary else None
+            if desired.canary != current:
+                self._stop_canary()
+                if desired.canary is not None and self.champion is not None:
+                    self._load_canary(desired.canary)
+            self._applied = desired.epoch
 
     def _verify(self, version: str, role: str) -> VerifiedModel | None:
         ws = self.ws
         try:
-            verified = load_verified(
+            return load_verified(
                 f"{self.name}/{version}",
                 policy=ws.signing(),
                 root=ws.root,
@@ -321,9 +436,11 @@ class Engine:
         except LoadRefused as exc:
             self._refuse(version, role, str(exc))
             return None
-        return verified
 
     def _refuse(self, version: str, role: str, reason: str) -> None:
+        if self._stop.is_set():  # stopping: a load cut short is not a refusal
+            log.info("stopping: the load of %s version %s as %s was abandoned", self.name, version, role)
+            return
         log.error("refused to serve %s version %s as %s: %s", self.name, version, role, reason)
         self._refused[role] = version
         self.metrics.refusals.labels(self.name).inc()
@@ -360,17 +477,28 @@ class Engine:
         log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
         return deployment
 
+    def _start_model(self, verified: VerifiedModel, role: str, timeout: float | None) -> ModelProcess | None:
+        if self._stop.is_set():
+            verified.discard()
+            return None
+        spare, self._spare = self._spare, None
+        model = ModelProcess(verified, timeout=timeout, pool=spare)
+        try:
+            model.wait_loaded()
+        except LoadRefused as exc:
+            verified.discard()
+            self._refuse(verified.version, role, str(exc))
+            return None
+        model.deployment = self._deployed(verified, role)
+        return model
+
     def _load_champion(self, version: str) -> None:
         verified = self._verify(version, CHAMPION)
         if verified is None:
             return
-        try:
-            model = InProcessModel(verified)
-        except Exception as exc:
-            verified.discard()
-            self._refuse(version, CHAMPION, f"failed to load: {exc!r}")
+        model = self._start_model(verified, CHAMPION, None)
+        if model is None:
             return
-        model.deployment = self._deployed(verified, CHAMPION)
         old, self.champion = self.champion, model
         self._columns = list(verified.columns)
         self._request_model = request_model(self._columns, max_rows=self.serving.max_rows, context=self._context)
@@ -386,27 +514,24 @@ class Engine:
             verified.discard()
             self._refuse(version, CANARY, "its input columns differ from the champion's: clients could not call both")
             return
-        try:
-            model = IsolatedModel(verified)
-        except LoadRefused as exc:
-            verified.discard()
-            self._refuse(version, CANARY, str(exc))
+        model = self._start_model(verified, CANARY, self.serving.canary_timeout_ms / 1000)
+        if model is None:
             return
-        model.deployment = self._deployed(verified, CANARY)
         self.canary = model
         self._canary_seen = 0
-        self.controller.start()
-        self.metrics.weight.labels(self.name).set(self.router.weight)
+        self.controller.serving = version
+        self.controller.refresh()
 
     def _stop_canary(self) -> None:
         canary, self.canary = self.canary, None
-        self.controller.stop()
+        self.controller.serving = None
+        self.controller.refresh()
         self.metrics.weight.labels(self.name).set(0)
         if canary is not None:
             canary.close()
             canary.verified.discard()
 
-    # -- canary verdicts (on the analyst thread) ----------------------------------------------
+    # -- canary verdicts (on the worker that reached them) ------------------------------------------
 
     def _remove_canary_alias(self, version: str) -> bool:
         """Drop ``@canary`` if it still names ``version`` (so a restart does not bring it back)."""
@@ -417,18 +542,19 @@ class Engine:
         return True
 
     def _canary_failed(self, verdict: Verdict) -> None:
-        """Weight is 0 already; remove the alias, record the figures, stop the canary."""
+        """Weight is 0 for every worker already; remove the alias, record the figures, stop the canary."""
         with self._switch:
+            version = self.controller.row.version
             canary = self.canary
-            if canary is None:
+            if version is None:
                 return
-            version = canary.verified.version
             self.metrics.rollbacks.labels(self.name).inc()
             self.metrics.weight.labels(self.name).set(0)
             restored = self._remove_canary_alias(version)
+            digest = canary.verified.version_digest if canary is not None else None
             self.ledger.append(
                 EventKind.CANARY_ROLLED_BACK,
-                inputs={"version": canary.verified.version_digest},
+                inputs={"version": digest} if digest else [],
                 outputs=[],
                 details={
                     "name": self.name,
@@ -440,7 +566,9 @@ class Engine:
                 },
             )
             log.warning("canary %s version %s rolled back: %s", self.name, version, "; ".join(verdict.reasons))
+            self.controller.stop()
             self._stop_canary()
+            self.state.set_desired(self.champion.verified.version if self.champion else None, None)
 
     def _canary_passed(self, verdict: Verdict) -> None:
         """The last step is clean: promote through the promotion policy, then serve it as champion."""
@@ -469,6 +597,7 @@ class Engine:
             )
             if ok:
                 self._load_champion(version)  # first: the canary keeps its share until the champion has switched
+            self.controller.stop()
             self._stop_canary()
             if not ok:
                 log.warning(
@@ -478,24 +607,51 @@ class Engine:
                     "; ".join(reasons),
                 )
                 self._remove_canary_alias(version)
+            self._publish()
 
     # -- background -------------------------------------------------------------------------------
 
+    def _shared_tick(self) -> None:
+        self.state.try_lead()
+        self.controller.flush()
+        if self._applied < 0:
+            self.sync()  # at start every worker loads from the aliases, all at once
+        else:
+            self._follow_desired()
+        self.controller.refresh()
+        self.metrics.weight.labels(self.name).set(self.router.weight / 100 if self.canary else 0)
+
+    def _follow(self) -> None:
+        while not self._stop.wait(_SHARED_EVERY):
+            try:
+                self._shared_tick()
+            except Exception:
+                log.exception("could not read the workers' shared state")
+
     def _analyse(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=0.5)
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if not self.state.leading:
+                self.controller.flush()  # a failure seen here reaches the leader's judgement now
+                continue
             try:
                 self.controller.evaluate()
-                self.metrics.weight.labels(self.name).set(self.router.weight if self.canary else 0)
             except Exception:
                 log.exception("canary analysis failed")
 
     def _watch(self) -> None:
         while not self._stop.wait(self.serving.watch_seconds):
+            if not self.state.leading:
+                continue
             try:
                 self.sync()
             except Exception:
                 log.exception("could not check the registry's aliases")
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(map(str, error["loc"])) or "body"
+    return f"{where}: {error['msg']}"

@@ -48,9 +48,21 @@ class ServiceMetrics:
         self.client_errors = Counter(
             "conveyor_client_errors", "Requests refused before any model ran", ["reason"], registry=self.registry
         )
+        self.contract_breaches = Counter(
+            "conveyor_contract_breaches",
+            "Answers that broke the model's output contract (never sent to a client)",
+            labels,
+            registry=self.registry,
+        )
+        self.unknown_categories = Counter(
+            "conveyor_unknown_categories",
+            "Categorical values in requests that the model never saw in training",
+            ["model", "column"],
+            registry=self.registry,
+        )
         self.weight = Gauge(
-            "conveyor_canary_weight_percent",
-            "Share of requests routed to the canary",
+            "conveyor_canary_weight",
+            "Share of requests routed to the canary (0 to 1)",
             ["model"],
             multiprocess_mode="mostrecent",
             registry=self.registry,

@@ -1,23 +1,27 @@
 """Models as the service holds them: verified first, then loaded from exactly the verified files.
 
 ``load_verified`` runs the whole ``verify`` chain into a folder that is kept, and loads the model
-from that folder, so what answers requests is byte for byte what was verified. The champion runs
-in the service's own process (``InProcessModel``); a canary runs in a child process of its own
-(``IsolatedModel``), so a canary that crashes, hangs or leaks takes down only its child: its
-requests fail over to the champion and count against it.
+from that folder, so what answers requests is byte for byte what was verified. Champion and
+canary alike run in a child process of their own (``ModelProcess``): a model that crashes, hangs
+or leaks takes down only its child, the service's event loop never waits on a model's CPU, and
+both sides are measured the same way (the model's own time, taken in its process around the same
+call). Requests that arrive while a model is busy are answered together in one call (adaptive
+batching: no added wait when idle). Every answer is checked against the output contract
+(``serving.contract``) in this process before it counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,10 @@ import numpy as np
 import pandas as pd
 
 from registry.workspace import prepare_process
-from serving.schema import Column, columns_from_signature
+from serving.contract import ContractBreach, InputContract, check_output
+from serving.schema import Column, columns_from_mlmodel
 
-__all__ = ["Answer", "InProcessModel", "IsolatedModel", "LoadRefused", "ModelFailed", "VerifiedModel", "load_verified"]
+__all__ = ["Answer", "LoadRefused", "ModelFailed", "ModelProcess", "VerifiedModel", "load_verified", "warm_pool"]
 
 
 class LoadRefused(Exception):
@@ -35,7 +40,11 @@ class LoadRefused(Exception):
 
 
 class ModelFailed(Exception):
-    """A model could not answer: it raised, timed out, or its process died."""
+    """A model could not answer: it raised, timed out, its process died, or its answer broke the contract."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind  # error | timeout | crash | contract
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class VerifiedModel:
     signer: str
     columns: tuple[Column, ...]
     task: str  # classification: the answer is P(positive class); regression: the prediction
+    contract: InputContract = field(default_factory=InputContract)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
@@ -58,7 +68,7 @@ def load_verified(
     ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: Any, task: str, workspace: Path
 ) -> VerifiedModel:
     """Verify ``ref`` (every link of ``conveyor verify``) and keep its files in ``workspace``."""
-    from mlflow.models import Model
+    import yaml
 
     from registry.verify import verify_version
 
@@ -72,30 +82,35 @@ def load_verified(
             raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
         model_dir = folder / "files"
         try:
-            columns = tuple(columns_from_signature(Model.load(str(model_dir / "MLmodel")).signature))
-        except (OSError, ValueError) as exc:
+            mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+            columns = tuple(columns_from_mlmodel(mlmodel))
+            contract = InputContract.from_metadata(mlmodel.get("metadata"))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
             raise LoadRefused(f"{ref} cannot be served: {exc}") from None
     except LoadRefused:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return VerifiedModel(
-        report.name, str(report.version), model_dir, str(report.version_digest), str(report.signer), columns, task
+        report.name,
+        str(report.version),
+        model_dir,
+        str(report.version_digest),
+        str(report.signer),
+        columns,
+        task,
+        contract,
     )
 
 
 @dataclass(frozen=True)
 class Answer:
-    values: np.ndarray  # one float per row
-    model_ms: float  # the model's own time, without queueing or the process boundary
-
-
-def _timed(predict: Any, rows: list[dict[str, Any]]) -> Answer:
-    started = time.perf_counter()
-    values = predict(rows)
-    return Answer(values, (time.perf_counter() - started) * 1000)
+    values: np.ndarray  # one float per row, checked against the output contract
+    model_ms: float  # the model's own time for the call that answered (taken in its process)
+    batch_rows: int  # rows in that call
 
 
 _NUMERIC = {"double", "float", "long", "integer"}
+log = logging.getLogger("conveyor.serving")
 
 
 def frame_of(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> pd.DataFrame:
@@ -110,39 +125,109 @@ def frame_of(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> pd.Data
     return pd.DataFrame(data)
 
 
-def _predictor(model_dir: Path, task: str, columns: tuple[Column, ...]) -> Any:
-    """The loaded model's answer function: rows in, one float per row out."""
+def load_estimator(model_dir: Path) -> Any:
+    """The estimator in an MLflow sklearn model folder, loaded the way MLflow loads it (skops with the
+    model's own trusted types), without importing MLflow where the format allows."""
+    import yaml
+
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["sklearn"]
+    if flavor.get("serialization_format") == "skops":
+        import skops.io
+
+        return skops.io.load(model_dir / flavor["pickled_model"], trusted=flavor.get("skops_trusted_types") or [])
     import mlflow.sklearn
 
-    model = mlflow.sklearn.load_model(str(model_dir))
-    if task == "classification":
-        return lambda rows: np.asarray(model.predict_proba(frame_of(rows, columns)))[:, 1]
-    return lambda rows: np.asarray(model.predict(frame_of(rows, columns)), dtype=float)
+    return mlflow.sklearn.load_model(str(model_dir))
 
 
-class InProcessModel:
-    """The model in this process: the fast path, for the champion.
+# -- the child process: loads the model once and answers frames ----------------------------------
 
-    Requests that arrive while the model is busy are answered together in one call (adaptive
-    batching: no added wait when idle, one frame and one predict for many requests under load).
+_child: Any = None
+
+
+def _child_warm() -> None:
+    """A new child: telemetry off, one BLAS thread, and the libraries a model needs, imported before any model is known."""
+    prepare_process()
+    import sklearn.pipeline  # noqa: F401 - imported now, while the parent verifies
+    import skops.io  # noqa: F401 - as above
+
+
+def _child_load(model_dir: str, task: str, columns: tuple[Column, ...]) -> int:
+    global _child  # noqa: PLW0603 - one model per child process
+    model = load_estimator(Path(model_dir))
+    method = model.predict_proba if task == "classification" else model.predict
+    _child = (method, columns)
+    return os.getpid()
+
+
+def warm_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """A model process with the libraries imported and no model yet: ``ModelProcess(pool=...)`` loads one into it."""
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_warm
+    )
+    pool.submit(os.getpid)  # start the child now, not at the first call
+    return pool
+
+
+def _child_run(rows: list[dict[str, Any]]) -> tuple[Any, float]:
+    """The model's raw answer for ``rows`` and its own time in ms (checked by the parent, not here)."""
+    method, columns = _child
+    started = time.perf_counter()
+    raw = np.asarray(method(frame_of(rows, columns)))
+    return raw, (time.perf_counter() - started) * 1000
+
+
+class ModelProcess:
+    """A verified model in a child process of its own, with adaptive batching and the output contract.
+
+    A call that raises, outlasts ``timeout``, finds the process dead or breaks the contract raises
+    ``ModelFailed`` (with its ``kind``); a dead or hung child is replaced (loaded afresh from the
+    same verified files) on the next call.
     """
 
-    def __init__(self, verified: VerifiedModel, *, max_batch_rows: int = 512) -> None:
+    def __init__(
+        self,
+        verified: VerifiedModel,
+        *,
+        timeout: float | None = None,
+        max_batch_rows: int = 512,
+        pool: concurrent.futures.ProcessPoolExecutor | None = None,
+    ) -> None:
         self.verified = verified
         self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
-        self._predict = _predictor(verified.folder, verified.task, verified.columns)
+        self.timeout = timeout
         self._max_rows = max_batch_rows
+        self._classes = verified.contract.classes
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._ready: concurrent.futures.Future | None = None
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._start(pool)
 
-    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:
+    def wait_loaded(self, timeout: float = 120) -> None:
+        """Block until the child has loaded the model; ``LoadRefused`` when it cannot."""
+        try:
+            self._ready.result(timeout=timeout)  # type: ignore[union-attr]
+        except Exception as exc:
+            self.close()
+            raise LoadRefused(
+                f"{self.verified.name} version {self.verified.version} failed to load in its process: {exc!r}"
+            ) from None
+
+    def _start(self, pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
+        self._pool = pool or warm_pool()
+        v = self.verified
+        self._ready = self._pool.submit(_child_load, str(v.folder), v.task, v.columns)  # done once it has loaded
+
+    async def predict(self, rows: list[dict[str, Any]]) -> Answer:
         if self._queue is None or self._worker is None or self._worker.done():
             self._loop = asyncio.get_running_loop()
             self._queue = asyncio.Queue()
             self._worker = self._loop.create_task(self._batches(self._queue))
         answer: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((rows, answer))
+        self._queue.put_nowait((rows, answer))
         return await answer
 
     async def _batches(self, queue: asyncio.Queue) -> None:
@@ -154,112 +239,73 @@ class InProcessModel:
                 size += len(batch[-1][0])
             rows = [row for request, _ in batch for row in request]
             try:
-                answer = await asyncio.to_thread(_timed, self._predict, rows)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(ModelFailed(f"the model raised {type(exc).__name__}: {exc}"))
+                raw, model_ms = await self._call(rows)
+                values = check_output(raw, len(rows), self.verified.task, self._classes)
+            except ModelFailed as exc:
+                _fail(batch, exc)
+                continue
+            except ContractBreach as exc:
+                _fail(batch, ModelFailed(f"its answer broke the output contract: {exc}", "contract"))
+                continue
+            except Exception as exc:  # anything else about the answer is the model's fault too
+                _fail(batch, ModelFailed(f"its answer could not be read: {type(exc).__name__}: {exc}", "contract"))
                 continue
             start = 0
             for request, future in batch:
                 if not future.done():
-                    part = answer.values[start : start + len(request)]
-                    future.set_result(Answer(part, answer.model_ms))
+                    future.set_result(Answer(values[start : start + len(request)], model_ms, len(rows)))
                 start += len(request)
 
-    def close(self) -> None:
-        """Stop the batching task (from any thread); requests already answered are unaffected."""
-        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._worker.cancel)
-
-
-# -- the isolated model: a child process that loads the model once and answers frames -----------
-
-_child_predict: Any = None
-
-
-def _child_start(model_dir: str, task: str, columns: tuple[Column, ...]) -> None:
-    global _child_predict  # noqa: PLW0603 - one model per child process
-    prepare_process()  # telemetry off, one BLAS thread: this child is a model process too
-    _child_predict = _predictor(Path(model_dir), task, columns)
-
-
-def _child_run(rows: list[dict[str, Any]]) -> Answer:
-    return _timed(_child_predict, rows)
-
-
-class IsolatedModel:
-    """The model in a child process of its own: for the canary.
-
-    A call that raises, outlasts ``timeout`` or finds the process dead raises ``ModelFailed``; a
-    dead or hung child is replaced (loaded afresh from the same verified files) on the next call.
-    """
-
-    def __init__(self, verified: VerifiedModel) -> None:
-        self.verified = verified
-        self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
-        self._lock = threading.Lock()
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._ready: concurrent.futures.Future | None = None
-        self._start()
-        # Load now, so the first requests do not pay for it (and a model that cannot load fails here).
-        try:
-            self._ready.result(timeout=120)  # type: ignore[attr-defined]
-        except Exception as exc:
-            self.close()
-            raise LoadRefused(
-                f"{verified.name} version {verified.version} failed to load in its process: {exc!r}"
-            ) from None
-
-    def _start(self) -> None:
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_child_start,
-            initargs=(str(self.verified.folder), self.verified.task, self.verified.columns),
-        )
-        self._ready = self._pool.submit(os.getpid)  # done once the child has loaded the model
-
-    async def predict(self, rows: list[dict[str, Any]], timeout: float | None = None) -> Answer:
+    async def _call(self, rows: list[dict[str, Any]]) -> tuple[Any, float]:
         with self._lock:
             pool, ready = self._pool, self._ready
         if pool is None or ready is None:
-            raise ModelFailed("the model's process is closed")
+            raise ModelFailed("the model's process is closed", "crash")
         if not ready.done():
-            raise ModelFailed("the model's process is restarting")
+            raise ModelFailed("the model's process is (re)starting", "crash")
         try:
             future = pool.submit(_child_run, rows)
         except (concurrent.futures.BrokenExecutor, RuntimeError):  # died, or replaced meanwhile
             self._replace(pool)
-            raise ModelFailed("the model's process had died; it is being restarted") from None
+            raise ModelFailed("the model's process had died; it is being restarted", "crash") from None
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:
             self._replace(pool)  # a hung child holds the only slot: start over
-            raise ModelFailed(f"no answer within {timeout:.2f} s") from None
+            raise ModelFailed(f"no answer within {self.timeout:.2f} s", "timeout") from None
         except concurrent.futures.BrokenExecutor:
             self._replace(pool)
-            raise ModelFailed("the model's process died") from None
+            raise ModelFailed("the model's process died", "crash") from None
         except asyncio.CancelledError:
             if future.cancelled():  # the call was still queued when its process was stopped
-                raise ModelFailed("the model's process was stopped before it answered") from None
-            raise  # the request itself was cancelled
+                raise ModelFailed("the model's process was stopped before it answered", "crash") from None
+            raise
         except Exception as exc:
-            raise ModelFailed(f"the model raised {type(exc).__name__}: {exc}") from None
+            raise ModelFailed(f"the model raised {type(exc).__name__}: {str(exc)[:300]}") from None
 
     def _replace(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
         """A fresh child instead of ``broken``; the old one is killed off the caller's thread."""
         with self._lock:
             if self._pool is not broken:
                 return  # replaced already, or closed
+            log.warning("restarting the process of %s version %s", self.verified.name, self.verified.version)
             self._start()
         threading.Thread(target=_kill, args=(broken,), name="kill-model-process", daemon=True).start()
 
     def close(self) -> None:
+        """Stop the child (and the batching task, from any thread)."""
         with self._lock:
             pool, self._pool = self._pool, None
+        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._worker.cancel)
         if pool is not None:
             _kill(pool)
+
+
+def _fail(batch: list[tuple[Any, asyncio.Future]], exc: ModelFailed) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:

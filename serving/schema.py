@@ -10,12 +10,13 @@ later can be joined to the prediction they judge.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict, StringConstraints, create_model
 
-__all__ = ["Column", "columns_from_signature", "request_model"]
+__all__ = ["Column", "columns_from_mlmodel", "request_model"]
 
 _NUMBER = Annotated[float, Strict(), AllowInfNan(False)]
 _INTEGER = Annotated[int, Strict()]
@@ -30,9 +31,10 @@ class Column:
     type: str  # an MLflow data type name: double, float, long, integer, string, boolean
 
 
-def columns_from_signature(signature: Any) -> list[Column]:
-    """The named input columns of an MLflow ``ModelSignature``."""
-    specs = signature.inputs.to_dict() if signature is not None and signature.inputs is not None else []
+def columns_from_mlmodel(mlmodel: dict[str, Any]) -> list[Column]:
+    """The named input columns of the signature in an MLmodel file's content (read without MLflow)."""
+    inputs = (mlmodel.get("signature") or {}).get("inputs")
+    specs = json.loads(inputs) if isinstance(inputs, str) else (inputs or [])
     columns = [Column(spec["name"], spec["type"]) for spec in specs if "name" in spec]
     unknown = sorted({c.type for c in columns} - set(_TYPES))
     if not columns or unknown:

@@ -1,4 +1,4 @@
-"""The BentoML service: ``POST /predict``, ``/admin/*``, and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
+"""The BentoML service: ``POST /predict``, ``/admin/*``, ``/docs.json``, and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
 
 Run it with ``conveyor serve`` (which starts ``bentoml serve serving.service:Conveyor`` on
 127.0.0.1 with the Workspace's environment), or build it with ``bentoml build``. The service
@@ -6,26 +6,35 @@ opens its Workspace exactly as the command line does (``Workspace.open()``: the 
 environment, then the project file's ``settings:``, then defaults), so a bare ``bentoml serve``
 in the project folder uses the same stores as ``conveyor serve``.
 
-One worker: the router, the canary analysis and the inference log are the state of one process,
-and the canary's model runs in a child process of its own (see ``serving.models``).
+Every request passes ``serving.gate`` first (keys, limits, content types, the paths served);
+``/predict`` is answered there by the engine. BentoML runs ``workers`` processes (the serving
+policy); they share the canary's state (``serving.shared``), and each model runs in a child
+process of its worker (``serving.models``).
 """
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 from registry.workspace import Workspace, prepare_process
 
 prepare_process()  # telemetry off and one BLAS thread per model, before BentoML is imported
 
 import bentoml  # noqa: E402 - must follow prepare_process
-from fastapi import FastAPI, Header, HTTPException  # noqa: E402 - as above
+from fastapi import FastAPI, HTTPException  # noqa: E402 - as above
 from pydantic import BaseModel, Field  # noqa: E402 - as above
 
-from serving.engine import ClientError, Engine  # noqa: E402 - as above
+from serving import transport  # noqa: E402 - as above
+from serving.errors import ClientError  # noqa: E402 - as above
+from serving.gate import Front, Gate  # noqa: E402 - as above
 
 __all__ = ["Conveyor"]
 
 log = logging.getLogger("conveyor.serving")
+logging.getLogger("conveyor").setLevel(logging.INFO)  # what the service loads, refuses and decides: in its log
+_WORKSPACE = Workspace.open()
+_POLICY = _WORKSPACE.serving_policy()
+transport.install(_POLICY.header_timeout_seconds)  # before BentoML's worker builds its uvicorn server
+front = Front()
 
 
 class Weight(BaseModel):
@@ -37,23 +46,24 @@ class Abort(BaseModel):
     reason: str = Field("no reason given", max_length=500)
 
 
-admin = FastAPI(title="Conveyor admin", description="Canary status and control: admin API keys only.")
+# The gate has checked the admin key before any of these run. No interactive docs: they load scripts from a CDN.
+admin = FastAPI(title="Conveyor admin", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _token(authorization: str | None, api_key: str | None) -> str | None:
-    if api_key:
-        return api_key
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
-@bentoml.service(name="conveyor", workers=1, traffic={"timeout": 30}, logging={"access": {"enabled": False}})
+@bentoml.service(
+    name="conveyor",
+    workers=_POLICY.workers,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+)
 @bentoml.asgi_app(admin, path="/admin")
 class Conveyor:
     def __init__(self) -> None:
-        self.engine = Engine(Workspace.open().prepare())
+        from serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
+
+        self.engine = Engine(_WORKSPACE.prepare())
         self.engine.start()
+        front.engine = self.engine
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
@@ -63,71 +73,28 @@ class Conveyor:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Graceful stop: the canary's process ends and every logged request is written."""
+        """Graceful stop: the models' processes end and every logged request is written."""
+        front.engine = None
         self.engine.close()
 
-    @bentoml.api(route="/predict")
-    async def predict(
-        self,
-        rows: Annotated[list[dict[str, Any]], Field(description="rows of feature values, one object per row")],
-        key: Annotated[
-            str | None, Field(description="a routing key: requests with the same key go to the same model")
-        ] = None,
-        ctx: bentoml.Context = None,  # type: ignore[assignment]
-    ) -> dict[str, Any]:
-        """Predictions for ``rows``, with the model version that answered."""
-        headers = ctx.request.headers
-        try:
-            self.engine.authorize(_token(headers.get("authorization"), headers.get("x-api-key")))
-            return await self.engine.predict(rows, key)
-        except ClientError as exc:
-            ctx.response.status_code = exc.status
-            return {"error": str(exc)}
-
-    # -- admin ----------------------------------------------------------------------------------
-
-    def _admin(self, authorization: str | None, api_key: str | None) -> None:
-        try:
-            self.engine.authorize(_token(authorization, api_key), admin=True)
-        except ClientError as exc:
-            raise HTTPException(exc.status, str(exc)) from None
-
     @admin.get("/status")
-    def status(
-        self, authorization: Annotated[str | None, Header()] = None, x_api_key: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         """The models served, the canary's weight, step and last verdict."""
-        self._admin(authorization, x_api_key)
         return self.engine.status()
 
     @admin.post("/weight")
-    def set_weight(
-        self,
-        body: Weight,
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any]:
+    def set_weight(self, body: Weight) -> dict[str, Any]:
         """Move the canary's weight by hand; analysis goes on from the step at or above it."""
-        self._admin(authorization, x_api_key)
         return self._engine_call(self.engine.set_weight, body.weight, body.hold)
 
     @admin.post("/abort")
-    def abort(
-        self,
-        body: Abort,
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> dict[str, Any]:
+    def abort(self, body: Abort) -> dict[str, Any]:
         """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
-        self._admin(authorization, x_api_key)
         return self._engine_call(self.engine.abort, body.reason)
 
     @admin.post("/reload")
-    def reload(
-        self, authorization: Annotated[str | None, Header()] = None, x_api_key: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
+    def reload(self) -> dict[str, Any]:
         """Check the registry's aliases now instead of at the next watch."""
-        self._admin(authorization, x_api_key)
         return self.engine.sync()
 
     def _engine_call(self, function: Any, *args: Any) -> dict[str, Any]:
@@ -135,3 +102,6 @@ class Conveyor:
             return function(*args)
         except ClientError as exc:
             raise HTTPException(exc.status, str(exc)) from None
+
+
+Conveyor.add_asgi_middleware(Gate, front=front)  # type: ignore[attr-defined]

@@ -44,7 +44,10 @@ def serve(
     ]
     out(f"Serving {ws.root.name} on http://{host}:{port} (Ctrl-C stops it cleanly)")
     sys.stdout.flush()
-    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1"}
+    import uuid
+
+    # One run id for this service's workers: they share the canary's state under it.
+    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1", "CONVEYOR_SERVICE_RUN": uuid.uuid4().hex}
     os.execve(sys.executable, command, env)  # BentoML owns the process: signals reach it directly
 
 
@@ -61,7 +64,7 @@ def api_key_create(
         int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")
     ] = None,
 ) -> None:
-    """Create an API key; it is shown once and stored only as a salted hash."""
+    """Create an API key; it is shown once and stored only as its SHA-256."""
     from serving.auth import ApiKeys
 
     key = ApiKeys(workspace(ctx).api_keys_file).create(name, admin=admin, per_second=rate, burst=burst)
@@ -75,7 +78,45 @@ def api_key_list(ctx: typer.Context) -> None:
     from serving.auth import ApiKeys
 
     for entry in ApiKeys(workspace(ctx).api_keys_file).entries():
-        out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}")
+        outdated = (
+            "  (made by an older version, no longer accepted: `conveyor api-key rotate`)" if entry["outdated"] else ""
+        )
+        out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}{outdated}")
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Whose keys to revoke (as in `api-key list`).")]
+) -> None:
+    """Revoke every key of NAME; a running service refuses them within a second."""
+    from serving.auth import ApiKeys, UnknownKey
+
+    try:
+        removed = ApiKeys(workspace(ctx).api_keys_file).revoke(name)
+    except UnknownKey:
+        raise _no_key(name) from None
+    out(f"Revoked {removed} key{'s' if removed != 1 else ''} of {name!r}.")
+
+
+@api_key_app.command("rotate")
+def api_key_rotate(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Whose key to replace (as in `api-key list`).")]
+) -> None:
+    """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
+    from serving.auth import ApiKeys, UnknownKey
+
+    try:
+        key = ApiKeys(workspace(ctx).api_keys_file).rotate(name)
+    except UnknownKey:
+        raise _no_key(name) from None
+    out(key)
+    typer.echo(f"New key for {name!r}: keep it now, it is not shown again; the old one is revoked.", err=True)
+
+
+def _no_key(name: str) -> Exception:
+    from policies.errors import ConveyorError
+
+    return ConveyorError(f"No API key belongs to {name!r}.", hint="`conveyor api-key list` shows the keys' owners.")
 
 
 _URL = typer.Option("--url", help="The service (default: http://127.0.0.1:3000, or $CONVEYOR_SERVICE_URL).")

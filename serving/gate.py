@@ -1,0 +1,209 @@
+"""The service's front door: every path it answers, who may call it, and the limits checked before any work.
+
+An ASGI middleware around BentoML's app. For each request it looks only at the path and the
+headers first: an unknown path is a 404, a missing or wrong key a 401 (a 429 once an address has
+sent too many wrong keys), a body over ``max_body_bytes`` by its ``Content-Length`` a 413, any
+content type but JSON a 415, all before a byte of the body is read. Then the body is read within
+``body_timeout_seconds`` and the size limit (408 or 413, the connection closed), and only then
+parsed. ``POST /predict`` is answered here, by the engine (no framework in between); the admin
+API, ``/metrics`` and the health checks go on to BentoML once admitted.
+
+Paths without a key: ``/livez`` and ``/readyz`` (orchestrators' probes) and nothing else.
+BentoML's index page, static assets, ``/schema.json`` and its docs are not served at all; the
+OpenAPI document of ``/predict`` is ``/docs.json``, for admin keys (or off, by policy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from serving.errors import ClientError
+
+if TYPE_CHECKING:
+    from serving.engine import Engine
+
+__all__ = ["OPEN_PATHS", "Front", "Gate"]
+
+log = logging.getLogger("conveyor.serving")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/livez", "/readyz"})  # the only paths answered without a key
+_JSON = b"application/json"
+
+
+@dataclass
+class Front:
+    """What the gate needs from the service, set once the worker's engine exists."""
+
+    engine: Engine | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.close = status, close
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class Gate:
+    def __init__(self, app: Callable[..., Awaitable[None]], front: Front) -> None:
+        self.app, self.front = app, front
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)  # lifespan
+            return
+        path, method = scope["path"], scope["method"]
+        if path in OPEN_PATHS and method in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        admin = path.startswith("/admin/") or path == "/docs.json"
+        try:
+            engine = self.front.engine
+            if engine is None:
+                raise _Refused(503, "the service is starting")
+            await self._serve(engine, scope, receive, send, path, method, admin)
+        except _Refused as exc:
+            await _reply(send, exc.status, {"detail" if admin else "error": str(exc)}, close=exc.close)
+        except ClientError as exc:
+            await _reply(send, exc.status, {"detail" if admin else "error": str(exc)})
+        except _Disconnected:
+            client = scope.get("client") or ("?", 0)
+            log.info("client %s:%s disconnected before its request was read", *client)
+
+    async def _serve(
+        self, engine: Engine, scope: Scope, receive: Receive, send: Send, path: str, method: str, admin: bool
+    ) -> None:
+        known = {"/predict": {"POST"}, "/metrics": {"GET"}, "/docs.json": {"GET"}}
+        if not admin and path not in known:
+            raise _Refused(404, f"no such path: {path[:100]}")
+        if path in known and method not in known[path]:
+            raise _Refused(405, f"{path} takes {' or '.join(sorted(known[path]))}, not {method[:10]}")
+        headers = dict(scope["headers"])
+        client = (scope.get("client") or ("?", 0))[0]
+        role = engine.authorize(_token(headers), admin=admin, client=client)
+        policy = engine.serving
+        if path == "/docs.json" and policy.docs == "off":
+            raise _Refused(404, "the API's document is off (policies/serving.yaml: docs)")
+        if method == "POST":
+            body = await _body(receive, headers, policy.max_body_bytes, policy.body_timeout_seconds)
+        if path == "/predict":
+            engine.admit(role)
+            answer = await engine.predict(body)
+            await _send(send, 200, answer)
+            return
+        if path == "/docs.json":
+            await _reply(send, 200, engine_document(engine))
+            return
+        if method == "POST":
+            receive = _replay(body)
+        await self.app(scope, receive, send)
+
+
+def _token(headers: dict[bytes, bytes]) -> str | None:
+    if key := headers.get(b"x-api-key"):
+        return key.decode("latin-1").strip()
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float) -> bytes:
+    """The whole body, if it is JSON (or empty), within ``limit`` bytes and ``timeout`` seconds."""
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "Content-Length is not a number", close=True)
+        if int(declared) > limit:
+            raise _Refused(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}", close=True)
+    kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if kind != _JSON and not (declared == b"0" or (declared is None and kind == b"")):
+        shown = kind.decode("latin-1")[:60] or "none"
+        raise _Refused(415, f"the body must be JSON (Content-Type: application/json), not {shown}", close=True)
+    chunks, size = [], 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise _Refused(408, f"the body was not sent within {timeout:g} s", close=True) from None
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, f"the body is over the limit of {limit:,} bytes", close=True)
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # as a connection that stays open: the app has what it needs
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _send(send: Send, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    if status == 429:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _reply(send: Send, status: int, content: Any, *, close: bool = False) -> None:
+    await _send(send, status, json.dumps(content).encode(), close=close)
+
+
+def engine_document(engine: Engine) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``POST /predict``, from the champion's request model."""
+    model = engine.request_model
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}") if model is not None else {}
+    components = schema.pop("$defs", {})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"Conveyor: {engine.name}", "version": "1"},
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Predictions for rows, with the model version that answered",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
+                    "responses": {
+                        "200": {"description": "one prediction per row"},
+                        "400": {"description": "the request does not match the model's inputs"},
+                        "401": {"description": "no valid API key"},
+                        "413": {"description": "the body is too large"},
+                        "429": {"description": "over the key's rate"},
+                    },
+                    "security": [{"bearer": []}],
+                }
+            }
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
