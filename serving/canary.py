@@ -12,6 +12,7 @@ compare-and-set on the shared row, so no two workers act on one step.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import uuid
@@ -37,8 +38,9 @@ class CanaryController:
         on_promote: Callable[[Verdict], None],
         on_rollback: Callable[[Verdict], None],
         clock: Callable[[], float] = time.time,
+        worker: str = "",
     ) -> None:
-        self.state, self.router, self.policy = state, router, policy
+        self.state, self.router, self.policy, self.worker = state, router, policy, worker
         self._on_promote, self._on_rollback, self._clock = on_promote, on_rollback, clock
         self._buffer: list[Observation] = []
         self._buffer_lock = threading.Lock()
@@ -62,7 +64,7 @@ class CanaryController:
         row = self.row
         if row.state != "running" or row.run is None:
             return
-        observation = Observation(row.run, row.window, role, ok, kind, latency_ms, tuple(predictions))
+        observation = Observation(row.run, row.window, role, ok, kind, latency_ms, tuple(predictions), self.worker)
         with self._buffer_lock:
             self._buffer.append(observation)
 
@@ -182,6 +184,7 @@ class CanaryController:
             "held": row.held,
             "canary_requests": len(canary),
             "canary_errors": sum(not o.ok for o in canary),
+            "canary_requests_by_worker": dict(collections.Counter(o.worker for o in canary)),
             "breaches_in_a_row": row.breaches_in_a_row,
             "last_verdict": row.verdict,
         }

@@ -72,6 +72,7 @@ class Engine:
             ws.canary_policy(),
             on_promote=self._canary_passed,
             on_rollback=self._canary_failed,
+            worker=self._instance,
         )
         self.metrics = ServiceMetrics()
         self.keys = ApiKeys(ws.api_keys_file)

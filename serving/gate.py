@@ -91,9 +91,10 @@ class Gate:
         if path in known and method not in known[path]:
             raise _Refused(405, f"{path} takes {' or '.join(sorted(known[path]))}, not {method[:10]}")
         headers = dict(scope["headers"])
+        policy = engine.serving
+        _declared_size(headers, policy.max_body_bytes)  # the cheapest refusal first: no key needed to be told
         client = (scope.get("client") or ("?", 0))[0]
         role = engine.authorize(_token(headers), admin=admin, client=client)
-        policy = engine.serving
         if path == "/docs.json" and policy.docs == "off":
             raise _Refused(404, "the API's document is off (policies/serving.yaml: docs)")
         if method == "POST":
@@ -123,11 +124,6 @@ def _token(headers: dict[bytes, bytes]) -> str | None:
 async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeout: float) -> bytes:
     """The whole body, if it is JSON (or empty), within ``limit`` bytes and ``timeout`` seconds."""
     declared = headers.get(b"content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise _Refused(400, "Content-Length is not a number", close=True)
-        if int(declared) > limit:
-            raise _Refused(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}", close=True)
     kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if kind != _JSON and not (declared == b"0" or (declared is None and kind == b"")):
         shown = kind.decode("latin-1")[:60] or "none"
@@ -149,6 +145,16 @@ async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeo
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
+
+
+def _declared_size(headers: dict[bytes, bytes], limit: int) -> None:
+    """413 for a body whose declared length is over ``limit``, before anything is read."""
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "Content-Length is not a number", close=True)
+        if int(declared) > limit:
+            raise _Refused(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}", close=True)
 
 
 def _replay(body: bytes) -> Receive:

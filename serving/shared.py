@@ -39,7 +39,8 @@ create table if not exists canary (
     verdict text, epoch integer
 );
 create table if not exists observations (
-    run text, window integer, role text, ok integer, kind text, latency_ms real, predictions text, at real
+    run text, window integer, role text, ok integer, kind text, latency_ms real, predictions text, at real,
+    worker text
 );
 create index if not exists observations_by_run on observations (run, role, window);
 """
@@ -77,6 +78,7 @@ class Observation:
     kind: str  # ok | error | timeout | crash | contract
     latency_ms: float
     predictions: tuple[float, ...] = ()
+    worker: str = ""  # the worker that served it
 
 
 class SharedState:
@@ -165,17 +167,18 @@ class SharedState:
 
     def add(self, observations: Iterable[Observation]) -> None:
         rows = [
-            (o.run, o.window, o.role, int(o.ok), o.kind, o.latency_ms, json.dumps(o.predictions), time.time())
+            (o.run, o.window, o.role, int(o.ok), o.kind, o.latency_ms, json.dumps(o.predictions), time.time(), o.worker)
             for o in observations
         ]
         if rows:
             with self._db() as db:
-                db.executemany("insert into observations values (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany("insert into observations values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def observations(self, run: str, role: str, *, window: int | None = None, limit: int = 10_000) -> list[Observation]:
         """The newest ``limit`` observations of ``role`` in canary ``run`` (in ``window`` only, if given), oldest first."""
         query = (
-            "select run, window, role, ok, kind, latency_ms, predictions from observations where run = ? and role = ?"
+            "select run, window, role, ok, kind, latency_ms, predictions, worker from observations"
+            " where run = ? and role = ?"
         )
         params: list[Any] = [run, role]
         if window is not None:
@@ -185,7 +188,9 @@ class SharedState:
         params.append(limit)
         with self._db() as db:
             rows = db.execute(query, params).fetchall()
-        return [Observation(r[0], r[1], r[2], bool(r[3]), r[4], r[5], tuple(json.loads(r[6]))) for r in reversed(rows)]
+        return [
+            Observation(r[0], r[1], r[2], bool(r[3]), r[4], r[5], tuple(json.loads(r[6])), r[7]) for r in reversed(rows)
+        ]
 
     def forget(self, keep_run: str | None) -> None:
         """Drop the observations of every canary run but ``keep_run``."""

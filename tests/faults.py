@@ -4,7 +4,11 @@
 that trains, evaluates, signs and registers like any other. Served in a process where
 ``CONVEYOR_TEST_FAULTS=1``, it misbehaves as told: ``raise`` fails a share of calls, ``slow``
 takes ``delay`` seconds longer, ``crash`` kills its own process on a share of calls, ``skew``
-answers 1 - p, ``none`` behaves.
+answers 1 - p, ``none`` behaves. The output-contract faults answer on a share of calls with the
+wrong number of rows (``rows``), text instead of numbers (``text``), NaN (``nan``), infinity
+(``inf``), probabilities 7.5 times too large (``outside``), or three classes for two (``classes``);
+``contract`` breaks it in the way named in the file ``$CONVEYOR_TEST_BREACH_FILE`` at that call
+(so one trained canary can break it every way in turn).
 """
 
 from __future__ import annotations
@@ -12,12 +16,35 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 _random = random.Random(11)
+
+
+def _nan(proba):
+    proba = proba.copy()
+    proba[0, 1] = np.nan
+    return proba
+
+
+def _inf(proba):
+    proba = proba.copy()
+    proba[-1, 1] = np.inf
+    return proba
+
+
+_BROKEN = {  # answers that break the output contract, each differently
+    "rows": lambda proba: np.vstack([proba, proba[:1]]),
+    "text": lambda proba: np.array([["high", "low"]] * len(proba), dtype=object),
+    "nan": _nan,
+    "inf": _inf,
+    "outside": lambda proba: proba * 7.5,
+    "classes": lambda proba: np.hstack([proba * 0.5, proba[:, :1] * 0 + 0.5]),
+}
 
 
 class FaultyClassifier(ClassifierMixin, BaseEstimator):
@@ -41,7 +68,14 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
         if armed and self.fault == "slow":
             time.sleep(self.delay)
         proba = self.model_.predict_proba(x)
-        return proba[:, ::-1].copy() if armed and self.fault == "skew" else proba
+        if armed and self.fault == "skew":
+            return proba[:, ::-1].copy()
+        fault = self.fault
+        if fault == "contract" and armed:
+            fault = Path(os.environ["CONVEYOR_TEST_BREACH_FILE"]).read_text().strip()
+        if hit and fault in _BROKEN:
+            return _BROKEN[fault](proba)
+        return proba
 
     def predict(self, x):
         return self.classes_[np.argmax(self.predict_proba(x), axis=1)]

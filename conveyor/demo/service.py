@@ -65,11 +65,12 @@ class LocalService:
                     f"the service exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
                 )
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                # Every worker must be ready: each new connection may reach another one.
+                if all(httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200 for _ in range(8)):
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"the service was not ready within {timeout} s:\n{self.log.read_text()[-3000:]}")
 

@@ -1,11 +1,17 @@
 """The service for real: ``conveyor serve`` (BentoML) on 127.0.0.1 with a verified champion, and
-canaries that raise, hang, skew or crash: each is rolled back and no client sees an error."""
+canaries that raise, hang, skew, crash or break the output contract: each is rolled back and no
+client sees an error. And the service as an attacker finds it: every path without a key, wrong
+keys in floods, revoked keys, oversized, slow and malformed bodies."""
 
 from __future__ import annotations
 
 import collections
 import math
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,7 @@ FAULTS = {  # the canaries, by what is wrong with them (tests/faults.py)
     "slow": {"fault": "slow", "delay": 0.2},
     "skewed": {"fault": "skew"},
     "crashes": {"fault": "crash", "rate": 0.1},
+    "breaks-contract": {"fault": "contract", "rate": 0.2},  # how: the breach file, per test
     "healthy": {"fault": "none"},
 }
 CANARY_POLICY = {
@@ -35,8 +42,10 @@ CANARY_POLICY = {
     "min_requests": 60,
     "min_seconds": 1,
     "max_error_rate": 0.05,
-    "latency": {"percentile": "p95", "max_ratio": 3.0},
-    "max_psi": 0.5,
+    "latency": {"max_ratio": 3.0, "min_samples": 30},
+    "predictions": {"max_psi": 0.5},
+    "breach_limit": 2,
+    "analysis_seconds": 0.5,
 }
 ANSWERED: list[Reply] = []  # every successful reply of the module, for the inference log's check
 
@@ -51,6 +60,7 @@ class Served:
     admin_key: str
     slow_key: str
     rows: list[dict]
+    breach: Path  # how the contract-breaking canary breaks it (tests/faults.py)
 
     @property
     def tracking_uri(self) -> str:
@@ -103,10 +113,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
     (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(CANARY_POLICY))
     serving = yaml.safe_load((REPO / "policies" / "serving.yaml").read_text())
     serving.update(
-        watch_seconds=3600,
-        canary_timeout_ms=1000,  # the tests reload by hand
-        rate_limit={"per_second": 100_000, "burst": 100_000},
-    )  # limits are tested with a key of its own
+        watch_seconds=3600,  # the tests reload by hand
+        canary_timeout_ms=1000,
+        rate_limit={"per_second": 100_000, "burst": 100_000},  # limits are tested with a key of their own
+        header_timeout_seconds=2,
+        body_timeout_seconds=2,
+    )
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     promotion = yaml.safe_load((REPO / "policies" / "promotion.yaml").read_text())
     promotion["beat_champion"]["min_delta"] = -0.05  # the healthy canary is the champion's equal
@@ -135,10 +147,16 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
     client_key, admin_key = keys.create("risk-app"), keys.create("ops", admin=True)
     slow_key = keys.create("batch-job", per_second=1, burst=2)
     columns = [c for group in (project["features"]["numeric"], project["features"]["categorical"]) for c in group]
-    service = Service(root / "conveyor.yaml", env={"CONVEYOR_TEST_FAULTS": "1"})
+    breach = base / "breach"
+    breach.write_text("nan")
+    service = Service(
+        root / "conveyor.yaml", env={"CONVEYOR_TEST_FAULTS": "1", "CONVEYOR_TEST_BREACH_FILE": str(breach)}
+    )
     service.start()
     try:
-        yield Served(root, home, service, versions, client_key, admin_key, slow_key, _rows(small_loans, columns))
+        yield Served(
+            root, home, service, versions, client_key, admin_key, slow_key, _rows(small_loans, columns), breach
+        )
     finally:
         service.stop()
 
@@ -238,6 +256,37 @@ def test_a_faulty_canary_is_rolled_back_and_no_client_sees_an_error(
     assert len(replies) < 1500  # rolled back well before the end of the traffic
 
 
+@pytest.mark.parametrize("breach", ["rows", "text", "nan", "inf", "outside", "classes"])
+def test_a_canary_that_breaks_the_output_contract_is_rolled_back_and_no_client_sees_it(
+    served: Served, breach: str
+) -> None:
+    served.breach.write_text(breach)
+    version = served.versions["breaks-contract"]
+    served.make_canary(version)
+    replies = served.drive(1500, stop=canary_gone(served), check_every=25)
+    assert collections.Counter(r.status for r in replies) == {200: len(replies)}
+    predictions = [p for r in replies for p in r.body["predictions"]]
+    assert all(math.isfinite(p) and 0 <= p <= 1 for p in predictions)  # only the champion's answers
+    assert len(replies) < 600  # the first breach rolls it back
+    event = served.ledger("model.canary_rolled_back")[-1]
+    assert event.details["version"] == version and "broke the output contract" in " ".join(event.details["reasons"])
+    assert alias(served.client(), NAME, "champion") == served.versions["champion"]  # never promoted
+
+
+def test_a_category_the_model_never_saw_is_refused_naming_the_field_and_the_values(served: Served) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {served.client_key}"}
+    row = {**served.rows[0], "home_ownership": "rent"}
+    response = httpx.post(f"{served.service.url}/predict", json={"rows": [served.rows[1], row]}, headers=headers)
+    assert response.status_code == 400
+    assert "rows.1.home_ownership: 'rent'" in response.text and "did you mean 'RENT'" in response.text
+    assert "'MORTGAGE', 'OTHER', 'OWN', 'RENT'" in response.text
+    row = {**served.rows[0], "region": "atlantis"}
+    response = httpx.post(f"{served.service.url}/predict", json={"rows": [row]}, headers=headers)
+    assert response.status_code == 400 and "rows.0.region: 'atlantis'" in response.text
+
+
 def test_routing_follows_the_weight_and_keys_stick(served: Served) -> None:
     version = served.versions["healthy"]
     served.make_canary(version)
@@ -254,11 +303,16 @@ def test_routing_follows_the_weight_and_keys_stick(served: Served) -> None:
     assert served.status()["analysis"]["held"] is True
 
 
-def test_a_healthy_canary_walks_the_steps_and_becomes_champion(served: Served) -> None:
+def test_a_healthy_canary_on_a_busy_machine_walks_the_steps_and_becomes_champion(served: Served) -> None:
     version = served.versions["healthy"]
     status = served.service.admin("POST", "weight", served.admin_key, {"weight": 20}).json()
     assert status["analysis"]["held"] is False
-    replies = served.drive(3000, stop=canary_gone(served))
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy machine: one core burnt
+    try:
+        replies = served.drive(3000, stop=canary_gone(served))
+    finally:
+        neighbour.kill()
+        neighbour.wait()
     assert all(r.status == 200 for r in replies)
     status = served.status()
     assert status["champion"]["version"] == version and status["canary"] is None, status
@@ -276,7 +330,8 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(served: Served) -> Non
     from hypothesis import HealthCheck, given, settings
     from schemathesis import GenerationMode
 
-    document = httpx.get(f"{served.service.url}/docs.json").json()
+    admin = {"Authorization": f"Bearer {served.admin_key}"}
+    document = httpx.get(f"{served.service.url}/docs.json", headers=admin).json()
     operation = schemathesis.openapi.from_dict(document)["/predict"]["POST"]
     headers = {"Authorization": f"Bearer {served.client_key}"}
     statuses: collections.Counter[int] = collections.Counter()
@@ -297,16 +352,191 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(served: Served) -> Non
 def test_metrics_count_requests_per_version_rollbacks_and_fallbacks(served: Served) -> None:
     import httpx
 
-    text = httpx.get(f"{served.service.url}/metrics").text
+    assert httpx.get(f"{served.service.url}/metrics").status_code == 401
+    headers = {"Authorization": f"Bearer {served.client_key}"}
+    text = httpx.get(f"{served.service.url}/metrics", headers=headers).text
     assert (
         f'conveyor_predict_requests_total{{model="{NAME}",role="champion",version="{served.versions["champion"]}"}}'
         in text
     )
-    assert 'conveyor_canary_rollbacks_total{model="loan-default"} 4.0' in text
+    rollbacks = len(served.ledger("model.canary_rolled_back"))
+    assert f'conveyor_canary_rollbacks_total{{model="loan-default"}} {rollbacks:.1f}' in text
     fallbacks = next(line for line in text.splitlines() if line.startswith("conveyor_fallbacks_total"))
     assert float(fallbacks.split()[-1]) > 0
-    assert "conveyor_predict_latency_seconds_bucket" in text and "conveyor_canary_weight_percent" in text
+    assert "conveyor_predict_latency_seconds_bucket" in text and "conveyor_canary_weight" in text
+    assert 'conveyor_contract_breaches_total{model="loan-default",role="canary"' in text
     assert "conveyor_model_load_refusals_total" in text
+
+
+def _raw(served: Served, head: bytes, body: bytes = b"", *, wait: float = 10) -> tuple[bytes, float]:
+    """Send ``head`` and ``body`` over a plain socket; what comes back before the server closes or ``wait``
+    passes, and how long that took."""
+    with socket.create_connection(("127.0.0.1", served.service.port)) as conn:
+        started = time.monotonic()
+        try:
+            conn.sendall(head)
+            for at in range(0, len(body), 1 << 20):
+                conn.sendall(body[at : at + (1 << 20)])
+        except OSError:
+            pass  # the server answered and closed before the whole body was sent: as intended
+        conn.settimeout(wait)
+        received = b""
+        try:
+            while chunk := conn.recv(65536):
+                received += chunk
+        except (TimeoutError, OSError):
+            pass
+        return received, time.monotonic() - started
+
+
+def _workers(served: Served) -> list:
+    import psutil
+
+    tree = psutil.Process(served.service.process.pid).children(recursive=True)
+    return [p for p in tree if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+
+
+def test_every_path_without_a_key_is_refused_but_the_probes_and_nothing_serves_a_script(served: Served) -> None:
+    import httpx
+
+    url = served.service.url
+    paths = ["/", "/docs", "/docs.json", "/schema.json", "/metrics", "/predict", "/admin/status", "/admin/docs"]
+    paths += ["/admin/openapi.json", "/admin/reload", "/admin/abort", "/static_content/index.css", "/assets/a.js"]
+    paths += ["/livez", "/readyz", "/healthz", "/v1/models", "/predict/../admin/status"]
+    answered = {}
+    for path in paths:
+        for method in ("GET", "POST", "OPTIONS"):
+            response = httpx.request(method, url + path)
+            answered[(method, path)] = response.status_code
+            assert "<script" not in response.text and "googletagmanager" not in response.text
+    assert {k for k, status in answered.items() if status < 400} == {("GET", "/livez"), ("GET", "/readyz")}
+    assert set(answered.values()) <= {200, 401, 404, 405}
+    predict = {"Authorization": f"Bearer {served.client_key}"}
+    admin = {"Authorization": f"Bearer {served.admin_key}"}
+    assert httpx.get(f"{url}/docs.json", headers=predict).status_code == 403
+    assert set(httpx.get(f"{url}/docs.json", headers=admin).json()["paths"]) == {"/predict"}
+    for path in ("/", "/docs", "/admin/docs", "/admin/openapi.json", "/schema.json", "/static_content/index.html"):
+        response = httpx.get(url + path, headers=admin)
+        assert response.status_code == 404 and "<script" not in response.text, path
+
+
+def test_bodies_that_are_not_json_are_415_and_broken_json_400(served: Served) -> None:
+    import httpx
+
+    url, headers = f"{served.service.url}/predict", {"Authorization": f"Bearer {served.client_key}"}
+    assert httpx.post(url, files={"rows": b"[]"}, headers=headers).status_code == 415
+    assert httpx.post(url, content=b"rows", headers={**headers, "Content-Type": "text/plain"}).status_code == 415
+    assert httpx.post(url, content=b"{}", headers=headers).status_code == 415  # no content type at all
+    broken = httpx.post(url, content=b'{"rows": [', headers={**headers, "Content-Type": "application/json"})
+    assert broken.status_code == 400 and "invalid request" in broken.json()["error"]
+
+
+def test_oversized_bodies_get_413_unread_and_memory_stays_bounded(served: Served) -> None:
+    big = 50_000_000
+    before = sum(p.memory_info().rss for p in _workers(served))
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {big}\r\n\r\n"
+    received, took = _raw(served, head.encode())  # no body sent at all: the answer comes from the head
+    assert received.startswith(b"HTTP/1.1 413") and took < 2
+    body = b"[" * big
+    for _ in range(5):  # without a key, the whole 50 MB sent: 413 and the connection closed
+        received, _ = _raw(served, head.encode(), body)
+        assert received.startswith(b"HTTP/1.1 413")
+    key = f"Authorization: Bearer {served.client_key}\r\n"
+    chunked = f"POST /predict HTTP/1.1\r\nHost: x\r\n{key}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b"x" * 100_000
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(30)) + b"0\r\n\r\n"
+    received, _ = _raw(served, chunked.encode(), chunks)  # no length declared, with a key: cut at the limit
+    assert received.startswith(b"HTTP/1.1 413")
+    after = sum(p.memory_info().rss for p in _workers(served))
+    assert after - before < 50_000_000, (before, after)
+
+
+def test_slow_clients_are_disconnected_and_a_dropped_client_is_one_line_of_log(served: Served) -> None:
+    received, took = _raw(served, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Ty")  # a head never finished
+    assert received == b"" and 1.5 < took < 6
+    key = f"Authorization: Bearer {served.client_key}\r\n".encode()
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\n"
+        + key
+        + b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    )
+    received, took = _raw(served, head, b'{"rows": [')  # a body never finished
+    assert received.startswith(b"HTTP/1.1 408") and 1.5 < took < 6
+    with socket.create_connection(("127.0.0.1", served.service.port)) as conn:
+        conn.sendall(head + b'{"ro')  # and a client that gives up halfway
+    time.sleep(0.5)
+    text = served.service.log.read_text()
+    assert "disconnected before its request was read" in text and "Traceback" not in text
+
+
+def test_a_flood_of_wrong_keys_leaves_valid_traffic_at_least_half_its_throughput(served: Served) -> None:
+    import asyncio
+    import threading
+
+    import httpx
+
+    def valid_rate() -> float:
+        started = time.perf_counter()
+        replies = served.drive(400, concurrency=8)
+        assert all(r.status == 200 for r in replies)
+        return len(replies) / (time.perf_counter() - started)
+
+    alone = valid_rate()
+    stop, statuses = threading.Event(), collections.Counter()
+
+    def flood() -> None:
+        async def run() -> None:
+            async with httpx.AsyncClient(base_url=served.service.url, timeout=30) as client:
+
+                async def one(i: int) -> None:
+                    wrong = served.client_key[:12] + f"{i:040d}"  # a real key id, a wrong key
+                    response = await client.post("/predict", json={"rows": []}, headers={"X-API-Key": wrong})
+                    statuses[response.status_code] += 1
+
+                sent = 0
+                while not stop.is_set() and sent < 20_000:
+                    await asyncio.gather(*(one(sent + i) for i in range(8)))
+                    sent += 8
+
+        asyncio.run(run())
+
+    attacker = threading.Thread(target=flood)
+    attacker.start()
+    try:
+        time.sleep(0.5)
+        flooded = valid_rate()
+    finally:
+        stop.set()
+        attacker.join(60)
+    assert set(statuses) <= {401, 429} and statuses[429] > 0  # the address is limited after its burst
+    assert flooded >= 0.5 * alone, (alone, flooded, statuses)
+
+
+def test_a_revoked_key_is_refused_within_a_second(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    keys = ApiKeys(served.home / "serving" / "api-keys.json")
+    predict, admin = keys.create("short-lived"), keys.create("short-lived-ops", admin=True)
+    url = served.service.url
+
+    def allowed() -> tuple[bool, bool]:
+        one = httpx.post(f"{url}/predict", json={"rows": served.rows[:1]}, headers={"X-API-Key": predict})
+        two = httpx.get(f"{url}/admin/status", headers={"X-API-Key": admin})
+        return one.status_code == 200, two.status_code == 200
+
+    time.sleep(0.5)
+    assert allowed() == (True, True)  # used, and so cached, if anything caches
+    monkeypatch.setenv("CONVEYOR_HOME", str(served.home))
+    for name in ("short-lived", "short-lived-ops"):
+        result = CliRunner().invoke(app, ["--config", str(served.root / "conveyor.yaml"), "api-key", "revoke", name])
+        assert result.exit_code == 0 and "Revoked 1 key" in result.stdout, result.stdout
+    revoked = time.monotonic()
+    while allowed() != (False, False):
+        assert time.monotonic() - revoked < 1.0, "a revoked key still works after a second"
+        time.sleep(0.05)
 
 
 def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served) -> None:
@@ -364,3 +594,36 @@ def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(
     assert len(champion) == 1 and champion[0].seq == max(
         e.seq for e in deployments.values() if e.details["role"] == "champion"
     )
+
+
+def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served: Served) -> None:
+    """After the stops above: the same project served by two workers."""
+    from registry.inference_log import read_log
+
+    policy = served.root / "policies" / "serving.yaml"
+    policy.write_text(policy.read_text() + "\nworkers: 2\n")
+    service = Service(served.root / "conveyor.yaml", env={"CONVEYOR_TEST_FAULTS": "1"})
+    service.start()
+    try:
+        served.service = service
+        champion = served.status()["champion"]["version"]
+        served.make_canary(served.versions["raises"])
+        assert service.admin("POST", "weight", served.admin_key, {"weight": 40, "hold": True}).status_code == 200
+        replies = served.drive(600, concurrency=16, stop=canary_gone(served))
+        assert all(r.status == 200 for r in replies)
+        event = served.ledger("model.canary_rolled_back")[-1]
+        assert event.details["version"] == served.versions["raises"]
+        figures = event.details["figures"]
+        assert (
+            figures["canary_errors"] > 3 and len(figures["canary_requests_by_worker"]) == 2
+        )  # one verdict, all traffic
+        assert all(served.status()["canary"] is None for _ in range(6))  # no worker still serves it
+        ids = {r.body["request_id"] for r in replies}
+    finally:
+        assert service.stop() == 0
+    log = read_log(served.home / "inference" / NAME)
+    ours = log[log["request_id"].isin(ids)]
+    assert set(ours["request_id"]) == ids and not ours.duplicated(["request_id", "row"]).any()
+    deployed = {e.outputs[0]: e for e in served.ledger("model.deployed")}
+    workers = {deployed[d].details["instance"] for d in ours[ours["version"] == champion]["deployment"]}
+    assert len(workers) == 2  # both workers answered, each logged its own

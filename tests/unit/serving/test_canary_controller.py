@@ -1,26 +1,31 @@
-"""The controller walks a healthy canary through every step and rolls a faulty one back fast."""
+"""The controller walks a healthy canary through every step and rolls a faulty one back, over the
+workers' shared state: two controllers on one state judge and route as one."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
+
+import pytest
 
 from policies.canary import CanaryPolicy
 from serving.canary import CanaryController
 from serving.router import Router
+from serving.shared import SharedState
 
-POLICY = CanaryPolicy(steps=(10, 50, 100), min_requests=100, min_seconds=5, max_error_rate=0.02, max_psi=0.2)
+POLICY = CanaryPolicy(steps=(10, 50, 100), min_requests=100, min_seconds=5, max_error_rate=0.02, analysis_seconds=0.5)
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 0.0
+        self.now = 1_000.0
 
     def __call__(self) -> float:
         return self.now
 
 
 def drive(
-    controller: CanaryController,
+    controllers: list[CanaryController],
     clock: Clock,
     *,
     error_rate: float = 0.0,
@@ -28,72 +33,116 @@ def drive(
     skew: float = 0.0,
     limit: int = 20_000,
 ) -> int:
-    """Send requests until the canary is promoted or rolled back; returns canary requests sent."""
+    """Send requests (spread over the controllers, as over workers) until the canary is promoted or
+    rolled back; returns the canary requests sent."""
     rng = random.Random(4)
     canary_sent = 0
+    judge = controllers[0]
     for i in range(limit):
         clock.now += 0.01
-        target = controller.router.route()
+        worker = controllers[i % len(controllers)]
+        target = worker.router.route()
         if target == "canary":
             canary_sent += 1
             ok = rng.random() >= error_rate
-            controller.observe(
+            worker.observe(
                 "canary",
                 ok=ok,
-                latency_ms=rng.gauss(20, 2) * slow,
+                kind="ok" if ok else "error",
+                latency_ms=rng.gammavariate(9, 2.2) * slow,
                 predictions=[min(1.0, rng.betavariate(2, 8) + skew)],
             )
         else:
-            controller.observe("champion", ok=True, latency_ms=rng.gauss(20, 2), predictions=[rng.betavariate(2, 8)])
-        if i % 10 == 0 and controller.evaluate() and controller.state != "running":
-            break
+            worker.observe(
+                "champion", ok=True, latency_ms=rng.gammavariate(9, 2.2), predictions=[rng.betavariate(2, 8)]
+            )
+        if i % 20 == 0:
+            for other in controllers[1:]:
+                other.flush()
+                other.refresh()
+            judge.evaluate()
+            if judge.row.state != "running":
+                break
     return canary_sent
 
 
-def controller(clock: Clock, events: list) -> CanaryController:
-    return CanaryController(
+@pytest.fixture
+def state(tmp_path: Path) -> SharedState:
+    made = SharedState(tmp_path / "run.db")
+    yield made
+    made.close()
+
+
+def controller(state: SharedState, clock: Clock, events: list) -> CanaryController:
+    made = CanaryController(
+        state,
         Router(0, seed=1),
         POLICY,
         clock=clock,
         on_promote=lambda v: events.append(("promote", v)),
         on_rollback=lambda v: events.append(("rollback", v)),
     )
+    made.serving = "7"
+    return made
 
 
-def test_a_healthy_canary_goes_through_every_step_to_promotion() -> None:
+def test_a_healthy_canary_goes_through_every_step_to_promotion(state: SharedState) -> None:
     clock, events = Clock(), []
-    ctl = controller(clock, events)
-    ctl.start()
+    ctl = controller(state, clock, events)
+    ctl.start("7")
     assert ctl.router.weight == 10
-    drive(ctl, clock)
-    assert ctl.state == "promoted" and [e[0] for e in events] == ["promote"]
-    assert ctl.step == 2 and ctl.router.weight == 100
+    drive([ctl], clock)
+    assert ctl.row.state == "promoted" and [e[0] for e in events] == ["promote"]
+    assert ctl.row.step == 2 and ctl.router.weight == 100
 
 
-def test_a_canary_failing_5_percent_is_rolled_back_within_200_requests() -> None:
+def test_two_workers_share_one_analysis_and_switch_together(tmp_path: Path) -> None:
     clock, events = Clock(), []
-    ctl = controller(clock, events)
-    ctl.start()
-    sent = drive(ctl, clock, error_rate=0.05)
-    assert ctl.state == "rolled_back" and ctl.router.weight == 0
+    states = [SharedState(tmp_path / "run.db"), SharedState(tmp_path / "run.db")]
+    try:
+        leader, other = (controller(s, clock, events) for s in states)
+        leader.start("7")
+        other.refresh()
+        assert other.router.weight == 10  # the follower routes by the leader's step
+        drive([leader, other], clock, error_rate=0.05)
+        other.refresh()
+        assert leader.row.state == "rolled_back" and other.router.weight == 0 and len(events) == 1
+        figures = leader.status()
+        assert figures["canary_requests"] > 0
+        counted = {o.role for o in states[0].observations(leader.row.run, "canary")}
+        assert counted == {"canary"}
+    finally:
+        for s in states:
+            s.close()
+
+
+def test_a_canary_failing_5_percent_is_rolled_back_within_200_requests(state: SharedState) -> None:
+    clock, events = Clock(), []
+    ctl = controller(state, clock, events)
+    ctl.start("7")
+    sent = drive([ctl], clock, error_rate=0.05)
+    assert ctl.row.state == "rolled_back" and ctl.router.weight == 0
     assert sent <= 200 and "canary errors" in events[0][1].reasons[0]
 
 
-def test_slow_and_skewed_canaries_are_rolled_back() -> None:
-    for kwargs, phrase in (({"slow": 3.0}, "latency"), ({"skew": 0.5}, "PSI")):
+def test_slow_and_skewed_canaries_are_rolled_back_after_the_breach_persists(state: SharedState) -> None:
+    for kwargs, phrase in (({"slow": 3.0}, "latency regressed"), ({"skew": 0.5}, "PSI")):
         clock, events = Clock(), []
-        ctl = controller(clock, events)
-        ctl.start()
-        drive(ctl, clock, **kwargs)
-        assert ctl.state == "rolled_back" and phrase in " ".join(events[0][1].reasons)
+        ctl = controller(state, clock, events)
+        ctl.start("7")
+        drive([ctl], clock, **kwargs)
+        assert ctl.row.state == "rolled_back" and phrase in " ".join(events[0][1].reasons)
+        assert "3 analyses in a row" in events[0][1].reasons[-1]
+        ctl.stop()
 
 
-def test_abort_rolls_back_at_once_and_status_says_so() -> None:
+def test_abort_rolls_back_at_once_and_a_second_abort_does_nothing(state: SharedState) -> None:
     clock, events = Clock(), []
-    ctl = controller(clock, events)
-    ctl.start()
+    ctl = controller(state, clock, events)
+    ctl.start("7")
     ctl.abort("operator pressed abort")
+    ctl.abort("pressed again")
     status = ctl.status()
     assert status["state"] == "rolled_back" and status["weight"] == 0
     assert status["last_verdict"]["reasons"] == ["operator pressed abort"]
-    assert ctl.router.route("anyone") == "champion" and events[0][0] == "rollback"
+    assert ctl.router.route("anyone") == "champion" and [e[0] for e in events] == ["rollback"]

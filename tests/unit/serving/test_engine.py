@@ -11,7 +11,8 @@ import yaml
 
 from registry.workspace import Workspace
 from serving.auth import ApiKeys
-from serving.engine import ClientError, Engine
+from serving.engine import Engine
+from serving.errors import ClientError
 
 
 @pytest.fixture
@@ -19,6 +20,7 @@ def engine(bare_project: Path) -> Engine:
     root = bare_project
     serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
     serving["rate_limit"] = {"per_second": 1, "burst": 2}
+    serving["failed_auth_limit"] = {"per_second": 1, "burst": 3}
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     made = Engine(Workspace.open(root, home=str(root / ".conveyor")))
     yield made
@@ -26,15 +28,29 @@ def engine(bare_project: Path) -> Engine:
 
 
 def keys(engine: Engine) -> ApiKeys:
-    return ApiKeys(engine.ws.api_keys_file)
+    return engine.keys  # the engine's own reader sees what it writes at once (others within its recheck)
 
 
 def test_without_a_key_the_caller_gets_401_and_the_refusal_is_counted(engine: Engine) -> None:
     for token in (None, "", "not-a-key"):
         with pytest.raises(ClientError) as caught:
-            engine.authorize(token)
+            engine.authorize(token, client="10.0.0.1")
         assert caught.value.status == 401
     assert 'reason="unauthorized"' in engine.metrics.render()
+
+
+def test_an_address_past_its_wrong_keys_gets_429_and_a_valid_key_still_passes(engine: Engine) -> None:
+    statuses = []
+    for _ in range(5):
+        with pytest.raises(ClientError) as caught:
+            engine.authorize("cvk_wrong", client="10.0.0.2")
+        statuses.append(caught.value.status)
+    assert statuses == [401, 401, 401, 429, 429]  # burst 3
+    token = keys(engine).create("app", per_second=100, burst=100)
+    assert engine.authorize(token, client="10.0.0.2").name == "app"  # a shared address is not locked out
+    with pytest.raises(ClientError) as caught:
+        engine.authorize("cvk_wrong", client="10.0.0.3")
+    assert caught.value.status == 401  # another address has its own allowance
 
 
 def test_a_predict_key_may_predict_but_not_administer(engine: Engine) -> None:
@@ -49,10 +65,11 @@ def test_a_predict_key_may_predict_but_not_administer(engine: Engine) -> None:
 
 def test_a_key_over_its_limit_gets_429(engine: Engine) -> None:
     token = keys(engine).create("burst")  # the policy's 1/s, burst 2
-    engine.authorize(token)
-    engine.authorize(token)
+    role = engine.authorize(token)
+    engine.admit(role)
+    engine.admit(role)
     with pytest.raises(ClientError) as caught:
-        engine.authorize(token)
+        engine.admit(role)
     assert caught.value.status == 429 and "1 requests/s" in str(caught.value)
 
 
@@ -60,7 +77,7 @@ def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine) -> None:
     status = engine.sync()  # the registry is empty: nothing to load, nothing refused
     assert not engine.ready and status["champion"] is None and status["refused"] == {}
     with pytest.raises(ClientError) as caught:
-        asyncio.run(engine.predict([{"x": 1}]))
+        asyncio.run(engine.predict(b'{"rows": [{"x": 1}]}'))
     assert caught.value.status == 503 and "no verified champion" in str(caught.value)
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from serving.schema import Column, columns_from_signature, request_model
+from serving.schema import Column, columns_from_mlmodel, request_model
 
 COLUMNS = [Column("income", "double"), Column("term", "long"), Column("purpose", "string")]
 Request = request_model(COLUMNS, max_rows=3)
@@ -50,9 +50,11 @@ def test_batch_size_is_bounded_and_empty_batches_refused() -> None:
     assert "other" in refused({"rows": [GOOD], "other": True})
 
 
-def test_columns_come_from_a_real_mlflow_signature() -> None:
-    from mlflow.models import infer_signature
+def test_columns_come_from_a_real_mlflow_signature_as_an_mlmodel_file_holds_it(tmp_path) -> None:
+    import yaml
+    from mlflow.models import Model, infer_signature
 
     frame = pd.DataFrame({"income": [1.0, 2.0], "term": np.array([12, 24], dtype="int64"), "purpose": ["a", "b"]})
-    columns = columns_from_signature(infer_signature(frame, np.array([0.1, 0.2])))
+    Model(signature=infer_signature(frame, np.array([0.1, 0.2]))).save(tmp_path / "MLmodel")
+    columns = columns_from_mlmodel(yaml.safe_load((tmp_path / "MLmodel").read_text()))
     assert columns == [Column("income", "double"), Column("term", "long"), Column("purpose", "string")]
