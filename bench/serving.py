@@ -1,17 +1,20 @@
 """The model service under load, against its baselines measured in the same run:
 
   - in-process: the same model's predict_proba on one-row frames, called in a loop;
-  - bare BentoML: a BentoML service with the same model and nothing else (bench/bare_service.py);
-  - Conveyor: `conveyor serve` (verified champion, router, auth, metrics, inference log).
+  - bare BentoML, the fair peer: the same model in a BentoML service with adaptive batching on
+    (``batchable=True``, max batch 512), the same worker count, nothing else (bench/bare_service.py);
+  - Conveyor: `conveyor serve` (verified champion, gate with auth and limits, input and output
+    contracts, router, metrics, inference log), and again with a healthy canary held at 20 %.
 
-Each: REQUESTS one-row requests at concurrency 16 (bounded in count), after a warm-up.
-Then the canary: a canary that fails 5% of its requests, under the shipped policies/canary.yaml;
-how many canary requests and how long until it is rolled back (bounded: 20,000 requests).
+Each: REQUESTS one-row requests (bounded in count), after a warm-up, at concurrency 16 and 64,
+with 1 and 2 workers. Then: time from `conveyor serve` to ready, cold (page cache dropped when
+this machine allows it) and warm; and a canary that fails 5 % of its requests under the shipped
+policies/canary.yaml (requests and seconds until it is rolled back; bounded: 20,000 requests).
 
     .venv/bin/python bench/serving.py [--requests 2000]
 
-Goals: Conveyor >= 0.9x bare BentoML throughput, p99 <= 1.2x bare, >= 0.5x in-process;
-the 5%-error canary rolled back within 200 canary requests and 30 s.
+Goals: Conveyor >= 1.0x the fair peer's throughput and p99 <= 1.0x its p99; a canary costs
+<= 10 %; ready in < 10 s; the 5 %-error canary rolled back within 200 canary requests.
 """
 
 from __future__ import annotations
@@ -31,11 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-CONCURRENCY = 16
 
 
 def train_project(work: Path) -> tuple[Path, dict[str, str]]:
-    """A project with a champion and a 5%-error canary candidate, trained on 8,000 demo rows."""
+    """A project with a champion, a 5%-error canary candidate and a healthy one, trained on 8,000 demo rows."""
     import yaml
 
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
@@ -60,6 +62,7 @@ def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     (root / "conveyor.yaml").write_text(yaml.safe_dump(project))
     versions["canary"] = run_training(request).version
     (root / "conveyor.yaml").write_text(config)
+    versions["healthy"] = run_training(request).version  # the champion's equal
     return root, versions
 
 
@@ -80,15 +83,15 @@ def rows_of(root: Path, n: int = 500) -> list[dict]:
     ]
 
 
-def load(url: str, token: str | None, rows: list[dict], requests: int) -> dict[str, float]:
-    """``requests`` one-row POSTs at CONCURRENCY; throughput and latency percentiles."""
+def load(url: str, token: str | None, rows: list[dict], requests: int, concurrency: int = 16) -> dict[str, float]:
+    """``requests`` one-row POSTs at ``concurrency``; throughput and latency percentiles."""
     import httpx
 
     async def run() -> tuple[float, list[float], int]:
         latencies: list[float] = []
         failures = 0
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
             queue = iter(range(requests))
 
@@ -101,7 +104,7 @@ def load(url: str, token: str | None, rows: list[dict], requests: int) -> dict[s
                     failures += response.status_code != 200
 
             started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
             return time.perf_counter() - started, latencies, failures
 
     elapsed, latencies, failures = asyncio.run(run())
@@ -128,9 +131,11 @@ def in_process(model_dir: Path, rows: list[dict], requests: int) -> dict[str, fl
     return {"rps": requests / elapsed, "p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000, "failures": 0}
 
 
-def serve(command: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+def serve(command: list[str], env: dict[str, str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    """The server started, and the seconds until every worker answered ``/readyz``."""
     import httpx
 
+    started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
@@ -140,11 +145,11 @@ def serve(command: list[str], env: dict[str, str], port: int, log: Path) -> subp
         if process.poll() is not None:
             raise RuntimeError(log.read_text()[-2000:])
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
+            if all(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200 for _ in range(8)):
+                return process, time.perf_counter() - started
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.05)
     stop(process)
     raise RuntimeError(f"not ready: {log.read_text()[-2000:]}")
 
@@ -176,11 +181,31 @@ def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, 
     elapsed = time.perf_counter() - started
     return {
         "seconds": elapsed,
+        "rps": sent / elapsed,
         "requests": sent,
         "state": status["analysis"]["state"],
         "canary_requests": status["analysis"]["canary_requests"],
         "reasons": status["analysis"]["last_verdict"]["reasons"],
     }
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only) so that the next start reads its files from disk."""
+    subprocess.run(["sync"], check=False)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def set_workers(root: Path, workers: int) -> None:
+    import yaml
+
+    path = root / "policies" / "serving.yaml"
+    policy = yaml.safe_load(path.read_text())
+    policy["workers"] = workers
+    path.write_text(yaml.safe_dump(policy))
 
 
 def main() -> None:
@@ -199,6 +224,7 @@ def main() -> None:
         print("training a champion and a 5%-error canary (8,000 demo rows)...", flush=True)
         root, versions = train_project(work)
         home = root / ".conveyor"
+        import httpx
         from mlflow import MlflowClient
 
         from registry.models import fetch_model
@@ -210,59 +236,85 @@ def main() -> None:
         token = keys.create("bench", per_second=1_000_000, burst=1_000_000)  # measure the service, not its limit
         admin = keys.create("bench-admin", admin=True)
         rows = rows_of(root)
-        results: dict[str, dict] = {"in-process": in_process(model_dir, rows, args.requests)}
+        base = in_process(model_dir, rows, args.requests)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), BENCH_MODEL_DIR=str(model_dir), CONVEYOR_TEST_FAULTS="1")
+        ours_command = [sys.executable, "-m", "conveyor", "--config", str(root / "conveyor.yaml"), "serve", "--port"]
+        bare_command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare", "--host", "127.0.0.1"]
 
-        port = free_port()
-        bare = serve(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "bench.bare_service:Bare",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env,
-            port,
-            work / "bare.log",
-        )
-        processes.append(bare)
-        load(f"http://127.0.0.1:{port}", None, rows, 200)  # warm-up
-        results["bare BentoML"] = load(f"http://127.0.0.1:{port}", None, rows, args.requests)
-        stop(bare)
+        starts: dict[str, float] = {}
+        dropped = drop_page_cache()
+        for attempt in ("cold" if dropped else "first", "warm"):
+            port = free_port()
+            process, starts[attempt] = serve([*ours_command, str(port)], env, port, work / "start.log")
+            processes.append(process)
+            stop(process)
 
+        results: dict[tuple[int, int], dict[str, dict]] = {}
+        for workers in (1, 2):
+            set_workers(root, workers)
+            port = free_port()
+            bare, _ = serve(
+                [*bare_command, "--port", str(port)], {**env, "BENCH_WORKERS": str(workers)}, port, work / "bare.log"
+            )
+            processes.append(bare)
+            load(f"http://127.0.0.1:{port}", None, rows, 300, 16)  # warm-up
+            for concurrency in (16, 64):
+                results[(workers, concurrency)] = {
+                    "bare BentoML": load(f"http://127.0.0.1:{port}", None, rows, args.requests, concurrency)
+                }
+            stop(bare)
+            port = free_port()
+            ours, _ = serve([*ours_command, str(port)], env, port, work / "conveyor.log")
+            processes.append(ours)
+            url = f"http://127.0.0.1:{port}"
+            load(url, token, rows, 300, 16)  # warm-up
+            for concurrency in (16, 64):
+                results[(workers, concurrency)]["Conveyor"] = load(url, token, rows, args.requests, concurrency)
+            stop(ours)
+
+        set_workers(root, 1)
         port = free_port()
-        ours = serve(
-            [sys.executable, "-m", "conveyor", "--config", str(root / "conveyor.yaml"), "serve", "--port", str(port)],
-            env,
-            port,
-            work / "conveyor.log",
-        )
+        ours, _ = serve([*ours_command, str(port)], env, port, work / "conveyor.log")
         processes.append(ours)
         url = f"http://127.0.0.1:{port}"
-        load(url, token, rows, 200)  # warm-up
-        results["Conveyor"] = load(url, token, rows, args.requests)
+        load(url, token, rows, 300, 16)
+        without = load(url, token, rows, args.requests, 16)
+        client.set_registered_model_alias("loan-default", "canary", versions["healthy"])
+        httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {admin}"}, timeout=120).raise_for_status()
+        held = {"weight": 20, "hold": True}
+        httpx.post(f"{url}/admin/weight", json=held, headers={"Authorization": f"Bearer {admin}"}).raise_for_status()
+        load(url, token, rows, 300, 16)
+        with_canary = load(url, token, rows, args.requests, 16)
+        httpx.post(f"{url}/admin/abort", json={"reason": "bench"}, headers={"Authorization": f"Bearer {admin}"})
         canary = canary_rollback(url, token, admin, rows, client, versions["canary"])
         stop(ours)
 
-        base, bare_r = results["in-process"], results["bare BentoML"]
-        print(f"\n{args.requests:,} one-row requests at concurrency {CONCURRENCY} (after a warm-up)")
+        print(f"\nin-process predict_proba, one-row frames: {base['rps']:.0f} calls/s (p99 {base['p99_ms']:.2f} ms)")
+        print(f"\n{args.requests:,} one-row requests a run (after a warm-up); the peer: bare BentoML, batchable=True")
         print(
-            f"{'':14s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs bare (rps, p99)':>20s} {'vs in-process':>14s}"
+            f"{'workers':>7s} {'conc.':>5s} {'':13s} {'req/s':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'vs peer (rps, p99)':>19s} {'vs in-process':>13s}"
         )
-        for name, r in results.items():
-            print(
-                f"{name:14s} {r['rps']:8.0f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
-                f"{r['rps'] / bare_r['rps']:9.2f}x {r['p99_ms'] / bare_r['p99_ms']:8.2f}x {r['rps'] / base['rps']:13.2f}x"
-                f"{'  (' + str(r['failures']) + ' failed)' if r['failures'] else ''}"
-            )
+        for (workers, concurrency), runs in results.items():
+            peer = runs["bare BentoML"]
+            for name, r in runs.items():
+                print(
+                    f"{workers:7d} {concurrency:5d} {name:13s} {r['rps']:7.0f} {r['p50_ms']:7.1f} {r['p99_ms']:7.1f} "
+                    f"{r['rps'] / peer['rps']:9.2f}x {r['p99_ms'] / peer['p99_ms']:7.2f}x {r['rps'] / base['rps']:12.2f}x"
+                    f"{'  (' + str(r['failures']) + ' failed)' if r['failures'] else ''}"
+                )
         print(
-            f"\n5%-error canary under policies/canary.yaml: {canary['state']} after {canary['canary_requests']} canary "
+            "\ntime from `conveyor serve` to ready: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in starts.items())
+            + ("" if dropped else " (page cache not dropped: not root)")
+        )
+        print(
+            f"\n1 worker, concurrency 16: {without['rps']:.0f} req/s (p99 {without['p99_ms']:.1f} ms) without a canary, "
+            f"{with_canary['rps']:.0f} req/s (p99 {with_canary['p99_ms']:.1f} ms) with a healthy canary held at 20 %: "
+            f"{with_canary['rps'] / without['rps']:.2f}x"
+        )
+        print(
+            f"5%-error canary under policies/canary.yaml: {canary['state']} after {canary['canary_requests']} canary "
             f"requests ({canary['requests']:,} in all, 0 client errors) in {canary['seconds']:.1f} s"
         )
         print(f"  verdict: {'; '.join(canary['reasons'])}")

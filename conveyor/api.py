@@ -112,8 +112,13 @@ class Workspace(_Workspace):
                 ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, registry=self.registry()
             )
 
-    def promote(self, ref: str, *, to: str, dry_run: bool = False) -> PromotionOutcome:
-        """Verify ``ref``, decide by ``policies/promotion.yaml``, move ``to`` (canary or champion)."""
+    def promote(
+        self, ref: str, *, to: str, dry_run: bool = False, force_after_rollback: int | None = None
+    ) -> PromotionOutcome:
+        """Verify ``ref``, decide by ``policies/promotion.yaml``, move ``to`` (canary or champion).
+
+        A version whose canary was rolled back is refused unless ``force_after_rollback`` is that
+        rollback's ledger event number."""
         from pipelines.release import score_champion
         from policies.errors import ConveyorError
         from registry.release import promote
@@ -122,7 +127,14 @@ class Workspace(_Workspace):
             raise ConveyorError(
                 f"--to must be canary or champion, not {to!r}.", hint="Promote to canary first, then to champion."
             )
-        return promote(self._ready(), ref, to, dry_run=dry_run, score_champion=score_champion)
+        return promote(
+            self._ready(),
+            ref,
+            to,
+            dry_run=dry_run,
+            score_champion=score_champion,
+            force_after_rollback=force_after_rollback,
+        )
 
     def rollback(self, model: str | None = None) -> tuple[str, str]:
         """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version)."""

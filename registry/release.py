@@ -58,12 +58,20 @@ ChampionScorer = Callable[[Workspace, VerificationReport, str], "dict[str, float
 
 
 def promote(
-    ws: Workspace, ref: str, target: str, *, dry_run: bool = False, score_champion: ChampionScorer | None = None
+    ws: Workspace,
+    ref: str,
+    target: str,
+    *,
+    dry_run: bool = False,
+    score_champion: ChampionScorer | None = None,
+    force_after_rollback: int | None = None,
 ) -> PromotionOutcome:
     """Verify ``ref``, decide by the promotion policy, and (unless ``dry_run``) move ``target`` to it.
 
     ``score_champion`` scores the champion on the candidate's holdout when training did not
-    record that comparison (the pipelines provide one); without it the comparison is unknown."""
+    record that comparison (the pipelines provide one); without it the comparison is unknown.
+    A version whose canary was rolled back is refused unless ``force_after_rollback`` names that
+    rollback's ledger event (the decision records it)."""
     loaded = ws.policy("promotion")
     policy = loaded.value
     client = ws.mlflow()
@@ -84,6 +92,7 @@ def promote(
         else:
             candidate = _candidate(ws, ledger, client, report, champion, score_champion)
             decision = decide_promotion(candidate, champion, policy)
+            decision = _after_rollback(ledger, name, version, decision, force_after_rollback)
         previous = alias(client, name, target) if version else None
         if dry_run:
             return PromotionOutcome(name, version, target, decision, dry_run, previous, None, report)
@@ -102,9 +111,36 @@ def promote(
                 "previous": previous,
                 "champion_before": champion,
                 "policy": str(loaded.path),
+                **({"forced_after_rollback": force_after_rollback} if force_after_rollback is not None else {}),
             },
         )
     return PromotionOutcome(name, version, target, decision, False, previous, event.seq, report)
+
+
+def _after_rollback(ledger: Ledger, name: str, version: str, decision: Decision, forced: int | None) -> Decision:
+    """``decision``, refused if the version's canary was rolled back and the promotion does not name that rollback."""
+    rolled_back = next(
+        (
+            e
+            for e in ledger.latest([EventKind.CANARY_ROLLED_BACK], limit=1_000)
+            if e.details.get("name") == name and str(e.details.get("version")) == version
+        ),
+        None,
+    )
+    if rolled_back is None:
+        return decision
+    why = "; ".join(rolled_back.details.get("reasons") or []) or "no reason recorded"
+    if forced == rolled_back.seq:
+        note = f"its canary was rolled back (event #{rolled_back.seq}: {why}); promoted anyway, as --force named it"
+        return Decision(decision.ok, [*decision.reasons, note])
+    return Decision(
+        False,
+        [
+            *decision.reasons,
+            f"its canary was rolled back (event #{rolled_back.seq}: {why}); to promote it anyway, "
+            f"name that rollback: --force --rollback {rolled_back.seq}",
+        ],
+    )
 
 
 def rollback(ws: Workspace, name: str) -> tuple[str, str]:

@@ -181,6 +181,7 @@ class Engine:
             except ModelFailed as exc:
                 self._failed(canary, "canary", exc)
                 self.metrics.fallbacks.labels(self.name).inc()
+        champion = self.champion or champion  # the champion now: it may have switched while the canary answered
         try:
             return await self._answer(champion, "champion", rows, flags)
         except ModelFailed as exc:

@@ -143,6 +143,7 @@ def load_estimator(model_dir: Path) -> Any:
 # -- the child process: loads the model once and answers frames ----------------------------------
 
 _child: Any = None
+_CLOSE = object()  # on a model's queue: stop once what is before it is answered
 
 
 def _child_warm() -> None:
@@ -204,6 +205,8 @@ class ModelProcess:
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._inflight: list[tuple[Any, asyncio.Future]] = []
         self._start(pool)
 
     def wait_loaded(self, timeout: float = 120) -> None:
@@ -222,6 +225,8 @@ class ModelProcess:
         self._ready = self._pool.submit(_child_load, str(v.folder), v.task, v.columns)  # done once it has loaded
 
     async def predict(self, rows: list[dict[str, Any]]) -> Answer:
+        if self._closing:
+            raise ModelFailed("the model is being stopped", "crash")
         if self._queue is None or self._worker is None or self._worker.done():
             self._loop = asyncio.get_running_loop()
             self._queue = asyncio.Queue()
@@ -231,30 +236,57 @@ class ModelProcess:
         return await answer
 
     async def _batches(self, queue: asyncio.Queue) -> None:
-        while True:
-            batch = [await queue.get()]
-            size = len(batch[0][0])
-            while not queue.empty() and size < self._max_rows:
-                batch.append(queue.get_nowait())
-                size += len(batch[-1][0])
-            rows = [row for request, _ in batch for row in request]
-            try:
-                raw, model_ms = await self._call(rows)
-                values = check_output(raw, len(rows), self.verified.task, self._classes)
-            except ModelFailed as exc:
-                _fail(batch, exc)
-                continue
-            except ContractBreach as exc:
-                _fail(batch, ModelFailed(f"its answer broke the output contract: {exc}", "contract"))
-                continue
-            except Exception as exc:  # anything else about the answer is the model's fault too
-                _fail(batch, ModelFailed(f"its answer could not be read: {type(exc).__name__}: {exc}", "contract"))
-                continue
-            start = 0
-            for request, future in batch:
-                if not future.done():
-                    future.set_result(Answer(values[start : start + len(request)], model_ms, len(rows)))
-                start += len(request)
+        try:
+            while await self._batch(queue):
+                pass
+        except asyncio.CancelledError:  # stopped before the queue drained: nobody waits for ever
+            stopped = ModelFailed("the model's process was stopped before it answered", "crash")
+            _fail(self._inflight, stopped)
+            while not queue.empty():
+                item = queue.get_nowait()
+                if item is not _CLOSE:
+                    _fail([item], stopped)
+            raise
+        finally:
+            with self._lock:
+                pool, self._pool = self._pool, None
+            if pool is not None:
+                threading.Thread(target=_kill, args=(pool,), name="kill-model-process", daemon=True).start()
+
+    async def _batch(self, queue: asyncio.Queue) -> bool:
+        """Answer the next batch (all that waits, up to the row limit); False once closed and drained."""
+        first = await queue.get()
+        if first is _CLOSE:
+            return False
+        batch = self._inflight = [first]
+        size = len(batch[0][0])
+        last = False
+        while not queue.empty() and size < self._max_rows:
+            item = queue.get_nowait()
+            if item is _CLOSE:
+                last = True  # closed: this batch is the last
+                break
+            batch.append(item)
+            size += len(item[0])
+        rows = [row for request, _ in batch for row in request]
+        try:
+            raw, model_ms = await self._call(rows)
+            values = check_output(raw, len(rows), self.verified.task, self._classes)
+        except ModelFailed as exc:
+            _fail(batch, exc)
+            return not last
+        except ContractBreach as exc:
+            _fail(batch, ModelFailed(f"its answer broke the output contract: {exc}", "contract"))
+            return not last
+        except Exception as exc:  # anything else about the answer is the model's fault too
+            _fail(batch, ModelFailed(f"its answer could not be read: {type(exc).__name__}: {exc}", "contract"))
+            return not last
+        start = 0
+        for request, future in batch:
+            if not future.done():
+                future.set_result(Answer(values[start : start + len(request)], model_ms, len(rows)))
+            start += len(request)
+        return not last
 
     async def _call(self, rows: list[dict[str, Any]]) -> tuple[Any, float]:
         with self._lock:
@@ -292,12 +324,20 @@ class ModelProcess:
             self._start()
         threading.Thread(target=_kill, args=(broken,), name="kill-model-process", daemon=True).start()
 
-    def close(self) -> None:
-        """Stop the child (and the batching task, from any thread)."""
+    def close(self, drain_seconds: float = 10.0) -> None:
+        """Stop, from any thread: what is queued is still answered (for at most ``drain_seconds``,
+        then failed), new calls fail, and then the child is stopped."""
+        self._closing = True
+        loop, worker = self._loop, self._worker
+        if worker is not None and loop is not None and not loop.is_closed() and not worker.done():
+            try:
+                loop.call_soon_threadsafe(self._queue.put_nowait, _CLOSE)  # type: ignore[union-attr]
+                loop.call_soon_threadsafe(lambda: loop.call_later(drain_seconds, worker.cancel))
+                return  # the batching task stops the child once drained
+            except RuntimeError:  # the loop closed meanwhile
+                pass
         with self._lock:
             pool, self._pool = self._pool, None
-        if self._worker is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._worker.cancel)
         if pool is not None:
             _kill(pool)
 

@@ -40,11 +40,24 @@ def promote(
     ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS.")],
     to: Annotated[str, typer.Option("--to", help="canary or champion.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and explain, change nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a version whose canary was rolled back (with --rollback).")
+    ] = False,
+    rollback_event: Annotated[
+        int | None, typer.Option("--rollback", help="The ledger event of that rollback (the refusal names it).")
+    ] = None,
     as_json: JSON = False,
 ) -> None:
     """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
+    if force != (rollback_event is not None):
+        from policies.errors import ConveyorError
+
+        raise ConveyorError(
+            "--force and --rollback go together.",
+            hint="Name the rollback you override: --force --rollback N (the refusal gives N).",
+        )
     with progress(f"Verifying {ref} and deciding by policies/promotion.yaml...", quiet=as_json):
-        outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run)
+        outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run, force_after_rollback=rollback_event)
     if as_json:
         emit_json(outcome.to_dict())
     else:

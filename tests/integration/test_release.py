@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from conveyor.cli import app
 from pipelines.training import run_training
+from registry.events import EventKind
 from registry.ledger import Ledger
 from tests.conftest import POLICY_CODE, REPO, open_workspace
 
@@ -226,6 +227,28 @@ def test_thresholds_not_met_and_dry_run_change_nothing(reg: Registry) -> None:
     assert outcome["ledger_event"] is None and reg.alias("canary") is None
     code, outcome = promote(reg, f"{NAME}/1", "canary", "--dry-run")
     assert code == 0 and reg.alias("canary") is None
+
+
+def test_a_version_whose_canary_was_rolled_back_needs_force_naming_that_rollback(reg: Registry) -> None:
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
+        digest = reg.client().get_model_version(NAME, "2").tags["conveyor.version_digest"]
+        rolled_back = ledger.append(
+            EventKind.CANARY_ROLLED_BACK,
+            inputs={"version": digest},
+            outputs=[],
+            details={"name": NAME, "version": "2", "reasons": ["latency regressed: median 90 ms vs 20 ms"]},
+        ).seq
+    code, outcome = promote(reg, f"{NAME}/2", "canary")
+    refusal = outcome["reasons"][-1]
+    assert code == 1 and f"rolled back (event #{rolled_back}: latency regressed" in refusal
+    assert f"--force --rollback {rolled_back}" in refusal and reg.alias("canary") is None
+    assert promote(reg, f"{NAME}/2", "canary", "--force")[0] == 2  # --force alone names nothing
+    assert promote(reg, f"{NAME}/2", "canary", "--force", "--rollback", str(rolled_back - 1))[0] == 1
+    code, outcome = promote(reg, f"{NAME}/2", "canary", "--force", "--rollback", str(rolled_back))
+    assert code == 0 and "promoted anyway, as --force named it" in outcome["reasons"][-1]
+    with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
+        assert ledger.latest(["model.promoted"], limit=1)[0].details["forced_after_rollback"] == rolled_back
 
 
 def test_malformed_policy_file_is_a_clear_error(reg: Registry) -> None:
