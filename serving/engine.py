@@ -347,10 +347,11 @@ class Engine:
         }
 
     def set_weight(self, weight: float, hold: bool = False) -> dict[str, Any]:
-        if self.canary is None:
-            raise ClientError(409, "no canary is being served; promote a version to canary first")
+        """Move the canary's weight for every worker (any worker may be asked)."""
         if not 0 <= weight <= 100:
             raise ClientError(400, f"weight must be between 0 and 100, not {weight}")
+        if self.state.canary().state != "running":
+            raise ClientError(409, "no canary is being served; promote a version to canary first")
         try:
             self.controller.set_weight(weight, hold=hold)
         except ValueError as exc:
@@ -359,7 +360,7 @@ class Engine:
         return self.status()
 
     def abort(self, reason: str) -> dict[str, Any]:
-        if self.canary is None:
+        if self.state.canary().state != "running":
             raise ClientError(409, "no canary is being served")
         self.controller.abort(f"aborted by an admin: {reason}")
         return self.status()
@@ -553,7 +554,12 @@ class Engine:
             self.metrics.rollbacks.labels(self.name).inc()
             self.metrics.weight.labels(self.name).set(0)
             restored = self._remove_canary_alias(version)
-            digest = canary.verified.version_digest if canary is not None else None
+            # The worker that reached the verdict may not have loaded the canary yet: the registry knows its digest.
+            digest = (
+                canary.verified.version_digest
+                if canary is not None
+                else self.ws.registry().tags(self.name, version).get("conveyor.version_digest")
+            )
             self.ledger.append(
                 EventKind.CANARY_ROLLED_BACK,
                 inputs={"version": digest} if digest else [],

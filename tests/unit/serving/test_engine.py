@@ -86,3 +86,12 @@ def test_admin_verbs_need_a_canary_and_a_sane_weight(engine: Engine) -> None:
         with pytest.raises(ClientError) as caught:
             call()
         assert caught.value.status == 409 and "no canary" in str(caught.value)
+
+
+def test_a_load_cut_short_by_a_stop_is_not_recorded_as_refused(engine: Engine) -> None:
+    """A service stopped during a model switch must not write a false ``model.load_refused``."""
+    engine._refuse("3", "champion", "its files went away")  # a real refusal, while serving
+    engine._stop.set()
+    engine._refuse("4", "champion", "its files went away")  # the same, while stopping
+    refused = [e.details["version"] for e in engine.ledger.iter_events() if e.kind == "model.load_refused"]
+    assert refused == ["3"] and engine.status()["refused"] == {"champion": "3"}
