@@ -149,7 +149,11 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
                 "flags",
             ]
         )
-    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    parts = [pd.read_parquet(p) for p in files]
+    columns = list(dict.fromkeys(c for part in parts for c in part.columns))
+    # All-empty columns (a flag no row had) are left out of the concatenation and come back as
+    # missing values: pandas no longer guesses a dtype from them.
+    frame = pd.concat([part.dropna(axis=1, how="all") for part in parts], ignore_index=True).reindex(columns=columns)
     if since is not None:
         frame = frame[frame["time"] >= since]
     if until is not None:

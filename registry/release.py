@@ -127,7 +127,7 @@ def _after_rollback(ledger: Ledger, name: str, version: str, decision: Decision,
         ),
         None,
     )
-    if rolled_back is None:
+    if rolled_back is None or _overridden(ledger, name, version, rolled_back.seq):
         return decision
     why = "; ".join(rolled_back.details.get("reasons") or []) or "no reason recorded"
     if forced == rolled_back.seq:
@@ -140,6 +140,17 @@ def _after_rollback(ledger: Ledger, name: str, version: str, decision: Decision,
             f"its canary was rolled back (event #{rolled_back.seq}: {why}); to promote it anyway, "
             f"name that rollback: --force --rollback {rolled_back.seq}",
         ],
+    )
+
+
+def _overridden(ledger: Ledger, name: str, version: str, rollback: int) -> bool:
+    """Whether a promotion of ``version`` since has named rollback ``rollback`` with --force."""
+    return any(
+        e.seq > rollback
+        and e.details.get("name") == name
+        and str(e.details.get("version")) == version
+        and e.details.get("forced_after_rollback") == rollback
+        for e in ledger.latest([EventKind.MODEL_PROMOTED], limit=1_000)
     )
 
 

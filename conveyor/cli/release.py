@@ -49,12 +49,10 @@ def promote(
     as_json: JSON = False,
 ) -> None:
     """Verify, decide by policies/promotion.yaml, move the alias. Exit 0 promoted, 1 refused, 2 error."""
-    if force != (rollback_event is not None):
-        from policies.errors import ConveyorError
-
-        raise ConveyorError(
-            "--force and --rollback go together.",
-            hint="Name the rollback you override: --force --rollback N (the refusal gives N).",
+    if force != (rollback_event is not None):  # a usage mistake: exit 2
+        raise typer.BadParameter(
+            "--force and --rollback go together: name the rollback you override (the refusal gives N).",
+            param_hint="--force --rollback N",
         )
     with progress(f"Verifying {ref} and deciding by policies/promotion.yaml...", quiet=as_json):
         outcome = workspace(ctx).promote(ref, to=to, dry_run=dry_run, force_after_rollback=rollback_event)

@@ -249,6 +249,8 @@ def test_a_version_whose_canary_was_rolled_back_needs_force_naming_that_rollback
     assert code == 0 and "promoted anyway, as --force named it" in outcome["reasons"][-1]
     with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
         assert ledger.latest(["model.promoted"], limit=1)[0].details["forced_after_rollback"] == rolled_back
+    code, outcome = promote(reg, f"{NAME}/2", "champion")  # as the service does when that canary then passes
+    assert code == 0, outcome
 
 
 def test_malformed_policy_file_is_a_clear_error(reg: Registry) -> None:
