@@ -134,6 +134,7 @@ class Promotion(_Details):
     reasons: list[str]
     previous: str | None = None
     champion_before: str | None = None
+    forced_after_rollback: int | None = None  # the canary rollback this promotion overrode (--force --rollback N)
     policy: str
 
 

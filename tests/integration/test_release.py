@@ -244,7 +244,8 @@ def test_a_version_whose_canary_was_rolled_back_needs_force_naming_that_rollback
     assert code == 1 and f"rolled back (event #{rolled_back}: latency regressed" in refusal
     assert f"--force --rollback {rolled_back}" in refusal and reg.alias("canary") is None
     assert promote(reg, f"{NAME}/2", "canary", "--force")[0] == 2  # --force alone names nothing
-    assert promote(reg, f"{NAME}/2", "canary", "--force", "--rollback", str(rolled_back - 1))[0] == 1
+    wrong = promote(reg, f"{NAME}/2", "canary", "--force", "--rollback", str(rolled_back - 1))
+    assert wrong[0] == 1, wrong
     code, outcome = promote(reg, f"{NAME}/2", "canary", "--force", "--rollback", str(rolled_back))
     assert code == 0 and "promoted anyway, as --force named it" in outcome["reasons"][-1]
     with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
