@@ -410,7 +410,7 @@ def test_every_path_without_a_key_is_refused_but_the_probes_and_nothing_serves_a
             answered[(method, path)] = response.status_code
             assert "<script" not in response.text and "googletagmanager" not in response.text
     assert {k for k, status in answered.items() if status < 400} == {("GET", "/livez"), ("GET", "/readyz")}
-    assert set(answered.values()) <= {200, 401, 404, 405}
+    assert set(answered.values()) <= {200, 401, 404, 405, 429}  # 429: this address has sent many wrong keys
     predict = {"Authorization": f"Bearer {served.client_key}"}
     admin = {"Authorization": f"Bearer {served.admin_key}"}
     assert httpx.get(f"{url}/docs.json", headers=predict).status_code == 403
