@@ -1,6 +1,7 @@
 """The service's front door: every path it answers, who may call it, and the limits checked before any work.
 
-An ASGI middleware around BentoML's app. For each request it looks only at the path and the
+An ASGI application wrapped around BentoML's whole app (by ``serving.transport``, at the
+connection: before BentoML's tracing, metrics and routing). For each request it looks only at the path and the
 headers first: an unknown path is a 404, a missing or wrong key a 401 (a 429 once an address has
 sent too many wrong keys), a body over ``max_body_bytes`` by its ``Content-Length`` a 413, any
 content type but JSON a 415, all before a byte of the body is read. Then the body is read within
@@ -37,6 +38,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # the only paths answered without a key
 _JSON = b"application/json"
+_PREDICT_TIMEOUT = 30  # seconds, as BentoML's traffic timeout for what passes through to it
 
 
 @dataclass
@@ -81,6 +83,9 @@ class Gate:
         except _Disconnected:
             client = scope.get("client") or ("?", 0)
             log.info("client %s:%s disconnected before its request was read", *client)
+        except Exception:  # a fault of ours: said, logged, never a hung connection
+            log.exception("the gate failed on %s %s", method, path[:100])
+            await _reply(send, 500, {"detail" if admin else "error": "internal error; see the service log"})
 
     async def _serve(
         self, engine: Engine, scope: Scope, receive: Receive, send: Send, path: str, method: str, admin: bool
@@ -101,7 +106,10 @@ class Gate:
             body = await _body(receive, headers, policy.max_body_bytes, policy.body_timeout_seconds)
         if path == "/predict":
             engine.admit(role)
-            answer = await engine.predict(body)
+            try:
+                answer = await asyncio.wait_for(engine.predict(body), _PREDICT_TIMEOUT)
+            except TimeoutError:
+                raise _Refused(504, f"no answer within {_PREDICT_TIMEOUT} s") from None
             await _send(send, 200, answer)
             return
         if path == "/docs.json":

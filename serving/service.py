@@ -6,8 +6,9 @@ opens its Workspace exactly as the command line does (``Workspace.open()``: the 
 environment, then the project file's ``settings:``, then defaults), so a bare ``bentoml serve``
 in the project folder uses the same stores as ``conveyor serve``.
 
-Every request passes ``serving.gate`` first (keys, limits, content types, the paths served);
-``/predict`` is answered there by the engine. BentoML runs ``workers`` processes (the serving
+Every request passes ``serving.gate`` first (keys, limits, content types, the paths served),
+before any of BentoML's own layers (``serving.transport`` puts it there); ``/predict`` is
+answered there by the engine. BentoML runs ``workers`` processes (the serving
 policy); they share the canary's state (``serving.shared``), and each model runs in a child
 process of its worker (``serving.models``).
 """
@@ -25,7 +26,7 @@ from pydantic import BaseModel, Field  # noqa: E402 - as above
 
 from serving import transport  # noqa: E402 - as above
 from serving.errors import ClientError  # noqa: E402 - as above
-from serving.gate import Front, Gate  # noqa: E402 - as above
+from serving.gate import Front  # noqa: E402 - as above
 
 __all__ = ["Conveyor"]
 
@@ -33,8 +34,8 @@ log = logging.getLogger("conveyor.serving")
 logging.getLogger("conveyor").setLevel(logging.INFO)  # what the service loads, refuses and decides: in its log
 _WORKSPACE = Workspace.open()
 _POLICY = _WORKSPACE.serving_policy()
-transport.install(_POLICY.header_timeout_seconds)  # before BentoML's worker builds its uvicorn server
 front = Front()
+transport.install(_POLICY.header_timeout_seconds, front)  # before BentoML's worker builds its uvicorn server
 
 
 class Weight(BaseModel):
@@ -102,6 +103,3 @@ class Conveyor:
             return function(*args)
         except ClientError as exc:
             raise HTTPException(exc.status, str(exc)) from None
-
-
-Conveyor.add_asgi_middleware(Gate, front=front)  # type: ignore[attr-defined]

@@ -1,17 +1,24 @@
-"""A header deadline for uvicorn's HTTP protocol: a client that has not sent a whole request head in
-``header_timeout`` seconds (after connecting, or after its first byte of a request) is disconnected.
+"""The service's connections: uvicorn's HTTP protocol with a header deadline, and the gate first.
 
-uvicorn times out idle keep-alive connections but not half-sent heads, so a slow client could
-hold a connection (and its buffer) for ever. ``install`` makes this protocol the one uvicorn's
-``http="auto"`` picks; the service calls it at import, before BentoML's worker builds its server.
+A client that has not sent a whole request head in ``header_timeout`` seconds (after connecting,
+or after its first byte of a request) is disconnected: uvicorn times out idle keep-alive
+connections but not half-sent heads, so a slow client could hold a connection (and its buffer)
+for ever. And every request meets ``serving.gate.Gate`` before anything of BentoML's app runs
+(its tracing, metrics and timeout middleware, its routing): a refused caller costs a header
+lookup, and ``/predict`` is answered without those layers. ``install`` makes this protocol the
+one uvicorn's ``http="auto"`` picks; the service calls it at import, before BentoML's worker
+builds its server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serving.gate import Front, Gate
 
 __all__ = ["GuardedHttpTools", "install"]
 
@@ -20,6 +27,17 @@ log = logging.getLogger("conveyor.serving")
 
 class GuardedHttpTools(HttpToolsProtocol):
     header_timeout: float = 10.0
+    front: Front | None = None
+    _gates: ClassVar[dict[int, Gate]] = {}  # one gate per application uvicorn serves
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.front is not None:
+            app = self.app
+            gate = self._gates.get(id(app))
+            if gate is None:
+                gate = self._gates[id(app)] = Gate(app, self.front)
+            self.app = gate
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,9 +68,9 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.transport.close()
 
 
-def install(header_timeout: float) -> None:
-    """Make uvicorn's ``auto`` and ``httptools`` protocols this one, with ``header_timeout``."""
+def install(header_timeout: float, front: Front) -> None:
+    """Make uvicorn's ``auto`` and ``httptools`` protocols this one, with ``header_timeout`` and the gate."""
     from uvicorn import config
 
-    GuardedHttpTools.header_timeout = header_timeout
+    GuardedHttpTools.header_timeout, GuardedHttpTools.front = header_timeout, front
     config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = "serving.transport:GuardedHttpTools"
