@@ -410,10 +410,12 @@ class Engine:
 
     def _follow_desired(self) -> None:
         """Serve the models the leader published, if they changed."""
-        desired = self.state.desired()
-        if desired.epoch == self._applied:
+        if self.state.desired().epoch == self._applied:
             return
         with self._switch:
+            desired = self.state.desired()  # again, under the lock: a switch may have published meanwhile
+            if desired.epoch == self._applied:
+                return
             current = self.champion.verified.version if self.champion else None
             if desired.champion is not None and desired.champion != current:
                 self._load_champion(desired.champion)
@@ -576,7 +578,8 @@ class Engine:
             log.warning("canary %s version %s rolled back: %s", self.name, version, "; ".join(verdict.reasons))
             self.controller.stop()
             self._stop_canary()
-            self.state.set_desired(self.champion.verified.version if self.champion else None, None)
+            desired = self.state.set_desired(self.champion.verified.version if self.champion else None, None)
+            self._applied = desired.epoch
 
     def _canary_passed(self, verdict: Verdict) -> None:
         """The last step is clean: promote through the promotion policy, then serve it as champion."""
