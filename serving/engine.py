@@ -54,7 +54,7 @@ _FAULT_RECORD_SECONDS = 60.0  # at most one ledger record a minute per deploymen
 
 
 class Engine:
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, spare: Any = None) -> None:
         self._instance = uuid.uuid4().hex  # this worker: tells two deployments of one version apart
         self.ws = ws
         project = ws.project()  # read once: nothing on the request path reads a file
@@ -93,7 +93,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._canary_seen = 0
-        self._spare: Any = None  # a model process started before the first model is verified
+        self._spare: Any = spare  # a model process started before the first model is verified
         self._faults: dict[tuple[str, str], list[float]] = {}  # (deployment, kind) -> [last record, failures since]
         self._threads: list[threading.Thread] = []
 
@@ -101,7 +101,8 @@ class Engine:
 
     def start(self) -> None:
         """Load what the aliases say, then keep following them (and the other workers)."""
-        self._spare = warm_pool()  # its imports overlap the champion's verification
+        if self._spare is None:
+            self._spare = warm_pool()  # its imports overlap the champion's verification
         self._shared_tick()
         for name, target in (
             ("shared-state", self._follow),

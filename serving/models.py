@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -28,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from registry.workspace import prepare_process
 from serving.contract import ContractBreach, InputContract, check_output
 from serving.schema import Column, columns_from_mlmodel
+from serving.spare import warm_pool
 
 __all__ = ["Answer", "LoadRefused", "ModelFailed", "ModelProcess", "VerifiedModel", "load_verified", "warm_pool"]
 
@@ -146,28 +145,12 @@ _child: Any = None
 _CLOSE = object()  # on a model's queue: stop once what is before it is answered
 
 
-def _child_warm() -> None:
-    """A new child: telemetry off, one BLAS thread, and the libraries a model needs, imported before any model is known."""
-    prepare_process()
-    import sklearn.pipeline  # noqa: F401 - imported now, while the parent verifies
-    import skops.io  # noqa: F401 - as above
-
-
 def _child_load(model_dir: str, task: str, columns: tuple[Column, ...]) -> int:
     global _child  # noqa: PLW0603 - one model per child process
     model = load_estimator(Path(model_dir))
     method = model.predict_proba if task == "classification" else model.predict
     _child = (method, columns)
     return os.getpid()
-
-
-def warm_pool() -> concurrent.futures.ProcessPoolExecutor:
-    """A model process with the libraries imported and no model yet: ``ModelProcess(pool=...)`` loads one into it."""
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_warm
-    )
-    pool.submit(os.getpid)  # start the child now, not at the first call
-    return pool
 
 
 def _child_run(rows: list[dict[str, Any]]) -> tuple[Any, float]:

@@ -60,9 +60,12 @@ admin = FastAPI(title="Conveyor admin", docs_url=None, redoc_url=None, openapi_u
 @bentoml.asgi_app(admin, path="/admin")
 class Conveyor:
     def __init__(self) -> None:
+        from serving.spare import warm_pool
+
+        spare = warm_pool()  # first: the model process starts while the engine is imported and verifies
         from serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
 
-        self.engine = Engine(_WORKSPACE.prepare())
+        self.engine = Engine(_WORKSPACE.prepare(), spare=spare)
         self.engine.start()
         front.engine = self.engine
 
