@@ -1,15 +1,16 @@
 """Canary analysis against noise: how often a healthy canary is rolled back, and how fast a slow one is.
 
 Real models in real child processes (``serving.models.ModelProcess``, as the service runs them):
-the champion, a healthy canary (the same estimator retrained) and a slow canary (the same, 8 ms
+the champion, a healthy canary (the same estimator retrained) and a slow canary (the same, 30 ms
 slower a call). Each trial sends one-row requests at concurrency 16, 20 % to the canary, and
-records what the service records per request (the model's own time, its prediction). The same
+records what the service records per request (the model's wall and CPU time, its prediction). The same
 streams are judged, at the same points (every 50 canary requests), by
 
-  - the old analysis: p95 latency ratio > 1.5 or PSI > 0.2 at one look rolls back;
-  - the new one (``policies.canary.judge_canary`` with the shipped policies/canary.yaml): a
-    Mann-Whitney U test with an effect size, a median ratio and an absolute slack, a KS test for
-    predictions, and a breach must last ``breach_limit`` analyses in a row.
+  - the old analysis: p95 wall-clock latency ratio > 1.5 or PSI > 0.2 at one look rolls back;
+  - the new one (``policies.canary.judge_canary`` with the shipped policies/canary.yaml), on the
+    model's CPU time per call: a Mann-Whitney U test with an effect size, a median ratio and an absolute slack, against the
+    champion's times for the same rows (a quarter of the canary's calls, timed on the champion as
+    the engine does), a KS test for predictions, and a breach must last ``breach_limit`` analyses.
 
 Trials run idle and beside a neighbour process burning a core (the shared machine). Bounded:
 TRIALS trials a case, REQUESTS requests a trial.
@@ -35,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-CONCURRENCY, CANARY_SHARE, LOOK_EVERY = 16, 0.2, 50
+CONCURRENCY, CANARY_SHARE, LOOK_EVERY, PAIRED_SHARE = 16, 0.2, 50, 0.25
 
 
 def train(work: Path) -> dict[str, Path]:
@@ -57,7 +58,7 @@ def train(work: Path) -> dict[str, Path]:
     for name, estimator in (
         ("champion", None),
         ("healthy", None),
-        ("slow", {"class": "tests.faults.FaultyClassifier", "params": {"fault": "slow", "delay": 0.008}}),
+        ("slow", {"class": "tests.faults.FaultyClassifier", "params": {"fault": "slow", "delay": 0.03}}),
     ):
         project = dict(config)
         if estimator:
@@ -97,13 +98,23 @@ async def trial(champion, canary, rows: list[dict], requests: int, seed: int) ->
     stream: list[tuple[str, float, float]] = []
     todo = iter(range(requests))
 
+    paired: list[asyncio.Task] = []
+
+    async def pair(batch: list[dict]) -> None:  # as the engine does: the canary's rows timed on the champion
+        stream.append(("paired", await champion.time_call(batch), float("nan")))
+
     async def worker() -> None:
         for i in todo:
             role, target = ("canary", canary) if rng.random() < CANARY_SHARE else ("champion", champion)
-            answer = await target.predict([rows[(i * 7 + seed) % len(rows)]])
-            stream.append((role, answer.model_ms, float(answer.values[0])))
+            batch = [rows[(i * 7 + seed) % len(rows)]]
+            answer = await target.predict(batch)
+            stream.append((role, answer.cpu_ms, float(answer.values[0])))
+            stream.append(("wall-" + role, answer.model_ms, float(answer.values[0])))
+            if role == "canary" and rng.random() < PAIRED_SHARE:
+                paired.append(asyncio.get_running_loop().create_task(pair(batch)))
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await asyncio.gather(*paired)
     return stream
 
 
@@ -123,20 +134,31 @@ def judge(stream: list[tuple[str, float, float]], policy) -> dict[str, int | Non
 
     canary: list[tuple[float, float]] = []
     champion: list[tuple[float, float]] = []
+    paired: list[float] = []
+    wall: dict[str, list[tuple[float, float]]] = {"canary": [], "champion": []}  # what the old analysis judged
     decided: dict[str, int | None] = {"old": None, "new": None}
     in_a_row = 0
     for role, ms, prediction in stream:
+        if role == "paired":
+            paired.append(ms)
+            continue
+        if role.startswith("wall-"):
+            wall[role[5:]].append((ms, prediction))
+            continue
         (canary if role == "canary" else champion).append((ms, prediction))
         if role != "canary" or len(canary) % LOOK_EVERY or len(canary) < policy.min_requests:
             continue
-        if decided["old"] is None and old_verdict(canary, champion):
+        if decided["old"] is None and old_verdict(wall["canary"], wall["champion"]):
             decided["old"] = len(canary)
         if decided["new"] is None:
             sides = [Side(len(s), 0, [x[0] for x in s], [x[1] for x in s]) for s in (canary, champion)]
+            if len(paired) >= policy.latency.min_samples:  # the same work timed on the champion, as the service does
+                sides[1] = Side(sides[1].requests, 0, list(paired), sides[1].predictions)
             verdict = judge_canary(CanaryStats(0, 1e9, sides[0], sides[1], in_a_row), policy)
             in_a_row = in_a_row + 1 if verdict.breached else 0
             if verdict.action == "rollback":
                 decided["new"] = len(canary)
+                decided["why"] = "; ".join(verdict.reasons)
     return decided
 
 
@@ -152,6 +174,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-canary-"))
     os.environ["CONVEYOR_HOME"] = str(work / "project" / ".conveyor")
     os.environ["CONVEYOR_TEST_FAULTS"] = "1"  # the slow canary is slow
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     quiet_libraries()
     policy = load_policy(ROOT / "policies" / "canary.yaml", CanaryPolicy)
     policy = policy.model_copy(update={"min_requests": 100})  # as the replay looks every 50 canary requests
@@ -208,6 +232,10 @@ def main() -> None:
             detect = f"{median(old)} / {median(new)}" if kind == "slow" else ""
             print(f"{kind:8s} {load:8s} {share(old):>17s} {share(new):>17s} {detect:>40s}")
         print("\nhealthy rolled back = false alarms (want 0); slow rolled back = detections (want all).")
+        for (kind, load), outcomes in results.items():
+            for outcome in outcomes:
+                if kind == "healthy" and outcome.get("why"):
+                    print(f"  false alarm ({load}): {outcome['why']}")
     finally:
         if neighbour is not None:
             neighbour.kill()

@@ -14,6 +14,15 @@ when their PSI is over ``max_psi`` and a two-sample Kolmogorov-Smirnov test is s
 breach rolls back only after ``breach_limit`` analyses in a row (Flagger's threshold, Argo's
 failureLimit); a latency that looks slower but is not significant is ``inconclusive`` and holds
 the step until the evidence decides.
+
+Latency here is the model's CPU time per call, taken in its own process: a model that is slower
+does more work; a process that waits for a core on a busy machine is not a slower model (the
+wall clock's waits are what the timeout, and so the error rate, judges). It is compared on the
+same work: a share (``paired_share``) of the canary's calls is also
+timed on the champion, the same rows as one call of their own, in the same moment, and the
+canary's times are compared with those (the champion's own traffic comes in larger batches, at
+other moments of a shared machine's noise). With too few paired times, the champion's traffic is
+the reference.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ class LatencyRule(_Strict):
     max_ratio: float = Field(1.5, gt=1)  # canary median latency / champion median latency
     slack_ms: float = Field(5.0, ge=0)  # a canary at most this much slower never fails on latency
     min_samples: int = Field(50, ge=10)  # per side; fewer is inconclusive
+    paired_share: float = Field(0.25, ge=0, le=1)  # canary calls also timed on the champion (the same rows)
 
 
 class PredictionRule(_Strict):

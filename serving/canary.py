@@ -197,7 +197,13 @@ class CanaryController:
         champion = self.state.observations(row.run, "champion", window=row.window)
         if len(champion) < self.policy.latency.min_samples:  # at high weights: the champion's earlier steps
             champion = self.state.observations(row.run, "champion", limit=_CHAMPION_REFERENCE)
-        return CanaryStats(row.step, now - row.window_started, _side(canary), _side(champion), row.breaches_in_a_row)
+        reference = _side(champion)
+        paired = self.state.observations(row.run, "paired", window=row.window)
+        if len(paired) >= self.policy.latency.min_samples:  # the same work, timed on the champion
+            reference = Side(
+                reference.requests, reference.errors, [o.latency_ms for o in paired], reference.predictions
+            )
+        return CanaryStats(row.step, now - row.window_started, _side(canary), reference, row.breaches_in_a_row)
 
     def _new_window(self, row: CanaryRow, step: int, weight: float, now: float) -> dict[str, Any]:
         return {

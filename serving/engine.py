@@ -16,8 +16,10 @@ counted and recorded. Nothing that breaks the contract reaches a client or the i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import random
 import threading
 import time
 import uuid
@@ -93,6 +95,9 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._canary_seen = 0
+        self._paired_share = ws.canary_policy().latency.paired_share
+        self._pairing = random.Random()
+        self._pending: set[asyncio.Task] = set()
         self._spare: Any = spare  # a model process started before the first model is verified
         self._faults: dict[tuple[str, str], list[float]] = {}  # (deployment, kind) -> [last record, failures since]
         self._threads: list[threading.Thread] = []
@@ -241,12 +246,24 @@ class Engine:
         self.log.record_all(entries)
         self.metrics.requests.labels(*labels).inc()
         self.metrics.latency.labels(*labels).observe(answer.model_ms / 1000)
-        self.controller.observe(role, ok=True, latency_ms=answer.model_ms, predictions=predictions)
+        self.controller.observe(role, ok=True, latency_ms=answer.cpu_ms, predictions=predictions)
         if role == "canary":
             self._canary_seen += 1
             if self._canary_seen % _EVALUATE_EVERY == 0:
                 self._wake.set()
+            if self.champion is not None and self._pairing.random() < self._paired_share:
+                task = asyncio.get_running_loop().create_task(self._paired(self.champion, rows))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
         return body
+
+    async def _paired(self, champion: ModelProcess, rows: list[dict[str, Any]]) -> None:
+        """The champion's time for the rows the canary just answered (the analysis' same-work reference)."""
+        try:
+            model_ms = await champion.time_call(rows)
+        except ModelFailed:
+            return  # the champion's own calls count its failures
+        self.controller.observe("paired", ok=True, latency_ms=model_ms)
 
     def _failed(self, model: ModelProcess, role: str, exc: ModelFailed) -> None:
         """A model's failure: counted, judged at once for a canary, recorded (at most once a minute per kind)."""

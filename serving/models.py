@@ -104,8 +104,9 @@ def load_verified(
 @dataclass(frozen=True)
 class Answer:
     values: np.ndarray  # one float per row, checked against the output contract
-    model_ms: float  # the model's own time for the call that answered (taken in its process)
+    model_ms: float  # the model's own time for the call that answered (wall clock, taken in its process)
     batch_rows: int  # rows in that call
+    cpu_ms: float = 0.0  # the CPU time of that call in the model's process: what the canary analysis compares
 
 
 _NUMERIC = {"double", "float", "long", "integer"}
@@ -153,12 +154,15 @@ def _child_load(model_dir: str, task: str, columns: tuple[Column, ...]) -> int:
     return os.getpid()
 
 
-def _child_run(rows: list[dict[str, Any]]) -> tuple[Any, float]:
-    """The model's raw answer for ``rows`` and its own time in ms (checked by the parent, not here)."""
+def _child_run(rows: list[dict[str, Any]]) -> tuple[Any, float, float]:
+    """The model's raw answer for ``rows``, its wall time and its CPU time in ms (checked by the parent, not here).
+
+    The CPU time is the model's own work, whatever else the machine runs: a process that waits
+    for a core on a busy machine is not a slower model."""
     method, columns = _child
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.thread_time()
     raw = np.asarray(method(frame_of(rows, columns)))
-    return raw, (time.perf_counter() - started) * 1000
+    return raw, (time.perf_counter() - started) * 1000, (time.thread_time() - cpu) * 1000
 
 
 class ModelProcess:
@@ -253,7 +257,7 @@ class ModelProcess:
             size += len(item[0])
         rows = [row for request, _ in batch for row in request]
         try:
-            raw, model_ms = await self._call(rows)
+            raw, model_ms, cpu_ms = await self._call(rows)
             values = check_output(raw, len(rows), self.verified.task, self._classes)
         except ModelFailed as exc:
             _fail(batch, exc)
@@ -267,11 +271,17 @@ class ModelProcess:
         start = 0
         for request, future in batch:
             if not future.done():
-                future.set_result(Answer(values[start : start + len(request)], model_ms, len(rows)))
+                future.set_result(Answer(values[start : start + len(request)], model_ms, len(rows), cpu_ms))
             start += len(request)
         return not last
 
-    async def _call(self, rows: list[dict[str, Any]]) -> tuple[Any, float]:
+    async def time_call(self, rows: list[dict[str, Any]]) -> float:
+        """The model's CPU time (ms) for exactly ``rows`` as one call of their own, not batched with
+        anything: a canary's answer timed on the champion too, so both sides did the same work."""
+        _, _, cpu_ms = await self._call(rows)
+        return cpu_ms
+
+    async def _call(self, rows: list[dict[str, Any]]) -> tuple[Any, float, float]:
         with self._lock:
             pool, ready = self._pool, self._ready
         if pool is None or ready is None:

@@ -3,7 +3,7 @@
 ``FaultyClassifier`` is a real scikit-learn classifier (a small gradient-boosted model inside)
 that trains, evaluates, signs and registers like any other. Served in a process where
 ``CONVEYOR_TEST_FAULTS=1``, it misbehaves as told: ``raise`` fails a share of calls, ``slow``
-takes ``delay`` seconds longer, ``crash`` kills its own process on a share of calls, ``skew``
+works ``delay`` seconds of CPU longer, ``crash`` kills its own process on a share of calls, ``skew``
 answers 1 - p, ``none`` behaves. The output-contract faults answer on a share of calls with the
 wrong number of rows (``rows``), text instead of numbers (``text``), NaN (``nan``), infinity
 (``inf``), probabilities 7.5 times too large (``outside``), or three classes for two (``classes``);
@@ -65,8 +65,10 @@ class FaultyClassifier(ClassifierMixin, BaseEstimator):
             raise RuntimeError("injected fault: this canary fails")
         if hit and self.fault == "crash":
             os._exit(17)
-        if armed and self.fault == "slow":
-            time.sleep(self.delay)
+        if armed and self.fault == "slow":  # more work, as a bigger model does: the CPU is busy for `delay` s
+            end = time.thread_time() + self.delay
+            while time.thread_time() < end:
+                pass
         proba = self.model_.predict_proba(x)
         if armed and self.fault == "skew":
             return proba[:, ::-1].copy()

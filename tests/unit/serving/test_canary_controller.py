@@ -146,3 +146,21 @@ def test_abort_rolls_back_at_once_and_a_second_abort_does_nothing(state: SharedS
     assert status["state"] == "rolled_back" and status["weight"] == 0
     assert status["last_verdict"]["reasons"] == ["operator pressed abort"]
     assert ctl.router.route("anyone") == "champion" and [e[0] for e in events] == ["rollback"]
+
+
+def test_latency_is_judged_against_the_champion_timed_on_the_same_rows(state: SharedState) -> None:
+    """The canary's small calls look slower than the champion's own batched traffic; timed on the
+    same rows (paired), the champion is just as slow, so nothing is breached."""
+    clock, events = Clock(), []
+    ctl = controller(state, clock, events)
+    ctl.start("7")
+    rng = random.Random(9)
+    for _ in range(400):
+        clock.now += 0.05
+        ctl.observe("champion", ok=True, latency_ms=rng.gammavariate(9, 1.0), predictions=[0.2])
+        if rng.random() < 0.3:
+            ctl.observe("canary", ok=True, latency_ms=rng.gammavariate(9, 3.0), predictions=[0.2])
+            ctl.observe("paired", ok=True, latency_ms=rng.gammavariate(9, 3.0))
+    verdict = ctl.evaluate()
+    assert verdict is not None and not verdict.breached, verdict.reasons
+    assert any("latency within limits" in r for r in verdict.reasons)
