@@ -109,13 +109,15 @@ def drive(
     keys: Sequence[str | None] = (None,),
     stop: Callable[[], bool] | None = None,
     check_every: int = 50,
+    keepalive: bool = True,
 ) -> list[Reply]:
     """Up to ``requests`` one-row predictions at ``concurrency``; ends early once ``stop()`` is true
-    (asked every ``check_every`` requests). Bounded in count; every reply is returned."""
+    (asked every ``check_every`` requests). Bounded in count; every reply is returned. Without
+    ``keepalive`` each request opens a connection of its own (so several workers all get some)."""
 
     async def run() -> list[Reply]:
         replies: list[Reply] = []
-        limits = httpx.Limits(max_connections=concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency if keepalive else 0)
         async with httpx.AsyncClient(
             base_url=url, timeout=60, limits=limits, headers={"Authorization": f"Bearer {token}"}
         ) as client:

@@ -609,8 +609,14 @@ def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served:
         champion = served.status()["champion"]["version"]
         served.make_canary(served.versions["raises"])
         assert service.admin("POST", "weight", served.admin_key, {"weight": 40, "hold": True}).status_code == 200
+        deadline = time.monotonic() + 60
+        while not all(served.status()["canary"] is not None for _ in range(8)):  # both workers have loaded it
+            assert time.monotonic() < deadline, "a worker never loaded the canary"
+            time.sleep(0.2)
         # Any worker may answer the status; the shared analysis is what every worker agrees on.
-        replies = served.drive(600, concurrency=16, stop=lambda: served.status()["analysis"]["state"] == "rolled_back")
+        replies = served.drive(
+            600, concurrency=16, keepalive=False, stop=lambda: served.status()["analysis"]["state"] == "rolled_back"
+        )
         assert all(r.status == 200 for r in replies)
         event = served.ledger("model.canary_rolled_back")[-1]
         assert event.details["version"] == served.versions["raises"]
