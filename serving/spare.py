@@ -10,12 +10,17 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 
 __all__ = ["warm_pool"]
 
 
 def _child_warm() -> None:
-    """A new child: telemetry off, one BLAS thread, and the libraries a model needs, imported now."""
+    """A new child: telemetry off, one BLAS thread, and the libraries a model needs, imported now.
+
+    It ignores Ctrl-C: a SIGINT to the terminal's process group reaches it too, and a model that
+    died of it while loading would be recorded as refused; its worker stops it on the way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from registry.workspace import prepare_process
 
     prepare_process()

@@ -118,6 +118,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
         rate_limit={"per_second": 100_000, "burst": 100_000},  # limits are tested with a key of their own
         header_timeout_seconds=2,
         body_timeout_seconds=2,
+        unknown_categories="refuse",  # the default (the repository's policy flags them, for the demo)
     )
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     promotion = yaml.safe_load((REPO / "policies" / "promotion.yaml").read_text())
