@@ -52,6 +52,7 @@ log = logging.getLogger("conveyor.serving")
 
 _EVALUATE_EVERY = 20  # canary requests between two judgements (every canary failure is judged at once)
 _SHARED_EVERY = 0.2  # seconds between two reads of the shared state (weight, desired models)
+_STOPPING_GRACE = 3.0  # seconds a failed model load waits to learn whether the service is stopping
 _FAULT_RECORD_SECONDS = 60.0  # at most one ledger record a minute per deployment and kind of fault
 
 
@@ -510,6 +511,11 @@ class Engine:
             model.wait_loaded()
         except LoadRefused as exc:
             verified.discard()
+            # A Ctrl-C reaches the whole process group, a model process still starting among them:
+            # if the service is stopping, that is why the load failed, not the model.
+            if self._stop.wait(_STOPPING_GRACE):
+                log.info("stopping: the load of %s version %s as %s was cut short", self.name, verified.version, role)
+                return None
             self._refuse(verified.version, role, str(exc))
             return None
         model.deployment = self._deployed(verified, role)
