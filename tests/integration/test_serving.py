@@ -608,26 +608,23 @@ def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served:
     try:
         served.service = service
         champion = served.status()["champion"]["version"]
-        served.make_canary(served.versions["raises"])
+        served.make_canary(served.versions["healthy"])
         assert service.admin("POST", "weight", served.admin_key, {"weight": 40, "hold": True}).status_code == 200
         deadline = time.monotonic() + 60
         while not all(served.status()["canary"] is not None for _ in range(8)):  # both workers have loaded it
             assert time.monotonic() < deadline, "a worker never loaded the canary"
             time.sleep(0.2)
-        # Any worker may answer the status; the shared analysis is what every worker agrees on.
-        replies = served.drive(
-            600, concurrency=16, keepalive=False, stop=lambda: served.status()["analysis"]["state"] == "rolled_back"
-        )
+        replies = served.drive(600, concurrency=16, keepalive=False)  # a connection each: both workers get some
         assert all(r.status == 200 for r in replies)
-        event = served.ledger("model.canary_rolled_back")[-1]
-        assert event.details["version"] == served.versions["raises"]
-        figures = event.details["figures"]
-        assert (
-            figures["canary_errors"] > 3 and len(figures["canary_requests_by_worker"]) == 2
-        )  # one verdict, all traffic
+        time.sleep(0.5)  # every worker flushes its observations five times a second
+        analysis = served.status()["analysis"]  # whichever worker answers: the shared view
+        served_by_canary = sum(r.body["served_by"] == "canary" for r in replies)
+        assert analysis["canary_requests"] == served_by_canary > 100  # one analysis over all traffic
+        assert len(analysis["canary_requests_by_worker"]) == 2
+        assert service.admin("POST", "abort", served.admin_key, {"reason": "test"}).status_code == 200
         deadline = time.monotonic() + 5
-        while not all(served.status()["canary"] is None for _ in range(8)):  # no worker still serves it
-            assert time.monotonic() < deadline, "a worker still serves the rolled-back canary"
+        while not all(served.status()["canary"] is None for _ in range(8)):  # every worker dropped it
+            assert time.monotonic() < deadline, "a worker still serves the aborted canary"
             time.sleep(0.1)
         ids = {r.body["request_id"] for r in replies}
     finally:
