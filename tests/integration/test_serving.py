@@ -608,7 +608,9 @@ def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served:
     try:
         served.service = service
         champion = served.status()["champion"]["version"]
-        served.make_canary(served.versions["healthy"])
+        # A healthy canary that is not the champion (the healthy one may have been promoted above).
+        healthy = served.versions["healthy"] if champion != served.versions["healthy"] else served.versions["champion"]
+        served.make_canary(healthy)
         assert service.admin("POST", "weight", served.admin_key, {"weight": 40, "hold": True}).status_code == 200
         deadline = time.monotonic() + 60
         while not all(served.status()["canary"] is not None for _ in range(8)):  # both workers have loaded it
