@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
+    from pipelines.llm.flow import ReleaseOutcome
     from pipelines.retraining import DriftOutcome, LabelsOutcome
     from pipelines.training import TrainingOutcome
     from pipelines.validate import ValidationResult
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from registry.release import PromotionOutcome
     from registry.seals import Seal
     from registry.verify import VerificationReport
+    from serving.llm import Reply
 
 __all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
 
@@ -100,6 +102,55 @@ class Workspace(_Workspace):
 
         return training_flow(self._ready(), data)
 
+    # -- LLM releases --------------------------------------------------------------------------
+
+    def build_release(self) -> ReleaseOutcome:
+        """The LLM release flow on this project (``kind: llm``): weights, prompt, build, evaluate, sign, register."""
+        from pipelines.llm.flow import release_flow
+
+        self._require_llm()
+        return release_flow(self._ready())
+
+    def ask(self, ref: str, question: str) -> Reply:
+        """Verify the LLM release ``ref``, load it in this process and answer ``question`` through its guardrails."""
+        import tempfile
+
+        from policies.errors import ConveyorError, SignatureInvalid
+        from registry.verify import verify_version
+        from serving.llm import LlmRelease
+
+        self._ready()
+        with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-ask-") as keep:
+            report = verify_version(
+                ref,
+                self.signing(),
+                root=self.root,
+                keys_dir=self.keys_dir,
+                ledger=ledger,
+                keep=Path(keep),
+                registry=self.registry(),
+                weights=self.weights_store,
+            )
+            if not report.ok:
+                failed = report.first_failure
+                assert failed is not None
+                raise SignatureInvalid(
+                    f"{ref} did not verify ({failed.name}: {failed.detail}); it was not loaded.",
+                    hint=f"See `conveyor verify {ref}`.",
+                )
+            if report.tags.get("conveyor.kind") != "llm-release":
+                raise ConveyorError(f"{ref} is not an LLM release.", hint="`llm ask` answers with LLM releases only.")
+            return LlmRelease.open(Path(keep)).answer(question)
+
+    def _require_llm(self) -> None:
+        from policies.errors import ConfigInvalid
+
+        if not self.is_llm:
+            raise ConfigInvalid(
+                f"{self.project_file} is not an LLM project (it has no `kind: llm`).",
+                hint="Pass the LLM project's file: `conveyor --config assistant.yaml llm build`.",
+            )
+
     # -- release -------------------------------------------------------------------------------
 
     def verify(self, ref: str) -> VerificationReport:
@@ -109,7 +160,13 @@ class Workspace(_Workspace):
         self._ready()
         with self.ledger() as ledger:
             return verify_version(
-                ref, self.signing(), root=self.root, keys_dir=self.keys_dir, ledger=ledger, registry=self.registry()
+                ref,
+                self.signing(),
+                root=self.root,
+                keys_dir=self.keys_dir,
+                ledger=ledger,
+                registry=self.registry(),
+                weights=self.weights_store,
             )
 
     def promote(
@@ -200,6 +257,7 @@ class Workspace(_Workspace):
                 ledger=ledger,
                 keep=Path(keep),
                 registry=self.registry(),
+                weights=self.weights_store,
             )
             if export is not None and report.verification.version_digest is not None:
                 key, trusted = project_trust(self)

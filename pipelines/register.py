@@ -27,11 +27,14 @@ def register_verified(
     keys_dir: Path,
     tags: dict[str, str],
     alias: str = "candidate",
+    weights: Path | None = None,
 ) -> tuple[RegisteredVersion, VerificationReport]:
     """Verify the model at ``model_uri`` as the registry holds it, then register it under ``alias``."""
     folder = Path(tempfile.mkdtemp(prefix="conveyor-verify-"))
     try:
-        report = verify_folder(fetch_model(model_uri, folder), policy, root=root, keys_dir=keys_dir, name=name)
+        report = verify_folder(
+            fetch_model(model_uri, folder), policy, root=root, keys_dir=keys_dir, name=name, weights=weights
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     failed = report.first_failure

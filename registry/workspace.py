@@ -32,6 +32,7 @@ from registry.settings import Settings, read_settings
 if TYPE_CHECKING:
     from policies.canary import CanaryPolicy
     from policies.drift import DriftPolicy
+    from policies.llm import LlmProject
     from policies.project import ProjectConfig
     from policies.promotion import PromotionPolicy
     from policies.serving import ServingPolicy
@@ -281,7 +282,25 @@ class Workspace:
 
     @property
     def model_name(self) -> str:
-        return self.project().model_name
+        return self.llm_project().name if self.is_llm else self.project().model_name
+
+    @property
+    def is_llm(self) -> bool:
+        """Whether the project file describes an LLM release (``kind: llm``) rather than a tabular model."""
+        from policies.llm import is_llm_project
+
+        return is_llm_project(self.project_file)
+
+    def llm_project(self) -> LlmProject:
+        """The LLM project config, parsed and checked (its template's variables, its files)."""
+        from policies.llm import load_llm_project
+
+        return load_llm_project(self.project_file)
+
+    @property
+    def weights_store(self) -> Path:
+        """Model weights by content address: a release names them, the store keeps them once."""
+        return self.home / "weights"
 
     def ledger(self, actor: str | None = None) -> Ledger:
         """A new connection to the lineage ledger: ``with ws.ledger() as ledger: ...``."""

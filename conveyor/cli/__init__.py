@@ -1,7 +1,7 @@
 """The ``conveyor`` command line: the front door, kept thin and fast.
 
 One module per group of users: ``data`` (config, expectations, validate, train, keys),
-``release`` (verify, promote, rollback), ``record`` (lineage, audit, export), ``serving``
+``release`` (verify, promote, rollback), ``llm`` (build, ask), ``record`` (lineage, audit, export), ``serving``
 (serve, api-key, canary), ``monitoring`` (drift, labels, monitor), ``demo``. Each command parses
 its options, calls the Python API (``conveyor.api``) and prints; the commands import what they
 need when they run, so ``conveyor --help`` loads no heavy library.
@@ -39,9 +39,9 @@ def _root(
     ctx.obj = {"config": config}
 
 
-from conveyor.cli import data, demo, monitoring, record, release, serving  # noqa: E402 - they register on ``app``
+from conveyor.cli import data, demo, llm, monitoring, record, release, serving  # noqa: E402 - they register on ``app``
 
-for module in (data, release, record, serving, monitoring, demo):
+for module in (data, release, llm, record, serving, monitoring, demo):
     module.register(app)
 
 

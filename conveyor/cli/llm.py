@@ -1,0 +1,72 @@
+"""LLM releases: ``llm build`` (the release flow) and ``llm ask`` (a verified release, answering)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
+
+__all__ = ["print_release", "register"]
+
+llm_app = sub_app("Build, evaluate and try LLM releases (a project file with `kind: llm`, via --config).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("build")
+def build(ctx: typer.Context, as_json: JSON = False) -> None:
+    """Weights → prompt → build → evaluate → sign → register as @candidate. Exit 1 if the gate refuses."""
+    ws = workspace(ctx)
+    with progress(f"Building {ws.project_file.name}: weights, prompt, evaluation, signature...", quiet=as_json):
+        outcome = ws.build_release()
+    if as_json:
+        from dataclasses import asdict
+
+        emit_json(asdict(outcome))
+    else:
+        print_release(outcome)
+
+
+def print_release(outcome: Any) -> None:
+    out(f"{outcome.name} version {outcome.version} registered as @{outcome.alias}")
+    out(f"  release   {outcome.release_digest}")
+    out(f"  weights   {outcome.weights_digest} (kept once; the registry holds {outcome.registered_bytes:,} bytes)")
+    out(f"  prompt    {outcome.prompt}" + (" (new version)" if outcome.prompt_new else " (unchanged, reused)"))
+    m = outcome.metrics
+    out(
+        f"  gate      pass rate {m['pass_rate']:.2f}, refusal rate {m['refusal_rate']:.2f}, over-refusal "
+        f"{m['over_refusal_rate']:.2f}, time to first token p95 {m['ttft_p95_ms']:.0f} ms"
+    )
+    if outcome.champion_version:
+        c = outcome.champion_metrics or {}
+        out(
+            f"  champion  version {outcome.champion_version}: pass rate {c.get('pass_rate', float('nan')):.2f} on the same sets"
+        )
+    out(f"  report    {outcome.report}")
+    out("  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in outcome.stages.items()))
+
+
+@llm_app.command("ask")
+def ask(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="MODEL/VERSION or MODEL@ALIAS of an LLM release.")],
+    question: Annotated[str, typer.Argument(help="What to ask it.")],
+    as_json: JSON = False,
+) -> None:
+    """Verify a release, load it here and answer one question through its guardrails."""
+    ws = workspace(ctx)
+    with progress(f"Verifying and loading {ref}...", quiet=as_json):
+        reply = ws.ask(ref, question)
+    if as_json:
+        emit_json(reply.to_dict())
+        return
+    out(reply.text)
+    fired = [reply.blocked_by] if reply.blocked_by else list(reply.redactions)
+    out(
+        f"({reply.prompt_tokens} tokens in, {reply.completion_tokens} out, first token {reply.ttft_ms:.0f} ms, "
+        f"{reply.total_ms:.0f} ms in all" + (f"; guardrails: {', '.join(fired)}" if fired else "") + ")"
+    )

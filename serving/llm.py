@@ -1,0 +1,256 @@
+"""An LLM release, running: the local model (llama.cpp) behind the release's prompt and guardrails.
+
+``LlmRelease.open(folder)`` reads a release folder that has been verified (``release.json``, the
+prompt, the guardrail policy, the weights) and loads the weights with llama.cpp. ``answer``
+applies the input guardrails, renders the signed prompt (never a registry alias), generates
+(streamed, so time to first token is measured where it happens), applies the output
+guardrails, and returns the answer with its token counts and timings. One generation at a time
+per loaded model: llama.cpp's context is not thread-safe, so calls are serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policies.errors import SignatureInvalid
+from policies.guardrails import GuardrailPolicy
+from serving.guardrails import Guardrails
+
+__all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
+
+
+def render(template: str, variables: dict[str, str]) -> str:
+    """``{{name}}`` replaced by its value (a missing variable is a bug: the config check refused it)."""
+    import re
+
+    return re.sub(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", lambda m: variables[m.group(1)], template)
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float  # request to first generated text
+    total_ms: float
+    finish_reason: str
+
+    @property
+    def ms_per_token(self) -> float:
+        """Time per output token after the first (decode speed)."""
+        if self.completion_tokens <= 1:
+            return 0.0
+        return (self.total_ms - self.ttft_ms) / (self.completion_tokens - 1)
+
+
+class LocalModel:
+    """A GGUF model in this process (llama.cpp), greedy by default, one call at a time."""
+
+    def __init__(self, path: Path, *, context: int = 2048, threads: int = 2, seed: int = 0) -> None:
+        from llama_cpp import Llama
+
+        started = time.perf_counter()
+        self.llm = Llama(
+            model_path=str(path), n_ctx=context, n_threads=threads, seed=seed, verbose=False, n_gpu_layers=0
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.context = context
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        """Tokens ``text`` takes (no special tokens added)."""
+        return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
+
+    def stream(
+        self, messages: list[dict[str, str]], params: dict[str, Any], *, fresh: bool = True
+    ) -> Iterator[tuple[str, Generated | None]]:
+        """Yield (text piece, None) as tokens come, then ("", the finished generation).
+
+        ``fresh`` drops llama.cpp's cached prompt prefix first, so time to first token is the
+        real cost of the prompt (a benchmark and the evaluation want that; serving may not)."""
+        with self._lock:
+            if fresh:
+                self.llm.reset()
+            started = time.perf_counter()
+            first: float | None = None
+            pieces: list[str] = []
+            finish = "stop"
+            usage: Any = None
+            chunks = self.llm.create_chat_completion(
+                messages=messages,  # type: ignore[arg-type]
+                stream=True,
+                temperature=float(params.get("temperature", 0.0)),
+                top_p=float(params.get("top_p", 1.0)),
+                max_tokens=int(params.get("max_tokens", 96)),
+                seed=int(params.get("seed", 0)),
+                stop=list(params.get("stop", ())) or None,
+            )
+            for chunk in chunks:
+                event: Any = chunk  # llama-cpp-python's TypedDicts: the stream's chunks
+                choice = event["choices"][0]
+                piece = str(choice.get("delta", {}).get("content") or "")
+                if piece:
+                    if first is None:
+                        first = time.perf_counter()
+                    pieces.append(piece)
+                    yield piece, None
+                finish = choice.get("finish_reason") or finish
+                usage = event.get("usage") or usage
+            ended = time.perf_counter()
+            text = "".join(pieces)
+            prompt_tokens = self.prompt_tokens(messages)
+            # The context holds the prompt and every generated token but the last one (sampled, not
+            # evaluated) when the length limit stopped it; a stop token is not counted, as OpenAI does.
+            completion = (
+                usage["completion_tokens"]
+                if usage
+                else max(self.llm.n_tokens - prompt_tokens + (1 if finish == "length" else 0), 0)
+            )
+            yield (
+                "",
+                Generated(
+                    text=text,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=int(completion),
+                    ttft_ms=((first or ended) - started) * 1000,
+                    total_ms=(ended - started) * 1000,
+                    finish_reason=str(finish),
+                ),
+            )
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the chat template makes of ``messages`` (what the model is charged as input)."""
+        formatter = self.llm.chat_handler or None
+        if formatter is None:
+            from llama_cpp import llama_chat_format
+
+            template = self.llm.metadata.get("tokenizer.chat_template")
+            if template:
+                eos = self.llm._model.token_get_text(self.llm.token_eos())
+                bos = self.llm._model.token_get_text(self.llm.token_bos())
+                formatted = llama_chat_format.Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(
+                    messages=messages  # type: ignore[arg-type]
+                )
+                return len(
+                    self.llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+                )
+        return sum(self.count(m["content"]) + 4 for m in messages)
+
+    def generate(self, messages: list[dict[str, str]], params: dict[str, Any], *, fresh: bool = True) -> Generated:
+        for _, done in self.stream(messages, params, fresh=fresh):
+            if done is not None:
+                return done
+        raise RuntimeError("the generation ended without a result")  # stream always yields one last
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer of a release, as a client would get it, with what it cost and what fired."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    total_ms: float
+    blocked_by: str | None = None  # the guardrail rule that withheld the request or the answer
+    redactions: tuple[str, ...] = ()
+    refused: bool = False  # blocked, or the model refused by itself
+    finish_reason: str = "stop"
+    raw: str | None = field(default=None, repr=False)  # the model's own text, before output rules
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "ttft_ms": round(self.ttft_ms, 2),
+            "total_ms": round(self.total_ms, 2),
+            "blocked_by": self.blocked_by,
+            "redactions": list(self.redactions),
+            "refused": self.refused,
+            "finish_reason": self.finish_reason,
+        }
+
+
+class LlmRelease:
+    """A verified release folder, loaded: model, system prompt, parameters, guardrails."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], model: LocalModel, guardrails: Guardrails) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        self.model = model
+        self.guardrails = guardrails
+        self.system_prompt = guardrails.system_prompt
+        self.params: dict[str, Any] = dict(manifest["generation"])
+
+    @classmethod
+    def open(cls, folder: Path, *, threads: int | None = None) -> LlmRelease:
+        """Load the release in ``folder``; call only on a folder whose signature was verified."""
+        import yaml
+
+        try:
+            manifest = json.loads((folder / "release.json").read_text())
+            template = (folder / manifest["prompt"]["file"]).read_text(encoding="utf-8")
+            policy = GuardrailPolicy.model_validate(
+                yaml.safe_load((folder / manifest["guardrails"]["file"]).read_text(encoding="utf-8"))
+            )
+            weights = folder / manifest["weights"]["file"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SignatureInvalid(
+                f"{folder} is not a complete LLM release ({type(exc).__name__}: {exc}).", hint="Do not use it."
+            ) from None
+        system = render(template, manifest["prompt"]["variables"] | {"question": ""}).strip()
+        model = LocalModel(
+            weights,
+            context=int(manifest["runtime"]["context"]),
+            threads=threads or int(manifest["runtime"]["threads"]),
+            seed=int(manifest["generation"].get("seed", 0)),
+        )
+        return cls(folder, manifest, model, Guardrails(policy, system))
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+
+    def answer(self, question: str, *, fresh: bool = True, max_tokens: int | None = None) -> Reply:
+        """The answer a client gets for ``question``: guarded on the way in and on the way out."""
+        started = time.perf_counter()
+        checked = self.guardrails.check_input(question)
+        refusal = self.guardrails.policy.refusal
+        limit = int(self.manifest["limits"]["max_input_tokens"])
+        blocked = checked.blocked_by
+        tokens = self.model.count(checked.text)
+        if blocked is None and tokens > limit:
+            blocked = "input.max_tokens"
+        if blocked is not None:
+            elapsed = (time.perf_counter() - started) * 1000
+            return Reply(
+                refusal, tokens, 0, elapsed, elapsed, blocked_by=blocked, refused=True, finish_reason="blocked"
+            )
+        params = dict(self.params)
+        if max_tokens is not None:
+            params["max_tokens"] = min(max_tokens, int(self.manifest["limits"]["max_output_tokens"]))
+        before = (time.perf_counter() - started) * 1000  # the input checks
+        done = self.model.generate(self.messages(checked.text), params, fresh=fresh)
+        checking = time.perf_counter()
+        verdict = self.guardrails.check_output(done.text)
+        after = (time.perf_counter() - checking) * 1000
+        # Timed from this call's own work (the input checks, the generation once the model was
+        # free, the output checks): waiting for another call's generation is not this answer's cost.
+        return Reply(
+            text=verdict.text,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            ttft_ms=before + done.ttft_ms,
+            total_ms=before + done.total_ms + after,
+            blocked_by=verdict.blocked_by,
+            redactions=verdict.redactions,
+            refused=verdict.blocked or verdict.refused,
+            finish_reason="blocked" if verdict.blocked else done.finish_reason,
+            raw=done.text,
+        )
