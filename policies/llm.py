@@ -57,6 +57,11 @@ class WeightsSource(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     licence: str
     context: int = Field(2048, ge=256, le=32768)  # tokens the runtime allocates
+    # chat: the template is the system turn, the question the user's (an instruction-tuned model);
+    # completion: the template is the whole prompt around {{question}} (a base model, no chat turns).
+    mode: Literal["chat", "completion"] = "chat"
+    # llama.cpp's chat format, when the GGUF carries no chat template of its own (e.g. "gemma").
+    chat_format: str | None = Field(None, pattern=r"^[a-z0-9_.-]+$")
 
     @model_validator(mode="after")
     def _one_way(self) -> WeightsSource:
@@ -197,6 +202,12 @@ def _check_files(project: LlmProject, path: Path) -> None:
             f"which nothing supplies (`prompt.variables` has {', '.join(sorted(project.prompt.variables)) or 'none'}; "
             f"a request supplies {', '.join(sorted(REQUEST_VARIABLES))}).",
             hint=f"Add {', '.join(missing)} under `prompt.variables`, or remove it from the template.",
+        )
+    if project.model.mode == "completion" and "question" not in used:
+        raise ConfigInvalid(
+            f"{path}: `model.mode` is completion, so the template {project.prompt.template} is the whole prompt, "
+            "and it has no {{question}} for the request to go into.",
+            hint="Put {{question}} where the question belongs (e.g. `User: {{question}}\\nAssistant:`).",
         )
     unused = sorted(set(project.prompt.variables) - used)
     if unused:

@@ -101,8 +101,9 @@ def resolve_weights(source: Any, store: Path, *, lock: Path) -> ResolvedWeights:
 
     Raises ``ConfigInvalid`` for a missing package or file, ``SignatureInvalid`` when the bytes
     are not the ones the config pins (nothing is stored then)."""
-    dist = _distribution(source.package)
     parts = [(source.package, source.file)] if source.file else [(p.package, p.file) for p in source.parts]
+    # One package ships the file; or ``package`` names the set whose parts (each installed) make it.
+    dist = _distribution(source.package if source.file else parts[0][0])
     files: list[Path] = []
     for number, (package, relative) in enumerate(parts):
         field = "model.file" if source.file else f"model.parts.{number}"
@@ -126,9 +127,9 @@ def resolve_weights(source: Any, store: Path, *, lock: Path) -> ResolvedWeights:
         digest=f"sha256:{source.sha256}",
         size=target.stat().st_size,
         file_name=name,
-        package=dist.metadata["Name"],
+        package=source.package,
         version=dist.version,
-        purl=f"pkg:pypi/{dist.metadata['Name'].lower()}@{dist.version}",
+        purl=f"pkg:pypi/{source.package.lower()}@{dist.version}",
         wheels=_lock_wheels(lock, sorted({p for p, _ in parts})),
         licence=source.licence,
     )

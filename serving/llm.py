@@ -52,12 +52,20 @@ class Generated:
 class LocalModel:
     """A GGUF model in this process (llama.cpp), greedy by default, one call at a time."""
 
-    def __init__(self, path: Path, *, context: int = 2048, threads: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, context: int = 2048, threads: int = 2, seed: int = 0, chat_format: str | None = None
+    ) -> None:
         from llama_cpp import Llama
 
         started = time.perf_counter()
         self.llm = Llama(
-            model_path=str(path), n_ctx=context, n_threads=threads, seed=seed, verbose=False, n_gpu_layers=0
+            model_path=str(path),
+            n_ctx=context,
+            n_threads=threads,
+            seed=seed,
+            verbose=False,
+            n_gpu_layers=0,
+            chat_format=chat_format,
         )
         self.load_seconds = time.perf_counter() - started
         self.context = context
@@ -68,9 +76,12 @@ class LocalModel:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def stream(
-        self, messages: list[dict[str, str]], params: dict[str, Any], *, fresh: bool = True
+        self, request: list[dict[str, str]] | str, params: dict[str, Any], *, fresh: bool = True
     ) -> Iterator[tuple[str, Generated | None]]:
         """Yield (text piece, None) as tokens come, then ("", the finished generation).
+
+        ``request`` is chat messages (the model's chat template applies) or a whole prompt (a
+        plain completion, for base models).
 
         ``fresh`` drops llama.cpp's cached prompt prefix first, so time to first token is the
         real cost of the prompt (a benchmark and the evaluation want that; serving may not)."""
@@ -82,19 +93,22 @@ class LocalModel:
             pieces: list[str] = []
             finish = "stop"
             usage: Any = None
-            chunks = self.llm.create_chat_completion(
-                messages=messages,  # type: ignore[arg-type]
-                stream=True,
-                temperature=float(params.get("temperature", 0.0)),
-                top_p=float(params.get("top_p", 1.0)),
-                max_tokens=int(params.get("max_tokens", 96)),
-                seed=int(params.get("seed", 0)),
-                stop=list(params.get("stop", ())) or None,
+            options: dict[str, Any] = {
+                "stream": True,
+                "temperature": float(params.get("temperature", 0.0)),
+                "top_p": float(params.get("top_p", 1.0)),
+                "max_tokens": int(params.get("max_tokens", 96)),
+                "seed": int(params.get("seed", 0)),
+                "stop": list(params.get("stop", ())) or None,
+            }
+            chunks: Any = (
+                self.llm.create_completion(request, **options)
+                if isinstance(request, str)
+                else self.llm.create_chat_completion(messages=request, **options)  # type: ignore[arg-type]
             )
-            for chunk in chunks:
-                event: Any = chunk  # llama-cpp-python's TypedDicts: the stream's chunks
+            for event in chunks:  # llama-cpp-python's TypedDicts: the stream's chunks
                 choice = event["choices"][0]
-                piece = str(choice.get("delta", {}).get("content") or "")
+                piece = str(choice.get("text") or choice.get("delta", {}).get("content") or "")
                 if piece:
                     if first is None:
                         first = time.perf_counter()
@@ -104,13 +118,14 @@ class LocalModel:
                 usage = event.get("usage") or usage
             ended = time.perf_counter()
             text = "".join(pieces)
-            prompt_tokens = self.prompt_tokens(messages)
-            # The context holds the prompt and every generated token but the last one (sampled, not
-            # evaluated) when the length limit stopped it; a stop token is not counted, as OpenAI does.
-            completion = (
-                usage["completion_tokens"]
+            # The text re-tokenises to the tokens generated (a stop token is not counted, as OpenAI
+            # does not); the context then holds the prompt and every generated token but the last
+            # one when the length limit stopped it (sampled, never evaluated).
+            completion = usage["completion_tokens"] if usage else self.count(text)
+            prompt_tokens = (
+                usage["prompt_tokens"]
                 if usage
-                else max(self.llm.n_tokens - prompt_tokens + (1 if finish == "length" else 0), 0)
+                else max(self.llm.n_tokens - completion + (1 if finish == "length" else 0), 0)
             )
             yield (
                 "",
@@ -124,26 +139,8 @@ class LocalModel:
                 ),
             )
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        """Tokens the chat template makes of ``messages`` (what the model is charged as input)."""
-        formatter = self.llm.chat_handler or None
-        if formatter is None:
-            from llama_cpp import llama_chat_format
-
-            template = self.llm.metadata.get("tokenizer.chat_template")
-            if template:
-                eos = self.llm._model.token_get_text(self.llm.token_eos())
-                bos = self.llm._model.token_get_text(self.llm.token_bos())
-                formatted = llama_chat_format.Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(
-                    messages=messages  # type: ignore[arg-type]
-                )
-                return len(
-                    self.llm.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
-                )
-        return sum(self.count(m["content"]) + 4 for m in messages)
-
-    def generate(self, messages: list[dict[str, str]], params: dict[str, Any], *, fresh: bool = True) -> Generated:
-        for _, done in self.stream(messages, params, fresh=fresh):
+    def generate(self, request: list[dict[str, str]] | str, params: dict[str, Any], *, fresh: bool = True) -> Generated:
+        for _, done in self.stream(request, params, fresh=fresh):
             if done is not None:
                 return done
         raise RuntimeError("the generation ended without a result")  # stream always yields one last
@@ -181,13 +178,17 @@ class Reply:
 class LlmRelease:
     """A verified release folder, loaded: model, system prompt, parameters, guardrails."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], model: LocalModel, guardrails: Guardrails) -> None:
+    def __init__(
+        self, folder: Path, manifest: dict[str, Any], template: str, model: LocalModel, guardrails: Guardrails
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
+        self.template = template
         self.model = model
         self.guardrails = guardrails
         self.system_prompt = guardrails.system_prompt
         self.params: dict[str, Any] = dict(manifest["generation"])
+        self.mode = str(manifest["runtime"].get("mode", "chat"))
 
     @classmethod
     def open(cls, folder: Path, *, threads: int | None = None) -> LlmRelease:
@@ -206,15 +207,20 @@ class LlmRelease:
                 f"{folder} is not a complete LLM release ({type(exc).__name__}: {exc}).", hint="Do not use it."
             ) from None
         system = render(template, manifest["prompt"]["variables"] | {"question": ""}).strip()
+        runtime = manifest["runtime"]
         model = LocalModel(
             weights,
-            context=int(manifest["runtime"]["context"]),
-            threads=threads or int(manifest["runtime"]["threads"]),
+            context=int(runtime["context"]),
+            threads=threads or int(runtime["threads"]),
             seed=int(manifest["generation"].get("seed", 0)),
+            chat_format=runtime.get("chat_format"),
         )
-        return cls(folder, manifest, model, Guardrails(policy, system))
+        return cls(folder, manifest, template, model, Guardrails(policy, system))
 
-    def messages(self, question: str) -> list[dict[str, str]]:
+    def request(self, question: str) -> list[dict[str, str]] | str:
+        """What the model is given: chat turns, or (completion mode) the template around the question."""
+        if self.mode == "completion":
+            return render(self.template, self.manifest["prompt"]["variables"] | {"question": question})
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
 
     def answer(self, question: str, *, fresh: bool = True, max_tokens: int | None = None) -> Reply:
@@ -236,7 +242,7 @@ class LlmRelease:
         if max_tokens is not None:
             params["max_tokens"] = min(max_tokens, int(self.manifest["limits"]["max_output_tokens"]))
         before = (time.perf_counter() - started) * 1000  # the input checks
-        done = self.model.generate(self.messages(checked.text), params, fresh=fresh)
+        done = self.model.generate(self.request(checked.text), params, fresh=fresh)
         checking = time.perf_counter()
         verdict = self.guardrails.check_output(done.text)
         after = (time.perf_counter() - checking) * 1000

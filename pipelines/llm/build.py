@@ -74,6 +74,8 @@ def build_release(
             "llama_cpp_python": metadata.version("llama-cpp-python"),
             "context": project.model.context,
             "threads": project.threads,
+            "mode": project.model.mode,
+            "chat_format": project.model.chat_format,
         },
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
