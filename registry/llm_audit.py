@@ -115,9 +115,15 @@ def _prompt(v: VerificationReport, facts: Facts, model_dir: Path | None, manifes
     try:
         import mlflow
 
-        registered = mlflow.genai.load_prompt(uri).template
+        # From the store, never through the client's prompt cache: an audit reads what is there now.
+        found = mlflow.MlflowClient().get_prompt_version(
+            str(event.details.get("name")), str(event.details.get("version"))
+        )
+        registered = found.template if found is not None else None
     except Exception as exc:  # MlflowException, a store error
-        return Link("prompt", False, f"the prompt registry has no {uri} ({type(exc).__name__})")
+        return Link("prompt", False, f"the prompt registry could not be read for {uri} ({type(exc).__name__})")
+    if not isinstance(registered, str):
+        return Link("prompt", False, f"the prompt registry has no {uri}")
     from registry.digests import bytes_digest
 
     held = bytes_digest(registered.encode())

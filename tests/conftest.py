@@ -143,3 +143,14 @@ def open_workspace(
         mlflow_tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}",
         actor=actor,
     )
+
+
+def copy_llm_project(root: Path) -> Path:
+    """The repository's LLM project (assistant.yaml, prompts, evaluation sets, policies, lock) in
+    ``root``; returns its project file."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("assistant.yaml", "assistant-fallback.yaml", "uv.lock"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "llm", root / "llm")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+    return root / "assistant.yaml"

@@ -156,12 +156,23 @@ def evaluate_release(
     answers: dict[str, dict[str, Any]] = {}
     late: list[str] = []
 
+    @mlflow.trace(name="answer", span_type="LLM")
     def predict(question: str, case: str) -> dict[str, Any]:
         if clock() > deadline:
             late.append(case)
             raise TimeoutError(f"the evaluation's {timeout_seconds:g} s deadline passed before case {case}")
         reply = answer(question)
         answers[case] = reply
+        span = mlflow.get_current_active_span()
+        if span is not None:  # the OpenTelemetry GenAI names for what the call used
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": reply["prompt_tokens"],
+                    "gen_ai.usage.output_tokens": reply["completion_tokens"],
+                    "conveyor.ttft_ms": reply["ttft_ms"],
+                    "conveyor.blocked_by": reply["blocked_by"] or "",
+                }
+            )
         return reply
 
     def wrap(name: str) -> Any:
@@ -175,7 +186,8 @@ def evaluate_release(
         return scorer(name=name)(judge)
 
     data = [{"inputs": {"question": case.question, "case": key}} for key, (_, case) in by_case.items()]
-    # One case at a time (one model, and honest timings), and no extra probe call of ``predict``.
+    # One case at a time (one model, and honest timings), and no extra probe call of ``predict``
+    # (it is traced already).
     # Its summary goes to standard output: the caller reports the outcome itself.
     with (
         _environment(MLFLOW_GENAI_EVAL_MAX_WORKERS="1", MLFLOW_GENAI_EVAL_SKIP_TRACE_VALIDATION="true"),

@@ -56,6 +56,7 @@ class ReleaseOutcome:
     champion_metrics: dict[str, float] | None
     reasons: list[str]
     run_id: str
+    model_id: str  # the MLflow LoggedModel holding the registered files
     report: str
     registered_bytes: int  # what the registry stores (the weights are kept once, by digest)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -262,12 +263,16 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     project = run.project
     release = LlmRelease.open(built.folder, threads=project.threads)
     with mlflow.start_run(run_id=run.run_id):
-        result = evaluate_release(
-            lambda question: release.answer(question).to_dict(),
-            sets.cases,
-            run.gate.scorers,
-            timeout_seconds=project.evaluation.timeout_seconds,
-        )
+        try:
+            result = evaluate_release(
+                lambda question: release.answer(question).to_dict(),
+                sets.cases,
+                run.gate.scorers,
+                timeout_seconds=project.evaluation.timeout_seconds,
+            )
+        except GateFailed:
+            mlflow.finalize_logged_model(run.model_id, "FAILED")
+            raise
         mlflow.log_metrics({f"eval_{k}": v for k, v in result.metrics.items()})
     champion, champion_metrics = _champion(run, sets)
     if champion_metrics is not None:
@@ -540,6 +545,7 @@ def _register(
         champion_metrics=evaluation.champion_metrics,
         reasons=evaluation.decision.reasons,
         run_id=run.run_id,
+        model_id=run.model_id,
         report=str(evaluation.report),
         registered_bytes=registered,
         stages=run.stages,

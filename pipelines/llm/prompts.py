@@ -33,20 +33,20 @@ def prompt_digest(name: str, version: int, template_digest: str) -> str:
 
 
 def register_prompt(name: str, template: str, *, release: str) -> RegisteredPrompt:
-    """The registry version holding ``template`` under ``name``: the latest one if it holds the
-    same text, else a new one (tagged with its digest and the release it was built for)."""
+    """The registry version holding ``template`` under ``name``: the newest one that holds exactly
+    this text, else a new one (tagged with its digest and the release it was built for)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     digest = bytes_digest(template.encode())
     try:
-        latest = mlflow.genai.load_prompt(f"prompts:/{name}@latest")
+        versions = list(mlflow.MlflowClient().search_prompt_versions(name, max_results=1000))
     except MlflowException:
-        latest = None
-    if latest is not None and latest.template == template:
-        return RegisteredPrompt(
-            name, int(latest.version), template, digest, prompt_digest(name, int(latest.version), digest), False
-        )
+        versions = []
+    same = [v for v in versions if v.template == template]
+    if same:
+        found = max(int(v.version) for v in same)
+        return RegisteredPrompt(name, found, template, digest, prompt_digest(name, found, digest), False)
     version = mlflow.genai.register_prompt(
         name=name,
         template=template,
