@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from policies.errors import ConfigInvalid, NotFound
 from registry.settings import Settings, read_settings
@@ -137,7 +137,7 @@ class Workspace:
     # -- building one ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path | None = None, **overrides: Any) -> Workspace:
+    def open(cls, path: str | Path | None = None, **overrides: Any) -> Self:
         """The project at ``path`` (a folder holding ``conveyor.yaml``, or the config file itself).
 
         Without ``path``: ``$CONVEYOR_PROJECT_FILE``, else ``./conveyor.yaml``. ``overrides`` are

@@ -49,6 +49,28 @@ class Generated:
         return (self.total_ms - self.ttft_ms) / (self.completion_tokens - 1)
 
 
+_log_callback: list[Any] = []  # the callback llama.cpp holds, kept alive with this module
+
+
+def _quiet_runtime() -> None:
+    """Send llama.cpp's own log lines (some printed whatever its verbosity) to Python's logging, at DEBUG."""
+    if _log_callback:
+        return
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    log = logging.getLogger("conveyor.llama_cpp")
+
+    @llama_cpp.llama_log_callback
+    def forward(level: int, text: bytes, user_data: Any) -> None:
+        log.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+    _log_callback.append(forward)
+    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+
+
 class LocalModel:
     """A GGUF model in this process (llama.cpp), greedy by default, one call at a time."""
 
@@ -57,6 +79,7 @@ class LocalModel:
     ) -> None:
         from llama_cpp import Llama
 
+        _quiet_runtime()
         started = time.perf_counter()
         self.llm = Llama(
             model_path=str(path),

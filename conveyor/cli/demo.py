@@ -21,13 +21,24 @@ def demo(
     no_loop: Annotated[
         bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")
     ] = False,
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Only the LLM part: build, gate, sign and promote releases.")
+    ] = False,
+    no_llm: Annotated[bool, typer.Option("--no-llm", help="Skip the LLM part.")] = False,
 ) -> None:
     """Run the bundled demo: data, a signed champion, then the whole loop.
 
     Serves the champion on 127.0.0.1, sends reference-period then drifted traffic, checks drift,
     adds labels, retrains on the new data, and lets the canary analysis promote or roll back the
-    new model; prints a summary. The service is stopped at the end.
+    new model; prints a summary. The service is stopped at the end. Then the LLM part: releases of
+    two real local models built, gated, signed, registered and promoted, and a changed prompt
+    refused by the gate.
     """
     from conveyor.demo.run import run_demo
 
-    run_demo(workspace(ctx), out, data_only=data_only, loop=not no_loop)
+    if llm:
+        from conveyor.demo.llm import run_llm_demo
+
+        run_llm_demo(workspace(ctx), out)
+        return
+    run_demo(workspace(ctx), out, data_only=data_only, loop=not no_loop, llm=not no_llm)

@@ -15,8 +15,11 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 
-def run_demo(ws: Workspace, say: Callable[[Any], None], *, data_only: bool = False, loop: bool = True) -> None:
-    """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false after the champion."""
+def run_demo(
+    ws: Workspace, say: Callable[[Any], None], *, data_only: bool = False, loop: bool = True, llm: bool = True
+) -> None:
+    """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false
+    after the champion; ``llm`` adds the LLM part at the end."""
     from conveyor.cli.data import print_outcome
     from conveyor.cli.release import print_promotion
     from conveyor.demo.prepare import prepare_demo_data
@@ -62,6 +65,12 @@ def run_demo(ws: Workspace, say: Callable[[Any], None], *, data_only: bool = Fal
     say(
         f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle."
     )
+    if llm:
+        from conveyor.demo.llm import run_llm_demo
+
+        say("")
+        say("The same loop for an LLM release (assistant.yaml, policies/promotion.yaml `llm`)...")
+        run_llm_demo(ws, say)
 
 
 def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> None:
