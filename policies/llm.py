@@ -177,6 +177,10 @@ def load_llm_project(path: str | Path) -> LlmProject:
     except ValidationError as exc:
         raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
     _check_files(project, path)
+    from policies.guardrails import GuardrailPolicy
+    from policies.loading import load_policy
+
+    load_policy(project.path(project.guardrails), GuardrailPolicy)  # fail closed: a broken policy stops here
     return project
 
 

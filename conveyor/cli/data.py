@@ -54,6 +54,9 @@ def version() -> None:
 def config_check(ctx: typer.Context) -> None:
     """Read the project config, check it (and its columns against the data), and summarise it."""
     ws = workspace(ctx)
+    if ws.is_llm:
+        _llm_config_check(ws)
+        return
     project = ws.project(check_data=True)
     out(f"{ws.project_file}: valid")
     out(f"  model      {project.model_name} ({project.task})")
@@ -61,6 +64,26 @@ def config_check(ctx: typer.Context) -> None:
     out(f"  entity     {project.entity_key}, time {project.event_timestamp}, target {project.target}")
     out(f"  features   {len(project.features.numeric)} numeric, {len(project.features.categorical)} categorical")
     out(f"  estimator  {project.estimator.class_path}")
+
+
+def _llm_config_check(ws: Any) -> None:
+    """An LLM project: its schema, template variables, files, evaluation sets and guardrail policy."""
+    from policies.llm import read_eval_set
+
+    project = ws.llm_project()  # the guardrail policy is parsed with it
+    cases = {p.name: len(read_eval_set(project.path(p))) for p in project.evaluation.sets}
+    source = project.model.file or f"{len(project.model.parts)} parts"
+    out(f"{ws.project_file}: valid (an LLM release)")
+    out(f"  release    {project.name}" + (f", fallback {project.fallback}" if project.fallback else ""))
+    out(
+        f"  weights    {project.model.package}: {source} (sha256 {project.model.sha256[:16]}…, {project.model.licence})"
+    )
+    out(f"  prompt     {project.prompt.name} from {project.prompt.template} ({project.model.mode})")
+    out("  sets       " + ", ".join(f"{name} ({n} cases)" for name, n in cases.items()))
+    out(f"  guardrails {project.guardrails}")
+    out(
+        f"  price      {project.pricing.input_per_1k:g} / {project.pricing.output_per_1k:g} {project.pricing.currency} per 1k tokens in / out"
+    )
 
 
 @expectations_app.command("init")
