@@ -14,13 +14,22 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test check sync bench clean
+.PHONY: demo test check sync toolchain bench clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv
 
-sync: $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
+# llama-cpp-python compiles on install: it needs a C++ compiler and CMake (installed from Debian's
+# packages when missing and run as root; otherwise say what to install).
+toolchain:
+	@command -v g++ >/dev/null && command -v cmake >/dev/null && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing build-essential and cmake (llama-cpp-python compiles on install)"; \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential cmake >/dev/null; \
+	else echo "llama-cpp-python needs a C++ compiler and CMake: install them (e.g. build-essential, cmake)" >&2; exit 2; fi
+
+sync: toolchain $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
 	$(UV) sync --frozen --python $(PYTHON) --quiet --compile-bytecode
 
 demo: sync

@@ -26,7 +26,12 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
     home = tmp_path / "dvc-home"
     env = {**os.environ, "CONVEYOR_HOME": str(home), "DVC_NO_ANALYTICS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "dvc", "repro", "train"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads((project / "build" / "validation.json").read_text())["success"] is True

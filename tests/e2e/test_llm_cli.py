@@ -1,0 +1,57 @@
+"""The LLM commands as a user types them: a clear paragraph and the CI exit code, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conveyor.cli import app
+from tests.conftest import copy_llm_project
+
+runner = CliRunner()
+
+
+def conveyor(config: Path, *args: str):
+    return runner.invoke(app, ["--config", str(config), *args])
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return copy_llm_project(tmp_path / "project")
+
+
+def test_config_check_summarises_an_llm_project(config: Path) -> None:
+    result = conveyor(config, "config", "check")
+    assert result.exit_code == 0, result.output
+    assert "valid (an LLM release)" in result.output
+    assert "golden.jsonl (10 cases), redteam.jsonl (10 cases)" in result.output
+
+
+def test_a_config_mistake_exits_2_with_the_field_named(config: Path) -> None:
+    document = yaml.safe_load(config.read_text())
+    document["generation"]["max_tokens"] = 9999
+    config.write_text(yaml.safe_dump(document))
+    result = conveyor(config, "llm", "build")
+    assert result.exit_code == 2
+    assert "`generation.max_tokens`" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_build_exits_1_and_says_nothing_was_registered(config: Path) -> None:
+    document = yaml.safe_load(config.read_text())
+    document["evaluation"]["timeout_seconds"] = 0.2
+    config.write_text(yaml.safe_dump(document))
+    result = conveyor(config, "llm", "build")
+    assert result.exit_code == 1, result.output
+    assert "ran out of time" in result.output and "Nothing was signed or registered" in result.output
+
+
+def test_llm_commands_on_a_tabular_project_say_which_file_to_pass(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    result = runner.invoke(app, ["--config", str(REPO / "conveyor.yaml"), "llm", "build"])
+    assert result.exit_code == 2
+    assert "is not an LLM project" in result.output and "--config assistant.yaml" in result.output
