@@ -78,7 +78,9 @@ def signing(weights: Path, rounds: int) -> None:
         private = Path(scratch) / "key.pem"
         public = Path(scratch) / "key.pub"
         private.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         public.write_bytes(
             key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -121,10 +123,14 @@ def in_process(path: Path, label: str, *, chat_format: str | None, completion: b
     ttft_ours, tps_ours, ttft_bare, tps_bare = [], [], [], []
     for i in range(rounds * len(QUESTIONS)):
         question = QUESTIONS[i % len(QUESTIONS)] + " " * (i // len(QUESTIONS))  # vary the prompt
-        request = f"{system}\n\nUser: {question}\nAssistant:" if completion else [
-            {"role": "system", "content": system},
-            {"role": "user", "content": question},
-        ]
+        request = (
+            f"{system}\n\nUser: {question}\nAssistant:"
+            if completion
+            else [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ]
+        )
         done = ours.generate(request, {"max_tokens": 48})
         ttft_ours.append(done.ttft_ms)
         if done.completion_tokens > 1:
@@ -148,7 +154,9 @@ def in_process(path: Path, label: str, *, chat_format: str | None, completion: b
             if count > 1:
                 tps_bare.append((count - 1) / (ended - first))
     m = statistics.median
-    print(f"\n{label} in-process, 2 threads, greedy, 48 new tokens, prompt cache dropped each call ({len(ttft_ours)} calls):")
+    print(
+        f"\n{label} in-process, 2 threads, greedy, 48 new tokens, prompt cache dropped each call ({len(ttft_ours)} calls):"
+    )
     print(f"  load                     ours {ours.load_seconds:5.2f} s   llama.cpp direct {bare_load:5.2f} s")
     print(
         f"  time to first token p50  ours {m(ttft_ours):5.0f} ms  direct {m(ttft_bare):5.0f} ms  ratio {m(ttft_ours) / m(ttft_bare):4.2f}"
@@ -167,7 +175,9 @@ def main() -> None:
         print("Release build by stage (s): cold = fresh stores, warm = a prompt-only change after it")
         for stage in cold:
             print(f"  {stage:10s} cold {cold[stage]:6.2f}   warm {warm.get(stage, 0):6.2f}")
-        print(f"  evaluation per case: cold {cold['evaluate'] / cases:.2f} s, warm {warm['evaluate'] / cases:.2f} s ({cases} cases)")
+        print(
+            f"  evaluation per case: cold {cold['evaluate'] / cases:.2f} s, warm {warm['evaluate'] / cases:.2f} s ({cases} cases)"
+        )
         weights = next((Path(scratch) / "home" / "weights").glob("*.gguf"))
         signing(weights, args.rounds)
         in_process(weights, "SmolLM2-135M-Instruct Q4_1", chat_format=None, completion=False, rounds=args.rounds)

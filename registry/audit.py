@@ -36,7 +36,7 @@ from registry.dvc_files import dvc_cached, dvc_recorded_md5
 from registry.events import EventKind, input_of
 from registry.ledger import Ledger, LedgerEvent
 from registry.lineage import upstream
-from registry.llm_audit import is_llm_release, llm_links
+from registry.llm_audit import is_llm_release, llm_links, llm_record_links
 from registry.seals import ChainProof, prove_events
 from registry.store import RegistryView
 from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
@@ -174,6 +174,8 @@ def record_links(v: VerificationReport, facts: Facts, events: list[LedgerEvent],
     """The links checked from the ledger's record alone (no registry, no data): the same in a project
     and in an evidence bundle."""
     named = [e for e in events if v.version_digest in e.inputs]
+    if is_llm_release(facts.tags):
+        return [*llm_record_links(v, facts), _releases(v, named), _reports(events, locate)]
     return [
         facts.validation(),
         facts.features(),

@@ -346,7 +346,7 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.WEIGHTS_RESOLVED: EventSpec((), ("weights",), WeightsResolved),
     EventKind.PROMPT_REGISTERED: EventSpec(("template",), ("prompt",), PromptRegistered),
     EventKind.RELEASE_BUILT: EventSpec(
-        ("weights", "prompt", "guardrails", "parameters", "config"), ("release", "*files"), ReleaseBuilt
+        ("weights", "prompt", "guardrails", "parameters", "config"), ("release", "manifest"), ReleaseBuilt
     ),
     EventKind.RELEASE_EVALUATED: EventSpec(("release", "validation", "policy", "*set"), ("report",), ReleaseEvaluated),
 }

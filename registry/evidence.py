@@ -36,6 +36,7 @@ from registry.audit import AuditReport, Facts, record_links, recorded_files
 from registry.digests import file_digest, short
 from registry.keys import PUBLIC, SigningKey, fingerprint
 from registry.ledger import EventSlice, Ledger, LedgerEvent, utc_now
+from registry.llm_audit import LIVE_LINKS, is_llm_release
 from registry.provenance import open_envelope, sign_envelope
 from registry.seals import Seal, open_seal, seal_ledger
 from registry.verify import Link, in_project, verify_folder
@@ -307,12 +308,12 @@ def _model_links(stage: Path, manifest: dict[str, Any], record: list[LedgerEvent
         return named[0] if named else stage / "reports" / "missing" / Path(value).name
 
     exported = {link["name"]: link for link in manifest["audit"]["links"]}
-    data = exported.get("data", {"ok": False, "detail": "not checked at export"})
-    return [
-        *v.links,
-        Link("data", bool(data["ok"]), f"not in the bundle; at export: {data['detail']}"),
-        *record_links(v, Facts.of(v.tags, record, stage), record, locate),
-    ]
+    live = LIVE_LINKS if is_llm_release(v.tags) else ("data",)  # what reads the exporting machine
+    at_export = []
+    for name in live:
+        found = exported.get(name, {"ok": False, "detail": "not checked at export"})
+        at_export.append(Link(name, bool(found["ok"]), f"not in the bundle; at export: {found['detail']}"))
+    return [*v.links, *at_export, *record_links(v, Facts.of(v.tags, record, stage), record, locate)]
 
 
 def describe(report: EvidenceReport) -> str:

@@ -30,7 +30,11 @@ if TYPE_CHECKING:
     from registry.audit import Facts
     from registry.ledger import LedgerEvent
 
-__all__ = ["KIND", "is_llm_release", "llm_links"]
+__all__ = ["KIND", "LIVE_LINKS", "is_llm_release", "llm_links", "llm_record_links"]
+
+# The links that read this machine (the installed package, the prompt registry, the set files): an
+# evidence bundle reports them as they were at export.
+LIVE_LINKS = ("weights", "prompt", "eval-sets")
 
 KIND = "llm-release"
 
@@ -49,6 +53,11 @@ def llm_links(v: VerificationReport, facts: Facts, model_dir: Path | None, root:
         _build(v, facts),
         _materials(v, facts),
     ]
+
+
+def llm_record_links(v: VerificationReport, facts: Facts) -> list[Link]:
+    """The links checked from the ledger's record and the verified files alone (as in an evidence bundle)."""
+    return [_evaluation(v, facts), _build(v, facts), _materials(v, facts)]
 
 
 def _manifest(model_dir: Path | None) -> dict[str, Any] | None:

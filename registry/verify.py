@@ -213,8 +213,9 @@ def _link_weights(model_dir: Path, store: Path | None) -> None:
     """An LLM release's weights, from the store into its folder (nothing for other models)."""
     from registry.weights import link_weights, release_weights
 
-    if release_weights(model_dir) is None:
-        return
+    record = release_weights(model_dir)
+    if record is None or (model_dir / str(record.get("file", ""))).is_file():
+        return  # not an LLM release, or its weights are in the folder already (an evidence bundle)
     if store is None:
         raise ConveyorError(
             "This version is an LLM release and no weights store was given to read its weights from.",

@@ -233,7 +233,9 @@ def _build(run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt) -> Bui
             "parameters": built.parameters_digest,
             "config": run.config_digest,
         },
-        outputs=[built.digest, *built.files.values()],
+        # The release and its manifest: its other files are its inputs (weights, template, guardrail
+        # policy), which other releases share, so they stay inputs only and lineage keeps apart.
+        outputs=[built.digest, built.files["release.json"]],
         details={
             "name": project.name,
             "files": built.files,
