@@ -116,21 +116,11 @@ class Workspace(_Workspace):
         import tempfile
 
         from policies.errors import ConveyorError, SignatureInvalid
-        from registry.verify import verify_version
         from serving.llm import LlmRelease
 
         self._ready()
         with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-ask-") as keep:
-            report = verify_version(
-                ref,
-                self.signing(),
-                root=self.root,
-                keys_dir=self.keys_dir,
-                ledger=ledger,
-                keep=Path(keep),
-                registry=self.registry(),
-                weights=self.weights_store,
-            )
+            report = self.verify_ref(ref, ledger, keep=Path(keep))
             if not report.ok:
                 failed = report.first_failure
                 assert failed is not None
@@ -155,19 +145,9 @@ class Workspace(_Workspace):
 
     def verify(self, ref: str) -> VerificationReport:
         """Every link of ``MODEL/VERSION`` or ``MODEL@ALIAS``: signature, provenance, tags, ledger."""
-        from registry.verify import verify_version
-
         self._ready()
         with self.ledger() as ledger:
-            return verify_version(
-                ref,
-                self.signing(),
-                root=self.root,
-                keys_dir=self.keys_dir,
-                ledger=ledger,
-                registry=self.registry(),
-                weights=self.weights_store,
-            )
+            return self.verify_ref(ref, ledger)
 
     def promote(
         self, ref: str, *, to: str, dry_run: bool = False, force_after_rollback: int | None = None

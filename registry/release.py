@@ -19,7 +19,7 @@ from registry.digests import json_digest
 from registry.events import EventKind
 from registry.ledger import Ledger
 from registry.locks import file_lock
-from registry.verify import VerificationReport, verify_version
+from registry.verify import VerificationReport
 from registry.workspace import Workspace
 
 __all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
@@ -76,15 +76,7 @@ def promote(
     policy = loaded.value
     client = ws.mlflow()
     with ws.ledger() as ledger, file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]):
-        report = verify_version(
-            ref,
-            ws.signing(),
-            root=ws.root,
-            keys_dir=ws.keys_dir,
-            ledger=ledger,
-            registry=ws.registry(),
-            weights=ws.weights_store,
-        )
+        report = ws.verify_ref(ref, ledger)
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
             raise RegistryError(report.links[0].detail, hint="Check the model name, version or alias.")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from policies.signing import SigningPolicy
     from registry.ledger import Ledger
     from registry.store import RegistryView
+    from registry.verify import VerificationReport
 
 __all__ = ["POLICIES", "TELEMETRY_OFF", "LoadedPolicy", "Workspace", "prepare_process", "quiet_libraries"]
 
@@ -394,6 +395,22 @@ class Workspace:
 
     def signing(self) -> SigningPolicy:
         return self.policy("signing").value
+
+    def verify_ref(self, ref: str, ledger: Ledger, *, keep: Path | None = None) -> VerificationReport:
+        """Every link of ``ref`` checked against this project's trust, registry and weights store
+        (``registry.verify.verify_version``); with ``keep``, the verified files stay there."""
+        from registry.verify import verify_version
+
+        return verify_version(
+            ref,
+            self.signing(),
+            root=self.root,
+            keys_dir=self.keys_dir,
+            ledger=ledger,
+            keep=keep,
+            registry=self.registry(),
+            weights=self.weights_store,
+        )
 
     def require_project(self) -> Workspace:
         """Raise unless the project file exists (commands that need a project call this first)."""

@@ -30,7 +30,7 @@ from registry.events import EventKind, inputs_by_role
 from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.provenance import Material
-from registry.verify import in_project, verify_version
+from registry.verify import in_project
 from registry.weights import ResolvedWeights, resolve_weights
 from registry.workspace import Workspace
 
@@ -372,16 +372,7 @@ def evaluate_version(
     from serving.llm import LlmRelease
 
     with tempfile.TemporaryDirectory(prefix="conveyor-champion-") as keep:
-        report = verify_version(
-            f"{name}/{version}",
-            ws.signing(),
-            root=ws.root,
-            keys_dir=ws.keys_dir,
-            ledger=ledger,
-            keep=Path(keep),
-            registry=ws.registry(),
-            weights=ws.weights_store,
-        )
+        report = ws.verify_ref(f"{name}/{version}", ledger, keep=Path(keep))
         if not report.ok:
             failed = report.first_failure
             assert failed is not None  # the report is not ok: some link failed
