@@ -312,7 +312,8 @@ def _model_links(stage: Path, manifest: dict[str, Any], record: list[LedgerEvent
     at_export = []
     for name in live:
         found = exported.get(name, {"ok": False, "detail": "not checked at export"})
-        at_export.append(Link(name, bool(found["ok"]), f"not in the bundle; at export: {found['detail']}"))
+        where = "not in the bundle" if name == "data" else "reads the exporting machine"
+        at_export.append(Link(name, bool(found["ok"]), f"{where}; at export: {found['detail']}"))
     return [*v.links, *at_export, *record_links(v, Facts.of(v.tags, record, stage), record, locate)]
 
 

@@ -136,6 +136,22 @@ def test_lineage_walks_from_the_release_to_its_weights_prompt_and_sets(ws: Any, 
     assert "model.registered" in {e.kind for w in down.walks for e in w.events}
 
 
+def test_the_evidence_bundle_of_a_release_verifies_offline(ws: Any, built: tuple[Any, Any], tmp_path: Path) -> None:
+    """The bundle carries the weights (the signature covers them); what reads this machine (the
+    installed package, the prompt registry, the set files) is reported as it was at export."""
+    from conveyor.api import verify_bundle
+
+    _, outcome = built
+    bundle = tmp_path / "evidence.tar.gz"
+    report = ws.audit(f"{NAME}/{outcome.version}", export=bundle)
+    assert report.ok and bundle.is_file()
+    checked = verify_bundle(bundle, fingerprint=report.evidence_key)
+    assert checked.ok, [(link.name, link.detail) for link in checked.links if not link.ok]
+    links = {link.name: link.detail for link in checked.links}
+    assert links["weights"].startswith("reads the exporting machine; at export:")
+    assert {"evaluation", "build", "materials", "signature", "provenance"} <= set(links)
+
+
 # -- tampering: each refused at verify (and at load), the audit names the link -----------------------
 
 
