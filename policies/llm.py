@@ -20,6 +20,7 @@ from policies.errors import ConfigInvalid, DataInvalid
 
 __all__ = [
     "REQUEST_VARIABLES",
+    "VARIABLE",
     "EvalCase",
     "Expectations",
     "Generation",
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # a template variable: {{name}}
 # Variables a request supplies (the gateway fills them per call); all others come from the config.
 REQUEST_VARIABLES = frozenset({"question"})
 
@@ -149,7 +150,7 @@ class LlmProject(_Strict):
 
 def template_variables(template: str) -> set[str]:
     """The ``{{name}}`` variables a template uses."""
-    return set(_VARIABLE.findall(template))
+    return set(VARIABLE.findall(template))
 
 
 def is_llm_project(path: Path) -> bool:

@@ -274,6 +274,13 @@ class Workspace:
         """The project config, parsed (and with ``check_data``, its columns checked against the data)."""
         from policies.project import load_project
 
+        if self.is_llm:
+            raise ConfigInvalid(
+                f"{self.project_file} describes an LLM release (`kind: llm`), not a model trained on data.",
+                hint=f"Build it with `conveyor --config {self.project_file.name} llm build`, try it with `llm ask`; "
+                "verify, promote, rollback, audit and lineage work on it as on any model. Training, "
+                "validation, drift and `serve` take a tabular project's file (conveyor.yaml).",
+            )
         stamp = _stamp(self.project_file)
         kept = self._projects.get(check_data)
         if kept is None or kept[0] != stamp or stamp is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from policies.errors import SignatureInvalid
 from policies.guardrails import GuardrailPolicy
+from policies.llm import VARIABLE
 from serving.guardrails import Guardrails
 
 __all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
@@ -27,9 +28,7 @@ __all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
 
 def render(template: str, variables: dict[str, str]) -> str:
     """``{{name}}`` replaced by its value (a missing variable is a bug: the config check refused it)."""
-    import re
-
-    return re.sub(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", lambda m: variables[m.group(1)], template)
+    return VARIABLE.sub(lambda m: variables[m.group(1)], template)
 
 
 @dataclass(frozen=True)
@@ -163,10 +162,11 @@ class LocalModel:
             )
 
     def generate(self, request: list[dict[str, str]] | str, params: dict[str, Any], *, fresh: bool = True) -> Generated:
-        for _, done in self.stream(request, params, fresh=fresh):
-            if done is not None:
-                return done
-        raise RuntimeError("the generation ended without a result")  # stream always yields one last
+        finished: Generated | None = None
+        for _, done in self.stream(request, params, fresh=fresh):  # run to its end: that releases the lock
+            finished = done or finished
+        assert finished is not None  # the stream's last item is the finished generation
+        return finished
 
 
 @dataclass(frozen=True)
