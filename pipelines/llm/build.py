@@ -76,12 +76,28 @@ def build_release(
             "threads": project.threads,
             "mode": project.model.mode,
             "chat_format": project.model.chat_format,
+            "pii_model": _pii_model(guardrails),
         },
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     link_weights(folder, store)
     files = model_files(folder)
     return BuiltRelease(folder, manifest, files, model_digest(files), json_digest(parameters), guardrails_digest)
+
+
+def _pii_model(policy: Path) -> str | None:
+    """The package and version of the spaCy model the guardrail policy's Presidio rules load."""
+    from policies.guardrails import GuardrailPolicy
+    from policies.loading import load_policy
+
+    presidio = load_policy(policy, GuardrailPolicy).output.presidio
+    if presidio is None:
+        return None
+    names = metadata.packages_distributions().get(presidio.model, [presidio.model])
+    try:
+        return f"{names[0]}=={metadata.version(names[0])}"
+    except metadata.PackageNotFoundError:
+        return presidio.model
 
 
 def registered_copy(folder: Path, destination: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,27 @@ def test_banned_content_is_withheld_and_self_refusals_are_recognised(guard: Guar
     assert guard.check_output("The api key is sk-123").blocked_by == "output.banned.credentials_leak"
     assert guard.check_output("Sorry, I cannot help with that.").refused
     assert not guard.check_output("A canary gets a small share of traffic.").refused
+
+
+def test_pii_on_the_labelled_set_is_found_with_the_measured_precision_and_recall(guard: Guardrails) -> None:
+    """llm/guardrails/pii.jsonl (20 texts with personal data, 20 without): the policy (rules + Presidio)
+    against the pattern rules alone. bench/pii.py prints the same figures."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_pii", REPO / "bench" / "pii.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [json.loads(line) for line in (REPO / "llm" / "guardrails" / "pii.jsonl").read_text().splitlines()]
+    full = bench.measure(guard, rows)
+    assert full["recall"] >= 0.9 and full["precision"] >= 0.9, full
+    rules_only = guard.policy.model_copy(update={"output": guard.policy.output.model_copy(update={"presidio": None})})
+    alone = bench.measure(Guardrails(rules_only, SYSTEM), rows)
+    assert alone["recall"] < full["recall"] - 0.3, alone  # names, SSNs, IBANs and IPs need Presidio
+
+
+def test_names_are_redacted_and_allowed_values_kept(guard: Guardrails) -> None:
+    verdict = guard.check_output("Ask John Smith; the service listens on 127.0.0.1:8000.")
+    assert "John Smith" not in verdict.text and "[person]" in verdict.text
+    assert "127.0.0.1" in verdict.text
+    assert verdict.redactions == ("output.pii.presidio.PERSON",)
