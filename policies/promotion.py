@@ -110,10 +110,14 @@ class LlmGate(_Strict):
             )
         return self
 
-    def as_policy(self, targets: tuple[Literal["canary", "champion"], ...]) -> PromotionPolicy:
-        """The same checks, in the shape ``decide_promotion`` judges (size is the weights' size)."""
+    def as_policy(
+        self, targets: tuple[Literal["canary", "champion"], ...], require: Requirements | None = None
+    ) -> PromotionPolicy:
+        """The same checks, in the shape ``decide_promotion`` judges (size is the release's, weights
+        included); ``require`` is the policy's own (a clean tree in CI holds for releases too), its
+        evaluation sets standing for the data that must have passed validation."""
         return PromotionPolicy(
-            require=Requirements(validation_passed=True),
+            require=(require or Requirements()).model_copy(update={"validation_passed": True}),
             thresholds=self.thresholds,
             beat_champion=self.beat_champion,
             max_model_size_mb=self.max_weights_mb,

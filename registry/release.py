@@ -83,7 +83,7 @@ def promote(
         champion = alias(client, name, CHAMPION)
         llm = report.tags.get("conveyor.kind") == "llm-release"
         if llm and policy.llm is not None:
-            policy = policy.llm.as_policy(policy.targets)  # an LLM release is judged by the `llm` section
+            policy = policy.llm.as_policy(policy.targets, policy.require)  # judged by the `llm` section
         if llm and loaded.value.llm is None:
             decision = Decision(False, [f"{loaded.path} has no `llm` section to judge an LLM release by"])
         elif target not in policy.targets:

@@ -96,3 +96,14 @@ def test_a_gate_naming_what_does_not_exist_is_refused(tmp_path: Any, section: di
     with pytest.raises(PolicyInvalid) as refused:
         load_policy(path, PromotionPolicy)
     assert named in refused.value.message
+
+
+def test_the_policy_s_own_requirements_hold_for_releases_too() -> None:
+    from policies.promotion import Requirements
+
+    gate = LlmGate.model_validate({"thresholds": {"pass_rate": {"min": 0.5}}})
+    policy = gate.as_policy(("canary",), Requirements(clean_tree=True))
+    candidate = Candidate("a", "1", True, True, False, 1, {"pass_rate": 0.9})
+    decision = decide_promotion(candidate, None, policy)
+    assert not decision.ok
+    assert any("clean, committed work tree" in r for r in decision.reasons)
