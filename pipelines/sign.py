@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.signing import CertificateSigner
+from policies.signing import CertificateSigner, SigningPolicy
 from registry.digests import file_digest
-from registry.keys import SigningKey
+from registry.keys import SigningKey, load_or_create_key
 from registry.provenance import Material, build_statement, sign_statement
 from registry.signing import (
     BUNDLE,
@@ -24,7 +24,7 @@ from registry.signing import (
     sign_model_with_certificate,
 )
 
-__all__ = ["CodeState", "SignedModel", "code_state", "sign_and_attest"]
+__all__ = ["CodeState", "SignedModel", "code_state", "project_signer", "sign_and_attest"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,22 @@ def code_state(root: Path) -> CodeState:
     if commit is None:
         return CodeState("unknown", None)
     return CodeState(commit, bool(git("status", "--porcelain", "--untracked-files=no")))
+
+
+def project_signer(policy: SigningPolicy, root: Path, keys_dir: Path) -> SigningKey | CertificateSigner:
+    """Who signs, as the signing policy says: the project key (made on first use), or the
+    organisation certificate it names (paths relative to the project root)."""
+    if policy.sign_with == "key":
+        return load_or_create_key(keys_dir)
+    assert policy.certificate is not None  # the policy's own check guarantees it
+
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else root / path
+
+    c = policy.certificate
+    return CertificateSigner(
+        private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain)
+    )
 
 
 def sign_and_attest(

@@ -22,15 +22,13 @@ from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from pipelines.evaluate import Evaluation, evaluate_model
 from pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
 from pipelines.register import register_verified
-from pipelines.sign import SignedModel, code_state, sign_and_attest
+from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from pipelines.train import TrainedModel, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
 from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
 from policies.project import ProjectConfig, read_columns
-from policies.signing import CertificateSigner, SigningPolicy
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.events import EventKind
-from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.models import fetch_model
 from registry.provenance import Material
@@ -298,7 +296,6 @@ def _sign(
 ) -> SignedModel:
     config, root = run.config, run.root
     policy = run.ws.signing()
-    key = load_or_create_key(run.ws.keys_dir) if policy.sign_with == "key" else None
     code = code_state(root)
     lock = root / "uv.lock"
     materials = [
@@ -330,7 +327,7 @@ def _sign(
         "code_dirty": code.dirty,
         "validation_success": validation.success,
     }
-    signer = key if key is not None else _resolve_certificate(policy, root)
+    signer = project_signer(policy, root, run.ws.keys_dir)
     signed = sign_and_attest(
         trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details
     )
@@ -398,18 +395,6 @@ def _register(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _resolve_certificate(policy: SigningPolicy, root: Path) -> CertificateSigner:
-    assert policy.certificate is not None  # the policy's own check guarantees it
-
-    def resolve(path: Path) -> Path:
-        return path if path.is_absolute() else root / path
-
-    c = policy.certificate
-    return CertificateSigner(
-        private_key=resolve(c.private_key), certificate=resolve(c.certificate), chain=tuple(resolve(p) for p in c.chain)
-    )
 
 
 def _champion(run: _Run) -> tuple[str, Any] | None:

@@ -40,13 +40,6 @@ class Generated:
     total_ms: float
     finish_reason: str
 
-    @property
-    def ms_per_token(self) -> float:
-        """Time per output token after the first (decode speed)."""
-        if self.completion_tokens <= 1:
-            return 0.0
-        return (self.total_ms - self.ttft_ms) / (self.completion_tokens - 1)
-
 
 _log_callback: list[Any] = []  # the callback llama.cpp holds, kept alive with this module
 

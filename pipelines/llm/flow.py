@@ -20,14 +20,13 @@ from pipelines.llm.build import BuiltRelease, build_release, registered_copy
 from pipelines.llm.evaluate import EvaluationResult, evaluate_release
 from pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from pipelines.register import register_verified
-from pipelines.sign import SignedModel, code_state, sign_and_attest
-from pipelines.training import _direct, _resolve_certificate, as_task
+from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
+from pipelines.training import _direct, as_task
 from policies.errors import GateFailed, SignatureInvalid
 from policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
 from policies.promotion import Candidate, Decision, LlmGate, decide_promotion
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.events import EventKind, inputs_by_role
-from registry.keys import load_or_create_key
 from registry.ledger import Ledger, utc_now
 from registry.provenance import Material
 from registry.verify import in_project
@@ -425,7 +424,6 @@ def _sign(
 ) -> SignedModel:
     ws, project, root = run.ws, run.project, run.ws.root
     policy = ws.signing()
-    key = load_or_create_key(ws.keys_dir) if policy.sign_with == "key" else None
     code = code_state(root)
     lock = root / "uv.lock"
     materials = [
@@ -462,7 +460,7 @@ def _sign(
         "validation_success": True,
         "evaluation": evaluation.result.metrics,
     }
-    signer = key if key is not None else _resolve_certificate(policy, root)
+    signer = project_signer(policy, root, ws.keys_dir)
     signed = sign_and_attest(
         built.folder, built.files, run.model_id, signer, materials=materials, parameters=parameters, run=details
     )
