@@ -34,7 +34,21 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CanaryPolicy", "CanaryStats", "LatencyRule", "PredictionRule", "Side", "Verdict", "judge_canary", "psi"]
+__all__ = [
+    "CanaryPolicy",
+    "CanaryStats",
+    "LatencyRule",
+    "LlmCanaryPolicy",
+    "LlmSide",
+    "LlmStats",
+    "PredictionRule",
+    "RateRule",
+    "Side",
+    "Verdict",
+    "judge_canary",
+    "judge_llm_canary",
+    "psi",
+]
 
 
 class _Strict(BaseModel):
@@ -55,6 +69,38 @@ class PredictionRule(_Strict):
     significance: float = Field(0.01, gt=0, lt=0.5)  # two-sample Kolmogorov-Smirnov p-value
 
 
+class RateRule(_Strict):
+    max_increase: float = Field(0.10, gt=0, le=1)  # canary rate minus champion rate that counts as worse
+    significance: float = Field(0.01, gt=0, lt=0.5)  # one-sided Fisher exact test: p below it is not noise
+
+
+class LlmCanaryPolicy(_Strict):
+    """A canary LLM release: the same walk, with signals an answer of words has."""
+
+    steps: tuple[float, ...] = Field((10.0, 50.0, 100.0), min_length=1)
+    min_requests: int = Field(30, ge=1)  # an answer takes a second, not a millisecond
+    min_seconds: float = Field(20.0, ge=0)
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1
+    )  # errors, timeouts, crashes; an empty or malformed answer rolls back at once
+    ttft: LatencyRule = LatencyRule(max_ratio=1.5, slack_ms=50, min_samples=20, paired_share=0)
+    tpot: LatencyRule = LatencyRule(max_ratio=1.5, slack_ms=5, min_samples=20, paired_share=0)
+    blocks: RateRule = RateRule()  # answers withheld by an output guardrail
+    refusals: RateRule = RateRule()  # answers that refuse (guardrail or the model's own words)
+    scores: RateRule = RateRule()  # sampled answers failing the offline scorers that need no reference
+    score_share: float = Field(1.0, ge=0, le=1)  # share of answers scored
+    breach_limit: int = Field(3, ge=1)
+    analysis_seconds: float = Field(2.0, gt=0)
+
+    _increasing = field_validator("steps")(lambda steps: _check_steps(steps))
+
+
+def _check_steps(steps: tuple[float, ...]) -> tuple[float, ...]:
+    if any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ValueError("steps must be increasing weights between 0 (exclusive) and 100")
+    return steps
+
+
 class CanaryPolicy(_Strict):
     steps: tuple[float, ...] = Field((5.0, 25.0, 50.0, 100.0), min_length=1)  # canary weight (%) per step
     min_requests: int = Field(200, ge=1)  # canary requests a step needs before it can advance
@@ -64,13 +110,9 @@ class CanaryPolicy(_Strict):
     predictions: PredictionRule = PredictionRule()
     breach_limit: int = Field(3, ge=1)  # latency or prediction breaches in a row before a rollback
     analysis_seconds: float = Field(2.0, gt=0)  # at most one analysis this often (errors are judged at once)
+    llm: LlmCanaryPolicy = LlmCanaryPolicy()  # for LLM releases
 
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, steps: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
-            raise ValueError("steps must be increasing weights between 0 (exclusive) and 100")
-        return steps
+    _increasing = field_validator("steps")(lambda steps: _check_steps(steps))
 
 
 @dataclass(frozen=True)
@@ -204,3 +246,105 @@ def _predictions(canary: Side, champion: Side, rule: PredictionRule) -> tuple[Ou
     p = float(ks_2samp(canary.predictions, champion.predictions).pvalue)
     text = f"prediction PSI {shift:.3f} (max {rule.max_psi:g}), KS p={p:.2g}"
     return ("fail" if shift > rule.max_psi and p < rule.significance else "pass"), text
+
+
+# -- LLM releases -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmSide:
+    """One release's answers during the step (the failed ones counted, not measured)."""
+
+    requests: int
+    errors: int
+    breaches: int  # empty or malformed answers: never sent, always a rollback
+    ttft_ms: Sequence[float] = ()
+    tpot_ms: Sequence[float] = ()
+    blocked: int = 0
+    refused: int = 0
+    scored: int = 0
+    score_failures: int = 0
+
+    @property
+    def answered(self) -> int:
+        return self.requests - self.errors
+
+
+@dataclass(frozen=True)
+class LlmStats:
+    step: int
+    elapsed_seconds: float
+    canary: LlmSide
+    champion: LlmSide
+    breaches_in_a_row: int = 0
+
+
+def judge_llm_canary(stats: LlmStats, policy: LlmCanaryPolicy) -> Verdict:
+    """``judge_canary`` for a release: faults at once; time to first token and per output token as
+    distributions (Mann-Whitney); block, refusal and score-failure rates as proportions (one-sided
+    Fisher exact test and a least increase), each breach counting toward ``breach_limit``."""
+    canary, champion = stats.canary, stats.champion
+    if canary.breaches:
+        return Verdict("rollback", [f"{canary.breaches} canary answers were empty or malformed"])
+    allowed = policy.max_error_rate * max(policy.min_requests, canary.requests)
+    if canary.errors > allowed:
+        return Verdict(
+            "rollback",
+            [
+                f"canary errors {canary.errors} of {canary.requests} exceed the allowed "
+                f"{policy.max_error_rate:.1%} of at least {policy.min_requests} requests"
+            ],
+        )
+    waiting = []
+    if canary.requests < policy.min_requests:
+        waiting.append(f"{canary.requests} of {policy.min_requests} canary requests")
+    if stats.elapsed_seconds < policy.min_seconds:
+        waiting.append(f"{stats.elapsed_seconds:.0f} of {policy.min_seconds:.0f} s")
+    if waiting:
+        return Verdict("hold", ["step not complete: " + ", ".join(waiting)])
+    breaches: list[str] = []
+    passed = [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
+    unsure: list[str] = []
+    checks = [
+        _latency(Side(0, 0, canary.ttft_ms), Side(0, 0, champion.ttft_ms), policy.ttft),
+        _latency(Side(0, 0, canary.tpot_ms), Side(0, 0, champion.tpot_ms), policy.tpot),
+        _rate("guardrail blocks", canary.blocked, canary.answered, champion.blocked, champion.answered, policy.blocks),
+        _rate("refusals", canary.refused, canary.answered, champion.refused, champion.answered, policy.refusals),
+        _rate(
+            "scorer failures",
+            canary.score_failures,
+            canary.scored,
+            champion.score_failures,
+            champion.scored,
+            policy.scores,
+        ),
+    ]
+    names = ["time to first token: ", "time per output token: ", "", "", ""]
+    for (outcome, text), name in zip(checks, names, strict=True):
+        {"fail": breaches, "pass": passed, "inconclusive": unsure}[outcome].append(name + text)
+    if breaches:
+        in_a_row = stats.breaches_in_a_row + 1
+        if in_a_row >= policy.breach_limit:
+            return Verdict("rollback", [*breaches, f"breached in {in_a_row} analyses in a row"], breached=True)
+        return Verdict(
+            "hold", [*breaches, f"breach {in_a_row} of {policy.breach_limit} in a row: watching"], breached=True
+        )
+    if unsure:
+        return Verdict("hold", [*unsure, *passed], inconclusive=True)
+    return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)
+
+
+def _rate(what: str, ours: int, our_n: int, theirs: int, their_n: int, rule: RateRule) -> tuple[Outcome, str]:
+    from scipy.stats import fisher_exact
+
+    if our_n == 0 or their_n == 0:
+        return "pass", f"{what} not judged: {our_n} canary and {their_n} champion answers"
+    mine, reference = ours / our_n, theirs / their_n
+    p = float(fisher_exact([[ours, our_n - ours], [theirs, their_n - theirs]], alternative="greater").pvalue)
+    text = f"{what} {mine:.1%} of {our_n} vs champion {reference:.1%} of {their_n} (p={p:.2g})"
+    worse = mine - reference >= rule.max_increase
+    if worse and p < rule.significance:
+        return "fail", f"{what} rose: {text}"
+    if worse:
+        return "inconclusive", f"{what} inconclusive: {text}"
+    return "pass", text

@@ -36,6 +36,9 @@ class InputRules(_Strict):
     max_chars: int = Field(4000, ge=1)
     injection: dict[str, str] = {}  # rule name -> pattern: a match blocks the request
     secrets: dict[str, str] = {}  # requests for credentials or someone's personal data: blocked
+    pii: Literal["redact", "allow"] = (
+        "redact"  # personal data in a request (the output's PII rules): redacted before the model sees it
+    )
 
     _check_injection = field_validator("injection", "secrets")(_compiles)
 

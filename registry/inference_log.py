@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["InferenceLog", "LogEntry", "read_log"]
+__all__ = ["InferenceLog", "LlmLogEntry", "LogEntry", "read_log"]
 
 _STOP = object()
 
@@ -57,6 +57,44 @@ class LogEntry:
         }
 
 
+@dataclass(frozen=True)
+class LlmLogEntry:
+    """One request to the LLM gateway: who asked, which release answered, what it cost, what fired.
+
+    The texts are as the guardrails left them: personal data in the question is redacted before
+    the model sees it, and the answer is what the client was sent (never a withheld one)."""
+
+    request_id: str
+    time: datetime
+    model: str
+    version: str
+    served_by: str  # champion | canary | fallback
+    deployment: str | None
+    release_digest: str | None
+    prompt_version: str | None
+    team: str
+    key: str  # the API key's id
+    endpoint: str  # chat | completions
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    ttft_ms: float | None
+    duration_ms: float
+    cached: bool
+    status: str  # ok | blocked | cancelled | failed
+    finish_reason: str
+    blocked_by: str | None = None
+    redactions: str | None = None  # comma-separated rules
+    refused: bool = False
+    fallback_from: str | None = None
+    question: str | None = None
+    answer: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"kind": "llm", "row": 0, **{name: getattr(self, name) for name in self.__dataclass_fields__}}
+
+
 class InferenceLog:
     """A background writer of ``LogEntry`` rows; use as a context manager or call ``close``."""
 
@@ -69,7 +107,7 @@ class InferenceLog:
         self._writer = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._writer.start()
 
-    def record(self, entry: LogEntry) -> None:
+    def record(self, entry: LogEntry | LlmLogEntry) -> None:
         """Queue one entry; never blocks on disk."""
         if self._closed:
             raise RuntimeError("the inference log is closed")

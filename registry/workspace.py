@@ -32,6 +32,7 @@ from registry.settings import Settings, read_settings
 if TYPE_CHECKING:
     from policies.canary import CanaryPolicy
     from policies.drift import DriftPolicy
+    from policies.gateway import GatewayPolicy
     from policies.llm import LlmProject
     from policies.project import ProjectConfig
     from policies.promotion import PromotionPolicy
@@ -62,9 +63,10 @@ POLICIES: dict[str, str] = {
     "serving": "policies.serving:ServingPolicy",
     "drift": "policies.drift:DriftPolicy",
     "signing": "policies.signing:SigningPolicy",
+    "gateway": "policies.gateway:GatewayPolicy",
 }
 # Policies a project may leave out: the default is then the documented one (signing: the project key).
-_OPTIONAL = {"signing"}
+_OPTIONAL = {"signing", "gateway"}
 
 Policy = TypeVar("Policy")
 _mlflow_lock = threading.Lock()
@@ -396,6 +398,9 @@ class Workspace:
 
     def serving_policy(self) -> ServingPolicy:
         return self.policy("serving").value
+
+    def gateway_policy(self) -> GatewayPolicy:
+        return self.policy("gateway").value
 
     def drift_policy(self) -> DriftPolicy:
         return self.policy("drift").value

@@ -40,6 +40,8 @@ class Role:
     admin: bool
     per_second: float | None = None  # this key's own rate limit, if it has one
     burst: int | None = None
+    team: str | None = None  # whose tokens and budget an LLM request spends (None: the policy's default team)
+    id: str = ""  # the key's id (its first characters): how the inference log names it
 
 
 def _digest(key: str) -> bytes:
@@ -80,7 +82,14 @@ class ApiKeys:
             if "sha256" not in entry:
                 continue  # an old scrypt entry: refused (rotate it)
             limit = entry.get("rate_limit") or {}
-            role = Role(entry["name"], entry["admin"], limit.get("per_second"), limit.get("burst"))
+            role = Role(
+                entry["name"],
+                entry["admin"],
+                limit.get("per_second"),
+                limit.get("burst"),
+                entry.get("team"),
+                entry["id"],
+            )
             by_id.setdefault(entry["id"], []).append((bytes.fromhex(entry["sha256"]), role))
         self._entries, self._by_id, self._stamp = entries, by_id, stamp
 
@@ -108,6 +117,7 @@ class ApiKeys:
                     "name": e["name"],
                     "admin": e["admin"],
                     "rate_limit": e.get("rate_limit"),
+                    "team": e.get("team"),
                     "outdated": "sha256" not in e,
                 }
                 for e in self._entries
@@ -116,12 +126,18 @@ class ApiKeys:
     # -- changing -----------------------------------------------------------------------------
 
     def create(
-        self, name: str, *, admin: bool = False, per_second: float | None = None, burst: int | None = None
+        self,
+        name: str,
+        *,
+        admin: bool = False,
+        per_second: float | None = None,
+        burst: int | None = None,
+        team: str | None = None,
     ) -> str:
         """A new key for ``name``; the only time the key itself is seen."""
         with self._lock:
             self._reload(force=True)
-            key, entry = _new_entry(name, admin, per_second, burst)
+            key, entry = _new_entry(name, admin, per_second, burst, team)
             self._save([*self._entries, entry])
         return key
 
@@ -144,7 +160,9 @@ class ApiKeys:
             if not old:
                 raise UnknownKey(name)
             limit = old[-1].get("rate_limit") or {}
-            key, entry = _new_entry(name, old[-1]["admin"], limit.get("per_second"), limit.get("burst"))
+            key, entry = _new_entry(
+                name, old[-1]["admin"], limit.get("per_second"), limit.get("burst"), old[-1].get("team")
+            )
             self._save([*(e for e in self._entries if e["name"] != name), entry])
         return key
 
@@ -159,9 +177,13 @@ class ApiKeys:
         self._reload(force=True)
 
 
-def _new_entry(name: str, admin: bool, per_second: float | None, burst: int | None) -> tuple[str, dict]:
+def _new_entry(
+    name: str, admin: bool, per_second: float | None, burst: int | None, team: str | None = None
+) -> tuple[str, dict]:
     key = f"cvk_{secrets.token_urlsafe(32)}"
     entry: dict = {"id": key[:_ID], "name": name, "admin": admin, "sha256": _digest(key).hex()}
+    if team is not None:
+        entry["team"] = team
     if per_second is not None:
         entry["rate_limit"] = {"per_second": per_second, "burst": burst or max(1, int(per_second))}
     return key, entry

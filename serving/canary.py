@@ -19,11 +19,21 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from policies.canary import CanaryPolicy, CanaryStats, Side, Verdict, judge_canary
+from policies.canary import (
+    CanaryPolicy,
+    CanaryStats,
+    LlmCanaryPolicy,
+    LlmSide,
+    LlmStats,
+    Side,
+    Verdict,
+    judge_canary,
+    judge_llm_canary,
+)
 from serving.router import Router
 from serving.shared import CanaryRow, Observation, SharedState
 
-__all__ = ["CanaryController"]
+__all__ = ["CanaryController", "LlmCanaryController"]
 
 _CHAMPION_REFERENCE = 10_000  # the champion's latest observations in this canary's run
 
@@ -58,13 +68,22 @@ class CanaryController:
         return row
 
     def observe(
-        self, role: str, *, ok: bool, kind: str = "ok", latency_ms: float, predictions: Sequence[float] = ()
+        self,
+        role: str,
+        *,
+        ok: bool,
+        kind: str = "ok",
+        latency_ms: float,
+        predictions: Sequence[float] = (),
+        signals: dict[str, Any] | None = None,
     ) -> None:
         """One request answered (or failed) by ``role``, with the model's time and its answers."""
         row = self.row
         if row.state != "running" or row.run is None:
             return
-        observation = Observation(row.run, row.window, role, ok, kind, latency_ms, tuple(predictions), self.worker)
+        observation = Observation(
+            row.run, row.window, role, ok, kind, latency_ms, tuple(predictions), self.worker, signals
+        )
         with self._buffer_lock:
             self._buffer.append(observation)
 
@@ -89,7 +108,7 @@ class CanaryController:
             version=version,
             state="running",
             step=0,
-            weight=self.policy.steps[0],
+            weight=self._steps[0],
             held=False,
             window=row.window + 1,
             window_started=self._clock(),
@@ -115,10 +134,9 @@ class CanaryController:
         if row.state != "running" or row.run is None:
             return None
         now = self._clock()
-        stats = self._stats(row, now)
-        verdict = judge_canary(stats, self.policy)
+        verdict = self._judge(row, now)
         immediate = verdict.action == "rollback" and not verdict.breached
-        if now - row.last_analysis < self.policy.analysis_seconds and not immediate:
+        if now - row.last_analysis < self._analysis_seconds and not immediate:
             return None
         if verdict.action == "advance" and row.held:
             verdict = Verdict("hold", [f"held at {row.weight:g}% by an admin", *verdict.reasons])
@@ -136,7 +154,7 @@ class CanaryController:
             callback = self._on_promote
         elif verdict.action == "advance":
             step = row.step + 1
-            changes |= self._new_window(row, step, self.policy.steps[step], now)
+            changes |= self._new_window(row, step, self._steps[step], now)
         if self.state.change_canary(row.epoch, **changes) is None:
             return None  # an admin changed the canary meanwhile: judge again next time
         self.refresh()
@@ -152,7 +170,7 @@ class CanaryController:
         row = self.state.canary()
         if row.state != "running":
             raise ValueError(f"no canary analysis is running (state: {row.state})")
-        steps = self.policy.steps
+        steps = self._steps
         step = next((i for i, s in enumerate(steps) if s >= weight), len(steps) - 1)
         changes = self._new_window(row, step, weight, self._clock()) | {"held": hold}
         if self.state.change_canary(row.epoch, **changes) is None:
@@ -191,6 +209,17 @@ class CanaryController:
 
     # -- figures ------------------------------------------------------------------------------------
 
+    @property
+    def _steps(self) -> tuple[float, ...]:
+        return self.policy.steps
+
+    @property
+    def _analysis_seconds(self) -> float:
+        return self.policy.analysis_seconds
+
+    def _judge(self, row: CanaryRow, now: float) -> Verdict:
+        return judge_canary(self._stats(row, now), self.policy)
+
     def _stats(self, row: CanaryRow, now: float) -> CanaryStats:
         assert row.run is not None
         canary = self.state.observations(row.run, "canary", window=row.window)
@@ -222,4 +251,47 @@ def _side(observations: list[Observation]) -> Side:
         latencies_ms=[o.latency_ms for o in observations if o.ok],
         predictions=[p for o in observations if o.ok for p in o.predictions],
         breaches=sum(o.kind == "contract" for o in observations),
+    )
+
+
+class LlmCanaryController(CanaryController):
+    """The same walk for an LLM release, judged on its answers' signals (``judge_llm_canary``)."""
+
+    @property
+    def _llm(self) -> LlmCanaryPolicy:
+        return self.policy.llm
+
+    @property
+    def _steps(self) -> tuple[float, ...]:
+        return self._llm.steps
+
+    @property
+    def _analysis_seconds(self) -> float:
+        return self._llm.analysis_seconds
+
+    def _judge(self, row: CanaryRow, now: float) -> Verdict:
+        assert row.run is not None
+        canary = self.state.observations(row.run, "canary", window=row.window)
+        champion = self.state.observations(row.run, "champion", window=row.window)
+        if len(champion) < self._llm.min_requests:  # at high weights: the champion's earlier steps
+            champion = self.state.observations(row.run, "champion", limit=_CHAMPION_REFERENCE)
+        stats = LlmStats(
+            row.step, now - row.window_started, _llm_side(canary), _llm_side(champion), row.breaches_in_a_row
+        )
+        return judge_llm_canary(stats, self._llm)
+
+
+def _llm_side(observations: list[Observation]) -> LlmSide:
+    answered = [o.signals or {} for o in observations if o.ok]
+    scored = [s for s in answered if s.get("scored")]
+    return LlmSide(
+        requests=len(observations),
+        errors=sum(not o.ok for o in observations),
+        breaches=sum(o.kind == "contract" for o in observations),
+        ttft_ms=[s["ttft_ms"] for s in answered if "ttft_ms" in s],
+        tpot_ms=[s["tpot_ms"] for s in answered if s.get("tpot_ms") is not None],
+        blocked=sum(bool(s.get("blocked")) for s in answered),
+        refused=sum(bool(s.get("refused")) for s in answered),
+        scored=len(scored),
+        score_failures=sum(not s.get("score_ok") for s in scored),
     )

@@ -57,19 +57,18 @@ _FAULT_RECORD_SECONDS = 60.0  # at most one ledger record a minute per deploymen
 
 
 class Engine:
+    controller_class = CanaryController
+    paths: dict[str, set[str]] = {"/predict": {"POST"}, "/metrics": {"GET"}, "/docs.json": {"GET"}}  # noqa: RUF012
+
     def __init__(self, ws: Workspace, *, spare: Any = None) -> None:
         self._instance = uuid.uuid4().hex  # this worker: tells two deployments of one version apart
         self.ws = ws
-        project = ws.project()  # read once: nothing on the request path reads a file
-        self.name = project.model_name
-        self._task = project.task
-        # The row fields that are not model inputs but are logged: entity key and event time.
-        self._context = (project.entity_key, project.event_timestamp)
+        self._read_project(ws)  # read once: nothing on the request path reads a file
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
         self.state = SharedState(run_state_path(ws.home, ws.settings.service_run))
-        self.controller = CanaryController(
+        self.controller = self.controller_class(
             self.state,
             self.router,
             ws.canary_policy(),
@@ -103,12 +102,22 @@ class Engine:
         self._faults: dict[tuple[str, str], list[float]] = {}  # (deployment, kind) -> [last record, failures since]
         self._threads: list[threading.Thread] = []
 
+    def _read_project(self, ws: Workspace) -> None:
+        project = ws.project()
+        self.name = project.model_name
+        self._task = project.task
+        # The row fields that are not model inputs but are logged: entity key and event time.
+        self._context = (project.entity_key, project.event_timestamp)
+
+    def _warm(self) -> Any:
+        return warm_pool()  # a model process whose imports overlap the champion's verification
+
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Load what the aliases say, then keep following them (and the other workers)."""
         if self._spare is None:
-            self._spare = warm_pool()  # its imports overlap the champion's verification
+            self._spare = self._warm()
         self._shared_tick()
         for name, target in (
             ("shared-state", self._follow),
@@ -266,7 +275,7 @@ class Engine:
             return  # the champion's own calls count its failures
         self.controller.observe("paired", ok=True, latency_ms=model_ms)
 
-    def _failed(self, model: ModelProcess, role: str, exc: ModelFailed) -> None:
+    def _failed(self, model: Any, role: str, exc: ModelFailed) -> None:
         """A model's failure: counted, judged at once for a canary, recorded (at most once a minute per kind)."""
         version = model.verified.version
         log.warning("%s version %s failed a request (%s): %s", role, version, exc.kind, exc)
@@ -280,7 +289,7 @@ class Engine:
             self._wake.set()
         self._record_fault(model, role, exc)
 
-    def _record_fault(self, model: ModelProcess, role: str, exc: ModelFailed) -> None:
+    def _record_fault(self, model: Any, role: str, exc: ModelFailed) -> None:
         if model.deployment is None or self._stop.is_set():
             return
         now = time.monotonic()
@@ -529,8 +538,7 @@ class Engine:
         if model is None:
             return
         old, self.champion = self.champion, model
-        self._columns = list(verified.columns)
-        self._request_model = request_model(self._columns, max_rows=self.serving.max_rows, context=self._context)
+        self._accept_champion(verified)
         if old is not None:
             old.close()
             old.verified.discard()
@@ -539,9 +547,10 @@ class Engine:
         verified = self._verify(version, CANARY)
         if verified is None:
             return
-        if list(verified.columns) != self._columns:
+        refusal = self._accept_canary(verified)
+        if refusal is not None:
             verified.discard()
-            self._refuse(version, CANARY, "its input columns differ from the champion's: clients could not call both")
+            self._refuse(version, CANARY, refusal)
             return
         model = self._start_model(verified, CANARY, self.serving.canary_timeout_ms / 1000)
         if model is None:
@@ -550,6 +559,17 @@ class Engine:
         self._canary_seen = 0
         self.controller.serving = version
         self.controller.refresh()
+
+    def _accept_champion(self, verified: VerifiedModel) -> None:
+        """The new champion's request shape becomes the service's."""
+        self._columns = list(verified.columns)
+        self._request_model = request_model(self._columns, max_rows=self.serving.max_rows, context=self._context)
+
+    def _accept_canary(self, verified: VerifiedModel) -> str | None:
+        """Why ``verified`` cannot be the champion's canary, or None."""
+        if list(verified.columns) != self._columns:
+            return "its input columns differ from the champion's: clients could not call both"
+        return None
 
     def _stop_canary(self) -> None:
         canary, self.canary = self.canary, None

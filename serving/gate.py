@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from serving.errors import ClientError
+from serving.openai_api import error_body
 
 if TYPE_CHECKING:
     from serving.engine import Engine
@@ -38,6 +39,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # the only paths answered without a key
 _JSON = b"application/json"
+_COMPLETIONS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _PREDICT_TIMEOUT = 30  # seconds, as BentoML's traffic timeout for what passes through to it
 
 
@@ -71,15 +73,23 @@ class Gate:
             await self.app(scope, receive, send)
             return
         admin = path.startswith("/admin/") or path == "/docs.json"
+        openai = path.startswith("/v1/")
         try:
             engine = self.front.engine
             if engine is None:
                 raise _Refused(503, "the service is starting")
             await self._serve(engine, scope, receive, send, path, method, admin)
-        except _Refused as exc:
-            await _reply(send, exc.status, {"detail" if admin else "error": str(exc)}, close=exc.close)
-        except ClientError as exc:
-            await _reply(send, exc.status, {"detail" if admin else "error": str(exc)})
+        except (_Refused, ClientError) as exc:
+            close = isinstance(exc, _Refused) and exc.close
+            if openai:  # the OpenAI clients read their own error shape
+                await _send(
+                    send,
+                    exc.status,
+                    error_body(exc if isinstance(exc, ClientError) else ClientError(exc.status, str(exc))),
+                    close=close,
+                )
+            else:
+                await _reply(send, exc.status, {"detail" if admin else "error": str(exc)}, close=close)
         except _Disconnected:
             client = scope.get("client") or ("?", 0)
             log.info("client %s:%s disconnected before its request was read", *client)
@@ -90,7 +100,7 @@ class Gate:
     async def _serve(
         self, engine: Engine, scope: Scope, receive: Receive, send: Send, path: str, method: str, admin: bool
     ) -> None:
-        known = {"/predict": {"POST"}, "/metrics": {"GET"}, "/docs.json": {"GET"}}
+        known = engine.paths
         if not admin and path not in known:
             raise _Refused(404, f"no such path: {path[:100]}")
         if path in known and method not in known[path]:
@@ -104,6 +114,13 @@ class Gate:
             raise _Refused(404, "the API's document is off (policies/serving.yaml: docs)")
         if method == "POST":
             body = await _body(receive, headers, policy.max_body_bytes, policy.body_timeout_seconds)
+        if path in _COMPLETIONS:
+            engine.admit(role)
+            await _complete(engine, body, role, path == "/v1/chat/completions", receive, send)
+            return
+        if path == "/v1/models":
+            await _send(send, 200, engine.models())  # type: ignore[attr-defined]
+            return
         if path == "/predict":
             engine.admit(role)
             try:
@@ -118,6 +135,22 @@ class Gate:
         if method == "POST":
             receive = _replay(body)
         await self.app(scope, receive, send)
+
+
+async def _complete(engine: Any, body: bytes, role: Any, chat: bool, receive: Receive, send: Send) -> None:
+    """An OpenAI completion by the gateway, which writes the response; a client that leaves is noticed."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await engine.complete(body, role, chat=chat, send=send, gone=gone)
+    finally:
+        watcher.cancel()
 
 
 def _token(headers: dict[bytes, bytes]) -> str | None:

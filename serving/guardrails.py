@@ -27,6 +27,7 @@ class InputVerdict:
     text: str  # normalised, invisible characters removed
     blocked_by: str | None = None  # "input.injection.<rule>", "input.secrets.<rule>", "input.max_chars"
     stripped: int = 0  # invisible characters removed
+    redactions: tuple[str, ...] = ()  # "input.pii.<kind>" per redaction (the model saw the placeholder)
 
     @property
     def blocked(self) -> bool:
@@ -60,6 +61,10 @@ class Presidio:
     def load(cls, rules: PresidioRules) -> Presidio:
         analyzer = cls._loaded.get(rules.model)
         if analyzer is None:
+            import logging
+
+            # It warns once per recogniser of a language the registry does not load (es, it, pl...).
+            logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
             from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
             from presidio_analyzer.nlp_engine import SpacyNlpEngine
 
@@ -137,7 +142,17 @@ class Guardrails:
         for name, pattern in self._compiled["injection"] + self._compiled["secrets"]:
             if pattern.search(text):
                 return InputVerdict(text, name, stripped)
+        if rules.pii == "redact":
+            text, redactions = self.redact(text)
+            return InputVerdict(text, None, stripped, tuple(r.replace("output.", "input.", 1) for r in redactions))
         return InputVerdict(text, None, stripped)
+
+    def redact(self, text: str) -> tuple[str, list[str]]:
+        """``text`` with its personal data replaced, and the rule of each replacement."""
+        spans = self.pii_spans(text)
+        for span in reversed(spans):  # from the end, so earlier offsets stay valid
+            text = text[: span.start] + span.replacement + text[span.end :]
+        return text, [span.rule for span in spans]
 
     def check_output(self, text: str) -> OutputVerdict:
         for name, pattern in self._compiled["banned"]:
@@ -145,10 +160,7 @@ class Guardrails:
                 return OutputVerdict(self.policy.refusal, name)
         if self._leaks(text):
             return OutputVerdict(self.policy.refusal, "output.system_prompt_leak")
-        spans = self.pii_spans(text)
-        for span in reversed(spans):  # from the end, so earlier offsets stay valid
-            text = text[: span.start] + span.replacement + text[span.end :]
-        redactions = [span.rule for span in spans]
+        text, redactions = self.redact(text)
         refused = any(p.search(text) for _, p in self._compiled["refusal"])
         return OutputVerdict(text, None, tuple(redactions), refused)
 
@@ -161,7 +173,7 @@ class Guardrails:
             for m in pattern.finditer(text)
             if m.end() > m.start()
         ]
-        if self._presidio is not None:
+        if self._presidio is not None and _worth_a_look(text):
             found += self._presidio.spans(text)
         kept: list[Span] = []
         for span in sorted(found, key=lambda s: (s.start - s.end, s.start)):  # longest first
@@ -175,3 +187,131 @@ class Guardrails:
         words = _WORD.findall(text.lower())
         n = self.policy.output.system_prompt_leak_words
         return any(tuple(words[i : i + n]) in self._shingles for i in range(len(words) - n + 1))
+
+
+_CAPITALISED_TAIL = re.compile(r"(?:\b[A-Z][\w'-]*\s*)+$")  # a name may still be growing
+_HOLD_CONTEXT = 200  # characters before the unsent text that the rules see again (a match may start there)
+
+
+class StreamGuard:
+    """The output rules over an answer that is streamed: text goes to the client only once no rule
+    can still match it.
+
+    ``feed`` takes each piece as the model makes it and returns what may be sent now: text up to
+    the last word boundary, less any tail that a banned pattern or a personal-data pattern could
+    still grow into (``regex`` partial matches), that could be the start of the system prompt's
+    words, or that is a run of capitalised words (a name Presidio may only see whole). Personal
+    data found in what is sent is redacted first. A banned match or the system prompt's words
+    block the answer: nothing more is sent (``blocked_by`` names the rule). ``finish`` checks and
+    returns the rest once the model is done.
+    """
+
+    def __init__(self, guardrails: Guardrails) -> None:
+        import regex
+
+        self.guardrails = guardrails
+        flags = regex.IGNORECASE
+        self._banned = [(name, regex.compile(p.pattern, flags)) for name, p in guardrails._compiled["banned"]]
+        self._pii = [(name, regex.compile(p.pattern, flags), r) for name, p, r in guardrails._pii]
+        n = guardrails.policy.output.system_prompt_leak_words
+        self._prefixes = {s[:k] for s in guardrails._shingles for k in range(1, n)}
+        self.text = ""  # the model's own text so far
+        self.sent = 0  # characters of ``text`` checked and sent
+        self.shown: list[str] = []  # what the client was sent
+        self.redactions: list[str] = []
+        self.blocked_by: str | None = None
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        return self._release(final=True)
+
+    @property
+    def refused(self) -> bool:
+        return self.blocked_by is not None or any(
+            p.search("".join(self.shown)) for _, p in self.guardrails._compiled["refusal"]
+        )
+
+    def _release(self, *, final: bool) -> str:
+        if self.blocked_by is not None:
+            return ""
+        text, start = self.text, self.sent
+        end = len(text)
+        if not final:
+            boundary = max(text.rfind(" ", start), text.rfind("\n", start))
+            end = boundary + 1 if boundary >= 0 else start
+        window = max(0, start - _HOLD_CONTEXT)
+        for name, pattern in self._banned:
+            for m in pattern.finditer(text, window, partial=not final):
+                if not m.partial:
+                    return self._block(name)
+                end = min(end, m.start())
+        if self._leaks(text, window):
+            return self._block("output.system_prompt_leak")
+        if not final:
+            end = min(end, self._leak_prefix(text, start, end))
+            tail = _CAPITALISED_TAIL.search(text, start, end)
+            if tail is not None:
+                end = min(end, tail.start())
+        spans: list[Span] = []
+        for name, pattern, replacement in self._pii:
+            for m in pattern.finditer(text, window, partial=not final):
+                if m.partial or (not final and m.end() >= len(text)):  # it may still grow: hold it back
+                    end = min(end, m.start())
+                elif m.end() > m.start():
+                    spans.append(Span(m.start(), m.end(), name, replacement))
+        if end <= start:
+            return ""
+        presidio = self.guardrails._presidio
+        if presidio is not None and _worth_a_look(text[start:end]):
+            spans += [
+                Span(window + s.start, window + s.end, s.rule, s.replacement) for s in presidio.spans(text[window:end])
+            ]
+        kept: list[Span] = []
+        for span in sorted(spans, key=lambda s: (s.start - s.end, s.start)):  # longest first
+            if span.end > start and all(span.end <= k.start or span.start >= k.end for k in kept):
+                kept.append(span)
+        out, cursor = [], start
+        for span in sorted(kept):
+            if span.start >= end:
+                continue
+            out.append(text[cursor : max(cursor, span.start)])
+            out.append(span.replacement)
+            self.redactions.append(span.rule)
+            cursor = max(cursor, span.end)
+        if cursor < end:
+            out.append(text[cursor:end])
+        self.sent = max(end, cursor)
+        released = "".join(out)
+        self.shown.append(released)
+        return released
+
+    def _block(self, rule: str) -> str:
+        self.blocked_by = rule
+        return ""
+
+    def _leaks(self, text: str, window: int) -> bool:
+        if not self.guardrails._shingles:
+            return False
+        words = _WORD.findall(text[window:].lower())
+        n = self.guardrails.policy.output.system_prompt_leak_words
+        return any(tuple(words[i : i + n]) in self.guardrails._shingles for i in range(len(words) - n + 1))
+
+    def _leak_prefix(self, text: str, start: int, end: int) -> int:
+        """Where the longest run of words ending at ``end`` that could begin the system prompt's words starts."""
+        if not self._prefixes:
+            return end
+        matches = list(_WORD.finditer(text.lower(), max(0, start - _HOLD_CONTEXT), end))
+        n = self.guardrails.policy.output.system_prompt_leak_words
+        for k in range(min(n - 1, len(matches)), 0, -1):
+            run = tuple(m.group() for m in matches[-k:])
+            if run in self._prefixes:
+                return min(end, matches[-k].start())
+        return end
+
+
+def _worth_a_look(text: str) -> bool:
+    """Whether Presidio could find anything in ``text``: its entities need a capital letter or a digit."""
+    return any(c.isupper() or c.isdigit() for c in text)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,17 @@ class LocalModel:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=False))
 
     def stream(
-        self, request: list[dict[str, str]] | str, params: dict[str, Any], *, fresh: bool = True
+        self,
+        request: list[dict[str, str]] | str,
+        params: dict[str, Any],
+        *,
+        fresh: bool = True,
+        cancelled: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[str, Generated | None]]:
         """Yield (text piece, None) as tokens come, then ("", the finished generation).
+
+        ``cancelled`` is asked after each piece: once it says so, generation stops there and the
+        finished generation (``finish_reason`` "cancelled") counts the tokens made so far.
 
         ``request`` is chat messages (the model's chat template applies) or a whole prompt (a
         plain completion, for base models).
@@ -131,17 +139,18 @@ class LocalModel:
                     yield piece, None
                 finish = choice.get("finish_reason") or finish
                 usage = event.get("usage") or usage
+                if piece and cancelled is not None and cancelled():
+                    finish = "cancelled"
+                    chunks.close()  # the runtime's generator: nothing more is sampled
+                    break
             ended = time.perf_counter()
             text = "".join(pieces)
             # The text re-tokenises to the tokens generated (a stop token is not counted, as OpenAI
             # does not); the context then holds the prompt and every generated token but the last
-            # one when the length limit stopped it (sampled, never evaluated).
+            # one when the length limit (or a cancellation) stopped it (sampled, never evaluated).
             completion = usage["completion_tokens"] if usage else self.count(text)
-            prompt_tokens = (
-                usage["prompt_tokens"]
-                if usage
-                else max(self.llm.n_tokens - completion + (1 if finish == "length" else 0), 0)
-            )
+            unevaluated = 1 if finish in ("length", "cancelled") else 0
+            prompt_tokens = usage["prompt_tokens"] if usage else max(self.llm.n_tokens - completion + unevaluated, 0)
             yield (
                 "",
                 Generated(

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 __all__ = ["ServiceMetrics"]
 
+_LLM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 120.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -58,6 +59,69 @@ class ServiceMetrics:
             "conveyor_unknown_categories",
             "Categorical values in requests that the model never saw in training",
             ["model", "column"],
+            registry=self.registry,
+        )
+        # The LLM gateway (OpenTelemetry GenAI names where they exist: tokens by direction, time to first token).
+        release = ["model", "version", "role"]
+        self.llm_requests = Counter(
+            "conveyor_llm_requests", "LLM requests by how they ended", [*release, "status"], registry=self.registry
+        )
+        self.llm_ttft = Histogram(
+            "conveyor_llm_time_to_first_token_seconds",
+            "From a request's arrival to the first text sent",
+            release,
+            buckets=_LLM_BUCKETS,
+            registry=self.registry,
+        )
+        self.llm_tpot = Histogram(
+            "conveyor_llm_time_per_output_token_seconds",
+            "Time per output token after the first (in the model's process)",
+            release,
+            buckets=(0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.llm_duration = Histogram(
+            "conveyor_llm_request_duration_seconds",
+            "A whole LLM request",
+            release,
+            buckets=_LLM_BUCKETS,
+            registry=self.registry,
+        )
+        self.llm_tokens = Counter(
+            "conveyor_llm_tokens",
+            "Tokens metered, by team, release and direction (input or output)",
+            ["team", "model", "version", "direction"],
+            registry=self.registry,
+        )
+        self.llm_cost = Counter(
+            "conveyor_llm_cost_usd",
+            "Cost of answered requests at the release's prices",
+            ["team", "model", "version"],
+            registry=self.registry,
+        )
+        self.llm_budget = Gauge(
+            "conveyor_llm_budget_used_ratio",
+            "Share of the team's budget spent this period (this worker)",
+            ["team"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.llm_cache = Counter(
+            "conveyor_llm_cache",
+            "Exact-cache lookups of deterministic requests",
+            ["model", "version", "result"],
+            registry=self.registry,
+        )
+        self.llm_guardrails = Counter(
+            "conveyor_llm_guardrail_events",
+            "Guardrail blocks and redactions by the rule that fired",
+            ["model", "version", "rule", "action"],
+            registry=self.registry,
+        )
+        self.llm_fallbacks = Counter(
+            "conveyor_llm_fallbacks",
+            "Requests answered by the next release after one failed",
+            ["model", "from_role", "to_role"],
             registry=self.registry,
         )
         self.weight = Gauge(

@@ -1,4 +1,6 @@
-"""The BentoML service: ``POST /predict``, ``/admin/*``, ``/docs.json``, and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
+"""The BentoML service: ``POST /predict`` (or, for an LLM project, the OpenAI API: ``POST
+/v1/chat/completions``, ``/v1/completions``, ``GET /v1/models``), ``/admin/*``, ``/docs.json``,
+and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
 
 Run it with ``conveyor serve`` (which starts ``bentoml serve serving.service:Conveyor`` on
 127.0.0.1 with the Workspace's environment), or build it with ``bentoml build``. The service
@@ -62,10 +64,15 @@ class Conveyor:
     def __init__(self) -> None:
         from serving.spare import warm_pool
 
-        spare = warm_pool()  # first: the model process starts while the engine is imported and verifies
-        from serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
+        if _WORKSPACE.is_llm:  # an LLM project: the OpenAI-compatible gateway over its releases
+            from serving.gateway import Gateway
 
-        self.engine = Engine(_WORKSPACE.prepare(), spare=spare)
+            self.engine: Any = Gateway(_WORKSPACE.prepare())
+        else:
+            spare = warm_pool()  # first: the model process starts while the engine is imported and verifies
+            from serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
+
+            self.engine = Engine(_WORKSPACE.prepare(), spare=spare)
         self.engine.start()
         front.engine = self.engine
 

@@ -40,7 +40,7 @@ create table if not exists canary (
 );
 create table if not exists observations (
     run text, window integer, role text, ok integer, kind text, latency_ms real, predictions text, at real,
-    worker text
+    worker text, signals text
 );
 create index if not exists observations_by_run on observations (run, role, window);
 """
@@ -79,6 +79,7 @@ class Observation:
     latency_ms: float
     predictions: tuple[float, ...] = ()
     worker: str = ""  # the worker that served it
+    signals: dict[str, Any] | None = None  # an LLM answer's: ttft_ms, tpot_ms, blocked, refused, scored, score_ok
 
 
 class SharedState:
@@ -167,17 +168,28 @@ class SharedState:
 
     def add(self, observations: Iterable[Observation]) -> None:
         rows = [
-            (o.run, o.window, o.role, int(o.ok), o.kind, o.latency_ms, json.dumps(o.predictions), time.time(), o.worker)
+            (
+                o.run,
+                o.window,
+                o.role,
+                int(o.ok),
+                o.kind,
+                o.latency_ms,
+                json.dumps(o.predictions),
+                time.time(),
+                o.worker,
+                None if o.signals is None else json.dumps(o.signals),
+            )
             for o in observations
         ]
         if rows:
             with self._db() as db:
-                db.executemany("insert into observations values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                db.executemany("insert into observations values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def observations(self, run: str, role: str, *, window: int | None = None, limit: int = 10_000) -> list[Observation]:
         """The newest ``limit`` observations of ``role`` in canary ``run`` (in ``window`` only, if given), oldest first."""
         query = (
-            "select run, window, role, ok, kind, latency_ms, predictions, worker from observations"
+            "select run, window, role, ok, kind, latency_ms, predictions, worker, signals from observations"
             " where run = ? and role = ?"
         )
         params: list[Any] = [run, role]
@@ -189,7 +201,10 @@ class SharedState:
         with self._db() as db:
             rows = db.execute(query, params).fetchall()
         return [
-            Observation(r[0], r[1], r[2], bool(r[3]), r[4], r[5], tuple(json.loads(r[6])), r[7]) for r in reversed(rows)
+            Observation(
+                r[0], r[1], r[2], bool(r[3]), r[4], r[5], tuple(json.loads(r[6])), r[7], r[8] and json.loads(r[8])
+            )
+            for r in reversed(rows)
         ]
 
     def forget(self, keep_run: str | None) -> None:

@@ -30,7 +30,11 @@ def serve(
     import sys
 
     ws = workspace(ctx)
-    ws.project()  # a broken config fails here, in one paragraph
+    if ws.is_llm:
+        ws.llm_project()  # a broken config fails here, in one paragraph
+        ws.gateway_policy()
+    else:
+        ws.project()
     command = [
         sys.executable,
         "-m",
@@ -63,11 +67,22 @@ def api_key_create(
     burst: Annotated[
         int | None, typer.Option("--burst", min=1, help="Requests at once for --rate (default: the rate).")
     ] = None,
+    team: Annotated[
+        str | None,
+        typer.Option("--team", help="The team whose tokens and budget its LLM requests spend (policies/gateway.yaml)."),
+    ] = None,
 ) -> None:
     """Create an API key; it is shown once and stored only as its SHA-256."""
+    from policies.errors import ConveyorError
     from serving.auth import ApiKeys
 
-    key = ApiKeys(workspace(ctx).api_keys_file).create(name, admin=admin, per_second=rate, burst=burst)
+    ws = workspace(ctx)
+    if team is not None and team not in (teams := ws.gateway_policy().teams):
+        raise ConveyorError(
+            f"There is no team {team!r} in {ws.policies / 'gateway.yaml'}.",
+            hint=f"Its teams: {', '.join(teams)}. Add the team there first (its tokens per minute and budget).",
+        )
+    key = ApiKeys(ws.api_keys_file).create(name, admin=admin, per_second=rate, burst=burst, team=team)
     out(key)
     typer.echo(f"{'Admin' if admin else 'Predict'} key for {name!r}: keep it now, it is not shown again.", err=True)
 
@@ -81,7 +96,8 @@ def api_key_list(ctx: typer.Context) -> None:
         outdated = (
             "  (made by an older version, no longer accepted: `conveyor api-key rotate`)" if entry["outdated"] else ""
         )
-        out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}{outdated}")
+        team = f"  team {entry['team']}" if entry.get("team") else ""
+        out(f"{entry['id']}…  {entry['name']}  {'admin' if entry['admin'] else 'predict'}{team}{outdated}")
 
 
 @api_key_app.command("revoke")

@@ -65,7 +65,7 @@ def test_keys_of_the_old_scrypt_format_are_refused_and_listed_as_outdated(tmp_pa
     keys = ApiKeys(path)
     assert keys.check("cvk_abcdefgh" + "z" * 31) is None
     assert keys.entries() == [
-        {"id": "cvk_abcdefgh", "name": "old", "admin": True, "rate_limit": None, "outdated": True}
+        {"id": "cvk_abcdefgh", "name": "old", "admin": True, "rate_limit": None, "team": None, "outdated": True}
     ]
     assert keys.check(keys.rotate("old")).admin  # rotating gives the same role a new key
 

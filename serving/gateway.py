@@ -1,0 +1,891 @@
+"""The LLM gateway: the serving engine for an LLM project, behind the OpenAI API.
+
+The same engine as for tabular models (``serving.engine``): the leader follows the registry's
+``champion`` and ``canary`` aliases, every release is verified before it is loaded (signature,
+provenance, the weights' digest) and again on every switch, each runs in a process of its own
+(``serving.llm_process``), the canary's weight walks ``policies/canary.yaml`` (its ``llm``
+section) and is judged on its answers' signals; a rollback or a promotion is recorded as for any
+model. The project's ``fallback`` release (its own ``@champion``) is loaded beside them.
+
+A request (``POST /v1/chat/completions`` or ``/v1/completions``, streamed or not):
+
+1. is checked field by field (``serving.openai_api``) and against the release's limits;
+2. passes the release's input guardrails: normalised, invisible characters stripped, injection
+   and secret-seeking patterns blocked, personal data redacted, its tokens counted and capped;
+3. reserves its tokens and worst-case cost (``serving.meter``): 429 past the key's or team's
+   tokens per minute or the team's budget;
+4. is answered from the exact cache when it is deterministic (temperature 0) and the same release
+   (by digest) answered it before, else by the release it is routed to: the canary (sticky per
+   user or key) failing, the champion answers; the champion failing (error, timeout, overload,
+   an empty answer), the fallback release, once; then a clear 503;
+5. goes out through the output guardrails (``StreamGuard`` when streamed: nothing is sent that a
+   rule could still match), with the token counts the runtime reports, which equal a re-count
+   with the model's tokenizer; every answer says which release and role served it;
+6. is settled, logged (texts redacted), counted in the metrics and traced, off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from policies.gateway import GatewayPolicy
+from policies.guardrails import GuardrailPolicy
+from registry.inference_log import LlmLogEntry
+from registry.release import CHAMPION
+from registry.workspace import Workspace
+from serving.auth import Role
+from serving.canary import LlmCanaryController
+from serving.engine import Engine
+from serving.guardrails import Guardrails, StreamGuard
+from serving.llm import Generated, render
+from serving.llm_process import ReleaseProcess
+from serving.meter import Meter, cost_of, period_of
+from serving.models import LoadRefused, ModelFailed
+from serving.openai_api import ApiError, ChatRequest, CompletionRequest, chunk, completion_body, now, parse_request, sse
+from serving.tracing import Tracer
+
+__all__ = ["Gateway", "ServedRelease", "VerifiedRelease"]
+
+log = logging.getLogger("conveyor.serving")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+FALLBACK = "fallback"
+_MESSAGE_OVERHEAD = 8  # tokens a chat template adds per message at most (role markers): reserved, then settled
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    """A verified release's files on local disk, read: what the gateway needs to serve it."""
+
+    name: str
+    version: str
+    folder: Path
+    version_digest: str
+    signer: str
+    manifest: dict[str, Any]
+    template: str
+    guardrails: Guardrails = field(repr=False)
+    tokenizer: Any = field(repr=False)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return self.manifest["limits"]
+
+    @property
+    def pricing(self) -> dict[str, float]:
+        return self.manifest["pricing"]
+
+    @property
+    def mode(self) -> str:
+        return str(self.manifest["runtime"].get("mode", "chat"))
+
+    @property
+    def prompt_version(self) -> str:
+        prompt = self.manifest["prompt"]
+        return f"{prompt['name']}/{prompt['version']}"
+
+    def count(self, text: str) -> int:
+        """Tokens ``text`` takes with this release's tokenizer."""
+        return len(self.tokenizer.tokenize(text.encode(), add_bos=False, special=False))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder.parent, ignore_errors=True)
+
+
+def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace: Path) -> VerifiedRelease:
+    """Verify ``name/version`` (every link of ``conveyor verify``, the weights' digest among them)
+    and read it from the verified copy; ``LoadRefused`` when anything fails."""
+    import yaml
+
+    from serving.llm import _quiet_runtime
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="release-", dir=workspace))
+    ref = f"{name}/{version}"
+    try:
+        report = ws.verify_ref(ref, ledger, keep=folder / "files")
+        if not report.ok:
+            failed = report.first_failure
+            assert failed is not None  # the report is not ok: some link failed
+            raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
+        files = folder / "files"
+        try:
+            manifest = json.loads((files / "release.json").read_text())
+            template = (files / manifest["prompt"]["file"]).read_text(encoding="utf-8")
+            policy = GuardrailPolicy.model_validate(
+                yaml.safe_load((files / manifest["guardrails"]["file"]).read_text(encoding="utf-8"))
+            )
+            system = render(template, manifest["prompt"]["variables"] | {"question": ""}).strip()
+            guardrails = Guardrails(policy, system)
+            from llama_cpp import Llama
+
+            _quiet_runtime()
+            tokenizer = Llama(model_path=str(files / manifest["weights"]["file"]), vocab_only=True, verbose=False)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LoadRefused(f"{ref} cannot be served: {type(exc).__name__}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return VerifiedRelease(
+        str(report.name),
+        str(report.version),
+        files,
+        str(report.version_digest),
+        str(report.signer),
+        manifest,
+        template,
+        guardrails,
+        tokenizer,
+    )
+
+
+class ServedRelease:
+    """A verified release and the process its model runs in (what ``Engine`` calls a model)."""
+
+    def __init__(self, verified: VerifiedRelease, process: ReleaseProcess) -> None:
+        self.verified = verified
+        self.process = process
+        self.deployment: str | None = None
+
+    def close(self) -> None:
+        self.process.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request made ready for one release: what its model is given, and what was counted and found."""
+
+    request: list[dict[str, str]] | str
+    params: dict[str, Any]
+    question: str  # the last user message after the input guardrails (what is logged)
+    blocked_by: str | None
+    redactions: tuple[str, ...]
+    input_tokens: int  # the client's text, by the release's tokenizer
+    reserve_tokens: int  # a ceiling of the prompt's tokens, for the reservation
+
+
+@dataclass
+class Outcome:
+    """How a request ended, for the log, the metrics, the trace and the canary's analysis."""
+
+    release: ServedRelease | None
+    role: str
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    ttft_ms: float | None = None  # first text sent to the client, from the request's arrival
+    model_ttft_ms: float | None = None  # first token in the model's process, from the call's start
+    model_ms: float = 0.0
+    blocked_by: str | None = None
+    redactions: tuple[str, ...] = ()
+    refused: bool = False
+    cached: bool = False
+    status: str = "ok"  # ok | blocked | cancelled | failed
+    fallbacks: list[str] = field(default_factory=list)
+
+
+class AnswerCache:
+    """Exact answers by key (the release's digest and the whole request), least recently used first out."""
+
+    def __init__(self, max_entries: int, ttl_seconds: float) -> None:
+        self.max_entries, self.ttl = max_entries, ttl_seconds
+        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if time.monotonic() - found[0] > self.ttl:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic(), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Gateway(Engine):
+    """The engine of an LLM project: its releases as champion, canary and fallback, and the request path."""
+
+    controller_class = LlmCanaryController
+    champion: ServedRelease | None  # type: ignore[assignment]
+    canary: ServedRelease | None  # type: ignore[assignment]
+    paths: dict[str, set[str]] = {  # noqa: RUF012
+        "/v1/chat/completions": {"POST"},
+        "/v1/completions": {"POST"},
+        "/v1/models": {"GET"},
+        "/metrics": {"GET"},
+    }
+
+    def __init__(self, ws: Workspace, *, spare: Any = None) -> None:
+        super().__init__(ws, spare=None)
+        if spare is not None:
+            spare.shutdown(wait=False, cancel_futures=True)  # a tabular model's process: not needed here
+        self.gateway: GatewayPolicy = ws.gateway_policy()
+        self.fallback: ServedRelease | None = None
+        self._refused_fallback: str | None = None
+        self.meter = Meter(self.gateway, share=self._share, spent=self._spent_so_far())
+        self.cache = AnswerCache(self.gateway.cache.max_entries, self.gateway.cache.ttl_seconds)
+        self.tracer = Tracer(ws.home / "serving" / "traces", service=self.name)
+        self._score = random.Random()
+
+    def _read_project(self, ws: Workspace) -> None:
+        project = ws.llm_project()
+        self.name = project.name
+        self.fallback_name = project.fallback
+
+    def _warm(self) -> Any:
+        return None  # each release starts its own process
+
+    # -- releases -------------------------------------------------------------------------------
+
+    def _verify(self, version: str, role: str) -> VerifiedRelease | None:  # type: ignore[override]
+        name = self.fallback_name if role == FALLBACK else self.name
+        assert name is not None  # a fallback role exists only for a project that names one
+        try:
+            return load_release(self.ws, name, version, self.ledger, self.ws.home / "serving" / "releases")
+        except LoadRefused as exc:
+            self._refuse(version, role, str(exc))
+            return None
+
+    def _start_model(self, verified: Any, role: str, timeout: float | None) -> ServedRelease | None:  # type: ignore[override]
+        if self._stop.is_set():
+            verified.discard()
+            return None
+        runtime = verified.manifest["runtime"]
+        process = ReleaseProcess(
+            verified.folder / verified.manifest["weights"]["file"],
+            {
+                "context": int(runtime["context"]),
+                "threads": int(runtime["threads"]),
+                "seed": int(verified.manifest["generation"].get("seed", 0)),
+                "chat_format": runtime.get("chat_format"),
+            },
+            name=f"{verified.name}-{verified.version}-{role}",
+            max_waiting=self.gateway.max_waiting,
+        )
+        try:
+            process.wait_loaded()
+        except LoadRefused as exc:
+            verified.discard()
+            if self._stop.is_set():
+                return None
+            self._refuse(verified.version, role, str(exc))
+            return None
+        model = ServedRelease(verified, process)
+        model.deployment = self._deployed(verified, role)
+        return model
+
+    def _accept_champion(self, verified: Any) -> None:
+        pass  # the OpenAI API's shapes do not depend on the release
+
+    def _accept_canary(self, verified: Any) -> str | None:
+        return None
+
+    def sync(self) -> dict[str, Any]:
+        status = super().sync()
+        self._sync_fallback()
+        return status | {"fallback": self._describe(self.fallback)}
+
+    def _sync_fallback(self) -> None:
+        if self.fallback_name is None:
+            return
+        with self._switch:
+            try:
+                wanted = self.ws.registry().resolve(f"{self.fallback_name}@{CHAMPION}")[1]
+            except Exception:
+                wanted = None
+            current = self.fallback.verified.version if self.fallback else None
+            if wanted is None or wanted == current or wanted == self._refused_fallback:
+                return
+            verified = self._verify(wanted, FALLBACK)
+            model = self._start_model(verified, FALLBACK, None) if verified is not None else None
+            if model is None:
+                self._refused_fallback = wanted
+                return
+            old, self.fallback = self.fallback, model
+            if old is not None:
+                old.close()
+                old.verified.discard()
+
+    def close(self) -> None:
+        fallback, self.fallback = self.fallback, None
+        super().close()
+        if fallback is not None:
+            fallback.close()
+            fallback.verified.discard()
+        self.tracer.close()
+
+    def status(self) -> dict[str, Any]:
+        teams = {}
+        for team in self.gateway.teams:
+            spent, budget = self.meter.spend(team)
+            teams[team] = {"spent_usd": round(spent, 6), "budget_usd": budget}
+        return super().status() | {
+            "fallback": self._describe(self.fallback),
+            "teams": teams,
+            "cache_entries": len(self.cache),
+            "pids": {
+                role: m.process.pid
+                for role, m in (("champion", self.champion), ("canary", self.canary), ("fallback", self.fallback))
+                if m is not None
+            },
+        }
+
+    @staticmethod
+    def _describe(model: ServedRelease | None) -> dict[str, Any] | None:
+        if model is None:
+            return None
+        v = model.verified
+        return {"name": v.name, "version": v.version, "version_digest": v.version_digest, "signer": v.signer}
+
+    def models(self) -> bytes:
+        """``GET /v1/models``: the project's release and its fallback, when served."""
+        served = [(self.name, self.champion), (self.fallback_name, self.fallback)]
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "conveyor",
+                "conveyor": self._describe(model),
+            }
+            for name, model in served
+            if name is not None and model is not None
+        ]
+        return json.dumps({"object": "list", "data": data}).encode()
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    async def complete(self, body: bytes, caller: Role, *, chat: bool, send: Send, gone: asyncio.Event) -> None:
+        """Answer one request; the response (JSON, or server-sent events) is written to ``send``."""
+        arrived = time.perf_counter()
+        request = parse_request(body, ChatRequest if chat else CompletionRequest)
+        order = self._order(request, caller)
+        team = self.meter.team_of(caller.team)
+        first = order[0][0].verified
+        limit = int(first.limits["max_output_tokens"])
+        wanted = request.output_limit
+        if wanted is not None and wanted > limit:
+            field_name = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise ApiError(
+                400, f"{field_name}: at most {limit} for {first.name} (the release's limit)", param=field_name
+            )
+        prepared = self._prepare(request, first, chat)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
+        if prepared.blocked_by is not None:
+            outcome = Outcome(
+                order[0][0],
+                order[0][1],
+                text=first.guardrails.policy.refusal,
+                finish_reason="content_filter",
+                blocked_by=prepared.blocked_by,
+                refused=True,
+                status="blocked",
+                ttft_ms=0.0,
+            )
+            await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+            self._finish(request_id, request, prepared, outcome, caller, team, None, arrived, chat)
+            return
+        max_cost = max(
+            cost_of(prepared.reserve_tokens, int(prepared.params["max_tokens"]), m.verified.pricing) for m, _ in order
+        )
+        reservation = self.meter.reserve(
+            caller.id or caller.name, team, prepared.reserve_tokens + int(prepared.params["max_tokens"]), max_cost
+        )
+        outcome = Outcome(None, order[0][1])
+        try:
+            outcome = await self._respond(request, prepared, order, request_id, chat, send, gone, arrived)
+        finally:
+            tokens = outcome.prompt_tokens + outcome.completion_tokens
+            cost = (
+                0.0
+                if outcome.cached or outcome.release is None
+                else cost_of(outcome.prompt_tokens, outcome.completion_tokens, outcome.release.verified.pricing)
+            )
+            self.meter.settle(reservation, tokens, cost)
+            self._finish(request_id, request, prepared, outcome, caller, team, cost, arrived, chat)
+
+    def _order(self, request: Any, caller: Role) -> list[tuple[ServedRelease, str]]:
+        """The releases that may answer, in the order they are tried."""
+        champion, canary, fallback = self.champion, self.canary, self.fallback
+        if request.model == self.fallback_name and fallback is not None:
+            return [(fallback, FALLBACK)]
+        if request.model != self.name:
+            names = ", ".join(n for n in (self.name, self.fallback_name if fallback else None) if n)
+            raise ApiError(
+                404,
+                f"model {request.model[:100]!r} is not served here (served: {names})",
+                param="model",
+                code="model_not_found",
+            )
+        if champion is None:
+            if fallback is None:
+                raise ApiError(503, "no verified release is loaded yet", kind="server_error")
+            return [(fallback, FALLBACK)]
+        order: list[tuple[ServedRelease, str]] = []
+        if canary is not None and self.router.route(request.user or caller.id or caller.name) == "canary":
+            order.append((canary, "canary"))
+        order.append((champion, "champion"))
+        if fallback is not None and self.gateway.fallback_attempts:
+            order.append((fallback, FALLBACK))
+        return order
+
+    def _prepare(self, request: Any, release: VerifiedRelease, chat: bool) -> Prepared:
+        """The request as ``release``'s model is given it, after its input guardrails and token cap."""
+        guardrails = release.guardrails
+        turns = [(m.role, m.text) for m in request.messages] if chat else [("user", request.prompt)]
+        checked_turns: list[dict[str, str]] = []
+        redactions: list[str] = []
+        blocked_by = None
+        input_tokens = 0
+        for role, text in turns:
+            if role == "user":
+                verdict = guardrails.check_input(text)
+                blocked_by = blocked_by or verdict.blocked_by
+                redactions += verdict.redactions
+                text = verdict.text
+            input_tokens += release.count(text)
+            checked_turns.append({"role": role, "content": text})
+        question = checked_turns[-1]["content"]
+        cap = int(release.limits["max_input_tokens"])
+        if blocked_by is None and input_tokens > cap:
+            raise ApiError(
+                400,
+                f"messages: the input is {input_tokens} tokens; {release.name} takes at most {cap}",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        params = dict(release.manifest["generation"])
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(request, name) is not None:
+                params[name] = getattr(request, name)
+        if request.stop is not None:
+            params["stop"] = request.stop
+        params["max_tokens"] = min(
+            request.output_limit or int(params.get("max_tokens", 96)), int(release.limits["max_output_tokens"])
+        )
+        variables = release.manifest["prompt"]["variables"] | {"question": question}
+        model_request: list[dict[str, str]] | str
+        if release.mode == "completion":
+            model_request = render(release.template, variables)
+            reserve = release.count(model_request) + _MESSAGE_OVERHEAD
+        else:
+            system = guardrails.system_prompt
+            model_request = [{"role": "system", "content": system}, *checked_turns]
+            reserve = release.count(system) + input_tokens + _MESSAGE_OVERHEAD * (len(checked_turns) + 2)
+        return Prepared(model_request, params, question, blocked_by, tuple(redactions), input_tokens, reserve)
+
+    async def _respond(
+        self,
+        request: Any,
+        prepared: Prepared,
+        order: list[tuple[ServedRelease, str]],
+        request_id: str,
+        chat: bool,
+        send: Send,
+        gone: asyncio.Event,
+        arrived: float,
+    ) -> Outcome:
+        stream = _Stream(send, request_id, request.model, chat, arrived) if request.stream else None
+        fallbacks: list[str] = []
+        failures: list[str] = []
+        for model, role in order:
+            release = model.verified
+            ready = prepared if release is order[0][0].verified else self._prepare(request, release, chat)
+            key = self._cache_key(release, ready, chat)
+            if key is not None and (hit := self.cache.get(key)) is not None:
+                outcome = Outcome(model, role, cached=True, fallbacks=fallbacks, **hit)
+                outcome.ttft_ms = (time.perf_counter() - arrived) * 1000
+                self.metrics.llm_cache.labels(release.name, release.version, "hit").inc()
+                await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+                return outcome
+            try:
+                outcome = await self._generate(model, role, ready, stream, gone, arrived)
+            except ModelFailed as exc:
+                self._failed(model, role, exc)
+                failures.append(f"{role} {release.name} version {release.version}: {exc.kind}")
+                if stream is not None and stream.started:  # the client has part of the answer: it cannot be redone
+                    await stream.error(f"the model failed while answering ({exc.kind}); the failure is recorded")
+                    return Outcome(model, role, status="failed", fallbacks=fallbacks, finish_reason="error")
+                fallbacks.append(role)
+                continue
+            outcome.fallbacks = fallbacks
+            if fallbacks:
+                self.metrics.fallbacks.labels(self.name).inc()
+                self.metrics.llm_fallbacks.labels(self.name, fallbacks[-1], role).inc()
+            if key is not None and outcome.status == "ok":
+                self.cache.put(key, _cacheable(outcome))
+                self.metrics.llm_cache.labels(release.name, release.version, "miss").inc()
+            if stream is None:
+                await self._send_whole(send, request, request_id, outcome, chat, stream=False)
+            else:
+                await stream.end(outcome, self._conveyor(outcome))
+            return outcome
+        raise ApiError(
+            503,
+            "no release could answer this request (" + "; ".join(failures) + "); it is recorded, retry later",
+            kind="server_error",
+            code="unavailable",
+        )
+
+    async def _generate(
+        self,
+        model: ServedRelease,
+        role: str,
+        prepared: Prepared,
+        stream: _Stream | None,
+        gone: asyncio.Event,
+        arrived: float,
+    ) -> Outcome:
+        """``model``'s answer through the output guardrails (streamed to the client when ``stream``)."""
+        first_token = self.gateway.canary_first_token_seconds if role == "canary" else self.gateway.first_token_seconds
+        generation = await model.process.begin(
+            prepared.request, prepared.params, first_token_seconds=first_token, total_seconds=self.gateway.total_seconds
+        )
+        guard = StreamGuard(model.verified.guardrails) if stream is not None else None
+        done: Generated | None = None
+        cancelled = False
+        try:
+            async for item in generation:
+                if isinstance(item, Generated):
+                    done = item
+                    break
+                if gone.is_set():
+                    done, cancelled = await generation.cancel(), True
+                    break
+                if guard is not None and stream is not None:
+                    text = guard.feed(item)
+                    if guard.blocked_by is not None:
+                        done = await generation.cancel()
+                        break
+                    if text:
+                        await stream.send(text)
+        finally:
+            await generation.close()
+        if done is None:
+            raise ModelFailed("the model's stream ended without its counts", "contract")
+        outcome = Outcome(
+            model,
+            role,
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            finish_reason=done.finish_reason,
+            model_ttft_ms=done.ttft_ms,
+            model_ms=done.total_ms,
+            redactions=prepared.redactions,
+        )
+        if cancelled:
+            outcome.status, outcome.finish_reason = "cancelled", "cancelled"
+            outcome.text = "".join(guard.shown) if guard is not None else ""
+            return outcome
+        if not done.text.strip() and done.finish_reason != "cancelled":
+            raise ModelFailed("its answer was empty", "contract")
+        if guard is not None and stream is not None:
+            if guard.blocked_by is None:
+                rest = guard.finish()
+                if rest:
+                    await stream.send(rest)
+            outcome.text = "".join(guard.shown)
+            outcome.blocked_by, outcome.refused = guard.blocked_by, guard.refused
+            outcome.redactions = (*prepared.redactions, *guard.redactions)
+            outcome.ttft_ms = stream.first_ms
+        else:
+            verdict = model.verified.guardrails.check_output(done.text)
+            outcome.text, outcome.blocked_by, outcome.refused = (
+                verdict.text,
+                verdict.blocked_by,
+                verdict.refused or verdict.blocked,
+            )
+            outcome.redactions = (*prepared.redactions, *verdict.redactions)
+            outcome.ttft_ms = (time.perf_counter() - arrived) * 1000 - (done.total_ms - done.ttft_ms)
+        if outcome.blocked_by is not None:
+            outcome.status, outcome.finish_reason = "blocked", "content_filter"
+            if stream is None:
+                outcome.text = model.verified.guardrails.policy.refusal
+        return outcome
+
+    def _cache_key(self, release: VerifiedRelease, prepared: Prepared, chat: bool) -> str | None:
+        if not self.gateway.cache.enabled or float(prepared.params.get("temperature", 0.0)) != 0.0:
+            return None
+        material = json.dumps([release.version_digest, chat, prepared.request, prepared.params], sort_keys=True)
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    async def _send_whole(
+        self, send: Send, request: Any, request_id: str, outcome: Outcome, chat: bool, *, stream: bool
+    ) -> None:
+        """An answer known whole (cached, blocked or not streamed), as JSON or as a short stream."""
+        if stream:
+            out = _Stream(send, request_id, request.model, chat, time.perf_counter())
+            if outcome.text:
+                await out.send(outcome.text)
+            await out.end(outcome, self._conveyor(outcome))
+            return
+        usage = _usage(outcome)
+        body = completion_body(
+            request_id=request_id,
+            model=request.model,
+            created=now(),
+            text=outcome.text,
+            finish_reason=outcome.finish_reason,
+            usage=usage,
+            chat=chat,
+            conveyor=self._conveyor(outcome),
+        )
+        await _start(send, 200, b"application/json", len(body))
+        await send({"type": "http.response.body", "body": body})
+
+    def _conveyor(self, outcome: Outcome) -> dict[str, Any]:
+        v = outcome.release.verified if outcome.release is not None else None
+        return {
+            "served_by": outcome.role,
+            "release": v.name if v else None,
+            "version": v.version if v else None,
+            "prompt_version": v.prompt_version if v else None,
+            "cached": outcome.cached,
+            "blocked_by": outcome.blocked_by,
+            "redactions": list(outcome.redactions),
+            "fallback_from": outcome.fallbacks,
+        }
+
+    # -- after the answer ----------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        request_id: str,
+        request: Any,
+        prepared: Prepared,
+        outcome: Outcome,
+        caller: Role,
+        team: str,
+        cost: float | None,
+        arrived: float,
+        chat: bool,
+    ) -> None:
+        """Count, observe, log and trace a request (the log and the trace are written off the request path)."""
+        duration = time.perf_counter() - arrived
+        release = outcome.release.verified if outcome.release is not None else None
+        name, version = (release.name, release.version) if release else (request.model, "?")
+        labels = (name, version, outcome.role)
+        m = self.metrics
+        m.llm_requests.labels(*labels, outcome.status).inc()
+        m.llm_duration.labels(*labels).observe(duration)
+        if outcome.ttft_ms is not None and outcome.status == "ok":
+            m.llm_ttft.labels(*labels).observe(max(outcome.ttft_ms, 0.0) / 1000)
+        tpot = _tpot(outcome)
+        if tpot is not None:
+            m.llm_tpot.labels(*labels).observe(tpot / 1000)
+        m.llm_tokens.labels(team, name, version, "input").inc(outcome.prompt_tokens)
+        m.llm_tokens.labels(team, name, version, "output").inc(outcome.completion_tokens)
+        m.llm_cost.labels(team, name, version).inc(cost or 0.0)
+        spent, budget = self.meter.spend(team)
+        m.llm_budget.labels(team).set(spent / budget if budget else 0.0)
+        for rule in [*([outcome.blocked_by] if outcome.blocked_by else []), *outcome.redactions]:
+            m.llm_guardrails.labels(name, version, rule, "block" if rule == outcome.blocked_by else "redact").inc()
+        if (
+            outcome.role in ("champion", "canary")
+            and outcome.release is not None
+            and not outcome.cached
+            and outcome.status in ("ok", "blocked")
+        ) and prepared.blocked_by is None:
+            self._observe(outcome, tpot)
+        entry = LlmLogEntry(
+            request_id=request_id,
+            time=datetime.now(UTC),
+            model=name,
+            version=version,
+            served_by=outcome.role,
+            deployment=outcome.release.deployment if outcome.release is not None else None,
+            release_digest=release.version_digest if release else None,
+            prompt_version=release.prompt_version if release else None,
+            team=team,
+            key=caller.id or caller.name,
+            endpoint="chat" if chat else "completions",
+            stream=bool(request.stream),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            cost_usd=cost or 0.0,
+            ttft_ms=outcome.ttft_ms,
+            duration_ms=duration * 1000,
+            cached=outcome.cached,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason,
+            blocked_by=outcome.blocked_by or prepared.blocked_by,
+            redactions=",".join(outcome.redactions) or None,
+            refused=outcome.refused,
+            fallback_from=",".join(outcome.fallbacks) or None,
+            question=prepared.question if self.gateway.log_text and prepared.blocked_by is None else None,
+            answer=outcome.text if self.gateway.log_text else None,
+        )
+        self.log.record(entry)
+        self.tracer.record(
+            entry,
+            request_model=request.model,
+            max_tokens=int(prepared.params["max_tokens"]),
+            temperature=float(prepared.params.get("temperature", 0.0)),
+            started=time.time() - duration,
+        )
+
+    def _observe(self, outcome: Outcome, tpot: float | None) -> None:
+        share = self.ws.canary_policy().llm.score_share
+        scored = self._score.random() < share
+        signals: dict[str, Any] = {
+            "ttft_ms": outcome.model_ttft_ms or 0.0,
+            "tpot_ms": tpot,
+            "blocked": float(outcome.blocked_by is not None),
+            "refused": float(outcome.refused),
+            "scored": float(scored),
+            # the offline scorers that need no reference: a whole answer (not cut at its limit) that does not refuse
+            "score_ok": float(outcome.finish_reason == "stop" and not outcome.refused),
+        }
+        self.controller.observe(outcome.role, ok=True, latency_ms=outcome.model_ms, signals=signals)
+        if outcome.role == "canary":
+            self._canary_seen += 1
+            if self._canary_seen % 5 == 0:
+                self._wake.set()
+
+    def _spent_so_far(self) -> dict[tuple[str, str], float]:
+        """Each team's spend in its current budget period, from the inference log (this worker's share)."""
+        from registry.inference_log import read_log
+
+        spent: dict[tuple[str, str], float] = {}
+        folder = self.ws.inference_dir(self.name)
+        if not folder.is_dir():
+            return spent
+        at = datetime.now(UTC)
+        since = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
+            days=7
+        )  # a week may begin last month
+        try:
+            rows = read_log(folder, since=since)
+        except Exception:
+            log.exception("could not read the inference log for the teams' spend; starting from zero")
+            return spent
+        if "cost_usd" not in rows:
+            return spent
+        for team, rules in self.gateway.teams.items():
+            if rules.budget is None:
+                continue
+            period = period_of(rules.budget.period, at)
+            mine = rows[rows["team"] == team]
+            mine = mine[[period_of(rules.budget.period, t.to_pydatetime()) == period for t in mine["time"]]]
+            spent[(team, period)] = float(mine["cost_usd"].sum()) * self._share
+        return spent
+
+
+def _usage(outcome: Outcome) -> dict[str, int]:
+    return {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+    }
+
+
+def _tpot(outcome: Outcome) -> float | None:
+    """Milliseconds per output token after the first, in the model's process."""
+    if outcome.model_ttft_ms is None or outcome.completion_tokens < 2:
+        return None
+    return (outcome.model_ms - outcome.model_ttft_ms) / (outcome.completion_tokens - 1)
+
+
+def _cacheable(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "text": outcome.text,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "finish_reason": outcome.finish_reason,
+        "redactions": outcome.redactions,
+        "refused": outcome.refused,
+    }
+
+
+async def _start(send: Send, status: int, kind: bytes, length: int | None = None) -> None:
+    headers = [(b"content-type", kind)]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    else:
+        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+class _Stream:
+    """A streamed answer on the wire: headers at the first text (so a failure before it can still
+    go to the next release), one event per released piece, the finish, the usage, ``[DONE]``."""
+
+    def __init__(self, send: Send, request_id: str, model: str, chat: bool, arrived: float) -> None:
+        self._send, self.request_id, self.model, self.chat, self.arrived = send, request_id, model, chat, arrived
+        self.created = now()
+        self.started = False
+        self.first_ms: float | None = None
+
+    async def _open(self) -> None:
+        if not self.started:
+            self.started = True
+            await _start(self._send, 200, b"text/event-stream; charset=utf-8")
+            if self.chat:
+                await self._event(
+                    chunk(
+                        request_id=self.request_id,
+                        model=self.model,
+                        created=self.created,
+                        chat=True,
+                        role=True,
+                        text="",
+                    )
+                )
+
+    async def _event(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def send(self, text: str) -> None:
+        await self._open()
+        if self.first_ms is None:
+            self.first_ms = (time.perf_counter() - self.arrived) * 1000
+        await self._event(
+            chunk(request_id=self.request_id, model=self.model, created=self.created, chat=self.chat, text=text)
+        )
+
+    async def end(self, outcome: Outcome, conveyor: dict[str, Any]) -> None:
+        await self._open()
+        finish = "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
+        args: dict[str, Any] = {
+            "request_id": self.request_id,
+            "model": self.model,
+            "created": self.created,
+            "chat": self.chat,
+        }
+        await self._event(chunk(**args, finish_reason=finish, conveyor=conveyor))
+        await self._event(chunk(**args, empty_choices=True, usage=_usage(outcome)))
+        await self._send({"type": "http.response.body", "body": sse("[DONE]"), "more_body": False})
+
+    async def error(self, message: str) -> None:
+        await self._event(
+            sse({"error": {"message": message, "type": "server_error", "param": None, "code": "model_failed"}})
+        )
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})

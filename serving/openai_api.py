@@ -1,0 +1,229 @@
+"""The OpenAI API's shapes, as the gateway speaks them: requests checked field by field, responses,
+stream chunks and errors built the way the official clients read them.
+
+A request is refused with a 400 that names the field (``param``), in OpenAI's error shape, for
+anything the release cannot honour: an unknown model, a role other than user and assistant (the
+release's signed prompt is the system prompt), ``n`` other than 1, ``max_tokens`` above the
+release's limit, a temperature outside [0, 2]. Unknown fields are ignored, as OpenAI does
+(clients send many), but never passed on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.errors import ClientError
+
+__all__ = [
+    "ApiError",
+    "ChatRequest",
+    "CompletionRequest",
+    "chunk",
+    "completion_body",
+    "error_body",
+    "parse_request",
+    "sse",
+]
+
+
+class ApiError(ClientError):
+    """A refusal in OpenAI's error shape: ``type`` and the ``param`` at fault."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(status, message)
+        self.kind, self.param, self.code = kind, param, code
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str = Field(max_length=100_000)
+
+
+class Message(_Lenient):
+    role: str
+    content: str | list[TextPart] | None = Field(None)
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, role: str) -> str:
+        if role in ("system", "developer"):
+            raise ValueError(
+                "system and developer messages are not taken: the release's signed prompt is its system prompt; "
+                "send the question as a user message"
+            )
+        if role not in ("user", "assistant"):
+            raise ValueError(f"role must be user or assistant, not {role[:20]!r}")
+        return role
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _Generation(_Lenient):
+    model: str = Field(min_length=1, max_length=200)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    user: str | None = Field(None, max_length=200)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is not None and (len(stops) > 4 or any(not s or len(s) > 100 for s in stops)):
+            raise ValueError("at most 4 stop sequences, each 1 to 100 characters")
+        return stops
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ChatRequest(_Generation):
+    messages: list[Message] = Field(min_length=1, max_length=64)
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_user(cls, messages: list[Message]) -> list[Message]:
+        if messages[-1].role != "user":
+            raise ValueError("the last message must be the user's")
+        return messages
+
+
+class CompletionRequest(_Generation):
+    prompt: str = Field(max_length=100_000)
+
+
+def parse_request(body: bytes, kind: type[_Generation]) -> Any:
+    """The request in ``body``, or an ``ApiError`` 400 naming the first field at fault."""
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
+        raise ApiError(400, f"{where}: {message}{more}", param=where) from None
+
+
+def error_body(exc: ClientError) -> bytes:
+    kind = getattr(exc, "kind", None) or {
+        401: "authentication_error",
+        403: "permission_error",
+        429: "rate_limit_error",
+    }.get(exc.status, "invalid_request_error" if exc.status < 500 else "server_error")
+    error = {
+        "message": str(exc),
+        "type": kind,
+        "param": getattr(exc, "param", None),
+        "code": getattr(exc, "code", None),
+    }
+    return json.dumps({"error": error}).encode()
+
+
+def completion_body(
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    text: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    chat: bool,
+    conveyor: dict[str, Any],
+) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return json.dumps(
+        {
+            "id": request_id,
+            "object": "chat.completion" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+            "conveyor": conveyor,
+        }
+    ).encode()
+
+
+def chunk(
+    *,
+    request_id: str,
+    model: str,
+    created: int,
+    chat: bool,
+    text: str | None = None,
+    role: bool = False,
+    finish_reason: str | None = None,
+    usage: dict[str, int] | None = None,
+    conveyor: dict[str, Any] | None = None,
+    empty_choices: bool = False,
+) -> bytes:
+    """One server-sent event of a streamed answer."""
+    body: dict[str, Any] = {
+        "id": request_id,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": created,
+        "model": model,
+    }
+    if empty_choices:
+        body["choices"] = []
+    else:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+        if chat:
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        body["choices"] = [choice]
+    if usage is not None:
+        body["usage"] = usage
+    if conveyor is not None:
+        body["conveyor"] = conveyor
+    return sse(body)
+
+
+def sse(body: dict[str, Any] | str) -> bytes:
+    data = body if isinstance(body, str) else json.dumps(body)
+    return f"data: {data}\n\n".encode()
+
+
+def now() -> int:
+    return int(time.time())
