@@ -11,10 +11,60 @@ from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, worksp
 __all__ = ["print_release", "register"]
 
 llm_app = sub_app("Build, evaluate and try LLM releases (a project file with `kind: llm`, via --config).")
+cost_app = sub_app("What LLM requests cost: tokens and money by team, release or version, from the inference log.")
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(llm_app, name="llm")
+    app.add_typer(cost_app, name="cost")
+
+
+@cost_app.command("report")
+def cost_report(
+    ctx: typer.Context,
+    by: Annotated[str, typer.Option("--by", help="Group by team, model or version.")] = "team",
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only requests since: 24h, 7d, 2w ago, or a date (2026-12-01).")
+    ] = None,
+    as_json: JSON = False,
+) -> None:
+    """Requests, tokens in and out, cost and cost per 1k tokens, from every logged LLM request."""
+    from monitoring.costs import cost_report as report_of
+    from monitoring.costs import parse_since
+    from policies.errors import ConfigInvalid
+
+    if by not in ("team", "model", "version"):
+        raise ConfigInvalid(f"--by {by!r} is not a grouping.", hint="Use --by team, --by model or --by version.")
+    ws = workspace(ctx)
+    report = report_of(ws.inference_dir(), by=by, since=parse_since(since))  # type: ignore[arg-type]
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    if not report.rows:
+        out(
+            "No LLM requests in the inference log"
+            + (f" since {report.since:%Y-%m-%d %H:%M} UTC." if report.since else ".")
+        )
+        return
+    from rich.table import Table
+
+    since_text = f" since {report.since:%Y-%m-%d %H:%M} UTC" if report.since else ""
+    table = Table(title=f"LLM cost by {by}{since_text} (tokens in and out)")
+    names = ["model", "version"] if by == "version" else [by]
+    for column in [*names, "requests", "in", "out", "USD", "USD/1k", "cached", "blocked"]:
+        table.add_column(column, justify="left" if column in names else "right")
+    for row in [*report.rows, {n: "total" if i == 0 else "" for i, n in enumerate(names)} | report.total]:
+        table.add_row(
+            *(str(row[n]) for n in names),
+            f"{row['requests']:,}",
+            f"{row['prompt_tokens']:,}",
+            f"{row['completion_tokens']:,}",
+            f"{row['cost_usd']:.6f}",
+            f"{row.get('usd_per_1k_tokens', 0):.6f}",
+            f"{row['cached']:,}",
+            f"{row['blocked']:,}",
+        )
+    out(table)
 
 
 @llm_app.command("build")
