@@ -1,0 +1,94 @@
+"""Tokens per minute and budgets: reserve before the model runs, settle on the real counts."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from policies.gateway import Budget, GatewayPolicy, Team
+from serving.meter import Meter, cost_of, period_of
+from serving.openai_api import ApiError
+
+
+def _meter(**teams: Team) -> tuple[Meter, list[float]]:
+    now = [0.0]
+    policy = GatewayPolicy(teams={"default": Team(), **teams}, key_tokens_per_minute=1_000)
+    return Meter(policy, clock=lambda: now[0], wall=lambda: datetime(2026, 12, 1, tzinfo=UTC)), now
+
+
+def test_cost_is_priced_per_thousand_tokens_in_and_out() -> None:
+    assert cost_of(1_000, 500, {"input_per_1k": 0.1, "output_per_1k": 0.4}) == pytest.approx(0.3)
+    assert period_of("week", datetime(2026, 12, 1, tzinfo=UTC)) == "2026-W49"
+    assert period_of("month", datetime(2026, 12, 1, tzinfo=UTC)) == "2026-12"
+
+
+def test_a_team_limit_in_tokens_refuses_past_it_and_refills_over_the_minute() -> None:
+    meter, now = _meter(small=Team(tokens_per_minute=300))
+    first = meter.reserve("k1", "small", 200, 0.0)
+    with pytest.raises(ApiError) as refused:
+        meter.reserve("k2", "small", 200, 0.0)  # another key of the same team: the team's minute is shared
+    assert refused.value.status == 429 and refused.value.code == "tokens_per_minute"
+    meter.settle(first, 50, 0.0)  # the answer used 50 of the 200 reserved: 150 come back
+    meter.reserve("k2", "small", 200, 0.0)
+    now[0] += 60  # a minute later the bucket is full again
+    meter.reserve("k3", "small", 300, 0.0)
+
+
+def test_a_request_larger_than_the_whole_limit_is_told_to_ask_for_fewer_tokens() -> None:
+    meter, _ = _meter(small=Team(tokens_per_minute=100))
+    with pytest.raises(ApiError) as refused:
+        meter.reserve("k", "small", 101, 0.0)
+    assert refused.value.param == "max_tokens" and "fewer max_tokens" in str(refused.value)
+
+
+def test_a_key_has_its_own_limit_within_its_team() -> None:
+    meter, _ = _meter()
+    meter.reserve("k", "default", 900, 0.0)
+    with pytest.raises(ApiError, match="key's limit"):
+        meter.reserve("k", "default", 200, 0.0)
+    meter.reserve("other", "default", 900, 0.0)
+
+
+def test_budget_counts_reservations_in_flight_so_concurrent_requests_cannot_overspend() -> None:
+    meter, _ = _meter(paid=Team(budget=Budget(usd=1.0, period="day", action="reject")))
+    held = [meter.reserve(f"k{i}", "paid", 1, 0.3) for i in range(3)]  # 0.9 of 1.0 in flight, nothing spent yet
+    with pytest.raises(ApiError) as refused:
+        meter.reserve("k9", "paid", 1, 0.3)
+    assert refused.value.code == "budget_exceeded" and refused.value.kind == "insufficient_quota"
+    for reservation in held:
+        meter.settle(reservation, 1, 0.1)  # each cost a third of its ceiling
+    assert meter.spend("paid") == (pytest.approx(0.3), 1.0)
+    meter.reserve("k9", "paid", 1, 0.3)  # settled: room again
+
+
+def test_settling_twice_counts_once() -> None:
+    meter, _ = _meter(paid=Team(budget=Budget(usd=1.0)))
+    reservation = meter.reserve("k", "paid", 10, 0.5)
+    meter.settle(reservation, 10, 0.2)
+    meter.settle(reservation, 10, 0.2)
+    assert meter.spend("paid")[0] == pytest.approx(0.2)
+
+
+def test_an_alert_budget_answers_past_it_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    meter, _ = _meter(lab=Team(budget=Budget(usd=0.1, action="alert", alert_at=0.5)))
+    with caplog.at_level(logging.WARNING, logger="conveyor.serving"):
+        for _ in range(3):
+            meter.settle(meter.reserve("k", "lab", 1, 0.06), 1, 0.06)
+    assert meter.spend("lab")[0] == pytest.approx(0.18)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("50%" in m for m in messages) and any("spent all" in m for m in messages)
+
+
+def test_a_key_of_a_team_that_is_not_in_the_policy_is_refused() -> None:
+    meter, _ = _meter()
+    assert meter.team_of(None) == "default"
+    with pytest.raises(ApiError) as refused:
+        meter.team_of("gone")
+    assert refused.value.status == 403 and "gone" in str(refused.value)
+
+
+def test_the_policy_refuses_a_default_team_it_does_not_define() -> None:
+    with pytest.raises(ValueError, match="default_team"):
+        GatewayPolicy(teams={"a": Team()}, default_team="b")
