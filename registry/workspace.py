@@ -280,8 +280,9 @@ class Workspace:
             raise ConfigInvalid(
                 f"{self.project_file} describes an LLM release (`kind: llm`), not a model trained on data.",
                 hint=f"Build it with `conveyor --config {self.project_file.name} llm build`, try it with `llm ask`; "
-                "verify, promote, rollback, audit and lineage work on it as on any model. Training, "
-                "validation, drift and `serve` take a tabular project's file (conveyor.yaml).",
+                "`serve` runs its OpenAI-compatible gateway; verify, promote, rollback, audit and lineage work "
+                "on it as on any model. Training, validation and drift take a tabular project's file "
+                "(conveyor.yaml).",
             )
         stamp = _stamp(self.project_file)
         kept = self._projects.get(check_data)

@@ -55,3 +55,36 @@ def test_llm_commands_on_a_tabular_project_say_which_file_to_pass(tmp_path: Path
     result = runner.invoke(app, ["--config", str(REPO / "conveyor.yaml"), "llm", "build"])
     assert result.exit_code == 2
     assert "is not an LLM project" in result.output and "--config assistant.yaml" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--by", "colour"], "--by 'colour' is not a grouping"),
+        (["--since", "yesterday"], "--since 'yesterday' is neither a duration nor a date"),
+    ],
+)
+def test_cost_report_mistakes_exit_2_with_what_to_give(config: Path, args: list[str], says: str) -> None:
+    result = conveyor(config, "cost", "report", *args)
+    assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+
+
+def test_cost_report_of_an_empty_log_says_so(config: Path) -> None:
+    result = conveyor(config, "cost", "report", "--since", "7d")
+    assert result.exit_code == 0 and "No LLM requests in the inference log since" in result.output
+
+
+def test_an_api_key_for_a_team_the_gateway_policy_does_not_have_is_refused(config: Path) -> None:
+    result = conveyor(config, "api-key", "create", "eve", "--team", "nobody")
+    assert (
+        result.exit_code != 0 and "There is no team 'nobody'" in result.output and "Its teams: default" in result.output
+    )
+    result = conveyor(config, "api-key", "create", "eve", "--team", "research")
+    assert result.exit_code == 0
+    assert "team research" in conveyor(config, "api-key", "list").output
+
+
+def test_serve_checks_an_llm_project_before_starting(config: Path) -> None:
+    (config.parent / "policies" / "gateway.yaml").write_text("teams: {default: {tokens_per_minute: -5}}\n")
+    result = conveyor(config, "serve")
+    assert result.exit_code == 2 and "tokens_per_minute" in result.output and "Traceback" not in result.output
