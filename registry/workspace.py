@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -69,6 +71,25 @@ POLICIES: dict[str, str] = {
 _OPTIONAL = {"signing", "gateway"}
 
 Policy = TypeVar("Policy")
+# The CONVEYOR_* settings the last ``prepare`` put in this process's environment (for its children).
+_EXPORTED: dict[str, str] = {}
+_DERIVED_FROM_HOME = ("CONVEYOR_LEDGER_URL", "CONVEYOR_MLFLOW_TRACKING_URI")
+
+
+@contextmanager
+def _without_stores_of_another_home(home: Any) -> Iterator[None]:
+    """Opening a project with another ``home`` than the one a ``prepare`` exported: the stores that
+    prepare derived from its home (ledger, tracking store) are not this one's, so they are not read.
+    Settings a user set in the environment are read as always."""
+    hidden: dict[str, str] = {}
+    if home is not None and _EXPORTED.get("CONVEYOR_HOME") not in (None, str(home)):
+        for name in _DERIVED_FROM_HOME:
+            if name in os.environ and os.environ[name] == _EXPORTED.get(name):
+                hidden[name] = os.environ.pop(name)
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
 _mlflow_lock = threading.Lock()
 
 
@@ -150,7 +171,8 @@ class Workspace:
         if path is not None:
             given = Path(path).expanduser()
             overrides["project_file"] = given / "conveyor.yaml" if given.is_dir() else given
-        return cls(read_settings(**overrides))
+        with _without_stores_of_another_home(overrides.get("home")):
+            return cls(read_settings(**overrides))
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Workspace:
@@ -207,7 +229,10 @@ class Workspace:
         import sys
 
         self.home.mkdir(parents=True, exist_ok=True)
-        prepare_process(self.environment())  # MLFLOW_TRACKING_URI among them: MLflow reads it on first use
+        environment = self.environment()
+        prepare_process(environment)  # MLFLOW_TRACKING_URI among them: MLflow reads it on first use
+        _EXPORTED.clear()
+        _EXPORTED.update({k: v for k, v in environment.items() if k.startswith("CONVEYOR_")})
         if "mlflow" in sys.modules:  # already imported (and perhaps pointed elsewhere): point it here
             self.bind_mlflow()
         return self
@@ -329,7 +354,10 @@ class Workspace:
 
         with _mlflow_lock:  # the registry URI is left unset: MLflow then takes the tracking URI for it too
             if mlflow.get_tracking_uri() != self.tracking_uri:
+                import mlflow.tracing
+
                 mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.tracing.reset()  # its exporter keeps the store it was set up with: another project's
 
     @cached_property
     def _client(self) -> Any:

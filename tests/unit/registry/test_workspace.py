@@ -166,3 +166,23 @@ def test_the_project_is_read_again_when_its_file_changes(project: Path) -> None:
 def test_no_champion_is_none_not_an_error(project: Path) -> None:
     ws = Workspace.open(project, home=str(project / ".conveyor"))
     assert ws.champion() is None and ws.alias("candidate", "nobody") is None
+
+
+def test_a_second_project_opened_in_the_same_process_keeps_its_own_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CONVEYOR_LEDGER_URL", "CONVEYOR_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("CONVEYOR_", "MLFLOW_"))}
+    try:
+        first = Workspace.open(tmp_path / "a" / "conveyor.yaml", home=str(tmp_path / "a" / ".conveyor")).prepare()
+        second = Workspace.open(tmp_path / "b" / "conveyor.yaml", home=str(tmp_path / "b" / ".conveyor"))
+        assert second.ledger_url == f"sqlite:///{tmp_path / 'b' / '.conveyor' / 'ledger.db'}" != first.ledger_url
+        assert second.tracking_uri == f"sqlite:///{tmp_path / 'b' / '.conveyor' / 'mlflow.db'}"
+        assert Workspace.open().ledger_url == first.ledger_url  # the prepared one's children still open it
+        monkeypatch.setenv("CONVEYOR_LEDGER_URL", "sqlite:///chosen.db")  # one the user set is always read
+        assert Workspace.open(tmp_path / "b", home=str(tmp_path / "b" / ".conveyor")).ledger_url == "sqlite:///chosen.db"
+    finally:
+        for name in [k for k in os.environ if k.startswith(("CONVEYOR_", "MLFLOW_"))]:
+            del os.environ[name]
+        os.environ.update(saved)
