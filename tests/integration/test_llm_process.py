@@ -71,7 +71,7 @@ def test_a_cancelled_generation_stops_between_tokens_and_counts_what_it_made(
         generation = await model.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
         seen = 0
         try:
-            async for item in generation:
+            async for _ in generation:
                 seen += 1
                 if seen == n:
                     return await generation.cancel(), seen

@@ -181,7 +181,9 @@ def test_a_second_project_opened_in_the_same_process_keeps_its_own_stores(
         assert second.tracking_uri == f"sqlite:///{tmp_path / 'b' / '.conveyor' / 'mlflow.db'}"
         assert Workspace.open().ledger_url == first.ledger_url  # the prepared one's children still open it
         monkeypatch.setenv("CONVEYOR_LEDGER_URL", "sqlite:///chosen.db")  # one the user set is always read
-        assert Workspace.open(tmp_path / "b", home=str(tmp_path / "b" / ".conveyor")).ledger_url == "sqlite:///chosen.db"
+        assert (
+            Workspace.open(tmp_path / "b", home=str(tmp_path / "b" / ".conveyor")).ledger_url == "sqlite:///chosen.db"
+        )
     finally:
         for name in [k for k in os.environ if k.startswith(("CONVEYOR_", "MLFLOW_"))]:
             del os.environ[name]

@@ -75,7 +75,7 @@ def test_banned_content_is_withheld_and_self_refusals_are_recognised(guard: Guar
 
 
 def test_pii_on_the_labelled_set_is_found_with_the_measured_precision_and_recall(guard: Guardrails) -> None:
-    """llm/guardrails/pii.jsonl (20 texts with personal data, 20 without): the policy (rules + Presidio)
+    """llm/guardrails/pii.jsonl (21 texts with personal data, 20 without): the policy (rules + Presidio)
     against the pattern rules alone. bench/pii.py prints the same figures."""
     import importlib.util
 
