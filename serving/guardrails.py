@@ -71,6 +71,9 @@ class Presidio:
 
             engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": rules.model}])
             engine.load()
+            nlp = engine.nlp["en"]
+            if "parser" in nlp.pipe_names:  # the dependency parse is not read by any recogniser: ~40 % of a check
+                nlp.disable_pipe("parser")
             registry = RecognizerRegistry(supported_languages=["en"])
             registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
             # Its e-mail recogniser looks up a public-suffix list on the network: the pattern rules
@@ -200,11 +203,12 @@ class StreamGuard:
 
     ``feed`` takes each piece as the model makes it and returns what may be sent now: text up to
     the last word boundary, less any tail that a banned pattern or a personal-data pattern could
-    still grow into (``regex`` partial matches), that could be the start of the system prompt's
-    words, or that is a run of capitalised words (a name Presidio may only see whole). Personal
-    data found in what is sent is redacted first. A banned match or the system prompt's words
-    block the answer: nothing more is sent (``blocked_by`` names the rule). ``finish`` checks and
-    returns the rest once the model is done.
+    still grow into (``regex`` partial matches) or that is a run of capitalised words (a name
+    Presidio may only see whole). Personal data found in what is sent is redacted first. A banned
+    match, or the system prompt's words as many in a row as the policy counts as a leak, block
+    the answer before that text is sent: nothing more is (``blocked_by`` names the rule); fewer
+    words in a row are no leak, so they need not wait. ``finish`` checks and returns the rest once
+    the model is done.
     """
 
     def __init__(self, guardrails: Guardrails) -> None:
@@ -214,8 +218,6 @@ class StreamGuard:
         flags = regex.IGNORECASE
         self._banned = [(name, regex.compile(p.pattern, flags)) for name, p in guardrails._compiled["banned"]]
         self._pii = [(name, regex.compile(p.pattern, flags), r) for name, p, r in guardrails._pii]
-        n = guardrails.policy.output.system_prompt_leak_words
-        self._prefixes = {s[:k] for s in guardrails._shingles for k in range(1, n)}
         self.text = ""  # the model's own text so far
         self.sent = 0  # characters of ``text`` checked and sent
         self.shown: list[str] = []  # what the client was sent
@@ -252,7 +254,6 @@ class StreamGuard:
         if self._leaks(text, window):
             return self._block("output.system_prompt_leak")
         if not final:
-            end = min(end, self._leak_prefix(text, start, end))
             tail = _CAPITALISED_TAIL.search(text, start, end)
             allow = self.guardrails._presidio.allow if self.guardrails._presidio is not None else frozenset()
             if tail is not None and _worth_a_look(tail.group(), allow):  # not "The" or "A": a name may follow
@@ -300,18 +301,6 @@ class StreamGuard:
         words = _WORD.findall(text[window:].lower())
         n = self.guardrails.policy.output.system_prompt_leak_words
         return any(tuple(words[i : i + n]) in self.guardrails._shingles for i in range(len(words) - n + 1))
-
-    def _leak_prefix(self, text: str, start: int, end: int) -> int:
-        """Where the longest run of words ending at ``end`` that could begin the system prompt's words starts."""
-        if not self._prefixes:
-            return end
-        matches = list(_WORD.finditer(text.lower(), max(0, start - _HOLD_CONTEXT), end))
-        n = self.guardrails.policy.output.system_prompt_leak_words
-        for k in range(min(n - 1, len(matches)), 0, -1):
-            run = tuple(m.group() for m in matches[-k:])
-            if run in self._prefixes:
-                return min(end, matches[-k].start())
-        return end
 
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*")
