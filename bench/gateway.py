@@ -12,7 +12,8 @@ Q4_1), 2 threads, a 2,048-token context and greedy decoding:
 - ``conveyor serve`` with the release's guardrails (input rules, Presidio, streamed output rules);
 - ``conveyor serve`` with a release whose guardrail policy has no rules.
 
-Every request is streamed with the same client code (httpx, server-sent events), asks a different
+Each server is measured alone: the other two are stopped (SIGSTOP) meanwhile. Every request is
+streamed with the same client code (httpx, server-sent events), asks a different
 question (so no answer cache and no whole-prompt reuse; both runtimes reuse the shared system
 prompt's prefix the same way), and is timed to its first content and its end; output tokens are
 re-counted with the model's tokenizer for all three. Rounds alternate the servers, so the
@@ -128,7 +129,17 @@ def _start(command: list[str], log: Path, env: dict[str, str], cwd: Path) -> sub
         )
 
 
+def _alone(processes: list[subprocess.Popen], running: int | None) -> None:
+    """Only server ``running`` runs; the others are stopped (SIGSTOP, their model processes too)
+    until their turn. An idle server next to the one measured is not free: beside an idle
+    Conveyor service, llama-cpp-python's server took twice as long per answer."""
+    for i, process in enumerate(processes):
+        os.killpg(process.pid, signal.SIGCONT if i == running else signal.SIGSTOP)
+    time.sleep(0.5)
+
+
 def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGCONT)
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
         try:
@@ -260,7 +271,7 @@ def guard_costs(project: Path, texts: list[str]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
     from llama_cpp import Llama
@@ -345,13 +356,15 @@ def main() -> None:
         table: dict[tuple[str, int], list[dict[str, float]]] = {}
         texts: list[str] = []
         offset = 0
+        counts = {1: 24, 4: 16, 16: 32}  # requests per server and round: more at c=1, where each is one sample
         for concurrency in (1, 4, 16):
-            count = max(8, 2 * concurrency)
+            count = counts[concurrency]
             for round_ in range(args.rounds):
                 order = list(servers.items())
                 if round_ % 2:
                     order.reverse()
                 for name, (url, key, sys_prompt) in order:
+                    _alone(processes, list(servers).index(name))
                     run = asyncio.run(_load(url, key, sys_prompt, concurrency, count, offset, args.max_tokens))
                     figures = _figures(run, count_tokens)
                     table.setdefault((name, concurrency), []).append(figures)
@@ -362,6 +375,7 @@ def main() -> None:
                         flush=True,
                     )
                 offset += count
+        _alone(processes, None)
         local = in_process(system, 8, args.max_tokens)
         costs = guard_costs(on_project, texts[:200])
 
@@ -371,7 +385,7 @@ def main() -> None:
         peer, on, off = list(servers)
         print(
             f"\nStreamed chat completions, max_tokens {args.max_tokens}, greedy; medians of {args.rounds} rounds "
-            f"({', '.join(f'c={c}: {max(8, 2 * c)} requests' for c in (1, 4, 16))} per server and round)"
+            f"({', '.join(f'c={c}: {n} requests' for c, n in counts.items())} per server and round)"
         )
         print(f"{'server':32} {'conc':>4} {'TTFT p50':>9} {'TTFT p95':>9} {'tokens/s':>9} {'req/s':>6} {'errors':>6}")
         for concurrency in (1, 4, 16):

@@ -810,31 +810,37 @@ class Gateway(Engine):
 
     def _spent_so_far(self) -> dict[tuple[str, str], float]:
         """Each team's spend in its current budget period, from the inference log (this worker's share)."""
-        from registry.inference_log import read_log
-
-        spent: dict[tuple[str, str], float] = {}
-        folder = self.ws.inference_dir(self.name)
-        if not folder.is_dir():
-            return spent
-        at = datetime.now(UTC)
-        since = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
-            days=7
-        )  # a week may begin last month
         try:
-            rows = read_log(folder, since=since)
+            return spent_in_log(self.ws.inference_dir(self.name), self.gateway, share=self._share)
         except Exception:
             log.exception("could not read the inference log for the teams' spend; starting from zero")
-            return spent
-        if "cost_usd" not in rows:
-            return spent
-        for team, rules in self.gateway.teams.items():
-            if rules.budget is None:
-                continue
-            period = period_of(rules.budget.period, at)
-            mine = rows[rows["team"] == team]
-            mine = mine[[period_of(rules.budget.period, t.to_pydatetime()) == period for t in mine["time"]]]
-            spent[(team, period)] = float(mine["cost_usd"].sum()) * self._share
+            return {}
+
+
+def spent_in_log(
+    folder: Path, policy: GatewayPolicy, *, share: float = 1.0, at: datetime | None = None
+) -> dict[tuple[str, str], float]:
+    """What each team with a budget spent in its current period, by the logged requests in ``folder``."""
+    from registry.inference_log import read_log
+
+    spent: dict[tuple[str, str], float] = {}
+    if not folder.is_dir():
         return spent
+    at = at or datetime.now(UTC)
+    since = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=7
+    )  # a week may begin last month
+    rows = read_log(folder, since=since)
+    if "cost_usd" not in rows.columns:
+        return spent
+    for team, rules in policy.teams.items():
+        if rules.budget is None:
+            continue
+        period = period_of(rules.budget.period, at)
+        mine = rows[rows["team"] == team]
+        in_period = mine["time"].map(lambda t, p=rules.budget.period: period_of(p, t.to_pydatetime())) == period
+        spent[(team, period)] = float(mine.loc[in_period, "cost_usd"].sum()) * share
+    return spent
 
 
 def _usage(outcome: Outcome) -> dict[str, int]:

@@ -92,3 +92,49 @@ def test_a_key_of_a_team_that_is_not_in_the_policy_is_refused() -> None:
 def test_the_policy_refuses_a_default_team_it_does_not_define() -> None:
     with pytest.raises(ValueError, match="default_team"):
         GatewayPolicy(teams={"a": Team()}, default_team="b")
+
+
+def test_a_restarted_gateway_reads_each_team_s_spend_this_period_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from registry.inference_log import InferenceLog, LlmLogEntry
+    from serving.gateway import spent_in_log
+
+    def entry(team: str, at: datetime, cost: float) -> LlmLogEntry:
+        return LlmLogEntry(
+            request_id=f"r-{team}-{at:%d}-{cost}",
+            time=at,
+            model="m",
+            version="1",
+            served_by="champion",
+            deployment=None,
+            release_digest=None,
+            prompt_version=None,
+            team=team,
+            key="k",
+            endpoint="chat",
+            stream=False,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=cost,
+            ttft_ms=1.0,
+            duration_ms=2.0,
+            cached=False,
+            status="ok",
+            finish_reason="stop",
+        )
+
+    with InferenceLog(tmp_path) as log:
+        log.record(entry("paid", datetime(2026, 12, 1, 9, tzinfo=UTC), 0.25))
+        log.record(entry("paid", datetime(2026, 12, 2, 9, tzinfo=UTC), 0.5))
+        log.record(entry("paid", datetime(2026, 11, 30, 9, tzinfo=UTC), 7.0))  # last month
+        log.record(entry("daily", datetime(2026, 12, 1, 9, tzinfo=UTC), 3.0))  # yesterday, for a daily budget
+    policy = GatewayPolicy(
+        teams={
+            "default": Team(),
+            "paid": Team(budget=Budget(usd=10, period="month")),
+            "daily": Team(budget=Budget(usd=10, period="day")),
+            "idle": Team(budget=Budget(usd=10)),  # no requests at all
+        }
+    )
+    spent = spent_in_log(tmp_path, policy, share=0.5, at=datetime(2026, 12, 2, 12, tzinfo=UTC))
+    assert spent == {("paid", "2026-12"): pytest.approx(0.375), ("daily", "2026-12-02"): 0.0, ("idle", "2026-12"): 0.0}
+    assert spent_in_log(tmp_path / "none", policy) == {}
