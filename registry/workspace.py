@@ -90,6 +90,8 @@ def _without_stores_of_another_home(home: Any) -> Iterator[None]:
         yield
     finally:
         os.environ.update(hidden)
+
+
 _mlflow_lock = threading.Lock()
 
 

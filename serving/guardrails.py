@@ -71,8 +71,10 @@ class Presidio:
 
             engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": rules.model}])
             engine.load()
-            nlp = engine.nlp["en"]
-            if "parser" in nlp.pipe_names:  # the dependency parse is not read by any recogniser: ~40 % of a check
+            nlp: Any = engine.nlp["en"] if engine.nlp else None
+            if (
+                nlp is not None and "parser" in nlp.pipe_names
+            ):  # the dependency parse is not read by any recogniser: ~40 % of a check
                 nlp.disable_pipe("parser")
             registry = RecognizerRegistry(supported_languages=["en"])
             registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
