@@ -8,6 +8,16 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 
-for script in ("cli_startup.py", "commands.py", "ledger.py", "audit.py", "training_flow.py"):
+for script in (
+    "cli_startup.py",
+    "commands.py",
+    "ledger.py",
+    "audit.py",
+    "training_flow.py",
+    "llm_release.py",
+    "pii.py",
+    "gateway.py",
+    "llm_canary.py",
+):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
