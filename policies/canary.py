@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -163,8 +163,33 @@ def psi(expected: Sequence[float], actual: Sequence[float], bins: int = 10) -> f
 def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
     """advance, hold or rollback, with the figures that decided it."""
     canary, champion = stats.canary, stats.champion
+    early = _faults_or_waiting(canary, stats.elapsed_seconds, policy, "broke the output contract")
+    if early is not None:
+        return early
+    checks = [_latency(canary, champion, policy.latency), _predictions(canary, champion, policy.predictions)]
+    return _conclude(checks, canary, stats.step, stats.breaches_in_a_row, policy)
+
+
+class _Walk(Protocol):
+    """What the two policies share: the walk's steps, its fault limit and its patience."""
+
+    @property
+    def steps(self) -> tuple[float, ...]: ...
+    @property
+    def min_requests(self) -> int: ...
+    @property
+    def min_seconds(self) -> float: ...
+    @property
+    def max_error_rate(self) -> float: ...
+    @property
+    def breach_limit(self) -> int: ...
+
+
+def _faults_or_waiting(canary: Side | LlmSide, elapsed: float, policy: _Walk, broken: str) -> Verdict | None:
+    """A rollback for faults (a broken answer, or errors past the rate), a hold while the step is
+    incomplete, or None: the step is to be judged on its figures."""
     if canary.breaches:
-        return Verdict("rollback", [f"{canary.breaches} canary answers broke the output contract"])
+        return Verdict("rollback", [f"{canary.breaches} canary answers {broken}"])
     allowed_errors = policy.max_error_rate * max(policy.min_requests, canary.requests)
     if canary.errors > allowed_errors:
         rate = canary.errors / max(canary.requests, 1)
@@ -178,21 +203,25 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
     waiting = []
     if canary.requests < policy.min_requests:
         waiting.append(f"{canary.requests} of {policy.min_requests} canary requests")
-    if stats.elapsed_seconds < policy.min_seconds:
-        waiting.append(f"{stats.elapsed_seconds:.0f} of {policy.min_seconds:.0f} s")
+    if elapsed < policy.min_seconds:
+        waiting.append(f"{elapsed:.0f} of {policy.min_seconds:.0f} s")
     if waiting:
         return Verdict("hold", ["step not complete: " + ", ".join(waiting)])
+    return None
 
+
+def _conclude(
+    checks: list[tuple[Outcome, str]], canary: Side | LlmSide, step: int, breaches_in_a_row: int, policy: _Walk
+) -> Verdict:
+    """The step's verdict from its checks: a breach holds, and rolls back once it lasted
+    ``breach_limit`` analyses; an inconclusive check holds; all passed advances."""
     breaches: list[str] = []
     passed = [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
     unsure: list[str] = []
-    for outcome, text in (
-        _latency(canary, champion, policy.latency),
-        _predictions(canary, champion, policy.predictions),
-    ):
+    for outcome, text in checks:
         {"fail": breaches, "pass": passed, "inconclusive": unsure}[outcome].append(text)
     if breaches:
-        in_a_row = stats.breaches_in_a_row + 1
+        in_a_row = breaches_in_a_row + 1
         if in_a_row >= policy.breach_limit:
             return Verdict("rollback", [*breaches, f"breached in {in_a_row} analyses in a row"], breached=True)
         return Verdict(
@@ -200,7 +229,7 @@ def judge_canary(stats: CanaryStats, policy: CanaryPolicy) -> Verdict:
         )
     if unsure:
         return Verdict("hold", [*unsure, *passed], inconclusive=True)
-    return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)
+    return Verdict("advance", passed, final=step >= len(policy.steps) - 1)
 
 
 Outcome = Literal["pass", "fail", "inconclusive"]
@@ -284,30 +313,14 @@ def judge_llm_canary(stats: LlmStats, policy: LlmCanaryPolicy) -> Verdict:
     distributions (Mann-Whitney); block, refusal and score-failure rates as proportions (one-sided
     Fisher exact test and a least increase), each breach counting toward ``breach_limit``."""
     canary, champion = stats.canary, stats.champion
-    if canary.breaches:
-        return Verdict("rollback", [f"{canary.breaches} canary answers were empty or malformed"])
-    allowed = policy.max_error_rate * max(policy.min_requests, canary.requests)
-    if canary.errors > allowed:
-        return Verdict(
-            "rollback",
-            [
-                f"canary errors {canary.errors} of {canary.requests} exceed the allowed "
-                f"{policy.max_error_rate:.1%} of at least {policy.min_requests} requests"
-            ],
-        )
-    waiting = []
-    if canary.requests < policy.min_requests:
-        waiting.append(f"{canary.requests} of {policy.min_requests} canary requests")
-    if stats.elapsed_seconds < policy.min_seconds:
-        waiting.append(f"{stats.elapsed_seconds:.0f} of {policy.min_seconds:.0f} s")
-    if waiting:
-        return Verdict("hold", ["step not complete: " + ", ".join(waiting)])
-    breaches: list[str] = []
-    passed = [f"error rate {canary.errors / canary.requests:.2%} within {policy.max_error_rate:.1%}"]
-    unsure: list[str] = []
+    early = _faults_or_waiting(canary, stats.elapsed_seconds, policy, "were empty or malformed")
+    if early is not None:
+        return early
+    ttft = _latency(Side(0, 0, canary.ttft_ms), Side(0, 0, champion.ttft_ms), policy.ttft)
+    tpot = _latency(Side(0, 0, canary.tpot_ms), Side(0, 0, champion.tpot_ms), policy.tpot)
     checks = [
-        _latency(Side(0, 0, canary.ttft_ms), Side(0, 0, champion.ttft_ms), policy.ttft),
-        _latency(Side(0, 0, canary.tpot_ms), Side(0, 0, champion.tpot_ms), policy.tpot),
+        (ttft[0], f"time to first token: {ttft[1]}"),
+        (tpot[0], f"time per output token: {tpot[1]}"),
         _rate("guardrail blocks", canary.blocked, canary.answered, champion.blocked, champion.answered, policy.blocks),
         _rate("refusals", canary.refused, canary.answered, champion.refused, champion.answered, policy.refusals),
         _rate(
@@ -319,19 +332,7 @@ def judge_llm_canary(stats: LlmStats, policy: LlmCanaryPolicy) -> Verdict:
             policy.scores,
         ),
     ]
-    names = ["time to first token: ", "time per output token: ", "", "", ""]
-    for (outcome, text), name in zip(checks, names, strict=True):
-        {"fail": breaches, "pass": passed, "inconclusive": unsure}[outcome].append(name + text)
-    if breaches:
-        in_a_row = stats.breaches_in_a_row + 1
-        if in_a_row >= policy.breach_limit:
-            return Verdict("rollback", [*breaches, f"breached in {in_a_row} analyses in a row"], breached=True)
-        return Verdict(
-            "hold", [*breaches, f"breach {in_a_row} of {policy.breach_limit} in a row: watching"], breached=True
-        )
-    if unsure:
-        return Verdict("hold", [*unsure, *passed], inconclusive=True)
-    return Verdict("advance", passed, final=stats.step >= len(policy.steps) - 1)
+    return _conclude(checks, canary, stats.step, stats.breaches_in_a_row, policy)
 
 
 def _rate(what: str, ours: int, our_n: int, theirs: int, their_n: int, rule: RateRule) -> tuple[Outcome, str]:

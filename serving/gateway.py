@@ -32,7 +32,6 @@ import json
 import logging
 import random
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -55,7 +54,7 @@ from serving.guardrails import Guardrails, StreamGuard
 from serving.llm import Generated, render
 from serving.llm_process import ReleaseProcess
 from serving.meter import Meter, cost_of, period_of
-from serving.models import LoadRefused, ModelFailed
+from serving.models import LoadRefused, ModelFailed, verified_files
 from serving.openai_api import ApiError, ChatRequest, CompletionRequest, chunk, completion_body, now, parse_request, sse
 from serving.tracing import Tracer
 
@@ -114,16 +113,8 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
 
     from serving.llm import _quiet_runtime
 
-    workspace.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="release-", dir=workspace))
     ref = f"{name}/{version}"
-    try:
-        report = ws.verify_ref(ref, ledger, keep=folder / "files")
-        if not report.ok:
-            failed = report.first_failure
-            assert failed is not None  # the report is not ok: some link failed
-            raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
-        files = folder / "files"
+    with verified_files(ref, workspace, lambda keep: ws.verify_ref(ref, ledger, keep=keep)) as (report, files):
         try:
             manifest = json.loads((files / "release.json").read_text())
             template = (files / manifest["prompt"]["file"]).read_text(encoding="utf-8")
@@ -138,9 +129,6 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
             tokenizer = Llama(model_path=str(files / manifest["weights"]["file"]), vocab_only=True, verbose=False)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LoadRefused(f"{ref} cannot be served: {type(exc).__name__}: {exc}") from None
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return VerifiedRelease(
         str(report.name),
         str(report.version),

@@ -20,6 +20,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,16 @@ from serving.contract import ContractBreach, InputContract, check_output
 from serving.schema import Column, columns_from_mlmodel
 from serving.spare import warm_pool
 
-__all__ = ["Answer", "LoadRefused", "ModelFailed", "ModelProcess", "VerifiedModel", "load_verified", "warm_pool"]
+__all__ = [
+    "Answer",
+    "LoadRefused",
+    "ModelFailed",
+    "ModelProcess",
+    "VerifiedModel",
+    "load_verified",
+    "verified_files",
+    "warm_pool",
+]
 
 
 class LoadRefused(Exception):
@@ -63,6 +74,25 @@ class VerifiedModel:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
 
 
+@contextmanager
+def verified_files(ref: str, workspace: Path, verify: Callable[[Path], Any]) -> Iterator[tuple[Any, Path]]:
+    """``ref``'s files, verified by ``verify(keep)`` into a new folder under ``workspace``: the
+    report and the files. ``LoadRefused`` when a link failed; the folder is removed if anything
+    in the ``with`` block fails too."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="model-", dir=workspace))
+    try:
+        report = verify(folder / "files")
+        if not report.ok:
+            failed = report.first_failure
+            assert failed is not None  # the report is not ok: some link failed
+            raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
+        yield report, folder / "files"
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def load_verified(
     ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: Any, task: str, workspace: Path
 ) -> VerifiedModel:
@@ -71,24 +101,16 @@ def load_verified(
 
     from registry.verify import verify_version
 
-    workspace.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="model-", dir=workspace))
-    report = verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=folder / "files")
-    try:
-        if not report.ok:
-            failed = report.first_failure
-            assert failed is not None  # the report is not ok: some link failed
-            raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
-        model_dir = folder / "files"
+    def verify(keep: Path) -> Any:
+        return verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=keep)
+
+    with verified_files(ref, workspace, verify) as (report, model_dir):
         try:
             mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
             columns = tuple(columns_from_mlmodel(mlmodel))
             contract = InputContract.from_metadata(mlmodel.get("metadata"))
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise LoadRefused(f"{ref} cannot be served: {exc}") from None
-    except LoadRefused:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     return VerifiedModel(
         report.name,
         str(report.version),
