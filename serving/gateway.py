@@ -242,6 +242,7 @@ class Gateway(Engine):
         self.cache = AnswerCache(self.gateway.cache.max_entries, self.gateway.cache.ttl_seconds)
         self.tracer = Tracer(ws.home / "serving" / "traces", service=self.name)
         self._score = random.Random()
+        self._score_share = self.controller.policy.llm.score_share  # read once, as the rest of the policy
 
     def _read_project(self, ws: Workspace) -> None:
         project = ws.llm_project()
@@ -779,8 +780,7 @@ class Gateway(Engine):
         )
 
     def _observe(self, outcome: Outcome, tpot: float | None) -> None:
-        share = self.ws.canary_policy().llm.score_share
-        scored = self._score.random() < share
+        scored = self._score.random() < self._score_share
         signals: dict[str, Any] = {
             "ttft_ms": outcome.model_ttft_ms or 0.0,
             "tpot_ms": tpot,
