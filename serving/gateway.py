@@ -446,7 +446,7 @@ class Gateway(Engine):
         reservation = self.meter.reserve(
             caller.id or caller.name, team, prepared.reserve_tokens + int(prepared.params["max_tokens"]), max_cost
         )
-        outcome = Outcome(None, order[0][1])
+        outcome = Outcome(None, order[0][1], status="failed", finish_reason="error")
         try:
             outcome = await self._respond(request, prepared, order, request_id, chat, send, gone, arrived)
         finally:
@@ -545,7 +545,24 @@ class Gateway(Engine):
         failures: list[str] = []
         for model, role in order:
             release = model.verified
-            ready = prepared if release is order[0][0].verified else self._prepare(request, release, chat)
+            try:  # a release after the first applies its own input rules and limits
+                ready = prepared if release is order[0][0].verified else self._prepare(request, release, chat)
+            except ApiError as exc:
+                failures.append(f"{role} {release.name} version {release.version}: {exc}")
+                continue
+            if ready.blocked_by is not None:
+                outcome = Outcome(
+                    model,
+                    role,
+                    text=release.guardrails.policy.refusal,
+                    finish_reason="content_filter",
+                    blocked_by=ready.blocked_by,
+                    refused=True,
+                    status="blocked",
+                    fallbacks=fallbacks,
+                )
+                await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+                return outcome
             key = self._cache_key(release, ready, chat)
             if key is not None and (hit := self.cache.get(key)) is not None:
                 outcome = Outcome(model, role, cached=True, fallbacks=fallbacks, **hit)

@@ -26,7 +26,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 3000,
     host: Annotated[str, typer.Option("--host", help="Address to bind (default: this machine only).")] = "127.0.0.1",
 ) -> None:
-    """Serve @champion, and @canary when one is set, behind one endpoint (BentoML)."""
+    """Serve @champion, and @canary when one is set, behind one endpoint (BentoML); for an LLM project,
+    the OpenAI-compatible gateway (/v1/chat/completions, /v1/completions, /v1/models)."""
     import sys
 
     ws = workspace(ctx)

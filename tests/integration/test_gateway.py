@@ -467,14 +467,21 @@ def _kill_during_a_request(served: Served, role: str) -> Any:
     import os
     import signal
     import threading
+    from contextlib import suppress
 
-    pid = served.status()["pids"][role]
     box: dict[str, Any] = {}
     thread = threading.Thread(target=_long_request, args=(served, box))
     thread.start()
-    time.sleep(0.8)
-    os.kill(pid, signal.SIGKILL)
-    thread.join(120)
+    time.sleep(0.5)
+    deadline = time.monotonic() + 120
+    while (
+        thread.is_alive() and time.monotonic() < deadline
+    ):  # until the request is answered: whenever it reaches the model
+        pid = served.status()["pids"].get(role)
+        if pid is not None:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        thread.join(0.5)
     assert "error" not in box, box.get("error")
     return box["answer"]
 
