@@ -5,10 +5,11 @@ Real answers first: the same release (SmolLM2 on llama.cpp, in two model process
 the gateway runs champion and canary) answers the same kind of questions on both sides, half of
 the time beside a neighbour process burning a core (the shared machine); each answer gives what the
 gateway observes (time to first token and per output token in the model's process, refusal, the
-reference-free score). Then trials are drawn from that pool with replacement: a step of
-``min_requests`` answers a side, judged by ``policies.canary.judge_llm_canary`` (the shipped
-``llm`` section of policies/canary.yaml) at ``breach_limit`` analyses in a row, as the service
-does. A healthy canary draws both sides from the same pool; regressed ones draw the canary from
+reference-free score). Then whole canary walks are drawn from that pool with replacement and
+judged by ``policies.canary.judge_llm_canary`` (the shipped ``llm`` section of
+policies/canary.yaml) as the service judges them: each step's window grows between analyses, so
+consecutive analyses share their data (as they do live), and a breach must last ``breach_limit``
+analyses. A healthy canary draws both sides from the same pool; regressed ones draw the canary from
 the pool with a change applied (first tokens 2x slower, or 40 % of answers refused).
 
     .venv/bin/python bench/llm_canary.py [--answers 120] [--trials 2000]
@@ -96,19 +97,28 @@ def _side(draws: list[dict[str, float]]) -> Any:
 
 
 def _trial(pool: list[dict[str, float]], change: Any, policy: Any, rng: random.Random) -> bool:
-    """One step judged ``breach_limit`` times on fresh draws (the service judges every couple of seconds
-    as the step's traffic grows); True if it was rolled back."""
+    """A whole walk, judged as the service judges it: at each step the window grows (5 answers a side
+    between two analyses) and is judged again until it advances, rolls back, or holds for 20
+    analyses (then it is left held); True if it was rolled back."""
     from policies.canary import LlmStats, judge_llm_canary
 
-    in_a_row = 0
-    for _ in range(policy.breach_limit):
-        n = policy.min_requests
-        champion = [rng.choice(pool) for _ in range(n)]
-        canary = [change(dict(rng.choice(pool)), rng) for _ in range(n)]
-        verdict = judge_llm_canary(LlmStats(0, policy.min_seconds, _side(canary), _side(champion), in_a_row), policy)
-        if verdict.action == "rollback":
-            return True
-        in_a_row = in_a_row + 1 if verdict.breached else 0
+    for step in range(len(policy.steps)):
+        canary: list[dict[str, float]] = []
+        champion: list[dict[str, float]] = []
+        in_a_row = 0
+        for analysis in range(20):
+            target = policy.min_requests + 5 * analysis
+            champion += [rng.choice(pool) for _ in range(target - len(champion))]
+            canary += [change(dict(rng.choice(pool)), rng) for _ in range(target - len(canary))]
+            stats = LlmStats(step, policy.min_seconds, _side(canary), _side(champion), in_a_row)
+            verdict = judge_llm_canary(stats, policy)
+            if verdict.action == "rollback":
+                return True
+            if verdict.action == "advance":
+                break
+            in_a_row = in_a_row + 1 if verdict.breached else 0
+        else:
+            return False  # held: neither promoted nor rolled back
     return False
 
 

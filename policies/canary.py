@@ -85,9 +85,13 @@ class LlmCanaryPolicy(_Strict):
     )  # errors, timeouts, crashes; an empty or malformed answer rolls back at once
     ttft: LatencyRule = LatencyRule(max_ratio=1.5, slack_ms=50, min_samples=20, paired_share=0)
     tpot: LatencyRule = LatencyRule(max_ratio=1.5, slack_ms=5, min_samples=20, paired_share=0)
-    blocks: RateRule = RateRule()  # answers withheld by an output guardrail
-    refusals: RateRule = RateRule()  # answers that refuse (guardrail or the model's own words)
-    scores: RateRule = RateRule()  # sampled answers failing the offline scorers that need no reference
+    # Three rates, judged again as each step's window grows: at 0.01 each, a healthy canary was
+    # rolled back in ~3 % of walks (bench/llm_canary.py); at 0.001, in none of 300.
+    blocks: RateRule = RateRule(significance=0.001)  # answers withheld by an output guardrail
+    refusals: RateRule = RateRule(significance=0.001)  # answers that refuse (guardrail or the model's own words)
+    scores: RateRule = RateRule(
+        significance=0.001
+    )  # sampled answers failing the offline scorers that need no reference
     score_share: float = Field(1.0, ge=0, le=1)  # share of answers scored
     breach_limit: int = Field(3, ge=1)
     analysis_seconds: float = Field(2.0, gt=0)
