@@ -231,10 +231,8 @@ class Gateway(Engine):
         "/metrics": {"GET"},
     }
 
-    def __init__(self, ws: Workspace, *, spare: Any = None) -> None:
-        super().__init__(ws, spare=None)
-        if spare is not None:
-            spare.shutdown(wait=False, cancel_futures=True)  # a tabular model's process: not needed here
+    def __init__(self, ws: Workspace) -> None:
+        super().__init__(ws)
         self.gateway: GatewayPolicy = ws.gateway_policy()
         self.fallback: ServedRelease | None = None
         self._refused_fallback: str | None = None

@@ -195,10 +195,6 @@ class ReleaseProcess:
 
     # -- generations ----------------------------------------------------------------------------------
 
-    @property
-    def waiting(self) -> int:
-        return max(0, self._pending - 1)
-
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
         if self._turn is None or self._turn[0] is not loop:
@@ -214,7 +210,6 @@ class ReleaseProcess:
         turn = self._lock()
         if self._pending > self.max_waiting:  # one answering, max_waiting waiting
             raise ModelFailed(f"{self._pending - 1} requests already wait for this model", "overload")
-        started = time.monotonic()
         self._pending += 1
         try:
             await asyncio.wait_for(turn.acquire(), total_seconds)
@@ -235,8 +230,7 @@ class ReleaseProcess:
             self._pending -= 1
             turn.release()
             raise
-        waited = (time.monotonic() - started) * 1000
-        return Generation(self, request_id, queue, turn, first_token_seconds, total_seconds, waited)
+        return Generation(self, request_id, queue, turn, first_token_seconds, total_seconds)
 
     async def _running(self) -> Any:
         """The child's pipe, starting a new child (and waiting for its load) if the last one died."""
@@ -284,12 +278,10 @@ class Generation:
         turn: asyncio.Lock,
         first_token_seconds: float,
         total_seconds: float,
-        waited_ms: float,
     ) -> None:
         self.process, self.request_id, self._queue, self._turn = process, request_id, queue, turn
         self._first, self._total = first_token_seconds, total_seconds
         self._deadline = time.monotonic() + total_seconds
-        self.waited_ms = waited_ms  # time spent waiting for the model's turn
         self.result: Generated | None = None
         self._open = True  # the child may still send for this request
         self._pieces = 0
