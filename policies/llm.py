@@ -24,6 +24,7 @@ __all__ = [
     "EvalCase",
     "Expectations",
     "Generation",
+    "Knowledge",
     "LlmProject",
     "WeightsSource",
     "is_llm_project",
@@ -35,7 +36,7 @@ __all__ = [
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")  # a template variable: {{name}}
 # Variables a request supplies (the gateway fills them per call); all others come from the config.
-REQUEST_VARIABLES = frozenset({"question"})
+REQUEST_VARIABLES = frozenset({"question", "passages"})
 
 
 class _Strict(BaseModel):
@@ -101,6 +102,25 @@ class Evaluation(_Strict):
     timeout_seconds: float = Field(900.0, gt=0)  # the whole evaluation, this machine
 
 
+class Knowledge(_Strict):
+    """The documents a release answers from: a folder of text files (DVC-tracked), checked, indexed
+    for BM25 retrieval, the index signed as a file of the release."""
+
+    documents: Path  # a folder of .md / .txt files, relative to the config's folder
+    top_k: int = Field(2, ge=1, le=20)  # passages given to the model per question
+    min_score: float = Field(1.0, ge=0)  # a best passage scoring below this: the question is outside the documents
+    passage_words: int = Field(80, ge=10, le=2000)  # paragraphs are joined into passages of about this many words
+    min_chars: int = Field(40, ge=1)  # a document shorter than this is refused (likely empty or a stub)
+    max_chars: int = Field(100_000, ge=100)
+    max_documents: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Knowledge:
+        if self.min_chars >= self.max_chars:
+            raise ValueError("`knowledge.min_chars` must be below `knowledge.max_chars`")
+        return self
+
+
 class Pricing(_Strict):
     """Price per 1,000 tokens (self-hosted models too: the machine's cost, as the team sets it)."""
 
@@ -122,6 +142,7 @@ class LlmProject(_Strict):
     evaluation: Evaluation
     guardrails: Path
     fallback: str | None = Field(None, pattern=NAME)  # another release's registered name
+    knowledge: Knowledge | None = None
     pricing: Pricing
     threads: int = Field(2, ge=1, le=64)
     settings: dict[str, Any] = {}  # read by conveyor's settings, not here
@@ -199,6 +220,25 @@ def _check_files(project: LlmProject, path: Path) -> None:
                 hint="Fix the path (relative to the config's folder), or restore the file (`dvc checkout`).",
             )
     used = template_variables(project.template_text)
+    if project.knowledge is not None:
+        folder = project.path(project.knowledge.documents)
+        if not folder.is_dir():
+            raise ConfigInvalid(
+                f"{path}: `knowledge.documents` names {project.knowledge.documents}, and there is no folder at {folder}.",
+                hint="Point it at the folder of documents (relative to the config's folder), or restore it (`dvc checkout`).",
+            )
+        if "passages" not in used:
+            raise ConfigInvalid(
+                f"{path}: the project has a knowledge base, and its template {project.prompt.template} has no "
+                "{{passages}} for the retrieved passages to go into.",
+                hint="Put {{passages}} where the model should read them, or remove `knowledge`.",
+            )
+    elif "passages" in used:
+        raise ConfigInvalid(
+            f"{path}: the template {project.prompt.template} uses {{{{passages}}}}, and the project has no "
+            "`knowledge` section to retrieve them from.",
+            hint="Add `knowledge: {documents: FOLDER}`, or remove {{passages}} from the template.",
+        )
     supplied = set(project.prompt.variables) | REQUEST_VARIABLES
     missing = sorted(used - supplied)
     if missing:
@@ -255,6 +295,7 @@ class Expectations(_Strict):
     not_contains: tuple[str, ...] = ()  # none appears (case-insensitive)
     refuse: bool | None = None  # true: must be refused or blocked; false: must not be
     max_tokens: int | None = Field(None, ge=1)  # the answer's token budget
+    sources: tuple[str, ...] = ()  # documents (ids, e.g. "canary.md") of which one must be among the passages used
 
     @field_validator("regex")
     @classmethod

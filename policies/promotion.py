@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # What an LLM release's offline evaluation measures (pipelines/llm/evaluate.py), and its scorers.
-LLM_SCORERS = ("format", "content", "refusal", "length")
+LLM_SCORERS = ("format", "content", "refusal", "length", "retrieval")
 LLM_METRICS = {
     "pass_rate": "share of cases that pass every check they name",
     "format_pass_rate": "share of format cases (regex, JSON schema) that pass",
@@ -37,6 +37,7 @@ LLM_METRICS = {
     "ttft_p95_ms": "95th percentile time to first token, this machine",
     "latency_p95_ms": "95th percentile time to the whole answer, this machine",
     "mean_output_tokens": "mean tokens per answer",
+    "retrieval_hit_rate": "share of cases naming their source documents whose passages included one",
 }
 LOWER_IS_BETTER_LLM = frozenset({"over_refusal_rate", "ttft_p95_ms", "latency_p95_ms", "mean_output_tokens"})
 

@@ -60,6 +60,10 @@ class EventKind(StrEnum):
     PROMPT_REGISTERED = "prompt.registered"
     RELEASE_BUILT = "release.built"
     RELEASE_EVALUATED = "release.evaluated"
+    KNOWLEDGE_VERSIONED = "knowledge.versioned"
+    INDEX_BUILT = "index.built"
+    FEEDBACK_ADDED = "feedback.added"
+    FEEDBACK_ACCEPTED = "feedback.accepted"
 
 
 class _Details(BaseModel):
@@ -291,6 +295,8 @@ class ReleaseBuilt(_Details):
 
 class ReleaseEvaluated(_Details):
     name: str
+    version: str | None = None  # a registered version evaluated again (re-evaluation), else the new build
+    cause: str | None = None
     passed: bool
     metrics: dict[str, float]
     cases: int
@@ -300,6 +306,42 @@ class ReleaseEvaluated(_Details):
     seconds: float
     champion: str | None = None
     champion_metrics: dict[str, float] | None = None
+
+
+class KnowledgeVersioned(_Details):
+    """A knowledge base's content: the folder, DVC's md5 of it, every document by digest."""
+
+    path: str
+    md5: str
+    dvc: str
+    documents: dict[str, str]
+    size: int
+
+
+class IndexBuilt(_Details):
+    name: str
+    library: str
+    passages: int
+    documents: int
+    files: dict[str, str]
+
+
+class FeedbackAdded(_Details):
+    model: str
+    path: str
+    rows: int
+    matched: int
+    negative: int
+    unmatched: list[str] = []
+    candidates: str | None = None  # the file of candidate cases written for review
+    source: str | None = None  # file | gateway
+
+
+class FeedbackAccepted(_Details):
+    model: str
+    path: str
+    cases: int
+    set: str
 
 
 @dataclass(frozen=True)
@@ -346,9 +388,17 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.WEIGHTS_RESOLVED: EventSpec((), ("weights",), WeightsResolved),
     EventKind.PROMPT_REGISTERED: EventSpec(("template",), ("prompt",), PromptRegistered),
     EventKind.RELEASE_BUILT: EventSpec(
-        ("weights", "prompt", "guardrails", "parameters", "config"), ("release", "manifest"), ReleaseBuilt
+        ("weights", "prompt", "guardrails", "parameters", "config", "index", "cause"),
+        ("release", "manifest"),
+        ReleaseBuilt,
     ),
-    EventKind.RELEASE_EVALUATED: EventSpec(("release", "validation", "policy", "*set"), ("report",), ReleaseEvaluated),
+    EventKind.KNOWLEDGE_VERSIONED: EventSpec((), ("knowledge", "*document"), KnowledgeVersioned),
+    EventKind.INDEX_BUILT: EventSpec(("knowledge", "validation"), ("index",), IndexBuilt),
+    EventKind.FEEDBACK_ADDED: EventSpec(("feedback", "*request"), ("candidates",), FeedbackAdded),
+    EventKind.FEEDBACK_ACCEPTED: EventSpec(("candidates", "reviewed"), ("set",), FeedbackAccepted),
+    EventKind.RELEASE_EVALUATED: EventSpec(
+        ("release", "validation", "policy", "cause", "*set"), ("report",), ReleaseEvaluated
+    ),
 }
 
 

@@ -88,6 +88,9 @@ class LlmLogEntry:
     redactions: str | None = None  # comma-separated rules
     refused: bool = False
     fallback_from: str | None = None
+    passages: str | None = None  # comma-separated ids of the knowledge base's passages the model was given
+    sources: str | None = None  # comma-separated digests of their documents (the ledger knows each)
+    retrieval_score: float | None = None  # the best passage's score (None: no knowledge base)
     question: str | None = None
     answer: str | None = None
 

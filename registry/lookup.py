@@ -141,11 +141,16 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
         )
     row = rows.iloc[0]
     note = f"answered by {row['model']} version {row['version']} ({row['served_by']}) at {row['time']}"
+    # An answer from a knowledge base also starts at the documents its passages came from.
+    sources = row.get("sources")
+    documents = tuple(d for d in sources.split(",") if is_digest(d)) if isinstance(sources, str) else ()
+    if documents:
+        note += f"; from passages {row.get('passages')}"
     recorded = row.get("deployment")
     if isinstance(recorded, str) and is_digest(recorded):
-        return Start(f"request:{request_id}", (recorded,), note=note)
+        return Start(f"request:{request_id}", (recorded, *documents), note=note)
     found = serving_at(ledger, row["time"].to_pydatetime(), row["model"])  # logged before deployments had digests
-    return Start(f"request:{request_id}", found.digests, note=note)
+    return Start(f"request:{request_id}", (*found.digests, *documents), note=note)
 
 
 def _version_start(ref: str, tracking_uri: str | None) -> Start:

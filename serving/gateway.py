@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from policies.errors import SignatureInvalid
 from policies.gateway import GatewayPolicy
 from policies.guardrails import GuardrailPolicy
 from registry.inference_log import LlmLogEntry
@@ -51,11 +52,13 @@ from serving.auth import Role
 from serving.canary import LlmCanaryController
 from serving.engine import Engine
 from serving.guardrails import Guardrails, StreamGuard
-from serving.llm import Generated, render
+from serving.llm import Generated, open_retriever, system_prompt
+from serving.llm import model_request as llm_model_request
 from serving.llm_process import ReleaseProcess
 from serving.meter import Meter, cost_of, period_of
 from serving.models import LoadRefused, ModelFailed, verified_files
 from serving.openai_api import ApiError, ChatRequest, CompletionRequest, chunk, completion_body, now, parse_request, sse
+from serving.retrieval import Retriever
 from serving.tracing import Tracer
 
 __all__ = ["Gateway", "ServedRelease", "VerifiedRelease"]
@@ -80,6 +83,7 @@ class VerifiedRelease:
     template: str
     guardrails: Guardrails = field(repr=False)
     tokenizer: Any = field(repr=False)
+    retriever: Retriever | None = field(default=None, repr=False)
 
     @property
     def limits(self) -> dict[str, int]:
@@ -121,13 +125,13 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
             policy = GuardrailPolicy.model_validate(
                 yaml.safe_load((files / manifest["guardrails"]["file"]).read_text(encoding="utf-8"))
             )
-            system = render(template, manifest["prompt"]["variables"] | {"question": ""}).strip()
-            guardrails = Guardrails(policy, system)
+            guardrails = Guardrails(policy, system_prompt(template, manifest))
+            retriever = open_retriever(files, manifest)
             from llama_cpp import Llama
 
             _quiet_runtime()
             tokenizer = Llama(model_path=str(files / manifest["weights"]["file"]), vocab_only=True, verbose=False)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, SignatureInvalid) as exc:
             raise LoadRefused(f"{ref} cannot be served: {type(exc).__name__}: {exc}") from None
     return VerifiedRelease(
         str(report.name),
@@ -139,6 +143,7 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
         template,
         guardrails,
         tokenizer,
+        retriever,
     )
 
 
@@ -165,6 +170,8 @@ class Prepared:
     redactions: tuple[str, ...]
     input_tokens: int  # the client's text, by the release's tokenizer
     reserve_tokens: int  # a ceiling of the prompt's tokens, for the reservation
+    passages: tuple[dict[str, Any], ...] = ()  # the knowledge base's passages given to the model
+    retrieval_score: float | None = None  # the best passage's score (None: no knowledge base)
 
 
 @dataclass
@@ -186,6 +193,8 @@ class Outcome:
     cached: bool = False
     status: str = "ok"  # ok | blocked | cancelled | failed
     fallbacks: list[str] = field(default_factory=list)
+    passages: tuple[dict[str, Any], ...] = ()
+    retrieval_score: float | None = None
 
 
 class AnswerCache:
@@ -516,16 +525,25 @@ class Gateway(Engine):
         params["max_tokens"] = min(
             request.output_limit or int(params.get("max_tokens", 96)), int(release.limits["max_output_tokens"])
         )
-        variables = release.manifest["prompt"]["variables"] | {"question": question}
-        model_request: list[dict[str, str]] | str
-        if release.mode == "completion":
-            model_request = render(release.template, variables)
+        retrieved = release.retriever.search(question) if release.retriever is not None and blocked_by is None else None
+        model_request = llm_model_request(release.template, release.manifest, question, retrieved)
+        if isinstance(model_request, str):
             reserve = release.count(model_request) + _MESSAGE_OVERHEAD
         else:
-            system = guardrails.system_prompt
-            model_request = [{"role": "system", "content": system}, *checked_turns]
+            system = model_request[0]["content"]
+            model_request = [model_request[0], *checked_turns]
             reserve = release.count(system) + input_tokens + _MESSAGE_OVERHEAD * (len(checked_turns) + 2)
-        return Prepared(model_request, params, question, blocked_by, tuple(redactions), input_tokens, reserve)
+        return Prepared(
+            model_request,
+            params,
+            question,
+            blocked_by,
+            tuple(redactions),
+            input_tokens,
+            reserve,
+            tuple(p.record() for p in retrieved.passages) if retrieved else (),
+            retrieved.best_score if retrieved else None,
+        )
 
     async def _respond(
         self,
@@ -563,7 +581,15 @@ class Gateway(Engine):
                 return outcome
             key = self._cache_key(release, ready, chat)
             if key is not None and (hit := self.cache.get(key)) is not None:
-                outcome = Outcome(model, role, cached=True, fallbacks=fallbacks, **hit)
+                outcome = Outcome(
+                    model,
+                    role,
+                    cached=True,
+                    fallbacks=fallbacks,
+                    passages=ready.passages,
+                    retrieval_score=ready.retrieval_score,
+                    **hit,
+                )
                 outcome.ttft_ms = (time.perf_counter() - arrived) * 1000
                 self.metrics.llm_cache.labels(release.name, release.version, "hit").inc()
                 await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
@@ -579,6 +605,7 @@ class Gateway(Engine):
                 fallbacks.append(role)
                 continue
             outcome.fallbacks = fallbacks
+            outcome.passages, outcome.retrieval_score = ready.passages, ready.retrieval_score
             if fallbacks:
                 self.metrics.fallbacks.labels(self.name).inc()
                 self.metrics.llm_fallbacks.labels(self.name, fallbacks[-1], role).inc()
@@ -714,6 +741,7 @@ class Gateway(Engine):
             "blocked_by": outcome.blocked_by,
             "redactions": list(outcome.redactions),
             "fallback_from": outcome.fallbacks,
+            "passages": [{"id": p["id"], "document": p["document"], "score": p["score"]} for p in outcome.passages],
         }
 
     # -- after the answer ----------------------------------------------------------------------------
@@ -782,6 +810,11 @@ class Gateway(Engine):
             redactions=",".join(outcome.redactions) or None,
             refused=outcome.refused,
             fallback_from=",".join(outcome.fallbacks) or None,
+            passages=",".join(p["id"] for p in outcome.passages) or None,
+            sources=",".join(dict.fromkeys(p["digest"] for p in outcome.passages)) or None,
+            retrieval_score=outcome.retrieval_score
+            if outcome.retrieval_score is not None
+            else prepared.retrieval_score,
             question=prepared.question if self.gateway.log_text and prepared.blocked_by is None else None,
             answer=outcome.text if self.gateway.log_text else None,
         )

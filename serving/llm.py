@@ -22,6 +22,7 @@ from policies.errors import SignatureInvalid
 from policies.guardrails import GuardrailPolicy
 from policies.llm import VARIABLE
 from serving.guardrails import Guardrails
+from serving.retrieval import Retrieved, Retriever, render_passages
 
 __all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
 
@@ -29,6 +30,36 @@ __all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
 def render(template: str, variables: dict[str, str]) -> str:
     """``{{name}}`` replaced by its value (a missing variable is a bug: the config check refused it)."""
     return VARIABLE.sub(lambda m: variables[m.group(1)], template)
+
+
+def system_prompt(template: str, manifest: dict[str, Any]) -> str:
+    """The release's own words: the template with no question and no passages (what the leak rule guards)."""
+    return render(template, manifest["prompt"]["variables"] | {"question": "", "passages": ""}).strip()
+
+
+def open_retriever(folder: Path, manifest: dict[str, Any]) -> Retriever | None:
+    """The release's retrieval index (a verified folder of it), or None when it has no knowledge base."""
+    knowledge = manifest.get("knowledge")
+    if not knowledge:
+        return None
+    try:
+        return Retriever.open(
+            folder / knowledge["dir"], top_k=int(knowledge["top_k"]), min_score=float(knowledge["min_score"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureInvalid(f"{folder}'s retrieval index cannot be read: {exc}.", hint="Do not use it.") from None
+
+
+def model_request(
+    template: str, manifest: dict[str, Any], question: str, retrieved: Retrieved | None
+) -> list[dict[str, str]] | str:
+    """What the model is given for ``question``: chat turns (the system prompt with the passages,
+    then the question), or (completion mode) the template around the question."""
+    variables = manifest["prompt"]["variables"] | {"passages": render_passages(retrieved) if retrieved else ""}
+    if str(manifest["runtime"].get("mode", "chat")) == "completion":
+        return render(template, variables | {"question": question})
+    system = render(template, variables | {"question": ""}).strip()
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
 @dataclass(frozen=True)
@@ -185,6 +216,8 @@ class Reply:
     refused: bool = False  # blocked, or the model refused by itself
     finish_reason: str = "stop"
     raw: str | None = field(default=None, repr=False)  # the model's own text, before output rules
+    passages: tuple[dict[str, Any], ...] = ()  # the knowledge base's passages the model was given
+    retrieval_score: float | None = None  # the best passage's score (None: the release has no knowledge base)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +230,9 @@ class Reply:
             "redactions": list(self.redactions),
             "refused": self.refused,
             "finish_reason": self.finish_reason,
+            "passages": [p["id"] for p in self.passages],
+            "documents": sorted({p["document"] for p in self.passages}),
+            "retrieval_score": None if self.retrieval_score is None else round(self.retrieval_score, 3),
         }
 
 
@@ -204,9 +240,16 @@ class LlmRelease:
     """A verified release folder, loaded: model, system prompt, parameters, guardrails."""
 
     def __init__(
-        self, folder: Path, manifest: dict[str, Any], template: str, model: LocalModel, guardrails: Guardrails
+        self,
+        folder: Path,
+        manifest: dict[str, Any],
+        template: str,
+        model: LocalModel,
+        guardrails: Guardrails,
+        retriever: Retriever | None = None,
     ) -> None:
         self.folder = folder
+        self.retriever = retriever
         self.manifest = manifest
         self.template = template
         self.model = model
@@ -231,7 +274,8 @@ class LlmRelease:
             raise SignatureInvalid(
                 f"{folder} is not a complete LLM release ({type(exc).__name__}: {exc}).", hint="Do not use it."
             ) from None
-        system = render(template, manifest["prompt"]["variables"] | {"question": ""}).strip()
+        system = system_prompt(template, manifest)
+        retriever = open_retriever(folder, manifest)
         runtime = manifest["runtime"]
         model = LocalModel(
             weights,
@@ -240,13 +284,11 @@ class LlmRelease:
             seed=int(manifest["generation"].get("seed", 0)),
             chat_format=runtime.get("chat_format"),
         )
-        return cls(folder, manifest, template, model, Guardrails(policy, system))
+        return cls(folder, manifest, template, model, Guardrails(policy, system), retriever)
 
-    def request(self, question: str) -> list[dict[str, str]] | str:
+    def request(self, question: str, retrieved: Retrieved | None = None) -> list[dict[str, str]] | str:
         """What the model is given: chat turns, or (completion mode) the template around the question."""
-        if self.mode == "completion":
-            return render(self.template, self.manifest["prompt"]["variables"] | {"question": question})
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+        return model_request(self.template, self.manifest, question, retrieved)
 
     def answer(self, question: str, *, fresh: bool = True, max_tokens: int | None = None) -> Reply:
         """The answer a client gets for ``question``: guarded on the way in and on the way out."""
@@ -267,7 +309,8 @@ class LlmRelease:
         if max_tokens is not None:
             params["max_tokens"] = min(max_tokens, int(self.manifest["limits"]["max_output_tokens"]))
         before = (time.perf_counter() - started) * 1000  # the input checks
-        done = self.model.generate(self.request(checked.text), params, fresh=fresh)
+        retrieved = self.retriever.search(checked.text) if self.retriever is not None else None
+        done = self.model.generate(self.request(checked.text, retrieved), params, fresh=fresh)
         checking = time.perf_counter()
         verdict = self.guardrails.check_output(done.text)
         after = (time.perf_counter() - checking) * 1000
@@ -284,4 +327,6 @@ class LlmRelease:
             refused=verdict.blocked or verdict.refused,
             finish_reason="blocked" if verdict.blocked else done.finish_reason,
             raw=done.text,
+            passages=tuple(p.record() for p in retrieved.passages) if retrieved else (),
+            retrieval_score=retrieved.best_score if retrieved else None,
         )

@@ -16,17 +16,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipelines.llm.knowledge import KnowledgeVersion, build_index
 from pipelines.llm.prompts import RegisteredPrompt
 from policies.llm import LlmProject
 from registry.digests import file_digest, json_digest
 from registry.signing import model_digest, model_files
 from registry.weights import MANIFEST, WEIGHTS_DIR, ResolvedWeights, link_weights
+from serving.retrieval import INDEX_DIR, Passage
 
-__all__ = ["FORMAT", "BuiltRelease", "build_release", "registered_copy"]
+__all__ = ["FORMAT", "BuiltRelease", "KnowledgeIndex", "build_release", "registered_copy"]
 
 FORMAT = "conveyor.llm-release/1"
 PROMPT_FILE = "prompt/template.txt"
 GUARDRAILS_FILE = "guardrails.yaml"
+
+
+@dataclass(frozen=True)
+class KnowledgeIndex:
+    """A validated knowledge base version and the passages cut from it: what the index is built from."""
+
+    version: KnowledgeVersion
+    validation: str  # the validation record's digest
+    passages: list[Passage]
 
 
 @dataclass(frozen=True)
@@ -40,9 +51,16 @@ class BuiltRelease:
 
 
 def build_release(
-    project: LlmProject, weights: ResolvedWeights, prompt: RegisteredPrompt, folder: Path, *, store: Path
+    project: LlmProject,
+    weights: ResolvedWeights,
+    prompt: RegisteredPrompt,
+    folder: Path,
+    *,
+    store: Path,
+    knowledge: KnowledgeIndex | None = None,
 ) -> BuiltRelease:
-    """Write the release into ``folder`` (emptied first) and return what it is."""
+    """Write the release into ``folder`` (emptied first) and return what it is; with ``knowledge``,
+    its passages' retrieval index is a folder of the release (signed with the rest)."""
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "prompt").mkdir(parents=True)
@@ -51,6 +69,20 @@ def build_release(
     shutil.copyfile(guardrails, folder / GUARDRAILS_FILE)
     guardrails_digest = file_digest(guardrails)
     parameters = {"generation": project.generation.model_dump(mode="json"), "limits": project.limits.model_dump()}
+    index: dict[str, Any] | None = None
+    if knowledge is not None and project.knowledge is not None:
+        files = build_index(knowledge.passages, folder)
+        index = {
+            "digest": knowledge.version.digest,
+            "md5": knowledge.version.md5,
+            "documents": len(knowledge.version.documents),
+            "passages": len(knowledge.passages),
+            "dir": INDEX_DIR,
+            "index_digest": json_digest(files),
+            "top_k": project.knowledge.top_k,
+            "min_score": project.knowledge.min_score,
+            "library": f"bm25s=={metadata.version('bm25s')}",
+        }
     manifest = {
         "format": FORMAT,
         "name": project.name,
@@ -68,6 +100,7 @@ def build_release(
         **parameters,
         "guardrails": {"file": GUARDRAILS_FILE, "digest": guardrails_digest},
         "fallback": project.fallback,
+        "knowledge": index,
         "pricing": project.pricing.model_dump(),
         "runtime": {
             "engine": "llama.cpp",

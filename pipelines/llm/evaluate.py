@@ -60,11 +60,18 @@ def score_length(answer: dict[str, Any], expect: Expectations) -> bool | None:
     return None if expect.max_tokens is None else int(answer["completion_tokens"]) <= expect.max_tokens
 
 
+def score_retrieval(answer: dict[str, Any], expect: Expectations) -> bool | None:
+    if not expect.sources:
+        return None
+    return bool(set(answer.get("documents") or ()) & set(expect.sources))
+
+
 SCORERS: dict[str, Callable[[dict[str, Any], Expectations], bool | None]] = {
     "format": score_format,
     "content": score_content,
     "refusal": score_refusal,
     "length": score_length,
+    "retrieval": score_retrieval,
 }
 
 
@@ -133,6 +140,7 @@ def summarise(cases: list[CaseResult]) -> dict[str, float]:
         "ttft_p95_ms": _p95([c.answer["ttft_ms"] for c in answered]),
         "latency_p95_ms": _p95([c.answer["total_ms"] for c in cases]),
         "mean_output_tokens": sum(c.answer["completion_tokens"] for c in answered) / max(len(answered), 1),
+        "retrieval_hit_rate": _share(scored("retrieval")),
     }
 
 
@@ -231,6 +239,8 @@ def _why(name: str, value: bool, outputs: dict[str, Any]) -> str:
         return f"{name}: as expected"
     if name == "refusal":
         return "refused, but should have answered" if outputs.get("refused") else "answered, but should have refused"
+    if name == "retrieval":
+        return f"the passages came from {', '.join(outputs.get('documents') or []) or 'no document'}, not the case's sources"
     if name == "length":
         return f"{outputs.get('completion_tokens')} tokens, over the case's budget"
     return f"{name}: the answer does not meet the case's expectation"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.llm.build import BuiltRelease, build_release, registered_copy
+from pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
 from pipelines.llm.evaluate import EvaluationResult, evaluate_release
+from pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
 from pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from pipelines.register import register_verified
 from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
@@ -70,6 +71,7 @@ class _Run:
     ledger: Ledger
     started: str
     config_digest: str
+    cause: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
     model_id: str = ""
@@ -82,8 +84,9 @@ class _Sets:
     validation: str  # digest of the validation record
 
 
-def run_release(ws: Workspace, *, runner: Runner = _direct) -> ReleaseOutcome:
-    """Run every stage in order through ``runner``; raises the first stage's refusal."""
+def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = None) -> ReleaseOutcome:
+    """Run every stage in order through ``runner``; raises the first stage's refusal. ``cause``
+    (a trigger's digest) is recorded as an input of the build."""
     ws.bind_mlflow()
     project = ws.llm_project()
     loaded = ws.policy("promotion")
@@ -96,7 +99,7 @@ def run_release(ws: Workspace, *, runner: Runner = _direct) -> ReleaseOutcome:
             hint="Add one (see the repository's policies/promotion.yaml); nothing was built.",
         )
     with ws.ledger() as ledger:
-        run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file))
+        run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file), cause)
 
         def timed(name: str, function: Callable[..., Any], *args: Any) -> Any:
             began = time.perf_counter()
@@ -107,27 +110,28 @@ def run_release(ws: Workspace, *, runner: Runner = _direct) -> ReleaseOutcome:
 
         weights: ResolvedWeights = timed("weights", _weights, run)
         sets: _Sets = timed("eval-sets", _sets, run)
+        knowledge: KnowledgeIndex | None = timed("knowledge", _knowledge, run) if project.knowledge else None
         prompt: RegisteredPrompt = timed("prompt", _prompt, run)
-        built: BuiltRelease = timed("build", _build, run, weights, prompt)
+        built: BuiltRelease = timed("build", _build, run, weights, prompt, knowledge)
         evaluation: _Evaluated = timed("evaluate", _evaluate, run, built, sets)
-        signed: SignedModel = timed("sign", _sign, run, built, weights, prompt, sets, evaluation)
+        signed: SignedModel = timed("sign", _sign, run, built, weights, prompt, sets, evaluation, knowledge)
         outcome: ReleaseOutcome = timed("register", _register, run, built, weights, prompt, sets, evaluation, signed)
         return outcome
 
 
-def release_flow(ws: Workspace) -> ReleaseOutcome:
+def release_flow(ws: Workspace, *, cause: str | None = None) -> ReleaseOutcome:
     """The run as the Workspace says: a Prefect flow run (each stage a task) or in this process."""
     if not ws.uses_prefect:
-        return run_release(ws)
-    return _prefect_flow()(ws.params())
+        return run_release(ws, cause=cause)
+    return _prefect_flow()(ws.params(), cause)
 
 
 def _prefect_flow() -> Any:
     from prefect import flow
 
     @flow(name="llm-release", validate_parameters=False, log_prints=False)
-    def llm_release(workspace: dict[str, str]) -> ReleaseOutcome:
-        return run_release(Workspace.from_params(workspace), runner=as_task)
+    def llm_release(workspace: dict[str, str], cause: str | None = None) -> ReleaseOutcome:
+        return run_release(Workspace.from_params(workspace), runner=as_task, cause=cause)
 
     logging.getLogger("prefect").setLevel(logging.CRITICAL)
     return llm_release
@@ -181,6 +185,22 @@ def _sets(run: _Run) -> _Sets:
     return _Sets(refs, cases, validation)
 
 
+def _knowledge(run: _Run) -> KnowledgeIndex:
+    """Version the knowledge base, validate it (a failure stops the build), cut it into passages,
+    and record the index the build will write (``index.built`` follows with its files)."""
+    from policies.guardrails import GuardrailPolicy
+    from policies.loading import load_policy
+    from serving.guardrails import Guardrails
+
+    project = run.project
+    spec = project.knowledge
+    assert spec is not None  # the stage runs only for a project with a knowledge base
+    version = version_knowledge(project.path(spec.documents), spec, run.ledger, root=run.ws.root)
+    guardrails = Guardrails(load_policy(project.path(project.guardrails), GuardrailPolicy), "")
+    validated = validate_knowledge(version, spec, guardrails, run.ws.reports, run.ledger)
+    return KnowledgeIndex(version, validated.digest, passages_of(version, spec))
+
+
 def _prompt(run: _Run) -> RegisteredPrompt:
     project = run.project
     prompt = register_prompt(project.prompt.name, canonical_template(project.template_text), release=project.name)
@@ -195,7 +215,9 @@ def _prompt(run: _Run) -> RegisteredPrompt:
     return prompt
 
 
-def _build(run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt) -> BuiltRelease:
+def _build(
+    run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt, knowledge: KnowledgeIndex | None
+) -> BuiltRelease:
     import tempfile
 
     import mlflow
@@ -203,7 +225,21 @@ def _build(run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt) -> Bui
 
     project = run.project
     folder = run.ws.home / "staging" / "llm" / f"{project.name}-{int(time.time() * 1000)}"
-    built = build_release(project, weights, prompt, folder, store=run.ws.weights_store)
+    built = build_release(project, weights, prompt, folder, store=run.ws.weights_store, knowledge=knowledge)
+    index = built.manifest.get("knowledge")
+    if knowledge is not None and index is not None:
+        run.ledger.append(
+            EventKind.INDEX_BUILT,
+            inputs={"knowledge": knowledge.version.digest, "validation": knowledge.validation},
+            outputs=[index["index_digest"]],
+            details={
+                "name": project.name,
+                "library": index["library"],
+                "passages": index["passages"],
+                "documents": index["documents"],
+                "files": {k: v for k, v in built.files.items() if k.startswith("index/")},
+            },
+        )
     experiment = _experiment(project.name, run.ws.home / "mlartifacts")
     with mlflow.start_run(
         experiment_id=experiment, tags={"conveyor.kind": KIND, "conveyor.release": built.digest}
@@ -231,6 +267,8 @@ def _build(run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt) -> Bui
             "guardrails": built.guardrails_digest,
             "parameters": built.parameters_digest,
             "config": run.config_digest,
+            "index": index["index_digest"] if index else None,
+            "cause": run.cause,
         },
         # The release and its manifest: its other files are its inputs (weights, template, guardrail
         # policy), which other releases share, so they stay inputs only and lineage keeps apart.
@@ -421,6 +459,7 @@ def _sign(
     prompt: RegisteredPrompt,
     sets: _Sets,
     evaluation: _Evaluated,
+    knowledge: KnowledgeIndex | None,
 ) -> SignedModel:
     ws, project, root = run.ws, run.project, run.ws.root
     policy = ws.signing()
@@ -434,6 +473,17 @@ def _sign(
         Material(relative_to_root(project.path(project.guardrails), root), built.guardrails_digest),
         *[Material(relative_to_root(r.path, root), r.digest) for r in sets.refs.values()],
         Material("evaluation-sets-validation", sets.validation),
+        *(
+            [
+                Material(
+                    f"{relative_to_root(knowledge.version.folder, root)}@dvc:{knowledge.version.md5}",
+                    knowledge.version.digest,
+                ),
+                Material("knowledge-validation", knowledge.validation),
+            ]
+            if knowledge is not None
+            else []
+        ),
         Material("evaluation-results", evaluation.digest),
         Material(relative_to_root(ws.project_file, root), run.config_digest),
         *([Material("uv.lock", file_digest(lock))] if lock.is_file() else []),
@@ -500,6 +550,15 @@ def _register(
         "conveyor.prompt": prompt.uri,
         "conveyor.prompt_digest": prompt.digest,
         "conveyor.evaluation_digest": evaluation.digest,
+        **(
+            {
+                "conveyor.knowledge_digest": built.manifest["knowledge"]["digest"],
+                "conveyor.knowledge_md5": built.manifest["knowledge"]["md5"],
+            }
+            if built.manifest.get("knowledge")
+            else {}
+        ),
+        **({"conveyor.cause": run.cause} if run.cause else {}),
     }
     version, verified = register_verified(
         run.project.name,
