@@ -26,6 +26,7 @@ from registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
     from pipelines.llm.flow import ReleaseOutcome
+    from pipelines.llm.loop import AcceptOutcome, ActionOutcome, FeedbackOutcome, LlmCheckOutcome
     from pipelines.retraining import DriftOutcome, LabelsOutcome
     from pipelines.training import TrainingOutcome
     from pipelines.validate import ValidationResult
@@ -110,6 +111,35 @@ class Workspace(_Workspace):
 
         self._require_llm()
         return release_flow(self._ready())
+
+    def check_llm(self, window: str | None = None, *, act: bool = True) -> LlmCheckOutcome:
+        """The LLM champion's live traffic against its evaluation (feedback posted to the gateway
+        recorded first); a breach re-evaluates the champion on the grown sets (``act``)."""
+        from pipelines.llm.loop import check_llm
+
+        self._require_llm()
+        return check_llm(self._ready(), window, start=act)
+
+    def check_knowledge(self, *, act: bool = True) -> tuple[str, ActionOutcome | None]:
+        """Whether the knowledge base is the champion's; a new version starts a rebuild (``act``)."""
+        from pipelines.llm.loop import check_knowledge
+
+        self._require_llm()
+        return check_knowledge(self._ready(), start=act)
+
+    def add_feedback(self, path: str | Path) -> FeedbackOutcome:
+        """Ratings of answers (JSONL or CSV): recorded, joined to the log, bad ones made candidate cases."""
+        from pipelines.llm.loop import add_feedback
+
+        self._require_llm()
+        return add_feedback(self._ready(), Path(path))
+
+    def accept_feedback(self, path: str | Path) -> AcceptOutcome:
+        """The reviewed candidates file's accepted cases added to the project's feedback set."""
+        from pipelines.llm.loop import accept_feedback
+
+        self._require_llm()
+        return accept_feedback(self._ready(), Path(path))
 
     def ask(self, ref: str, question: str) -> Reply:
         """Verify the LLM release ``ref``, load it in this process and answer ``question`` through its guardrails."""

@@ -22,7 +22,7 @@ RETRAINING_EVENT = "conveyor.retraining.requested"  # the Prefect event that sta
 
 @dataclass(frozen=True)
 class Breach:
-    cause: Literal["drift", "quality"]
+    cause: Literal["drift", "quality", "knowledge"]
     model: str
     version: str  # the champion it was measured against
     since: datetime

@@ -10,7 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from policies.loading import load_policy
 
-__all__ = ["QUALITY_METRICS", "ColumnTest", "DriftPolicy", "Window", "load_drift_policy", "parse_window"]
+__all__ = [
+    "LLM_DESCRIPTORS",
+    "LLM_RATES",
+    "QUALITY_METRICS",
+    "ColumnTest",
+    "DriftPolicy",
+    "LlmMonitoring",
+    "Window",
+    "load_drift_policy",
+    "parse_window",
+]
 
 # Quality metrics a label check can compute, and whether higher is better.
 QUALITY_METRICS: dict[str, bool] = {
@@ -99,12 +109,67 @@ class Monitor(_Strict):
     interval_seconds: float = Field(300, gt=0)
 
 
+LLM_DESCRIPTORS = ("question_length", "answer_length", "completion_tokens", "retrieval_score", "ttft_ms")
+LLM_RATES = ("out_of_knowledge", "refused", "blocked", "answer_json")
+
+
+class LlmDrift(_Strict):
+    share: float = Field(0.5, gt=0, le=1)  # drift when at least this share of the descriptors drift
+    method: str = "ks"
+    threshold: float = Field(0.01, gt=0)
+    columns: tuple[str, ...] = ("question_length", "answer_length", "completion_tokens", "retrieval_score")
+
+    @field_validator("columns")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in value if c not in LLM_DESCRIPTORS]
+        if unknown or not value:
+            raise ValueError(f"descriptors are {', '.join(LLM_DESCRIPTORS)}; got {', '.join(unknown) or 'none'}")
+        return value
+
+
+class LlmFeedback(_Strict):
+    min_ratings: int = Field(3, ge=1)  # fewer rated answers than this: no verdict on feedback
+    max_negative_share: float = Field(0.5, ge=0, le=1)
+
+
+class LlmMonitoring(_Strict):
+    """An LLM release's live traffic against its own evaluation traffic, and what a breach starts."""
+
+    window: str = "24h"
+    min_rows: int = Field(30, ge=1)
+    drift: LlmDrift = LlmDrift()
+    # A quality breach when one of these rates is above the evaluation's by at least this much,
+    # and significantly so (one-sided Fisher exact test at ``significance``).
+    rates: dict[str, float] = {"out_of_knowledge": 0.25, "refused": 0.2, "blocked": 0.2}
+    significance: float = Field(0.01, gt=0, lt=1)
+    feedback: LlmFeedback = LlmFeedback()
+    cooldown_minutes: float = Field(60, ge=0)  # at most one re-evaluation, and one rebuild, per champion in this long
+
+    @field_validator("window")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = [r for r in value if r not in LLM_RATES]
+        if unknown:
+            raise ValueError(f"rates are {', '.join(LLM_RATES)}; got {', '.join(unknown)}")
+        if any(not 0 < v <= 1 for v in value.values()):
+            raise ValueError("each rate's increase is a share in (0, 1]")
+        return value
+
+
 class DriftPolicy(_Strict):
     drift: Drift = Drift()
     window: WindowPolicy = WindowPolicy()
     quality: Quality = Quality(min=0.75)
     retraining: Retraining = Retraining()
     monitor: Monitor = Monitor()
+    llm: LlmMonitoring = LlmMonitoring()
 
 
 def load_drift_policy(policies: Path) -> DriftPolicy:

@@ -99,6 +99,9 @@ class Limits(_Strict):
 
 class Evaluation(_Strict):
     sets: tuple[Path, ...] = Field(min_length=1)
+    # Cases accepted from feedback (`conveyor feedback accept`): a set of its own, evaluated with the
+    # others once it holds a case; its candidates wait beside it in <name>.candidates.jsonl.
+    feedback: Path | None = None
     timeout_seconds: float = Field(900.0, gt=0)  # the whole evaluation, this machine
 
 

@@ -332,6 +332,7 @@ class FeedbackAdded(_Details):
     rows: int
     matched: int
     negative: int
+    per_version: dict[str, dict[str, int]] = {}  # version -> {"ratings": n, "negative": n}
     unmatched: list[str] = []
     candidates: str | None = None  # the file of candidate cases written for review
     source: str | None = None  # file | gateway
@@ -369,7 +370,7 @@ SPECS: dict[EventKind, EventSpec] = {
     EventKind.MODEL_REGISTERED: EventSpec(("model", "bundle", "provenance"), ("version",), ModelRegistered),
     EventKind.MODEL_PROMOTED: EventSpec(("version", "policy"), ("decision",), Promotion),
     EventKind.MODEL_PROMOTION_REFUSED: EventSpec(("version", "policy"), ("decision",), Promotion),
-    EventKind.MODEL_ROLLED_BACK: EventSpec(("from_version", "to_version"), (), RolledBack),
+    EventKind.MODEL_ROLLED_BACK: EventSpec(("from_version", "to_version", "cause"), (), RolledBack),
     EventKind.MODEL_DEPLOYED: EventSpec(("version",), ("deployment",), Deployed),
     EventKind.MODEL_LOAD_REFUSED: EventSpec((), (), LoadRefused),
     EventKind.CANARY_ROLLED_BACK: EventSpec(("version",), (), CanaryRolledBack),

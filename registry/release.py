@@ -157,11 +157,13 @@ def _overridden(ledger: Ledger, name: str, version: str, rollback: int) -> bool:
     )
 
 
-def rollback(ws: Workspace, name: str) -> tuple[str, str]:
-    """Point ``champion`` back at ``previous-champion``; returns (from version, to version)."""
+def rollback(ws: Workspace, name: str, *, to: str | None = None, cause: str | None = None) -> tuple[str, str]:
+    """Point ``champion`` back at ``previous-champion`` (or at version ``to``, a former champion
+    chosen by the caller); returns (from version, to version). ``cause`` (a digest) is recorded."""
     client = ws.mlflow()
     with file_lock(ws.home, f"release-{name}"):
         current, previous = alias(client, name, CHAMPION), alias(client, name, PREVIOUS)
+        previous = to or previous
         if previous is None:
             raise NotFound(
                 f"{name} has no previous champion to roll back to.",
@@ -169,7 +171,8 @@ def rollback(ws: Workspace, name: str) -> tuple[str, str]:
             )
         try:
             client.set_registered_model_alias(name, CHAMPION, previous)
-            client.delete_registered_model_alias(name, PREVIOUS)
+            if alias(client, name, PREVIOUS) == previous:
+                client.delete_registered_model_alias(name, PREVIOUS)
         except Exception as exc:
             raise RegistryError(
                 f"The registry refused the rollback of {name}: {exc}.", hint="Check the tracking URI."
@@ -178,6 +181,7 @@ def rollback(ws: Workspace, name: str) -> tuple[str, str]:
         inputs = {
             "from_version": _version_digest(client, name, current) if current else None,
             "to_version": _version_digest(client, name, previous),
+            "cause": cause,
         }
         with ws.ledger() as ledger:
             ledger.append(

@@ -118,6 +118,10 @@ class Gate:
             engine.admit(role)
             await _complete(engine, body, role, path == "/v1/chat/completions", receive, send)
             return
+        if path == "/v1/feedback":
+            engine.admit(role)
+            await _send(send, 200, engine.feedback(body, role))  # type: ignore[attr-defined]
+            return
         if path == "/v1/models":
             await _send(send, 200, engine.models())  # type: ignore[attr-defined]
             return

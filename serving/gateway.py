@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import threading
@@ -237,6 +238,7 @@ class Gateway(Engine):
         "/v1/chat/completions": {"POST"},
         "/v1/completions": {"POST"},
         "/v1/models": {"GET"},
+        "/v1/feedback": {"POST"},
         "/metrics": {"GET"},
     }
 
@@ -248,6 +250,8 @@ class Gateway(Engine):
         self.meter = Meter(self.gateway, share=self._share, spent=self._spent_so_far())
         self.cache = AnswerCache(self.gateway.cache.max_entries, self.gateway.cache.ttl_seconds)
         self.tracer = Tracer(ws.home / "serving" / "traces", service=self.name)
+        self._feedback_dir = ws.home / "feedback" / self.name / "incoming"
+        self._feedback_lock = threading.Lock()
         self._score = random.Random()
         self._score_share = self.controller.policy.llm.score_share  # read once, as the rest of the policy
 
@@ -379,10 +383,11 @@ class Gateway(Engine):
 
     def document(self) -> dict[str, Any]:
         """The API's OpenAPI 3.1 document (``/docs.json``): OpenAI's paths, as this gateway takes them."""
+        from monitoring.feedback import FeedbackRow
         from serving.openai_api import ChatRequest, CompletionRequest
 
         schemas: dict[str, Any] = {}
-        for model in (ChatRequest, CompletionRequest):
+        for model in (ChatRequest, CompletionRequest, FeedbackRow):
             schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas |= schema.pop("$defs", {})
             schemas[model.__name__] = schema
@@ -411,6 +416,9 @@ class Gateway(Engine):
                 "/v1/chat/completions": post("A chat answer from the release", "ChatRequest"),
                 "/v1/completions": post("A completion from the release", "CompletionRequest"),
                 "/v1/models": {"get": {"summary": "The releases served", "security": [{"bearer": []}]}},
+                "/v1/feedback": post(
+                    "A rating of an answer this key was given (request_id: the answer's id)", "FeedbackRow"
+                ),
             },
             "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         }
@@ -465,6 +473,37 @@ class Gateway(Engine):
             )
             self.meter.settle(reservation, tokens, cost)
             self._finish(request_id, request, prepared, outcome, caller, team, cost, arrived, chat)
+
+    def feedback(self, body: bytes, caller: Role) -> bytes:
+        """Record a client's rating of an answer (``POST /v1/feedback``) for ``conveyor drift check``.
+
+        The row is checked field by field and appended, with the key that posted it, to this
+        worker's file of incoming feedback: it joins only an answer given to that key."""
+        from pydantic import ValidationError
+
+        from monitoring.feedback import FeedbackRow
+
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                raise ValueError("the body is not a JSON object")
+            document.pop("key", None)
+            document.pop("at", None)
+            row = FeedbackRow.model_validate(document)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "body"
+            raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not a feedback object ({exc})") from None
+        stamped = row.model_copy(update={"key": caller.id or caller.name, "at": datetime.now(UTC).isoformat()})
+        line = stamped.model_dump_json(exclude_none=True) + "\n"
+        with self._feedback_lock:
+            self._feedback_dir.mkdir(parents=True, exist_ok=True)
+            with (self._feedback_dir / f"gateway-{os.getpid()}.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(line)
+        self.metrics.llm_feedback.labels(self.name, row.rating).inc()
+        return json.dumps({"object": "feedback", "request_id": row.request_id, "status": "recorded"}).encode()
 
     def _order(self, request: Any, caller: Role) -> list[tuple[ServedRelease, str]]:
         """The releases that may answer, in the order they are tried."""

@@ -112,6 +112,12 @@ class ServiceMetrics:
             ["model", "version", "result"],
             registry=self.registry,
         )
+        self.llm_feedback = Counter(
+            "conveyor_llm_feedback",
+            "Ratings of answers posted to /v1/feedback",
+            ["model", "rating"],
+            registry=self.registry,
+        )
         self.llm_guardrails = Counter(
             "conveyor_llm_guardrail_events",
             "Guardrail blocks and redactions by the rule that fired",

@@ -17,6 +17,7 @@ cost_app = sub_app("What LLM requests cost: tokens and money by team, release or
 def register(app: typer.Typer) -> None:
     app.add_typer(llm_app, name="llm")
     app.add_typer(cost_app, name="cost")
+    app.add_typer(feedback_app, name="feedback")
 
 
 @cost_app.command("report")
@@ -119,4 +120,144 @@ def ask(
     out(
         f"({reply.prompt_tokens} tokens in, {reply.completion_tokens} out, first token {reply.ttft_ms:.0f} ms, "
         f"{reply.total_ms:.0f} ms in all" + (f"; guardrails: {', '.join(fired)}" if fired else "") + ")"
+    )
+
+
+@llm_app.command("check")
+def check(
+    ctx: typer.Context,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            "--window", help="The last 24h, 30m, 7d, or a row count (default: policies/drift.yaml llm.window)."
+        ),
+    ] = None,
+    no_action: Annotated[bool, typer.Option("--no-action", help="Report a breach; start no re-evaluation.")] = False,
+    as_json: JSON = False,
+) -> None:
+    """The champion's live traffic against its evaluation traffic (Evidently descriptors, rates,
+    feedback); exit 0 no breach, 1 drift or quality breach, 3 not enough data.
+
+    A breach re-evaluates the champion on the grown evaluation sets: if it now fails its gate, the
+    newest former champion that passes is restored, else it is held with an alert.
+    """
+    with progress("Checking the LLM traffic (Evidently)...", quiet=as_json):
+        outcome = workspace(ctx).check_llm(window, act=not no_action)
+    print_llm_check(outcome, as_json=as_json)
+    raise typer.Exit(outcome.result.exit_code)
+
+
+def print_llm_check(outcome: Any, *, as_json: bool = False) -> None:
+    r = outcome.result
+    if as_json:
+        emit_json(
+            {
+                **r.to_dict(),
+                "feedback_recorded": [f.to_dict() for f in outcome.feedback],
+                "action": outcome.action.to_dict() if outcome.action else None,
+            }
+        )
+        return
+    for recorded in outcome.feedback:
+        out(
+            f"  feedback from the gateway: {recorded.rows} ratings, {recorded.negative} down, {recorded.candidates} new candidate cases"
+        )
+    out(
+        f"{r.model} version {r.version}, {r.window} ({r.window_rows:,} answers) against its evaluation "
+        f"({r.reference_rows} cases): {r.describe()}"
+    )
+    for c in r.columns:
+        if c.drifted:
+            out(f"  drifted  {c.column}: {c.method} {c.score:.4g} (threshold {c.threshold:g})")
+    for rate in r.rates:
+        mark = "BREACH" if rate.breached else "ok"
+        out(
+            f"  rate     {rate.name}: {rate.live:.0%} live, {rate.reference:.0%} in evaluation, p={rate.p_value:.2g} ({mark})"
+        )
+    if r.feedback.get("ratings"):
+        out(f"  feedback {r.feedback['negative']} of {r.feedback['ratings']} rated down")
+    if r.html:
+        out(f"  report   {r.html}")
+    out(f"  result   {r.report}  ({r.report_digest})")
+    if r.trigger:
+        out(f"  action   {r.trigger}")
+    if outcome.action is not None:
+        print_action(outcome.action)
+
+
+def print_action(action: Any) -> None:
+    out(f"  {action.status}: {action.reason}")
+    for reason in action.reasons:
+        out(f"    {reason}")
+
+
+@llm_app.command("knowledge")
+def knowledge(
+    ctx: typer.Context,
+    no_action: Annotated[bool, typer.Option("--no-action", help="Report a change; start no rebuild.")] = False,
+    as_json: JSON = False,
+) -> None:
+    """Whether the champion answers from the knowledge base's current version; a new version (a new
+    DVC version of the documents) rebuilds the release: index, evaluation, signature, then the
+    promotion policy may make it the canary. Exit 1 if the rebuild failed."""
+    with progress("Checking the knowledge base...", quiet=as_json):
+        found, action = workspace(ctx).check_knowledge(act=not no_action)
+    if as_json:
+        emit_json({"found": found, "action": action.to_dict() if action else None})
+    else:
+        out(found)
+        if action is not None:
+            print_action(action)
+    raise typer.Exit(1 if action is not None and action.status == "failed" else 0)
+
+
+feedback_app = sub_app("Ratings of LLM answers: recorded, joined to the log, bad answers made candidate cases.")
+
+
+@feedback_app.command("add")
+def feedback_add(
+    ctx: typer.Context,
+    file: Annotated[
+        str, typer.Argument(help="JSONL or CSV: request_id, rating (up|down), label, correction, comment.")
+    ],
+    as_json: JSON = False,
+) -> None:
+    """Record ratings of answers; badly rated answers become candidate evaluation cases, to review
+    in the candidates file and accept with `conveyor feedback accept`."""
+    from pathlib import Path
+
+    outcome = workspace(ctx).add_feedback(Path(file))
+    if as_json:
+        emit_json(outcome.to_dict())
+        return
+    out(
+        f"{outcome.rows} ratings recorded ({outcome.digest}): {outcome.matched} joined to logged answers, "
+        f"{outcome.negative} rated down"
+    )
+    if outcome.unmatched:
+        out(f"  not joined (no such answer for this key in the log): {', '.join(outcome.unmatched[:5])}")
+    if outcome.candidates:
+        out(f"  {outcome.candidates} new candidate cases in {outcome.candidates_file}")
+        out("  review them (set review.status to accepted or rejected, edit the expectations), then")
+        out(f"  `conveyor feedback accept {outcome.candidates_file}`")
+
+
+@feedback_app.command("accept")
+def feedback_accept(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The reviewed candidates file.")],
+    as_json: JSON = False,
+) -> None:
+    """Add the reviewed file's accepted cases to the project's feedback set (both recorded by digest);
+    the next evaluation, and the next re-evaluation of the champion, include them."""
+    from pathlib import Path
+
+    outcome = workspace(ctx).accept_feedback(Path(file))
+    if as_json:
+        emit_json(outcome.to_dict())
+        return
+    out(
+        f"{outcome.accepted} cases accepted into {outcome.set}"
+        + (f" ({outcome.set_digest})" if outcome.set_digest else "")
+        + f"; {outcome.rejected} rejected, {outcome.pending} still pending review"
     )

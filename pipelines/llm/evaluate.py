@@ -82,6 +82,7 @@ class CaseResult:
     answer: dict[str, Any]
     scores: dict[str, bool | None]
     refuse: bool | None = None  # what the case expects: refused (True), answered (False), either (None)
+    question: str = ""  # as asked (the reference traffic that live traffic is compared with)
 
     @property
     def passed(self) -> bool:
@@ -212,7 +213,12 @@ def evaluate_release(
         )
     cases = [
         CaseResult(
-            name, case.id, answers[key], {n: SCORERS[n](answers[key], case.expect) for n in scorers}, case.expect.refuse
+            name,
+            case.id,
+            answers[key],
+            {n: SCORERS[n](answers[key], case.expect) for n in scorers},
+            case.expect.refuse,
+            case.question,
         )
         for key, (name, case) in by_case.items()
     ]

@@ -34,7 +34,15 @@ from registry.verify import in_project
 from registry.weights import ResolvedWeights, resolve_weights
 from registry.workspace import Workspace
 
-__all__ = ["KIND", "ReleaseOutcome", "evaluate_version", "release_flow", "run_release", "score_llm_champion"]
+__all__ = [
+    "KIND",
+    "ReleaseOutcome",
+    "evaluate_version",
+    "evaluation_sets",
+    "release_flow",
+    "run_release",
+    "score_llm_champion",
+]
 
 KIND = "llm-release"  # the registry tag ``conveyor.kind`` of an LLM release
 Runner = Callable[..., Any]
@@ -163,8 +171,7 @@ def _weights(run: _Run) -> ResolvedWeights:
 def _sets(run: _Run) -> _Sets:
     """Version each evaluation set (DVC's md5, the ledger) and check every line before any is used."""
     refs, cases = {}, {}
-    for value in run.project.evaluation.sets:
-        path = run.project.path(value)
+    for path in evaluation_sets(run.project):
         name = path.stem
         cases[name] = read_eval_set(path)  # raises DataInvalid naming the line: nothing recorded as validated
         refs[name] = version_dataset(path, run.ledger, root=run.ws.root)
@@ -199,6 +206,15 @@ def _knowledge(run: _Run) -> KnowledgeIndex:
     guardrails = Guardrails(load_policy(project.path(project.guardrails), GuardrailPolicy), "")
     validated = validate_knowledge(version, spec, guardrails, run.ws.reports, run.ledger)
     return KnowledgeIndex(version, validated.digest, passages_of(version, spec))
+
+
+def evaluation_sets(project: LlmProject) -> list[Path]:
+    """The project's evaluation sets, with the set of accepted feedback cases once it holds one."""
+    paths = [project.path(value) for value in project.evaluation.sets]
+    accepted = project.path(project.evaluation.feedback) if project.evaluation.feedback else None
+    if accepted is not None and accepted.is_file() and accepted.read_text(encoding="utf-8").strip():
+        paths.append(accepted)
+    return paths
 
 
 def _prompt(run: _Run) -> RegisteredPrompt:

@@ -1,0 +1,761 @@
+"""The LLM loop's return path: feedback in, live traffic checked, and what a breach or a new
+version of the documents starts.
+
+- ``add_feedback`` joins rated answers to the inference log and writes the badly rated ones as
+  candidate cases; ``accept_feedback`` adds the reviewed, accepted ones to the project's feedback
+  set (recorded by digest): the evaluation set has grown.
+- ``check_llm`` compares the champion's live traffic with its evaluation traffic
+  (``monitoring.llm_traffic``) and records ``drift.checked``; a breach asks the same trigger as
+  retraining (``monitoring.trigger.decide_trigger``: one per breach window, a cooldown) and
+  starts ``reevaluate``: the champion evaluated on the grown sets; if it now fails its gate, the
+  newest former champion that passes is restored (``model.rolled_back``, its cause the trigger),
+  or, when none does, the champion is held and the alert says so.
+- ``check_knowledge`` notices a knowledge base whose content is not the champion's (a new DVC
+  version) and starts a rebuild: the release flow (index, evaluation, signature, registry), the
+  cause an input of the build, then the promotion policy may make it the canary.
+
+Each start is a ``retraining.triggered`` event whose inputs are its evidence (a report, a
+feedback file, a knowledge version), so lineage leads from the outcome back to its cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
+from monitoring.llm_traffic import LlmTrafficResult, compare_traffic, live_frame, reference_frame
+from monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
+from pipelines.datasets import relative_to_root, version_dataset
+from policies.drift import DriftPolicy, Retraining, parse_window
+from policies.errors import ConveyorError, DataInvalid, NotFound, PolicyInvalid
+from policies.llm import LlmProject, read_eval_set
+from registry.digests import canonical_json, file_digest, json_digest
+from registry.events import EventKind, typed
+from registry.inference_log import read_log
+from registry.ledger import Ledger
+from registry.locks import file_lock
+from registry.workspace import Workspace
+
+__all__ = [
+    "AcceptOutcome",
+    "ActionOutcome",
+    "FeedbackOutcome",
+    "LlmCheckOutcome",
+    "accept_feedback",
+    "add_feedback",
+    "candidates_path",
+    "check_knowledge",
+    "check_llm",
+    "ingest_gateway_feedback",
+    "rebuild",
+    "reevaluate",
+]
+
+log = logging.getLogger("conveyor.monitoring")
+
+
+@dataclass
+class ActionOutcome:
+    """What a trigger started did: ``status`` completed (rebuilt, or the champion still passes),
+    rolled_back, held, failed or skipped."""
+
+    status: Literal["completed", "rolled_back", "held", "failed", "skipped"]
+    trigger: str
+    reason: str
+    version: str | None = None
+    canary: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LlmCheckOutcome:
+    result: LlmTrafficResult
+    decision: TriggerDecision | None = None
+    trigger: str | None = None
+    action: ActionOutcome | None = None
+    feedback: list[FeedbackOutcome] = field(default_factory=list)
+
+
+@dataclass
+class FeedbackOutcome:
+    file: str
+    digest: str
+    rows: int
+    matched: int
+    negative: int
+    candidates: int  # new candidate cases written
+    candidates_file: str | None
+    unmatched: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AcceptOutcome:
+    file: str
+    accepted: int
+    rejected: int
+    pending: int
+    set: str
+    set_digest: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- feedback --------------------------------------------------------------------------------------
+
+
+def candidates_path(project: LlmProject) -> Path:
+    """Where candidate cases wait for review: beside the feedback set, ``<name>.candidates.jsonl``."""
+    accepted = _feedback_set(project)
+    return accepted.with_name(accepted.stem + ".candidates.jsonl")
+
+
+def _feedback_set(project: LlmProject) -> Path:
+    if project.evaluation.feedback is None:
+        raise PolicyInvalid(
+            f"{project.source} names no set for cases accepted from feedback.",
+            hint="Add `evaluation.feedback: llm/eval/feedback.jsonl` (any path) to the project config.",
+        )
+    return project.path(project.evaluation.feedback)
+
+
+def add_feedback(ws: Workspace, path: Path, *, source: str = "file") -> FeedbackOutcome:
+    """Record the feedback in ``path``, join it to the logged answers, write candidate cases."""
+    import json
+
+    project = ws.llm_project()
+    rows = read_feedback(path)  # DataInvalid before anything is recorded
+    candidates = candidates_path(project)
+    with ws.ledger() as ledger, file_lock(ws.home, f"feedback-{project.name}"):
+        ref = version_dataset(path.absolute(), ledger, root=ws.root, details={"labels_for": project.name})
+        answers = read_log(ws.inference_dir(project.name))
+        if "kind" in answers:
+            answers = answers[answers["kind"] == "llm"]
+        joined = join_feedback(rows, answers)
+        matched = joined[joined["version"].notna()]
+        existing: set[str] = set()
+        if candidates.is_file():
+            existing = {json.loads(line)["id"] for line in candidates.read_text().splitlines() if line.strip()}
+        for accepted in _accepted_ids(project):
+            existing.add(accepted)
+        new = candidates_of(matched, existing)
+        if new:
+            candidates.parent.mkdir(parents=True, exist_ok=True)
+            with candidates.open("a", encoding="utf-8") as handle:
+                for case in new:
+                    handle.write(json.dumps(case, sort_keys=True) + "\n")
+        per_version = {
+            str(v): {"ratings": len(g), "negative": int((g["rating"] == "down").sum())}
+            for v, g in matched.groupby("version")
+        }
+        unmatched = [str(r) for r in joined.loc[joined["version"].isna(), "request_id"]][:20]
+        ledger.append(
+            EventKind.FEEDBACK_ADDED,
+            inputs={"feedback": ref.digest},
+            outputs=[file_digest(candidates)] if new else [],
+            details={
+                "model": project.name,
+                "path": relative_to_root(ref.path, ws.root),
+                "rows": len(rows),
+                "matched": len(matched),
+                "negative": int((matched["rating"] == "down").sum()),
+                "per_version": per_version,
+                "unmatched": unmatched,
+                "candidates": relative_to_root(candidates, ws.root) if new else None,
+                "source": source,
+            },
+        )
+    return FeedbackOutcome(
+        str(path),
+        ref.digest,
+        len(rows),
+        len(matched),
+        int((matched["rating"] == "down").sum()),
+        len(new),
+        str(candidates) if new else None,
+        unmatched,
+    )
+
+
+def _accepted_ids(project: LlmProject) -> set[str]:
+    accepted = _feedback_set(project)
+    if not accepted.is_file() or not accepted.read_text(encoding="utf-8").strip():
+        return set()
+    return {c.id for c in read_eval_set(accepted)}
+
+
+def ingest_gateway_feedback(ws: Workspace) -> list[FeedbackOutcome]:
+    """Record the feedback the gateway's clients posted (``POST /v1/feedback``) since the last time."""
+    project = ws.llm_project()
+    incoming = ws.home / "feedback" / project.name / "incoming"
+    done = incoming.parent / "recorded"
+    outcomes = []
+    for file in sorted(incoming.glob("*.jsonl")) if incoming.is_dir() else []:
+        # The writer appends: take the file as it is now, under a name of its own.
+        taken = done / f"{file.stem}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.jsonl"
+        done.mkdir(parents=True, exist_ok=True)
+        file.replace(taken)
+        try:
+            outcomes.append(add_feedback(ws, taken, source="gateway"))
+        except DataInvalid as exc:
+            log.warning("gateway feedback %s not recorded: %s", taken, exc.message)
+    return outcomes
+
+
+def accept_feedback(ws: Workspace, path: Path) -> AcceptOutcome:
+    """Add the reviewed file's accepted cases to the project's feedback set; record both by digest."""
+    project = ws.llm_project()
+    accepted, rejected, pending = accept_candidates(path)
+    target = _feedback_set(project)
+    with ws.ledger() as ledger, file_lock(ws.home, f"feedback-{project.name}"):
+        known = _accepted_ids(project)
+        ids = [c.id for c in accepted]
+        clash = sorted({i for i in ids if ids.count(i) > 1} | (set(ids) & known))
+        fresh = [c for c in accepted if c.id not in known]
+        if clash and len(fresh) != len(accepted):
+            log.info("already accepted, skipped: %s", ", ".join(clash))
+        if not fresh:
+            return AcceptOutcome(str(path), 0, rejected, pending, str(target), None)
+        reviewed = version_dataset(path.absolute(), ledger, root=ws.root, details={"labels_for": project.name})
+        target.parent.mkdir(parents=True, exist_ok=True)
+        before = target.read_text(encoding="utf-8") if target.is_file() else ""
+        lines = [c.model_dump_json(exclude_defaults=True) for c in fresh]
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(before + ("" if not before or before.endswith("\n") else "\n") + "\n".join(lines) + "\n")
+        read_eval_set(partial)  # the grown set must still be a valid set before it replaces the old one
+        partial.replace(target)
+        grown = version_dataset(target, ledger, root=ws.root, details={"labels_for": project.name})
+        ledger.append(
+            EventKind.FEEDBACK_ACCEPTED,
+            inputs={"candidates": reviewed.digest, "reviewed": None},
+            outputs=[grown.digest],
+            details={
+                "model": project.name,
+                "path": relative_to_root(reviewed.path, ws.root),
+                "cases": len(fresh),
+                "set": relative_to_root(target, ws.root),
+            },
+        )
+    return AcceptOutcome(str(path), len(fresh), rejected, pending, str(target), grown.digest)
+
+
+# -- the traffic check -----------------------------------------------------------------------------
+
+
+def _champion_reference(ws: Workspace, ledger: Ledger, name: str, version: str) -> tuple[dict[str, Any], str]:
+    import json
+
+    tags = ws.mlflow().get_model_version(name, version).tags
+    digest = tags.get("conveyor.evaluation_digest")
+    events = [e for e in ledger.producers(digest) if e.kind == EventKind.RELEASE_EVALUATED] if digest else []
+    report = Path(events[0].details["report"]) if events else None
+    if report is None or not report.is_file() or file_digest(report) != digest:
+        raise NotFound(
+            f"The evaluation report of {name} version {version} ({digest}) is not on this machine or has changed.",
+            hint="Live traffic is compared with the release's own evaluation; rebuild the release here.",
+        )
+    return json.loads(report.read_text()), str(digest)
+
+
+def _llm_policy(ws: Workspace) -> tuple[DriftPolicy, Any]:
+    policy = ws.drift_policy()
+    return policy.model_copy(
+        update={"retraining": Retraining(cooldown_minutes=policy.llm.cooldown_minutes)}
+    ), policy.llm
+
+
+def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -> LlmCheckOutcome:
+    """The champion's live traffic against its evaluation, gateway feedback recorded first; on a
+    breach the trigger, and (``start``) the re-evaluation."""
+    ws.bind_mlflow()
+    project = ws.llm_project()
+    name = project.name
+    trigger_policy, policy = _llm_policy(ws)
+    champion = ws.champion(name)
+    if champion is None:
+        raise NotFound(
+            f"{name} has no champion whose traffic could be checked.",
+            hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
+        )
+    feedback = ingest_gateway_feedback(ws)
+    spec = _window(window or policy.window)
+    now = datetime.now(UTC)
+    since = now - timedelta(seconds=spec.seconds) if spec.seconds else None
+    with ws.ledger() as ledger:
+        report, reference_digest = _champion_reference(ws, ledger, name, champion)
+        rows = read_log(ws.inference_dir(name), since=since)
+        if not rows.empty:
+            rows = rows[
+                (rows.get("kind") == "llm")
+                & (rows["version"].astype(str) == champion)
+                & (rows["served_by"] == "champion")
+                & (rows["status"] != "failed")
+            ]
+        if spec.rows:
+            rows = rows.tail(spec.rows)
+        knowledge = report.get("knowledge_min_score")
+        min_score = _min_score(ws, name, champion) if knowledge is None else knowledge
+        reference = reference_frame(report, min_score)
+        current = live_frame(rows, min_score)
+        ratings, negative = _feedback_counts(ledger, name, champion, since)
+        label = f"llm-{name}-{now:%Y%m%dT%H%M%S%f}"
+        out = ws.reports / "drift"
+        result = LlmTrafficResult(
+            "insufficient",
+            name,
+            champion,
+            spec.describe(),
+            len(current),
+            len(reference),
+            since=str(rows["time"].min()) if len(rows) else None,
+            until=str(rows["time"].max()) if len(rows) else None,
+        )
+        window_digest = json_digest(sorted(rows["request_id"].astype(str))) if len(rows) else None
+        enough = len(current) >= policy.min_rows
+        if enough or ratings >= policy.feedback.min_ratings:
+            columns, share, rates, verdict, html, snapshot = compare_traffic(
+                reference,
+                current if len(current) else reference.iloc[:0],
+                policy,
+                out,
+                label,
+                feedback=(ratings, negative),
+            )
+            result.feedback, result.html, result.snapshot = verdict, html, snapshot
+            if enough:
+                result.columns, result.share, result.rates = columns, share, rates
+            reasons = []
+            if enough and share >= policy.drift.share:
+                drifted = ", ".join(c.column for c in columns if c.drifted)
+                reasons.append(f"{share:.0%} of the descriptors drifted ({drifted})")
+            breached = [r for r in result.rates if r.breached]
+            reasons += [
+                f"{r.name} rate {r.live:.0%} live vs {r.reference:.0%} in evaluation (p={r.p_value:.2g})"
+                for r in breached
+            ]
+            if verdict["breached"]:
+                reasons.append(
+                    f"{negative} of {ratings} rated answers rated down ({verdict['negative_share']:.0%}, "
+                    f"more than {policy.feedback.max_negative_share:.0%})"
+                )
+            result.reasons = reasons
+            drift_breach = enough and share >= policy.drift.share
+            result.status = "drift" if drift_breach else ("quality" if reasons else "ok")
+            if not enough and result.status == "ok":
+                result.status = "insufficient"
+                result.reasons = [f"{len(current)} answers in the window, fewer than {policy.min_rows}"]
+        else:
+            result.reasons = [
+                f"{len(current)} answers in the window (fewer than {policy.min_rows}) and {ratings} ratings "
+                f"(fewer than {policy.feedback.min_ratings}): no verdict"
+            ]
+        out.mkdir(parents=True, exist_ok=True)
+        kept = out / f"{label}.json"
+        kept.write_bytes(canonical_json({k: v for k, v in result.to_dict().items() if k != "report_digest"}))
+        result.report, result.report_digest = kept, file_digest(kept)
+        outcome = LlmCheckOutcome(result, feedback=feedback)
+        breach = None
+        if result.status in ("drift", "quality"):
+            breach = Breach(
+                result.status,
+                name,
+                champion,
+                _at(result.since, now),
+                _at(result.until, now),
+                result.report_digest,
+                result.describe(),
+            )
+            past = _past(ledger, name, ("drift", "quality"))
+            decision = decide_trigger(breach, past, trigger_policy, now)
+            if decision.start and not start:
+                decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
+            outcome.decision = decision
+            result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
+        ledger.append(
+            EventKind.DRIFT_CHECKED,
+            inputs={
+                "version": _version_digest(ws, name, champion),
+                "reference": reference_digest,
+                "window": window_digest,
+            },
+            outputs=[d for d in (result.report_digest, _digest(result.html), _digest(result.snapshot)) if d],
+            details={
+                "model": name,
+                "version": champion,
+                "status": result.status,
+                "window": result.window,
+                "window_rows": result.window_rows,
+                "since": result.since,
+                "until": result.until,
+                "share": result.share,
+                "drifted": result.drifted,
+                "report": str(result.report),
+                "html": str(result.html) if result.html else None,
+                "snapshot": str(result.snapshot) if result.snapshot else None,
+                "trigger": result.trigger,
+            },
+        )
+        if breach is not None and outcome.decision is not None and outcome.decision.start:
+            outcome.trigger = _record_trigger(ws, ledger, breach, outcome.decision)
+    if outcome.trigger is not None:
+        outcome.action = reevaluate(ws, outcome.trigger)
+    return outcome
+
+
+def _min_score(ws: Workspace, name: str, version: str) -> float | None:
+    """The release's own out-of-knowledge threshold (its manifest's), or None without a knowledge base."""
+    project = ws.llm_project()
+    if project.knowledge is None:
+        return None
+    tags = ws.mlflow().get_model_version(name, version).tags
+    return project.knowledge.min_score if tags.get("conveyor.knowledge_digest") else None
+
+
+def _feedback_counts(ledger: Ledger, name: str, version: str, since: datetime | None) -> tuple[int, int]:
+    ratings = negative = 0
+    for event in ledger.latest([EventKind.FEEDBACK_ADDED], limit=1_000):
+        if event.details.get("model") != name or (since is not None and datetime.fromisoformat(event.time) < since):
+            continue
+        counts = event.details.get("per_version", {}).get(version)
+        if counts:
+            ratings += int(counts["ratings"])
+            negative += int(counts["negative"])
+    return ratings, negative
+
+
+# -- the trigger and the re-evaluation -------------------------------------------------------------
+
+
+def _past(ledger: Ledger, name: str, causes: tuple[str, ...]) -> list[PastTrigger]:
+    found = []
+    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
+        details = typed(event)
+        if details.model == name and details.cause in causes:
+            found.append(PastTrigger.from_details(event.time, event.details, event.seq))
+    return found
+
+
+def _record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> str:
+    record = {**breach.record(), "decision": decision.reason}
+    digest = json_digest(record)
+    ledger.append(
+        EventKind.RETRAINING_TRIGGERED,
+        inputs={"evidence": breach.evidence, "version": _version_digest(ws, breach.model, breach.version)},
+        outputs=[digest],
+        details=record,
+    )
+    return digest
+
+
+def _claim(ledger: Ledger, trigger: str, name: str) -> str | None:
+    """Record that ``trigger``'s work starts; the reason it already has, if it has."""
+    if not [e for e in ledger.producers(trigger) if e.kind == EventKind.RETRAINING_TRIGGERED]:
+        raise NotFound(
+            f"No trigger {trigger} in the ledger.", hint="A trigger is recorded by a check that found a breach."
+        )
+    earlier = [e for e in ledger.consumers(trigger) if e.kind == EventKind.RETRAINING_STARTED]
+    if earlier:
+        return f"this trigger's work already started (ledger event #{earlier[0].seq})"
+    ledger.append(EventKind.RETRAINING_STARTED, inputs={"trigger": trigger}, details={"model": name})
+    return None
+
+
+def reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
+    """The champion on the grown evaluation sets; if it fails its gate, the newest former champion
+    that passes is restored, else the champion is held and an alert logged."""
+    if ws.uses_prefect:
+        return _prefect_flow("llm-reevaluation", _reevaluate)(ws.params(), trigger)
+    return _reevaluate(ws, trigger)
+
+
+def _reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
+    from registry.release import rollback
+
+    ws.bind_mlflow()
+    project = ws.llm_project()
+    name = project.name
+    gate = ws.policy("promotion").value.llm
+    with ws.ledger() as ledger:
+        with file_lock(ws.home, f"llm-action-{name}"):
+            already = _claim(ledger, trigger, name)
+        if already:
+            return ActionOutcome("skipped", trigger, already)
+        champion = ws.champion(name)
+        try:
+            if champion is None or gate is None:
+                raise NotFound(f"{name} has no champion, or the promotion policy no `llm` section.", hint="")
+            sets = _current_sets(ws, ledger, project)
+            passed, reasons = _judge(ws, ledger, project, gate, name, champion, sets, trigger)
+            if passed:
+                return _completed(
+                    ledger,
+                    trigger,
+                    ActionOutcome(
+                        "completed", trigger, f"version {champion} still passes its gate on the grown sets", champion
+                    ),
+                )
+            for former in _former_champions(ledger, name, champion):
+                ok, _ = _judge(ws, ledger, project, gate, name, former, sets, trigger)
+                if ok:
+                    rollback(ws, name, to=former, cause=trigger)
+                    reason = f"version {champion} failed its gate ({'; '.join(reasons)}); rolled back to version {former}, which passes"
+                    log.warning("%s: %s", name, reason)
+                    return _completed(
+                        ledger, trigger, ActionOutcome("rolled_back", trigger, reason, former, reasons=reasons)
+                    )
+            reason = (
+                f"ALERT: version {champion} failed its gate on the grown sets ({'; '.join(reasons)}) and no former "
+                "champion passes: held as champion; fix the release or its sets, then rebuild"
+            )
+            log.error("%s: %s", name, reason)
+            return _completed(ledger, trigger, ActionOutcome("held", trigger, reason, champion, reasons=reasons))
+        except ConveyorError as exc:
+            ledger.append(
+                EventKind.RETRAINING_FAILED,
+                inputs={"trigger": trigger},
+                details={"error": exc.message, "hint": exc.hint},
+            )
+            return ActionOutcome("failed", trigger, str(exc))
+
+
+def _completed(ledger: Ledger, trigger: str, outcome: ActionOutcome) -> ActionOutcome:
+    ledger.append(
+        EventKind.RETRAINING_COMPLETED,
+        inputs={"trigger": trigger, "version": None},
+        details={
+            "version": outcome.version or "",
+            "canary": outcome.canary,
+            "reasons": [outcome.reason, *outcome.reasons],
+            "data": outcome.status,
+        },
+    )
+    return outcome
+
+
+def _current_sets(ws: Workspace, ledger: Ledger, project: LlmProject) -> dict[str, Any]:
+    from pipelines.llm.flow import evaluation_sets
+
+    sets = {}
+    for path in evaluation_sets(project):
+        cases = read_eval_set(path)
+        sets[path.stem] = (cases, version_dataset(path, ledger, root=ws.root).digest)
+    return sets
+
+
+def _judge(
+    ws: Workspace,
+    ledger: Ledger,
+    project: LlmProject,
+    gate: Any,
+    name: str,
+    version: str,
+    sets: dict[str, Any],
+    cause: str,
+) -> tuple[bool, list[str]]:
+    """Evaluate ``version`` on ``sets`` and ask the gate's thresholds; recorded as ``release.evaluated``."""
+    from pipelines.llm.flow import evaluate_version
+    from policies.promotion import Candidate, decide_promotion
+
+    result = evaluate_version(
+        ws,
+        ledger,
+        name,
+        version,
+        {n: c for n, (c, _) in sets.items()},
+        gate.scorers,
+        project.evaluation.timeout_seconds,
+    )
+    candidate = Candidate(
+        name=name,
+        version=version,
+        signature_verified=True,
+        validation_passed=True,
+        clean_tree=None,
+        size_bytes=0,
+        metrics=result.metrics,
+    )
+    decision = decide_promotion(candidate, None, gate.model_copy(update={"beat_champion": None}).as_policy(("canary",)))
+    report = ws.reports / "llm" / f"{name}-{version}-reevaluation-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_bytes(
+        canonical_json({**result.to_dict(), "decision": {"ok": decision.ok, "reasons": decision.reasons}})
+    )
+    ledger.append(
+        EventKind.RELEASE_EVALUATED,
+        inputs={
+            "release": _version_digest(ws, name, version),
+            "policy": ws.policy("promotion").digest,
+            "cause": cause,
+            **{f"set:{n}": d for n, (_, d) in sets.items()},
+        },
+        outputs=[file_digest(report)],
+        details={
+            "name": name,
+            "version": version,
+            "cause": cause,
+            "passed": decision.ok,
+            "metrics": result.metrics,
+            "cases": len(result.cases),
+            "failed": [f"{c.set}/{c.id}" for c in result.failed],
+            "reasons": decision.reasons,
+            "report": str(report),
+            "seconds": round(result.seconds, 2),
+        },
+    )
+    failed_cases = [f"{c.set}/{c.id}" for c in result.failed if c.set == "feedback"]
+    reasons = [*decision.reasons, *([f"failed feedback cases: {', '.join(failed_cases)}"] if failed_cases else [])]
+    return decision.ok, reasons
+
+
+def _former_champions(ledger: Ledger, name: str, current: str) -> list[str]:
+    """Versions that were champion before ``current``, newest first."""
+    seen: list[str] = []
+    for event in ledger.latest([EventKind.MODEL_PROMOTED, EventKind.MODEL_ROLLED_BACK], limit=1_000):
+        details = event.details
+        if details.get("name") != name:
+            continue
+        version = details.get("version") if event.kind == EventKind.MODEL_PROMOTED else details.get("to")
+        if event.kind == EventKind.MODEL_PROMOTED and details.get("target") != "champion":
+            continue
+        if version and version != current and version not in seen:
+            seen.append(str(version))
+    return seen
+
+
+# -- the knowledge base ----------------------------------------------------------------------------
+
+
+def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOutcome | None]:
+    """Whether the knowledge base's content is the champion's; if not, the rebuild (once per version,
+    after the cooldown). Returns what was found and what was done."""
+    from pipelines.llm.knowledge import version_knowledge
+
+    ws.bind_mlflow()
+    project = ws.llm_project()
+    name = project.name
+    if project.knowledge is None:
+        raise PolicyInvalid(f"{project.source} has no knowledge base.", hint="Add a `knowledge` section.")
+    champion = ws.champion(name)
+    trigger_policy, _ = _llm_policy(ws)
+    now = datetime.now(UTC)
+    with ws.ledger() as ledger:
+        version = version_knowledge(project.path(project.knowledge.documents), project.knowledge, ledger, root=ws.root)
+        served = (
+            ws.mlflow().get_model_version(name, champion).tags.get("conveyor.knowledge_digest") if champion else None
+        )
+        if champion is None or served == version.digest:
+            return (
+                f"the champion answers from this knowledge version ({version.md5})" if champion else "no champion yet"
+            ), None
+        for past in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
+            if past.details.get("model") == name and past.details.get("evidence") == version.digest:
+                return f"a rebuild for knowledge version {version.md5} was already started (event #{past.seq})", None
+        breach = Breach(
+            "knowledge",
+            name,
+            champion,
+            now,
+            now,
+            version.digest,
+            f"the knowledge base changed: DVC version {version.md5}, {len(version.documents)} documents",
+        )
+        decision = decide_trigger(breach, _past(ledger, name, ("knowledge",)), trigger_policy, now)
+        if not decision.start or not start:
+            return (
+                "not started: " + decision.reason
+            ) if not decision.start else "a rebuild would start (--no-action)", None
+        trigger = _record_trigger(ws, ledger, breach, decision)
+    return f"knowledge version {version.md5} differs from the champion's", rebuild(ws, trigger)
+
+
+def rebuild(ws: Workspace, trigger: str) -> ActionOutcome:
+    """The release flow for ``trigger`` (its cause recorded), then the promotion policy may make it the canary."""
+    from pipelines.llm.flow import release_flow
+    from pipelines.release import score_champion
+    from registry.release import promote
+
+    project = ws.llm_project()
+    with ws.ledger() as ledger, file_lock(ws.home, f"llm-action-{project.name}"):
+        already = _claim(ledger, trigger, project.name)
+    if already:
+        return ActionOutcome("skipped", trigger, already)
+    try:
+        built = release_flow(ws, cause=trigger)
+    except ConveyorError as exc:
+        with ws.ledger() as ledger:
+            ledger.append(
+                EventKind.RETRAINING_FAILED,
+                inputs={"trigger": trigger},
+                details={"error": exc.message, "hint": exc.hint},
+            )
+        return ActionOutcome("failed", trigger, str(exc))
+    promotion = promote(ws, f"{built.name}/{built.version}", "canary", score_champion=score_champion)
+    outcome = ActionOutcome(
+        "completed",
+        trigger,
+        f"version {built.version} built and "
+        + ("made the canary" if promotion.decision.ok else "registered, but the promotion policy refused it as canary"),
+        built.version,
+        promotion.decision.ok,
+        list(promotion.decision.reasons),
+    )
+    with ws.ledger() as ledger:
+        ledger.append(
+            EventKind.RETRAINING_COMPLETED,
+            inputs={"trigger": trigger, "version": built.version_digest},
+            details={
+                "version": built.version,
+                "canary": promotion.decision.ok,
+                "reasons": outcome.reasons,
+                "data": "knowledge",
+            },
+        )
+    return outcome
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _prefect_flow(name: str, function: Any) -> Any:
+    from prefect import flow
+
+    @flow(name=name, validate_parameters=False, log_prints=False)
+    def run(workspace: dict[str, str], trigger: str) -> ActionOutcome:
+        return function(Workspace.from_params(workspace), trigger)
+
+    logging.getLogger("prefect").setLevel(logging.CRITICAL)
+    return run
+
+
+def _window(text: str) -> Any:
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise PolicyInvalid(
+            f"Bad window: {exc}.", hint="Give a row count (500) or a duration (30m, 24h, 7d)."
+        ) from None
+
+
+def _at(text: str | None, default: datetime) -> datetime:
+    if not text:
+        return default
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _digest(path: Path | None) -> str | None:
+    return file_digest(path) if path is not None and path.is_file() else None
+
+
+def _version_digest(ws: Workspace, name: str, version: str) -> str | None:
+    return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")
