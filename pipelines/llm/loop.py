@@ -296,7 +296,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
         rows = read_log(ws.inference_dir(name), since=since)
         if not rows.empty:
             rows = rows[
-                (rows.get("kind") == "llm")
+                (rows["kind"] == "llm" if "kind" in rows else False)
                 & (rows["version"].astype(str) == champion)
                 & (rows["served_by"] == "champion")
                 & (rows["status"] != "failed")
@@ -349,8 +349,11 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                     f"more than {policy.feedback.max_negative_share:.0%})"
                 )
             result.reasons = reasons
+            # A rate or feedback breach says what went wrong, descriptor drift only that traffic moved:
+            # with both, the verdict is quality (the reasons name the drift too).
             drift_breach = enough and share >= policy.drift.share
-            result.status = "drift" if drift_breach else ("quality" if reasons else "ok")
+            quality_breach = any(r.breached for r in result.rates) or bool(verdict["breached"])
+            result.status = "quality" if quality_breach else ("drift" if drift_breach else "ok")
             if not enough and result.status == "ok":
                 result.status = "insufficient"
                 result.reasons = [f"{len(current)} answers in the window, fewer than {policy.min_rows}"]

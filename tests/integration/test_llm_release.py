@@ -187,7 +187,7 @@ def _flip(data: bytes) -> bytes:
     return data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1 :]
 
 
-@pytest.mark.parametrize("target", ["weights", "prompt", "manifest"])
+@pytest.mark.parametrize("target", ["weights", "prompt", "manifest", "index"])
 def test_a_tampered_release_file_is_refused_at_verify_and_at_load(
     ws: Any, built: tuple[Any, Any], restore: list[Path], target: str
 ) -> None:
@@ -198,8 +198,15 @@ def test_a_tampered_release_file_is_refused_at_verify_and_at_load(
         "weights": ws.weights_store / f"{outcome.weights_digest.removeprefix('sha256:')}.gguf",
         "prompt": _artifacts(ws, outcome) / "prompt" / "template.txt",
         "manifest": _artifacts(ws, outcome) / "release.json",
+        "index": _artifacts(ws, outcome) / "index" / "passages.jsonl",  # the retrieval index's passages
     }[target]
-    _tamper(path, restore, _flip if target == "weights" else lambda b: b.replace(b"Conveyor", b"Conveyer", 1))
+    _tamper(
+        path,
+        restore,
+        _flip
+        if target == "weights"
+        else lambda b: b.replace(b"Conveyor", b"Conveyer", 1).replace(b"canary", b"canery", 1),
+    )
     report = ws.verify(f"{NAME}/{outcome.version}")
     assert not report.ok
     assert report.first_failure.name == "signature"
