@@ -145,6 +145,13 @@ def open_workspace(
     )
 
 
+def shorten_eval_sets(root: Path, **keep: int) -> None:
+    """Keep the first ``keep[name]`` cases of each named evaluation set of the project at ``root``."""
+    for name, count in keep.items():
+        path = root / "llm" / "eval" / f"{name}.jsonl"
+        path.write_text("\n".join(path.read_text().splitlines()[:count]) + "\n")
+
+
 def copy_llm_project(root: Path) -> Path:
     """The repository's LLM project (assistant.yaml, prompts, evaluation sets, policies, lock) in
     ``root``; returns its project file."""

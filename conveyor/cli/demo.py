@@ -22,7 +22,10 @@ def demo(
         bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")
     ] = False,
     llm: Annotated[
-        bool, typer.Option("--llm", help="Only the LLM part: build, gate, sign and promote releases.")
+        bool, typer.Option(
+            "--llm",
+            help="Only the LLM loop: build, serve, ask, add a document (rebuild, canary), feedback (re-evaluation).",
+        )
     ] = False,
     no_llm: Annotated[bool, typer.Option("--no-llm", help="Skip the LLM part.")] = False,
 ) -> None:
@@ -30,9 +33,9 @@ def demo(
 
     Serves the champion on 127.0.0.1, sends reference-period then drifted traffic, checks drift,
     adds labels, retrains on the new data, and lets the canary analysis promote or roll back the
-    new model; prints a summary. The service is stopped at the end. Then the LLM part: releases of
-    two real local models built, gated, signed, registered and promoted, and a changed prompt
-    refused by the gate.
+    new model; prints a summary. The service is stopped at the end. Then the LLM loop on a real
+    local model: the assistant built from its knowledge base, served through the gateway and asked
+    questions, a new document rebuilt into a canary, negative feedback re-evaluating the champion.
     """
     from conveyor.demo.run import run_demo
 

