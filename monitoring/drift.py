@@ -174,6 +174,28 @@ class Comparison:
     sampled: bool
 
 
+def column_drifts(result: dict[str, Any], only: list[str] | None = None) -> list[ColumnDrift]:
+    """Each column's drift test from an Evidently snapshot's ``dict()``: method, threshold, score, verdict."""
+    scores = {
+        m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")
+    }
+    columns = []
+    for test in result["tests"]:
+        params = test["metric_config"]["params"]
+        if params["type"].endswith(":ValueDrift") and (only is None or params["column"] in only):
+            column = params["column"]
+            columns.append(
+                ColumnDrift(
+                    column,
+                    params["method"],
+                    float(params["threshold"]),
+                    float(scores[column]),
+                    test["status"] == "FAIL",
+                )
+            )
+    return columns
+
+
 def check_drift(
     reference: pd.DataFrame, current: pd.DataFrame, project: ProjectConfig, policy: DriftPolicy, out: Path, label: str
 ) -> Comparison:
@@ -205,23 +227,7 @@ def check_drift(
             reference_data=Dataset.from_pandas(reference, data_definition=definition),
         )
     result = snapshot.dict()
-    scores = {
-        m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")
-    }
-    columns = []
-    for test in result["tests"]:
-        params = test["metric_config"]["params"]
-        if params["type"].endswith(":ValueDrift"):
-            column = params["column"]
-            columns.append(
-                ColumnDrift(
-                    column,
-                    params["method"],
-                    float(params["threshold"]),
-                    float(scores[column]),
-                    test["status"] == "FAIL",
-                )
-            )
+    columns = column_drifts(result)
     share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
     out.mkdir(parents=True, exist_ok=True)
     html = out / f"{label}.html"

@@ -21,9 +21,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from monitoring.drift import ColumnDrift, column_drifts
 from policies.drift import LlmMonitoring
 
-__all__ = ["LlmTrafficResult", "RateCheck", "compare_traffic", "live_frame", "reference_frame"]
+__all__ = ["ColumnDrift", "LlmTrafficResult", "RateCheck", "compare_traffic", "live_frame", "reference_frame"]
 
 Status = Literal["ok", "drift", "quality", "insufficient"]
 
@@ -80,15 +81,6 @@ def live_frame(log: pd.DataFrame, min_score: float | None) -> pd.DataFrame:
         for r in log.to_dict("records")
     ]
     return _frame(rows, min_score)
-
-
-@dataclass(frozen=True)
-class ColumnDrift:
-    column: str
-    method: str
-    threshold: float
-    score: float
-    drifted: bool
 
 
 @dataclass(frozen=True)
@@ -208,23 +200,7 @@ def compare_traffic(
             reference_data=Dataset.from_pandas(reference[shown], data_definition=definition),
         )
     result = snapshot.dict()
-    scores = {
-        m["config"]["column"]: m["value"] for m in result["metrics"] if m["config"]["type"].endswith(":ValueDrift")
-    }
-    drift: list[ColumnDrift] = []
-    for test in result["tests"]:
-        params = test["metric_config"]["params"]
-        if params["type"].endswith(":ValueDrift") and params["column"] in numeric:
-            column = params["column"]
-            drift.append(
-                ColumnDrift(
-                    column,
-                    params["method"],
-                    float(params["threshold"]),
-                    float(scores[column]),
-                    test["status"] == "FAIL",
-                )
-            )
+    drift = column_drifts(result, numeric)
     share = sum(c.drifted for c in drift) / len(drift) if drift else 0.0
     rates = []
     for name, increase in policy.rates.items():

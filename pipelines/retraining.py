@@ -49,6 +49,7 @@ __all__ = [
     "add_labels",
     "check_drift",
     "labelled_data",
+    "record_drift_checked",
     "retrain",
 ]
 
@@ -124,29 +125,11 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
             )
             decision = _decide(breach, ledger, policy, now, start)
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
-        ledger.append(
-            EventKind.DRIFT_CHECKED,
-            inputs={
-                "version": result.version_digest,
-                "reference": result.reference_digest,
-                "window": result.window_digest,
-            },
-            outputs=[d for d in (result.report_digest, result.html_digest, result.snapshot_digest) if d],
-            details={
-                "model": result.model,
-                "version": result.version,
-                "status": result.status,
-                "window": result.window,
-                "window_rows": result.window_rows,
-                "since": result.since,
-                "until": result.until,
-                "share": result.share,
-                "drifted": result.drifted,
-                "report": str(result.report),
-                "html": str(result.html) if result.html else None,
-                "snapshot": str(result.snapshot) if result.snapshot else None,
-                "trigger": result.trigger,
-            },
+        record_drift_checked(
+            ledger,
+            result,
+            {"version": result.version_digest, "reference": result.reference_digest, "window": result.window_digest},
+            [result.report_digest, result.html_digest, result.snapshot_digest],
         )
         outcome = DriftOutcome(result, decision)
         if decision is not None and decision.start:
@@ -225,6 +208,30 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
         if outcome.decision is not None and outcome.decision.start:
             outcome.started = _record_trigger(ws, ledger, breach, outcome.decision)
     return outcome
+
+
+def record_drift_checked(ledger: Ledger, result: Any, inputs: dict[str, str | None], outputs: list[str | None]) -> None:
+    """The ``drift.checked`` event of a tabular (``DriftResult``) or an LLM (``LlmTrafficResult``) check."""
+    ledger.append(
+        EventKind.DRIFT_CHECKED,
+        inputs=inputs,
+        outputs=[d for d in outputs if d],
+        details={
+            "model": result.model,
+            "version": result.version,
+            "status": result.status,
+            "window": result.window,
+            "window_rows": result.window_rows,
+            "since": result.since,
+            "until": result.until,
+            "share": result.share,
+            "drifted": result.drifted,
+            "report": str(result.report),
+            "html": str(result.html) if result.html else None,
+            "snapshot": str(result.snapshot) if result.snapshot else None,
+            "trigger": result.trigger,
+        },
+    )
 
 
 # -- the trigger -----------------------------------------------------------------------------------

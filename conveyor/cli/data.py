@@ -80,6 +80,14 @@ def _llm_config_check(ws: Any) -> None:
     )
     out(f"  prompt     {project.prompt.name} from {project.prompt.template} ({project.model.mode})")
     out("  sets       " + ", ".join(f"{name} ({n} cases)" for name, n in cases.items()))
+    if project.knowledge is not None:
+        from pipelines.llm.knowledge import read_knowledge
+
+        knowledge = read_knowledge(project.path(project.knowledge.documents), project.knowledge)
+        out(
+            f"  knowledge  {project.knowledge.documents}: {len(knowledge.documents)} documents, version "
+            f"{knowledge.md5} ({'DVC-tracked' if knowledge.tracked else 'not DVC-tracked'}), BM25 top {project.knowledge.top_k}"
+        )
     out(f"  guardrails {project.guardrails}")
     out(
         f"  price      {project.pricing.input_per_1k:g} / {project.pricing.output_per_1k:g} {project.pricing.currency} per 1k tokens in / out"

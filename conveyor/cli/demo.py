@@ -22,10 +22,11 @@ def demo(
         bool, typer.Option("--no-loop", help="Stop after the first champion (no serving, drift or retraining).")
     ] = False,
     llm: Annotated[
-        bool, typer.Option(
+        bool,
+        typer.Option(
             "--llm",
             help="Only the LLM loop: build, serve, ask, add a document (rebuild, canary), feedback (re-evaluation).",
-        )
+        ),
     ] = False,
     no_llm: Annotated[bool, typer.Option("--no-llm", help="Skip the LLM part.")] = False,
 ) -> None:

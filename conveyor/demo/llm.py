@@ -12,6 +12,8 @@ of the serving release and its lineage page.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import time
@@ -39,7 +41,9 @@ QUESTIONS = (  # what two teams ask: covered by the documents, not covered, and 
 )
 # Asked after the new document: its passages change (BM25 ranks the new document first).
 RATED = "When does the champion roll back after it fails?"
-_CANARY = {"steps": [50, 100], "min_requests": 16, "min_seconds": 5, "analysis_seconds": 1}
+# The demo's canary walks two steps on fewer answers than a real one would (its minutes are few).
+_CANARY = {"steps": [50, 100], "min_requests": 10, "min_seconds": 3, "analysis_seconds": 1}
+_SAMPLES = 10  # answers per side before time to first token and per output token are judged
 _CANARY_SECONDS = 120
 
 
@@ -54,16 +58,20 @@ def project_copy(root: Path, destination: Path) -> Path:
     for name in _PROJECT_FILES:
         shutil.copy(root / name, destination / name)
     shutil.copytree(
-        root / "llm", destination / "llm", ignore=shutil.ignore_patterns("kb-updates", "*.candidates.jsonl")
+        root / "llm", destination / "llm", ignore=shutil.ignore_patterns("kb-updates", "feedback*.jsonl")
     )
     shutil.copytree(root / "policies", destination / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     config = yaml.safe_load((destination / "assistant.yaml").read_text())
     config.pop("fallback", None)  # the demo serves the assistant alone (the fallback is tested on its own)
-    (destination / "assistant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     canary = yaml.safe_load((destination / "policies" / "canary.yaml").read_text())
-    canary["llm"] |= _CANARY  # a walk of two steps with fewer answers each: the demo's minutes are few
+    canary["llm"] |= _CANARY
+    for rule in ("ttft", "tpot"):
+        canary["llm"][rule]["min_samples"] = _SAMPLES
+    config["generation"]["max_tokens"] = 32  # shorter answers: every evaluation of the loop takes half the time
+    (destination / "assistant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (destination / "policies" / "canary.yaml").write_text(yaml.safe_dump(canary, sort_keys=False))
-    Repo.init(str(destination), no_scm=True).close()
+    with contextlib.redirect_stdout(io.StringIO()):  # DVC's own "Initialized DVC repository" banner
+        Repo.init(str(destination), no_scm=True).close()
     _dvc_add(destination, "llm/kb")
     return destination / "assistant.yaml"
 
@@ -71,7 +79,8 @@ def project_copy(root: Path, destination: Path) -> Path:
 def _dvc_add(root: Path, path: str) -> None:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
+        repo.scm_context.quiet = True
         repo.add([str(root / path)])
 
 
@@ -261,7 +270,7 @@ def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspa
         async with httpx.AsyncClient(base_url=f"{service.url}/v1", timeout=120) as client:
             while time.monotonic() < deadline:
                 batch = []
-                for i in range(4):
+                for i in range(2):  # two at a time: one per core
                     n = sent + i
                     body = {
                         "model": "conveyor-assistant",
@@ -271,7 +280,7 @@ def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspa
                                 "content": f"In a few words, question {n}: what is {topics[n % len(topics)]}?",
                             }
                         ],
-                        "max_tokens": 12,
+                        "max_tokens": 6,
                         "user": f"user-{n}",
                     }
                     team = "default" if n % 2 else "research"
@@ -364,6 +373,10 @@ def _audit(assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[
         page.write_text(lineage_page(found.walks, f"request:{covered['id']}"), encoding="utf-8")
         kinds = {e.kind for w in found.walks for e in w.events}
         say(
-            f"Lineage of the answer to {covered['question']!r} (`conveyor lineage request:{covered['id']} --up`): "
-            f"{len(kinds)} kinds of event, from the deployment to knowledge.versioned (its DVC version): {page}"
+            f"Lineage of the answer to {covered['question']!r}: {len(kinds)} kinds of event, from its deployment "
+            f"back to knowledge.versioned (the documents' DVC version): {page}"
         )
+    command = f"CONVEYOR_HOME={assistant.home} .venv/bin/conveyor --config {assistant.project_file}"
+    say(f"Try:        {command} lineage request:{covered['id'] if covered else 'ID'} --up")
+    say(f"            {command} audit {name}@champion")
+    say(f"            {command} cost report --by team")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,11 @@ def validate_knowledge(
     result = _run(context, batch, suite, frame)
     failures = [_failure(r) for r in result["results"] if not r["success"]]
     record = {"suite": _SUITE, "knowledge": version.digest, "success": bool(result["success"])}
-    digest = json_digest(record)
-    report = reports / "validation" / f"knowledge-{version.digest.split(':')[1][:16]}.json"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    report = reports / "validation" / f"knowledge-{version.digest.split(':')[1][:16]}-{stamp}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(canonical_json({**record, "result": result}))
+    digest = file_digest(report)  # the validation is its report, as for a tabular dataset
     described = [_describe(f, frame, spec) for f in failures]
     ledger.append(
         EventKind.DATA_VALIDATED,

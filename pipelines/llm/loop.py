@@ -30,6 +30,7 @@ from monitoring.feedback import accept_candidates, candidates_of, join_feedback,
 from monitoring.llm_traffic import LlmTrafficResult, compare_traffic, live_frame, reference_frame
 from monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
 from pipelines.datasets import relative_to_root, version_dataset
+from pipelines.retraining import record_drift_checked
 from policies.drift import DriftPolicy, Retraining, parse_window
 from policies.errors import ConveyorError, DataInvalid, NotFound, PolicyInvalid
 from policies.llm import LlmProject, read_eval_set
@@ -384,29 +385,11 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
             outcome.decision = decision
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
-        ledger.append(
-            EventKind.DRIFT_CHECKED,
-            inputs={
-                "version": _version_digest(ws, name, champion),
-                "reference": reference_digest,
-                "window": window_digest,
-            },
-            outputs=[d for d in (result.report_digest, _digest(result.html), _digest(result.snapshot)) if d],
-            details={
-                "model": name,
-                "version": champion,
-                "status": result.status,
-                "window": result.window,
-                "window_rows": result.window_rows,
-                "since": result.since,
-                "until": result.until,
-                "share": result.share,
-                "drifted": result.drifted,
-                "report": str(result.report),
-                "html": str(result.html) if result.html else None,
-                "snapshot": str(result.snapshot) if result.snapshot else None,
-                "trigger": result.trigger,
-            },
+        record_drift_checked(
+            ledger,
+            result,
+            {"version": _version_digest(ws, name, champion), "reference": reference_digest, "window": window_digest},
+            [result.report_digest, _digest(result.html), _digest(result.snapshot)],
         )
         if breach is not None and outcome.decision is not None and outcome.decision.start:
             outcome.trigger = _record_trigger(ws, ledger, breach, outcome.decision)

@@ -88,3 +88,27 @@ def test_serve_checks_an_llm_project_before_starting(config: Path) -> None:
     (config.parent / "policies" / "gateway.yaml").write_text("teams: {default: {tokens_per_minute: -5}}\n")
     result = conveyor(config, "serve")
     assert result.exit_code == 2 and "tokens_per_minute" in result.output and "Traceback" not in result.output
+
+
+def test_config_check_names_the_knowledge_base_and_its_version(config: Path) -> None:
+    result = conveyor(config, "config", "check")
+    assert result.exit_code == 0, result.output
+    assert "knowledge  llm/kb: 6 documents, version " in result.output and ".dir (not DVC-tracked)" in result.output
+
+
+def test_feedback_mistakes_exit_with_what_was_wrong_and_record_nothing(config: Path, tmp_path: Path) -> None:
+    missing = conveyor(config, "feedback", "add", str(tmp_path / "nope.jsonl"))
+    assert missing.exit_code == 1 and "No feedback file" in missing.output and "Traceback" not in missing.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"request_id": "r1", "rating": "great"}\n')
+    result = conveyor(config, "feedback", "add", str(bad))
+    assert result.exit_code == 1 and "line 1: `rating`" in result.output and "Nothing was recorded" in result.output
+    assert not (config.parent / "llm" / "eval" / "feedback.candidates.jsonl").exists()
+    unreviewed = conveyor(config, "feedback", "accept", str(tmp_path / "none.jsonl"))
+    assert unreviewed.exit_code == 1 and "No candidates file" in unreviewed.output
+
+
+def test_llm_check_without_a_champion_says_what_to_do(config: Path) -> None:
+    result = conveyor(config, "llm", "check")
+    assert result.exit_code == 1 and "has no champion" in result.output and "conveyor promote" in result.output
+    assert "Traceback" not in result.output
