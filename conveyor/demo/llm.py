@@ -44,7 +44,7 @@ RATED = "When does the champion roll back after it fails?"
 # The demo's canary walks two steps on fewer answers than a real one would (its minutes are few).
 _CANARY = {"steps": [50, 100], "min_requests": 10, "min_seconds": 3, "analysis_seconds": 1}
 _SAMPLES = 10  # answers per side before time to first token and per output token are judged
-_CANARY_SECONDS = 120
+_CANARY_SECONDS = 100
 
 
 def project_copy(root: Path, destination: Path) -> Path:
@@ -195,7 +195,7 @@ def _ask(service: Any, tokens: dict[str, str], answered: list[dict[str, Any]], s
         stream = _client(service, tokens[team]).chat.completions.create(
             model="conveyor-assistant",
             messages=[{"role": "user", "content": question}],
-            max_tokens=40,
+            max_tokens=24,
             stream=True,
             stream_options={"include_usage": True},
         )
@@ -270,7 +270,7 @@ def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspa
         async with httpx.AsyncClient(base_url=f"{service.url}/v1", timeout=120) as client:
             while time.monotonic() < deadline:
                 batch = []
-                for i in range(2):  # two at a time: one per core
+                for i in range(4):
                     n = sent + i
                     body = {
                         "model": "conveyor-assistant",
