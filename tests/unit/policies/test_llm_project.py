@@ -57,10 +57,24 @@ def test_a_mistake_names_the_field(project: Path, change: Any, named: str) -> No
 
 def test_a_template_variable_that_nothing_supplies_is_named(project: Path) -> None:
     template = project.parent / "llm" / "prompts" / "assistant.txt"
-    template.write_text("You help {{product}} users in {{language}}.")
+    template.write_text("You help {{product}} users in {{language}}. Notes: {{passages}}")
     with pytest.raises(ConfigInvalid, match=r"uses \{\{language\}\}, which nothing supplies"):
         load_llm_project(project)
     assert template_variables("{{ a }} {{b}} {c}") == {"a", "b"}
+
+
+def test_a_knowledge_base_needs_a_place_for_its_passages_and_a_folder(project: Path) -> None:
+    template = project.parent / "llm" / "prompts" / "assistant.txt"
+    template.write_text("You help {{product}} users.")
+    with pytest.raises(ConfigInvalid, match=r"has no \{\{passages\}\}"):
+        load_llm_project(project)
+    template.write_text("You help {{product}} users. Notes: {{passages}}")
+    _edit(project, lambda d: d["knowledge"].update(documents="llm/nowhere"))
+    with pytest.raises(ConfigInvalid, match="`knowledge.documents` names llm/nowhere"):
+        load_llm_project(project)
+    _edit(project, lambda d: d.pop("knowledge"))
+    with pytest.raises(ConfigInvalid, match="no `knowledge` section"):
+        load_llm_project(project)
 
 
 def test_a_completion_template_must_hold_the_question(project: Path) -> None:
