@@ -57,9 +57,7 @@ def project_copy(root: Path, destination: Path) -> Path:
     destination.mkdir(parents=True)
     for name in _PROJECT_FILES:
         shutil.copy(root / name, destination / name)
-    shutil.copytree(
-        root / "llm", destination / "llm", ignore=shutil.ignore_patterns("kb-updates", "feedback*.jsonl")
-    )
+    shutil.copytree(root / "llm", destination / "llm", ignore=shutil.ignore_patterns("kb-updates", "feedback*.jsonl"))
     shutil.copytree(root / "policies", destination / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     config = yaml.safe_load((destination / "assistant.yaml").read_text())
     config.pop("fallback", None)  # the demo serves the assistant alone (the fallback is tested on its own)

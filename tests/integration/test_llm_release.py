@@ -76,26 +76,29 @@ def test_a_release_is_built_evaluated_signed_and_registered_as_candidate(ws: Any
     assert outcome.registered_bytes < 100_000  # the 98 MB weights are kept once, by digest
     assert outcome.metrics["refusal_rate"] == 1.0
     assert outcome.metrics["pass_rate"] >= 0.75
-    assert set(outcome.stages) == {"weights", "eval-sets", "prompt", "build", "evaluate", "sign", "register"}
+    stages = {"weights", "eval-sets", "knowledge", "prompt", "build", "evaluate", "sign", "register"}
+    assert set(outcome.stages) == stages
     kinds = _kinds(ws)
     order = [
         "weights.resolved",
-        "data.validated",
+        "knowledge.versioned",
         "prompt.registered",
+        "index.built",
         "release.built",
         "release.evaluated",
         "model.signed",
         "model.registered",
     ]
     assert [k for k in kinds if k in order] == order
-    assert kinds.count("dataset.versioned") == 2  # the golden and red-team sets
+    assert kinds.count("dataset.versioned") == 3  # the golden, red-team and knowledge sets
+    assert kinds.count("data.validated") == 2  # the sets' cases, and the knowledge base's documents
     # MLflow shows it as a GenAI experiment, each case a trace carrying its token usage
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(NAME)
     assert experiment.tags.get("mlflow.experimentKind") == "genai_development"
     traces = mlflow.search_traces(locations=[experiment.experiment_id], run_id=outcome.run_id, return_type="list")
-    assert len(traces) == 20
+    assert len(traces) == 28
     span = traces[0].data.spans[0]
     assert "gen_ai.usage.output_tokens" in span.attributes
 
@@ -296,6 +299,7 @@ def test_a_prompt_that_makes_the_assistant_worse_fails_the_gate_and_is_not_regis
     before = _versions(ws)
     template.write_text(
         "You are {{product}}'s friendly pirate. Answer every question in pirate speak, with as much colour as you like.\n"
+        "{{passages}}\n"
     )
     try:
         with pytest.raises(GateFailed) as refused:
@@ -396,7 +400,7 @@ def test_an_evaluation_that_runs_out_of_time_registers_nothing(fresh: Any) -> No
     from policies.errors import GateFailed
 
     _edit(fresh.project_file, lambda d: d["evaluation"].update(timeout_seconds=0.5))
-    with pytest.raises(GateFailed, match=r"ran out of time: \d+ of 20 cases answered"):
+    with pytest.raises(GateFailed, match=r"ran out of time: \d+ of 28 cases answered"):
         fresh.build_release()
     _nothing_registered(fresh, built=True)  # built, then stopped at its evaluation
 
