@@ -74,6 +74,18 @@ def _project(root: Path, guardrails: dict[str, Any] | None) -> Path:
     project = copy_llm_project(root)
     config = yaml.safe_load(project.read_text())
     config.pop("fallback", None)  # one model per server, as the peer
+    # The same prompt on both servers: no retrieved passages (the peer has no knowledge base).
+    config.pop("knowledge", None)
+    template = root / "llm" / "prompts" / "assistant.txt"
+    template.write_text(
+        "\n".join(
+            line
+            for line in template.read_text().splitlines()
+            if "passages" not in line.lower() and "notes from" not in line.lower()
+        )
+        + "\n"
+    )
+    config["evaluation"]["sets"] = [s for s in config["evaluation"]["sets"] if "knowledge" not in s]
     if guardrails is not None:
         (root / "policies" / "guardrails-off.yaml").write_text(yaml.safe_dump(guardrails))
         config["guardrails"] = "policies/guardrails-off.yaml"
