@@ -18,6 +18,7 @@ for script in (
     "pii.py",
     "gateway.py",
     "llm_canary.py",
+    "llm_monitoring.py",
 ):
     print(f"\n### {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)
