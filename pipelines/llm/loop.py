@@ -304,8 +304,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
             ]
         if spec.rows:
             rows = rows.tail(spec.rows)
-        knowledge = report.get("knowledge_min_score")
-        min_score = _min_score(ws, name, champion) if knowledge is None else knowledge
+        min_score = _min_score(ws, name, champion)
         reference = reference_frame(report, min_score)
         current = live_frame(rows, min_score)
         ratings, negative = _feedback_counts(ledger, name, champion, since)

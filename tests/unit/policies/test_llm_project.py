@@ -70,7 +70,7 @@ def test_a_knowledge_base_needs_a_place_for_its_passages_and_a_folder(project: P
         load_llm_project(project)
     template.write_text("You help {{product}} users. Notes: {{passages}}")
     _edit(project, lambda d: d["knowledge"].update(documents="llm/nowhere"))
-    with pytest.raises(ConfigInvalid, match="`knowledge.documents` names llm/nowhere"):
+    with pytest.raises(ConfigInvalid, match=r"`knowledge\.documents` names llm/nowhere"):
         load_llm_project(project)
     _edit(project, lambda d: d.pop("knowledge"))
     with pytest.raises(ConfigInvalid, match="no `knowledge` section"):
