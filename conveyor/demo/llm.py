@@ -307,13 +307,19 @@ def _feedback(service: Any, tokens: dict[str, str], assistant: Workspace) -> str
     from pipelines.llm.loop import candidates_path
 
     client = _client(service, tokens["default"])
-    for n in range(3):
+    rated = 0
+    for n in range(12):  # bounded: three answers of the champion's (a canary may answer some)
+        if rated == 3:
+            break
         answer = client.chat.completions.create(
             model="conveyor-assistant",
-            messages=[{"role": "user", "content": RATED + " " * n}],  # three requests, not the cache's one answer
+            messages=[{"role": "user", "content": RATED + " " * n}],  # each its own request, not the cache's answer
             max_tokens=24,
             user=f"rater-{n}",
         )
+        if (answer.model_extra or {}).get("conveyor", {}).get("served_by") != "champion":
+            continue
+        rated += 1
         rating = {"request_id": answer.id, "rating": "down", "correction": "When its canary regresses."}
         httpx.post(
             f"{service.url}/v1/feedback",
