@@ -108,6 +108,7 @@ class LocalModel:
             model_path=str(path),
             n_ctx=context,
             n_threads=threads,
+            n_threads_batch=threads,  # the prompt too (llama.cpp's default is every core)
             seed=seed,
             verbose=False,
             n_gpu_layers=0,
@@ -116,6 +117,18 @@ class LocalModel:
         self.load_seconds = time.perf_counter() - started
         self.context = context
         self._lock = threading.Lock()
+
+    @property
+    def threads(self) -> int:
+        from llama_cpp import llama_n_threads
+
+        return int(llama_n_threads(self.llm.ctx))
+
+    def set_threads(self, threads: int) -> None:
+        """Generate (and read prompts) on ``threads`` threads from the next token on."""
+        from llama_cpp import llama_set_n_threads
+
+        llama_set_n_threads(self.llm.ctx, threads, threads)
 
     def count(self, text: str) -> int:
         """Tokens ``text`` takes (no special tokens added)."""

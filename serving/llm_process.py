@@ -51,15 +51,21 @@ def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
     except Exception as exc:
         connection.send(("load_failed", None, f"{type(exc).__name__}: {exc}"))
         return
-    connection.send(("loaded", os.getpid(), model.load_seconds))
+    connection.send(("loaded", os.getpid(), model.threads))
     cancelled: set[int] = set()
+
+    def set_threads(threads: int) -> None:
+        model.set_threads(threads)
+        connection.send(("threads", None, model.threads))
 
     def stop_asked(request_id: int) -> bool:
         while connection.poll():  # a cancel came meanwhile (a late one, for an answer already sent, is moot)
             kind, target, *_ = connection.recv()
             if kind == "close":
                 raise SystemExit(0)
-            if target == request_id:
+            if kind == "threads":
+                set_threads(target)
+            elif target == request_id:
                 cancelled.add(target)
         return request_id in cancelled
 
@@ -70,6 +76,9 @@ def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
             return
         if kind == "close":
             return
+        if kind == "threads":
+            set_threads(request_id)
+            continue
         if kind != "generate" or request_id in cancelled:
             cancelled.discard(request_id)
             continue
@@ -107,6 +116,8 @@ class ReleaseProcess:
         self._loaded = threading.Event()
         self._load_error: str | None = None
         self.pid: int | None = None
+        self.threads: int | None = None  # what the child's runtime generates on (it says so)
+        self._wanted: int | None = None
         self._start()
 
     # -- the child ---------------------------------------------------------------------------------
@@ -114,8 +125,9 @@ class ReleaseProcess:
     def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe(duplex=True)
+        runtime = self.runtime | ({"threads": self._wanted} if self._wanted else {})  # a restart keeps its share
         process = context.Process(
-            target=_child, args=(theirs, str(self.weights), self.runtime), name=f"llm-{self.name}", daemon=True
+            target=_child, args=(theirs, str(self.weights), runtime), name=f"llm-{self.name}", daemon=True
         )
         self._loaded.clear()
         self._load_error = None
@@ -133,8 +145,10 @@ class ReleaseProcess:
             except (EOFError, OSError):
                 break
             if kind == "loaded":
-                self.pid = target
+                self.pid, self.threads = target, payload
                 self._loaded.set()
+            elif kind == "threads":
+                self.threads = payload
             elif kind == "load_failed":
                 self._load_error = payload
                 self._loaded.set()
@@ -180,7 +194,18 @@ class ReleaseProcess:
         for target in streams:
             self._deliver(target, ("crash", "the model's process was stopped"))
 
-    def close(self) -> None:
+    def set_threads(self, threads: int) -> None:
+        """Generate on ``threads`` threads (at most the release's own) from the child's next token on:
+        two models sharing the cores each take a part, not all of them."""
+        self._wanted = max(1, min(threads, int(self.runtime.get("threads", threads))))
+        self._send(("threads", self._wanted))
+
+    def close(self, drain_seconds: float = 10.0) -> None:
+        """Stop the child once the requests already given to this model are answered (for at most
+        ``drain_seconds``: a release swapped out fails none of them); then no request is taken."""
+        deadline = time.monotonic() + drain_seconds
+        while self._pending and not self._closing and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._closing = True
         with self._state:
             process, connection = self._process, self._connection

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ LAX_GATE = {  # lets a broken release through the offline gate, so that the cana
     "thresholds": {"pass_rate": {"min": 0.0}},
     "beat_champion": None,
 }
+CORES = len(os.sched_getaffinity(0))
 PII = ("jane.roe@example.org", "415-555-0199", "Margaret Thompson")
 
 
@@ -631,6 +633,8 @@ def test_a_canary_whose_runtime_crashes_is_rolled_back_with_no_client_error(serv
     client.set_registered_model_alias(NAME, "canary", "1")  # the earlier champion, healthy, as canary
     status = served.reload()
     assert status["canary"]["version"] == "1"
+    share = min(2, max(1, CORES // 2))  # each release asks for two threads
+    _wait_for_threads(served, {"champion": share, "canary": share, "fallback": share})  # the cores split
     answer = _kill_during_a_request(served, "canary")
     conveyor = answer.model_extra["conveyor"]
     assert conveyor["served_by"] == "champion" and conveyor["fallback_from"] == ["canary"]
@@ -638,6 +642,15 @@ def test_a_canary_whose_runtime_crashes_is_rolled_back_with_no_client_error(serv
     while served.status()["canary"] is not None and time.monotonic() < deadline:
         time.sleep(0.3)
     assert served.status()["analysis"]["state"] == "rolled_back"
+    alone = min(2, CORES)
+    _wait_for_threads(served, {"champion": alone, "fallback": alone})  # no canary: all its release asks for
+
+
+def _wait_for_threads(served: Served, expected: dict[str, int]) -> None:
+    deadline = time.monotonic() + 10
+    while served.status()["threads"] != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert served.status()["threads"] == expected
 
 
 def test_personal_data_sent_in_any_test_is_in_no_log_or_trace(served: Served) -> None:

@@ -1,5 +1,6 @@
 """A release's model in its own process, for real (SmolLM2 on llama.cpp): streamed pieces and counts,
-cancellation between two tokens, overload, a crash and a stall, each failing only its request."""
+cancellation between two tokens, overload, a crash and a stall, each failing only its request; its
+threads changed while it runs; a close that answers what it was given first."""
 
 from __future__ import annotations
 
@@ -121,3 +122,40 @@ def test_a_model_that_does_not_start_its_answer_in_time_times_out_and_is_replace
     assert failed.value.kind == "timeout"
     _, done = asyncio.run(_run(model, {"max_tokens": 4}))
     assert done.completion_tokens == 4
+
+
+def test_its_threads_change_while_loaded_capped_by_the_release_and_kept_by_a_restart(model: ReleaseProcess) -> None:
+    assert model.threads == 2
+    model.set_threads(1)
+    asyncio.run(_run(model, {"max_tokens": 2}))  # the child answers in order: its threads first
+    assert model.threads == 1
+    model.kill()
+    asyncio.run(_run(model, {"max_tokens": 2}))  # a new child, started on its share
+    assert model.threads == 1
+    model.set_threads(8)
+    asyncio.run(_run(model, {"max_tokens": 2}))
+    assert model.threads == 2  # never more than the release's own runtime asks
+
+
+def test_closing_answers_what_was_already_given_to_the_model_then_takes_nothing() -> None:
+    process = ReleaseProcess(WEIGHTS, {"context": 1024, "threads": 2}, name="closing", max_waiting=2)
+    process.wait_loaded()
+
+    async def swap() -> tuple[list[Any], Any]:
+        answers = [asyncio.ensure_future(_run(process, {"max_tokens": 16})) for _ in range(2)]
+        await asyncio.sleep(0.2)  # one answering, one waiting for its turn
+        closed = asyncio.ensure_future(asyncio.to_thread(process.close))
+        done = await asyncio.gather(*answers, return_exceptions=True)
+        await closed
+        try:
+            await _run(process, {"max_tokens": 2})
+        except ModelFailed as exc:
+            return done, exc
+        return done, None
+
+    try:
+        done, late = asyncio.run(swap())
+    finally:
+        process.close(drain_seconds=0)
+    assert all(isinstance(d, tuple) and d[1].completion_tokens == 16 for d in done), done
+    assert isinstance(late, ModelFailed) and "being stopped" in str(late)
