@@ -37,7 +37,7 @@ from policies.project import ProjectConfig
 from registry.digests import file_digest, json_digest
 from registry.events import EventKind, input_of, typed
 from registry.inference_log import read_log
-from registry.ledger import Ledger
+from registry.ledger import Ledger, LedgerEvent
 from registry.locks import file_lock
 from registry.workspace import Workspace
 
@@ -49,8 +49,11 @@ __all__ = [
     "add_labels",
     "check_drift",
     "labelled_data",
+    "past_triggers",
     "record_drift_checked",
+    "record_trigger",
     "retrain",
+    "version_digest",
 ]
 
 log = logging.getLogger("conveyor.monitoring")
@@ -195,7 +198,7 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
             outcome.decision = _decide(breach, ledger, policy, now, start)
         ledger.append(
             EventKind.QUALITY_CHECKED,
-            inputs={"joined": joined_digest, "version": _version_digest(ws, name, champion)},
+            inputs={"joined": joined_digest, "version": version_digest(ws, name, champion)},
             outputs=[],
             details={
                 "model": name,
@@ -238,31 +241,38 @@ def record_drift_checked(ledger: Ledger, result: Any, inputs: dict[str, str | No
 
 
 def _record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> Started:
+    event = record_trigger(ws, ledger, breach, decision)
+    # With a Prefect server a deployment's trigger starts it; otherwise this process does.
+    return Started(event.outputs[0], event.seq, "server" if ws.prefect_api_url else "embedded")
+
+
+def record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> LedgerEvent:
+    """The ``retraining.triggered`` event of ``breach`` (its record's digest is the trigger's id),
+    linked to its evidence and to the version it judged; for every kind of model."""
     record = {**breach.record(), "decision": decision.reason}
-    digest = json_digest(record)
-    event = ledger.append(
+    return ledger.append(
         EventKind.RETRAINING_TRIGGERED,
-        inputs={"evidence": breach.evidence, "version": _version_digest(ws, breach.model, breach.version)},
-        outputs=[digest],
+        inputs={"evidence": breach.evidence, "version": version_digest(ws, breach.model, breach.version)},
+        outputs=[json_digest(record)],
         details=record,
     )
-    # With a Prefect server a deployment's trigger starts it; otherwise this process does.
-    return Started(digest, event.seq, "server" if ws.prefect_api_url else "embedded")
 
 
 def _decide(breach: Breach, ledger: Ledger, policy: DriftPolicy, now: datetime, start: bool) -> TriggerDecision:
     """The trigger's decision; with ``start`` false a breach is reported but nothing is started or recorded."""
-    decision = decide_trigger(breach, _past_triggers(ledger, breach.model), policy, now)
+    decision = decide_trigger(breach, past_triggers(ledger, breach.model), policy, now)
     if decision.start and not start:
         return TriggerDecision(False, "asked not to retrain (--no-retrain); " + decision.reason)
     return decision
 
 
-def _past_triggers(ledger: Ledger, name: str) -> list[PastTrigger]:
-    """Retrainings started for ``name``; one skipped for want of new labelled data does not count."""
+def past_triggers(ledger: Ledger, name: str, causes: tuple[str, ...] | None = None) -> list[PastTrigger]:
+    """Triggers recorded for ``name`` (of ``causes`` only, when given), for cooldown and de-duplication;
+    one skipped for want of new labelled data does not count."""
     found = []
-    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=200):
-        if typed(event).model != name:
+    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
+        details = typed(event)
+        if details.model != name or (causes is not None and details.cause not in causes):
             continue
         if any(c.kind == EventKind.RETRAINING_SKIPPED for c in ledger.consumers(event.outputs[0])):
             continue
@@ -401,7 +411,7 @@ def _at(text: str | None) -> datetime:
     return datetime.fromisoformat(text) if text else datetime.now(UTC)
 
 
-def _version_digest(ws: Workspace, name: str, version: str) -> str | None:
+def version_digest(ws: Workspace, name: str, version: str) -> str | None:
     return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")
 
 

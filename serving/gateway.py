@@ -499,7 +499,7 @@ class Gateway(Engine):
             self._finish(request_id, request, prepared, outcome, caller, team, cost, arrived, chat)
 
     def feedback(self, body: bytes, caller: Role) -> bytes:
-        """Record a client's rating of an answer (``POST /v1/feedback``) for ``conveyor drift check``.
+        """Record a client's rating of an answer (``POST /v1/feedback``) for ``conveyor llm check``.
 
         The row is checked field by field and appended, with the key that posted it, to this
         worker's file of incoming feedback: it joins only an answer given to that key."""

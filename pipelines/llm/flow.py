@@ -570,6 +570,7 @@ def _register(
             {
                 "conveyor.knowledge_digest": built.manifest["knowledge"]["digest"],
                 "conveyor.knowledge_md5": built.manifest["knowledge"]["md5"],
+                "conveyor.knowledge_min_score": str(built.manifest["knowledge"]["min_score"]),
             }
             if built.manifest.get("knowledge")
             else {}

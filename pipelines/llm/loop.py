@@ -28,14 +28,14 @@ from typing import Any, Literal
 
 from monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
 from monitoring.llm_traffic import LlmTrafficResult, compare_traffic, live_frame, reference_frame
-from monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
+from monitoring.trigger import Breach, TriggerDecision, decide_trigger
 from pipelines.datasets import relative_to_root, version_dataset
-from pipelines.retraining import record_drift_checked
+from pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
 from policies.drift import DriftPolicy, Retraining, parse_window
 from policies.errors import ConveyorError, DataInvalid, NotFound, PolicyInvalid
 from policies.llm import LlmProject, read_eval_set
 from registry.digests import canonical_json, file_digest, json_digest
-from registry.events import EventKind, typed
+from registry.events import EventKind
 from registry.inference_log import read_log
 from registry.ledger import Ledger
 from registry.locks import file_lock
@@ -378,7 +378,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 result.report_digest,
                 result.describe(),
             )
-            past = _past(ledger, name, ("drift", "quality"))
+            past = past_triggers(ledger, name, ("drift", "quality"))
             decision = decide_trigger(breach, past, trigger_policy, now)
             if decision.start and not start:
                 decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
@@ -387,23 +387,26 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
         record_drift_checked(
             ledger,
             result,
-            {"version": _version_digest(ws, name, champion), "reference": reference_digest, "window": window_digest},
+            {"version": version_digest(ws, name, champion), "reference": reference_digest, "window": window_digest},
             [result.report_digest, _digest(result.html), _digest(result.snapshot)],
         )
         if breach is not None and outcome.decision is not None and outcome.decision.start:
-            outcome.trigger = _record_trigger(ws, ledger, breach, outcome.decision)
+            outcome.trigger = record_trigger(ws, ledger, breach, outcome.decision).outputs[0]
     if outcome.trigger is not None:
         outcome.action = reevaluate(ws, outcome.trigger)
     return outcome
 
 
 def _min_score(ws: Workspace, name: str, version: str) -> float | None:
-    """The release's own out-of-knowledge threshold (its manifest's), or None without a knowledge base."""
-    project = ws.llm_project()
-    if project.knowledge is None:
-        return None
+    """The release's own out-of-knowledge threshold (its manifest's, tagged at registration), or None
+    without a knowledge base; a release registered before the tag existed falls back to the project's."""
     tags = ws.mlflow().get_model_version(name, version).tags
-    return project.knowledge.min_score if tags.get("conveyor.knowledge_digest") else None
+    if not tags.get("conveyor.knowledge_digest"):
+        return None
+    if "conveyor.knowledge_min_score" in tags:
+        return float(tags["conveyor.knowledge_min_score"])
+    project = ws.llm_project()
+    return project.knowledge.min_score if project.knowledge is not None else None
 
 
 def _feedback_counts(ledger: Ledger, name: str, version: str, since: datetime | None) -> tuple[int, int]:
@@ -419,27 +422,6 @@ def _feedback_counts(ledger: Ledger, name: str, version: str, since: datetime | 
 
 
 # -- the trigger and the re-evaluation -------------------------------------------------------------
-
-
-def _past(ledger: Ledger, name: str, causes: tuple[str, ...]) -> list[PastTrigger]:
-    found = []
-    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
-        details = typed(event)
-        if details.model == name and details.cause in causes:
-            found.append(PastTrigger.from_details(event.time, event.details, event.seq))
-    return found
-
-
-def _record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> str:
-    record = {**breach.record(), "decision": decision.reason}
-    digest = json_digest(record)
-    ledger.append(
-        EventKind.RETRAINING_TRIGGERED,
-        inputs={"evidence": breach.evidence, "version": _version_digest(ws, breach.model, breach.version)},
-        outputs=[digest],
-        details=record,
-    )
-    return digest
 
 
 def _claim(ledger: Ledger, trigger: str, name: str) -> str | None:
@@ -578,7 +560,7 @@ def _judge(
     ledger.append(
         EventKind.RELEASE_EVALUATED,
         inputs={
-            "release": _version_digest(ws, name, version),
+            "release": version_digest(ws, name, version),
             "policy": ws.policy("promotion").digest,
             "cause": cause,
             **{f"set:{n}": d for n, (_, d) in sets.items()},
@@ -654,12 +636,12 @@ def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOu
             version.digest,
             f"the knowledge base changed: DVC version {version.md5}, {len(version.documents)} documents",
         )
-        decision = decide_trigger(breach, _past(ledger, name, ("knowledge",)), trigger_policy, now)
+        decision = decide_trigger(breach, past_triggers(ledger, name, ("knowledge",)), trigger_policy, now)
         if not decision.start or not start:
             return (
                 "not started: " + decision.reason
             ) if not decision.start else "a rebuild would start (--no-action)", None
-        trigger = _record_trigger(ws, ledger, breach, decision)
+        trigger = record_trigger(ws, ledger, breach, decision).outputs[0]
     return f"knowledge version {version.md5} differs from the champion's", rebuild(ws, trigger)
 
 
@@ -740,7 +722,3 @@ def _at(text: str | None, default: datetime) -> datetime:
 
 def _digest(path: Path | None) -> str | None:
     return file_digest(path) if path is not None and path.is_file() else None
-
-
-def _version_digest(ws: Workspace, name: str, version: str) -> str | None:
-    return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")
