@@ -18,6 +18,7 @@ for script in (
     "pii.py",
     "gateway.py",
     "llm_canary.py",
+    "llm_threads.py",
     "llm_monitoring.py",
 ):
     print(f"\n### {script}", flush=True)

@@ -316,8 +316,8 @@ class Gateway(Engine):
 
     def _share_cores(self) -> None:
         """The models that take traffic split the cores between them: llama.cpp's threads spin, so a
-        champion and a canary each on every core answer slower than each on its half (on two cores,
-        32 tokens took 5.2 s on two threads each and 3.5 s on one, one model alone 0.8 s on two)."""
+        champion and a canary each on every core answer slower than each on its half
+        (``bench/llm_threads.py``)."""
         routed = [m for m in (self.champion, self.canary) if m is not None]
         share = max(1, len(os.sched_getaffinity(0)) // max(1, len(routed)))
         for model in (*routed, getattr(self, "fallback", None)):

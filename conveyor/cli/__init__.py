@@ -22,10 +22,18 @@ app = typer.Typer(
     cls=Group,
     help="Conveyor: validated data in, signed and served models out, every step on the record.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,  # plain help: rich's help renderer alone costs ~0.2 s at start
 )
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"conveyor {version('conveyor')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -35,6 +43,9 @@ def _root(
         Path | None,
         typer.Option("--config", "-c", help="Project config file (default: conveyor.yaml, or $CONVEYOR_PROJECT_FILE)."),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     ctx.obj = {"config": config}
 

@@ -31,6 +31,27 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
+def test_version_prints_the_installed_package_s_version() -> None:
+    from importlib.metadata import version
+
+    result = conveyor(None, "--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"conveyor {version('conveyor')}"
+
+
+def test_shell_completion_is_offered_and_completes_the_commands() -> None:
+    script = Path(sys.executable).parent / "conveyor"
+    shown = subprocess.run([script, "--show-completion", "bash"], capture_output=True, text=True, check=True)
+    assert "complete " in shown.stdout and "_CONVEYOR_COMPLETE=complete_bash" in shown.stdout
+    env = {
+        "PATH": str(script.parent),
+        "_CONVEYOR_COMPLETE": "complete_bash",
+        "COMP_WORDS": "conveyor lin",
+        "COMP_CWORD": "1",
+    }
+    completed = subprocess.run([script], capture_output=True, text=True, env=env, check=False)
+    assert completed.stdout.split() == ["lineage"]
+
+
 def test_help_imports_no_heavy_library() -> None:
     probe = (
         "import sys\n"
