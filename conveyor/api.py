@@ -203,11 +203,12 @@ class Workspace(_Workspace):
             force_after_rollback=force_after_rollback,
         )
 
-    def rollback(self, model: str | None = None) -> tuple[str, str]:
-        """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version)."""
+    def rollback(self, model: str | None = None, *, dry_run: bool = False) -> tuple[str, str]:
+        """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version).
+        With ``dry_run``, only says so: nothing changes, nothing is recorded."""
         from registry.release import rollback
 
-        return rollback(self._ready(), model or self.model_name)
+        return rollback(self._ready(), model or self.model_name, dry_run=dry_run)
 
     # -- the record ----------------------------------------------------------------------------
 

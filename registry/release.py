@@ -19,7 +19,7 @@ from registry.digests import json_digest
 from registry.events import EventKind
 from registry.ledger import Ledger
 from registry.locks import file_lock
-from registry.verify import VerificationReport
+from registry.verify import VerificationReport, parse_ref, what_registry_has
 from registry.workspace import Workspace
 
 __all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
@@ -79,7 +79,7 @@ def promote(
         report = ws.verify_ref(ref, ledger)
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
-            raise RegistryError(report.links[0].detail, hint="Check the model name, version or alias.")
+            raise RegistryError(report.links[0].detail, hint=what_registry_has(client, parse_ref(ref)[0]))
         champion = alias(client, name, CHAMPION)
         llm = report.tags.get("conveyor.kind") == "llm-release"
         if llm and policy.llm is not None:
@@ -157,9 +157,12 @@ def _overridden(ledger: Ledger, name: str, version: str, rollback: int) -> bool:
     )
 
 
-def rollback(ws: Workspace, name: str, *, to: str | None = None, cause: str | None = None) -> tuple[str, str]:
+def rollback(
+    ws: Workspace, name: str, *, to: str | None = None, cause: str | None = None, dry_run: bool = False
+) -> tuple[str, str]:
     """Point ``champion`` back at ``previous-champion`` (or at version ``to``, a former champion
-    chosen by the caller); returns (from version, to version). ``cause`` (a digest) is recorded."""
+    chosen by the caller); returns (from version, to version). ``cause`` (a digest) is recorded.
+    ``dry_run``: the same checks and answer, with nothing changed or recorded."""
     client = ws.mlflow()
     with file_lock(ws.home, f"release-{name}"):
         current, previous = alias(client, name, CHAMPION), alias(client, name, PREVIOUS)
@@ -169,6 +172,9 @@ def rollback(ws: Workspace, name: str, *, to: str | None = None, cause: str | No
                 f"{name} has no previous champion to roll back to.",
                 hint="Promote a version with `conveyor promote` first.",
             )
+        if dry_run:
+            _version_digest(client, name, previous)  # the version exists
+            return str(current), previous
         try:
             client.set_registered_model_alias(name, CHAMPION, previous)
             if alias(client, name, PREVIOUS) == previous:

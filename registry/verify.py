@@ -37,6 +37,7 @@ __all__ = [
     "trusted_keys",
     "verify_folder",
     "verify_version",
+    "what_registry_has",
 ]
 
 
@@ -111,10 +112,28 @@ def resolve(client: Any, ref: str) -> tuple[str, str]:
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException:
-        raise NotFound(
-            f"The registry has no {ref}.", hint="List versions in the MLflow UI, or check the name and alias."
-        ) from None
+        raise NotFound(f"The registry has no {ref}.", hint=what_registry_has(client, name)) from None
     return name, str(found.version)
+
+
+def what_registry_has(client: Any, name: str) -> str:
+    """What the registry does hold near ``name``: "did you mean" for a name, its versions and
+    aliases for a known one."""
+    import difflib
+
+    try:
+        names = sorted(m.name for m in client.search_registered_models(max_results=1000))
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+            if close:
+                return f"Did you mean {' or '.join(close)}?"
+            return f"Registered models: {', '.join(names)}." if names else "Nothing is registered yet."
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+        aliases = client.get_registered_model(name).aliases
+    except Exception:
+        return "Check the name and alias (the registry could not be listed)."
+    named = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) or "no aliases"
+    return f"{name} has versions {', '.join(map(str, versions)) or 'none'}; {named}."
 
 
 def verify_version(

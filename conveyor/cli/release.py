@@ -83,7 +83,16 @@ def print_promotion(outcome: Any) -> None:
 def rollback(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="The registered model's name.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be rolled back; change and record nothing.")
+    ] = False,
+    as_json: JSON = False,
 ) -> None:
     """Point @champion back at the champion the last promotion replaced."""
-    current, previous = workspace(ctx).rollback(model)
-    out(f"{model}: champion rolled back from version {current} to version {previous}.")
+    current, previous = workspace(ctx).rollback(model, dry_run=dry_run)
+    if as_json:
+        emit_json({"model": model, "from": current, "to": previous, "dry_run": dry_run})
+    elif dry_run:
+        out(f"{model}: would roll the champion back from version {current} to version {previous} (dry run).")
+    else:
+        out(f"{model}: champion rolled back from version {current} to version {previous}.")

@@ -190,6 +190,9 @@ def test_registry_tag_edited_after_registration_is_refused(reg: Registry) -> Non
 def test_unknown_version_is_a_usage_error(reg: Registry) -> None:
     result = conveyor(reg, "promote", f"{NAME}/99", "--to", "canary")
     assert result.exit_code == 2 and "has no loan-default/99" in result.stderr
+    assert "loan-default has versions 1, 2, 3" in result.stderr
+    misspelt = conveyor(reg, "promote", "loan-defualt/1", "--to", "canary")
+    assert misspelt.exit_code == 2 and "Did you mean loan-default?" in misspelt.stderr
 
 
 def promote(reg: Registry, ref: str, target: str, *extra: str) -> tuple[int, dict]:
@@ -202,6 +205,11 @@ def test_promotion_moves_aliases_and_rollback_restores_the_former_champion(reg: 
     code, outcome = promote(reg, f"{NAME}/2", "champion")
     assert code == 0 and outcome["previous"] == "1"
     assert (reg.alias("champion"), reg.alias("previous-champion")) == ("2", "1")
+    before = _events(reg)
+    planned = conveyor(reg, "rollback", NAME, "--dry-run", "--json")
+    assert planned.exit_code == 0
+    assert json.loads(planned.stdout) == {"model": NAME, "from": "2", "to": "1", "dry_run": True}
+    assert (reg.alias("champion"), reg.alias("previous-champion")) == ("2", "1") and _events(reg) == before
     result = conveyor(reg, "rollback", NAME)
     assert result.exit_code == 0 and "from version 2 to version 1" in result.stdout
     assert (reg.alias("champion"), reg.alias("previous-champion")) == ("1", None)
@@ -211,6 +219,11 @@ def test_promotion_moves_aliases_and_rollback_restores_the_former_champion(reg: 
     promoted = [e for e in events if e.kind == "model.promoted"]
     assert promoted[-1].details["policy"].endswith("promotion.yaml") and promoted[-1].actor
     assert events[-1].kind == "model.rolled_back" and events[-1].details == {"name": NAME, "from": "2", "to": "1"}
+
+
+def _events(reg: Registry) -> int:
+    with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
+        return len(list(ledger.iter_events()))
 
 
 def test_candidate_worse_than_the_champion_is_refused(reg: Registry) -> None:
