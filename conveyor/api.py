@@ -250,6 +250,13 @@ class Workspace(_Workspace):
             )
         return LineageResult(start, walks)
 
+    def status(self, model: str | None = None) -> dict[str, Any]:
+        """Versions, aliases, the last deployment per role, the canary and its last verdict, the
+        last drift and quality checks and the ledger's last seal, each with its ledger event."""
+        from registry.status import model_status
+
+        return model_status(self._ready(), model or self.model_name)
+
     def audit(self, ref: str, *, export: str | Path | None = None) -> AuditReport:
         """Re-verify the whole record of ``ref``, link by link; with ``export``, also write an evidence bundle."""
         import tempfile

@@ -1,4 +1,4 @@
-"""The record, for auditors: ``lineage``, ``audit``, ``export openlineage|intoto``."""
+"""The record, for auditors: ``status``, ``lineage``, ``audit``, ``export openlineage|intoto``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,52 @@ export_app = sub_app("Export the lineage record for other tools (OpenLineage, in
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(status)
     app.command()(lineage)
     app.command()(audit)
     app.add_typer(export_app, name="export")
+
+
+def status(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Argument(help="The registered model (default: the project's).")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Where a model stands: versions and aliases, what was last deployed, the canary and its last
+    verdict, the last drift and quality checks, the ledger's last seal; each with its ledger event."""
+    found = workspace(ctx).status(model)
+    if as_json:
+        emit_json(found)
+        return
+    out(found["model"])
+    versions = [
+        f"{v['version']}" + (f" ({', '.join(v['aliases'])})" if v["aliases"] else "") for v in found["versions"]
+    ]
+    out(f"  versions  {', '.join(versions) or 'none'}")
+    deployed = [
+        f"{role} v{d['version']} at {_when(d['at'])} (#{d['event']})" for role, d in found["last_deployed"].items()
+    ]
+    out(f"  deployed  {'; '.join(deployed) or 'never'}")
+    canary, verdict = found["canary"], found["canary"]["last_verdict"]
+    text = f"version {canary['version']}" if canary["version"] else "none"
+    if verdict:
+        text += f"; last verdict: v{verdict['version']} {verdict['outcome']} at {_when(verdict['at'])} (#{verdict['event']})"
+    out(f"  canary    {text}")
+    for name in ("drift", "quality"):
+        check = found[name]
+        text = (
+            f"{check['status']} on v{check['version']} at {_when(check['at'])} (#{check['event']})"
+            if check
+            else "never"
+        )
+        out(f"  {name:<9} {text}")
+    ledger = found["ledger"]
+    sealed = f"sealed at #{ledger['sealed_at']}, {ledger['unsealed']} since" if ledger["sealed_at"] else "never sealed"
+    out(f"  ledger    {ledger['events']} events, {sealed}")
+
+
+def _when(at: str) -> str:
+    return at[:19].replace("T", " ")  # a ledger time, to the second (UTC)
 
 
 def lineage(

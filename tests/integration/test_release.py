@@ -221,6 +221,23 @@ def test_promotion_moves_aliases_and_rollback_restores_the_former_champion(reg: 
     assert events[-1].kind == "model.rolled_back" and events[-1].details == {"name": NAME, "from": "2", "to": "1"}
 
 
+def test_status_names_versions_aliases_and_the_events_behind_them(reg: Registry) -> None:
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    result = conveyor(reg, "status", "--json")
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    aliases = {a: str(v) for a, v in reg.client().get_registered_model(NAME).aliases.items()}
+    assert status["model"] == NAME and status["aliases"] == aliases and aliases["champion"] == "1"
+    assert [v["version"] for v in status["versions"]] == ["1", "2", "3"]
+    assert "champion" in status["versions"][0]["aliases"] and status["versions"][0]["digest"].startswith("sha256:")
+    assert status["canary"] == {"version": None, "last_verdict": None} and status["drift"] is None
+    assert status["ledger"]["events"] == _events(reg)
+    text = conveyor(reg, "status").stdout
+    assert "champion" in text.splitlines()[1] and f"{_events(reg)} events" in text
+    unknown = conveyor(reg, "status", "loan-defualt")
+    assert unknown.exit_code == 2 and "Did you mean loan-default?" in unknown.stderr
+
+
 def _events(reg: Registry) -> int:
     with Ledger(f"sqlite:///{reg.home / 'ledger.db'}") as ledger:
         return len(list(ledger.iter_events()))
