@@ -95,6 +95,14 @@ def workspace(ctx: typer.Context) -> Workspace:
     if "workspace" not in root.obj:
         config = root.obj.get("config")
         ws = Workspace.open(config) if config else Workspace.open()
+        if not ws.project_file.is_file() and not ws.home.is_dir():
+            from policies.errors import ConfigInvalid
+
+            raise ConfigInvalid(  # rather than a new, empty home here (and "0 events, intact")
+                f"No Conveyor project here: {ws.project_file} does not exist, nor does a home at {ws.home}.",
+                hint="Run in a project's folder, pass --config FILE, or set CONVEYOR_PROJECT_FILE "
+                "(or CONVEYOR_HOME to read an existing record).",
+            )
         ws.prepare()  # telemetry off and the tools' homes in .conveyor/ before any heavy import
         quiet_libraries()
         root.obj["workspace"] = ws

@@ -52,6 +52,21 @@ def test_shell_completion_is_offered_and_completes_the_commands() -> None:
     assert completed.stdout.split() == ["lineage"]
 
 
+def test_a_command_outside_a_project_says_so_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CONVEYOR_HOME", "CONVEYOR_PROJECT_FILE", "CONVEYOR_LEDGER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    for command in (["audit", "--ledger"], ["status"], ["train"]):
+        result = conveyor(None, *command)
+        assert result.exit_code == 2 and "No Conveyor project here" in result.stderr, command
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "record").mkdir()
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "record"))  # an auditor holding only a home
+    assert conveyor(None, "audit", "--ledger").exit_code == 0
+
+
 def test_help_imports_no_heavy_library() -> None:
     probe = (
         "import sys\n"
