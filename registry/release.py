@@ -24,7 +24,7 @@ from registry.workspace import Workspace
 
 __all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
 
-CHAMPION, PREVIOUS, CANARY = "champion", "previous-champion", "canary"
+CHAMPION, PREVIOUS, CANARY, CANDIDATE = "champion", "previous-champion", "canary", "candidate"
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,9 @@ def _move(client: Any, name: str, version: str, target: str, champion: str | Non
             if champion is not None and champion != version:
                 client.set_registered_model_alias(name, PREVIOUS, champion)
             client.set_registered_model_alias(name, CHAMPION, version)
-            if alias(client, name, CANARY) == version:
-                client.delete_registered_model_alias(name, CANARY)
+            for former in (CANARY, CANDIDATE):  # the aliases stay truthful: it is neither any more
+                if alias(client, name, former) == version:
+                    client.delete_registered_model_alias(name, former)
         else:
             client.set_registered_model_alias(name, target, version)
     except Exception as exc:

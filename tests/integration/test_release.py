@@ -222,7 +222,13 @@ def test_promotion_moves_aliases_and_rollback_restores_the_former_champion(reg: 
 
 
 def test_status_names_versions_aliases_and_the_events_behind_them(reg: Registry) -> None:
-    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    candidate = reg.alias("candidate")
+    reg.client().set_registered_model_alias(NAME, "candidate", "1")
+    try:
+        assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+        assert reg.alias("candidate") is None  # a champion is no longer the candidate
+    finally:
+        reg.client().set_registered_model_alias(NAME, "candidate", candidate)
     result = conveyor(reg, "status", "--json")
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
