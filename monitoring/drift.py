@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from policies.drift import DriftPolicy, Window
-from policies.errors import NotFound
+from policies.errors import NotFound, NothingToActOn
 from policies.project import ProjectConfig
 from registry.digests import canonical_json, file_digest
 from registry.inference_log import read_log
@@ -112,7 +112,7 @@ def champion_reference(ws: Workspace, ledger: Ledger, name: str) -> Reference:
     """The champion of ``name`` and its training set, checked against the digest it was trained on."""
     number = ws.champion(name)
     if number is None:
-        raise NotFound(
+        raise NothingToActOn(
             f"{name} has no champion to compare traffic with.",
             hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
         )

@@ -32,7 +32,7 @@ from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from pipelines.release import score_champion
 from pipelines.training import Runner, run_training
 from policies.drift import DriftPolicy, parse_window
-from policies.errors import ConveyorError, NotFound, PolicyInvalid
+from policies.errors import ConveyorError, NotFound, NothingToActOn, PolicyInvalid
 from policies.project import ProjectConfig
 from registry.digests import file_digest, json_digest
 from registry.events import EventKind, input_of, typed
@@ -149,7 +149,7 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
     name = project.model_name
     champion = ws.champion(name)
     if champion is None:
-        raise NotFound(
+        raise NothingToActOn(
             f"{name} has no champion whose predictions the labels could judge.",
             hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
         )

@@ -11,6 +11,7 @@
     ├── LedgerError                the lineage ledger cannot be read or written
     │   └── LedgerCorrupt          the hash chain is broken
     ├── NotFound                   an artifact, digest or model that is not known
+    │   └── NothingToActOn         no champion yet to check or judge (exit 3, like "not enough data")
     └── RollbackPerformed          a release was rolled back (the caller decides how loud)
 
 The command line prints a ``ConveyorError`` as one paragraph and exits with ``exit_code``;
@@ -27,6 +28,7 @@ __all__ = [
     "LedgerCorrupt",
     "LedgerError",
     "NotFound",
+    "NothingToActOn",
     "PolicyInvalid",
     "RegistryError",
     "RollbackPerformed",
@@ -100,6 +102,12 @@ class LedgerCorrupt(LedgerError):
 
 class NotFound(ConveyorError):
     """An artifact, digest or model that nothing knows about."""
+
+
+class NothingToActOn(NotFound):
+    """What a check needs is not there yet (no champion): not a finding, not a usage mistake."""
+
+    exit_code = 3
 
 
 class RollbackPerformed(ConveyorError):

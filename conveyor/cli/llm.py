@@ -136,7 +136,7 @@ def check(
     as_json: JSON = False,
 ) -> None:
     """The champion's live traffic against its evaluation traffic (Evidently descriptors, rates,
-    feedback); exit 0 no breach, 1 drift or quality breach, 3 not enough data.
+    feedback); exit 0 no breach, 1 drift or quality breach, 3 not enough data or no champion.
 
     A breach re-evaluates the champion on the grown evaluation sets: if it now fails its gate, the
     newest former champion that passes is restored, else it is held with an alert.

@@ -49,7 +49,7 @@ _NO_RETRAIN = Annotated[bool, typer.Option("--no-retrain", help="Record a breach
 def drift_check(
     ctx: typer.Context, window: _WINDOW = None, no_retrain: _NO_RETRAIN = False, as_json: JSON = False
 ) -> None:
-    """Check the champion's traffic for drift (Evidently); exit 0 no drift, 1 drift, 3 not enough data.
+    """Check the champion's traffic for drift (Evidently); exit 0 no drift, 1 drift, 3 not enough data or no champion.
 
     A drift breach starts the retraining flow (cooldown and one retraining per breach window, from
     policies/drift.yaml); the new model can at most become the canary.

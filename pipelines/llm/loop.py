@@ -32,7 +32,7 @@ from monitoring.trigger import Breach, TriggerDecision, decide_trigger
 from pipelines.datasets import relative_to_root, version_dataset
 from pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
 from policies.drift import DriftPolicy, Retraining, parse_window
-from policies.errors import ConveyorError, DataInvalid, NotFound, PolicyInvalid
+from policies.errors import ConveyorError, DataInvalid, NotFound, NothingToActOn, PolicyInvalid
 from policies.llm import LlmProject, read_eval_set
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.events import EventKind
@@ -284,7 +284,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
     trigger_policy, policy = _llm_policy(ws)
     champion = ws.champion(name)
     if champion is None:
-        raise NotFound(
+        raise NothingToActOn(
             f"{name} has no champion whose traffic could be checked.",
             hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
         )

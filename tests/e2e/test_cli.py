@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -65,6 +66,19 @@ def test_a_command_outside_a_project_says_so_and_creates_nothing(
     (tmp_path / "record").mkdir()
     monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / "record"))  # an auditor holding only a home
     assert conveyor(None, "audit", "--ledger").exit_code == 0
+
+
+def test_a_drift_check_with_no_champion_has_nothing_to_act_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    shutil.copy(REPO / "conveyor.yaml", tmp_path / "conveyor.yaml")
+    shutil.copytree(REPO / "policies", tmp_path / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_"))}
+    script = Path(sys.executable).parent / "conveyor"
+    result = subprocess.run([script, "drift", "check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr  # not 1: that is "drift found"
+    assert "has no champion" in result.stderr and "conveyor promote" in result.stderr
+    assert "INFO" not in result.stderr  # no library's start-up chatter
 
 
 def test_help_imports_no_heavy_library() -> None:

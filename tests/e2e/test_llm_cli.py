@@ -110,5 +110,5 @@ def test_feedback_mistakes_exit_with_what_was_wrong_and_record_nothing(config: P
 
 def test_llm_check_without_a_champion_says_what_to_do(config: Path) -> None:
     result = conveyor(config, "llm", "check")
-    assert result.exit_code == 1 and "has no champion" in result.output and "conveyor promote" in result.output
+    assert result.exit_code == 3 and "has no champion" in result.output and "conveyor promote" in result.output
     assert "Traceback" not in result.output
