@@ -81,6 +81,18 @@ def test_a_drift_check_with_no_champion_has_nothing_to_act_on(tmp_path: Path, mo
     assert "INFO" not in result.stderr  # no library's start-up chatter
 
 
+def test_canary_status_without_an_admin_key_reads_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    shutil.copy(REPO / "conveyor.yaml", tmp_path / "conveyor.yaml")
+    for name in ("CONVEYOR_HOME", "CONVEYOR_ADMIN_KEY", "CONVEYOR_LEDGER_URL", "CONVEYOR_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = conveyor(tmp_path, "canary", "status")
+    assert result.exit_code == 0, result.output
+    assert "No admin key given" in result.stdout and "the ledger's last canary events for loan-default" in result.stdout
+
+
 def test_help_imports_no_heavy_library() -> None:
     probe = (
         "import sys\n"
