@@ -59,6 +59,7 @@ _FAULT_RECORD_SECONDS = 60.0  # at most one ledger record a minute per deploymen
 class Engine:
     controller_class = CanaryController
     paths: dict[str, set[str]] = {"/predict": {"POST"}, "/metrics": {"GET"}, "/docs.json": {"GET"}}  # noqa: RUF012
+    serves_llm = False  # a tabular model's metrics (the gateway: an LLM release's)
 
     def __init__(self, ws: Workspace, *, spare: Any = None) -> None:
         self._instance = uuid.uuid4().hex  # this worker: tells two deployments of one version apart
@@ -77,6 +78,7 @@ class Engine:
             worker=self._instance,
         )
         self.metrics = ServiceMetrics()
+        self.metrics.start(self.name, llm=self.serves_llm)
         self.keys = ApiKeys(ws.api_keys_file)
         workers = self.serving.workers  # each worker takes its share of every key's rate
         limit = self.serving.rate_limit
@@ -507,6 +509,7 @@ class Engine:
         self.ledger.append(
             EventKind.MODEL_DEPLOYED, inputs={"version": verified.version_digest}, outputs=[deployment], details=details
         )
+        self.metrics.deployed(verified.name, verified.version, role, llm=self.serves_llm)
         log.info("serving %s version %s as %s (signed by %s)", verified.name, verified.version, role, verified.signer)
         return deployment
 

@@ -232,6 +232,7 @@ class Gateway(Engine):
     """The engine of an LLM project: its releases as champion, canary and fallback, and the request path."""
 
     controller_class = LlmCanaryController
+    serves_llm = True
     champion: ServedRelease | None  # type: ignore[assignment]
     canary: ServedRelease | None  # type: ignore[assignment]
     paths: dict[str, set[str]] = {  # noqa: RUF012

@@ -138,6 +138,30 @@ class ServiceMetrics:
             registry=self.registry,
         )
 
+    # Every series an alert may watch exists from the start at 0 (an absent series reads "no data").
+    CLIENT_ERRORS = ("unauthorized", "auth_limited", "forbidden", "rate_limited", "invalid")
+    LLM_STATUSES = ("ok", "blocked", "cancelled", "failed")
+
+    def start(self, model: str, *, llm: bool) -> None:
+        """The series of ``model`` that do not name a version, at 0."""
+        for counter in (self.fallbacks, self.rollbacks, self.refusals):
+            counter.labels(model)
+        for reason in self.CLIENT_ERRORS:
+            self.client_errors.labels(reason)
+        self.weight.labels(model).set(0)
+        if llm:
+            for rating in ("up", "down"):
+                self.llm_feedback.labels(model, rating)
+
+    def deployed(self, model: str, version: str, role: str, *, llm: bool) -> None:
+        """The series of a version now serving as ``role``, at 0."""
+        if llm:
+            for status in self.LLM_STATUSES:
+                self.llm_requests.labels(model, version, role, status)
+            return
+        for counter in (self.requests, self.errors, self.contract_breaches):
+            counter.labels(model, version, role)
+
     def render(self) -> str:
         """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""
         from prometheus_client import values

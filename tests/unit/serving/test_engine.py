@@ -36,7 +36,20 @@ def test_without_a_key_the_caller_gets_401_and_the_refusal_is_counted(engine: En
         with pytest.raises(ClientError) as caught:
             engine.authorize(token, client="10.0.0.1")
         assert caught.value.status == 401
-    assert 'reason="unauthorized"' in engine.metrics.render()
+    assert 'conveyor_client_errors_total{reason="unauthorized"} 3.0' in engine.metrics.render()
+
+
+def test_every_series_an_alert_watches_is_there_from_the_start_at_zero(engine: Engine) -> None:
+    text = engine.metrics.render()
+    for reason in ("unauthorized", "auth_limited", "forbidden", "rate_limited", "invalid"):
+        assert f'conveyor_client_errors_total{{reason="{reason}"}} 0.0' in text
+    for name in ("conveyor_canary_rollbacks_total", "conveyor_fallbacks_total", "conveyor_model_load_refusals_total"):
+        assert f'{name}{{model="loan-default"}} 0.0' in text
+    assert 'conveyor_canary_weight{model="loan-default"} 0.0' in text
+    engine.metrics.deployed("loan-default", "7", "champion", llm=False)
+    text = engine.metrics.render()
+    for name in ("conveyor_predict_requests_total", "conveyor_predict_errors_total"):
+        assert f'{name}{{model="loan-default",role="champion",version="7"}} 0.0' in text
 
 
 def test_an_address_past_its_wrong_keys_gets_429_and_a_valid_key_still_passes(engine: Engine) -> None:
