@@ -97,6 +97,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._canary_seen = 0
+        self._said_not_ready = False
         self._paired_share = ws.canary_policy().latency.paired_share
         self._pairing = random.Random()
         self._pending: set[asyncio.Task] = set()
@@ -409,6 +410,16 @@ class Engine:
                 and self._refused.get(CHAMPION) != wanted_champion
             ):
                 self._load_champion(wanted_champion)
+            if self.champion is None and not self._said_not_ready:
+                self._said_not_ready = True  # once: the watch asks again every few seconds
+                why = (
+                    f"@champion (version {wanted_champion}) was refused at load: see the ledger's model.load_refused"
+                    if wanted_champion is not None
+                    else f"{self.name} has no @champion (promote one: `conveyor promote {self.name}/<version> --to champion`)"
+                )
+                log.warning("not ready: %s; checking the registry every %g s", why, self.serving.watch_seconds)
+            elif self.champion is not None:
+                self._said_not_ready = False
             wanted_canary = self._alias(CANARY)
             if wanted_canary == (self.champion.verified.version if self.champion else None):
                 wanted_canary = None  # a canary that is already champion has nothing left to prove

@@ -86,9 +86,13 @@ def test_a_key_over_its_limit_gets_429(engine: Engine) -> None:
     assert caught.value.status == 429 and "1 requests/s" in str(caught.value)
 
 
-def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine) -> None:
-    status = engine.sync()  # the registry is empty: nothing to load, nothing refused
+def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="conveyor.serving"):
+        status = engine.sync()  # the registry is empty: nothing to load, nothing refused
+        engine.sync()
     assert not engine.ready and status["champion"] is None and status["refused"] == {}
+    said = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
+    assert len(said) == 1 and "loan-default has no @champion" in said[0] and "conveyor promote" in said[0]
     with pytest.raises(ClientError) as caught:
         asyncio.run(engine.predict(b'{"rows": [{"x": 1}]}'))
     assert caught.value.status == 503 and "no verified champion" in str(caught.value)
