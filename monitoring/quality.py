@@ -25,18 +25,21 @@ __all__ = ["QualityResult", "join_labels", "quality_of", "read_labels"]
 
 @dataclass
 class QualityResult:
-    status: Literal["breach", "ok", "not_enough_data"]
+    status: Literal["breach", "ok", "not_enough_data", "undefined"]
     metric: str
     bound: str
     version: str  # the champion's version, which the verdict is about
     value: float | None
     labelled: int
-    per_version: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_version: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    reason: str | None = None  # why the metric is undefined on these labels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
+        if self.status == "undefined":
+            return f"{self.metric} is undefined on the {self.labelled:,} labelled predictions of version {self.version}: {self.reason}"
         if self.value is None:
             return f"not enough labelled predictions of version {self.version}: {self.labelled} (policy: {self.bound})"
         verdict = "below the floor" if self.status == "breach" else "within the policy"
@@ -99,16 +102,25 @@ def join_labels(
 
 
 def quality_of(joined: pd.DataFrame, project: ProjectConfig, policy: Quality, champion: str) -> QualityResult:
-    """The policy's metric per version; the verdict is on the champion's predictions."""
-    per_version = {}
+    """The policy's metric per version; the verdict is on the champion's predictions. A metric the
+    labels cannot define (one class only, for a ranking metric) is the verdict "undefined", with the
+    reason, never a NaN: nothing downstream has to know that NaN is not a number."""
+    per_version: dict[str, dict[str, float | None]] = {}
+    reasons = {}
     for version, rows in joined.groupby("version"):
-        value = _metric(policy.metric, rows["label"].to_numpy(), rows["prediction"].to_numpy(dtype=float))
+        value, reasons[str(version)] = _metric(
+            policy.metric, rows["label"].to_numpy(), rows["prediction"].to_numpy(dtype=float)
+        )
         per_version[str(version)] = {"rows": float(len(rows)), policy.metric: value}
     mine = per_version.get(champion)
-    labelled = int(mine["rows"]) if mine else 0
-    if labelled < policy.min_labelled or mine is None or np.isnan(mine[policy.metric]):
+    labelled = int(mine["rows"] or 0) if mine else 0
+    if labelled < policy.min_labelled or mine is None:
         return QualityResult("not_enough_data", policy.metric, policy.describe(), champion, None, labelled, per_version)
     value = mine[policy.metric]
+    if value is None:
+        return QualityResult(
+            "undefined", policy.metric, policy.describe(), champion, None, labelled, per_version, reasons[champion]
+        )
     return QualityResult(
         "breach" if policy.breached(value) else "ok",
         policy.metric,
@@ -120,25 +132,46 @@ def quality_of(joined: pd.DataFrame, project: ProjectConfig, policy: Quality, ch
     )
 
 
-def _metric(name: str, truth: np.ndarray, predicted: np.ndarray) -> float:
-    """``name`` of scores ``predicted`` against ``truth``; NaN where it is undefined (e.g. one class only)."""
+def _metric(name: str, truth: np.ndarray, predicted: np.ndarray) -> tuple[float | None, str | None]:
+    """``name`` of scores ``predicted`` against ``truth``, or ``(None, why)`` where it is undefined."""
+    import warnings
+
+    classes = np.unique(truth[~pd.isna(truth)])
+    if name in CLASS_METRICS and len(classes) < 2:
+        shown = ", ".join(map(str, classes[:1])) or "none"
+        return None, f"every label is one class ({shown}); {name} needs both classes among the labels"
+    if name == "r2" and len(truth) < 2:
+        return None, "r2 needs at least two labels"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's UndefinedMetricWarning: we say it ourselves
+        try:
+            value = _compute(name, truth, predicted)
+        except ValueError as exc:
+            return None, str(exc).splitlines()[0]
+    if not np.isfinite(value):
+        return None, f"{name} is not finite on these labels"
+    return value, None
+
+
+# Metrics of a class label against a probability: undefined with one class.
+CLASS_METRICS = frozenset({"roc_auc"})
+
+
+def _compute(name: str, truth: np.ndarray, predicted: np.ndarray) -> float:
     from sklearn import metrics as m
 
-    try:
-        if name == "roc_auc":
-            return float(m.roc_auc_score(truth, predicted))
-        if name == "accuracy":
-            return float(m.accuracy_score(truth, predicted >= 0.5))
-        if name == "f1":
-            return float(m.f1_score(truth, predicted >= 0.5))
-        if name == "log_loss":
-            return float(m.log_loss(truth, np.clip(predicted, 1e-15, 1 - 1e-15), labels=[0, 1]))
-        if name == "brier":
-            return float(m.brier_score_loss(truth, predicted))
-        if name == "rmse":
-            return float(np.sqrt(m.mean_squared_error(truth, predicted)))
-        if name == "mae":
-            return float(m.mean_absolute_error(truth, predicted))
-        return float(m.r2_score(truth, predicted))
-    except ValueError:
-        return float("nan")
+    if name == "roc_auc":
+        return float(m.roc_auc_score(truth, predicted))
+    if name == "accuracy":
+        return float(m.accuracy_score(truth, predicted >= 0.5))
+    if name == "f1":
+        return float(m.f1_score(truth, predicted >= 0.5, zero_division=np.nan))
+    if name == "log_loss":
+        return float(m.log_loss(truth, np.clip(predicted, 1e-15, 1 - 1e-15), labels=[0, 1]))
+    if name == "brier":
+        return float(m.brier_score_loss(truth, predicted))
+    if name == "rmse":
+        return float(np.sqrt(m.mean_squared_error(truth, predicted)))
+    if name == "mae":
+        return float(m.mean_absolute_error(truth, predicted))
+    return float(m.r2_score(truth, predicted))

@@ -18,7 +18,8 @@ __all__ = ["read_data"]
 
 
 def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
-    """The columns ``config`` names from ``path``, with the event timestamp parsed to UTC."""
+    """The columns ``config`` names from ``path``, with the event timestamp parsed to UTC and
+    categorical-dtype columns as their plain values (what the model and the suite see)."""
     if not path.is_file():
         raise DataInvalid(
             f"No data file at {path}.",
@@ -41,6 +42,10 @@ def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
             f"Cannot parse {path}: {detail}.", hint="Check the file is well-formed CSV or Parquet."
         ) from None
     frame = frame[list(config.columns)]
+    for column in frame.columns:  # pandas' categorical dtype (Parquet dictionaries): its plain values
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            categories = frame[column].cat.categories.dtype
+            frame[column] = frame[column].astype("float64" if pd.api.types.is_numeric_dtype(categories) else object)
     frame[config.event_timestamp] = _parse_times(frame[config.event_timestamp], config.event_timestamp, path)
     return frame
 

@@ -144,6 +144,7 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
     """Join the labels in ``path`` to logged predictions, judge quality, and on a breach record the
     retraining trigger (``outcome.started``: the caller starts the retraining)."""
     project, policy = _setup(ws)
+    _fits_task(policy.quality.metric, project, ws.policies / "drift.yaml")
     root, home = ws.root, ws.home
     labels, complete = read_labels(path, project)
     name = project.model_name
@@ -396,6 +397,26 @@ def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path
 def _setup(ws: Workspace) -> tuple[ProjectConfig, DriftPolicy]:
     ws.bind_mlflow()
     return ws.project(), ws.drift_policy()
+
+
+_REGRESSION_METRICS = frozenset({"rmse", "mae", "r2"})
+
+
+def _fits_task(metric: str, project: ProjectConfig, policy_file: Path) -> None:
+    """Refuse, before anything is recorded, a quality metric the project's task cannot have."""
+    regression = metric in _REGRESSION_METRICS
+    if regression == (project.task == "regression"):
+        return
+    fits = (
+        "rmse (max), mae (max) or r2 (min)"
+        if project.task == "regression"
+        else "roc_auc, accuracy, f1 (min) or log_loss, brier (max)"
+    )
+    raise PolicyInvalid(
+        f"`quality.metric` in {policy_file} is {metric}, a {'regression' if regression else 'classification'} "
+        f"metric, but {project.model_name} is a {project.task} project.",
+        hint=f"Use {fits}; `conveyor init` writes a drift policy fitted to the task.",
+    )
 
 
 def _window(text: str) -> Any:

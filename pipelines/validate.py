@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,15 +253,15 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
     for column in (config.entity_key, config.event_timestamp, config.target):
         expect("expect_column_values_to_not_be_null", column=column)
     for column in config.features.all:
-        null_share = float(frame[column].isna().mean())
-        expect(
-            "expect_column_values_to_not_be_null",
-            column=column,
-            mostly=round(max(0.0, 1 - max(0.05, 2 * null_share)), 3),
-        )
+        present = 1 - float(frame[column].isna().mean())
+        mostly = math.floor((present - max(0.02, 0.1 * present)) * 1000 + 1e-9) / 1000
+        if mostly > 0:  # a column mostly empty gets no null check rather than one that checks nothing
+            expect("expect_column_values_to_not_be_null", column=column, mostly=mostly)
     numeric = list(config.features.numeric) + ([config.target] if config.task == "regression" else [])
     for column in numeric:
-        expect("expect_column_values_to_be_in_type_list", column=column, type_list=_NUMERIC_TYPES)
+        expect(
+            "expect_column_values_to_be_in_type_list", column=column, type_list=_types(_NUMERIC_TYPES, frame[column])
+        )
         values = pd.to_numeric(frame[column], errors="coerce").dropna()
         if values.empty:
             continue
@@ -274,7 +275,7 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
             **{k: round(v, 6) for k, v in bounds.items()},
         )
     for column in config.features.categorical:
-        expect("expect_column_values_to_be_in_type_list", column=column, type_list=_TEXT_TYPES)
+        expect("expect_column_values_to_be_in_type_list", column=column, type_list=_types(_TEXT_TYPES, frame[column]))
         values = sorted(str(v) for v in frame[column].dropna().unique())
         if len(values) <= 200:
             expect("expect_column_values_to_be_in_set", column=column, value_set=values, mostly=0.95)
@@ -282,6 +283,14 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
         labels = sorted(frame[config.target].dropna().unique().tolist())
         expect("expect_column_values_to_be_in_set", column=config.target, value_set=labels)
     return {"name": config.model_name, "expectations": expectations}
+
+
+def _types(usual: list[str], values: pd.Series) -> list[str]:
+    """The usual type names of a kind of column, plus the one this column has, as Great Expectations
+    names it (pandas' categorical dtype is "CategoricalDtypeType", a nullable string "StringDtype")."""
+    dtype = values.dtype
+    observed = [getattr(dtype, "name", str(dtype)), type(dtype).__name__, getattr(dtype.type, "__name__", "")]
+    return usual + [name for name in dict.fromkeys(observed) if name and name not in usual]
 
 
 def write_starter_suite(

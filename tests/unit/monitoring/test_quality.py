@@ -87,3 +87,17 @@ def test_a_labels_file_without_the_keys_is_refused(project, tmp_path: Path) -> N
     path.write_text(f"applicant_id,event_timestamp,defaulted\nA1,{datetime(2026, 8, 1, tzinfo=UTC).isoformat()},1\n")
     frame, complete = read_labels(path, project)
     assert len(frame) == 1 and not complete
+
+
+def test_a_metric_the_labels_cannot_define_is_the_verdict_undefined_with_its_reason(project) -> None:
+    one_class = pd.DataFrame({"version": "1", "label": [0] * 300, "prediction": [0.1, 0.4] * 150})
+    result = quality_of(one_class, project, Quality(metric="roc_auc", min=0.75, min_labelled=200), "1")
+    assert result.status == "undefined" and result.value is None and result.labelled == 300
+    assert "one class (0)" in result.describe()
+    assert result.per_version["1"]["roc_auc"] is None  # JSON-safe: no NaN reaches the ledger
+    f1 = quality_of(one_class, project, Quality(metric="f1", min=0.5, min_labelled=200), "1")
+    assert f1.status == "undefined"  # no positive label and none predicted: f1 is 0/0
+    loss = quality_of(one_class, project, Quality(metric="log_loss", max=0.5, min_labelled=200), "1")
+    assert loss.status == "ok" and loss.value == pytest.approx(
+        0.3081, abs=1e-3
+    )  # -(ln 0.9 + ln 0.6) / 2: defined with one class
