@@ -14,7 +14,7 @@ import pandas as pd
 from policies.errors import DataInvalid
 from policies.project import ProjectConfig, read_columns
 
-__all__ = ["read_data"]
+__all__ = ["read_data", "read_table"]
 
 
 def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
@@ -27,26 +27,36 @@ def read_data(path: Path, config: ProjectConfig) -> pd.DataFrame:
             "fetches the demo's data.",
         )
     config.check_columns(read_columns(path))  # also refuses empty and non-UTF-8 files
+    frame = read_table(path, list(config.columns))
+    frame[config.event_timestamp] = _parse_times(frame[config.event_timestamp], config.event_timestamp, path)
+    return frame
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """``columns`` (default: all) of a CSV or Parquet file, in that order, categorical-dtype columns
+    (Parquet dictionaries) as their plain values; an unreadable file is a ``DataInvalid``."""
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
-            frame = pd.read_parquet(path, columns=list(config.columns))
+            frame = pd.read_parquet(path, columns=columns)
         else:
-            frame = pd.read_csv(path, usecols=list(config.columns), encoding="utf-8", low_memory=False)
+            frame = pd.read_csv(path, usecols=columns, encoding="utf-8", low_memory=False)
     except UnicodeDecodeError:
         raise DataInvalid(
             f"{path} is not UTF-8 text past its header.", hint="Re-export the file as UTF-8 CSV."
         ) from None
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataInvalid(
             f"Cannot parse {path}: {detail}.", hint="Check the file is well-formed CSV or Parquet."
         ) from None
-    frame = frame[list(config.columns)]
-    for column in frame.columns:  # pandas' categorical dtype (Parquet dictionaries): its plain values
+    except Exception as exc:  # pyarrow's own errors for a damaged Parquet file
+        raise DataInvalid(f"Cannot read {path}: {exc}.", hint="Check the file is intact.") from None
+    if columns is not None:
+        frame = frame[columns]
+    for column in frame.columns:
         if isinstance(frame[column].dtype, pd.CategoricalDtype):
             categories = frame[column].cat.categories.dtype
             frame[column] = frame[column].astype("float64" if pd.api.types.is_numeric_dtype(categories) else object)
-    frame[config.event_timestamp] = _parse_times(frame[config.event_timestamp], config.event_timestamp, path)
     return frame
 
 

@@ -30,7 +30,21 @@ logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports outc
 warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # its schema hints, in served flow runs
 
 
-@flow(name="retraining", validate_parameters=False, log_prints=False)
+def _named(stage: str) -> Any:
+    """A flow run's name in the Prefect UI: the stage and what it acts on."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        given = flow_run.parameters
+        if "trigger" in given:
+            return f"{stage} (trigger {str(given['trigger'])[:19]}…)"
+        return f"{stage} ({given.get('window') or 'the policy window'})"
+
+    return name
+
+
+@flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
 def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
     from pipelines.retraining import retrain
@@ -39,7 +53,7 @@ def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     return retrain(Workspace.from_params(workspace), trigger, as_task)
 
 
-@flow(name="drift-check", validate_parameters=False, log_prints=False)
+@flow(name="drift-check", flow_run_name=_named("drift check"), validate_parameters=False, log_prints=False)
 def drift_check(workspace: dict[str, Any], window: str | None = None) -> DriftOutcome:
     """Check the champion's traffic for drift; a breach starts ``retraining`` (a subflow, or an event)."""
     from pipelines.retraining import check_drift

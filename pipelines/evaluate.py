@@ -14,11 +14,20 @@ import numpy as np
 import pandas as pd
 
 from pipelines.train import features_frame
-from policies.project import ProjectConfig
+from policies.project import LOWER_IS_BETTER, ProjectConfig
 
-__all__ = ["BehaviourResult", "Evaluation", "behaviour_checks", "evaluate_model", "holdout_metrics", "score"]
+__all__ = [
+    "BehaviourResult",
+    "Evaluation",
+    "behaviour_checks",
+    "evaluate_model",
+    "gain_interval",
+    "holdout_metrics",
+    "score",
+]
 
 _BEHAVIOUR_ROWS = 2_000
+RESAMPLES = 1_000  # paired bootstrap resamples of the holdout for the gain's 95% interval
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,60 @@ def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) ->
     return out
 
 
+def gain_interval(
+    model: Any,
+    champion: Any,
+    config: ProjectConfig,
+    holdout: pd.DataFrame,
+    metric: str,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """The 95% paired-bootstrap interval of the candidate's gain over the champion on ``metric``
+    (positive is better, whichever way the metric points), both scored on the same resampled rows;
+    None for a metric this task does not have or a multiclass target."""
+    from sklearn import metrics as m
+
+    x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
+    lower = metric in LOWER_IS_BETTER
+    if config.task == "regression":
+        scorers: dict[str, Any] = {
+            "rmse": lambda t, s, _: np.sqrt(m.mean_squared_error(t, s)),
+            "mae": lambda t, s, _: m.mean_absolute_error(t, s),
+            "r2": lambda t, s, _: m.r2_score(t, s),
+        }
+        scored = [(np.asarray(mdl.predict(x), dtype=float), None) for mdl in (model, champion)]
+    else:
+        if len(model.classes_) != 2:
+            return None
+        positive = model.classes_[1]
+        scorers = {
+            "roc_auc": lambda t, s, _: m.roc_auc_score(t, s),
+            "average_precision": lambda t, s, _: m.average_precision_score(t, s, pos_label=positive),
+            "log_loss": lambda t, s, _: m.log_loss(t, s, labels=model.classes_),
+            "brier": lambda t, s, _: m.brier_score_loss(t, s, pos_label=positive),
+            "accuracy": lambda t, _, labels: m.accuracy_score(t, labels),
+            "f1": lambda t, _, labels: m.f1_score(t, labels, pos_label=positive, zero_division=0),
+        }
+        scored = [(mdl.predict_proba(x)[:, 1], mdl.predict(x)) for mdl in (model, champion)]
+    if metric not in scorers:
+        return None
+    metric_of = scorers[metric]
+    rng = np.random.default_rng(seed)
+    gains = np.full(resamples, np.nan)
+    for i in range(resamples):
+        rows = rng.integers(0, len(y), len(y))
+        if config.task == "classification" and len(np.unique(y[rows])) < 2:
+            continue  # a resample with one class defines no AUC: left out
+        ours, theirs = (metric_of(y[rows], s[rows], None if labels is None else labels[rows]) for s, labels in scored)
+        gains[i] = theirs - ours if lower else ours - theirs
+    if np.isnan(gains).all():
+        return None
+    low, high = np.nanpercentile(gains, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def behaviour_checks(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> list[BehaviourResult]:
     """Run the config's directional checks on up to 2,000 holdout rows."""
     if not config.behaviour:
@@ -120,10 +183,20 @@ def behaviour_checks(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -
 
 
 def evaluate_model(
-    model: Any, config: ProjectConfig, holdout: pd.DataFrame, champion: tuple[str, Any] | None
+    model: Any,
+    config: ProjectConfig,
+    holdout: pd.DataFrame,
+    champion: tuple[str, Any] | None,
+    gain_metric: str | None = None,
 ) -> Evaluation:
-    """Holdout metrics for the candidate and (if there is one) the champion, plus behaviour checks."""
+    """Holdout metrics for the candidate and (if there is one) the champion, plus behaviour checks;
+    with ``gain_metric`` (the promotion policy's ``beat_champion.metric``) the champion's metrics also
+    carry the 95% interval of the candidate's gain on it, as ``gain_low_<metric>`` / ``gain_high_<metric>``."""
     champion_metrics = holdout_metrics(champion[1], config, holdout) if champion else None
+    if champion and champion_metrics is not None and gain_metric:
+        interval = gain_interval(model, champion[1], config, holdout, gain_metric)
+        if interval is not None:
+            champion_metrics |= {f"gain_low_{gain_metric}": interval[0], f"gain_high_{gain_metric}": interval[1]}
     return Evaluation(
         metrics=holdout_metrics(model, config, holdout),
         champion_metrics=champion_metrics,

@@ -27,7 +27,7 @@ def score_champion(ws: Workspace, report: VerificationReport, champion: str) -> 
     import mlflow.sklearn
     import pandas as pd
 
-    from pipelines.evaluate import holdout_metrics
+    from pipelines.evaluate import gain_interval, holdout_metrics
     from pipelines.train import split_by_time
 
     run: Any = ws.mlflow().get_run(report.tags["conveyor.run_id"])
@@ -38,4 +38,12 @@ def score_champion(ws: Workspace, report: VerificationReport, champion: str) -> 
         return None
     project = ws.project()
     _, holdout = split_by_time(project, pd.read_parquet(path))
-    return holdout_metrics(mlflow.sklearn.load_model(f"models:/{report.name}/{champion}"), project, holdout)
+    theirs = mlflow.sklearn.load_model(f"models:/{report.name}/{champion}")
+    metrics = holdout_metrics(theirs, project, holdout)
+    rule = ws.policy("promotion").value.beat_champion
+    if rule is not None:
+        ours = mlflow.sklearn.load_model(f"models:/{report.name}/{report.version}")
+        interval = gain_interval(ours, theirs, project, holdout, rule.metric)
+        if interval is not None:
+            metrics |= {f"gain_low_{rule.metric}": interval[0], f"gain_high_{rule.metric}": interval[1]}
+    return metrics

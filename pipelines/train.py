@@ -19,7 +19,16 @@ import pandas as pd
 from policies.errors import DataInvalid
 from policies.project import ProjectConfig
 
-__all__ = ["TrainedModel", "build_pipeline", "features_frame", "split_by_time", "train_model"]
+__all__ = [
+    "TrainedModel",
+    "build_pipeline",
+    "features_frame",
+    "name_run",
+    "run_name",
+    "split_by_time",
+    "split_warning",
+    "train_model",
+]
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class TrainedModel:
     holdout: pd.DataFrame
     train_rows: int
     cutoff: str  # the first holdout event time
+    warnings: tuple[str, ...] = ()  # what the user should know about this run (e.g. a split that is not in time)
 
 
 def features_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:
@@ -56,6 +66,32 @@ def split_by_time(config: ProjectConfig, frame: pd.DataFrame) -> tuple[pd.DataFr
             hint="Provide more data (at least a few hundred rows) or change `split.test_fraction`.",
         )
     return ordered.iloc[:cut], ordered.iloc[cut:]
+
+
+def split_warning(config: ProjectConfig, train: pd.DataFrame, holdout: pd.DataFrame) -> str | None:
+    """Why the time split is not a split in time, if it is not.
+
+    Coarse timestamps put every training row at one instant, or many rows on both sides of the cut
+    at the same instant (those are then split by entity key, not by time). A tie of fewer than a
+    tenth of the holdout's rows is the ordinary edge of a day and says nothing.
+    """
+    at = config.event_timestamp
+    last, first = train[at].iloc[-1], holdout[at].iloc[0]
+    tied = int((train[at] == last).sum() + (holdout[at] == last).sum()) if last == first else 0
+    if train[at].nunique() > 1 and tied < 0.1 * len(holdout):
+        return None
+    total = len(train) + len(holdout)
+    if train[at].nunique() == 1 and tied == total:
+        share = "every row has"
+    elif tied:
+        share = f"{tied:,} of {total:,} rows (on both sides of the cut) have"
+    else:
+        share = "every training row has"
+    return (
+        f"The time split is not a split in time: {share} the event time {last}, so those rows are "
+        f"held out by `{config.entity_key}` order, not by time. Give `{at}` finer times, or for data "
+        "with no time let `conveyor init --from-data` give each row one in a seeded random order."
+    )
 
 
 def build_pipeline(config: ProjectConfig) -> Any:
@@ -98,6 +134,9 @@ def train_model(
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # e.g. "pip version unresolved": uv venvs have no pip
     train, holdout = split_by_time(config, training_set)
+    warning = split_warning(config, train, holdout)
+    if warning:
+        logging.getLogger("conveyor").warning(warning)
     x_train, y_train = features_frame(config, train), train[config.target]
     if config.task == "classification" and y_train.nunique() < 2:
         raise DataInvalid(
@@ -107,7 +146,18 @@ def train_model(
     pipeline = build_pipeline(config).fit(x_train, y_train)
 
     experiment = _experiment(config.model_name, artifact_root)
-    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
+    cause = f"retraining ({tags['conveyor.cause'][:19]}…)" if tags.get("conveyor.cause") else "by hand"
+    description = (
+        f"Training of {config.model_name} ({config.task}, {config.estimator.class_path}) on {data_path.name} "
+        f"(`{data_digest[:19]}…`), {cause}: {len(train):,} training rows, {len(holdout):,} held out from "
+        f"{holdout[config.event_timestamp].iloc[0]}." + (f"\n\n**Warning:** {warning}" if warning else "")
+    )
+    with mlflow.start_run(
+        experiment_id=experiment,
+        run_name=run_name(config.model_name, retraining=bool(tags.get("conveyor.cause"))),
+        description=description,
+        tags={**tags, **({"conveyor.split_warning": warning} if warning else {})},
+    ) as run:
         mlflow.log_params({f"estimator.{k}": v for k, v in config.estimator.params.items()})
         mlflow.log_params(
             {
@@ -142,7 +192,30 @@ def train_model(
             metadata={"conveyor": input_contract(config, x_train, pipeline)},
         )
     cutoff = holdout[config.event_timestamp].iloc[0]
-    return TrainedModel(run.info.run_id, info.model_id, info.model_uri, pipeline, holdout, len(train), str(cutoff))
+    return TrainedModel(
+        run.info.run_id,
+        info.model_id,
+        info.model_uri,
+        pipeline,
+        holdout,
+        len(train),
+        str(cutoff),
+        (warning,) if warning else (),
+    )
+
+
+def run_name(model: str, *, retraining: bool, version: str | None = None) -> str:
+    """What the MLflow and Prefect UIs call a training run: stage, model, version once registered, cause."""
+    return f"train {model}{f' v{version}' if version else ''} ({'retraining' if retraining else 'by hand'})"
+
+
+def name_run(client: Any, run_id: str, model: str, version: str, alias: str) -> None:
+    """Once registered, the run says which version it made, in its name and its description."""
+    run = client.get_run(run_id)
+    retraining = "conveyor.cause" in run.data.tags
+    client.set_tag(run_id, "mlflow.runName", run_name(model, retraining=retraining, version=version))
+    note = run.data.tags.get("mlflow.note.content", "")
+    client.set_tag(run_id, "mlflow.note.content", f"{note}\n\nRegistered as {model} version {version} (@{alias}).")
 
 
 _MAX_CATEGORIES = 1_000  # a column with more distinct values is served unchecked (an identifier, not a category)
@@ -167,8 +240,15 @@ def _experiment(name: str, artifact_root: Path) -> str:
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
+        if _KIND not in found.tags:  # an experiment from before the tag: MLflow's UI would open on traces
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, _KIND, "custom_model_development")
         return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=(artifact_root / name).as_uri())
+    return mlflow.create_experiment(
+        name, artifact_location=(artifact_root / name).as_uri(), tags={_KIND: "custom_model_development"}
+    )
+
+
+_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens a "custom_model_development" experiment on its runs
 
 
 def _requirements() -> list[str]:

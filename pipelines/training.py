@@ -23,7 +23,7 @@ from pipelines.evaluate import Evaluation, evaluate_model
 from pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
 from pipelines.register import register_verified
 from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
-from pipelines.train import TrainedModel, train_model
+from pipelines.train import TrainedModel, name_run, run_name, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
 from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
 from policies.project import ProjectConfig, read_columns
@@ -60,6 +60,7 @@ class TrainingOutcome:
     rows_in: int
     rows_out: int
     behaviour: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the user should know (e.g. a split not in time)
 
 
 @dataclass
@@ -123,7 +124,10 @@ def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str |
     a Prefect server is set or ``flows: prefect``; otherwise the same stages in this process."""
     if not ws.uses_prefect:
         return run_training(ws, data, cause=cause)
-    return _prefect_flow()(ws.params(), str(Path(data).absolute()) if data else None, cause)
+    named = run_name(ws.project().model_name, retraining=cause is not None)  # what the Prefect UI lists
+    return _prefect_flow().with_options(flow_run_name=named)(
+        ws.params(), str(Path(data).absolute()) if data else None, cause
+    )
 
 
 def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -255,7 +259,7 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
 
 def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     model = trained.model
-    evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run))
+    evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run), _gain_metric(run))
     client = run.ws.mlflow()
     client.log_batch(model.run_id, metrics=_metrics(evaluation))
     if evaluation.champion_version:
@@ -375,6 +379,7 @@ def _register(
         outputs=[version.digest],
         details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
+    name_run(run.ws.mlflow(), trained.model.run_id, version.name, version.version, version.alias)
     return TrainingOutcome(
         name=version.name,
         version=version.version,
@@ -391,6 +396,7 @@ def _register(
         rows_in=features.rows_in,
         rows_out=features.rows_out,
         behaviour=[asdict(b) for b in evaluation.behaviour],
+        warnings=list(trained.model.warnings),
     )
 
 
@@ -422,6 +428,12 @@ def _champion(run: _Run) -> tuple[str, Any] | None:
             hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
         )
     return version, mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+def _gain_metric(run: _Run) -> str | None:
+    """The metric the promotion policy compares with the champion (None: it compares none)."""
+    rule = run.ws.policy("promotion").value.beat_champion
+    return rule.metric if rule is not None else None
 
 
 def _metrics(evaluation: Evaluation) -> list[Any]:

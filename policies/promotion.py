@@ -158,8 +158,16 @@ class Decision:
     reasons: list[str] = field(default_factory=list)  # why not, or (when ok) what was checked
 
 
-def decide_promotion(candidate: Candidate, champion: str | None, policy: PromotionPolicy) -> Decision:
-    """Judge ``candidate`` against ``policy`` (and the champion, if ``champion`` names one)."""
+def decide_promotion(
+    candidate: Candidate,
+    champion: str | None,
+    policy: PromotionPolicy,
+    *,
+    target: str = "champion",
+    canary_passed: bool = False,
+) -> Decision:
+    """Judge ``candidate`` against ``policy`` (and the champion, if ``champion`` names one) for
+    ``target``; ``canary_passed``: the candidate's live canary analysis has just passed."""
     refusals: list[str] = []
     passed: list[str] = []
 
@@ -209,22 +217,54 @@ def decide_promotion(candidate: Candidate, champion: str | None, policy: Promoti
         elif champion == candidate.version:
             refusals.append(f"version {candidate.version} is already the champion")
         else:
-            _beat(candidate, champion, policy.beat_champion, refusals, passed)
+            _beat(candidate, champion, policy.beat_champion, refusals, passed, target, canary_passed)
     return Decision(ok=not refusals, reasons=refusals or passed)
 
 
-def _beat(candidate: Candidate, champion: str, rule: BeatChampion, refusals: list[str], passed: list[str]) -> None:
+def _beat(
+    candidate: Candidate,
+    champion: str,
+    rule: BeatChampion,
+    refusals: list[str],
+    passed: list[str],
+    target: str,
+    canary_passed: bool,
+) -> None:
+    """Judge the gain by its 95% bootstrap interval on the holdout when training recorded one:
+    above ``min_delta`` beats, below does not, across it is inconclusive (noise cannot be told from
+    a gain), which may go to canary for live traffic to decide but not straight to champion."""
     ours = candidate.metrics.get(rule.metric)
-    theirs = (candidate.champion_metrics or {}).get(rule.metric)
+    known = candidate.champion_metrics or {}
+    theirs = known.get(rule.metric)
     if ours is None or theirs is None:
         refusals.append(f"{rule.metric} of the candidate and of champion v{champion} on the same holdout is not known")
         return
     gain = theirs - ours if rule.metric in LOWER_IS_BETTER | LOWER_IS_BETTER_LLM else ours - theirs
-    if gain >= rule.min_delta:
-        passed.append(
-            f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})"
-        )
+    low, high = known.get(f"gain_low_{rule.metric}"), known.get(f"gain_high_{rule.metric}")
+    if low is None or high is None:  # no interval (an LLM release, a multiclass target): the point difference
+        if gain >= rule.min_delta:
+            passed.append(
+                f"{rule.metric} {ours:.4f} beats champion v{champion} ({theirs:.4f}) by {gain:+.4f} (needs {rule.min_delta:+g})"
+            )
+        else:
+            refusals.append(
+                f"{rule.metric} {ours:.4f} does not beat champion v{champion} ({theirs:.4f}) by {rule.min_delta:g}: change {gain:+.4f}"
+            )
+        return
+    figures = (
+        f"{rule.metric} {ours:.4f} vs champion v{champion} {theirs:.4f}: gain {gain:+.4f}, "
+        f"95% interval [{low:+.4f}, {high:+.4f}]"
+    )
+    if low >= rule.min_delta:
+        passed.append(f"{rule.metric} beats champion v{champion}: {figures} clears {rule.min_delta:+g}")
+    elif high < rule.min_delta:
+        refusals.append(f"{rule.metric} does not beat champion v{champion}: {figures} is below {rule.min_delta:+g}")
+    elif target == "canary":
+        passed.append(f"{figures} spans {rule.min_delta:+g}: inconclusive on the holdout, live canary traffic decides")
+    elif canary_passed:
+        passed.append(f"{figures} spans {rule.min_delta:+g}: inconclusive on the holdout, its live canary passed")
     else:
         refusals.append(
-            f"{rule.metric} {ours:.4f} does not beat champion v{champion} ({theirs:.4f}) by {rule.min_delta:g}: change {gain:+.4f}"
+            f"{figures} spans {rule.min_delta:+g}: inconclusive on the holdout; promote it to canary "
+            "first and let live traffic decide"
         )

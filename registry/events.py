@@ -231,8 +231,9 @@ class QualityChecked(_Details):
     version: str
     value: float | None = None
     labelled: int
-    per_version: dict[str, dict[str, float]] = {}
+    per_version: dict[str, dict[str, float | None]] = {}
     trigger: str | None = None
+    reason: str | None = None  # why the metric is undefined (status "undefined")
 
 
 class RetrainingTriggered(_Details):

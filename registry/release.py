@@ -65,13 +65,16 @@ def promote(
     dry_run: bool = False,
     score_champion: ChampionScorer | None = None,
     force_after_rollback: int | None = None,
+    canary_passed: bool = False,
 ) -> PromotionOutcome:
     """Verify ``ref``, decide by the promotion policy, and (unless ``dry_run``) move ``target`` to it.
 
     ``score_champion`` scores the champion on the candidate's holdout when training did not
     record that comparison (the pipelines provide one); without it the comparison is unknown.
     A version whose canary was rolled back is refused unless ``force_after_rollback`` names that
-    rollback's ledger event (the decision records it)."""
+    rollback's ledger event (the decision records it). ``canary_passed``: the service's live
+    analysis of this version as canary has just passed (a gain the holdout cannot tell from noise
+    may then become champion)."""
     loaded = ws.policy("promotion")
     policy = loaded.value
     client = ws.mlflow()
@@ -94,7 +97,7 @@ def promote(
             decision = Decision(False, [f"verification failed at the {failed.name} link: {failed.detail}"])
         else:
             candidate = _candidate(ws, ledger, client, report, champion, score_champion)
-            decision = decide_promotion(candidate, champion, policy)
+            decision = decide_promotion(candidate, champion, policy, target=target, canary_passed=canary_passed)
             decision = _after_rollback(ledger, name, version, decision, force_after_rollback)
         previous = alias(client, name, target) if version else None
         if dry_run:

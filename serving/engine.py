@@ -647,7 +647,7 @@ class Engine:
                 return
             version = canary.verified.version
             try:
-                outcome = promote(self.ws, f"{self.name}/{version}", CHAMPION)
+                outcome = promote(self.ws, f"{self.name}/{version}", CHAMPION, canary_passed=True)
                 ok, reasons = outcome.decision.ok, outcome.decision.reasons
             except Exception as exc:
                 ok, reasons = False, [f"promotion failed: {exc}"]

@@ -1,4 +1,4 @@
-"""Data and training: ``config check``, ``expectations init``, ``validate``, ``train``, ``keys``, ``version``."""
+"""Data and training: ``init``, ``config check``, ``expectations init``, ``validate``, ``train``, ``keys``, ``version``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli._common import out, progress, sub_app, workspace
+from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
 
 __all__ = ["print_outcome", "register"]
 
@@ -18,6 +18,7 @@ expectations_app = sub_app("Write and review the data's expectation suite.")
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(init)
     app.command()(version)
     app.command()(validate)
     app.command()(train)
@@ -48,6 +49,49 @@ def version() -> None:
             out(f"  {name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             out(f"  {name} (not installed)")
+
+
+def init(
+    from_data: Annotated[
+        Path, typer.Option("--from-data", help="The CSV or Parquet file to build the project around.")
+    ],
+    folder: Annotated[Path, typer.Argument(help="The new project's folder (default: here).")] = Path("."),
+    target: Annotated[str | None, typer.Option(help="The column to predict (asked, or guessed from its name).")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression (default: from the target).")] = None,
+    entity_key: Annotated[
+        str | None, typer.Option(help="The column naming each entity (default: inferred or made).")
+    ] = None,
+    timestamp: Annotated[str | None, typer.Option(help="The event time column (default: inferred or made).")] = None,
+    name: Annotated[str | None, typer.Option(help="The model's name (default: the data file's name).")] = None,
+    as_json: JSON = False,
+) -> None:
+    """Make a new project from a data file: config inferred, policies fitted to the task, a starter
+    expectation suite the data passes, DVC set up with the data added and its stages written.
+    Data with no entity key or event time gets them in a prepared copy (``row_id``, and one minute
+    per row in a seeded random order). Refuses a folder that already holds a project."""
+    import sys
+
+    from pipelines.scaffold import guess_target, init_project
+    from policies.project import read_columns
+
+    if target is None and sys.stdin.isatty() and not as_json and from_data.is_file():
+        columns = read_columns(from_data)
+        if guess_target(columns) is None:
+            target = typer.prompt(f"Which column is the target? ({', '.join(columns)})")
+    with progress(f"Making a project in {folder} from {from_data}...", quiet=as_json):
+        made = init_project(
+            folder, from_data, target=target, task=task, entity_key=entity_key, timestamp=timestamp, name=name
+        )
+    if as_json:
+        emit_json(made.to_dict())
+        return
+    config = made.config
+    out(f"Made project {config['model_name']} ({config['task']}, target {config['target']}) in {made.folder}.")
+    for note in made.notes:
+        out(f"  - {note}")
+    out(f"  wrote {', '.join(made.written)}")
+    where = "" if made.folder == Path.cwd() else f"cd {folder} && "
+    out(f"Next: review conveyor.yaml and policies/, then `{where}conveyor validate && conveyor train`.")
 
 
 @config_app.command("check")
@@ -153,11 +197,17 @@ def print_outcome(outcome: Any) -> None:
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in outcome.metrics.items())
     out(f"  holdout  {metrics}")
     if outcome.champion_metrics:
-        champion = ", ".join(f"{k} {v:.4f}" for k, v in outcome.champion_metrics.items())
+        known = outcome.champion_metrics
+        champion = ", ".join(f"{k} {v:.4f}" for k, v in known.items() if not k.startswith("gain_"))
         out(f"  champion v{outcome.champion_version}: {champion}")
+        for key in (k for k in known if k.startswith("gain_low_")):
+            metric = key.removeprefix("gain_low_")
+            out(f"  gain     {metric} 95% interval [{known[key]:+.4f}, {known[f'gain_high_{metric}']:+.4f}]")
     for check in outcome.behaviour:
         out(f"  behaviour {check['feature']} +{check['delta']:g} -> {check['direction']}: {check['share']:.0%} of rows")
     out(f"  report   {outcome.validation_report}")
+    for warning in outcome.warnings:
+        out(f"  warning  {warning}")
     out(f"Next: `conveyor lineage {outcome.version_digest}` walks back to the data.")
 
 

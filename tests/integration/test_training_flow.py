@@ -87,7 +87,16 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
         assert ledger.verify_chain().ok
     with get_client(sync_client=True) as prefect:
         runs = [r for r in prefect.read_flow_runs() if r.name and r.state and r.state.is_completed()]
-        assert runs, "the training ran as a Prefect flow run"
+        assert "train loan-default (by hand)" in [r.name for r in runs], "a named Prefect flow run"
+
+    # MLflow's UI: the experiment opens on its runs, and the run says what it made
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("loan-default")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == "train loan-default v1 (by hand)"
+    note = run.data.tags["mlflow.note.content"]
+    assert "Training of loan-default (classification" in note and "Registered as loan-default version 1" in note
 
 
 def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Path, tmp_path: Path) -> None:
@@ -95,7 +104,10 @@ def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Pa
     mlflow_client(tmp_path).set_registered_model_alias(first.name, "champion", first.version)
     second = run_training(request(project, tmp_path))
     assert second.version == "2" and second.champion_version == first.version
-    assert second.champion_metrics == pytest.approx(first.metrics)  # same seed, same data, same holdout
+    same = {k: v for k, v in second.champion_metrics.items() if not k.startswith("gain_")}
+    assert same == pytest.approx(first.metrics)  # same seed, same data, same holdout
+    interval = (second.champion_metrics["gain_low_roc_auc"], second.champion_metrics["gain_high_roc_auc"])
+    assert interval == (0.0, 0.0)  # the same model: no gain on any resample
     assert second.metrics == pytest.approx(first.metrics)
 
 

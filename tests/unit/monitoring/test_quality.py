@@ -12,6 +12,7 @@ from monitoring.quality import join_labels, quality_of, read_labels
 from policies.drift import Quality
 from policies.errors import DataInvalid
 from policies.project import load_project
+from registry.events import EventKind, check_details
 from tests.conftest import REPO
 
 
@@ -95,6 +96,7 @@ def test_a_metric_the_labels_cannot_define_is_the_verdict_undefined_with_its_rea
     assert result.status == "undefined" and result.value is None and result.labelled == 300
     assert "one class (0)" in result.describe()
     assert result.per_version["1"]["roc_auc"] is None  # JSON-safe: no NaN reaches the ledger
+    check_details(EventKind.QUALITY_CHECKED, {"model": "loan-default", **result.to_dict(), "trigger": None})
     f1 = quality_of(one_class, project, Quality(metric="f1", min=0.5, min_labelled=200), "1")
     assert f1.status == "undefined"  # no positive label and none predicted: f1 is 0/0
     loss = quality_of(one_class, project, Quality(metric="log_loss", max=0.5, min_labelled=200), "1")

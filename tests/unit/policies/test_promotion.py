@@ -85,6 +85,21 @@ def test_lower_is_better_metrics_compare_the_right_way() -> None:
     assert not decide_promotion(worse, "4", policy).ok
 
 
+def test_a_gain_is_judged_by_its_holdout_interval_and_an_inconclusive_one_waits_for_the_canary() -> None:
+    def with_interval(low: float, high: float) -> Candidate:
+        return candidate(champion_metrics={"roc_auc": 0.84, "gain_low_roc_auc": low, "gain_high_roc_auc": high})
+
+    clear = decide_promotion(with_interval(0.012, 0.03), "4", POLICY)  # the whole interval clears 0.01
+    assert clear.ok and any("95% interval [+0.0120, +0.0300] clears +0.01" in r for r in clear.reasons)
+    below = decide_promotion(with_interval(-0.01, 0.009), "4", POLICY, target="canary")
+    assert not below.ok and any("does not beat champion v4" in r for r in below.reasons)
+    noise = with_interval(-0.004, 0.044)  # a point gain of +0.02 the holdout cannot tell from noise
+    assert decide_promotion(noise, "4", POLICY, target="canary").ok
+    straight = decide_promotion(noise, "4", POLICY, target="champion")
+    assert not straight.ok and "promote it to canary first" in straight.reasons[0]
+    assert decide_promotion(noise, "4", POLICY, target="champion", canary_passed=True).ok
+
+
 def test_unknown_champion_metrics_refuse_rather_than_guess() -> None:
     decision = decide_promotion(candidate(champion_metrics=None), "4", POLICY)
     assert not decision.ok and "on the same holdout is not known" in decision.reasons[0]
