@@ -131,7 +131,7 @@ def release_flow(ws: Workspace, *, cause: str | None = None) -> ReleaseOutcome:
     """The run as the Workspace says: a Prefect flow run (each stage a task) or in this process."""
     if not ws.uses_prefect:
         return run_release(ws, cause=cause)
-    named = f"build {ws.project().name} ({'re-evaluation' if cause else 'by hand'})"  # what the Prefect UI lists
+    named = f"build {ws.llm_project().name} ({'re-evaluation' if cause else 'by hand'})"  # what the Prefect UI lists
     return _prefect_flow().with_options(flow_run_name=named)(ws.params(), cause)
 
 
