@@ -8,6 +8,7 @@ fails one is not signed or registered.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "Evaluation",
     "behaviour_checks",
     "evaluate_model",
+    "evaluation_plots",
     "gain_interval",
     "holdout_metrics",
     "score",
@@ -152,6 +154,50 @@ def gain_interval(
         return None
     low, high = np.nanpercentile(gains, [2.5, 97.5])
     return float(low), float(high)
+
+
+def evaluation_plots(model: Any, config: ProjectConfig, holdout: pd.DataFrame, folder: Path) -> list[Path]:
+    """PNG plots of the holdout for the run's record: ROC, calibration and confusion matrix for a
+    binary classifier; predicted against actual and the residuals for a regressor."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, PredictionErrorDisplay, RocCurveDisplay
+
+    x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{config.model_name}: holdout of {len(holdout):,} rows"
+    plots: dict[str, Any] = {}
+    if config.task == "regression":
+        predicted = score(model, config, x)
+        plots["predicted-vs-actual"] = lambda ax: PredictionErrorDisplay.from_predictions(
+            y, predicted, kind="actual_vs_predicted", ax=ax
+        )
+        plots["residuals"] = lambda ax: PredictionErrorDisplay.from_predictions(
+            y, predicted, kind="residual_vs_predicted", ax=ax
+        )
+    else:
+        if len(model.classes_) == 2:
+            positive = model.predict_proba(x)[:, 1]
+            plots["roc"] = lambda ax: RocCurveDisplay.from_predictions(y, positive, pos_label=model.classes_[1], ax=ax)
+            plots["calibration"] = lambda ax: CalibrationDisplay.from_predictions(
+                y, positive, n_bins=10, pos_label=model.classes_[1], ax=ax
+            )
+        plots["confusion"] = lambda ax: ConfusionMatrixDisplay.from_predictions(y, model.predict(x), ax=ax)
+    written = []
+    for name, draw in plots.items():
+        figure, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        try:
+            draw(ax)
+            ax.set_title(f"{title} ({name})", fontsize=9)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+        finally:
+            plt.close(figure)
+    return written
 
 
 def behaviour_checks(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> list[BehaviourResult]:

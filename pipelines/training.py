@@ -19,13 +19,13 @@ from typing import Any
 
 from pipelines.data import read_data
 from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.evaluate import Evaluation, evaluate_model
+from pipelines.evaluate import Evaluation, evaluate_model, evaluation_plots
 from pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
 from pipelines.register import register_verified
 from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from pipelines.train import TrainedModel, name_run, run_name, train_model
 from pipelines.validate import ValidationResult, suite_path, validate_data
-from policies.errors import DataInvalid, GateFailed, SignatureInvalid, ValidationFailed
+from policies.errors import DataInvalid, GateFailed, PolicyInvalid, SignatureInvalid, ValidationFailed
 from policies.project import ProjectConfig, read_columns
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.events import EventKind
@@ -267,6 +267,10 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     report = run.home / "reports" / "evaluation" / f"{run.config.model_name}-{model.run_id}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(canonical_json(evaluation.to_dict()))
+    plots = evaluation_plots(model.estimator, run.config, model.holdout, report.with_suffix(""))
+    client.log_artifact(model.run_id, str(report), "evaluation")  # the record, beside the model, in MLflow's UI
+    for plot in plots:
+        client.log_artifact(model.run_id, str(plot), "evaluation")
     failed = [b for b in evaluation.behaviour if not b.passed]
     run.ledger.append(
         EventKind.MODEL_EVALUATED,
@@ -379,7 +383,9 @@ def _register(
         outputs=[version.digest],
         details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
-    name_run(run.ws.mlflow(), trained.model.run_id, version.name, version.version, version.alias)
+    client = run.ws.mlflow()
+    client.log_artifact(trained.model.run_id, str(validation.report), "validation")  # what the data passed
+    name_run(client, trained.model.run_id, version.name, version.version, version.alias)
     return TrainingOutcome(
         name=version.name,
         version=version.version,
@@ -431,8 +437,12 @@ def _champion(run: _Run) -> tuple[str, Any] | None:
 
 
 def _gain_metric(run: _Run) -> str | None:
-    """The metric the promotion policy compares with the champion (None: it compares none)."""
-    rule = run.ws.policy("promotion").value.beat_champion
+    """The metric the promotion policy compares with the champion (None: it compares none, or there
+    is no readable policy yet: training does not need one, and `conveyor promote` says what is wrong)."""
+    try:
+        rule = run.ws.policy("promotion").value.beat_champion
+    except PolicyInvalid:
+        return None
     return rule.metric if rule is not None else None
 
 

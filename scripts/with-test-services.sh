@@ -5,6 +5,9 @@
 # instance on 127.0.0.1 only, in a temporary folder, for the ledger tests. Where it cannot be
 # had, the command still runs and those tests skip, saying why.
 #
+# promtool (Debian's prometheus package, installed here if missing and we are root, its service
+# never started) checks the alert rules and the dashboard's queries; without it, those tests skip.
+#
 # Chromium (Debian's package, installed here if missing and we are root) draws the lineage page
 # in a headless browser test; without it, that test skips, saying why.
 set -u
@@ -59,7 +62,24 @@ install_chromium() {
   command -v chromium >/dev/null || say "Chromium is not installed; the browser test will be skipped"
 }
 
+install_promtool() {
+  command -v promtool >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing promtool from Debian's prometheus package (its service is not started)"
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then  # no daemon may start, nor listen beyond 127.0.0.1
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+    fi
+    [ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ] || apt-get update -qq >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }
+    [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
+  fi
+  command -v promtool >/dev/null || say "promtool is not installed; the alert rule tests will be skipped"
+}
+
 trap stop_postgres EXIT
 start_postgres || true
 install_chromium
+install_promtool
 "$@"

@@ -590,6 +590,7 @@ class Engine:
         self.controller.serving = None
         self.controller.refresh()
         self.metrics.weight.labels(self.name).set(0)
+        self.metrics.retired(self.name, CANARY)
         if canary is not None:
             canary.close()
             canary.verified.discard()
@@ -713,12 +714,32 @@ class Engine:
 
     def _watch(self) -> None:
         while not self._stop.wait(self.serving.watch_seconds):
+            try:
+                self._read_verdicts()
+            except Exception:
+                log.exception("could not read the last drift and quality checks")
             if not self.state.leading:
                 continue
             try:
                 self.sync()
             except Exception:
                 log.exception("could not check the registry's aliases")
+
+    def _read_verdicts(self) -> None:
+        """The ledger's last drift and quality checks of this model, as metrics (alerts watch them)."""
+        found: dict[str, dict[str, Any] | None] = {}
+        for kind in (EventKind.DRIFT_CHECKED, EventKind.QUALITY_CHECKED):
+            event = next(
+                (e for e in self.ledger.latest([kind], limit=200) if e.details.get("model") == self.name), None
+            )
+            found[kind] = None if event is None else {**event.details, "_at": _unix(event.time)}
+        self.metrics.verdicts(self.name, found[EventKind.DRIFT_CHECKED], found[EventKind.QUALITY_CHECKED])
+
+
+def _unix(ledger_time: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ledger_time.replace("Z", "+00:00")).timestamp()
 
 
 def _problem(error: Any) -> str:

@@ -130,6 +130,43 @@ class ServiceMetrics:
             ["model", "from_role", "to_role"],
             registry=self.registry,
         )
+        self.serving = Gauge(
+            "conveyor_serving_info",
+            "1 for the version serving each role now, 0 once it no longer does",
+            labels,
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self._serving: dict[tuple[str, str], str] = {}
+        # The ledger's last verdicts (read by the service every watch interval; -1: never checked)
+        self.drift_detected = Gauge(
+            "conveyor_drift_detected",
+            "Last drift check of the champion's traffic: 1 drift, 0 no drift, -1 not enough data or never",
+            ["model"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.drift_share = Gauge(
+            "conveyor_drift_share",
+            "Share of feature columns that drifted in the last drift check (0 to 1)",
+            ["model"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.quality_breach = Gauge(
+            "conveyor_quality_breach",
+            "Last quality check on labels: 1 breach, 0 ok, -1 undefined, not enough labels or never",
+            ["model"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
+        self.checked_at = Gauge(
+            "conveyor_check_timestamp_seconds",
+            "When the last check of each kind (drift, quality) was recorded (Unix time; 0: never)",
+            ["model", "check"],
+            multiprocess_mode="mostrecent",
+            registry=self.registry,
+        )
         self.weight = Gauge(
             "conveyor_canary_weight",
             "Share of requests routed to the canary (0 to 1)",
@@ -149,18 +186,38 @@ class ServiceMetrics:
         for reason in self.CLIENT_ERRORS:
             self.client_errors.labels(reason)
         self.weight.labels(model).set(0)
+        self.verdicts(model, None, None)
         if llm:
             for rating in ("up", "down"):
                 self.llm_feedback.labels(model, rating)
 
     def deployed(self, model: str, version: str, role: str, *, llm: bool) -> None:
-        """The series of a version now serving as ``role``, at 0."""
+        """The series of a version now serving as ``role``, at 0; it is the one serving that role."""
+        self.retired(model, role)
+        self._serving[(model, role)] = version
+        self.serving.labels(model, version, role).set(1)
         if llm:
             for status in self.LLM_STATUSES:
                 self.llm_requests.labels(model, version, role, status)
             return
         for counter in (self.requests, self.errors, self.contract_breaches):
             counter.labels(model, version, role)
+
+    def retired(self, model: str, role: str) -> None:
+        """No version serves ``role`` any more (a canary stopped, a champion replaced)."""
+        version = self._serving.pop((model, role), None)
+        if version is not None:
+            self.serving.labels(model, version, role).set(0)
+
+    def verdicts(self, model: str, drift: dict | None, quality: dict | None) -> None:
+        """The last drift and quality checks' details (as the ledger holds them, None: never) and times."""
+        status = (drift or {}).get("status")
+        self.drift_detected.labels(model).set({"drift": 1, "no_drift": 0}.get(str(status), -1))
+        self.drift_share.labels(model).set(float((drift or {}).get("share") or 0))
+        status = (quality or {}).get("status")
+        self.quality_breach.labels(model).set({"breach": 1, "ok": 0}.get(str(status), -1))
+        for check, details in (("drift", drift), ("quality", quality)):
+            self.checked_at.labels(model, check).set(float((details or {}).get("_at", 0)))
 
     def render(self) -> str:
         """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""

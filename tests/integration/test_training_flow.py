@@ -97,6 +97,11 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
     assert run.info.run_name == "train loan-default v1 (by hand)"
     note = run.data.tags["mlflow.note.content"]
     assert "Training of loan-default (classification" in note and "Registered as loan-default version 1" in note
+    logged = {a.path for folder in ("evaluation", "validation") for a in client.list_artifacts(run.info.run_id, folder)}
+    for plot in ("roc.png", "calibration.png", "confusion.png"):
+        assert f"evaluation/{plot}" in logged, logged
+    assert f"evaluation/loan-default-{run.info.run_id}.json" in logged
+    assert any(path.startswith("validation/") for path in logged)
 
 
 def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Path, tmp_path: Path) -> None:
