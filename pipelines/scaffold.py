@@ -398,7 +398,8 @@ def _dvc_init(folder: Path, data: Path) -> list[str]:
         with Repo(str(folder)) as repo:
             repo.scm_context.quiet = True
             with repo.config.edit() as conf:
-                conf["core"]["analytics"] = False
+                conf["core"]["analytics"] = False  # quiet, as Conveyor runs DVC
+                conf["core"]["check_update"] = False
             repo.add([str(data)])
     except DvcException as exc:
         raise DataInvalid(f"DVC could not set up {folder}: {exc}.", hint="Run `dvc doctor` to see why.") from None

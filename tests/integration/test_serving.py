@@ -375,6 +375,84 @@ def test_metrics_count_requests_per_version_rollbacks_and_fallbacks(served: Serv
         assert sum(float(line.split()[-1]) for line in lines) > 0, lines
 
 
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian's package) is not installed")
+def test_a_real_prometheus_scrapes_the_service_and_runs_every_dashboard_query_and_rule(
+    served: Served, tmp_path: Path
+) -> None:
+    """Debian's Prometheus on 127.0.0.1 scrapes this service each second with a key; every query of
+    the Grafana dashboard answers, the alert rules load and evaluate, and "who serves what" names
+    the champion."""
+    import json as jsonlib
+
+    import httpx
+
+    port = free_port()
+    (tmp_path / "key").write_text(served.client_key)
+    shutil.copy(REPO / "monitoring" / "prometheus" / "alerts.yml", tmp_path)
+    target = served.service.url.removeprefix("http://")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [
+            {
+                "job_name": "conveyor",
+                "authorization": {"credentials_file": str(tmp_path / "key")},
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with (tmp_path / "prometheus.log").open("w") as log:
+        prometheus = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> list:
+        body = httpx.get(f"{api}/query", params={"query": expr}, timeout=5).json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    try:
+        deadline = time.monotonic() + 40
+        serving: list = []
+        while time.monotonic() < deadline:
+            served.drive(20)
+            try:
+                serving = query('conveyor_serving_info{role="champion"} == 1')
+                if serving and query("rate(conveyor_predict_requests_total[5s]) > 0"):
+                    break
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(1)
+        assert serving, (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert {(s["metric"]["model"], s["metric"]["version"]) for s in serving} == {
+            (NAME, served.versions["champion"])
+        }
+        dashboard = jsonlib.loads((REPO / "monitoring" / "grafana" / "conveyor.json").read_text())
+        answered = 0
+        for panel in dashboard["panels"]:
+            for target_ in panel["targets"]:
+                expr = target_["expr"].replace("$__rate_interval", "5s").replace("$model", ".*")
+                answered += bool(query(expr))
+        assert answered >= 8  # the tabular panels have data (the LLM ones stay empty on this service)
+        rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+        health = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
+        assert len(health) == 13 and set(health.values()) <= {"ok", "unknown"}, health
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=20)
+
+
 def _raw(served: Served, head: bytes, body: bytes = b"", *, wait: float = 10) -> tuple[bytes, float]:
     """Send ``head`` and ``body`` over a plain socket; what comes back before the server closes or ``wait``
     passes, and how long that took."""
@@ -647,81 +725,3 @@ def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served:
     deployed = {e.outputs[0]: e for e in served.ledger("model.deployed")}
     workers = {deployed[d].details["instance"] for d in ours[ours["version"] == champion]["deployment"]}
     assert len(workers) == 2  # both workers answered, each logged its own
-
-
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Prometheus (Debian's package) is not installed")
-def test_a_real_prometheus_scrapes_the_service_and_runs_every_dashboard_query_and_rule(
-    served: Served, tmp_path: Path
-) -> None:
-    """Debian's Prometheus on 127.0.0.1 scrapes this service each second with a key; every query of
-    the Grafana dashboard answers, the alert rules load and evaluate, and "who serves what" names
-    the champion."""
-    import json as jsonlib
-
-    import httpx
-
-    port = free_port()
-    (tmp_path / "key").write_text(served.client_key)
-    shutil.copy(REPO / "monitoring" / "prometheus" / "alerts.yml", tmp_path)
-    target = served.service.url.removeprefix("http://")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["alerts.yml"],
-        "scrape_configs": [
-            {
-                "job_name": "conveyor",
-                "authorization": {"credentials_file": str(tmp_path / "key")},
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    with (tmp_path / "prometheus.log").open("w") as log:
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    api = f"http://127.0.0.1:{port}/api/v1"
-
-    def query(expr: str) -> list:
-        body = httpx.get(f"{api}/query", params={"query": expr}, timeout=5).json()
-        assert body["status"] == "success", (expr, body)
-        return body["data"]["result"]
-
-    try:
-        deadline = time.monotonic() + 40
-        serving: list = []
-        while time.monotonic() < deadline:
-            served.drive(20)
-            try:
-                serving = query('conveyor_serving_info{role="champion"} == 1')
-                if serving and query("rate(conveyor_predict_requests_total[5s]) > 0"):
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(1)
-        assert serving, (tmp_path / "prometheus.log").read_text()[-2000:]
-        assert {(s["metric"]["model"], s["metric"]["version"]) for s in serving} == {
-            (NAME, served.versions["champion"])
-        }
-        dashboard = jsonlib.loads((REPO / "monitoring" / "grafana" / "conveyor.json").read_text())
-        answered = 0
-        for panel in dashboard["panels"]:
-            for target_ in panel["targets"]:
-                expr = target_["expr"].replace("$__rate_interval", "5s").replace("$model", ".*")
-                answered += bool(query(expr))
-        assert answered >= 8  # the tabular panels have data (the LLM ones stay empty on this service)
-        rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
-        health = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
-        assert len(health) == 13 and set(health.values()) <= {"ok", "unknown"}, health
-    finally:
-        prometheus.terminate()
-        prometheus.wait(timeout=20)
