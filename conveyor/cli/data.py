@@ -95,13 +95,28 @@ def init(
 
 
 @config_app.command("check")
-def config_check(ctx: typer.Context) -> None:
+def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
     """Read the project config, check it (and its columns against the data), and summarise it."""
     ws = workspace(ctx)
     if ws.is_llm:
+        if as_json:
+            emit_json(
+                {"file": str(ws.project_file), "valid": True, "kind": "llm", **ws.llm_project().model_dump(mode="json")}
+            )
+            return
         _llm_config_check(ws)
         return
     project = ws.project(check_data=True)
+    if as_json:
+        emit_json(
+            {
+                "file": str(ws.project_file),
+                "valid": True,
+                "kind": "tabular",
+                **project.model_dump(mode="json", by_alias=True),
+            }
+        )
+        return
     out(f"{ws.project_file}: valid")
     out(f"  model      {project.model_name} ({project.task})")
     out(f"  data       {project.data}" + ("" if project.data.is_file() else "  (not present yet)"))
@@ -156,17 +171,19 @@ def validate(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(help="Validate this file instead of the config's `data`.")] = None,
     summary: Annotated[Path | None, typer.Option(help="Also write a JSON summary here (for DVC).")] = None,
+    as_json: JSON = False,
 ) -> None:
     """Validate the data against its expectation suite; exit 1 naming every failed expectation."""
     ws = workspace(ctx)
-    with progress("Validating the data (Great Expectations)..."):
+    with progress("Validating the data (Great Expectations)...", quiet=as_json):
         result = ws.validate(data)
+    found = {"success": result.success, "evaluated": result.evaluated, "report": result.digest}
     if summary:
         summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(
-            json.dumps({"success": result.success, "evaluated": result.evaluated, "report": result.digest}, indent=2)
-            + "\n"
-        )
+        summary.write_text(json.dumps(found, indent=2) + "\n")
+    if as_json:
+        emit_json({**found, "report_file": str(result.report), "data_docs": str(result.docs) if result.docs else None})
+        return
     out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
     if result.docs:
         out(f"Data Docs: {result.docs}")
@@ -176,16 +193,22 @@ def train(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(help="Train on this file instead of the config's `data`.")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Also write the holdout metrics here as JSON (for DVC).")] = None,
+    as_json: JSON = False,
 ) -> None:
     """Validate, build features, train, evaluate, sign and register a model (a Prefect flow on a server)."""
+    from dataclasses import asdict
+
     ws = workspace(ctx)
-    with progress("Training: validate, features, train, evaluate, sign, register..."):
+    with progress("Training: validate, features, train, evaluate, sign, register...", quiet=as_json):
         outcome = ws.train(data)
     if metrics:
         metrics.parent.mkdir(parents=True, exist_ok=True)
         metrics.write_text(
             json.dumps({k: round(v, 6) for k, v in outcome.metrics.items()}, indent=2, sort_keys=True) + "\n"
         )
+    if as_json:
+        emit_json(asdict(outcome))
+        return
     print_outcome(outcome)
 
 

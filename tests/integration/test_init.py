@@ -58,12 +58,17 @@ def test_init_makes_a_regression_project_from_data_without_keys_that_validates_a
     assert ".conveyor/" in (folder / ".gitignore").read_text()
 
     project = ["--config", str(folder / "conveyor.yaml")]
-    assert conveyor(*project, "config", "check").exit_code == 0
-    validated = conveyor(*project, "validate")
+    checked = conveyor(*project, "config", "check", "--json")
+    assert checked.exit_code == 0 and json.loads(checked.stdout)["model_name"] == "diabetes"
+    validated = conveyor(*project, "validate", "--json")
     assert validated.exit_code == 0, validated.output  # its own starter suite: the data passes it
+    assert json.loads(validated.stdout)["success"] is True
     trained = conveyor(*project, "train")
     assert trained.exit_code == 0, trained.output
     assert "Registered diabetes version 1" in trained.stdout and "rmse" in trained.stdout
+    again_json = conveyor(*project, "train", "--json")
+    outcome = json.loads(again_json.stdout)
+    assert again_json.exit_code == 0 and outcome["version"] == "2" and "rmse" in outcome["metrics"]
 
     again = conveyor("init", str(folder), "--from-data", str(houses), "--target", "progression")
     assert again.exit_code == 2 and "does not overwrite" in again.output
