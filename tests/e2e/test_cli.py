@@ -220,3 +220,27 @@ def test_usage_mistakes_are_errors_not_tracebacks(demo_project: Path, args: list
     result = conveyor(demo_project, *args)
     assert result.exit_code != 0
     assert result.stderr.startswith("Error: ")
+
+
+def test_bentoml_build_as_the_readme_gives_it_packs_the_service(tmp_path: Path) -> None:
+    """From the repository, with no uv on PATH (BentoML then runs the project's own), offline."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    built = subprocess.run(
+        [bin_dir / "bentoml", "build", "--output", "tag"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    bentos = list((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/src/serving/service.py"))
+    assert bentos, "the Bento carries the service's code"
+    manifest = next((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/bento.yaml")).read_text()
+    assert "serving.service:Conveyor" in manifest
