@@ -51,3 +51,34 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert "up to date" in again.stdout.lower(), again.stdout
+
+
+def test_the_repository_s_dvc_remote_takes_the_data_and_a_fresh_clone_pulls_it(
+    demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The default remote (a local folder, .conveyor/dvc-remote) as .dvc/config gives it: `dvc push`
+    from one checkout, `dvc pull` into another, the same bytes as the committed .dvc record says."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(where: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=where, env=env, capture_output=True, text=True)
+
+    first, clone = tmp_path / "first", tmp_path / "clone"
+    for checkout in (first, clone):
+        (checkout / "data").mkdir(parents=True)
+        assert dvc(checkout, "init", "--no-scm", "-q").returncode == 0
+        ours = (REPO / ".dvc" / "config").read_text().replace("[core]\n", "[core]\n    no_scm = True\n", 1)
+        (checkout / ".dvc" / "config").write_text(ours)  # the repository's, without git here
+    shutil.copy(demo_files["v1"], first / "data" / "loans.csv")
+    assert dvc(first, "add", "data/loans.csv").returncode == 0
+    recorded = (first / "data" / "loans.csv.dvc").read_text()
+    assert recorded == (REPO / "data" / "loans.csv.dvc").read_text()  # the demo's data is the committed version
+    pushed = dvc(first, "push")
+    assert pushed.returncode == 0 and "1 file pushed" in pushed.stdout, pushed.stdout + pushed.stderr
+    assert any((first / ".conveyor" / "dvc-remote").rglob("*"))
+    shutil.copy(first / "data" / "loans.csv.dvc", clone / "data" / "loans.csv.dvc")
+    remote = str(first / ".conveyor" / "dvc-remote")
+    assert dvc(clone, "remote", "modify", "--local", "local", "url", remote).returncode == 0  # the shared place
+    pulled = dvc(clone, "pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (clone / "data" / "loans.csv").read_bytes() == demo_files["v1"].read_bytes()
