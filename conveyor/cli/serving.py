@@ -208,9 +208,11 @@ def canary_set_weight(
     ] = False,
     url: Annotated[str | None, _URL] = None,
     token: Annotated[str | None, _TOKEN] = None,
+    as_json: JSON = False,
 ) -> None:
     """Move the canary's weight by hand; the analysis goes on from there."""
-    _print_status(_running(_call("POST", "weight", url, token, {"weight": weight, "hold": hold})))
+    status = _running(_call("POST", "weight", url, token, {"weight": weight, "hold": hold}))
+    emit_json(status) if as_json else _print_status(status)
 
 
 @canary_app.command("abort")
@@ -218,9 +220,11 @@ def canary_abort(
     reason: Annotated[str, typer.Option("--reason", help="Why, for the ledger.")] = "no reason given",
     url: Annotated[str | None, _URL] = None,
     token: Annotated[str | None, _TOKEN] = None,
+    as_json: JSON = False,
 ) -> None:
     """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
-    _print_status(_running(_call("POST", "abort", url, token, {"reason": reason})))
+    status = _running(_call("POST", "abort", url, token, {"reason": reason}))
+    emit_json(status) if as_json else _print_status(status)
 
 
 def _running(status: dict[str, Any] | None) -> dict[str, Any]:

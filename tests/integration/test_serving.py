@@ -6,6 +6,7 @@ keys in floods, revoked keys, oversized, slow and malformed bodies."""
 from __future__ import annotations
 
 import collections
+import json
 import math
 import shutil
 import socket
@@ -291,7 +292,15 @@ def test_a_category_the_model_never_saw_is_refused_naming_the_field_and_the_valu
 def test_routing_follows_the_weight_and_keys_stick(served: Served) -> None:
     version = served.versions["healthy"]
     served.make_canary(version)
-    assert served.service.admin("POST", "weight", served.admin_key, {"weight": 30, "hold": True}).status_code == 200
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    cli = ["canary", "set-weight", "30", "--hold", "--json", "--url", served.service.url, "--token", served.admin_key]
+    moved = CliRunner().invoke(app, cli)  # as an operator's script moves it
+    assert moved.exit_code == 0, moved.output
+    status = json.loads(moved.stdout)
+    assert status["canary"]["version"] == version and status["analysis"]["weight"] == 30
     replies = served.drive(1000, concurrency=16)
     share = sum(r.body["served_by"] == "canary" for r in replies) / len(replies)
     assert abs(share - 0.30) < 0.05, share  # 3 standard deviations of 1,000 draws at 30 %: 0.043
