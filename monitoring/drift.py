@@ -278,11 +278,39 @@ def measure_drift(
         )
         result.drifted = [c.column for c in compared.columns if c.drifted]
         result.status = "drift" if compared.share >= policy.drift.share else "no_drift"
+        _headline(compared.html, result, compared.columns, len(training))
         result.html, result.html_digest = compared.html, file_digest(compared.html)
         result.snapshot, result.snapshot_digest = compared.snapshot, file_digest(compared.snapshot)
     result.report = out / f"{label}.json"
     result.report_digest = _write(result, result.report)
     return result
+
+
+def _headline(html: Path, result: DriftResult, columns: list[ColumnDrift], reference_rows: int) -> None:
+    """Say at the top of Evidently's page what it compares (model, version, reference, window) and
+    list every column, the drifted ones first, so none is a page away."""
+    from html import escape
+
+    title = f"Drift of {result.model} version {result.version}: {result.window}"
+    ordered = sorted(columns, key=lambda c: (not c.drifted, c.column))
+    rows = "".join(
+        f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
+        f"<td>{escape(c.method)}</td><td>{c.score:.4g}</td><td>{c.threshold:g}</td></tr>"
+        for c in ordered
+    )
+    drifted = sum(c.drifted for c in columns)
+    head = (
+        '<div id="conveyor-heading" style="font:14px sans-serif;margin:16px;padding:12px;border:1px solid #ccc">'
+        f"<h1 style='font-size:20px;margin:0 0 8px'>{escape(title)}</h1>"
+        f"<p>Reference: the training set of version {escape(result.version)} ({reference_rows:,} rows). "
+        f"Window: {escape(result.window)}, {result.window_rows:,} logged rows from {escape(str(result.since))} "
+        f"to {escape(str(result.until))}. {drifted} of {len(columns)} columns drifted.</p>"
+        "<table style='border-collapse:collapse' border='1' cellpadding='4'><tr><th>column</th><th>verdict</th>"
+        f"<th>method</th><th>score</th><th>threshold</th></tr>{rows}</table></div>"
+    )
+    text = html.read_text(encoding="utf-8")
+    text = text.replace("<head>", f"<head><title>{escape(title)}</title>", 1).replace("<body>", "<body>" + head, 1)
+    html.write_text(text, encoding="utf-8")
 
 
 def _write(result: DriftResult, path: Path) -> str:

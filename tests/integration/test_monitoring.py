@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,13 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
     assert file_digest(drifted.report) == drifted.report_digest and file_digest(drifted.html) == drifted.html_digest
     assert drifted.reference_digest in event.inputs and drifted.window_digest in event.inputs
     assert json.loads(drifted.report.read_text())["drifted"] == drifted.drifted
+    page = drifted.html.read_text()  # Evidently's page says what it compares, drifted columns first
+    heading = page[page.index('<div id="conveyor-heading"') :][:20_000]
+    assert f"<title>Drift of loan-default version {drifted.version}: {drifted.window}</title>" in page
+    assert f"Drift of loan-default version {drifted.version}" in heading and "2,000 logged rows" in heading
+    listed = re.findall(r"<tr><td>([a-z_]+)</td><td>(drifted|no drift)</td>", heading)
+    assert [c for c, _ in listed[: len(drifted.drifted)]] == sorted(drifted.drifted)
+    assert all(v == "drifted" for _, v in listed[: len(drifted.drifted)]) and len(listed) == 14
     assert not _events(root, "retraining.triggered")
 
 
