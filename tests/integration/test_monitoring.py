@@ -121,7 +121,32 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
     listed = re.findall(r"<tr><td>([a-z_]+)</td><td>(drifted|no drift)</td>", heading)
     assert [c for c, _ in listed[: len(drifted.drifted)]] == sorted(drifted.drifted)
     assert all(v == "drifted" for _, v in listed[: len(drifted.drifted)]) and len(listed) == 14
+    _drawn_offline(drifted.html, root)
     assert not _events(root, "retraining.triggered")
+
+
+def _drawn_offline(page: Path, scratch: Path) -> None:
+    """Headless Chromium, with no network to reach, draws Evidently's page and our heading."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed: `make test` installs Debian's package when it can")
+    assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", page.read_text())  # nothing to fetch
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--proxy-server=127.0.0.1:9",  # any request out would fail: the page must not need one
+        "--virtual-time-budget=10000",
+        "--user-data-dir=" + str(scratch / "chromium-profile"),
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert 'id="conveyor-heading"' in dom
+    assert dom.count("MuiTableCell") > 20 and "Drift Summary" in dom  # Evidently's app drew its tables
 
 
 def test_a_window_too_small_is_reported_as_such(trained: Path) -> None:
