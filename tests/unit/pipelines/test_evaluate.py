@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipelines.data import read_data
 from pipelines.evaluate import behaviour_checks, gain_interval, holdout_metrics
@@ -68,3 +69,19 @@ def test_the_gain_interval_tells_a_real_gain_from_a_twin(loans: Path, config: Pr
 
     low, high = gain_interval(Jittered(5), Jittered(6), config, holdout, "roc_auc", resamples=200)
     assert low < 0 < high and high - low < 0.05  # noise: a narrow interval that spans no gain
+
+
+def test_the_auc_by_counts_is_scikit_learn_s_auc_of_the_resample() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.evaluate import _AucByCounts
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) * 20) / 20  # many ties
+    auc = _AucByCounts(scores, y.astype(float))
+    for _ in range(20):
+        rows = rng.integers(0, 500, 500)
+        counts = np.bincount(rows, minlength=500).astype(float)
+        assert auc(counts) == pytest.approx(roc_auc_score(y[rows], scores[rows]), abs=1e-12)
+    assert np.isnan(auc(np.where(y == 1, 1.0, 0.0)))  # one class drawn: undefined
