@@ -14,6 +14,7 @@ for script in (
     "ledger.py",
     "audit.py",
     "training_flow.py",
+    "promotion_gain.py",
     "llm_release.py",
     "pii.py",
     "gateway.py",
