@@ -347,34 +347,27 @@ max_model_size_mb: 50
     return out
 
 
+_TRACKED = ("task", "features", "estimator", "split", "feature_ttl_days")  # the config's keys that make a model
+
+
 def _stages(config: dict[str, Any]) -> str:
     suite = f"policies/expectations/{config['model_name']}.json"
-    return f"""# The training pipeline as DVC stages, written by `conveyor init` from conveyor.yaml. Each stage
-# is a `conveyor` command, so `dvc repro` and the CLI do the same work.
-stages:
-  validate:
-    cmd: conveyor --config ${{config}} validate --summary build/validation.json
-    deps:
-      - ${{config}}
-      - ${{data}}
-      - {suite}
-    outs:
-      - build/validation.json:
-          cache: false
-  train:
-    cmd: conveyor --config ${{config}} train --metrics build/metrics.json
-    deps:
-      - build/validation.json
-      - ${{config}}
-      - ${{data}}
-      - {suite}
-      - policies/promotion.yaml
-    params:
-      - ${{config}}:
-{"".join(f"          - {key}{chr(10)}" for key in ("task", "features", "estimator", "split", "feature_ttl_days"))}    metrics:
-      - build/metrics.json:
-          cache: false
-"""
+    params = "".join(f"          - {key}\n" for key in _TRACKED)
+    return (
+        "# The training pipeline as DVC stages, written by `conveyor init` from conveyor.yaml. Each stage\n"
+        "# is a `conveyor` command, so `dvc repro` and the CLI do the same work.\n"
+        "stages:\n"
+        "  validate:\n"
+        "    cmd: conveyor --config ${config} validate --summary build/validation.json\n"
+        f"    deps:\n      - ${{config}}\n      - ${{data}}\n      - {suite}\n"
+        "    outs:\n      - build/validation.json:\n          cache: false\n"
+        "  train:\n"
+        "    cmd: conveyor --config ${config} train --metrics build/metrics.json\n"
+        f"    deps:\n      - build/validation.json\n      - ${{config}}\n      - ${{data}}\n      - {suite}\n"
+        "      - policies/promotion.yaml\n"
+        f"    params:\n      - ${{config}}:\n{params}"
+        "    metrics:\n      - build/metrics.json:\n          cache: false\n"
+    )
 
 
 def _dvc_init(folder: Path, data: Path) -> list[str]:
