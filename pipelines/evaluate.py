@@ -131,7 +131,7 @@ def gain_interval(
             return None
         positive = model.classes_[1]
         scorers = {
-            "roc_auc": lambda t, s, _: m.roc_auc_score(t, s),
+            "roc_auc": None,  # by draw counts, below
             "average_precision": lambda t, s, _: m.average_precision_score(t, s, pos_label=positive),
             "log_loss": lambda t, s, _: m.log_loss(t, s, labels=model.classes_),
             "brier": lambda t, s, _: m.brier_score_loss(t, s, pos_label=positive),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ def test_config_check_summarises_an_llm_project(config: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "valid (an LLM release)" in result.output
     assert "golden.jsonl (10 cases), redteam.jsonl (10 cases)" in result.output
+    summary = json.loads(conveyor(config, "config", "check", "--json").stdout)
+    assert summary["kind"] == "llm" and summary["valid"] is True and summary["name"] == "conveyor-assistant"
 
 
 def test_a_config_mistake_exits_2_with_the_field_named(config: Path) -> None:

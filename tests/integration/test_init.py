@@ -97,7 +97,7 @@ def _events(home: Path) -> int:
 
 
 def test_init_guesses_a_classification_project_from_a_parquet_file_with_categorical_dtypes(tmp_path: Path) -> None:
-    """Coarse dates, an id column and pandas' categorical dtype: the suite fits and the split warns."""
+    """Coarse dates, an id column and pandas' categorical dtype: guessed, and the suite fits the data."""
     rng = np.random.default_rng(3)
     n = 600
     frame = pd.DataFrame(
