@@ -7,6 +7,8 @@ checkpoints of the chain.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +82,9 @@ def make_engine(url: str) -> sa.Engine:
         # Let SQLAlchemy's "begin" below decide how a transaction starts.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")  # the audit record survives a power cut
         cursor.execute("PRAGMA busy_timeout=60000")
+        _enter_wal(cursor)
+        cursor.execute("PRAGMA synchronous=FULL")  # the audit record survives a power cut
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -92,6 +94,27 @@ def make_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _enter_wal(cursor: Any, patience: float = 60.0) -> None:
+    """Put the database in WAL mode (it stays so), waiting out other processes that open it too.
+
+    Switching the mode needs the database to itself, and SQLite answers "database is locked" at
+    once, without its busy handler, when another connection is opening the file or recovering its
+    WAL at that moment; so we retry, for as long as the busy timeout would have waited."""
+    deadline = time.monotonic() + patience
+    pause = 0.01
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
 
 def display_url(url: str) -> str:
