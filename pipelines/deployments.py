@@ -48,9 +48,10 @@ def _named(stage: str) -> Any:
 def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
     from pipelines.retraining import retrain
-    from pipelines.training import as_task
+    from pipelines.training import recorded_tasks
 
-    return retrain(Workspace.from_params(workspace), trigger, as_task)
+    ws = Workspace.from_params(workspace)
+    return retrain(ws, trigger, recorded_tasks(ws.model_name))
 
 
 @flow(name="drift-check", flow_run_name=_named("drift check"), validate_parameters=False, log_prints=False)

@@ -49,6 +49,7 @@ __all__ = [
     "add_labels",
     "check_drift",
     "labelled_data",
+    "log_drift_run",
     "past_triggers",
     "record_drift_checked",
     "record_trigger",
@@ -137,7 +138,43 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
         outcome = DriftOutcome(result, decision)
         if decision is not None and decision.start:
             outcome.started = _record_trigger(ws, ledger, breach, decision)
+    log_drift_run(ws, result)
     return outcome
+
+
+def log_drift_run(ws: Workspace, result: DriftResult) -> str:
+    """The check as an MLflow run in the model's experiment, beside the training runs: named by
+    model, version and window, the verdict in its tags and description, the shares as metrics and
+    Evidently's reports as artifacts. Returns the run's id."""
+    import mlflow
+
+    from registry.models import experiment
+
+    ws.bind_mlflow()
+    described = result.describe() + (f"; retraining {result.trigger}" if result.trigger else "")
+    with mlflow.start_run(
+        experiment_id=experiment(result.model, ws.home / "mlartifacts"),
+        run_name=f"drift check {result.model} v{result.version} ({result.window})",
+        description=(
+            f"Drift check of {result.model} version {result.version}: its training set "
+            f"({result.reference_rows:,} rows) against the inference log's {result.window} window "
+            f"({result.window_rows:,} rows, {result.since or '-'} to {result.until or '-'}): {described}."
+        ),
+        tags={
+            "conveyor.kind": "drift-check",
+            "conveyor.version": result.version,
+            "conveyor.verdict": result.status,
+            "conveyor.window": result.window,
+            **({"conveyor.drifted": ", ".join(result.drifted)} if result.drifted else {}),
+        },
+    ) as run:
+        mlflow.log_metrics(
+            {"drift_share": result.share, "drifted_columns": len(result.drifted), "window_rows": result.window_rows}
+        )
+        for report in (result.report, result.html):
+            if report is not None:
+                mlflow.log_artifact(str(report), "drift")
+    return str(run.info.run_id)
 
 
 def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcome:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from policies.errors import DataInvalid
 from policies.project import ProjectConfig
+from registry.models import experiment
 
 __all__ = [
     "TrainedModel",
@@ -145,7 +146,7 @@ def train_model(
         )
     pipeline = build_pipeline(config).fit(x_train, y_train)
 
-    experiment = _experiment(config.model_name, artifact_root)
+    experiment_id = experiment(config.model_name, artifact_root)
     cause = f"retraining ({tags['conveyor.cause'][:19]}…)" if tags.get("conveyor.cause") else "by hand"
     description = (
         f"Training of {config.model_name} ({config.task}, {config.estimator.class_path}) on {data_path.name} "
@@ -153,7 +154,7 @@ def train_model(
         f"{holdout[config.event_timestamp].iloc[0]}." + (f"\n\n**Warning:** {warning}" if warning else "")
     )
     with mlflow.start_run(
-        experiment_id=experiment,
+        experiment_id=experiment_id,
         run_name=run_name(config.model_name, retraining=bool(tags.get("conveyor.cause"))),
         description=description,
         tags={**tags, **({"conveyor.split_warning": warning} if warning else {})},
@@ -233,22 +234,6 @@ def input_contract(config: ProjectConfig, x_train: pd.DataFrame, model: Any) -> 
     if config.task == "classification":
         contract["classes"] = [v.item() if hasattr(v, "item") else v for v in model.classes_]
     return contract
-
-
-def _experiment(name: str, artifact_root: Path) -> str:
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        if _KIND not in found.tags:  # an experiment from before the tag: MLflow's UI would open on traces
-            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, _KIND, "custom_model_development")
-        return found.experiment_id
-    return mlflow.create_experiment(
-        name, artifact_location=(artifact_root / name).as_uri(), tags={_KIND: "custom_model_development"}
-    )
-
-
-_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens a "custom_model_development" experiment on its runs
 
 
 def _requirements() -> list[str]:

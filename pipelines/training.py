@@ -10,7 +10,9 @@ anything is registered; the ledger keeps the refusal.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +38,15 @@ from registry.signing import model_digest, model_files
 from registry.verify import verify_version
 from registry.workspace import Workspace
 
-__all__ = ["TrainingOutcome", "as_task", "run_training", "training_flow", "validate_only"]
+__all__ = [
+    "TrainingOutcome",
+    "as_task",
+    "recorded_tasks",
+    "run_training",
+    "stage_summary",
+    "training_flow",
+    "validate_only",
+]
 
 Runner = Callable[..., Any]
 
@@ -142,12 +152,27 @@ def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) 
     return stage(*args, **kwargs)
 
 
+def recorded_tasks(model: str) -> Runner:
+    """``as_task``, and what each stage made, in the Prefect UI: a line in the flow run's log and
+    a Markdown artifact (keyed ``<model>-<stage>``, so the Artifacts page keeps its history)."""
+
+    def runner(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result = as_task(name, function, *args, **kwargs)
+        summary = stage_summary(result)
+        if summary is not None:
+            _publish(model, name, *summary)
+        return result
+
+    return runner
+
+
 def _prefect_flow() -> Any:
     from prefect import flow
 
     @flow(name="training", validate_parameters=False, log_prints=False)
     def training(workspace: dict[str, str], data: str | None = None, cause: str | None = None) -> TrainingOutcome:
-        return run_training(Workspace.from_params(workspace), data, cause=cause, runner=as_task)
+        ws = Workspace.from_params(workspace)
+        return run_training(ws, data, cause=cause, runner=recorded_tasks(ws.model_name))
 
     logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
     return training
@@ -454,3 +479,101 @@ def _metrics(evaluation: Evaluation) -> list[Any]:
     if evaluation.champion_metrics:
         found += [Metric(f"champion_{k}", v, now, 0) for k, v in evaluation.champion_metrics.items()]
     return found
+
+
+# -- what the Prefect UI shows of each stage ------------------------------------------------
+
+Summary = tuple[str, list[tuple[str, str]]]  # a headline, and the report's rows (label, value)
+
+
+@functools.singledispatch
+def stage_summary(result: Any) -> Summary | None:
+    """What a stage made, told in a line and a few rows (None: a stage with nothing to tell)."""
+    return None
+
+
+@stage_summary.register
+def _(result: ValidationResult) -> Summary:
+    met = result.evaluated - len(result.failures)
+    rows = [("report", f"`{result.report}`"), ("suite", f"`{result.suite_digest}`")]
+    rows += [("Data Docs", f"`{result.docs}`")] if result.docs else []
+    rows += [(f"failed: {f.expectation}", f.describe()) for f in result.failures]
+    return f"{met} of {result.evaluated} expectations met", rows
+
+
+@stage_summary.register
+def _(result: FeatureSet) -> Summary:
+    headline = f"{result.rows_out:,} training rows from {result.rows_in:,} ({result.dropped:,} dropped)"
+    return headline, [
+        ("training set", f"`{result.path}`"),
+        ("digest", f"`{result.digest}`"),
+        ("feature definitions", f"`{result.spec_digest}`"),
+    ]
+
+
+@stage_summary.register
+def _(result: _Trained) -> Summary:
+    model = result.model
+    rows = [("MLflow run", f"`{model.run_id}`"), ("model", f"`{model.model_id}`"), ("digest", f"`{result.digest}`")]
+    rows += [("warning", w) for w in model.warnings]
+    return f"fitted on {model.train_rows:,} rows, held out from {model.cutoff}", rows
+
+
+@stage_summary.register
+def _(result: Evaluation) -> Summary:
+    champion = result.champion_metrics or {}
+    against = f" (champion v{result.champion_version})" if result.champion_version else ""
+    headline = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()) + against
+    rows = [
+        (name, f"{value:.4f}" + (f" (champion {champion[name]:.4f})" if name in champion else ""))
+        for name, value in result.metrics.items()
+    ]
+    rows += [(k, f"{v:+.4f}") for k, v in champion.items() if k.startswith("gain_")]
+    rows += [(f"behaviour: {b.feature}", "passed" if b.passed else "failed") for b in result.behaviour]
+    return headline + f" on {result.holdout_rows:,} held-out rows", rows
+
+
+@stage_summary.register
+def _(result: SignedModel) -> Summary:
+    return f"signed by {result.key_fingerprint}", [
+        ("model", f"`{result.model_digest}`"),
+        ("Sigstore bundle", f"`{result.bundle_digest}`"),
+        ("SLSA provenance", f"`{result.provenance_digest}`"),
+    ]
+
+
+@stage_summary.register
+def _(result: TrainingOutcome) -> Summary:
+    rows = [("version digest", f"`{result.version_digest}`"), ("MLflow run", f"`{result.run_id}`")]
+    rows += [("warning", w) for w in result.warnings]
+    return f"{result.name} version {result.version} registered as @{result.alias}", rows
+
+
+def _publish(model: str, stage: str, headline: str, rows: list[tuple[str, str]]) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    log = _flow_run_log()
+    log.info("%s: %s", stage, headline)
+    for label, value in rows:
+        if label == "warning":
+            log.warning("%s: %s", stage, value)
+    bar = "|"
+    cells = "\n".join(f"| {label} | {value.replace(bar, '&#124;')} |" for label, value in rows)
+    create_markdown_artifact(
+        markdown=f"### {stage}: {headline}\n\n| | |\n|---|---|\n{cells}\n",
+        key=re.sub(r"[^a-z0-9-]+", "-", f"{model}-{stage}".lower()),
+        description=f"{model}, {stage}: {headline}",
+    )
+
+
+def _flow_run_log() -> logging.Logger:
+    """A logger whose lines go to the current flow run's log in the Prefect API, and not to the
+    terminal (Conveyor prints its own results; Prefect's run logger would echo them there)."""
+    log = logging.getLogger("conveyor.flow_runs")
+    if not log.handlers:
+        from prefect.logging.handlers import APILogHandler
+
+        log.addHandler(APILogHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log

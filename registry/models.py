@@ -17,7 +17,14 @@ from typing import Any
 from policies.errors import RegistryError
 from registry.digests import json_digest
 
-__all__ = ["RegisteredVersion", "export_statements", "fetch_model", "register_version", "version_digest"]
+__all__ = [
+    "RegisteredVersion",
+    "experiment",
+    "export_statements",
+    "fetch_model",
+    "register_version",
+    "version_digest",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,24 @@ class RegisteredVersion:
 def version_digest(name: str, version: str, model: str) -> str:
     """The content address of a registered version: which model, under which name and number."""
     return json_digest({"registry": "mlflow", "name": name, "version": str(version), "model": model})
+
+
+def experiment(name: str, artifact_root: Path, kind: str = "custom_model_development") -> str:
+    """The id of MLflow experiment ``name``, created with its artifacts under ``artifact_root``.
+
+    ``kind`` is the tag MLflow 3's UI opens an experiment by: "custom_model_development" on its
+    runs, "genai_development" on traces and evaluations; an experiment from before the tag gets it."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        if _KIND not in found.tags:
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, _KIND, kind)
+        return found.experiment_id
+    return mlflow.create_experiment(name, artifact_location=(artifact_root / name).as_uri(), tags={_KIND: kind})
+
+
+_KIND = "mlflow.experimentKind"
 
 
 def fetch_model(model_uri: str, destination: Path | None = None, *, tracking_uri: str | None = None) -> Path:

@@ -14,13 +14,14 @@ from typing import Annotated
 
 import typer
 
-from conveyor.cli._common import Group
+from conveyor.cli._common import EXIT_CODES, Group
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     cls=Group,
     help="Conveyor: validated data in, signed and served models out, every step on the record.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=True,  # --install-completion and --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_show_locals=False,

@@ -25,6 +25,12 @@ __all__ = ["JSON", "Group", "emit_json", "out", "progress", "sub_app", "workspac
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
+EXIT_CODES = (
+    "Exit codes, the same for every command: 0 done; 1 refused or found (a gate said no, a check "
+    "failed, drift found); 2 a usage or set-up mistake (an option, a missing or broken file); "
+    "3 not enough data, or nothing to act on."
+)
+
 
 class Group(TyperGroup):
     """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
@@ -50,7 +56,7 @@ def _print_error(exc: Any) -> None:
 
 def sub_app(help_text: str) -> typer.Typer:
     """A command group, with the same error handling and plain help as the root."""
-    return typer.Typer(cls=Group, help=help_text, no_args_is_help=True, rich_markup_mode=None)
+    return typer.Typer(cls=Group, help=help_text, epilog=EXIT_CODES, no_args_is_help=True, rich_markup_mode=None)
 
 
 @lru_cache(maxsize=2)

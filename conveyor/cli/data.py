@@ -27,28 +27,38 @@ def register(app: typer.Typer) -> None:
     app.add_typer(expectations_app, name="expectations")
 
 
-def version() -> None:
+def version(as_json: JSON = False) -> None:
     """Show Conveyor's version and the versions of the libraries it is built on."""
     from importlib import metadata
 
-    out(f"conveyor {metadata.version('conveyor')}")
-    for name in (
-        "prefect",
-        "mlflow",
-        "dvc",
-        "feast",
-        "great-expectations",
-        "bentoml",
-        "evidently",
-        "model-signing",
-        "sigstore",
-        "scikit-learn",
-        "pandas",
-    ):
+    def installed(name: str) -> str | None:
         try:
-            out(f"  {name} {metadata.version(name)}")
+            return metadata.version(name)
         except metadata.PackageNotFoundError:
-            out(f"  {name} (not installed)")
+            return None
+
+    libraries = {name: installed(name) for name in _PLATFORM}
+    if as_json:
+        emit_json({"conveyor": metadata.version("conveyor"), "libraries": libraries})
+        return
+    out(f"conveyor {metadata.version('conveyor')}")
+    for name, found in libraries.items():
+        out(f"  {name} {found or '(not installed)'}")
+
+
+_PLATFORM = (
+    "prefect",
+    "mlflow",
+    "dvc",
+    "feast",
+    "great-expectations",
+    "bentoml",
+    "evidently",
+    "model-signing",
+    "sigstore",
+    "scikit-learn",
+    "pandas",
+)
 
 
 def init(
@@ -158,12 +168,16 @@ def expectations_init(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(help="Data file to learn from (default: the config's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing suite.")] = False,
+    as_json: JSON = False,
 ) -> None:
     """Write a starter suite from the config and the data, to review and tighten by hand."""
     from pipelines.validate import write_starter_suite
 
     ws = workspace(ctx)
     target, suite = write_starter_suite(ws.project(check_data=True), ws.root, data, force=force)
+    if as_json:
+        emit_json({"suite": str(target), "expectations": len(suite["expectations"])})
+        return
     out(f"Wrote {len(suite['expectations'])} expectations to {target}; review them before relying on them.")
 
 
@@ -235,21 +249,27 @@ def print_outcome(outcome: Any) -> None:
 
 
 @keys_app.command("init")
-def keys_init(ctx: typer.Context) -> None:
+def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
     """Create the project's signing key pair (EC P-256) if there is none, and show it."""
     from registry.keys import load_or_create_key
 
     key = load_or_create_key(workspace(ctx).keys_dir)
+    if as_json:
+        emit_json({"private_key": str(key.private_path), "public_key": str(key.public_path), "fingerprint": key.fingerprint})
+        return
     out(f"Signing key: {key.private_path} (private, mode 0600)")
     out(f"Public key:  {key.public_path}")
     out(f"Fingerprint: {key.fingerprint}")
 
 
 @keys_app.command("show")
-def keys_show(ctx: typer.Context) -> None:
+def keys_show(ctx: typer.Context, as_json: JSON = False) -> None:
     """Show the project's public key and its fingerprint."""
     from registry.keys import show_public_key
 
     pem, fingerprint = show_public_key(workspace(ctx).keys_dir)
+    if as_json:
+        emit_json({"public_key": pem, "fingerprint": fingerprint})
+        return
     out(pem)
     out(f"Fingerprint: {fingerprint}")

@@ -219,6 +219,7 @@ def export_openlineage(
         str | None, typer.Option(help="OpenLineage namespace (default: conveyor/<model name>).")
     ] = None,
     since: Annotated[int, typer.Option("--since", min=1, help="Start at this ledger event.")] = 1,
+    as_json: JSON = False,
 ) -> None:
     """Export the ledger as OpenLineage run events: one per event, datasets named by digest."""
     from policies.errors import ConveyorError
@@ -233,6 +234,9 @@ def export_openlineage(
     namespace = namespace or f"conveyor/{ws.model_name}"
     with ws.ledger() as ledger:
         count = export_ledger(ledger, namespace, since, output=output, url=url)
+    if as_json:
+        emit_json({"events": count, "output": str(output) if output else None, "url": url, "namespace": namespace})
+        return
     out(
         f"{count:,} OpenLineage run events {'written to ' + str(output) if output else 'sent to ' + str(url)} (namespace {namespace})."
     )
@@ -243,9 +247,13 @@ def export_intoto(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="MODEL (every version), MODEL/VERSION or MODEL@ALIAS.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the statements to.")],
+    as_json: JSON = False,
 ) -> None:
     """Write each version's signed in-toto statements as they are: the provenance (DSSE) and the signature bundle."""
     from registry.models import export_statements
 
     written, versions = export_statements(workspace(ctx).mlflow(), ref, output)
+    if as_json:
+        emit_json({"statements": written, "versions": versions, "output": str(output)})
+        return
     out(f"{written} statements of {versions} version(s) written to {output}.")

@@ -72,6 +72,7 @@ def api_key_create(
         str | None,
         typer.Option("--team", help="The team whose tokens and budget its LLM requests spend (policies/gateway.yaml)."),
     ] = None,
+    as_json: JSON = False,
 ) -> None:
     """Create an API key; it is shown once and stored only as its SHA-256."""
     from policies.errors import ConveyorError
@@ -84,16 +85,23 @@ def api_key_create(
             hint=f"Its teams: {', '.join(teams)}. Add the team there first (its tokens per minute and budget).",
         )
     key = ApiKeys(ws.api_keys_file).create(name, admin=admin, per_second=rate, burst=burst, team=team)
+    if as_json:
+        emit_json({"name": name, "key": key, "admin": admin, "team": team})
+        return
     out(key)
     typer.echo(f"{'Admin' if admin else 'Predict'} key for {name!r}: keep it now, it is not shown again.", err=True)
 
 
 @api_key_app.command("list")
-def api_key_list(ctx: typer.Context) -> None:
+def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     """The keys' ids, owners and roles (never the keys)."""
     from serving.auth import ApiKeys
 
-    for entry in ApiKeys(workspace(ctx).api_keys_file).entries():
+    entries = ApiKeys(workspace(ctx).api_keys_file).entries()
+    if as_json:
+        emit_json(entries)
+        return
+    for entry in entries:
         outdated = (
             "  (made by an older version, no longer accepted: `conveyor api-key rotate`)" if entry["outdated"] else ""
         )
@@ -103,7 +111,9 @@ def api_key_list(ctx: typer.Context) -> None:
 
 @api_key_app.command("revoke")
 def api_key_revoke(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Whose keys to revoke (as in `api-key list`).")]
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Whose keys to revoke (as in `api-key list`).")],
+    as_json: JSON = False,
 ) -> None:
     """Revoke every key of NAME; a running service refuses them within a second."""
     from serving.auth import ApiKeys, UnknownKey
@@ -112,12 +122,17 @@ def api_key_revoke(
         removed = ApiKeys(workspace(ctx).api_keys_file).revoke(name)
     except UnknownKey:
         raise _no_key(name) from None
+    if as_json:
+        emit_json({"name": name, "revoked": removed})
+        return
     out(f"Revoked {removed} key{'s' if removed != 1 else ''} of {name!r}.")
 
 
 @api_key_app.command("rotate")
 def api_key_rotate(
-    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Whose key to replace (as in `api-key list`).")]
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Whose key to replace (as in `api-key list`).")],
+    as_json: JSON = False,
 ) -> None:
     """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
     from serving.auth import ApiKeys, UnknownKey
@@ -126,6 +141,9 @@ def api_key_rotate(
         key = ApiKeys(workspace(ctx).api_keys_file).rotate(name)
     except UnknownKey:
         raise _no_key(name) from None
+    if as_json:
+        emit_json({"name": name, "key": key, "revoked_old": True})
+        return
     out(key)
     typer.echo(f"New key for {name!r}: keep it now, it is not shown again; the old one is revoked.", err=True)
 

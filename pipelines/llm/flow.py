@@ -29,6 +29,7 @@ from policies.promotion import Candidate, Decision, LlmGate, decide_promotion
 from registry.digests import canonical_json, file_digest, json_digest
 from registry.events import EventKind, inputs_by_role
 from registry.ledger import Ledger, utc_now
+from registry.models import experiment
 from registry.provenance import Material
 from registry.verify import in_project
 from registry.weights import ResolvedWeights, resolve_weights
@@ -257,9 +258,9 @@ def _build(
                 "files": {k: v for k, v in built.files.items() if k.startswith("index/")},
             },
         )
-    experiment = _experiment(project.name, run.ws.home / "mlartifacts")
+    experiment_id = experiment(project.name, run.ws.home / "mlartifacts", "genai_development")
     with mlflow.start_run(
-        experiment_id=experiment, tags={"conveyor.kind": KIND, "conveyor.release": built.digest}
+        experiment_id=experiment_id, tags={"conveyor.kind": KIND, "conveyor.release": built.digest}
     ) as r:
         mlflow.log_params(
             {
@@ -436,9 +437,9 @@ def evaluate_version(
                 hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
             )
         release = LlmRelease.open(Path(keep))
-        experiment = _experiment(name, ws.home / "mlartifacts")
+        experiment_id = experiment(name, ws.home / "mlartifacts", "genai_development")
         with mlflow.start_run(
-            experiment_id=experiment, tags={"conveyor.kind": "llm-champion-evaluation", "conveyor.version": version}
+            experiment_id=experiment_id, tags={"conveyor.kind": "llm-champion-evaluation", "conveyor.version": version}
         ):
             return evaluate_release(
                 lambda question: release.answer(question).to_dict(), cases, scorers, timeout_seconds=timeout_seconds
@@ -621,18 +622,6 @@ def _register(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _experiment(name: str, artifact_root: Path) -> str:
-    """The release's MLflow experiment, marked as a GenAI one (its UI opens on traces and evaluations)."""
-    import mlflow
-
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(
-        name, artifact_location=(artifact_root / name).as_uri(), tags={"mlflow.experimentKind": "genai_development"}
-    )
 
 
 def _as_metrics(values: dict[str, float]) -> list[Any]:

@@ -110,6 +110,47 @@ def test_help_imports_no_heavy_library() -> None:
     assert "LOADED []" in out
 
 
+def test_help_lists_the_exit_codes_at_the_root_and_in_every_group() -> None:
+    for args in ([], ["canary"], ["drift"], ["llm"]):
+        shown = " ".join(conveyor(None, *args, "--help").stdout.split())
+        assert "Exit codes, the same for every command: 0 done; 1 refused or found" in shown, args
+        assert "2 a usage or set-up mistake" in shown and "3 not enough data, or nothing to act on" in shown
+
+
+def _commands() -> dict[str, set[str]]:
+    """Every command's path (``canary status``) and its options, as Click sees them."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    found: dict[str, set[str]] = {}
+
+    def walk(command, path: list[str], ctx) -> None:
+        if not hasattr(command, "list_commands"):
+            found[" ".join(path)] = {o for p in command.params for o in getattr(p, "opts", [])}
+            return
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            walk(sub, [*path, name], root.context_class(sub, parent=ctx))
+
+    walk(root, [], root.context_class(root))
+    return found
+
+
+def test_every_command_a_pipeline_calls_speaks_json() -> None:
+    commands = _commands()
+    assert {"train", "promote", "rollback", "status", "api-key list", "canary set-weight"} <= set(commands)
+    without = {path for path, options in commands.items() if "--json" not in options}
+    assert without == {"serve", "monitor", "demo"}, "long-running processes alone print no JSON"
+
+
+def test_version_in_json_names_the_platform_libraries() -> None:
+    from importlib.metadata import version
+
+    result = conveyor(None, "version", "--json")
+    found = json.loads(result.stdout)
+    assert found["conveyor"] == version("conveyor") and found["libraries"]["prefect"].startswith("3.8")
+
+
 def test_version_names_the_platform_libraries() -> None:
     result = conveyor(None, "version")
     assert result.exit_code == 0

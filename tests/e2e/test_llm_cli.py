@@ -87,6 +87,21 @@ def test_an_api_key_for_a_team_the_gateway_policy_does_not_have_is_refused(confi
     assert "team research" in conveyor(config, "api-key", "list").output
 
 
+def test_api_keys_are_made_listed_and_revoked_in_json(config: Path) -> None:
+    made = json.loads(conveyor(config, "api-key", "create", "ci-bot", "--team", "research", "--json").stdout)
+    assert made["name"] == "ci-bot" and made["team"] == "research" and len(made["key"]) > 30
+    listed = json.loads(conveyor(config, "api-key", "list", "--json").stdout)
+    assert [(e["name"], e["admin"], e["team"]) for e in listed] == [("ci-bot", False, "research")]
+    assert made["key"] not in json.dumps(listed), "a listing never shows a key"
+    rotated = json.loads(conveyor(config, "api-key", "rotate", "ci-bot", "--json").stdout)
+    assert rotated["key"] != made["key"]
+    assert json.loads(conveyor(config, "api-key", "revoke", "ci-bot", "--json").stdout) == {
+        "name": "ci-bot",
+        "revoked": 1,
+    }
+    assert json.loads(conveyor(config, "api-key", "list", "--json").stdout) == []
+
+
 def test_serve_checks_an_llm_project_before_starting(config: Path) -> None:
     (config.parent / "policies" / "gateway.yaml").write_text("teams: {default: {tokens_per_minute: -5}}\n")
     result = conveyor(config, "serve")

@@ -121,8 +121,22 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
     listed = re.findall(r"<tr><td>([a-z_]+)</td><td>(drifted|no drift)</td>", heading)
     assert [c for c, _ in listed[: len(drifted.drifted)]] == sorted(drifted.drifted)
     assert all(v == "drifted" for _, v in listed[: len(drifted.drifted)]) and len(listed) == 14
-    _drawn_offline(drifted.html, root)
     assert not _events(root, "retraining.triggered")
+    # MLflow's UI: each check is a run beside the training, named, with its verdict and reports
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / '.conveyor' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(NAME)
+    checks = client.search_runs([experiment.experiment_id], "tags.`conveyor.kind` = 'drift-check'")
+    assert [r.data.tags["conveyor.verdict"] for r in checks] == ["drift", "no_drift"]  # newest first
+    run = checks[0]
+    assert run.info.run_name == f"drift check {NAME} v{drifted.version} ({drifted.window})"
+    assert run.data.metrics["drift_share"] == pytest.approx(drifted.share)
+    assert "interest_rate" in run.data.tags["conveyor.drifted"]
+    assert "not started: asked not to retrain" in run.data.tags["mlflow.note.content"]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "drift")}
+    assert logged == {f"drift/{drifted.report.name}", f"drift/{drifted.html.name}"}
+    _drawn_offline(drifted.html, root)
 
 
 def _drawn_offline(page: Path, scratch: Path) -> None:

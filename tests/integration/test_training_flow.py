@@ -88,6 +88,18 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
     with get_client(sync_client=True) as prefect:
         runs = [r for r in prefect.read_flow_runs() if r.name and r.state and r.state.is_completed()]
         assert "train loan-default (by hand)" in [r.name for r in runs], "a named Prefect flow run"
+        flow_run = next(r for r in runs if r.name == "train loan-default (by hand)")
+        stages = ("validate", "features", "train", "evaluate", "sign", "register")
+        artifacts = {a.key: a for a in prefect.read_artifacts(artifact_filter=_of_run(flow_run.id))}
+        assert set(artifacts) == {f"loan-default-{stage}" for stage in stages}, "each stage's report, as an artifact"
+        assert "expectations met" in artifacts["loan-default-validate"].data
+        assert f"`{version.run_id}`" in artifacts["loan-default-train"].data
+        assert "roc_auc" in artifacts["loan-default-evaluate"].data
+        assert artifacts["loan-default-register"].description == (
+            "loan-default, register: loan-default version 1 registered as @candidate"
+        )
+        lines = _logged(prefect, flow_run.id, len(stages))
+        assert [line.split(":")[0] for line in lines] == list(stages), lines
 
     # MLflow's UI: the experiment opens on its runs, and the run says what it made
     client = mlflow_client(tmp_path)
@@ -102,6 +114,27 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
         assert f"evaluation/{plot}" in logged, logged
     assert f"evaluation/loan-default-{run.info.run_id}.json" in logged
     assert any(path.startswith("validation/") for path in logged)
+
+
+def _of_run(flow_run_id: Any) -> Any:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    return ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+
+
+def _logged(prefect: Any, flow_run_id: Any, count: int) -> list[str]:
+    """The flow run's log lines in the Prefect API (sent in batches: wait for ``count``, up to 20 s)."""
+    import time
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 20
+    while True:
+        logs = prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        lines = [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
 
 
 def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Path, tmp_path: Path) -> None:
