@@ -1,9 +1,12 @@
-"""A lineage graph as one self-contained HTML page: no CDN, no network, opens from a file.
+"""A lineage graph as one self-contained HTML page: no CDN, no network, opens from a file, prints.
 
-The graph travels inside the page as JSON; a small script lays it out in columns (upstream to
-the left of the starting point, downstream to the right) and draws it as SVG: events as dark
-boxes with their kind, number and time, artifacts as light boxes with what they are and their
-digest. Clicking a node highlights what it is connected to; a table below lists every node.
+The page reads top to bottom and fits the screen's width: the starting point first, then one
+collapsible layer per step away from it, upstream ("where it came from") and downstream ("what it
+fed"); the first layers open, the far ones closed (all open to print). Each node is a card that
+shows everything about it in the page itself: events as dark cards with kind, number, time,
+actor, what they used and made (links to those cards) and their recorded details; artifacts as
+light cards with what they are, their digest and which events made and used them. A banner gives
+the audit verdict, a legend says what the cards are; the graph also travels as JSON for tools.
 """
 
 from __future__ import annotations
@@ -136,109 +139,199 @@ def _name(event: LedgerEvent, kind: str, file_name: str) -> str:
     return file_name
 
 
-def lineage_page(walks: list[Lineage], title: str, note: str | None = None) -> str:
+Verdict = tuple[bool, str]  # the audit's verdict: intact or not, and in words
+
+
+def page_title(label: str) -> str:
+    """``loan-default/3 (loan-default@champion)`` as "loan-default version 3 (loan-default@champion)"."""
+    name, slash, rest = label.partition("/")
+    number, space, tail = rest.partition(" ")
+    return f"{name} version {number}{space}{tail}" if slash and number.isdigit() else label
+
+
+def lineage_page(walks: list[Lineage], title: str, note: str | None = None, verdict: Verdict | None = None) -> str:
     """The whole page, ready to write to a file."""
     graph = graph_of(walks)
-    data = json.dumps(graph, sort_keys=True).replace("</", "<\\/")
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    used: dict[str, list[str]] = {}
+    made: dict[str, list[str]] = {}
+    for edge in graph["edges"]:
+        if nodes[edge["from"]]["type"] == "event":
+            made.setdefault(edge["from"], []).append(edge["to"])
+        else:
+            used.setdefault(edge["to"], []).append(edge["from"])
+    layers: dict[int, list[dict[str, Any]]] = {}
+    for node in graph["nodes"]:
+        step = _layer(node["column"])
+        if step == 0 and not node["root"]:  # beside the start: an input of a step down, or made by a step up
+            step = 1 if any(nodes[e]["column"] == 1 for e in used_by(node["id"], used)) else -1
+        layers.setdefault(step, []).append(node)
+    start = [_card(n, nodes, used, made) for n in _ordered(layers.pop(0, []))]
+    up = sorted((k for k in layers if k < 0), reverse=True)
+    down = sorted(k for k in layers if k > 0)
     events = sum(1 for n in graph["nodes"] if n["type"] == "event")
-    rows = "\n".join(
-        f"<tr><td>{html.escape(n['type'])}</td><td>{html.escape(n['kind'])}</td><td>{html.escape(n['label'])}</td>"
-        f"<td><code>{html.escape(n['digest'])}</code></td><td>{html.escape(n['time'])}</td></tr>"
-        for n in graph["nodes"]
-    )
     return _PAGE.format(
-        title=html.escape(title),
-        note=html.escape(note or ""),
-        data=data,
-        rows=rows,
-        summary=f"{events} events, {len(graph['nodes']) - events} artifacts",
+        title=html.escape(page_title(title)),
+        note=f'<p class="note">{html.escape(note)}</p>' if note else "",
+        verdict=_verdict(verdict),
+        start="\n".join(start),
+        upstream=_section("Where it came from", "up", [(-k, layers[k]) for k in up], nodes, used, made),
+        downstream=_section("What it fed", "down", [(k, layers[k]) for k in down], nodes, used, made),
+        summary=f"{events} events, {len(graph['nodes']) - events} artifacts; "
+        f"{len(up)} layers upstream, {len(down)} downstream",
+        data=json.dumps(graph, sort_keys=True).replace("</", "<\\/"),
     )
+
+
+_OPEN_LAYERS = 3  # layers nearer than this are open when the page loads
+
+
+def used_by(node_id: str, used: dict[str, list[str]]) -> list[str]:
+    """The events that used ``node_id``."""
+    return [event for event, inputs in used.items() if node_id in inputs]
+
+
+def _layer(column: int) -> int:
+    """The step a column is from the start: events at odd columns, what they made one further."""
+    return 0 if column == 0 else (1 if column > 0 else -1) * ((abs(column) + 1) // 2)
+
+
+def _ordered(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(nodes, key=lambda n: (n["type"] != "event", n["time"] or "", n["kind"], n["id"]))
+
+
+def _section(
+    heading: str,
+    way: str,
+    layers: list[tuple[int, list[dict[str, Any]]]],
+    nodes: dict[str, Any],
+    used: dict[str, list[str]],
+    made: dict[str, list[str]],
+) -> str:
+    if not layers:
+        return ""
+    parts = [f'<section class="{way}"><h2>{heading}</h2>']
+    for step, members in layers:
+        kinds = sorted({n["kind"] for n in members if n["type"] == "event"})
+        count = sum(1 for n in members if n["type"] == "event")
+        summary = f"{step} step{'s' if step > 1 else ''} {way}: {', '.join(kinds)}"
+        summary += f" ({count} event{'s' if count != 1 else ''}, {len(members) - count} artifacts)"
+        cards = "\n".join(_card(n, nodes, used, made) for n in _ordered(members))
+        opened = " open" if step < _OPEN_LAYERS else ""
+        parts.append(
+            f'<details class="layer" data-step="{step}"{opened}><summary>{html.escape(summary)}</summary>'
+            f'<div class="cards">{cards}</div></details>'
+        )
+    return "\n".join(parts) + "</section>"
+
+
+def _anchor(node_id: str) -> str:
+    return "n-" + node_id.replace(":", "-")
+
+
+def _links(ids: list[str], nodes: dict[str, Any]) -> str:
+    return ", ".join(
+        f'<a href="#{_anchor(i)}">{html.escape(_name_of(nodes[i]))}</a>' for i in sorted(set(ids)) if i in nodes
+    )
+
+
+def _name_of(node: dict[str, Any]) -> str:
+    if node["type"] == "event":
+        return f"{node['kind']} {node['label']}"
+    return f"{node['kind']}{': ' + node['label'] if node['label'] else ''} ({node['short']})"
+
+
+def _card(node: dict[str, Any], nodes: dict[str, Any], used: dict[str, list[str]], made: dict[str, list[str]]) -> str:
+    e = html.escape
+    rows: list[tuple[str, str]] = []
+    when = (node["time"] or "").replace("T", " ")[:19]
+    if node["type"] == "event":
+        head = f"{e(node['kind'])} <span class=seq>{e(node['label'])}</span>"
+        rows += [("time", e(when) + " UTC"), ("by", e(str(node.get("actor", ""))))]
+        rows += [("used", _links(used.get(node["id"], []), nodes))] if used.get(node["id"]) else []
+        rows += [("made", _links(made.get(node["id"], []), nodes))] if made.get(node["id"]) else []
+        rows += [(e(k), e(_shown(v))) for k, v in sorted((node.get("details") or {}).items())]
+        rows.append(("hash", f"<code>{e(node['digest'])}</code>"))
+    else:
+        head = e(node["kind"]) + (f": {e(node['label'])}" if node["label"] else "")
+        rows.append(("digest", f"<code>{e(node['digest'])}</code>"))
+        rows += [("made", e(when) + " UTC")] if when else []
+        makers = [src for src, outs in made.items() if node["id"] in outs]
+        users = used_by(node["id"], used)
+        rows += [("made by", _links(makers, nodes))] if makers else []
+        rows += [("used by", _links(users, nodes))] if users else []
+    body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    classes = f"card {node['type']}" + (" start" if node["root"] else "")
+    return (
+        f'<article class="{classes}" id="{_anchor(node["id"])}" data-kind="{e(node["kind"])}">'
+        f"<h3>{head}</h3><dl>{body}</dl></article>"
+    )
+
+
+def _shown(value: Any, limit: int = 400) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _verdict(verdict: Verdict | None) -> str:
+    if verdict is None:
+        return '<p class="verdict unknown">Audit: not run for this page (`conveyor audit` checks the record).</p>'
+    ok, words = verdict
+    return f'<p class="verdict {"ok" if ok else "failed"}">Audit: {html.escape(words)}</p>'
 
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>Lineage: {title}</title>
+<title>Lineage of {title}</title>
 <style>
-body {{ font: 13px system-ui, sans-serif; margin: 16px; color: #1d2330; }}
-h1 {{ font-size: 18px; margin: 0 0 4px; }} .note {{ color: #555; margin: 0 0 8px; }}
-#canvas {{ border: 1px solid #d5d9e0; overflow: auto; max-height: 75vh; background: #fafbfc; }}
-.node rect {{ rx: 6; stroke-width: 1.5; }}
-.artifact rect {{ fill: #fff; stroke: #6b7a99; }} .artifact.root rect {{ stroke: #c2410c; stroke-width: 3; }}
-.event rect {{ fill: #24324d; stroke: #24324d; }} .event text {{ fill: #fff; }}
-.node text {{ font-size: 11px; }} .node .title {{ font-weight: 600; font-size: 12px; }}
-.edge {{ fill: none; stroke: #9aa5b8; stroke-width: 1.3; }}
-.dim {{ opacity: .2; }} .lit rect {{ stroke: #c2410c; stroke-width: 3; }} .edge.lit {{ stroke: #c2410c; stroke-width: 2.2; }}
-table {{ border-collapse: collapse; margin-top: 12px; }} td, th {{ border-bottom: 1px solid #e3e6eb; padding: 3px 8px; text-align: left; }}
-code {{ font-size: 11px; }}
+body {{ font: 13px system-ui, sans-serif; margin: 16px; color: #1d2330; max-width: 100%; }}
+h1 {{ font-size: 19px; margin: 0 0 4px; }} h2 {{ font-size: 15px; margin: 18px 0 6px; }}
+h3 {{ font-size: 12.5px; margin: 0 0 4px; overflow-wrap: anywhere; }} .note {{ color: #555; margin: 0 0 8px; }}
+.verdict {{ padding: 6px 10px; border-radius: 6px; font-weight: 600; display: inline-block; }}
+.verdict.ok {{ background: #e7f6ec; color: #14532d; }} .verdict.failed {{ background: #fde8e8; color: #7f1d1d; }}
+.verdict.unknown {{ background: #f1f3f6; color: #444; font-weight: 400; }}
+.legend {{ display: flex; gap: 14px; flex-wrap: wrap; align-items: center; margin: 8px 0; color: #444; }}
+.legend span.swatch {{ display: inline-block; width: 14px; height: 14px; border-radius: 3px; vertical-align: middle; margin-right: 4px; }}
+.cards {{ display: flex; flex-wrap: wrap; gap: 10px; padding: 6px 0; }}
+.card {{ box-sizing: border-box; width: 320px; max-width: 100%; border-radius: 7px; padding: 8px 10px; border: 1.5px solid #6b7a99; background: #fff; }}
+.card.event {{ background: #24324d; border-color: #24324d; color: #fff; }} .card.event a {{ color: #bcd3ff; }}
+.card.start {{ border: 3px solid #c2410c; }} .card:target {{ outline: 3px solid #c2410c; }}
+dl {{ margin: 0; display: grid; grid-template-columns: max-content 1fr; gap: 1px 8px; font-size: 11.5px; }}
+dt {{ opacity: .75; }} dd {{ margin: 0; overflow-wrap: anywhere; }} code {{ font-size: 10.5px; }}
+details.layer {{ border-top: 1px solid #e3e6eb; padding: 4px 0; }} summary {{ cursor: pointer; font-weight: 600; padding: 3px 0; }}
+button {{ font: inherit; margin-right: 6px; }}
+@media print {{ button {{ display: none; }} .card {{ break-inside: avoid; }} body {{ margin: 0; }} }}
 </style></head>
 <body>
-<h1>Lineage: {title}</h1>
-<p class="note">{note}</p>
-<p id="summary" data-static="{summary}">{summary} (drawing…)</p>
-<div id="canvas"></div>
-<table><thead><tr><th>node</th><th>kind</th><th>name</th><th>digest / hash</th><th>time</th></tr></thead><tbody>
-{rows}
-</tbody></table>
+<h1>Lineage of {title}</h1>
+{note}
+{verdict}
+<div class="legend"><span><span class="swatch" style="background:#24324d"></span>event: a recorded step (its number in the ledger)</span>
+<span><span class="swatch" style="border:1.5px solid #6b7a99"></span>artifact: a file or record, by its digest</span>
+<span><span class="swatch" style="border:3px solid #c2410c"></span>where this page starts</span>
+<span>links jump to the card they name</span></div>
+<p id="summary">{summary} <button id="open-all" type="button">open every layer</button><button id="close-all" type="button">close the far ones</button></p>
+<section class="start"><h2>Starting point</h2><div class="cards">{start}</div></section>
+{upstream}
+{downstream}
 <script type="application/json" id="graph">{data}</script>
 <script>
 (function () {{
-  const graph = JSON.parse(document.getElementById("graph").textContent);
-  const NS = "http://www.w3.org/2000/svg", W = 230, H = 58, GX = 60, GY = 18;
-  const columns = new Map();
-  for (const n of graph.nodes) {{
-    if (!columns.has(n.column)) columns.set(n.column, []);
-    columns.get(n.column).push(n);
-  }}
-  const order = [...columns.keys()].sort((a, b) => a - b);
-  const at = new Map();
-  let height = 0;
-  order.forEach((c, i) => {{
-    const list = columns.get(c).sort((a, b) => (a.time || "").localeCompare(b.time || "") || a.kind.localeCompare(b.kind));
-    list.forEach((n, j) => at.set(n.id, {{ x: 20 + i * (W + GX), y: 20 + j * (H + GY), n }}));
-    height = Math.max(height, 40 + list.length * (H + GY));
+  const layers = [...document.querySelectorAll("details.layer")];
+  const openAll = () => layers.forEach(d => d.open = true);
+  document.getElementById("open-all").addEventListener("click", openAll);
+  document.getElementById("close-all").addEventListener("click", () => layers.forEach(d => d.open = Number(d.dataset.step) < 3));
+  window.addEventListener("beforeprint", openAll);
+  window.addEventListener("hashchange", () => {{
+    const card = document.getElementById(location.hash.slice(1));
+    const layer = card && card.closest("details");
+    if (layer) {{ layer.open = true; card.scrollIntoView(); }}
   }});
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("width", 40 + order.length * (W + GX));
-  svg.setAttribute("height", height);
-  const el = (name, attrs, parent) => {{
-    const e = document.createElementNS(NS, name);
-    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-    parent.appendChild(e);
-    return e;
-  }};
-  const edges = [];
-  for (const e of graph.edges) {{
-    const a = at.get(e.from), b = at.get(e.to);
-    if (!a || !b) continue;
-    const [x1, y1, x2, y2] = a.x < b.x ? [a.x + W, a.y + H / 2, b.x, b.y + H / 2] : [a.x, a.y + H / 2, b.x + W, b.y + H / 2];
-    const mid = (x1 + x2) / 2;
-    const p = el("path", {{ d: `M${{x1}},${{y1}} C${{mid}},${{y1}} ${{mid}},${{y2}} ${{x2}},${{y2}}`, class: "edge" }}, svg);
-    edges.push({{ p, from: e.from, to: e.to }});
-  }}
-  const groups = new Map();
-  for (const {{ x, y, n }} of at.values()) {{
-    const g = el("g", {{ class: `node ${{n.type}}${{n.root ? " root" : ""}}`, transform: `translate(${{x}},${{y}})`,
-                        "data-id": n.id, "data-kind": n.kind, "data-digest": n.digest, "data-time": n.time }}, svg);
-    el("rect", {{ width: W, height: H }}, g);
-    const lines = n.type === "event" ? [`${{n.kind}}  ${{n.label}}`, n.time.replace("T", " ").slice(0, 19), `by ${{n.actor}}`]
-                                     : [n.label ? `${{n.kind}}: ${{n.label}}` : n.kind, n.short, n.time.replace("T", " ").slice(0, 19)];
-    lines.forEach((t, i) => {{ const s = el("text", {{ x: 8, y: 17 + i * 15, class: i ? "" : "title" }}, g); s.textContent = t.slice(0, 36); }});
-    const tip = el("title", {{}}, g);
-    tip.textContent = `${{n.kind}} ${{n.label}}\\n${{n.digest}}` + (n.details ? "\\n" + JSON.stringify(n.details, null, 1) : "");
-    groups.set(n.id, g);
-    g.addEventListener("click", () => highlight(n.id));
-  }}
-  function highlight(id) {{
-    const near = new Set([id]);
-    for (const e of edges) {{ if (e.from === id) near.add(e.to); if (e.to === id) near.add(e.from); }}
-    for (const [k, g] of groups) g.classList.toggle("dim", !near.has(k)), g.classList.toggle("lit", k === id);
-    for (const e of edges) e.p.classList.toggle("lit", e.from === id || e.to === id);
-  }}
-  document.getElementById("canvas").appendChild(svg);
-  const summary = document.getElementById("summary");
-  summary.textContent = summary.dataset.static;
-  summary.dataset.drawn = String(groups.size);
+  const measure = () => document.body.dataset.fits = String(document.documentElement.scrollWidth <= window.innerWidth);
+  measure();
+  window.addEventListener("resize", measure);
 }})();
 </script>
 </body></html>

@@ -1,4 +1,4 @@
-"""Plain-text views of lineage for the terminal."""
+"""Plain-text views of lineage and audits, for the terminal and the lineage page."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ from registry.digests import short
 from registry.ledger import LedgerEvent
 from registry.lineage import Lineage
 
-__all__ = ["event_line", "lineage_text"]
+__all__ = ["audit_verdict", "event_line", "lineage_text"]
 
 _TITLES = {"upstream": "Where it came from", "downstream": "What it fed"}
+
+
+def audit_verdict(report: Any) -> tuple[bool, str]:
+    """A version's audit (``AuditReport``) in words: how many links held, and which did not."""
+    failed = [link.name for link in report.links if not link.ok]
+    v = report.verification
+    words = f"{len(report.links) - len(failed)} of {len(report.links)} links of {v.name} version {v.version} verified"
+    return report.ok, words + (f"; FAILED: {', '.join(failed)}" if failed else "")
 
 
 def event_line(event: LedgerEvent) -> str:

@@ -213,7 +213,7 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
         raise ValidationFailed(
             f"{data.path.name} failed {len(result.failures)} of {result.evaluated} expectations: {lines}.",
             hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). "
-            f"Report: {result.report}" + (f"; Data Docs: {result.docs}" if result.docs else "") + ".",
+            f"Report: {result.page or result.report}.",
         )
     return result
 
@@ -409,7 +409,9 @@ def _register(
         details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
     )
     client = run.ws.mlflow()
-    client.log_artifact(trained.model.run_id, str(validation.report), "validation")  # what the data passed
+    for report in (validation.report, validation.page):  # what the data passed
+        if report is not None:
+            client.log_artifact(trained.model.run_id, str(report), "validation")
     name_run(client, trained.model.run_id, version.name, version.version, version.alias)
     return TrainingOutcome(
         name=version.name,
@@ -495,7 +497,7 @@ def stage_summary(result: Any) -> Summary | None:
 @stage_summary.register
 def _(result: ValidationResult) -> Summary:
     met = result.evaluated - len(result.failures)
-    rows = [("report", f"`{result.report}`"), ("suite", f"`{result.suite_digest}`")]
+    rows = [("report", f"`{result.report}`"), ("page", f"`{result.page}`"), ("suite", f"`{result.suite_digest}`")]
     rows += [("Data Docs", f"`{result.docs}`")] if result.docs else []
     rows += [(f"failed: {f.expectation}", f.describe()) for f in result.failures]
     return f"{met} of {result.evaluated} expectations met", rows

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.validation_page import write_validation_page
 from policies.errors import PolicyInvalid
 from policies.project import ProjectConfig
 from registry.digests import canonical_json, file_digest, json_digest
@@ -85,8 +86,9 @@ class ValidationResult:
     failures: list[Failure]
     report: Path
     digest: str  # of the JSON report
-    docs: Path | None
+    docs: Path | None  # Great Expectations' Data Docs (they load their styles from CDNs)
     suite_digest: str
+    page: Path | None = None  # our own page of the run: self-contained, named by dataset and run
 
 
 def suite_path(config: ProjectConfig, root: Path) -> Path:
@@ -148,7 +150,8 @@ def _build_suite(document: dict[str, Any], path: Path, extra: list[dict[str, Any
 def validate_data(
     frame: pd.DataFrame, config: ProjectConfig, suite_file: Path, reports: Path, *, now: datetime | None = None
 ) -> ValidationResult:
-    """Run the suite (plus the no-future-events check) and write the JSON report and Data Docs."""
+    """Run the suite (plus the no-future-events check) and write the JSON report, its HTML page
+    (``<report>.html``) and Data Docs."""
     document = load_suite(suite_file)
     now = now or datetime.now(UTC)
     runtime = [
@@ -168,6 +171,7 @@ def validate_data(
     report_dir.mkdir(parents=True, exist_ok=True)
     report = report_dir / f"{config.model_name}-{stamp}.json"
     report.write_bytes(canonical_json(result))
+    page = write_validation_page(result, dataset=config.data.name, rows=len(frame), path=report.with_suffix(".html"))
     docs = next(iter(sorted((reports / "data-docs" / "validations").rglob("*.html"))), None)
     return ValidationResult(
         success=bool(result["success"]),
@@ -177,6 +181,7 @@ def validate_data(
         digest=file_digest(report),
         docs=reports / "data-docs" / "index.html" if docs else None,
         suite_digest=json_digest(document),
+        page=page,
     )
 
 

@@ -196,11 +196,18 @@ def validate(
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(json.dumps(found, indent=2) + "\n")
     if as_json:
-        emit_json({**found, "report_file": str(result.report), "data_docs": str(result.docs) if result.docs else None})
+        emit_json(
+            {
+                **found,
+                "report_file": str(result.report),
+                "page": str(result.page) if result.page else None,
+                "data_docs": str(result.docs) if result.docs else None,
+            }
+        )
         return
     out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
-    if result.docs:
-        out(f"Data Docs: {result.docs}")
+    if result.page:
+        out(f"Page: {result.page}")
 
 
 def train(
@@ -255,7 +262,9 @@ def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
 
     key = load_or_create_key(workspace(ctx).keys_dir)
     if as_json:
-        emit_json({"private_key": str(key.private_path), "public_key": str(key.public_path), "fingerprint": key.fingerprint})
+        emit_json(
+            {"private_key": str(key.private_path), "public_key": str(key.public_path), "fingerprint": key.fingerprint}
+        )
         return
     out(f"Signing key: {key.private_path} (private, mode 0600)")
     out(f"Public key:  {key.public_path}")

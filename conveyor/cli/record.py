@@ -87,13 +87,16 @@ def lineage(
     """Show where an artifact came from and what it fed, from the lineage ledger."""
     from conveyor.render import lineage_text
 
-    found = workspace(ctx).lineage(target, at=at, model=model, up=up, down=down, depth=depth)
+    ws = workspace(ctx)
+    found = ws.lineage(target, at=at, model=model, up=up, down=down, depth=depth)
     start = found.start
     if html is not None:
         from conveyor.lineage_html import lineage_page
 
+        with progress("Auditing the record the page shows...", quiet=as_json):
+            verdict = page_verdict(ws, start.label)
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(lineage_page(found.walks, start.label, start.note), encoding="utf-8")
+        html.write_text(lineage_page(found.walks, start.label, start.note, verdict), encoding="utf-8")
     if as_json:
         emit_json(found.to_dict())
         return
@@ -103,6 +106,22 @@ def lineage(
             out(line)
     if html is not None:
         out(f"Graph: {html}")
+
+
+def page_verdict(ws: Any, label: str) -> tuple[bool, str]:
+    """The audit a lineage page shows: a registered version's whole record when it starts from
+    one (``MODEL/VERSION``), else the ledger's chain."""
+    import re
+
+    from conveyor.render import audit_verdict
+
+    version = re.match(r"[^/\s]+/\d+", label)
+    if version:
+        return audit_verdict(ws.audit(version.group(0)))
+    chain = ws.audit_ledger().chain
+    if chain.ok:
+        return True, f"the ledger's chain of {chain.events:,} events is intact"
+    return False, f"the ledger's chain is broken at event #{chain.broken_at}: {chain.reason}"
 
 
 def audit(

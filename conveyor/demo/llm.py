@@ -361,20 +361,19 @@ def _check(assistant: Workspace) -> str:
 
 def _audit(assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[Any], None]) -> None:
     from conveyor.lineage_html import lineage_page
+    from conveyor.render import audit_verdict
 
     name = assistant.llm_project().name
     report = assistant.audit(f"{name}@champion")
-    failed = [link.name for link in report.links if not link.ok]
-    say(
-        f"Audit of {name}@champion (version {report.verification.version}): "
-        f"{len(report.links) - len(failed)} of {len(report.links)} links verified"
-        + (f"; FAILED: {', '.join(failed)}" if failed else "")
-    )
+    verdict = audit_verdict(report)
+    say(f"Audit of {name}@champion: {verdict[1]}")
     covered = next((a for a in answered if a["passages"] != "none"), None)
     if covered is not None:
         found = assistant.lineage(f"request:{covered['id']}", up=True)
         page = assistant.reports / "lineage-llm-request.html"
-        page.write_text(lineage_page(found.walks, f"request:{covered['id']}"), encoding="utf-8")
+        page.write_text(
+            lineage_page(found.walks, f"request:{covered['id']}", found.start.note, verdict), encoding="utf-8"
+        )
         kinds = {e.kind for w in found.walks for e in w.events}
         say(
             f"Lineage of the answer to {covered['question']!r}: {len(kinds)} kinds of event, from its deployment "

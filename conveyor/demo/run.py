@@ -90,19 +90,16 @@ def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> No
 
 def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None]) -> Any:
     from conveyor.lineage_html import lineage_page
+    from conveyor.render import audit_verdict
 
     report = ws.audit(ref)
     sealed = ws.seal()
     graph = ws.reports / "lineage-champion.html"
     digest = report.verification.version_digest
+    verdict = audit_verdict(report)
     if digest:
         found = ws.lineage(digest)
-        graph.write_text(lineage_page(found.walks, ref), encoding="utf-8")
-    failed = [link.name for link in report.links if not link.ok]
-    v = report.verification
-    say(
-        f"  {v.name} version {v.version}: {len(report.links) - len(failed)} of {len(report.links)} links verified"
-        + (f"; FAILED: {', '.join(failed)}" if failed else "")
-        + f"; ledger sealed at event #{sealed.seq:,}."
-    )
+        v = report.verification
+        graph.write_text(lineage_page(found.walks, f"{v.name}/{v.version} ({ref})", None, verdict), encoding="utf-8")
+    say(f"  {verdict[1]}; ledger sealed at event #{sealed.seq:,}.")
     return graph

@@ -26,6 +26,7 @@ from policies.project import load_project
 from registry.inference_log import InferenceLog, LogEntry
 from registry.ledger import Ledger
 from registry.release import alias, promote
+from tests.browser import chromium
 from tests.conftest import POLICY_CODE, REPO, open_workspace
 from tests.service import free_port
 
@@ -141,24 +142,8 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
 
 def _drawn_offline(page: Path, scratch: Path) -> None:
     """Headless Chromium, with no network to reach, draws Evidently's page and our heading."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Chromium is not installed: `make test` installs Debian's package when it can")
     assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", page.read_text())  # nothing to fetch
-    command = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--proxy-server=127.0.0.1:9",  # any request out would fail: the page must not need one
-        "--virtual-time-budget=10000",
-        "--user-data-dir=" + str(scratch / "chromium-profile"),
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    dom = chromium(page, scratch)
     assert 'id="conveyor-heading"' in dom
     assert dom.count("MuiTableCell") > 20 and "Drift Summary" in dom  # Evidently's app drew its tables
 

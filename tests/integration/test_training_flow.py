@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from conveyor.cli import app
 from pipelines.training import run_training
 from registry.ledger import Ledger
+from tests.browser import chromium
 from tests.conftest import open_workspace
 
 pytestmark = pytest.mark.slow
@@ -113,7 +115,8 @@ def test_train_registers_a_signed_version_whose_lineage_reaches_the_data(
     for plot in ("roc.png", "calibration.png", "confusion.png"):
         assert f"evaluation/{plot}" in logged, logged
     assert f"evaluation/loan-default-{run.info.run_id}.json" in logged
-    assert any(path.startswith("validation/") for path in logged)
+    assert any(path.startswith("validation/") and path.endswith(".json") for path in logged)
+    assert any(path.startswith("validation/") and path.endswith(".html") for path in logged)
 
 
 def _of_run(flow_run_id: Any) -> Any:
@@ -242,6 +245,17 @@ def test_failed_validation_names_counts_and_examples_and_writes_reports(
     assert len(reports) == 1 and json.loads(reports[0].read_text())["success"] is False
     assert (tmp_path / ".conveyor" / "reports" / "data-docs" / "index.html").is_file()
     assert "unexpected (" in result.stderr and "e.g. 'forty'" in result.stderr
+    page = reports[0].with_suffix(".html")  # our own page, named by dataset, suite and run
+    assert f"Report: {page}" in " ".join(result.stderr.split())
+    text = page.read_text()
+    assert "<title>Validation of bad.csv against loan-default: FAILED</title>" in text
+    assert "http://" not in text and "https://" not in text  # nothing to fetch
+    dom = chromium(page, tmp_path)
+    rows = re.findall(r'<tr class="(met|failed)"><td>\w+</td><td><code>([^<]*)</code></td><td>([^<]+)</td>', dom)
+    failed = [r for r in rows if r[0] == "failed"]
+    assert failed and rows[: len(failed)] == failed, "failures first"
+    assert ("failed", "age", "expect_column_values_to_be_in_type_list") in failed
+    assert "forty" in dom and re.search(r"\d+ of \d+ expectations met; \d+ failed", dom)
 
 
 def test_config_naming_a_column_the_data_lacks(prefect_api: None, project: Path, tmp_path: Path) -> None:
