@@ -14,7 +14,9 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,34 @@ def _direct(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) 
     return function(*args, **kwargs)
 
 
+STAGES = ("version", "read", "validate", "features", "train", "evaluate", "sign", "register")
+
+_on_stage: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("conveyor_on_stage", default=None)
+
+
+@contextmanager
+def reporting_stages(listener: Callable[[str, int, int], None]) -> Iterator[None]:
+    """Within: each training run tells ``listener(stage, number, of)`` as a stage starts (a
+    progress display; the flow's result does not depend on it)."""
+    token = _on_stage.set(listener)
+    try:
+        yield
+    finally:
+        _on_stage.reset(token)
+
+
+def _announced(runner: Runner) -> Runner:
+    listener = _on_stage.get()
+    if listener is None:
+        return runner
+
+    def announcing(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        listener(name, STAGES.index(name) + 1 if name in STAGES else 0, len(STAGES))
+        return runner(name, function, *args, **kwargs)
+
+    return announcing
+
+
 def run_training(
     ws: Workspace, data: str | Path | None = None, *, cause: str | None = None, runner: Runner = _direct
 ) -> TrainingOutcome:
@@ -105,6 +135,7 @@ def run_training(
     ``data`` replaces the config's data file; ``cause`` is the digest of what started the run
     (a retraining trigger), recorded as an input of the trained model."""
     config = _load(ws, data)
+    runner = _announced(runner)
     with ws.ledger() as ledger:
         run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause)
         dataset: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)

@@ -8,7 +8,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
@@ -67,11 +67,41 @@ def _console(stderr: bool = False) -> Console:
 
 
 def out(text: Any = "") -> None:
-    """One line (or a rich renderable, e.g. a table) on standard output."""
+    """One line (or a rich renderable, e.g. a table) on standard output. On a terminal a long
+    line wraps at a word, within 100 columns, its continuation indented; piped, it stays one
+    line (for grep; scripts read ``--json``)."""
+    console = _console()
     if isinstance(text, str):
-        _console().print(text, markup=False, soft_wrap=True)
+        if console.is_terminal:
+            text = fitted(text, min(console.width, RESULT_WIDTH))
+        console.print(text, markup=False, soft_wrap=True)
     else:
-        _console().print(text)
+        console.print(text)
+
+
+RESULT_WIDTH = 100
+
+
+def fitted(text: str, width: int = RESULT_WIDTH) -> str:
+    """``text`` wrapped at words to ``width`` columns, each continuation indented two spaces past
+    the line's own indent; a word longer than a line (a path, a digest) is kept whole."""
+    import textwrap
+
+    lines = []
+    for line in text.splitlines() or [""]:
+        indent = line[: len(line) - len(line.lstrip())]
+        lines.append(
+            textwrap.fill(
+                line,
+                width,
+                subsequent_indent=indent + "  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            if len(line) > width
+            else line
+        )
+    return "\n".join(lines)
 
 
 def emit_json(value: Any) -> None:
@@ -79,14 +109,29 @@ def emit_json(value: Any) -> None:
 
 
 @contextmanager
-def progress(what: str, *, quiet: bool = False) -> Iterator[None]:
-    """A spinner with ``what`` while a step runs, on a terminal only (never with ``--json``)."""
+def progress(what: str, *, quiet: bool = False) -> Iterator[Callable[[str], None]]:
+    """A spinner with ``what`` while a step runs, on a terminal only (never with ``--json``);
+    yields a function that replaces the text (a step's stage, say)."""
     console = _console(stderr=True)
     if quiet or not console.is_terminal:
-        yield
+        yield lambda text: None
         return
-    with console.status(what, spinner="dots"):
-        yield
+    with console.status(what, spinner="dots") as status:
+        yield lambda text: status.update(text)
+
+
+@contextmanager
+def training_progress(what: str, *, quiet: bool = False) -> Iterator[None]:
+    """``progress`` for a training run: the stage it is at, and how far along."""
+    from pipelines.training import reporting_stages
+
+    with progress(what, quiet=quiet) as update:
+
+        def stage(name: str, number: int, of: int) -> None:
+            update(f"Training: {name} ({number} of {of})...")
+
+        with reporting_stages(stage):
+            yield
 
 
 def workspace(ctx: typer.Context) -> Workspace:

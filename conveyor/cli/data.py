@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
+from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, training_progress, workspace
 
 __all__ = ["print_outcome", "register"]
 
@@ -220,7 +220,7 @@ def train(
     from dataclasses import asdict
 
     ws = workspace(ctx)
-    with progress("Training: validate, features, train, evaluate, sign, register...", quiet=as_json):
+    with training_progress("Training: validate, features, train, evaluate, sign, register...", quiet=as_json):
         outcome = ws.train(data)
     if metrics:
         metrics.parent.mkdir(parents=True, exist_ok=True)

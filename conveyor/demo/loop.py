@@ -55,9 +55,12 @@ def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str],
     log = ws.inference_dir(project.model_name)
 
     def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
+        from conveyor.cli._common import training_progress
+
         say(f"{name}...")
         started = time.monotonic()
-        outcome, links = action()
+        with training_progress(f"{name}..."):  # a spinner on a terminal; a retraining shows its stages
+            outcome, links = action()
         steps.append(LoopStep(name, outcome, time.monotonic() - started, links))
         say(f"  {outcome}")
 

@@ -20,6 +20,7 @@ def run_demo(
 ) -> None:
     """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false
     after the champion; ``llm`` adds the LLM part at the end."""
+    from conveyor.cli._common import training_progress
     from conveyor.cli.data import print_outcome
     from conveyor.cli.release import print_promotion
     from conveyor.demo.prepare import prepare_demo_data
@@ -38,7 +39,8 @@ def run_demo(
         return
     say("")
     say("Training on the first version (validate, features, train, evaluate, sign, register)...")
-    outcome = ws.train(prepared[0].ref.path)
+    with training_progress("Training..."):
+        outcome = ws.train(prepared[0].ref.path)
     print_outcome(outcome)
     say("")
     say(f"Promoting {outcome.name}/{outcome.version} to champion (verify, then policies/promotion.yaml decides)...")

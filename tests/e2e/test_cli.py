@@ -285,3 +285,20 @@ def test_bentoml_build_as_the_readme_gives_it_packs_the_service(tmp_path: Path) 
     assert bentos, "the Bento carries the service's code"
     manifest = next((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/bento.yaml")).read_text()
     assert "serving.service:Conveyor" in manifest
+
+
+def test_result_lines_fit_100_columns_at_words_and_keep_paths_whole() -> None:
+    from conveyor.cli._common import fitted
+
+    line = (
+        "  Registered loan-default version 2 as @candidate; "
+        + "report /a/very/long/path/"
+        + "x" * 120
+        + " then more words follow here"
+    )
+    shown = fitted(line).splitlines()
+    assert all(len(s) <= 100 or " " not in s.strip() for s in shown)
+    assert any(s.strip().startswith("report") or "/a/very/long/path/" in s for s in shown)
+    assert "/a/very/long/path/" + "x" * 120 in fitted(line), "a path is never split"
+    assert all(s.startswith("    ") for s in shown[1:]), "continuations indented past the line's own indent"
+    assert fitted("short line") == "short line"

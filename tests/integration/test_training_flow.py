@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import run_training
+from pipelines.training import STAGES, reporting_stages, run_training
 from registry.ledger import Ledger
 from tests.browser import chromium
 from tests.conftest import open_workspace
@@ -141,7 +141,10 @@ def _logged(prefect: Any, flow_run_id: Any, count: int) -> list[str]:
 
 
 def test_second_run_is_compared_with_the_champion(prefect_api: None, project: Path, tmp_path: Path) -> None:
-    first = run_training(request(project, tmp_path))
+    told: list[tuple[str, int, int]] = []
+    with reporting_stages(lambda *stage: told.append(stage)):  # what a progress display is told
+        first = run_training(request(project, tmp_path))
+    assert told == [(name, number, len(STAGES)) for number, name in enumerate(STAGES, 1)]
     mlflow_client(tmp_path).set_registered_model_alias(first.name, "champion", first.version)
     second = run_training(request(project, tmp_path))
     assert second.version == "2" and second.champion_version == first.version
