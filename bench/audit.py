@@ -33,7 +33,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from ledger import EVENTS_PER_RUN, fill, percentiles, query_figures
 
-from registry.ledger import Ledger
+from conveyor.registry.ledger import Ledger
 
 REPO = HERE.parent
 
@@ -67,8 +67,8 @@ def bare_walk(conn: sa.Connection, root: str, role: str) -> int:
 def project_with_model(base: Path, ledger_url: str, events: int) -> tuple[Path, Path]:
     """Demo data, half the synthetic history, one real trained version, the other half."""
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-    from pipelines.training import run_training
-    from registry.workspace import Workspace
+    from conveyor.pipelines.training import run_training
+    from conveyor.registry.workspace import Workspace
 
     root, home = base / "project", base / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
@@ -126,9 +126,9 @@ def measure(backend: str, ledger_url: str, events: int, queries: int) -> None:
 
         import mlflow
 
-        from policies.signing import load_signing_policy
-        from registry.audit import audit_version
-        from registry.verify import verify_version
+        from conveyor.policies.signing import load_signing_policy
+        from conveyor.registry.audit import audit_version
+        from conveyor.registry.verify import verify_version
 
         mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
         policy = load_signing_policy(root)

@@ -97,8 +97,8 @@ training = store.get_historical_features(
 # -- scikit-learn: the configured pipeline on the earlier rows ------------------------------------
 from sklearn.metrics import roc_auc_score
 
-from pipelines.train import build_pipeline, features_frame, split_by_time
-from policies.project import load_project
+from conveyor.pipelines.train import build_pipeline, features_frame, split_by_time
+from conveyor.policies.project import load_project
 
 project = load_project(root / "conveyor.yaml", check_data=False)
 train, holdout = split_by_time(project, training)

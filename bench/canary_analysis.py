@@ -44,9 +44,9 @@ def train(work: Path) -> dict[str, Path]:
     import yaml
 
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-    from pipelines.training import run_training
-    from registry.models import fetch_model
-    from registry.workspace import Workspace
+    from conveyor.pipelines.training import run_training
+    from conveyor.registry.models import fetch_model
+    from conveyor.registry.workspace import Workspace
 
     root, home = work / "project", work / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
@@ -72,9 +72,9 @@ def train(work: Path) -> dict[str, Path]:
 def model(folder: Path):
     import yaml
 
-    from serving.contract import InputContract
-    from serving.models import ModelProcess, VerifiedModel
-    from serving.schema import columns_from_mlmodel
+    from conveyor.serving.contract import InputContract
+    from conveyor.serving.models import ModelProcess, VerifiedModel
+    from conveyor.serving.schema import columns_from_mlmodel
 
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
     verified = VerifiedModel(
@@ -120,7 +120,7 @@ async def trial(champion, canary, rows: list[dict], requests: int, seed: int) ->
 
 def old_verdict(canary: list[tuple[float, float]], champion: list[tuple[float, float]]) -> bool:
     """The analysis before: one look at the p95 ratio (max 1.5) and the PSI (max 0.2); True = rollback."""
-    from policies.canary import psi
+    from conveyor.policies.canary import psi
 
     ours, theirs = np.percentile([c[0] for c in canary], 95), np.percentile([c[0] for c in champion], 95)
     bins = min(10, len(canary) // 30, len(champion) // 30)
@@ -130,7 +130,7 @@ def old_verdict(canary: list[tuple[float, float]], champion: list[tuple[float, f
 
 def judge(stream: list[tuple[str, float, float]], policy) -> dict[str, int | None]:
     """The first canary request count at which each analysis rolls back (None: never)."""
-    from policies.canary import CanaryStats, Side, judge_canary
+    from conveyor.policies.canary import CanaryStats, Side, judge_canary
 
     canary: list[tuple[float, float]] = []
     champion: list[tuple[float, float]] = []
@@ -167,9 +167,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--requests", type=int, default=1_500)
     args = parser.parse_args()
-    from policies.canary import CanaryPolicy
-    from policies.loading import load_policy
-    from registry.workspace import quiet_libraries
+    from conveyor.policies.canary import CanaryPolicy
+    from conveyor.policies.loading import load_policy
+    from conveyor.registry.workspace import quiet_libraries
 
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-canary-"))
     os.environ["CONVEYOR_HOME"] = str(work / "project" / ".conveyor")

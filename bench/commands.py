@@ -50,7 +50,7 @@ def main() -> None:
     try:
         print("setting up: demo data, a trained and promoted champion...", flush=True)
         timed([*conveyor, "demo", "--no-loop"], project, env)
-        from registry.digests import file_digest
+        from conveyor.registry.digests import file_digest
 
         data = file_digest(project / "data" / "loans.csv")
         rows: dict[str, list[float]] = {}

@@ -110,7 +110,7 @@ def _project(root: Path, guardrails: dict[str, Any] | None) -> Path:
 
 def _build(project: Path) -> tuple[Any, str]:
     from conveyor.api import Workspace
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     ws = Workspace.open(project, home=str(project.parent / ".conveyor"), actor="bench")
     built = ws.build_release()
@@ -237,7 +237,7 @@ def _figures(run: dict[str, Any], count_tokens: Any) -> dict[str, float]:
 
 
 def in_process(system: str, count: int, max_tokens: int) -> dict[str, float]:
-    from serving.llm import LocalModel
+    from conveyor.serving.llm import LocalModel
 
     model = LocalModel(WEIGHTS, context=2048, threads=2)
     ttft, tokens, started = [], 0, time.perf_counter()
@@ -261,9 +261,9 @@ def in_process(system: str, count: int, max_tokens: int) -> dict[str, float]:
 
 def guard_costs(project: Path, texts: list[str]) -> dict[str, float]:
     """The guardrails' own time per request, in-process: the input checks, and the streamed output rules."""
-    from policies.guardrails import GuardrailPolicy
-    from policies.loading import load_policy
-    from serving.guardrails import Guardrails, StreamGuard
+    from conveyor.policies.guardrails import GuardrailPolicy
+    from conveyor.policies.loading import load_policy
+    from conveyor.serving.guardrails import Guardrails, StreamGuard
 
     guard = Guardrails(
         load_policy(project.parent / "policies" / "guardrails.yaml", GuardrailPolicy), "You are the help assistant."
@@ -289,10 +289,10 @@ def main() -> None:
     from llama_cpp import Llama
 
     from conveyor.demo.service import free_port
-    from registry.workspace import prepare_process
+    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
-    from serving.llm import _quiet_runtime
+    from conveyor.serving.llm import _quiet_runtime
 
     _quiet_runtime()
     tokenizer = Llama(model_path=str(WEIGHTS), vocab_only=True, verbose=False)
@@ -306,7 +306,7 @@ def main() -> None:
         on_project, off_project = _project(scratch / "on", None), _project(scratch / "off", NO_RULES)
         print("building the two releases (guardrails on, and a policy with no rules)...", flush=True)
         (_, on_key), (_, off_key) = _build(on_project), _build(off_project)
-        from policies.llm import VARIABLE
+        from conveyor.policies.llm import VARIABLE
 
         template = (on_project.parent / "llm" / "prompts" / "assistant.txt").read_text()
         system = VARIABLE.sub(lambda m: {"product": "Conveyor", "question": ""}[m.group(1)], template).strip()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.digests import bytes_digest
-from registry.ledger import Draft, Ledger
-from registry.lineage import downstream, upstream
+from conveyor.registry.digests import bytes_digest
+from conveyor.registry.ledger import Draft, Ledger
+from conveyor.registry.lineage import downstream, upstream
 
 EVENTS_PER_RUN = 8
 

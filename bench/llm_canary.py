@@ -37,8 +37,8 @@ TOPICS = ["a canary", "a rollback", "signing", "drift", "a champion", "the ledge
 
 
 async def _answers(count: int, *, neighbour: bool) -> list[dict[str, float]]:
-    from serving.llm import Generated
-    from serving.llm_process import ReleaseProcess
+    from conveyor.serving.llm import Generated
+    from conveyor.serving.llm_process import ReleaseProcess
 
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     models = [
@@ -82,7 +82,7 @@ async def _answers(count: int, *, neighbour: bool) -> list[dict[str, float]]:
 
 
 def _side(draws: list[dict[str, float]]) -> Any:
-    from policies.canary import LlmSide
+    from conveyor.policies.canary import LlmSide
 
     return LlmSide(
         requests=len(draws),
@@ -100,7 +100,7 @@ def _trial(pool: list[dict[str, float]], change: Any, policy: Any, rng: random.R
     """A whole walk, judged as the service judges it: at each step the window grows (5 answers a side
     between two analyses) and is judged again until it advances, rolls back, or holds for 20
     analyses (then it is left held); True if it was rolled back."""
-    from policies.canary import LlmStats, judge_llm_canary
+    from conveyor.policies.canary import LlmStats, judge_llm_canary
 
     for step in range(len(policy.steps)):
         canary: list[dict[str, float]] = []
@@ -127,9 +127,9 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=120)
     parser.add_argument("--trials", type=int, default=2000)
     args = parser.parse_args()
-    from policies.canary import CanaryPolicy
-    from policies.loading import load_policy
-    from registry.workspace import prepare_process
+    from conveyor.policies.canary import CanaryPolicy
+    from conveyor.policies.loading import load_policy
+    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
     policy = load_policy(ROOT / "policies" / "canary.yaml", CanaryPolicy).llm

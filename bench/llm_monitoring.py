@@ -30,7 +30,7 @@ REFERENCE = 28
 def _rows(
     n: int, pick: random.Random, *, outside: float = 0.15, longer: float = 1.0, refused: float = 0.1
 ) -> pd.DataFrame:
-    from monitoring.llm_traffic import live_frame
+    from conveyor.monitoring.llm_traffic import live_frame
 
     rows = []
     for _ in range(n):
@@ -51,8 +51,8 @@ def _rows(
 
 
 def main() -> None:
-    from monitoring.llm_traffic import compare_traffic
-    from policies.drift import load_drift_policy
+    from conveyor.monitoring.llm_traffic import compare_traffic
+    from conveyor.policies.drift import load_drift_policy
 
     policy = load_drift_policy(Path(__file__).resolve().parents[1] / "policies").llm
     cases = {

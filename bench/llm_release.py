@@ -64,7 +64,7 @@ def signing(weights: Path, rounds: int) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from registry.signing import sign_model, verify_model
+    from conveyor.registry.signing import sign_model, verify_model
 
     size_mb = weights.stat().st_size / 1e6
     with tempfile.TemporaryDirectory(prefix="bench-sign-") as scratch:
@@ -113,7 +113,7 @@ def _same_fs(a: Path, b: Path) -> bool:
 def in_process(path: Path, label: str, *, chat_format: str | None, completion: bool, rounds: int) -> None:
     from llama_cpp import Llama
 
-    from serving.llm import LocalModel
+    from conveyor.serving.llm import LocalModel
 
     started = time.perf_counter()
     bare = Llama(model_path=str(path), n_ctx=2048, n_threads=2, verbose=False, chat_format=chat_format)
@@ -181,8 +181,8 @@ def main() -> None:
         weights = next((Path(scratch) / "home" / "weights").glob("*.gguf"))
         signing(weights, args.rounds)
         in_process(weights, "SmolLM2-135M-Instruct Q4_1", chat_format=None, completion=False, rounds=args.rounds)
-        from policies.llm import load_llm_project
-        from registry.weights import resolve_weights
+        from conveyor.policies.llm import load_llm_project
+        from conveyor.registry.weights import resolve_weights
 
         fallback = load_llm_project(ROOT / "assistant-fallback.yaml")
         gemma = resolve_weights(fallback.model, Path(scratch) / "home" / "weights", lock=ROOT / "uv.lock")

@@ -20,9 +20,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conveyor.demo.data import DEMO_DATASETS, generate
-from monitoring.drift import check_drift
-from policies.drift import DriftPolicy, WindowPolicy
-from policies.project import load_project
+from conveyor.monitoring.drift import check_drift
+from conveyor.policies.drift import DriftPolicy, WindowPolicy
+from conveyor.policies.project import load_project
 
 REPO = Path(__file__).resolve().parents[1]
 

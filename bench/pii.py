@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from policies.guardrails import GuardrailPolicy
-from policies.loading import load_policy
-from serving.guardrails import Guardrails
+from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.policies.loading import load_policy
+from conveyor.serving.guardrails import Guardrails
 
 
 def measure(guard: Guardrails, rows: list[dict]) -> dict[str, float]:

@@ -48,7 +48,7 @@ class _Scored:
 def trial(rng: np.random.Generator, rows: int, config, case: str) -> tuple[float, tuple[float, float]]:
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.evaluate import gain_interval
+    from conveyor.pipelines.evaluate import gain_interval
 
     risk = rng.normal(0, 1, rows)
     y = (rng.random(rows) < 1 / (1 + np.exp(-(risk - 1.2)))).astype(int)
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--holdout", type=int, default=2000)
     args = parser.parse_args()
-    from policies.project import load_project
+    from conveyor.policies.project import load_project
 
     config = load_project(ROOT / "conveyor.yaml", check_data=False)
     rng = np.random.default_rng(20261202)

@@ -41,9 +41,9 @@ def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     import yaml
 
     from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-    from pipelines.training import run_training
-    from registry.release import promote
-    from registry.workspace import Workspace
+    from conveyor.pipelines.training import run_training
+    from conveyor.registry.release import promote
+    from conveyor.registry.workspace import Workspace
 
     root, home = work / "project", work / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
@@ -220,7 +220,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-serving-"))
     os.environ["CONVEYOR_HOME"] = str(work / "project" / ".conveyor")
-    from registry.workspace import Workspace, quiet_libraries
+    from conveyor.registry.workspace import Workspace, quiet_libraries
     from tests.service import free_port
 
     Workspace.open(work / "project" / "conveyor.yaml").prepare()
@@ -233,8 +233,8 @@ def main() -> None:
         import httpx
         from mlflow import MlflowClient
 
-        from registry.models import fetch_model
-        from serving.auth import ApiKeys
+        from conveyor.registry.models import fetch_model
+        from conveyor.serving.auth import ApiKeys
 
         client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
         model_dir = fetch_model(f"models:/loan-default/{versions['champion']}", work / "model")

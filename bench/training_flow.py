@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def workspace(home: Path):
-    from registry.workspace import Workspace
+    from conveyor.registry.workspace import Workspace
 
     return Workspace.open(
         ROOT,
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     os.environ["CONVEYOR_HOME"] = str(work / "cli")
-    from registry.workspace import Workspace, quiet_libraries
+    from conveyor.registry.workspace import Workspace, quiet_libraries
 
     Workspace.open(ROOT).prepare()
     quiet_libraries()
@@ -65,7 +65,7 @@ def main() -> None:
 def run(work: Path, data: Path) -> None:
     from prefect import flow
 
-    from pipelines.training import as_task, run_training
+    from conveyor.pipelines.training import as_task, run_training
 
     stage_times: dict[str, dict[str, float]] = defaultdict(dict)
 
@@ -88,7 +88,7 @@ def run(work: Path, data: Path) -> None:
 
     @flow(name="training-bench", validate_parameters=False)
     def bench_flow(params, label):
-        from registry.workspace import Workspace
+        from conveyor.registry.workspace import Workspace
 
         return run_training(Workspace.from_params(params), data, runner=timed(label, as_task))
 

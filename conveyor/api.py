@@ -22,23 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.workspace import Workspace as _Workspace
+from conveyor.registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
-    from pipelines.llm.flow import ReleaseOutcome
-    from pipelines.llm.loop import AcceptOutcome, ActionOutcome, FeedbackOutcome, LlmCheckOutcome
-    from pipelines.retraining import DriftOutcome, LabelsOutcome
-    from pipelines.training import TrainingOutcome
-    from pipelines.validate import ValidationResult
-    from registry.audit import AuditReport
-    from registry.evidence import EvidenceReport
-    from registry.ledger import ChainReport
-    from registry.lineage import Lineage
-    from registry.lookup import Start
-    from registry.release import PromotionOutcome
-    from registry.seals import Seal
-    from registry.verify import VerificationReport
-    from serving.llm import Reply
+    from conveyor.pipelines.llm.flow import ReleaseOutcome
+    from conveyor.pipelines.llm.loop import AcceptOutcome, ActionOutcome, FeedbackOutcome, LlmCheckOutcome
+    from conveyor.pipelines.retraining import DriftOutcome, LabelsOutcome
+    from conveyor.pipelines.training import TrainingOutcome
+    from conveyor.pipelines.validate import ValidationResult
+    from conveyor.registry.audit import AuditReport
+    from conveyor.registry.evidence import EvidenceReport
+    from conveyor.registry.ledger import ChainReport
+    from conveyor.registry.lineage import Lineage
+    from conveyor.registry.lookup import Start
+    from conveyor.registry.release import PromotionOutcome
+    from conveyor.registry.seals import Seal
+    from conveyor.registry.verify import VerificationReport
+    from conveyor.serving.llm import Reply
 
 __all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
 
@@ -93,13 +93,13 @@ class Workspace(_Workspace):
 
     def validate(self, data: str | Path | None = None) -> ValidationResult:
         """Version the data and validate it against its suite; raises ``ValidationFailed`` naming each failure."""
-        from pipelines.training import validate_only
+        from conveyor.pipelines.training import validate_only
 
         return validate_only(self._ready(), data)
 
     def train(self, data: str | Path | None = None) -> TrainingOutcome:
         """Validate, build features, train, evaluate, sign and register (``@candidate``)."""
-        from pipelines.training import training_flow
+        from conveyor.pipelines.training import training_flow
 
         return training_flow(self._ready(), data)
 
@@ -107,7 +107,7 @@ class Workspace(_Workspace):
 
     def build_release(self) -> ReleaseOutcome:
         """The LLM release flow on this project (``kind: llm``): weights, prompt, build, evaluate, sign, register."""
-        from pipelines.llm.flow import release_flow
+        from conveyor.pipelines.llm.flow import release_flow
 
         self._require_llm()
         return release_flow(self._ready())
@@ -115,28 +115,28 @@ class Workspace(_Workspace):
     def check_llm(self, window: str | None = None, *, act: bool = True) -> LlmCheckOutcome:
         """The LLM champion's live traffic against its evaluation (feedback posted to the gateway
         recorded first); a breach re-evaluates the champion on the grown sets (``act``)."""
-        from pipelines.llm.loop import check_llm
+        from conveyor.pipelines.llm.loop import check_llm
 
         self._require_llm()
         return check_llm(self._ready(), window, start=act)
 
     def check_knowledge(self, *, act: bool = True) -> tuple[str, ActionOutcome | None]:
         """Whether the knowledge base is the champion's; a new version starts a rebuild (``act``)."""
-        from pipelines.llm.loop import check_knowledge
+        from conveyor.pipelines.llm.loop import check_knowledge
 
         self._require_llm()
         return check_knowledge(self._ready(), start=act)
 
     def add_feedback(self, path: str | Path) -> FeedbackOutcome:
         """Ratings of answers (JSONL or CSV): recorded, joined to the log, bad ones made candidate cases."""
-        from pipelines.llm.loop import add_feedback
+        from conveyor.pipelines.llm.loop import add_feedback
 
         self._require_llm()
         return add_feedback(self._ready(), Path(path))
 
     def accept_feedback(self, path: str | Path) -> AcceptOutcome:
         """The reviewed candidates file's accepted cases added to the project's feedback set."""
-        from pipelines.llm.loop import accept_feedback
+        from conveyor.pipelines.llm.loop import accept_feedback
 
         self._require_llm()
         return accept_feedback(self._ready(), Path(path))
@@ -145,8 +145,8 @@ class Workspace(_Workspace):
         """Verify the LLM release ``ref``, load it in this process and answer ``question`` through its guardrails."""
         import tempfile
 
-        from policies.errors import ConveyorError, SignatureInvalid
-        from serving.llm import LlmRelease
+        from conveyor.policies.errors import ConveyorError, SignatureInvalid
+        from conveyor.serving.llm import LlmRelease
 
         self._ready()
         with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-ask-") as keep:
@@ -163,7 +163,7 @@ class Workspace(_Workspace):
             return LlmRelease.open(Path(keep)).answer(question)
 
     def _require_llm(self) -> None:
-        from policies.errors import ConfigInvalid
+        from conveyor.policies.errors import ConfigInvalid
 
         if not self.is_llm:
             raise ConfigInvalid(
@@ -186,9 +186,9 @@ class Workspace(_Workspace):
 
         A version whose canary was rolled back is refused unless ``force_after_rollback`` is that
         rollback's ledger event number."""
-        from pipelines.release import score_champion
-        from policies.errors import ConveyorError
-        from registry.release import promote
+        from conveyor.pipelines.release import score_champion
+        from conveyor.policies.errors import ConveyorError
+        from conveyor.registry.release import promote
 
         if to not in ("canary", "champion"):
             raise ConveyorError(
@@ -206,7 +206,7 @@ class Workspace(_Workspace):
     def rollback(self, model: str | None = None, *, dry_run: bool = False) -> tuple[str, str]:
         """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version).
         With ``dry_run``, only says so: nothing changes, nothing is recorded."""
-        from registry.release import rollback
+        from conveyor.registry.release import rollback
 
         return rollback(self._ready(), model or self.model_name, dry_run=dry_run)
 
@@ -226,9 +226,9 @@ class Workspace(_Workspace):
 
         ``target``: a file (hashed), a digest, ``MODEL/VERSION``, ``MODEL@ALIAS``, ``deployment:N``,
         ``event:N`` or ``request:ID``; or ``at`` a time: what was serving then."""
-        from policies.errors import ConveyorError, NotFound
-        from registry.lineage import walk
-        from registry.lookup import find_start, parse_time, serving_at
+        from conveyor.policies.errors import ConveyorError, NotFound
+        from conveyor.registry.lineage import walk
+        from conveyor.registry.lookup import find_start, parse_time, serving_at
 
         if (target is None) == (at is None):
             raise ConveyorError(
@@ -253,7 +253,7 @@ class Workspace(_Workspace):
     def status(self, model: str | None = None) -> dict[str, Any]:
         """Versions, aliases, the last deployment per role, the canary and its last verdict, the
         last drift and quality checks and the ledger's last seal, each with its ledger event."""
-        from registry.status import model_status
+        from conveyor.registry.status import model_status
 
         return model_status(self._ready(), model or self.model_name)
 
@@ -261,9 +261,9 @@ class Workspace(_Workspace):
         """Re-verify the whole record of ``ref``, link by link; with ``export``, also write an evidence bundle."""
         import tempfile
 
-        from registry.audit import audit_version
-        from registry.evidence import export_evidence
-        from registry.seals import project_trust
+        from conveyor.registry.audit import audit_version
+        from conveyor.registry.evidence import export_evidence
+        from conveyor.registry.seals import project_trust
 
         self._ready()
         with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
@@ -287,7 +287,7 @@ class Workspace(_Workspace):
 
     def audit_ledger(self, *, seal: bool = False) -> LedgerAudit:
         """Check the ledger's whole chain; with ``seal``, sign a checkpoint of it when it holds."""
-        from registry.seals import MILESTONE_EVERY, seal_with_project_key
+        from conveyor.registry.seals import MILESTONE_EVERY, seal_with_project_key
 
         with self.ledger() as ledger:
             chain = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
@@ -296,7 +296,7 @@ class Workspace(_Workspace):
 
     def seal(self) -> Seal:
         """Check the whole chain, then seal it with the project key."""
-        from registry.seals import seal_with_project_key
+        from conveyor.registry.seals import seal_with_project_key
 
         with self.ledger() as ledger:
             return seal_with_project_key(self, ledger)
@@ -305,19 +305,19 @@ class Workspace(_Workspace):
 
     def drift(self, window: str | None = None, *, retrain: bool = True) -> DriftOutcome:
         """Check the champion's traffic over ``window``; a breach starts a retraining unless ``retrain`` is false."""
-        from pipelines.loop import drift_flow
+        from conveyor.pipelines.loop import drift_flow
 
         return drift_flow(self._ready(), window, start=retrain)
 
     def add_labels(self, path: str | Path, *, retrain: bool = True) -> LabelsOutcome:
         """Join ground truth to logged predictions and judge quality; a breach starts a retraining."""
-        from pipelines.loop import labels
+        from conveyor.pipelines.loop import labels
 
         return labels(self._ready(), Path(path), start=retrain)
 
 
 def verify_bundle(bundle: str | Path, *, fingerprint: str | None = None) -> EvidenceReport:
     """Verify an evidence bundle offline: no project, registry, ledger or network needed."""
-    from registry.evidence import verify_evidence
+    from conveyor.registry.evidence import verify_evidence
 
     return verify_evidence(Path(bundle), pinned=fingerprint)

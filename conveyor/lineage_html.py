@@ -15,10 +15,10 @@ import html
 import json
 from typing import Any
 
-from registry.digests import short
-from registry.events import EventKind, inputs_by_role
-from registry.ledger import LedgerEvent
-from registry.lineage import Lineage
+from conveyor.registry.digests import short
+from conveyor.registry.events import EventKind, inputs_by_role
+from conveyor.registry.ledger import LedgerEvent
+from conveyor.registry.lineage import Lineage
 
 __all__ = ["graph_of", "lineage_page"]
 

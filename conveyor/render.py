@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.digests import short
-from registry.ledger import LedgerEvent
-from registry.lineage import Lineage
+from conveyor.registry.digests import short
+from conveyor.registry.ledger import LedgerEvent
+from conveyor.registry.lineage import Lineage
 
 __all__ = ["audit_verdict", "event_line", "lineage_text"]
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from policies.errors import ConfigInvalid
+from conveyor.policies.errors import ConfigInvalid
 
 __all__ = ["CostReport", "cost_report", "parse_since"]
 
@@ -60,7 +60,7 @@ def cost_report(inference: Path, *, by: By = "team", since: datetime | None = No
     """Tokens and cost per ``by`` over every LLM request logged under ``inference`` (one folder per model)."""
     import pandas as pd
 
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     frames = [read_log(folder, since=since) for folder in sorted(inference.glob("*")) if folder.is_dir()]
     frames = [f for f in frames if "kind" in f and not f.empty]

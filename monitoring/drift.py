@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from policies.drift import DriftPolicy, Window
-from policies.errors import NotFound, NothingToActOn
-from policies.project import ProjectConfig
-from registry.digests import canonical_json, file_digest
-from registry.inference_log import read_log
-from registry.ledger import Ledger
-from registry.lineage import training_set
-from registry.workspace import Workspace
+from conveyor.policies.drift import DriftPolicy, Window
+from conveyor.policies.errors import NotFound, NothingToActOn
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.digests import canonical_json, file_digest
+from conveyor.registry.inference_log import read_log
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.lineage import training_set
+from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "ColumnDrift",

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.errors import DataInvalid
-from policies.llm import EvalCase
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.llm import EvalCase
 
 __all__ = ["FeedbackRow", "accept_candidates", "candidates_of", "join_feedback", "read_feedback"]
 

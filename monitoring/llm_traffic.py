@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from monitoring.drift import ColumnDrift, column_drifts
-from policies.drift import LlmMonitoring
+from conveyor.monitoring.drift import ColumnDrift, column_drifts
+from conveyor.policies.drift import LlmMonitoring
 
 __all__ = ["ColumnDrift", "LlmTrafficResult", "RateCheck", "compare_traffic", "live_frame", "reference_frame"]
 

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from policies.drift import Quality
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig
+from conveyor.policies.drift import Quality
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig
 
 __all__ = ["QualityResult", "join_labels", "quality_of", "read_labels"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from policies.drift import DriftPolicy
+from conveyor.policies.drift import DriftPolicy
 
 __all__ = ["RETRAINING_EVENT", "Breach", "PastTrigger", "TriggerDecision", "decide_trigger"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig, read_columns
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig, read_columns
 
 __all__ = ["read_data", "read_table"]
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.errors import DataInvalid
-from registry.digests import file_hashes
-from registry.dvc_files import dvc_cached, dvc_recorded_md5
-from registry.events import EventKind
-from registry.ledger import Ledger, LedgerEvent
+from conveyor.policies.errors import DataInvalid
+from conveyor.registry.digests import file_hashes
+from conveyor.registry.dvc_files import dvc_cached, dvc_recorded_md5
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["DatasetRef", "relative_to_root", "version_dataset"]
 

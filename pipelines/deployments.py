@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
-from monitoring.trigger import RETRAINING_EVENT
-from registry.workspace import Workspace
+from conveyor.monitoring.trigger import RETRAINING_EVENT
+from conveyor.registry.workspace import Workspace
 
 if TYPE_CHECKING:  # imported inside the flows: a triggered run reaches "Running" before pandas loads
-    from pipelines.retraining import DriftOutcome, RetrainingOutcome, Started
+    from conveyor.pipelines.retraining import DriftOutcome, RetrainingOutcome, Started
 
 __all__ = ["deployments", "drift_check", "retraining", "start_retraining"]
 
@@ -47,8 +47,8 @@ def _named(stage: str) -> Any:
 @flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
 def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
-    from pipelines.retraining import retrain
-    from pipelines.training import recorded_tasks
+    from conveyor.pipelines.retraining import retrain
+    from conveyor.pipelines.training import recorded_tasks
 
     ws = Workspace.from_params(workspace)
     return retrain(ws, trigger, recorded_tasks(ws.model_name))
@@ -57,7 +57,7 @@ def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
 @flow(name="drift-check", flow_run_name=_named("drift check"), validate_parameters=False, log_prints=False)
 def drift_check(workspace: dict[str, Any], window: str | None = None) -> DriftOutcome:
     """Check the champion's traffic for drift; a breach starts ``retraining`` (a subflow, or an event)."""
-    from pipelines.retraining import check_drift
+    from conveyor.pipelines.retraining import check_drift
 
     ws = Workspace.from_params(workspace)
     outcome = check_drift(ws, window)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.train import features_frame
-from policies.project import LOWER_IS_BETTER, ProjectConfig
+from conveyor.pipelines.train import features_frame
+from conveyor.policies.project import LOWER_IS_BETTER, ProjectConfig
 
 __all__ = [
     "BehaviourResult",

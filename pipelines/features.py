@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig
-from registry.digests import file_digest, json_digest
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.digests import file_digest, json_digest
 
 __all__ = ["FeatureSet", "build_training_set", "feature_spec", "open_store"]
 
@@ -45,8 +45,8 @@ entity_key_serialization_version: 3
 _DEFINITIONS = '''\
 """Feast definitions for this project, built from its Conveyor config."""
 
-from pipelines.features import feast_objects
-from policies.project import load_project
+from conveyor.pipelines.features import feast_objects
+from conveyor.policies.project import load_project
 
 entity, view = feast_objects(load_project({config!r}), {source!r})
 '''

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.retraining import (
+from conveyor.pipelines.retraining import (
     DriftOutcome,
     LabelsOutcome,
     RetrainingOutcome,
@@ -21,7 +21,7 @@ from pipelines.retraining import (
     check_drift,
     retrain,
 )
-from registry.workspace import Workspace
+from conveyor.registry.workspace import Workspace
 
 __all__ = ["drift_flow", "labels", "monitor", "retraining_flow", "serve_monitoring", "start_retraining"]
 
@@ -31,7 +31,7 @@ def drift_flow(ws: Workspace, window: str | None = None, *, start: bool = True) 
     if not start:
         return check_drift(ws, window, start=False)
     if ws.uses_prefect:
-        from pipelines.deployments import drift_check
+        from conveyor.pipelines.deployments import drift_check
 
         return drift_check(ws.params(), window)
     outcome = check_drift(ws, window)
@@ -51,7 +51,7 @@ def labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcome:
 def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | None:
     """Start the retraining a trigger recorded: on the Prefect server, as a flow, or in this process."""
     if ws.uses_prefect or started.mode == "server":
-        from pipelines import deployments
+        from conveyor.pipelines import deployments
 
         return deployments.start_retraining(ws, started)
     return retrain(ws, started.trigger)
@@ -60,7 +60,7 @@ def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | Non
 def retraining_flow(ws: Workspace, trigger: str) -> RetrainingOutcome:
     """Retrain for ``trigger`` (a flow run when the Workspace uses Prefect)."""
     if ws.uses_prefect:
-        from pipelines.deployments import retraining
+        from conveyor.pipelines.deployments import retraining
 
         return retraining(ws.params(), trigger)
     return retrain(ws, trigger)
@@ -82,7 +82,7 @@ def serve_monitoring(ws: Workspace, window: str | None, every: float, announce: 
     trigger) as deployments, and run their flow runs until interrupted."""
     from prefect import serve as serve_deployments
 
-    from pipelines.deployments import deployments
+    from conveyor.pipelines.deployments import deployments
 
     ws.prepare()
     name = ws.model_name

@@ -10,10 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from policies.errors import SignatureInvalid
-from policies.signing import SigningPolicy
-from registry.models import RegisteredVersion, fetch_model, register_version
-from registry.verify import VerificationReport, verify_folder
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.models import RegisteredVersion, fetch_model, register_version
+from conveyor.registry.verify import VerificationReport, verify_folder
 
 __all__ = ["register_verified"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.lineage import training_set
-from registry.verify import VerificationReport
-from registry.workspace import Workspace
+from conveyor.registry.lineage import training_set
+from conveyor.registry.verify import VerificationReport
+from conveyor.registry.workspace import Workspace
 
 __all__ = ["score_champion"]
 
@@ -21,14 +21,14 @@ def score_champion(ws: Workspace, report: VerificationReport, champion: str) -> 
     """Champion ``champion`` scored on the candidate's holdout, from its digest-checked training set
     (an LLM release: evaluated on the candidate's evaluation sets)."""
     if report.tags.get("conveyor.kind") == "llm-release":
-        from pipelines.llm.flow import score_llm_champion
+        from conveyor.pipelines.llm.flow import score_llm_champion
 
         return score_llm_champion(ws, report, champion)
     import mlflow.sklearn
     import pandas as pd
 
-    from pipelines.evaluate import gain_interval, holdout_metrics
-    from pipelines.train import split_by_time
+    from conveyor.pipelines.evaluate import gain_interval, holdout_metrics
+    from conveyor.pipelines.train import split_by_time
 
     run: Any = ws.mlflow().get_run(report.tags["conveyor.run_id"])
     digest = report.tags.get("conveyor.training_set") or run.data.tags.get("conveyor.training_set")

@@ -24,22 +24,22 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from monitoring.drift import DriftResult, measure_drift
-from monitoring.quality import QualityResult, join_labels, quality_of, read_labels
-from monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
-from pipelines.data import read_data
-from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.release import score_champion
-from pipelines.training import Runner, run_training
-from policies.drift import DriftPolicy, parse_window
-from policies.errors import ConveyorError, NotFound, NothingToActOn, PolicyInvalid
-from policies.project import ProjectConfig
-from registry.digests import file_digest, json_digest
-from registry.events import EventKind, input_of, typed
-from registry.inference_log import read_log
-from registry.ledger import Ledger, LedgerEvent
-from registry.locks import file_lock
-from registry.workspace import Workspace
+from conveyor.monitoring.drift import DriftResult, measure_drift
+from conveyor.monitoring.quality import QualityResult, join_labels, quality_of, read_labels
+from conveyor.monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
+from conveyor.pipelines.data import read_data
+from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from conveyor.pipelines.release import score_champion
+from conveyor.pipelines.training import Runner, run_training
+from conveyor.policies.drift import DriftPolicy, parse_window
+from conveyor.policies.errors import ConveyorError, NotFound, NothingToActOn, PolicyInvalid
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.digests import file_digest, json_digest
+from conveyor.registry.events import EventKind, input_of, typed
+from conveyor.registry.inference_log import read_log
+from conveyor.registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.locks import file_lock
+from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "DriftOutcome",
@@ -148,7 +148,7 @@ def log_drift_run(ws: Workspace, result: DriftResult) -> str:
     Evidently's reports as artifacts. Returns the run's id."""
     import mlflow
 
-    from registry.models import experiment
+    from conveyor.registry.models import experiment
 
     ws.bind_mlflow()
     described = result.describe() + (f"; retraining {result.trigger}" if result.trigger else "")
@@ -323,7 +323,7 @@ def past_triggers(ledger: Ledger, name: str, causes: tuple[str, ...] | None = No
 
 def retrain(ws: Workspace, trigger: str, runner: Runner | None = None) -> RetrainingOutcome:
     """Train on the newest labelled data for ``trigger``; the result may become the canary, never the champion."""
-    from registry.release import promote
+    from conveyor.registry.release import promote
 
     project, _ = _setup(ws)
     root, home = ws.root, ws.home

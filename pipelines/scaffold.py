@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from policies.errors import ConfigInvalid, DataInvalid
+from conveyor.policies.errors import ConfigInvalid, DataInvalid
 
 __all__ = ["Scaffold", "guess_target", "init_project"]
 
@@ -140,7 +140,7 @@ def init_project(
 
 
 def _read(data: Path) -> pd.DataFrame:
-    from pipelines.data import read_table
+    from conveyor.pipelines.data import read_table
 
     if not data.is_file():
         raise ConfigInvalid(f"There is no file {data}.", hint="Pass --from-data with a CSV or Parquet file.")
@@ -225,7 +225,7 @@ def _check(config: dict[str, Any], folder: Path) -> None:
     """The config as the pipelines will read it (no file written yet)."""
     from pydantic import ValidationError
 
-    from policies.project import ProjectConfig
+    from conveyor.policies.project import ProjectConfig
 
     try:
         ProjectConfig.model_validate({**config, "data": folder / config["data"]})
@@ -255,8 +255,8 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
     """Write everything into a staging folder beside ``folder``, then move it in: all or nothing."""
     import yaml
 
-    from pipelines.validate import starter_suite
-    from policies.project import ProjectConfig
+    from conveyor.pipelines.validate import starter_suite
+    from conveyor.policies.project import ProjectConfig
 
     folder, config = scaffold.folder, scaffold.config
     folder.mkdir(parents=True, exist_ok=True)
@@ -275,7 +275,7 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
             prepared.to_csv(data_file, index=False)
         (staging / "conveyor.yaml").write_text(_config_text(config, scaffold.notes))
         project = ProjectConfig.model_validate({**config, "data": data_file})
-        from pipelines.data import read_data
+        from conveyor.pipelines.data import read_data
 
         suite = starter_suite(project, read_data(data_file, project))
         policies = staging / "policies"
@@ -310,7 +310,7 @@ def _config_text(config: dict[str, Any], notes: list[str]) -> str:
 
 def _policies(task: str, target: pd.Series) -> dict[str, str]:
     """promotion.yaml and drift.yaml for the task; the other policies as Conveyor ships them."""
-    import policies
+    from conveyor import policies
 
     shipped = Path(policies.__file__).parent
     if task == "classification":

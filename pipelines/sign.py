@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.signing import CertificateSigner, SigningPolicy
-from registry.digests import file_digest
-from registry.keys import SigningKey, load_or_create_key
-from registry.provenance import Material, build_statement, sign_statement
-from registry.signing import (
+from conveyor.policies.signing import CertificateSigner, SigningPolicy
+from conveyor.registry.digests import file_digest
+from conveyor.registry.keys import SigningKey, load_or_create_key
+from conveyor.registry.provenance import Material, build_statement, sign_statement
+from conveyor.registry.signing import (
     BUNDLE,
     PROVENANCE,
     certificate_identity,

@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig
-from registry.models import experiment
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.models import experiment
 
 __all__ = [
     "TrainedModel",

@@ -21,24 +21,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.data import read_data
-from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.evaluate import Evaluation, evaluate_model, evaluation_plots
-from pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
-from pipelines.register import register_verified
-from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
-from pipelines.train import TrainedModel, name_run, run_name, train_model
-from pipelines.validate import ValidationResult, suite_path, validate_data
-from policies.errors import DataInvalid, GateFailed, PolicyInvalid, SignatureInvalid, ValidationFailed
-from policies.project import ProjectConfig, read_columns
-from registry.digests import canonical_json, file_digest, json_digest
-from registry.events import EventKind
-from registry.ledger import Ledger, utc_now
-from registry.models import fetch_model
-from registry.provenance import Material
-from registry.signing import model_digest, model_files
-from registry.verify import verify_version
-from registry.workspace import Workspace
+from conveyor.pipelines.data import read_data
+from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from conveyor.pipelines.evaluate import Evaluation, evaluate_model, evaluation_plots
+from conveyor.pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
+from conveyor.pipelines.register import register_verified
+from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
+from conveyor.pipelines.train import TrainedModel, name_run, run_name, train_model
+from conveyor.pipelines.validate import ValidationResult, suite_path, validate_data
+from conveyor.policies.errors import DataInvalid, GateFailed, PolicyInvalid, SignatureInvalid, ValidationFailed
+from conveyor.policies.project import ProjectConfig, read_columns
+from conveyor.registry.digests import canonical_json, file_digest, json_digest
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, utc_now
+from conveyor.registry.models import fetch_model
+from conveyor.registry.provenance import Material
+from conveyor.registry.signing import model_digest, model_files
+from conveyor.registry.verify import verify_version
+from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "TrainingOutcome",

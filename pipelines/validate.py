@@ -18,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.validation_page import write_validation_page
-from policies.errors import PolicyInvalid
-from policies.project import ProjectConfig
-from registry.digests import canonical_json, file_digest, json_digest
+from conveyor.pipelines.validation_page import write_validation_page
+from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.digests import canonical_json, file_digest, json_digest
 
 __all__ = [
     "Failure",
@@ -305,8 +305,8 @@ def write_starter_suite(
     an existing suite is kept unless ``force``. Returns where it went and the suite."""
     import json
 
-    from pipelines.data import read_data
-    from policies.errors import ConveyorError
+    from conveyor.pipelines.data import read_data
+    from conveyor.policies.errors import ConveyorError
 
     target = suite_path(config, root)
     if target.exists() and not force:

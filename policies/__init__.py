@@ -3,7 +3,7 @@
 Importing this package is cheap; the submodules load what they need when they are used.
 """
 
-from policies.errors import (
+from conveyor.policies.errors import (
     ConfigInvalid,
     ConveyorError,
     DataInvalid,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.loading import load_policy
+from conveyor.policies.loading import load_policy
 
 __all__ = [
     "LLM_DESCRIPTORS",

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from policies.errors import ConveyorError, PolicyInvalid
+from conveyor.policies.errors import ConveyorError, PolicyInvalid
 
 __all__ = ["load_policy", "read_yaml_mapping"]
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.project import LOWER_IS_BETTER
+from conveyor.policies.project import LOWER_IS_BETTER
 
 __all__ = [
     "LLM_METRICS",

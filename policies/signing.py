@@ -74,7 +74,7 @@ def load_signing_policy(root: Path) -> SigningPolicy:
 
     A file that is there but malformed is an error, never this default.
     """
-    from policies.loading import load_policy
+    from conveyor.policies.loading import load_policy
 
     path = root / "policies" / "signing.yaml"
     return load_policy(path, SigningPolicy) if path.exists() else SigningPolicy()

@@ -29,17 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConveyorError
-from policies.signing import SigningPolicy
-from registry.digests import file_digest, file_hashes
-from registry.dvc_files import dvc_cached, dvc_recorded_md5
-from registry.events import EventKind, input_of
-from registry.ledger import Ledger, LedgerEvent
-from registry.lineage import upstream
-from registry.llm_audit import is_llm_release, llm_links, llm_record_links
-from registry.seals import ChainProof, prove_events
-from registry.store import RegistryView
-from registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
+from conveyor.policies.errors import ConveyorError
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.digests import file_digest, file_hashes
+from conveyor.registry.dvc_files import dvc_cached, dvc_recorded_md5
+from conveyor.registry.events import EventKind, input_of
+from conveyor.registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.lineage import upstream
+from conveyor.registry.llm_audit import is_llm_release, llm_links, llm_record_links
+from conveyor.registry.seals import ChainProof, prove_events
+from conveyor.registry.store import RegistryView
+from conveyor.registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
 
 __all__ = [
     "REPORT_KEYS",

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from policies.errors import NotFound
+from conveyor.policies.errors import NotFound
 
 __all__ = [
     "ALGORITHM",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policies.errors import DataInvalid
+from conveyor.policies.errors import DataInvalid
 
 __all__ = ["dvc_cached", "dvc_recorded_md5"]
 

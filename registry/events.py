@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.errors import LedgerError
+from conveyor.policies.errors import LedgerError
 
 if TYPE_CHECKING:
-    from registry.ledger import LedgerEvent
+    from conveyor.registry.ledger import LedgerEvent
 
 __all__ = ["SPECS", "EventKind", "EventSpec", "check_details", "input_of", "inputs_by_role", "typed"]
 

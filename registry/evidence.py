@@ -30,16 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConveyorError
-from policies.signing import SigningPolicy
-from registry.audit import AuditReport, Facts, record_links, recorded_files
-from registry.digests import file_digest, short
-from registry.keys import PUBLIC, SigningKey, fingerprint
-from registry.ledger import EventSlice, Ledger, LedgerEvent, utc_now
-from registry.llm_audit import LIVE_LINKS, is_llm_release
-from registry.provenance import open_envelope, sign_envelope
-from registry.seals import Seal, open_seal, seal_ledger
-from registry.verify import Link, in_project, verify_folder
+from conveyor.policies.errors import ConveyorError
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.audit import AuditReport, Facts, record_links, recorded_files
+from conveyor.registry.digests import file_digest, short
+from conveyor.registry.keys import PUBLIC, SigningKey, fingerprint
+from conveyor.registry.ledger import EventSlice, Ledger, LedgerEvent, utc_now
+from conveyor.registry.llm_audit import LIVE_LINKS, is_llm_release
+from conveyor.registry.provenance import open_envelope, sign_envelope
+from conveyor.registry.seals import Seal, open_seal, seal_ledger
+from conveyor.registry.verify import Link, in_project, verify_folder
 
 __all__ = ["EVIDENCE_TYPE", "EvidenceReport", "describe", "export_evidence", "verify_evidence"]
 

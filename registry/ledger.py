@@ -26,9 +26,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from policies.errors import LedgerCorrupt, LedgerError, NotFound
-from registry.digests import canonical_json, is_digest
-from registry.ledger_db import display_url, events_table, head_table, links_table, make_engine, metadata, seals_table
+from conveyor.policies.errors import LedgerCorrupt, LedgerError, NotFound
+from conveyor.registry.digests import canonical_json, is_digest
+from conveyor.registry.ledger_db import (
+    display_url,
+    events_table,
+    head_table,
+    links_table,
+    make_engine,
+    metadata,
+    seals_table,
+)
 
 __all__ = [
     "GENESIS",
@@ -235,7 +243,7 @@ class Ledger:
         stores the digests in that order and the role names in the details. An ``EventKind``'s
         details are checked against its model (``registry.events``) before anything is written.
         """
-        from registry.events import EventKind, check_details
+        from conveyor.registry.events import EventKind, check_details
 
         details = dict(details or {})
         roles: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from policies.errors import LedgerError
+from conveyor.policies.errors import LedgerError
 
 __all__ = ["display_url", "events_table", "head_table", "links_table", "make_engine", "metadata", "seals_table"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["Direction", "Lineage", "downstream", "training_set", "upstream", "walk"]
 
@@ -96,8 +96,8 @@ def downstream(ledger: Ledger, digest: str | Iterable[str], depth: int | None = 
 def training_set(ledger: Ledger, digest: str | None) -> Path | None:
     """The training set file with content ``digest``, as ``features.built`` recorded it; None when the
     ledger does not know it, or the file is gone or no longer hashes to ``digest``."""
-    from registry.digests import file_digest
-    from registry.events import EventKind, typed
+    from conveyor.registry.digests import file_digest
+    from conveyor.registry.events import EventKind, typed
 
     built = [e for e in ledger.producers(digest) if e.kind == EventKind.FEATURES_BUILT] if digest else []
     path = Path(typed(built[-1]).training_set) if built else None

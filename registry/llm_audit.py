@@ -22,13 +22,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.digests import file_digest
-from registry.events import EventKind, inputs_by_role
-from registry.verify import Link, VerificationReport, in_project
+from conveyor.registry.digests import file_digest
+from conveyor.registry.events import EventKind, inputs_by_role
+from conveyor.registry.verify import Link, VerificationReport, in_project
 
 if TYPE_CHECKING:
-    from registry.audit import Facts
-    from registry.ledger import LedgerEvent
+    from conveyor.registry.audit import Facts
+    from conveyor.registry.ledger import LedgerEvent
 
 __all__ = ["KIND", "LIVE_LINKS", "is_llm_release", "llm_links", "llm_record_links"]
 
@@ -133,7 +133,7 @@ def _prompt(v: VerificationReport, facts: Facts, model_dir: Path | None, manifes
         return Link("prompt", False, f"the prompt registry could not be read for {uri} ({type(exc).__name__})")
     if not isinstance(registered, str):
         return Link("prompt", False, f"the prompt registry has no {uri}")
-    from registry.digests import bytes_digest
+    from conveyor.registry.digests import bytes_digest
 
     held = bytes_digest(registered.encode())
     if held != template:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policies.errors import ConveyorError, NotFound
-from registry.digests import file_digest, is_digest, parse_digest, short
-from registry.events import EventKind
-from registry.ledger import Ledger, LedgerEvent, ledger_time
+from conveyor.policies.errors import ConveyorError, NotFound
+from conveyor.registry.digests import file_digest, is_digest, parse_digest, short
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, LedgerEvent, ledger_time
 
 __all__ = ["DEPLOYED", "Start", "find_start", "parse_time", "serving_at"]
 
@@ -127,7 +127,7 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
     folder per model)."""
     import pandas as pd
 
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     folders = (
         sorted(p for p in inference.iterdir() if p.is_dir()) if inference is not None and inference.is_dir() else []
@@ -154,7 +154,7 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
 
 
 def _version_start(ref: str, tracking_uri: str | None) -> Start:
-    from registry.store import registry_view
+    from conveyor.registry.store import registry_view
 
     if tracking_uri is None:
         from mlflow import get_tracking_uri

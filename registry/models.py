@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.errors import RegistryError
-from registry.digests import json_digest
+from conveyor.policies.errors import RegistryError
+from conveyor.registry.digests import json_digest
 
 __all__ = [
     "RegisteredVersion",
@@ -116,8 +116,8 @@ def export_statements(client: Any, ref: str, output: Path) -> tuple[int, int]:
     """Write each version's signed statements as they are (provenance DSSE, signature bundle) to
     ``output``: ``ref`` is a model (every version), ``MODEL/VERSION`` or ``MODEL@ALIAS``. Returns
     (statements written, versions)."""
-    from registry.signing import BUNDLE, PROVENANCE
-    from registry.verify import resolve
+    from conveyor.registry.signing import BUNDLE, PROVENANCE
+    from conveyor.registry.verify import resolve
 
     if "/" in ref or "@" in ref:
         versions = [resolve(client, ref)]

@@ -20,8 +20,8 @@ from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, R
 from openlineage.client.facet_v2 import RunFacet, job_type_job
 from openlineage.client.serde import Serde
 
-from policies.errors import ConveyorError
-from registry.ledger import Ledger, LedgerEvent
+from conveyor.policies.errors import ConveyorError
+from conveyor.registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["export_ledger", "post_events", "run_events", "write_events"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.errors import SignatureInvalid
+from conveyor.policies.errors import SignatureInvalid
 
 __all__ = [
     "Material",

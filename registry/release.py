@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from policies.errors import ConveyorError, NotFound, RegistryError
-from policies.promotion import Candidate, Decision, decide_promotion
-from registry.digests import json_digest
-from registry.events import EventKind
-from registry.ledger import Ledger
-from registry.locks import file_lock
-from registry.verify import VerificationReport, parse_ref, what_registry_has
-from registry.workspace import Workspace
+from conveyor.policies.errors import ConveyorError, NotFound, RegistryError
+from conveyor.policies.promotion import Candidate, Decision, decide_promotion
+from conveyor.registry.digests import json_digest
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.locks import file_lock
+from conveyor.registry.verify import VerificationReport, parse_ref, what_registry_has
+from conveyor.registry.workspace import Workspace
 
 __all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
 

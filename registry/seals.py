@@ -17,13 +17,13 @@ import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from policies.errors import LedgerCorrupt
-from registry.ledger import GENESIS, ChainReport, Ledger, utc_now
-from registry.provenance import open_envelope, sign_envelope
+from conveyor.policies.errors import LedgerCorrupt
+from conveyor.registry.ledger import GENESIS, ChainReport, Ledger, utc_now
+from conveyor.registry.provenance import open_envelope, sign_envelope
 
 if TYPE_CHECKING:
-    from registry.keys import SigningKey
-    from registry.workspace import Workspace
+    from conveyor.registry.keys import SigningKey
+    from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "MILESTONE_EVERY",
@@ -180,8 +180,8 @@ def _proof(report: ChainReport, seal: Seal | None, detail: str, checked: int | N
 def project_trust(ws: Workspace) -> tuple[SigningKey, dict[str, bytes]]:
     """The project's key (made on first use), and every key a seal may be signed by: the keys the
     signing policy trusts, and the project key."""
-    from registry.audit import trusted_signers
-    from registry.keys import load_or_create_key
+    from conveyor.registry.audit import trusted_signers
+    from conveyor.registry.keys import load_or_create_key
 
     key = load_or_create_key(ws.keys_dir)
     trusted = {**trusted_signers(ws.signing(), ws.root, ws.keys_dir), key.fingerprint: key.public_path.read_bytes()}

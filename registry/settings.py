@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from policies.errors import ConfigInvalid
+from conveyor.policies.errors import ConfigInvalid
 
 __all__ = ["FLOW_MODES", "Settings", "read_settings"]
 
@@ -95,7 +95,7 @@ class _ProjectFileSection(PydanticBaseSettingsSource):
         return None, field_name, False  # everything is read at once in __call__
 
     def __call__(self) -> dict[str, Any]:
-        from policies.loading import read_yaml_mapping
+        from conveyor.policies.loading import read_yaml_mapping
 
         chosen: dict[str, Any] = {}
         for source in self._earlier:

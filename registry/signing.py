@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from policies.errors import SignatureInvalid
-from registry.digests import file_digest, json_digest
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.registry.digests import file_digest, json_digest
 
 __all__ = [
     "BUNDLE",

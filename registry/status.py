@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.errors import RegistryError
-from registry.events import EventKind
-from registry.ledger import Ledger, LedgerEvent
-from registry.verify import what_registry_has
-from registry.workspace import Workspace
+from conveyor.policies.errors import RegistryError
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.verify import what_registry_has
+from conveyor.registry.workspace import Workspace
 
 __all__ = ["model_status"]
 

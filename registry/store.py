@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from policies.errors import NotFound, RegistryError
+from conveyor.policies.errors import NotFound, RegistryError
 
 __all__ = ["KNOWN_REVISIONS", "MlflowView", "RegistryView", "SqlView", "registry_view"]
 
@@ -53,7 +53,7 @@ class MlflowView:
         self.client = client
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        from registry.verify import resolve
+        from conveyor.registry.verify import resolve
 
         return resolve(self.client, ref)
 
@@ -61,7 +61,7 @@ class MlflowView:
         return dict(self.client.get_model_version(name, version).tags)
 
     def fetch(self, name: str, version: str, destination: Path) -> Path:
-        from registry.models import fetch_model
+        from conveyor.registry.models import fetch_model
 
         # The version's artifact location, not models:/ (MLflow 3.17 resolves models:/ against its
         # process-wide registry, whatever URI is passed); its files are moved up into ``destination``.
@@ -111,7 +111,7 @@ class SqlView:
         return rows[0] if rows else None
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        from registry.verify import parse_ref
+        from conveyor.registry.verify import parse_ref
 
         name, version, alias = parse_ref(ref)
         if alias:

@@ -17,15 +17,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConveyorError, NotFound
-from policies.signing import SigningPolicy
-from registry.digests import file_digest
-from registry.keys import PUBLIC, fingerprint
-from registry.ledger import Ledger
-from registry.models import version_digest
-from registry.provenance import verify_statement
-from registry.signing import BUNDLE, PROVENANCE, model_digest, model_files, verify_model, verify_model_with_chain
-from registry.store import MlflowView, RegistryView
+from conveyor.policies.errors import ConveyorError, NotFound
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.digests import file_digest
+from conveyor.registry.keys import PUBLIC, fingerprint
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.models import version_digest
+from conveyor.registry.provenance import verify_statement
+from conveyor.registry.signing import (
+    BUNDLE,
+    PROVENANCE,
+    model_digest,
+    model_files,
+    verify_model,
+    verify_model_with_chain,
+)
+from conveyor.registry.store import MlflowView, RegistryView
 
 __all__ = [
     "Link",
@@ -230,7 +237,7 @@ def verify_folder(
 
 def _link_weights(model_dir: Path, store: Path | None) -> None:
     """An LLM release's weights, from the store into its folder (nothing for other models)."""
-    from registry.weights import link_weights, release_weights
+    from conveyor.registry.weights import link_weights, release_weights
 
     record = release_weights(model_dir)
     if record is None or (model_dir / str(record.get("file", ""))).is_file():

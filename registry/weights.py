@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from policies.errors import ConfigInvalid, SignatureInvalid
+from conveyor.policies.errors import ConfigInvalid, SignatureInvalid
 
 __all__ = ["WEIGHTS_DIR", "ResolvedWeights", "link_weights", "release_weights", "resolve_weights"]
 

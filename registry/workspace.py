@@ -28,21 +28,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
-from policies.errors import ConfigInvalid, NotFound
-from registry.settings import Settings, read_settings
+from conveyor.policies.errors import ConfigInvalid, NotFound
+from conveyor.registry.settings import Settings, read_settings
 
 if TYPE_CHECKING:
-    from policies.canary import CanaryPolicy
-    from policies.drift import DriftPolicy
-    from policies.gateway import GatewayPolicy
-    from policies.llm import LlmProject
-    from policies.project import ProjectConfig
-    from policies.promotion import PromotionPolicy
-    from policies.serving import ServingPolicy
-    from policies.signing import SigningPolicy
-    from registry.ledger import Ledger
-    from registry.store import RegistryView
-    from registry.verify import VerificationReport
+    from conveyor.policies.canary import CanaryPolicy
+    from conveyor.policies.drift import DriftPolicy
+    from conveyor.policies.gateway import GatewayPolicy
+    from conveyor.policies.llm import LlmProject
+    from conveyor.policies.project import ProjectConfig
+    from conveyor.policies.promotion import PromotionPolicy
+    from conveyor.policies.serving import ServingPolicy
+    from conveyor.policies.signing import SigningPolicy
+    from conveyor.registry.ledger import Ledger
+    from conveyor.registry.store import RegistryView
+    from conveyor.registry.verify import VerificationReport
 
 __all__ = ["POLICIES", "TELEMETRY_OFF", "LoadedPolicy", "Workspace", "prepare_process", "quiet_libraries"]
 
@@ -60,12 +60,12 @@ TELEMETRY_OFF: dict[str, str] = {
 
 # The policy files a project may hold, by the name ``Workspace.policy`` takes.
 POLICIES: dict[str, str] = {
-    "promotion": "policies.promotion:PromotionPolicy",
-    "canary": "policies.canary:CanaryPolicy",
-    "serving": "policies.serving:ServingPolicy",
-    "drift": "policies.drift:DriftPolicy",
-    "signing": "policies.signing:SigningPolicy",
-    "gateway": "policies.gateway:GatewayPolicy",
+    "promotion": "conveyor.policies.promotion:PromotionPolicy",
+    "canary": "conveyor.policies.canary:CanaryPolicy",
+    "serving": "conveyor.policies.serving:ServingPolicy",
+    "drift": "conveyor.policies.drift:DriftPolicy",
+    "signing": "conveyor.policies.signing:SigningPolicy",
+    "gateway": "conveyor.policies.gateway:GatewayPolicy",
 }
 # Policies a project may leave out: the default is then the documented one (signing: the project key).
 _OPTIONAL = {"signing", "gateway"}
@@ -147,7 +147,7 @@ def quiet_libraries() -> None:
 
 def _stamp(path: Path) -> str | None:
     """What tells a changed file from the one parsed before: its content address (None when absent)."""
-    from registry.digests import file_digest
+    from conveyor.registry.digests import file_digest
 
     return file_digest(path) if path.is_file() else None
 
@@ -302,7 +302,7 @@ class Workspace:
 
     def project(self, *, check_data: bool = False) -> ProjectConfig:
         """The project config, parsed (and with ``check_data``, its columns checked against the data)."""
-        from policies.project import load_project
+        from conveyor.policies.project import load_project
 
         if self.is_llm:
             raise ConfigInvalid(
@@ -326,13 +326,13 @@ class Workspace:
     @property
     def is_llm(self) -> bool:
         """Whether the project file describes an LLM release (``kind: llm``) rather than a tabular model."""
-        from policies.llm import is_llm_project
+        from conveyor.policies.llm import is_llm_project
 
         return is_llm_project(self.project_file)
 
     def llm_project(self) -> LlmProject:
         """The LLM project config, parsed and checked (its template's variables, its files)."""
-        from policies.llm import load_llm_project
+        from conveyor.policies.llm import load_llm_project
 
         return load_llm_project(self.project_file)
 
@@ -343,7 +343,7 @@ class Workspace:
 
     def ledger(self, actor: str | None = None) -> Ledger:
         """A new connection to the lineage ledger: ``with ws.ledger() as ledger: ...``."""
-        from registry.ledger import Ledger
+        from conveyor.registry.ledger import Ledger
 
         return Ledger(self.ledger_url, actor=actor or self.actor)
 
@@ -375,7 +375,7 @@ class Workspace:
 
     @cached_property
     def _registry(self) -> RegistryView:
-        from registry.store import registry_view
+        from conveyor.registry.store import registry_view
 
         return registry_view(self.tracking_uri)
 
@@ -386,7 +386,7 @@ class Workspace:
 
     def alias(self, alias: str, model: str | None = None) -> str | None:
         """The version ``model@alias`` points at, or None (default model: the project's)."""
-        from registry.release import alias as alias_of
+        from conveyor.registry.release import alias as alias_of
 
         return alias_of(self.mlflow(), model or self.model_name, alias)
 
@@ -412,7 +412,7 @@ class Workspace:
     def _load_policy(self, name: str, digest: str | None) -> LoadedPolicy[Any]:
         from importlib import import_module
 
-        from policies.loading import load_policy
+        from conveyor.policies.loading import load_policy
 
         module, _, cls_name = POLICIES[name].partition(":")
         model = getattr(import_module(module), cls_name)
@@ -443,7 +443,7 @@ class Workspace:
     def verify_ref(self, ref: str, ledger: Ledger, *, keep: Path | None = None) -> VerificationReport:
         """Every link of ``ref`` checked against this project's trust, registry and weights store
         (``registry.verify.verify_version``); with ``keep``, the verified files stay there."""
-        from registry.verify import verify_version
+        from conveyor.registry.verify import verify_version
 
         return verify_version(
             ref,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.errors import ConveyorError
-from registry.events import EventKind
-from registry.ledger import Ledger
+from conveyor.policies.errors import ConveyorError
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger
 
 __all__ = ["DEFAULT_URL", "admin_call", "canary_history"]
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from policies.canary import (
+from conveyor.policies.canary import (
     CanaryPolicy,
     CanaryStats,
     LlmCanaryPolicy,
@@ -30,8 +30,8 @@ from policies.canary import (
     judge_canary,
     judge_llm_canary,
 )
-from serving.router import Router
-from serving.shared import CanaryRow, Observation, SharedState
+from conveyor.serving.router import Router
+from conveyor.serving.shared import CanaryRow, Observation, SharedState
 
 __all__ = ["CanaryController", "LlmCanaryController"]
 

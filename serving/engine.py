@@ -28,23 +28,31 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from policies.canary import Verdict
-from policies.errors import NotFound
-from policies.serving import ServingPolicy
-from registry.digests import json_digest
-from registry.events import EventKind
-from registry.inference_log import InferenceLog, LogEntry
-from registry.ledger import utc_now
-from registry.release import CANARY, CHAMPION, alias, promote
-from registry.workspace import Workspace
-from serving.auth import ApiKeys, RateLimiter, Role
-from serving.canary import CanaryController
-from serving.errors import ClientError
-from serving.metrics import ServiceMetrics
-from serving.models import Answer, LoadRefused, ModelFailed, ModelProcess, VerifiedModel, load_verified, warm_pool
-from serving.router import Router
-from serving.schema import request_model
-from serving.shared import SharedState, run_state_path
+from conveyor.policies.canary import Verdict
+from conveyor.policies.errors import NotFound
+from conveyor.policies.serving import ServingPolicy
+from conveyor.registry.digests import json_digest
+from conveyor.registry.events import EventKind
+from conveyor.registry.inference_log import InferenceLog, LogEntry
+from conveyor.registry.ledger import utc_now
+from conveyor.registry.release import CANARY, CHAMPION, alias, promote
+from conveyor.registry.workspace import Workspace
+from conveyor.serving.auth import ApiKeys, RateLimiter, Role
+from conveyor.serving.canary import CanaryController
+from conveyor.serving.errors import ClientError
+from conveyor.serving.metrics import ServiceMetrics
+from conveyor.serving.models import (
+    Answer,
+    LoadRefused,
+    ModelFailed,
+    ModelProcess,
+    VerifiedModel,
+    load_verified,
+    warm_pool,
+)
+from conveyor.serving.router import Router
+from conveyor.serving.schema import request_model
+from conveyor.serving.shared import SharedState, run_state_path
 
 __all__ = ["ClientError", "Engine"]
 

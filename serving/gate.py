@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serving.errors import ClientError
-from serving.openai_api import error_body
+from conveyor.serving.errors import ClientError
+from conveyor.serving.openai_api import error_body
 
 if TYPE_CHECKING:
-    from serving.engine import Engine
+    from conveyor.serving.engine import Engine
 
 __all__ = ["OPEN_PATHS", "Front", "Gate"]
 

@@ -43,24 +43,33 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from policies.errors import SignatureInvalid
-from policies.gateway import GatewayPolicy
-from policies.guardrails import GuardrailPolicy
-from registry.inference_log import LlmLogEntry
-from registry.release import CHAMPION
-from registry.workspace import Workspace
-from serving.auth import Role
-from serving.canary import LlmCanaryController
-from serving.engine import Engine
-from serving.guardrails import Guardrails, StreamGuard
-from serving.llm import Generated, open_retriever, system_prompt
-from serving.llm import model_request as llm_model_request
-from serving.llm_process import ReleaseProcess
-from serving.meter import Meter, cost_of, period_of
-from serving.models import LoadRefused, ModelFailed, verified_files
-from serving.openai_api import ApiError, ChatRequest, CompletionRequest, chunk, completion_body, now, parse_request, sse
-from serving.retrieval import Retriever
-from serving.tracing import Tracer
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.gateway import GatewayPolicy
+from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.registry.inference_log import LlmLogEntry
+from conveyor.registry.release import CHAMPION
+from conveyor.registry.workspace import Workspace
+from conveyor.serving.auth import Role
+from conveyor.serving.canary import LlmCanaryController
+from conveyor.serving.engine import Engine
+from conveyor.serving.guardrails import Guardrails, StreamGuard
+from conveyor.serving.llm import Generated, open_retriever, system_prompt
+from conveyor.serving.llm import model_request as llm_model_request
+from conveyor.serving.llm_process import ReleaseProcess
+from conveyor.serving.meter import Meter, cost_of, period_of
+from conveyor.serving.models import LoadRefused, ModelFailed, verified_files
+from conveyor.serving.openai_api import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    chunk,
+    completion_body,
+    now,
+    parse_request,
+    sse,
+)
+from conveyor.serving.retrieval import Retriever
+from conveyor.serving.tracing import Tracer
 
 __all__ = ["Gateway", "ServedRelease", "VerifiedRelease"]
 
@@ -116,7 +125,7 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
     and read it from the verified copy; ``LoadRefused`` when anything fails."""
     import yaml
 
-    from serving.llm import _quiet_runtime
+    from conveyor.serving.llm import _quiet_runtime
 
     ref = f"{name}/{version}"
     with verified_files(ref, workspace, lambda keep: ws.verify_ref(ref, ledger, keep=keep)) as (report, files):
@@ -408,8 +417,8 @@ class Gateway(Engine):
 
     def document(self) -> dict[str, Any]:
         """The API's OpenAPI 3.1 document (``/docs.json``): OpenAI's paths, as this gateway takes them."""
-        from monitoring.feedback import FeedbackRow
-        from serving.openai_api import ChatRequest, CompletionRequest
+        from conveyor.monitoring.feedback import FeedbackRow
+        from conveyor.serving.openai_api import ChatRequest, CompletionRequest
 
         schemas: dict[str, Any] = {}
         for model in (ChatRequest, CompletionRequest, FeedbackRow):
@@ -506,7 +515,7 @@ class Gateway(Engine):
         worker's file of incoming feedback: it joins only an answer given to that key."""
         from pydantic import ValidationError
 
-        from monitoring.feedback import FeedbackRow
+        from conveyor.monitoring.feedback import FeedbackRow
 
         try:
             document = json.loads(body)
@@ -921,7 +930,7 @@ def spent_in_log(
     folder: Path, policy: GatewayPolicy, *, share: float = 1.0, at: datetime | None = None
 ) -> dict[tuple[str, str], float]:
     """What each team with a budget spent in its current period, by the logged requests in ``folder``."""
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     spent: dict[tuple[str, str], float] = {}
     if not folder.is_dir():

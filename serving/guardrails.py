@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.guardrails import GuardrailPolicy, PresidioRules
+from conveyor.policies.guardrails import GuardrailPolicy, PresidioRules
 
 __all__ = ["Guardrails", "InputVerdict", "OutputVerdict", "Presidio", "Span"]
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.errors import SignatureInvalid
-from policies.guardrails import GuardrailPolicy
-from policies.llm import VARIABLE
-from serving.guardrails import Guardrails
-from serving.retrieval import Retrieved, Retriever, render_passages
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.policies.llm import VARIABLE
+from conveyor.serving.guardrails import Guardrails
+from conveyor.serving.retrieval import Retrieved, Retriever, render_passages
 
 __all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
 

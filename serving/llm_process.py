@@ -28,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from serving.llm import Generated
-from serving.models import LoadRefused, ModelFailed
+from conveyor.serving.llm import Generated
+from conveyor.serving.models import LoadRefused, ModelFailed
 
 __all__ = ["Generation", "ReleaseProcess"]
 
@@ -41,10 +41,10 @@ Request = list[dict[str, str]] | str
 def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
     """The child: load the model once, then answer ``generate`` messages until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its worker stops it (a terminal's Ctrl-C reaches the group)
-    from registry.workspace import prepare_process
+    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
-    from serving.llm import LocalModel
+    from conveyor.serving.llm import LocalModel
 
     try:
         model = LocalModel(Path(weights), **runtime)

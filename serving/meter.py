@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from policies.gateway import GatewayPolicy
-from serving.openai_api import ApiError
+from conveyor.policies.gateway import GatewayPolicy
+from conveyor.serving.openai_api import ApiError
 
 __all__ = ["Meter", "Reservation", "cost_of", "period_of"]
 

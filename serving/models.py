@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.contract import ContractBreach, InputContract, check_output
-from serving.schema import Column, columns_from_mlmodel
-from serving.spare import warm_pool
+from conveyor.serving.contract import ContractBreach, InputContract, check_output
+from conveyor.serving.schema import Column, columns_from_mlmodel
+from conveyor.serving.spare import warm_pool
 
 __all__ = [
     "Answer",
@@ -99,7 +99,7 @@ def load_verified(
     """Verify ``ref`` (every link of ``conveyor verify``) and keep its files in ``workspace``."""
     import yaml
 
-    from registry.verify import verify_version
+    from conveyor.registry.verify import verify_version
 
     def verify(keep: Path) -> Any:
         return verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=keep)

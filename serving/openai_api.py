@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serving.errors import ClientError
+from conveyor.serving.errors import ClientError
 
 __all__ = [
     "ApiError",

@@ -18,7 +18,7 @@ process of its worker (``serving.models``).
 import logging
 from typing import Any
 
-from registry.workspace import Workspace, prepare_process
+from conveyor.registry.workspace import Workspace, prepare_process
 
 prepare_process()  # telemetry off and one BLAS thread per model, before BentoML is imported
 
@@ -26,9 +26,9 @@ import bentoml  # noqa: E402 - must follow prepare_process
 from fastapi import FastAPI, HTTPException  # noqa: E402 - as above
 from pydantic import BaseModel, Field  # noqa: E402 - as above
 
-from serving import transport  # noqa: E402 - as above
-from serving.errors import ClientError  # noqa: E402 - as above
-from serving.gate import Front  # noqa: E402 - as above
+from conveyor.serving import transport  # noqa: E402 - as above
+from conveyor.serving.errors import ClientError  # noqa: E402 - as above
+from conveyor.serving.gate import Front  # noqa: E402 - as above
 
 __all__ = ["Conveyor"]
 
@@ -62,15 +62,15 @@ admin = FastAPI(title="Conveyor admin", docs_url=None, redoc_url=None, openapi_u
 @bentoml.asgi_app(admin, path="/admin")
 class Conveyor:
     def __init__(self) -> None:
-        from serving.spare import warm_pool
+        from conveyor.serving.spare import warm_pool
 
         if _WORKSPACE.is_llm:  # an LLM project: the OpenAI-compatible gateway over its releases
-            from serving.gateway import Gateway
+            from conveyor.serving.gateway import Gateway
 
             self.engine: Any = Gateway(_WORKSPACE.prepare())
         else:
             spare = warm_pool()  # first: the model process starts while the engine is imported and verifies
-            from serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
+            from conveyor.serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
 
             self.engine = Engine(_WORKSPACE.prepare(), spare=spare)
         self.engine.start()

@@ -21,13 +21,13 @@ def _child_warm() -> None:
     It ignores Ctrl-C: a SIGINT to the terminal's process group reaches it too, and a model that
     died of it while loading would be recorded as refused; its worker stops it on the way out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from registry.workspace import prepare_process
+    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
     import sklearn.pipeline  # noqa: F401 - imported now, while the parent verifies
     import skops.io  # noqa: F401 - as above
 
-    import serving.models  # noqa: F401 - what the model's calls run
+    import conveyor.serving.models  # noqa: F401 - what the model's calls run
 
 
 def warm_pool() -> concurrent.futures.ProcessPoolExecutor:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.gate import Front, Gate
+from conveyor.serving.gate import Front, Gate
 
 __all__ = ["GuardedHttpTools", "install"]
 
@@ -73,4 +73,4 @@ def install(header_timeout: float, front: Front) -> None:
     from uvicorn import config
 
     GuardedHttpTools.header_timeout, GuardedHttpTools.front = header_timeout, front
-    config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = "serving.transport:GuardedHttpTools"
+    config.HTTP_PROTOCOLS["auto"] = config.HTTP_PROTOCOLS["httptools"] = "conveyor.serving.transport:GuardedHttpTools"

@@ -134,7 +134,7 @@ def open_workspace(
     root: Path, home: Path, *, ledger_url: str | None = None, tracking_uri: str | None = None, actor: str = "tester"
 ) -> Any:
     """The Workspace of the project at ``root`` with its stores in ``home`` (SQLite unless given)."""
-    from registry.workspace import Workspace
+    from conveyor.registry.workspace import Workspace
 
     return Workspace.open(
         root,

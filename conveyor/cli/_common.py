@@ -36,7 +36,7 @@ class Group(TyperGroup):
     """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own vendored click.Context
-        from policies.errors import ConveyorError
+        from conveyor.policies.errors import ConveyorError
 
         try:
             return super().invoke(ctx)
@@ -123,7 +123,7 @@ def progress(what: str, *, quiet: bool = False) -> Iterator[Callable[[str], None
 @contextmanager
 def training_progress(what: str, *, quiet: bool = False) -> Iterator[None]:
     """``progress`` for a training run: the stage it is at, and how far along."""
-    from pipelines.training import reporting_stages
+    from conveyor.pipelines.training import reporting_stages
 
     with progress(what, quiet=quiet) as update:
 
@@ -138,7 +138,7 @@ def workspace(ctx: typer.Context) -> Workspace:
     """The Workspace of this invocation: ``--config`` first in line, then the environment, the
     project file's ``settings:``, defaults. Third-party warnings and log lines are quieted."""
     from conveyor.api import Workspace
-    from registry.workspace import quiet_libraries
+    from conveyor.registry.workspace import quiet_libraries
 
     root = ctx.find_root()
     if not isinstance(root.obj, dict):
@@ -147,7 +147,7 @@ def workspace(ctx: typer.Context) -> Workspace:
         config = root.obj.get("config")
         ws = Workspace.open(config) if config else Workspace.open()
         if not ws.project_file.is_file() and not ws.home.is_dir():
-            from policies.errors import ConfigInvalid
+            from conveyor.policies.errors import ConfigInvalid
 
             raise ConfigInvalid(  # rather than a new, empty home here (and "0 events, intact")
                 f"No Conveyor project here: {ws.project_file} does not exist, nor does a home at {ws.home}.",

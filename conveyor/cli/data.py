@@ -81,8 +81,8 @@ def init(
     per row in a seeded random order). Refuses a folder that already holds a project."""
     import sys
 
-    from pipelines.scaffold import guess_target, init_project
-    from policies.project import read_columns
+    from conveyor.pipelines.scaffold import guess_target, init_project
+    from conveyor.policies.project import read_columns
 
     if target is None and sys.stdin.isatty() and not as_json and from_data.is_file():
         columns = read_columns(from_data)
@@ -137,7 +137,7 @@ def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
 
 def _llm_config_check(ws: Any) -> None:
     """An LLM project: its schema, template variables, files, evaluation sets and guardrail policy."""
-    from policies.llm import read_eval_set
+    from conveyor.policies.llm import read_eval_set
 
     project = ws.llm_project()  # the guardrail policy is parsed with it
     cases = {p.name: len(read_eval_set(project.path(p))) for p in project.evaluation.sets}
@@ -150,7 +150,7 @@ def _llm_config_check(ws: Any) -> None:
     out(f"  prompt     {project.prompt.name} from {project.prompt.template} ({project.model.mode})")
     out("  sets       " + ", ".join(f"{name} ({n} cases)" for name, n in cases.items()))
     if project.knowledge is not None:
-        from pipelines.llm.knowledge import read_knowledge
+        from conveyor.pipelines.llm.knowledge import read_knowledge
 
         knowledge = read_knowledge(project.path(project.knowledge.documents), project.knowledge)
         out(
@@ -171,7 +171,7 @@ def expectations_init(
     as_json: JSON = False,
 ) -> None:
     """Write a starter suite from the config and the data, to review and tighten by hand."""
-    from pipelines.validate import write_starter_suite
+    from conveyor.pipelines.validate import write_starter_suite
 
     ws = workspace(ctx)
     target, suite = write_starter_suite(ws.project(check_data=True), ws.root, data, force=force)
@@ -258,7 +258,7 @@ def print_outcome(outcome: Any) -> None:
 @keys_app.command("init")
 def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
     """Create the project's signing key pair (EC P-256) if there is none, and show it."""
-    from registry.keys import load_or_create_key
+    from conveyor.registry.keys import load_or_create_key
 
     key = load_or_create_key(workspace(ctx).keys_dir)
     if as_json:
@@ -274,7 +274,7 @@ def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
 @keys_app.command("show")
 def keys_show(ctx: typer.Context, as_json: JSON = False) -> None:
     """Show the project's public key and its fingerprint."""
-    from registry.keys import show_public_key
+    from conveyor.registry.keys import show_public_key
 
     pem, fingerprint = show_public_key(workspace(ctx).keys_dir)
     if as_json:

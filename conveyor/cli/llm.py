@@ -30,9 +30,9 @@ def cost_report(
     as_json: JSON = False,
 ) -> None:
     """Requests, tokens in and out, cost and cost per 1k tokens, from every logged LLM request."""
-    from monitoring.costs import cost_report as report_of
-    from monitoring.costs import parse_since
-    from policies.errors import ConfigInvalid
+    from conveyor.monitoring.costs import cost_report as report_of
+    from conveyor.monitoring.costs import parse_since
+    from conveyor.policies.errors import ConfigInvalid
 
     if by not in ("team", "model", "version"):
         raise ConfigInvalid(f"--by {by!r} is not a grouping.", hint="Use --by team, --by model or --by version.")

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _window_option(value: str | None) -> str | None:
-    from policies.drift import parse_window
+    from conveyor.policies.drift import parse_window
 
     if value is not None:
         try:
@@ -102,8 +102,8 @@ def monitor(
     serves two deployments there, the drift check on a schedule and the retraining with an event
     trigger, and runs their flow runs until stopped (Ctrl-C).
     """
-    from pipelines.loop import monitor as checks_every
-    from pipelines.loop import serve_monitoring
+    from conveyor.pipelines.loop import monitor as checks_every
+    from conveyor.pipelines.loop import serve_monitoring
 
     ws = workspace(ctx)
     every = interval or ws.drift_policy().monitor.interval_seconds

@@ -146,7 +146,7 @@ def audit(
     """Check that the record is intact: a model version end to end, the ledger's chain, or an evidence bundle.
 
     Exit code 0 when every link holds, 1 when one does not (each link says why)."""
-    from policies.errors import ConveyorError
+    from conveyor.policies.errors import ConveyorError
 
     if [ref is not None, bundle is not None, ledger_only].count(True) != 1:
         raise ConveyorError(
@@ -215,7 +215,7 @@ def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
 
 def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:
     from conveyor.api import verify_bundle
-    from registry.evidence import describe
+    from conveyor.registry.evidence import describe
 
     report = verify_bundle(bundle, fingerprint=pinned)
     if as_json:
@@ -241,8 +241,8 @@ def export_openlineage(
     as_json: JSON = False,
 ) -> None:
     """Export the ledger as OpenLineage run events: one per event, datasets named by digest."""
-    from policies.errors import ConveyorError
-    from registry.openlineage import export_ledger
+    from conveyor.policies.errors import ConveyorError
+    from conveyor.registry.openlineage import export_ledger
 
     if (output is None) == (url is None):
         raise ConveyorError(
@@ -269,7 +269,7 @@ def export_intoto(
     as_json: JSON = False,
 ) -> None:
     """Write each version's signed in-toto statements as they are: the provenance (DSSE) and the signature bundle."""
-    from registry.models import export_statements
+    from conveyor.registry.models import export_statements
 
     written, versions = export_statements(workspace(ctx).mlflow(), ref, output)
     if as_json:

@@ -41,7 +41,7 @@ def serve(
         "-m",
         "bentoml",
         "serve",
-        "serving.service:Conveyor",
+        "conveyor.serving.service:Conveyor",
         "--host",
         host,
         "--port",
@@ -75,8 +75,8 @@ def api_key_create(
     as_json: JSON = False,
 ) -> None:
     """Create an API key; it is shown once and stored only as its SHA-256."""
-    from policies.errors import ConveyorError
-    from serving.auth import ApiKeys
+    from conveyor.policies.errors import ConveyorError
+    from conveyor.serving.auth import ApiKeys
 
     ws = workspace(ctx)
     if team is not None and team not in (teams := ws.gateway_policy().teams):
@@ -95,7 +95,7 @@ def api_key_create(
 @api_key_app.command("list")
 def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     """The keys' ids, owners and roles (never the keys)."""
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     entries = ApiKeys(workspace(ctx).api_keys_file).entries()
     if as_json:
@@ -116,7 +116,7 @@ def api_key_revoke(
     as_json: JSON = False,
 ) -> None:
     """Revoke every key of NAME; a running service refuses them within a second."""
-    from serving.auth import ApiKeys, UnknownKey
+    from conveyor.serving.auth import ApiKeys, UnknownKey
 
     try:
         removed = ApiKeys(workspace(ctx).api_keys_file).revoke(name)
@@ -135,7 +135,7 @@ def api_key_rotate(
     as_json: JSON = False,
 ) -> None:
     """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
-    from serving.auth import ApiKeys, UnknownKey
+    from conveyor.serving.auth import ApiKeys, UnknownKey
 
     try:
         key = ApiKeys(workspace(ctx).api_keys_file).rotate(name)
@@ -149,7 +149,7 @@ def api_key_rotate(
 
 
 def _no_key(name: str) -> Exception:
-    from policies.errors import ConveyorError
+    from conveyor.policies.errors import ConveyorError
 
     return ConveyorError(f"No API key belongs to {name!r}.", hint="`conveyor api-key list` shows the keys' owners.")
 
@@ -161,7 +161,7 @@ _TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMI
 def _call(
     method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
-    from serving.admin import DEFAULT_URL, admin_call
+    from conveyor.serving.admin import DEFAULT_URL, admin_call
 
     return admin_call(
         method,
@@ -202,7 +202,7 @@ def canary_status(
     keyed = bool(token or os.environ.get("CONVEYOR_ADMIN_KEY"))
     status = _call("GET", "status", url, token) if keyed else None
     if status is None:
-        from serving.admin import canary_history
+        from conveyor.serving.admin import canary_history
 
         ws = workspace(ctx)
         with ws.ledger() as ledger:
@@ -246,7 +246,7 @@ def canary_abort(
 
 
 def _running(status: dict[str, Any] | None) -> dict[str, Any]:
-    from policies.errors import ConveyorError
+    from conveyor.policies.errors import ConveyorError
 
     if status is None:
         raise ConveyorError("No service answered.", hint="Start it with `conveyor serve`, or pass --url.")

@@ -125,7 +125,7 @@ class _Steps:
 
 def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
     from conveyor.demo.service import LocalService
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     copy = project_copy(ws.root, ws.home / "demo" / "assistant")
     assistant = _workspace(ws, copy)
@@ -225,7 +225,7 @@ def _ask(service: Any, tokens: dict[str, str], answered: list[dict[str, Any]], s
 
 
 def _costs(assistant: Workspace, say: Callable[[Any], None]) -> str:
-    from monitoring.costs import cost_report
+    from conveyor.monitoring.costs import cost_report
 
     time.sleep(2.5)  # the inference log is written off the request path, every two seconds
     report = cost_report(assistant.inference_dir(), by="team")
@@ -304,7 +304,7 @@ def _feedback(service: Any, tokens: dict[str, str], assistant: Workspace) -> str
     as a person would: accepts one with an expectation (the passages must come from canary.md)."""
     import httpx
 
-    from pipelines.llm.loop import candidates_path
+    from conveyor.pipelines.llm.loop import candidates_path
 
     client = _client(service, tokens["default"])
     rated = 0
@@ -328,7 +328,7 @@ def _feedback(service: Any, tokens: dict[str, str], assistant: Workspace) -> str
             timeout=30,
         ).raise_for_status()
     time.sleep(2.5)  # the answers reach the inference log within two seconds
-    from pipelines.llm.loop import ingest_gateway_feedback
+    from conveyor.pipelines.llm.loop import ingest_gateway_feedback
 
     recorded = ingest_gateway_feedback(assistant)
     candidates = candidates_path(assistant.llm_project())

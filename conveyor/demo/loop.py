@@ -20,10 +20,10 @@ from typing import Any
 import pandas as pd
 
 from conveyor.demo.service import LocalService, drive
-from pipelines.loop import drift_flow, labels
-from policies.project import ProjectConfig
-from registry.events import EventKind, typed
-from registry.workspace import Workspace
+from conveyor.pipelines.loop import drift_flow, labels
+from conveyor.policies.project import ProjectConfig
+from conveyor.registry.events import EventKind, typed
+from conveyor.registry.workspace import Workspace
 
 __all__ = ["LoopStep", "run_loop"]
 
@@ -41,7 +41,7 @@ class LoopStep:
 
 def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
     """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step."""
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     project = ws.project()
     keys = ApiKeys(ws.api_keys_file)
@@ -111,7 +111,7 @@ def _rows(path: Path, project: ProjectConfig, n: int, *, tail: bool = False) -> 
 
 def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]], log: Path) -> str:
     """Send each row once, then wait (up to 30 s) until the service's inference log holds every answer."""
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     before = len(read_log(log))
     replies = drive(service.url, token, rows, requests=len(rows), concurrency=8)

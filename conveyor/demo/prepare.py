@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-from pipelines.datasets import DatasetRef, version_dataset
-from registry.ledger import Ledger
+from conveyor.pipelines.datasets import DatasetRef, version_dataset
+from conveyor.registry.ledger import Ledger
 
 __all__ = ["DemoDataset", "prepare_demo_data"]
 

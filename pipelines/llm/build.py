@@ -16,13 +16,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipelines.llm.knowledge import KnowledgeVersion, build_index
-from pipelines.llm.prompts import RegisteredPrompt
-from policies.llm import LlmProject
-from registry.digests import file_digest, json_digest
-from registry.signing import model_digest, model_files
-from registry.weights import MANIFEST, WEIGHTS_DIR, ResolvedWeights, link_weights
-from serving.retrieval import INDEX_DIR, Passage
+from conveyor.pipelines.llm.knowledge import KnowledgeVersion, build_index
+from conveyor.pipelines.llm.prompts import RegisteredPrompt
+from conveyor.policies.llm import LlmProject
+from conveyor.registry.digests import file_digest, json_digest
+from conveyor.registry.signing import model_digest, model_files
+from conveyor.registry.weights import MANIFEST, WEIGHTS_DIR, ResolvedWeights, link_weights
+from conveyor.serving.retrieval import INDEX_DIR, Passage
 
 __all__ = ["FORMAT", "BuiltRelease", "KnowledgeIndex", "build_release", "registered_copy"]
 
@@ -120,8 +120,8 @@ def build_release(
 
 def _pii_model(policy: Path) -> str | None:
     """The package and version of the spaCy model the guardrail policy's Presidio rules load."""
-    from policies.guardrails import GuardrailPolicy
-    from policies.loading import load_policy
+    from conveyor.policies.guardrails import GuardrailPolicy
+    from conveyor.policies.loading import load_policy
 
     presidio = load_policy(policy, GuardrailPolicy).output.presidio
     if presidio is None:

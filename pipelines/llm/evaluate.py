@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from policies.errors import GateFailed
-from policies.llm import EvalCase, Expectations
+from conveyor.policies.errors import GateFailed
+from conveyor.policies.llm import EvalCase, Expectations
 
 __all__ = ["SCORERS", "CaseResult", "EvaluationResult", "evaluate_release", "summarise"]
 

@@ -15,25 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.datasets import DatasetRef, relative_to_root, version_dataset
-from pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
-from pipelines.llm.evaluate import EvaluationResult, evaluate_release
-from pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
-from pipelines.llm.prompts import RegisteredPrompt, register_prompt
-from pipelines.register import register_verified
-from pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
-from pipelines.training import _direct, as_task
-from policies.errors import GateFailed, SignatureInvalid
-from policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
-from policies.promotion import Candidate, Decision, LlmGate, decide_promotion
-from registry.digests import canonical_json, file_digest, json_digest
-from registry.events import EventKind, inputs_by_role
-from registry.ledger import Ledger, utc_now
-from registry.models import experiment
-from registry.provenance import Material
-from registry.verify import in_project
-from registry.weights import ResolvedWeights, resolve_weights
-from registry.workspace import Workspace
+from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from conveyor.pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
+from conveyor.pipelines.llm.evaluate import EvaluationResult, evaluate_release
+from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
+from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
+from conveyor.pipelines.register import register_verified
+from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
+from conveyor.pipelines.training import _direct, as_task
+from conveyor.policies.errors import GateFailed, SignatureInvalid
+from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
+from conveyor.policies.promotion import Candidate, Decision, LlmGate, decide_promotion
+from conveyor.registry.digests import canonical_json, file_digest, json_digest
+from conveyor.registry.events import EventKind, inputs_by_role
+from conveyor.registry.ledger import Ledger, utc_now
+from conveyor.registry.models import experiment
+from conveyor.registry.provenance import Material
+from conveyor.registry.verify import in_project
+from conveyor.registry.weights import ResolvedWeights, resolve_weights
+from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "KIND",
@@ -101,7 +101,7 @@ def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = 
     loaded = ws.policy("promotion")
     gate = loaded.value.llm
     if gate is None:
-        from policies.errors import PolicyInvalid
+        from conveyor.policies.errors import PolicyInvalid
 
         raise PolicyInvalid(
             f"{loaded.path} has no `llm` section: nothing says what an LLM release must show.",
@@ -197,9 +197,9 @@ def _sets(run: _Run) -> _Sets:
 def _knowledge(run: _Run) -> KnowledgeIndex:
     """Version the knowledge base, validate it (a failure stops the build), cut it into passages,
     and record the index the build will write (``index.built`` follows with its files)."""
-    from policies.guardrails import GuardrailPolicy
-    from policies.loading import load_policy
-    from serving.guardrails import Guardrails
+    from conveyor.policies.guardrails import GuardrailPolicy
+    from conveyor.policies.loading import load_policy
+    from conveyor.serving.guardrails import Guardrails
 
     project = run.project
     spec = project.knowledge
@@ -315,7 +315,7 @@ class _Evaluated:
 def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     import mlflow
 
-    from serving.llm import LlmRelease
+    from conveyor.serving.llm import LlmRelease
 
     project = run.project
     release = LlmRelease.open(built.folder, threads=project.threads)
@@ -424,7 +424,7 @@ def evaluate_version(
 
     import mlflow
 
-    from serving.llm import LlmRelease
+    from conveyor.serving.llm import LlmRelease
 
     with tempfile.TemporaryDirectory(prefix="conveyor-champion-") as keep:
         report = ws.verify_ref(f"{name}/{version}", ledger, keep=Path(keep))

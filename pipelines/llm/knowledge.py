@@ -22,14 +22,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.datasets import relative_to_root
-from policies.errors import DataInvalid
-from policies.llm import Knowledge
-from registry.digests import bytes_digest, canonical_json, file_digest, json_digest
-from registry.dvc_files import dvc_recorded_md5
-from registry.events import EventKind
-from registry.ledger import Ledger
-from serving.retrieval import ABOUT, INDEX_DIR, PASSAGES, TOKENIZER, Passage, tokenize
+from conveyor.pipelines.datasets import relative_to_root
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.llm import Knowledge
+from conveyor.registry.digests import bytes_digest, canonical_json, file_digest, json_digest
+from conveyor.registry.dvc_files import dvc_recorded_md5
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger
+from conveyor.serving.retrieval import ABOUT, INDEX_DIR, PASSAGES, TOKENIZER, Passage, tokenize
 
 __all__ = [
     "SUFFIXES",
@@ -158,7 +158,7 @@ def validate_knowledge(
 ) -> Validated:
     """Great Expectations over the documents' table (non-empty, length bounds, UTF-8, no personal data
     by the release's own guardrail rules, no duplicates); ``DataInvalid`` naming the documents that fail."""
-    from pipelines.validate import _build_suite, _context, _failure, _run
+    from conveyor.pipelines.validate import _build_suite, _context, _failure, _run
 
     frame = version.table.copy()
     # As the model will read it: markdown heading marks off (Presidio takes "# Canary" for a name).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from registry.digests import bytes_digest, json_digest
+from conveyor.registry.digests import bytes_digest, json_digest
 
 __all__ = ["RegisteredPrompt", "prompt_digest", "register_prompt"]
 

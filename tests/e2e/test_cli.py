@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from registry.digests import file_digest
-from registry.dvc_files import dvc_recorded_md5
+from conveyor.registry.digests import file_digest
+from conveyor.registry.dvc_files import dvc_recorded_md5
 from tests.conftest import REPO
 
 runner = CliRunner()
@@ -283,8 +283,12 @@ def test_bentoml_build_as_the_readme_gives_it_packs_the_service(tmp_path: Path) 
     assert built.returncode == 0, built.stdout + built.stderr
     bentos = list((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/src/serving/service.py"))
     assert bentos, "the Bento carries the service's code"
+    src = bentos[0].parent.parent  # BentoML copies files, not the links: conveyor/ finds the folders beside it
+    code = "import conveyor.serving.router as r, conveyor.registry.ledger as l; print(r.__file__, l.__file__)"
+    found = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0 and str(src / "serving" / "router.py") in found.stdout, found.stderr
     manifest = next((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/bento.yaml")).read_text()
-    assert "serving.service:Conveyor" in manifest
+    assert "conveyor.serving.service:Conveyor" in manifest
 
 
 def test_result_lines_fit_100_columns_at_words_and_keep_paths_whole() -> None:
@@ -302,3 +306,29 @@ def test_result_lines_fit_100_columns_at_words_and_keep_paths_whole() -> None:
     assert "/a/very/long/path/" + "x" * 120 in fitted(line), "a path is never split"
     assert all(s.startswith("    ") for s in shown[1:]), "continuations indented past the line's own indent"
     assert fitted("short line") == "short line"
+
+
+def test_the_wheel_installs_one_import_package_and_the_code_never_imports_the_bare_folders(tmp_path: Path) -> None:
+    import zipfile
+
+    uv = Path(sys.executable).parent / "uv"
+    built = subprocess.run(
+        [uv, "build", "--wheel", "--out-dir", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("conveyor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"conveyor", wheel.name.split("-py3")[0] + ".dist-info"}
+    for folder in ("pipelines", "registry", "serving", "monitoring", "policies"):  # under conveyor/, whole
+        assert f"conveyor/{folder}/__init__.py" in names
+    assert "conveyor/policies/promotion.yaml" in names and "conveyor/serving/service.py" in names
+    # in a checkout the folders sit at the top too (the layout); nothing may import them by that name
+    code = (
+        "import sys\n"
+        "import conveyor.api, conveyor.cli, conveyor.demo.run, conveyor.serving.engine, conveyor.serving.gateway\n"
+        "import conveyor.pipelines.deployments, conveyor.pipelines.llm.flow, conveyor.monitoring.drift\n"
+        "bare = ('pipelines', 'registry', 'serving', 'monitoring', 'policies')\n"
+        "print('BARE', sorted(m for m in sys.modules if m.split('.')[0] in bare))\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert "BARE []" in found.stdout, found.stdout + found.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import ConveyorError
+from conveyor.policies.errors import ConveyorError
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import run_training
-from registry.digests import file_digest
-from registry.ledger import Ledger, event_hash
+from conveyor.pipelines.training import run_training
+from conveyor.registry.digests import file_digest
+from conveyor.registry.ledger import Ledger, event_hash
 from tests.browser import chromium
 from tests.conftest import POLICY_CODE, REPO, open_workspace, postgres_database
 
@@ -239,8 +239,8 @@ def test_a_sealed_chain_is_checked_stretch_by_stretch_and_a_rewritten_one_is_cau
 
 
 def test_a_seal_signed_by_an_unknown_key_is_itself_a_failure(project: Project, tmp_path: Path) -> None:
-    from registry.keys import load_or_create_key
-    from registry.seals import seal_ledger
+    from conveyor.registry.keys import load_or_create_key
+    from conveyor.registry.seals import seal_ledger
 
     stranger = load_or_create_key(tmp_path / "stranger")
     with Ledger(project.ledger_url) as ledger:

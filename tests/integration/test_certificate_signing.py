@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import run_training
+from conveyor.pipelines.training import run_training
 from tests.ca import OrgCA
 from tests.conftest import open_workspace
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.training import run_training
+from conveyor.pipelines.training import run_training
 from tests.conftest import REPO, open_workspace
 
 pytestmark = pytest.mark.slow

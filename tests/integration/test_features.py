@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipelines.features import build_training_set, open_store
-from policies.project import load_project
+from conveyor.pipelines.features import build_training_set, open_store
+from conveyor.policies.project import load_project
 
 
 def tiny_project(tmp_path: Path) -> Path:

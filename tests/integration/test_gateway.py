@@ -80,7 +80,7 @@ class Served:
         """Every logged LLM request (the writer flushes every two seconds)."""
         import pandas as pd
 
-        from registry.inference_log import read_log
+        from conveyor.registry.inference_log import read_log
 
         folders = sorted(p for p in (self.home / "inference").glob("*") if p.is_dir())
         frames = [f for f in (read_log(folder) for folder in folders) if not f.empty]
@@ -119,9 +119,9 @@ class Served:
         """The system turn for ``question``: the template with the passages the knowledge base gives it."""
         import tempfile
 
-        from pipelines.llm.knowledge import build_index, passages_of, read_knowledge
-        from policies.llm import VARIABLE, load_llm_project
-        from serving.retrieval import Retriever, render_passages
+        from conveyor.pipelines.llm.knowledge import build_index, passages_of, read_knowledge
+        from conveyor.policies.llm import VARIABLE, load_llm_project
+        from conveyor.serving.retrieval import Retriever, render_passages
 
         project = load_llm_project(self.root / "assistant.yaml")
         spec = project.knowledge
@@ -173,7 +173,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     from llama_cpp import Llama
 
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     keys = ApiKeys(root / ".conveyor" / "serving" / "api-keys.json")
     named = {name: keys.create(name, team=team) for name, team in (("bob", "tiny"), ("carol", "slow"), ("dave", None))}
@@ -287,7 +287,7 @@ def test_a_malformed_request_is_refused_naming_the_field(served: Served, body: d
 
 
 def test_without_a_valid_key_nothing_is_parsed_and_a_revoked_key_stops_at_once(served: Served) -> None:
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     url = f"{served.service.url}/v1/chat/completions"
     for headers in ({}, {"Authorization": "Bearer cvk_not-a-key"}):
@@ -664,7 +664,7 @@ def test_personal_data_sent_in_any_test_is_in_no_log_or_trace(served: Served) ->
         data = path.read_bytes()
         for raw in PII:
             assert raw.encode() not in data, f"{raw} found in {path}"
-    from serving.tracing import read_traces
+    from conveyor.serving.tracing import read_traces
 
     spans = read_traces(served.home / "serving" / "traces")
     assert spans and all("gen_ai.usage.input_tokens" in s["attributes"] for s in spans)
@@ -726,7 +726,7 @@ def test_feedback_is_recorded_for_the_key_that_posted_it_and_bad_feedback_is_ref
     assert len(lines) == 1, "only the valid, authenticated rating was written"
     (line,) = lines
     assert line["request_id"] == answer.id and line["key"] != "x", "the key is the poster's, never the body's"
-    from serving.auth import ApiKeys
+    from conveyor.serving.auth import ApiKeys
 
     assert line["key"] == ApiKeys(served.home / "serving" / "api-keys.json").check(served.key).id
 

@@ -93,7 +93,7 @@ def _events(ws: Any, kind: str) -> list[Any]:
 
 def _log(ws: Any, version: str, rows: list[dict[str, Any]], *, key: str = "alice") -> list[str]:
     """Rows of the inference log as the gateway writes them (crafted traffic); their request ids."""
-    from registry.inference_log import InferenceLog, LlmLogEntry
+    from conveyor.registry.inference_log import InferenceLog, LlmLogEntry
 
     ids = []
     with InferenceLog(ws.inference_dir(NAME)) as log:
@@ -333,7 +333,7 @@ def test_negative_feedback_grows_the_set_and_a_failing_reevaluation_rolls_back(
 
 
 def test_knowledge_validation_failures_stop_the_build_and_register_nothing(tmp_path: Path) -> None:
-    from policies.errors import DataInvalid
+    from conveyor.policies.errors import DataInvalid
 
     saved = dict(os.environ)
     try:

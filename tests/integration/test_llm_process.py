@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from serving.llm import Generated
-from serving.llm_process import ReleaseProcess
-from serving.models import ModelFailed
+from conveyor.serving.llm import Generated
+from conveyor.serving.llm_process import ReleaseProcess
+from conveyor.serving.models import ModelFailed
 
 pytestmark = pytest.mark.slow
 

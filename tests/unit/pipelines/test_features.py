@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipelines.features import feature_spec
-from policies.project import ProjectConfig
+from conveyor.pipelines.features import feature_spec
+from conveyor.policies.project import ProjectConfig
 
 
 def test_the_feature_spec_is_the_config_and_nothing_else(config: ProjectConfig) -> None:

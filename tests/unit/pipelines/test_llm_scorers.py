@@ -6,11 +6,18 @@ from typing import Any
 
 import pytest
 
-from pipelines.llm.evaluate import CaseResult, score_content, score_format, score_length, score_refusal, summarise
-from policies.errors import PolicyInvalid
-from policies.llm import Expectations
-from policies.loading import load_policy
-from policies.promotion import Candidate, LlmGate, PromotionPolicy, decide_promotion
+from conveyor.pipelines.llm.evaluate import (
+    CaseResult,
+    score_content,
+    score_format,
+    score_length,
+    score_refusal,
+    summarise,
+)
+from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.llm import Expectations
+from conveyor.policies.loading import load_policy
+from conveyor.policies.promotion import Candidate, LlmGate, PromotionPolicy, decide_promotion
 
 
 def _answer(text: str, **more: Any) -> dict[str, Any]:
@@ -99,7 +106,7 @@ def test_a_gate_naming_what_does_not_exist_is_refused(tmp_path: Any, section: di
 
 
 def test_the_policy_s_own_requirements_hold_for_releases_too() -> None:
-    from policies.promotion import Requirements
+    from conveyor.policies.promotion import Requirements
 
     gate = LlmGate.model_validate({"thresholds": {"pass_rate": {"min": 0.5}}})
     policy = gate.as_policy(("canary",), Requirements(clean_tree=True))

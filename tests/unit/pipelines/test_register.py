@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.register import register_verified
-from policies.errors import SignatureInvalid
-from policies.signing import SigningPolicy
-from registry.keys import load_or_create_key
-from registry.signing import sign_model
-from registry.workspace import Workspace
+from conveyor.pipelines.register import register_verified
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.keys import load_or_create_key
+from conveyor.registry.signing import sign_model
+from conveyor.registry.workspace import Workspace
 
 
 def test_an_unsigned_or_changed_model_is_refused_and_nothing_is_registered(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pipelines.sign import code_state
+from conveyor.pipelines.sign import code_state
 
 
 def test_code_state_is_the_commit_and_whether_the_tree_is_dirty(tmp_path: Path) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.data import read_data
-from pipelines.train import split_by_time, split_warning
-from policies.errors import DataInvalid
-from policies.project import ProjectConfig
+from conveyor.pipelines.data import read_data
+from conveyor.pipelines.train import split_by_time, split_warning
+from conveyor.policies.errors import DataInvalid
+from conveyor.policies.project import ProjectConfig
 
 
 def test_the_holdout_is_the_latest_rows_and_too_few_rows_are_refused(loans: Path, config: ProjectConfig) -> None:

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import read_data
-from pipelines.validate import load_suite, starter_suite, validate_data
-from policies.errors import PolicyInvalid
-from policies.project import ProjectConfig
+from conveyor.pipelines.data import read_data
+from conveyor.pipelines.validate import load_suite, starter_suite, validate_data
+from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.project import ProjectConfig
 
 
 def test_a_malformed_suite_is_named(tmp_path: Path) -> None:

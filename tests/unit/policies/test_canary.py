@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from policies.canary import CanaryPolicy, CanaryStats, Side, judge_canary, psi
-from policies.errors import PolicyInvalid
-from policies.loading import load_policy
+from conveyor.policies.canary import CanaryPolicy, CanaryStats, Side, judge_canary, psi
+from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.loading import load_policy
 from tests.conftest import REPO
 
 POLICY = CanaryPolicy(steps=(10, 50, 100), min_requests=100, min_seconds=10, max_error_rate=0.02, breach_limit=3)

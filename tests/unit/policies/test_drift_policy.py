@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from policies.drift import load_drift_policy, parse_window
-from policies.errors import PolicyInvalid
+from conveyor.policies.drift import load_drift_policy, parse_window
+from conveyor.policies.errors import PolicyInvalid
 from tests.conftest import REPO
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from policies.canary import LlmCanaryPolicy, LlmSide, LlmStats, judge_llm_canary
+from conveyor.policies.canary import LlmCanaryPolicy, LlmSide, LlmStats, judge_llm_canary
 
 POLICY = LlmCanaryPolicy(min_requests=30, min_seconds=10)
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from policies.errors import ConfigInvalid, DataInvalid, PolicyInvalid
-from policies.llm import is_llm_project, load_llm_project, read_eval_set, template_variables
+from conveyor.policies.errors import ConfigInvalid, DataInvalid, PolicyInvalid
+from conveyor.policies.llm import is_llm_project, load_llm_project, read_eval_set, template_variables
 from tests.conftest import copy_llm_project
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from policies.errors import ConfigInvalid, DataInvalid
-from policies.project import load_project, read_columns
+from conveyor.policies.errors import ConfigInvalid, DataInvalid
+from conveyor.policies.project import load_project, read_columns
 from tests.conftest import REPO
 
 

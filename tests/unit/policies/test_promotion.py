@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import PolicyInvalid
-from policies.loading import load_policy
-from policies.promotion import Candidate, PromotionPolicy, decide_promotion
-from policies.signing import SigningPolicy
+from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.loading import load_policy
+from conveyor.policies.promotion import Candidate, PromotionPolicy, decide_promotion
+from conveyor.policies.signing import SigningPolicy
 from tests.conftest import REPO
 
 POLICY = PromotionPolicy.model_validate(

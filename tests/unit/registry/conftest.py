@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.ledger import Ledger
+from conveyor.registry.ledger import Ledger
 from tests.conftest import postgres_database
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from registry.audit import Facts, _releases, recorded_files
-from registry.digests import bytes_digest, file_digest
-from registry.events import EventKind
-from registry.ledger import Ledger, LedgerEvent
-from registry.verify import VerificationReport
+from conveyor.registry.audit import Facts, _releases, recorded_files
+from conveyor.registry.digests import bytes_digest, file_digest
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.verify import VerificationReport
 
 
 def d(name: str) -> str:

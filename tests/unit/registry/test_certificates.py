@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import SignatureInvalid
-from registry.signing import sign_model_with_certificate, verify_model_with_chain
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.registry.signing import sign_model_with_certificate, verify_model_with_chain
 from tests.ca import OrgCA
 
 RELEASE = "ml-release@example.org"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import NotFound
-from registry.digests import bytes_digest, file_digest, file_hashes, json_digest, parse_digest, short
+from conveyor.policies.errors import NotFound
+from conveyor.registry.digests import bytes_digest, file_digest, file_hashes, json_digest, parse_digest, short
 
 
 def test_file_digest_matches_sha256_and_md5_in_one_read(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import LedgerError
-from registry.digests import bytes_digest
-from registry.events import SPECS, EventKind, input_of, inputs_by_role, typed
-from registry.ledger import Ledger
-from registry.lineage import upstream
+from conveyor.policies.errors import LedgerError
+from conveyor.registry.digests import bytes_digest
+from conveyor.registry.events import SPECS, EventKind, input_of, inputs_by_role, typed
+from conveyor.registry.ledger import Ledger
+from conveyor.registry.lineage import upstream
 
 OLD_LEDGER = (
     Path(__file__).parents[2] / "data" / "ledger-before-roles.db"

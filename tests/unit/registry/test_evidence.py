@@ -7,9 +7,9 @@ import json
 import tarfile
 from pathlib import Path
 
-from registry.evidence import EVIDENCE_TYPE, describe, verify_evidence
-from registry.keys import load_or_create_key
-from registry.provenance import sign_envelope
+from conveyor.registry.evidence import EVIDENCE_TYPE, describe, verify_evidence
+from conveyor.registry.keys import load_or_create_key
+from conveyor.registry.provenance import sign_envelope
 
 
 def archive(path: Path, members: dict[str, bytes]) -> Path:

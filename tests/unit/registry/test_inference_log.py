@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.inference_log import InferenceLog, LogEntry, read_log
+from conveyor.registry.inference_log import InferenceLog, LogEntry, read_log
 
 START = datetime(2026, 9, 30, 23, 59, 50, tzinfo=UTC)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from policies.errors import LedgerCorrupt, LedgerError, NotFound
-from registry.digests import bytes_digest
-from registry.ledger import GENESIS, Draft, Ledger, event_hash
-from registry.lineage import downstream, upstream
+from conveyor.policies.errors import LedgerCorrupt, LedgerError, NotFound
+from conveyor.registry.digests import bytes_digest
+from conveyor.registry.ledger import GENESIS, Draft, Ledger, event_hash
+from conveyor.registry.lineage import downstream, upstream
 
 D = {name: bytes_digest(name.encode()) for name in ("data", "features", "model", "bundle", "report", "other")}
 

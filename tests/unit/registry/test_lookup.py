@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import ConveyorError, NotFound
-from registry.digests import bytes_digest, file_digest
-from registry.events import EventKind
-from registry.ledger import Ledger, ledger_time
-from registry.lookup import find_start, parse_time, serving_at
+from conveyor.policies.errors import ConveyorError, NotFound
+from conveyor.registry.digests import bytes_digest, file_digest
+from conveyor.registry.events import EventKind
+from conveyor.registry.ledger import Ledger, ledger_time
+from conveyor.registry.lookup import find_start, parse_time, serving_at
 
 
 def d(name: str) -> str:
@@ -26,7 +26,7 @@ def ledger(tmp_path: Path) -> Ledger:
 
 def deploy(ledger: Ledger, version: str, role: str, at: datetime) -> int:
     details = {"name": "m", "version": version, "role": role, "at": ledger_time(at), "instance": "i"}
-    from registry.ledger import Draft
+    from conveyor.registry.ledger import Draft
 
     return ledger.append_many(
         [

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import NotFound, RegistryError
-from registry.events import EventKind
-from registry.release import _clean_tree, _validation_passed, promote, rollback
-from registry.workspace import Workspace
+from conveyor.policies.errors import NotFound, RegistryError
+from conveyor.registry.events import EventKind
+from conveyor.registry.release import _clean_tree, _validation_passed, promote, rollback
+from conveyor.registry.workspace import Workspace
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def test_a_clean_tree_is_read_from_the_provenance(dirty: object, clean: bool | N
 
 
 def test_validation_passed_only_when_the_last_record_of_that_report_says_so(ws: Workspace) -> None:
-    from registry.digests import bytes_digest
+    from conveyor.registry.digests import bytes_digest
 
     report = bytes_digest(b"report")
     with ws.ledger() as ledger:

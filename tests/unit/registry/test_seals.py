@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from policies.errors import LedgerCorrupt
-from registry.digests import bytes_digest
-from registry.keys import SigningKey, load_or_create_key
-from registry.ledger import Draft, Ledger, event_hash
-from registry.seals import MILESTONE_EVERY, prove_events, seal_ledger, trusted_seal
+from conveyor.policies.errors import LedgerCorrupt
+from conveyor.registry.digests import bytes_digest
+from conveyor.registry.keys import SigningKey, load_or_create_key
+from conveyor.registry.ledger import Draft, Ledger, event_hash
+from conveyor.registry.seals import MILESTONE_EVERY, prove_events, seal_ledger, trusted_seal
 from tests.unit.registry.test_ledger import tamper
 
 EVENTS = 2 * MILESTONE_EVERY + 500  # three stretches: two whole, one partial

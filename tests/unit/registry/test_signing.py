@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import SignatureInvalid
-from registry.keys import load_or_create_key
-from registry.provenance import Material, build_statement, read_statement, sign_statement, verify_statement
-from registry.signing import PROVENANCE, model_files, sign_model, verify_model
+from conveyor.policies.errors import SignatureInvalid
+from conveyor.registry.keys import load_or_create_key
+from conveyor.registry.provenance import Material, build_statement, read_statement, sign_statement, verify_statement
+from conveyor.registry.signing import PROVENANCE, model_files, sign_model, verify_model
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import NotFound
-from registry.signing import model_files
-from registry.store import MlflowView, SqlView, registry_view
+from conveyor.policies.errors import NotFound
+from conveyor.registry.signing import model_files
+from conveyor.registry.store import MlflowView, SqlView, registry_view
 
 
 @pytest.fixture(scope="module")

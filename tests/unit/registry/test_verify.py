@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import ConveyorError
-from policies.signing import SigningPolicy
-from registry.keys import load_or_create_key
-from registry.signing import model_files, sign_model
-from registry.verify import in_project, parse_ref, verify_folder
+from conveyor.policies.errors import ConveyorError
+from conveyor.policies.signing import SigningPolicy
+from conveyor.registry.keys import load_or_create_key
+from conveyor.registry.signing import model_files, sign_model
+from conveyor.registry.verify import in_project, parse_ref, verify_folder
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policies.errors import ConfigInvalid, PolicyInvalid
-from registry.digests import file_digest
-from registry.workspace import TELEMETRY_OFF, Workspace
+from conveyor.policies.errors import ConfigInvalid, PolicyInvalid
+from conveyor.registry.digests import file_digest
+from conveyor.registry.workspace import TELEMETRY_OFF, Workspace
 
 
 def test_defaults_put_every_store_under_home(tmp_path: Path) -> None:
@@ -61,15 +61,14 @@ def test_prepare_turns_telemetry_off_and_homes_into_conveyor(tmp_path: Path, mon
 def test_importing_the_workspace_has_no_side_effects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    import registry.settings
-    import registry.workspace
+    from conveyor.registry import settings, workspace
 
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)  # where a default .conveyor/ would appear
     environment = dict(os.environ)
-    importlib.reload(registry.settings)
-    importlib.reload(registry.workspace)
+    importlib.reload(settings)
+    importlib.reload(workspace)
     Workspace.open(workdir)  # opening reads; only prepare() writes
     assert list(workdir.iterdir()) == [] and not (tmp_path / ".conveyor").exists()
     assert dict(os.environ) == environment

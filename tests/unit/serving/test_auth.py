@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.auth import ApiKeys, RateLimiter, UnknownKey
+from conveyor.serving.auth import ApiKeys, RateLimiter, UnknownKey
 
 
 def test_keys_are_stored_hashed_and_checked_exactly(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from policies.canary import CanaryPolicy
-from serving.canary import CanaryController
-from serving.router import Router
-from serving.shared import SharedState
+from conveyor.policies.canary import CanaryPolicy
+from conveyor.serving.canary import CanaryController
+from conveyor.serving.router import Router
+from conveyor.serving.shared import SharedState
 
 POLICY = CanaryPolicy(steps=(10, 50, 100), min_requests=100, min_seconds=5, max_error_rate=0.02, analysis_seconds=0.5)
 

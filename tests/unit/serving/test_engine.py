@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from registry.workspace import Workspace
-from serving.auth import ApiKeys
-from serving.engine import Engine
-from serving.errors import ClientError
+from conveyor.registry.workspace import Workspace
+from conveyor.serving.auth import ApiKeys
+from conveyor.serving.engine import Engine
+from conveyor.serving.errors import ClientError
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policies.guardrails import GuardrailPolicy
-from policies.loading import load_policy
-from serving.guardrails import Guardrails
+from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.policies.loading import load_policy
+from conveyor.serving.guardrails import Guardrails
 
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM = "You are the help assistant of Conveyor, a platform that trains, signs and serves machine learning models."

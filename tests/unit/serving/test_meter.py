@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from policies.gateway import Budget, GatewayPolicy, Team
-from serving.meter import Meter, cost_of, period_of
-from serving.openai_api import ApiError
+from conveyor.policies.gateway import Budget, GatewayPolicy, Team
+from conveyor.serving.meter import Meter, cost_of, period_of
+from conveyor.serving.openai_api import ApiError
 
 
 def _meter(**teams: Team) -> tuple[Meter, list[float]]:
@@ -95,8 +95,8 @@ def test_the_policy_refuses_a_default_team_it_does_not_define() -> None:
 
 
 def test_a_restarted_gateway_reads_each_team_s_spend_this_period_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from registry.inference_log import InferenceLog, LlmLogEntry
-    from serving.gateway import spent_in_log
+    from conveyor.registry.inference_log import InferenceLog, LlmLogEntry
+    from conveyor.serving.gateway import spent_in_log
 
     def entry(team: str, at: datetime, cost: float) -> LlmLogEntry:
         return LlmLogEntry(

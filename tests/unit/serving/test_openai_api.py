@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from serving.openai_api import ApiError, ChatRequest, CompletionRequest, error_body, parse_request
+from conveyor.serving.openai_api import ApiError, ChatRequest, CompletionRequest, error_body, parse_request
 
 
 def _chat(**fields: object) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.router import Router
+from conveyor.serving.router import Router
 
 
 def test_random_split_follows_the_weight() -> None:

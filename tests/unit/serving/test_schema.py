@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from serving.schema import Column, columns_from_mlmodel, request_model
+from conveyor.serving.schema import Column, columns_from_mlmodel, request_model
 
 COLUMNS = [Column("income", "double"), Column("term", "long"), Column("purpose", "string")]
 Request = request_model(COLUMNS, max_rows=3)

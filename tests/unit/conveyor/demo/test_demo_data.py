@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conveyor.demo.data import DEMO_DATASETS, generate, write_csv
-from registry.digests import file_hashes
-from registry.dvc_files import dvc_recorded_md5
+from conveyor.registry.digests import file_hashes
+from conveyor.registry.dvc_files import dvc_recorded_md5
 from tests.conftest import REPO
 
 
