@@ -15,6 +15,7 @@ import html
 import json
 from typing import Any
 
+from conveyor.pipelines.validation_page import clipped
 from conveyor.registry.digests import short
 from conveyor.registry.events import EventKind, inputs_by_role
 from conveyor.registry.ledger import LedgerEvent
@@ -250,7 +251,7 @@ def _card(node: dict[str, Any], nodes: dict[str, Any], used: dict[str, list[str]
         rows += [("time", e(when) + " UTC"), ("by", e(str(node.get("actor", ""))))]
         rows += [("used", _links(used.get(node["id"], []), nodes))] if used.get(node["id"]) else []
         rows += [("made", _links(made.get(node["id"], []), nodes))] if made.get(node["id"]) else []
-        rows += [(e(k), e(_shown(v))) for k, v in sorted((node.get("details") or {}).items())]
+        rows += [(e(k), e(clipped(v, 400))) for k, v in sorted((node.get("details") or {}).items())]
         rows.append(("hash", f"<code>{e(node['digest'])}</code>"))
     else:
         head = e(node["kind"]) + (f": {e(node['label'])}" if node["label"] else "")
@@ -266,11 +267,6 @@ def _card(node: dict[str, Any], nodes: dict[str, Any], used: dict[str, list[str]
         f'<article class="{classes}" id="{_anchor(node["id"])}" data-kind="{e(node["kind"])}">'
         f"<h3>{head}</h3><dl>{body}</dl></article>"
     )
-
-
-def _shown(value: Any, limit: int = 400) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _verdict(verdict: Verdict | None) -> str:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_validation_page"]
+__all__ = ["clipped", "write_validation_page"]
 
 
 def write_validation_page(result: dict[str, Any], *, dataset: str, rows: int, path: Path) -> Path:
@@ -52,19 +52,20 @@ def _row(check: dict[str, Any]) -> str:
     exception = (check.get("exception_info") or {}).get("exception_message")
     unexpected = found.get("unexpected_count")
     seen = [
-        *([f"observed {_short(observed)}"] if observed is not None else []),
+        *([f"observed {clipped(observed)}"] if observed is not None else []),
         *([f"{unexpected:,} unexpected ({found.get('unexpected_percent') or 0:.2f}%)"] if unexpected else []),
-        *([f"e.g. {_short(found['partial_unexpected_list'][:5])}"] if found.get("partial_unexpected_list") else []),
+        *([f"e.g. {clipped(found['partial_unexpected_list'][:5])}"] if found.get("partial_unexpected_list") else []),
         *([f"error: {exception}"] if exception else []),
     ]
     status = "met" if check["success"] else "failed"
     return (
         f'<tr class="{status}"><td>{status}</td><td><code>{e(column)}</code></td><td>{e(config["type"])}</td>'
-        f"<td>{e(_short(kwargs))}</td><td>{e('; '.join(seen))}</td></tr>"
+        f"<td>{e(clipped(kwargs))}</td><td>{e('; '.join(seen))}</td></tr>"
     )
 
 
-def _short(value: Any, limit: int = 300) -> str:
+def clipped(value: Any, limit: int = 300) -> str:
+    """``value`` as a page shows it: text as it is, anything else as JSON; cut at ``limit`` characters."""
     text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
