@@ -243,8 +243,7 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
         lines = "; ".join(f.describe() for f in result.failures)
         raise ValidationFailed(
             f"{data.path.name} failed {len(result.failures)} of {result.evaluated} expectations: {lines}.",
-            hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). "
-            f"Report: {result.page or result.report}.",
+            hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). Report: {result.page}.",
         )
     return result
 
@@ -441,8 +440,7 @@ def _register(
     )
     client = run.ws.mlflow()
     for report in (validation.report, validation.page):  # what the data passed
-        if report is not None:
-            client.log_artifact(trained.model.run_id, str(report), "validation")
+        client.log_artifact(trained.model.run_id, str(report), "validation")
     name_run(client, trained.model.run_id, version.name, version.version, version.alias)
     return TrainingOutcome(
         name=version.name,

@@ -88,7 +88,7 @@ class ValidationResult:
     digest: str  # of the JSON report
     docs: Path | None  # Great Expectations' Data Docs (they load their styles from CDNs)
     suite_digest: str
-    page: Path | None = None  # our own page of the run: self-contained, named by dataset and run
+    page: Path  # our own page of the run: self-contained, named by dataset and run
 
 
 def suite_path(config: ProjectConfig, root: Path) -> Path:

@@ -35,6 +35,7 @@ class Start:
     label: str
     digests: tuple[str, ...]
     note: str | None = None
+    version: str | None = None  # ``MODEL/VERSION`` when it starts from a registered version
 
 
 def find_start(target: str, ledger: Ledger, *, inference: Path | None = None, tracking_uri: str | None = None) -> Start:
@@ -168,4 +169,4 @@ def _version_start(ref: str, tracking_uri: str | None) -> Start:
             f"{name} version {version} has no conveyor.version_digest tag.",
             hint="Only versions registered by Conveyor are in the ledger.",
         )
-    return Start(f"{name}/{version}" + (f" ({ref})" if "@" in ref else ""), (digest,))
+    return Start(f"{name}/{version}" + (f" ({ref})" if "@" in ref else ""), (digest,), version=f"{name}/{version}")

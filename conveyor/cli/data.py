@@ -200,14 +200,13 @@ def validate(
             {
                 **found,
                 "report_file": str(result.report),
-                "page": str(result.page) if result.page else None,
+                "page": str(result.page),
                 "data_docs": str(result.docs) if result.docs else None,
             }
         )
         return
     out(f"Valid: {result.evaluated} expectations met. Report: {result.report}")
-    if result.page:
-        out(f"Page: {result.page}")
+    out(f"Page: {result.page}")
 
 
 def train(

@@ -94,7 +94,7 @@ def lineage(
         from conveyor.lineage_html import lineage_page
 
         with progress("Auditing the record the page shows...", quiet=as_json):
-            verdict = page_verdict(ws, start.label)
+            verdict = page_verdict(ws, start)
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(lineage_page(found.walks, start.label, start.note, verdict), encoding="utf-8")
     if as_json:
@@ -108,16 +108,13 @@ def lineage(
         out(f"Graph: {html}")
 
 
-def page_verdict(ws: Any, label: str) -> tuple[bool, str]:
+def page_verdict(ws: Any, start: Any) -> tuple[bool, str]:
     """The audit a lineage page shows: a registered version's whole record when it starts from
-    one (``MODEL/VERSION``), else the ledger's chain."""
-    import re
-
+    one, else the ledger's chain."""
     from conveyor.render import audit_verdict
 
-    version = re.match(r"[^/\s]+/\d+", label)
-    if version:
-        return audit_verdict(ws.audit(version.group(0)))
+    if start.version:
+        return audit_verdict(ws.audit(start.version))
     chain = ws.audit_ledger().chain
     if chain.ok:
         return True, f"the ledger's chain of {chain.events:,} events is intact"
