@@ -30,7 +30,7 @@ toolchain:
 	else echo "llama-cpp-python needs a C++ compiler and CMake: install them (e.g. build-essential, cmake)" >&2; exit 2; fi
 
 sync: toolchain $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
-	$(UV) sync --frozen --python $(PYTHON) --quiet --compile-bytecode
+	$(UV) sync --frozen --extra servers --python $(PYTHON) --quiet --compile-bytecode
 
 demo: sync
 	$(VENV)/bin/conveyor demo
