@@ -12,6 +12,8 @@ declares the same two for ``prefect deploy`` with a process work pool.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,18 @@ from conveyor.registry.workspace import Workspace
 if TYPE_CHECKING:  # imported inside the flows: a triggered run reaches "Running" before pandas loads
     from conveyor.pipelines.retraining import DriftOutcome, RetrainingOutcome, Started
 
-__all__ = ["deployments", "drift_check", "retraining", "start_retraining"]
+__all__ = [
+    "deploy_to_pool",
+    "deployments",
+    "drift_check",
+    "retraining",
+    "run_on_worker",
+    "start_retraining",
+    "training",
+]
+
+RESULTS_BLOCK = "conveyor-results"  # a remote-file-system block: flow results in the object store
+TRAINING_DEPLOYMENT = "training/conveyor"
 
 logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports outcomes itself
 warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # its schema hints, in served flow runs
@@ -42,6 +55,15 @@ def _named(stage: str) -> Any:
         return f"{stage} ({given.get('window') or 'the policy window'})"
 
     return name
+
+
+@flow(name="training", validate_parameters=False, log_prints=False)
+def training(workspace: dict[str, Any], data: str | None = None, cause: str | None = None) -> Any:
+    """Validate, build features, train, evaluate, sign and register: each stage a task."""
+    from conveyor.pipelines.training import recorded_tasks, run_training
+
+    ws = Workspace.from_params(workspace)
+    return run_training(ws, data, cause=cause, runner=recorded_tasks(ws.model_name))
 
 
 @flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
@@ -101,3 +123,77 @@ def deployments(ws: Workspace, model: str, interval_seconds: float, window: str 
             interval=timedelta(seconds=interval_seconds),
         ),
     ]
+
+
+def deploy_to_pool(ws: Workspace) -> list[str]:
+    """The flows as deployments on the server profile's work pool (its workers run them): training
+    for any project, the drift check on the policy's interval and retraining on its event for this
+    model. Flow results go to the object store (a ``remote-file-system`` block), so the command
+    that started a run reads its outcome wherever the worker ran. Returns the deployments' names."""
+    from datetime import timedelta
+
+    from prefect.deployments.runner import EntrypointType, deploy
+    from prefect.events import DeploymentEventTrigger
+    from prefect.filesystems import RemoteFileSystem
+
+    settings = ws.settings
+    pool, bucket = settings.work_pool, settings.bucket
+    if not pool or not bucket:
+        from conveyor.policies.errors import ConfigInvalid
+
+        raise ConfigInvalid(
+            "Deployments need a work pool and a bucket for flow results (CONVEYOR_WORK_POOL, CONVEYOR_BUCKET).",
+            hint='Set the server profile (README: "Server profile").',
+        )
+    results = RemoteFileSystem(
+        basepath=f"s3://{bucket}/prefect-results",
+        settings={"client_kwargs": {"endpoint_url": settings.object_store_url}} if settings.object_store_url else {},
+    )
+    results.save(RESULTS_BLOCK, overwrite=True)
+    env = {
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"remote-file-system/{RESULTS_BLOCK}",
+    }
+    model = ws.model_name
+    parameters = {"workspace": ws.params()}
+    trigger = DeploymentEventTrigger(
+        name=f"retrain {model} on request",
+        expect={RETRAINING_EVENT},
+        match={"prefect.resource.id": f"conveyor.model.{model}"},
+        parameters={**parameters, "trigger": "{{ event.payload.trigger }}"},
+    )
+    interval = ws.drift_policy().monitor.interval_seconds
+    options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "job_variables": {"env": env}}
+    made: list[Any] = [
+        training.to_deployment(TRAINING_DEPLOYMENT.split("/")[1], parameters=parameters, **options),
+        retraining.to_deployment(f"retraining-{model}", parameters=parameters, triggers=[trigger], **options),
+        drift_check.to_deployment(
+            f"drift-check-{model}",
+            parameters={**parameters, "window": None},
+            interval=timedelta(seconds=interval),
+            **options,
+        ),
+    ]
+    with contextlib.redirect_stdout(io.StringIO()):  # its table of deployments; the command says what it made
+        deploy(*made, work_pool_name=pool, build=False, push=False, print_next_steps_message=False)
+    return [f"{d.flow_name}/{d.name}" for d in made]
+
+
+def run_on_worker(ws: Workspace, deployment: str, parameters: dict[str, Any], run_name: str) -> Any:
+    """Start ``deployment`` on the work pool and wait for it; its result, or the flow's own error."""
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run: Any = run_deployment(deployment, parameters=parameters, flow_run_name=run_name, timeout=None)
+    except ObjectNotFound:
+        from conveyor.policies.errors import ConfigInvalid
+
+        raise ConfigInvalid(
+            f"The Prefect server at {ws.prefect_api_url} has no deployment {deployment}.",
+            hint="Run `conveyor deploy` once (it puts the flows on the work pool), then again.",
+        ) from None
+    state = run.state
+    if state is None or not state.is_final():
+        raise RuntimeError(f"flow run {run.id} ended without a final state")
+    return state.result(raise_on_failure=True)

@@ -1,7 +1,8 @@
 """Features: a Feast repository built from the project config, and a point-in-time training set.
 
 The repository (``feature_store.yaml`` plus ``definitions.py``) lives in ``<home>/feast``: a
-local provider, a Parquet file source, a SQLite online store. The training set joins each
+local provider, a Parquet file source, a SQLite registry and online store (in the server profile,
+a SQL registry and Redis). The training set joins each
 label row (entity, event time, target) to the latest feature values at or before that time,
 so no value from a label's future can leak into training.
 
@@ -27,20 +28,64 @@ from conveyor.policies.errors import DataInvalid
 from conveyor.policies.project import ProjectConfig
 from conveyor.registry.digests import file_digest, json_digest
 
-__all__ = ["FeatureSet", "build_training_set", "feature_spec", "open_store"]
+__all__ = [
+    "FeastStores",
+    "FeatureSet",
+    "build_training_set",
+    "feature_spec",
+    "materialize_latest",
+    "open_store",
+    "repo_config",
+]
 
-_REPO_YAML = """\
-# Written by Conveyor from the project config; `feast -c {repo} plan` reads it too.
-project: {project}
-registry: {repo}/registry.db
-provider: local
-offline_store:
-  type: file
-online_store:
-  type: sqlite
-  path: {repo}/online.db
-entity_key_serialization_version: 3
-"""
+
+@dataclass(frozen=True)
+class FeastStores:
+    """Where Feast keeps its registry and online store: files in the repository by default; in the
+    server profile, a SQL registry and Redis (``redis://host:port/db``)."""
+
+    registry_url: str | None = None
+    redis_url: str | None = None
+
+
+def repo_config(project: str, repo: Path, stores: FeastStores) -> dict[str, Any]:
+    """``feature_store.yaml`` as data: the local provider, the file offline store, and ``stores``."""
+    registry: Any = str(repo / "registry.db")
+    if stores.registry_url:
+        registry = {
+            "registry_type": "sql",
+            "path": stores.registry_url,
+            "cache_ttl_seconds": 60,
+            "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
+        }
+    online: dict[str, Any] = {"type": "sqlite", "path": str(repo / "online.db")}
+    if stores.redis_url:
+        online = {"type": "redis", "connection_string": _feast_redis(stores.redis_url)}
+    return {
+        "project": project,
+        "registry": registry,
+        "provider": "local",
+        "offline_store": {"type": "file"},
+        "online_store": online,
+        "entity_key_serialization_version": 3,
+    }
+
+
+def _feast_redis(url: str) -> str:
+    """Feast's Redis connection string (``host:port,db=N,password=...``) for a ``redis://`` URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    text = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+    db = parts.path.strip("/")
+    if db:
+        text += f",db={db}"
+    if parts.password:
+        text += f",password={parts.password}"
+    if parts.scheme == "rediss":
+        text += ",ssl=true"
+    return text
+
 
 _DEFINITIONS = '''\
 """Feast definitions for this project, built from its Conveyor config."""
@@ -100,8 +145,11 @@ def feast_objects(config: ProjectConfig, source_path: str | Path) -> tuple[Any, 
     return entity, view
 
 
-def open_store(config: ProjectConfig, repo: Path, features: pd.DataFrame, config_file: Path) -> tuple[Any, Any]:
+def open_store(
+    config: ProjectConfig, repo: Path, features: pd.DataFrame, config_file: Path, stores: FeastStores | None = None
+) -> tuple[Any, Any]:
     """Write the repository and the feature source, apply the definitions, return (store, view)."""
+    import yaml
     from feast import FeatureStore
 
     logging.getLogger("feast").setLevel(logging.WARNING)
@@ -109,7 +157,11 @@ def open_store(config: ProjectConfig, repo: Path, features: pd.DataFrame, config
     source = repo / "data" / "features.parquet"
     source.parent.mkdir(exist_ok=True)
     _feature_frame(config, features).to_parquet(source, index=False)
-    (repo / "feature_store.yaml").write_text(_REPO_YAML.format(project=_project_name(config), repo=repo))
+    settings = repo_config(_project_name(config), repo, stores or FeastStores())
+    (repo / "feature_store.yaml").write_text(
+        "# Written by Conveyor from the project config and settings; `feast -c REPO plan` reads it too.\n"
+        + yaml.safe_dump(settings, sort_keys=False)
+    )
     (repo / "definitions.py").write_text(_DEFINITIONS.format(config=str(config_file), source=str(source)))
     store = FeatureStore(repo_path=str(repo))
     entity, view = feast_objects(config, source)
@@ -145,6 +197,19 @@ def build_training_set(store: Any, view: Any, config: ProjectConfig, frame: pd.D
     path = out_dir / f"training-{digest.split(':')[1][:16]}.parquet"
     partial.replace(path)
     return FeatureSet(training, path, digest, json_digest(feature_spec(config)), len(labels), len(training), dropped)
+
+
+def materialize_latest(store: Any, view: Any, frame: pd.DataFrame, config: ProjectConfig) -> int:
+    """Each entity's latest feature values into the online store (what serving would look up); the
+    number of entities written."""
+    times = pd.to_datetime(frame[config.event_timestamp], utc=True)
+    with _quiet():
+        store.materialize(
+            start_date=(times.min() - timedelta(seconds=1)).to_pydatetime(),
+            end_date=(times.max() + timedelta(seconds=1)).to_pydatetime(),
+            feature_views=[view.name],
+        )
+    return int(frame[config.entity_key].nunique())
 
 
 def _feature_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,12 +19,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from conveyor.pipelines.data import read_data
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from conveyor.pipelines.evaluate import Evaluation, evaluate_model, evaluation_plots
-from conveyor.pipelines.features import FeatureSet, build_training_set, feature_spec, open_store
+from conveyor.pipelines.features import (
+    FeastStores,
+    FeatureSet,
+    build_training_set,
+    feature_spec,
+    materialize_latest,
+    open_store,
+)
 from conveyor.pipelines.register import register_verified
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.train import TrainedModel, name_run, run_name, train_model
@@ -161,14 +168,22 @@ def validate_only(ws: Workspace, data: str | Path | None = None) -> ValidationRe
 
 
 def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str | None = None) -> TrainingOutcome:
-    """The run as the Workspace says: a Prefect flow run, each stage a task (imports Prefect), when
-    a Prefect server is set or ``flows: prefect``; otherwise the same stages in this process."""
+    """The run as the Workspace says: on a worker of the work pool (the server profile); a Prefect
+    flow run in this process, each stage a task, when a Prefect server is set or ``flows:
+    prefect``; otherwise the same stages in this process."""
     if not ws.uses_prefect:
         return run_training(ws, data, cause=cause)
     named = run_name(ws.project().model_name, retraining=cause is not None)  # what the Prefect UI lists
-    return _prefect_flow().with_options(flow_run_name=named)(
-        ws.params(), str(Path(data).absolute()) if data else None, cause
-    )
+    given = str(Path(data).absolute()) if data else None
+    from conveyor.pipelines import deployments
+
+    if ws.settings.work_pool:
+        parameters = {"workspace": ws.params(), "data": given, "cause": cause}
+        outcome: TrainingOutcome = deployments.run_on_worker(ws, deployments.TRAINING_DEPLOYMENT, parameters, named)
+        return outcome
+    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
+    result: Any = deployments.training.with_options(flow_run_name=named)(ws.params(), given, cause)
+    return cast(TrainingOutcome, result)
 
 
 def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -195,18 +210,6 @@ def recorded_tasks(model: str) -> Runner:
         return result
 
     return runner
-
-
-def _prefect_flow() -> Any:
-    from prefect import flow
-
-    @flow(name="training", validate_parameters=False, log_prints=False)
-    def training(workspace: dict[str, str], data: str | None = None, cause: str | None = None) -> TrainingOutcome:
-        ws = Workspace.from_params(workspace)
-        return run_training(ws, data, cause=cause, runner=recorded_tasks(ws.model_name))
-
-    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
-    return training
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -250,8 +253,11 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
 
 def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> FeatureSet:
     config = run.config
-    store, view = open_store(config, run.home / "feast", frame, run.ws.project_file)
+    settings = run.ws.settings
+    stores = FeastStores(registry_url=settings.feature_registry_url, redis_url=settings.redis_url)
+    store, view = open_store(config, run.home / "feast", frame, run.ws.project_file, stores)
     features = build_training_set(store, view, config, frame, run.home / "features")
+    online = materialize_latest(store, view, frame, config)
     run.ledger.append(
         EventKind.FEATURES_BUILT,
         inputs={"data": data.digest, "validation": validation.digest, "feature_definitions": features.spec_digest},
@@ -262,6 +268,8 @@ def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: 
             "dropped": features.dropped,
             "training_set": str(features.path),
             "feature_view": feature_spec(config)["view"],
+            "online_store": "redis" if stores.redis_url else "sqlite",
+            "online_entities": online,
         },
     )
     return features

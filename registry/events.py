@@ -99,6 +99,8 @@ class FeaturesBuilt(_Details):
     dropped: Any = None
     training_set: str  # the training set's file, which promotion scoring and drift reference read
     feature_view: str | None = None
+    online_store: str | None = None  # sqlite | redis: where each entity's latest values were written
+    online_entities: int | None = None
 
 
 class ModelTrained(_Details):

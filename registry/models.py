@@ -41,7 +41,8 @@ def version_digest(name: str, version: str, model: str) -> str:
 
 
 def experiment(name: str, artifact_root: Path, kind: str = "custom_model_development") -> str:
-    """The id of MLflow experiment ``name``, created with its artifacts under ``artifact_root``.
+    """The id of MLflow experiment ``name``, created with its artifacts under ``artifact_root``
+    (an MLflow server keeps them in its own artifact store: the server profile's bucket).
 
     ``kind`` is the tag MLflow 3's UI opens an experiment by: "custom_model_development" on its
     runs, "genai_development" on traces and evaluations; an experiment from before the tag gets it."""
@@ -52,6 +53,8 @@ def experiment(name: str, artifact_root: Path, kind: str = "custom_model_develop
         if _KIND not in found.tags:
             mlflow.MlflowClient().set_experiment_tag(found.experiment_id, _KIND, kind)
         return found.experiment_id
+    if mlflow.get_tracking_uri().startswith(("http://", "https://")):  # a server: its own artifact store
+        return mlflow.create_experiment(name, tags={_KIND: kind})
     return mlflow.create_experiment(name, artifact_location=(artifact_root / name).as_uri(), tags={_KIND: kind})
 
 
@@ -88,7 +91,9 @@ def register_version(name: str, model_uri: str, model: str, tags: dict[str, str]
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
-        version = client.create_model_version(name, model_uri, tags=tags)
+        # A logged model (models:/m-...) is named by its id too: an MLflow server checks the source against it.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        version = client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
     except MlflowException as exc:
         raise RegistryError(
             f"MLflow refused to register {name}: {exc.message}.", hint="Check the tracking URI and the model URI."

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from conveyor.policies.errors import ConfigInvalid
 
-__all__ = ["FLOW_MODES", "Settings", "read_settings"]
+__all__ = ["FLOW_MODES", "SERVER_SETTINGS", "Settings", "read_settings"]
 
 
 def _default_actor() -> str:
@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     flows: Literal["auto", "prefect", "direct"] = Field(
         "auto", description="auto: Prefect flow runs when a Prefect server is set, stages in process otherwise"
     )
+    profile: Literal["embedded", "servers"] = Field(
+        "embedded",
+        description="embedded: every store in home; servers: the stores below, each on its server (all required)",
+    )
+    work_pool: str | None = Field(None, description="the Prefect work pool whose workers run the flows (servers)")
+    redis_url: str | None = Field(None, description="Redis: Feast's online store, the serving replicas' shared state")
+    object_store_url: str | None = Field(
+        None, description="an S3-compatible object store's endpoint (credentials: AWS_ACCESS_KEY_ID/SECRET)"
+    )
+    bucket: str | None = Field(None, description="the object store's bucket: the DVC remote, Feast's offline files")
+    feature_registry_url: str | None = Field(None, description="Feast's SQL registry (SQLAlchemy URL)")
     service_run: str | None = Field(
         None,
         description="the service run a serving worker belongs to (set by `conveyor serve`; workers share its state)",
@@ -54,6 +65,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
+        if self.profile == "servers":
+            self._check_servers()
         self.project_file = self.project_file.expanduser().absolute()
         if not self.home.is_absolute():
             # A relative home sits beside the project file, wherever the command runs from.
@@ -63,6 +76,25 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"sqlite:///{self.home / 'mlflow.db'}"
         return self
+
+    def _check_servers(self) -> None:
+        """The server profile names a server for every store: what is missing or embedded is an error."""
+        problems = [f"CONVEYOR_{name.upper()} is not set" for name in SERVER_SETTINGS if getattr(self, name) is None]
+        if self.ledger_url and self.ledger_url.startswith("sqlite"):
+            problems.append("the ledger is a SQLite file (CONVEYOR_LEDGER_URL: a PostgreSQL URL)")
+        if self.mlflow_tracking_uri and not self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            problems.append("MLflow's tracking store is not a server (CONVEYOR_MLFLOW_TRACKING_URI: http(s)://...)")
+        if problems:
+            raise ConfigInvalid(
+                f"The server profile (CONVEYOR_PROFILE=servers) needs a server for every store: {'; '.join(problems)}.",
+                hint='Set them in the environment or the project file\'s `settings:` (README: "Server profile"); '
+                "`bash scripts/with-servers.sh CMD` runs CMD with a local set of them. Without the profile, "
+                "every store is embedded in .conveyor/.",
+            )
+
+    @property
+    def servers(self) -> bool:
+        return self.profile == "servers"
 
     @property
     def project_root(self) -> Path:
@@ -129,3 +161,14 @@ def read_settings(**overrides: Any) -> Settings:
 
 
 FLOW_MODES = ("auto", "prefect", "direct")
+# What the server profile requires, beside a PostgreSQL ledger and an MLflow server.
+SERVER_SETTINGS = (
+    "ledger_url",
+    "mlflow_tracking_uri",
+    "prefect_api_url",
+    "work_pool",
+    "redis_url",
+    "object_store_url",
+    "bucket",
+    "feature_registry_url",
+)

@@ -114,6 +114,7 @@ def prepare_process(environment: dict[str, str] | None = None) -> None:
         os.environ[name] = value
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # 1.6-1.8x model throughput on 2 cores
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not "Creating initial MLflow database tables..."
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # an MLflow server's "View run at" lines
     os.environ.update(environment or {})
 
 
@@ -205,6 +206,11 @@ class Workspace:
         }
         if s.prefect_api_url:
             values["prefect_api_url"] = s.prefect_api_url
+        if s.servers:
+            values["profile"] = s.profile
+        for name in ("work_pool", "redis_url", "object_store_url", "bucket", "feature_registry_url"):
+            if getattr(s, name):
+                values[name] = getattr(s, name)
         if s.service_run:
             values["service_run"] = s.service_run
         return values
@@ -224,6 +230,7 @@ class Workspace:
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # a triggered flow run starts within a second
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "TQDM_DISABLE": "1",
+            **({"PREFECT_API_URL": self.prefect_api_url} if self.prefect_api_url else {}),
         }
 
     def prepare(self) -> Workspace:

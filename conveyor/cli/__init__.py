@@ -51,9 +51,9 @@ def _root(
     ctx.obj = {"config": config}
 
 
-from conveyor.cli import data, demo, llm, monitoring, record, release, serving  # noqa: E402 - they register on ``app``
+from conveyor.cli import data, demo, llm, monitoring, record, release, servers, serving  # noqa: E402 - they register on ``app``
 
-for module in (data, release, llm, record, serving, monitoring, demo):
+for module in (data, release, llm, record, serving, monitoring, servers, demo):
     module.register(app)
 
 
