@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from conveyor.registry.workspace import Workspace
@@ -126,7 +127,8 @@ def _redis(url: str) -> str:
     client = redis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
     try:
         client.ping()
-        return f"Redis {client.info('server').get('redis_version', '?')} answered"
+        info: Any = client.info("server")
+        return f"Redis {info.get('redis_version', '?')} answered"
     finally:
         client.close()
 

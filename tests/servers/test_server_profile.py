@@ -1,0 +1,169 @@
+"""The server profile on real servers (scripts/servers.sh starts them on 127.0.0.1): PostgreSQL,
+Redis, OpenStack Swift's S3 API, an MLflow server, a Prefect server and a process worker.
+
+Every command runs as its own process, as a user's would, with the profile's settings only; each
+store is then read back in its server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import postgres_database
+
+pytestmark = pytest.mark.slow
+CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {name: value for name, value in pairs}
+
+
+def _wait(url: str, seconds: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer within {seconds:.0f} s (logs beside the servers' env file)")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def servers() -> dict[str, str]:
+    """The profile's settings for the servers the test script started (skips where it could not)."""
+    given = os.environ.get("CONVEYOR_TEST_SERVERS_ENV")
+    if not given:
+        pytest.skip("the server profile's servers are not running: `make test` starts them on 127.0.0.1")
+    settings = _read_env(Path(given))
+    _wait(f"{settings['CONVEYOR_MLFLOW_TRACKING_URI']}/health", 180)
+    _wait(f"{settings['CONVEYOR_PREFECT_API_URL']}/health", 180)
+    return settings
+
+
+@pytest.fixture
+def profile(servers: dict[str, str], project: Path) -> Iterator[dict[str, str]]:
+    """The environment of a command in the server profile, with a ledger database of its own."""
+    with postgres_database("ledger") as ledger_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
+        env.update(servers)
+        env["CONVEYOR_LEDGER_URL"] = ledger_url
+        env["CONVEYOR_HOME"] = str(project / ".conveyor")
+        yield env
+
+
+def conveyor(project: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CONVEYOR, *args], cwd=project, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_a_training_runs_on_the_worker_and_every_store_holds_its_part(profile: dict[str, str], project: Path) -> None:
+    import boto3
+    import redis
+    import sqlalchemy as sa
+    from mlflow import MlflowClient
+
+    doctor = conveyor(project, profile, "doctor", "--json")
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    stores = {s["store"]: s for s in json.loads(doctor.stdout)["stores"]}
+    assert all(s["ok"] for s in stores.values())
+    assert "worker(s) online" in stores["flow runs (work pool)"]["detail"]
+
+    deployed = conveyor(project, profile, "deploy", "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    assert "training/conveyor" in json.loads(deployed.stdout)["deployments"]
+
+    started = time.time()
+    trained = conveyor(project, profile, "train", "--json", timeout=600)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    outcome = json.loads(trained.stdout)
+
+    # The run is a flow run of the deployment, which a worker of the pool ran (not this process).
+    import httpx
+
+    api = profile["CONVEYOR_PREFECT_API_URL"]
+    after = {"flow_runs": {"start_time": {"after_": _utc(started).isoformat()}}}
+    runs = httpx.post(f"{api}/flow_runs/filter", json=after, timeout=10).json()
+    names = {d["id"]: d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+    ran = [r for r in runs if names.get(r["deployment_id"]) == "conveyor"]
+    assert len(ran) == 1 and ran[0]["state"]["type"] == "COMPLETED", runs
+    assert ran[0]["work_pool_name"] == profile["CONVEYOR_WORK_POOL"]
+
+    # MLflow: the version in the server's registry, its run's artifacts in the bucket.
+    mlflow = MlflowClient(tracking_uri=profile["CONVEYOR_MLFLOW_TRACKING_URI"])
+    version = mlflow.get_model_version(outcome["name"], outcome["version"])
+    run = mlflow.get_run(str(version.run_id))
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=profile["CONVEYOR_OBJECT_STORE_URL"],
+        aws_access_key_id=profile["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=profile["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=profile["CONVEYOR_BUCKET"])
+            for o in page.get("Contents", [])]
+    assert any(k.startswith("mlflow/") and run.info.run_id in k for k in keys), keys[:20]
+    assert any(k.startswith("prefect-results/") for k in keys)  # the outcome came back through the bucket
+
+    # The ledger in PostgreSQL holds the run's events; the audit verifies them and the signed files,
+    # which it fetches through the MLflow server.
+    engine = sa.create_engine(profile["CONVEYOR_LEDGER_URL"])
+    try:
+        with engine.connect() as conn:
+            kinds = [row[0] for row in conn.exec_driver_sql("select kind from ledger_events order by seq")]
+    finally:
+        engine.dispose()
+    assert {"dataset.versioned", "features.built", "model.trained", "model.registered"} <= set(kinds)
+    audit = conveyor(project, profile, "audit", f"{outcome['name']}/{outcome['version']}", "--json")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+    # Feast: the latest feature values of every entity in Redis, its registry in PostgreSQL.
+    online = redis.Redis.from_url(profile["CONVEYOR_REDIS_URL"])
+    try:
+        assert online.dbsize() >= outcome["rows_out"] // 10  # one hash per entity (the demo's have several rows)
+    finally:
+        online.close()
+
+
+def test_the_profile_without_its_servers_is_a_clear_error(project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    env.update(CONVEYOR_PROFILE="servers", CONVEYOR_REDIS_URL="redis://127.0.0.1:1/0")
+    result = conveyor(project, env, "doctor")
+    assert result.returncode == 2
+    assert "CONVEYOR_WORK_POOL is not set" in result.stderr + result.stdout
+    assert "the ledger is a SQLite file" not in result.stderr + result.stdout  # unset, not SQLite
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_names_a_store_that_does_not_answer(servers: dict[str, str], project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    env.update(servers)
+    env["CONVEYOR_REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    result = conveyor(project, env, "doctor", "--json")
+    assert result.returncode == 1
+    stores = {s["store"]: s for s in json.loads(result.stdout)["stores"]}
+    redis_check = stores["online features, replicas' state (Redis)"]
+    assert not redis_check["ok"] and "refused" in redis_check["detail"].lower()
+    assert all(s["ok"] for name, s in stores.items() if name != redis_check["store"])
+
+
+def _utc(seconds: float):  # noqa: ANN202 - a datetime for Prefect's filter
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds - 5, tz=UTC)
