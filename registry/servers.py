@@ -86,6 +86,11 @@ def _reason(exc: BaseException) -> str:
 def _sql(url: str) -> str:
     import sqlalchemy as sa
 
+    if url.startswith("sqlite:///"):  # embedded: a file, made on first use
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            return _folder(path.parent)
+
     args = {"connect_timeout": int(TIMEOUT_S)} if url.startswith("postgresql") else {}
     engine = sa.create_engine(url, connect_args=args)
     try:

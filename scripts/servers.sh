@@ -233,6 +233,11 @@ start_servers() {  # start_servers VENV_BIN: every server it can; the profile's 
 stop_servers() {
   local pid
   for pid in "${SERVERS_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+  local until=$((SECONDS + 15))  # each group's every process, not only its leader; then by force
+  for pid in "${SERVERS_PIDS[@]}"; do
+    while kill -0 -- "-$pid" 2>/dev/null && [ $SECONDS -lt $until ]; do sleep 0.2; done
+    kill -KILL -- "-$pid" 2>/dev/null
+  done
   for pid in "${SERVERS_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
   SERVERS_PIDS=()
   stop_object_store

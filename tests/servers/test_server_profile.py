@@ -116,8 +116,11 @@ def test_a_training_runs_on_the_worker_and_every_store_holds_its_part(profile: d
         aws_secret_access_key=profile["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=profile["CONVEYOR_BUCKET"])
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=profile["CONVEYOR_BUCKET"])
+        for o in page.get("Contents", [])
+    ]
     assert any(k.startswith("mlflow/") and run.info.run_id in k for k in keys), keys[:20]
     assert any(k.startswith("prefect-results/") for k in keys)  # the outcome came back through the bucket
 
@@ -163,7 +166,28 @@ def test_doctor_names_a_store_that_does_not_answer(servers: dict[str, str], proj
     assert all(s["ok"] for name, s in stores.items() if name != redis_check["store"])
 
 
-def _utc(seconds: float):  # noqa: ANN202 - a datetime for Prefect's filter
+def _utc(seconds: float):
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(seconds - 5, tz=UTC)
+
+
+def test_prefect_yaml_deploys_with_prefect_deploy(servers: dict[str, str]) -> None:
+    import httpx
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    env.update(servers, PREFECT_API_URL=servers["CONVEYOR_PREFECT_API_URL"], CONVEYOR_PROJECT_ROOT=str(REPO))
+    env["PREFECT_HOME"] = str(Path(os.environ["CONVEYOR_HOME"]) / "prefect")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    done = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    api = servers["CONVEYOR_PREFECT_API_URL"]
+    found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+    by_name = {d["name"]: d for d in found}
+    for name in ("conveyor", "retraining-loan-default", "drift-check-loan-default"):
+        assert by_name[name]["work_pool_name"] == "conveyor"
+    assert by_name["conveyor"]["entrypoint"] == "pipelines/deployments.py:training"
