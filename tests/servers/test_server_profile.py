@@ -24,8 +24,8 @@ CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 
 
 def _read_env(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {name: value for name, value in pairs}
+    lines = [line for line in path.read_text().splitlines() if "=" in line]
+    return {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines}
 
 
 def _wait(url: str, seconds: float) -> None:
