@@ -102,8 +102,9 @@ def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | Non
     return retraining(ws.params(), started.trigger)
 
 
-def deployments(ws: Workspace, model: str, interval_seconds: float, window: str | None) -> list[Any]:
-    """The two deployments a monitoring process serves on a Prefect server."""
+def deployments(ws: Workspace, model: str, interval_seconds: float, window: str | None, **options: Any) -> list[Any]:
+    """The two deployments a monitoring process serves on a Prefect server (``options``: more of
+    ``to_deployment``'s, e.g. for a work pool)."""
     from datetime import timedelta
 
     from prefect.events import DeploymentEventTrigger
@@ -116,11 +117,12 @@ def deployments(ws: Workspace, model: str, interval_seconds: float, window: str 
         parameters={**parameters, "trigger": "{{ event.payload.trigger }}"},
     )
     return [
-        retraining.to_deployment(f"retraining-{model}", parameters=parameters, triggers=[trigger]),
+        retraining.to_deployment(f"retraining-{model}", parameters=parameters, triggers=[trigger], **options),
         drift_check.to_deployment(
             f"drift-check-{model}",
             parameters={**parameters, "window": window},
             interval=timedelta(seconds=interval_seconds),
+            **options,
         ),
     ]
 
@@ -130,10 +132,7 @@ def deploy_to_pool(ws: Workspace) -> list[str]:
     for any project, the drift check on the policy's interval and retraining on its event for this
     model. Flow results go to the object store (a ``remote-file-system`` block), so the command
     that started a run reads its outcome wherever the worker ran. Returns the deployments' names."""
-    from datetime import timedelta
-
     from prefect.deployments.runner import EntrypointType, deploy
-    from prefect.events import DeploymentEventTrigger
     from prefect.filesystems import RemoteFileSystem
 
     settings = ws.settings
@@ -154,25 +153,10 @@ def deploy_to_pool(ws: Workspace) -> list[str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"remote-file-system/{RESULTS_BLOCK}",
     }
-    model = ws.model_name
-    parameters = {"workspace": ws.params()}
-    trigger = DeploymentEventTrigger(
-        name=f"retrain {model} on request",
-        expect={RETRAINING_EVENT},
-        match={"prefect.resource.id": f"conveyor.model.{model}"},
-        parameters={**parameters, "trigger": "{{ event.payload.trigger }}"},
-    )
-    interval = ws.drift_policy().monitor.interval_seconds
     options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "job_variables": {"env": env}}
     made: list[Any] = [
-        training.to_deployment(TRAINING_DEPLOYMENT.split("/")[1], parameters=parameters, **options),
-        retraining.to_deployment(f"retraining-{model}", parameters=parameters, triggers=[trigger], **options),
-        drift_check.to_deployment(
-            f"drift-check-{model}",
-            parameters={**parameters, "window": None},
-            interval=timedelta(seconds=interval),
-            **options,
-        ),
+        training.to_deployment(TRAINING_DEPLOYMENT.split("/")[1], parameters={"workspace": ws.params()}, **options),
+        *deployments(ws, ws.model_name, ws.drift_policy().monitor.interval_seconds, None, **options),
     ]
     with contextlib.redirect_stdout(io.StringIO()):  # its table of deployments; the command says what it made
         deploy(*made, work_pool_name=pool, build=False, push=False, print_next_steps_message=False)

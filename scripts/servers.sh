@@ -121,37 +121,17 @@ start_object_store() {
     (cd "$d" && swift-ring-builder "$name.builder" create 8 1 1 && swift-ring-builder "$name.builder" add "r1z1-127.0.0.1:$port/d1" 1 \
       && swift-ring-builder "$name.builder" rebalance) >/dev/null 2>&1 || { say "Swift's $name ring could not be built"; return 1; }
   done
-  { common "$p"; cat <<CONF
-[pipeline:main]
-pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_formats s3api tempauth copy slo dlo proxy-logging proxy-server
-[app:proxy-server]
-use = egg:swift#proxy
-account_autocreate = true
-[filter:s3api]
-use = egg:swift#s3api
-[filter:tempauth]
-use = egg:swift#tempauth
-user_${SERVERS_S3_KEY/:/_} = $SERVERS_S3_SECRET .admin
-[filter:cache]
-use = egg:swift#memcache
-memcache_servers = 127.0.0.1:$((p + 4))
-[filter:healthcheck]
-use = egg:swift#healthcheck
-[filter:catch_errors]
-use = egg:swift#catch_errors
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-[filter:proxy-logging]
-use = egg:swift#proxy_logging
-[filter:listing_formats]
-use = egg:swift#listing_formats
-[filter:copy]
-use = egg:swift#copy
-[filter:slo]
-use = egg:swift#slo
-[filter:dlo]
-use = egg:swift#dlo
-CONF
+  local filters="catch_errors gatekeeper healthcheck proxy_logging cache listing_formats s3api tempauth copy slo dlo"
+  { common "$p"
+    printf '[pipeline:main]\npipeline = %s proxy_logging proxy-server\n' "$filters"
+    printf '[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n'
+    for name in $filters; do
+      printf '[filter:%s]\nuse = egg:swift#%s\n' "$name" "${name/cache/memcache}"
+      case $name in
+        tempauth) printf 'user_%s = %s .admin\n' "${SERVERS_S3_KEY/:/_}" "$SERVERS_S3_SECRET" ;;
+        cache) printf 'memcache_servers = 127.0.0.1:%s\n' $((p + 4)) ;;
+      esac
+    done
   } >"$d/proxy-server.conf"
   memcached -l 127.0.0.1 -p $((p + 4)) -U 0 -u "$user" -d -P "$d/memcached.pid" || { say "memcached did not start"; return 1; }
   for name in object container account proxy; do
