@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conveyor.policies.errors import DataInvalid
+from conveyor.policies.errors import ConfigInvalid, DataInvalid
 from conveyor.registry.digests import file_hashes
 from conveyor.registry.dvc_files import dvc_cached, dvc_recorded_md5
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["DatasetRef", "relative_to_root", "version_dataset"]
+__all__ = ["DatasetRef", "Transfer", "relative_to_root", "transfer_data", "version_dataset"]
+
+SERVER_REMOTE = "conveyor-servers"  # the DVC remote the server profile names: s3://BUCKET/dvc
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,50 @@ def relative_to_root(path: Path, root: Path) -> str:
         return path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path.resolve())
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What ``dvc push`` or ``dvc pull`` moved, and where."""
+
+    direction: str  # push | pull
+    remote: str  # its name and URL
+    files: int  # pushed to the remote, or (pull) brought into the work tree
+
+
+def transfer_data(root: Path, direction: str, *, bucket: str | None = None, endpoint: str | None = None) -> Transfer:
+    """``dvc push`` or ``dvc pull`` for the project at ``root``: to the repository's default remote,
+    or, given ``bucket`` (the server profile), to ``s3://BUCKET/dvc`` at ``endpoint``; nothing is
+    written to the repository's DVC config. Credentials are the object store's (``AWS_*``)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if not (root / ".dvc").is_dir():
+        raise ConfigInvalid(
+            f"{root} is not a DVC repository, so it has no versioned data to {direction}.",
+            hint="`dvc init` and `dvc add` the data files (`conveyor init` does both for a new project).",
+        )
+    config: dict[str, Any] | None = None
+    if bucket:
+        remote: dict[str, Any] = {"url": f"s3://{bucket}/dvc", **({"endpointurl": endpoint} if endpoint else {})}
+        config = {"core": {"remote": SERVER_REMOTE}, "remote": {SERVER_REMOTE: remote}}
+    try:
+        with Repo(str(root), config=config) as repo:
+            name = repo.config["core"].get("remote")
+            if not name:
+                raise ConfigInvalid(
+                    f"{root} has no default DVC remote to {direction} to.",
+                    hint="Add one (`dvc remote add -d NAME URL`), or use the server profile's bucket.",
+                )
+            where = f"{name} ({repo.config['remote'][name]['url']})"
+            if direction == "push":
+                files = int(repo.push())
+            else:
+                done = repo.pull()  # checkout's result: the files it added or changed in the work tree
+                files = len(done.get("added", [])) + len(done.get("modified", []))
+    except DvcException as exc:
+        raise DataInvalid(
+            f"dvc {direction} failed: {' '.join(str(exc).split())}.",
+            hint="`conveyor doctor` says whether the object store answers; `dvc status -c` what differs.",
+        ) from None
+    return Transfer(direction, where, files)

@@ -15,6 +15,7 @@ __all__ = ["print_outcome", "register"]
 config_app = sub_app("Check the project config (conveyor.yaml).")
 keys_app = sub_app("Manage the project's signing key.")
 expectations_app = sub_app("Write and review the data's expectation suite.")
+data_app = sub_app("Move the versioned data files to and from the DVC remote (the server profile's bucket).")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +26,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
     app.add_typer(keys_app, name="keys")
     app.add_typer(expectations_app, name="expectations")
+    app.add_typer(data_app, name="data")
 
 
 def version(as_json: JSON = False) -> None:
@@ -281,3 +283,31 @@ def keys_show(ctx: typer.Context, as_json: JSON = False) -> None:
         return
     out(pem)
     out(f"Fingerprint: {fingerprint}")
+
+
+@data_app.command("push")
+def data_push(ctx: typer.Context, as_json: JSON = False) -> None:
+    """`dvc push`: the data files DVC versions, to the remote (in the server profile, s3://BUCKET/dvc)."""
+    _transfer(ctx, "push", as_json)
+
+
+@data_app.command("pull")
+def data_pull(ctx: typer.Context, as_json: JSON = False) -> None:
+    """`dvc pull`: the versioned data files, from the remote, into this checkout (a fresh clone's first step)."""
+    _transfer(ctx, "pull", as_json)
+
+
+def _transfer(ctx: typer.Context, direction: str, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from conveyor.pipelines.datasets import transfer_data
+
+    ws = workspace(ctx)
+    settings = ws.settings
+    bucket = settings.bucket if settings.servers else None
+    done = transfer_data(ws.root, direction, bucket=bucket, endpoint=settings.object_store_url)
+    if as_json:
+        emit_json(asdict(done))
+        return
+    verb = "Pushed" if direction == "push" else "Pulled"
+    out(f"{verb} {done.files} file(s) {'to' if direction == 'push' else 'from'} {done.remote}.")

@@ -332,3 +332,10 @@ def test_the_wheel_installs_one_import_package_and_the_code_never_imports_the_ba
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert "BARE []" in found.stdout, found.stdout + found.stderr
+
+
+def test_data_push_outside_a_dvc_repository_says_what_to_do(project: Path) -> None:
+    result = conveyor(project, "data", "push")
+    assert result.exit_code == 2  # a set-up mistake
+    assert "is not a DVC repository" in result.output and "dvc init" in result.output
+    assert "Traceback" not in result.output

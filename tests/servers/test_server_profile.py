@@ -191,3 +191,36 @@ def test_prefect_yaml_deploys_with_prefect_deploy(servers: dict[str, str]) -> No
     for name in ("conveyor", "retraining-loan-default", "drift-check-loan-default"):
         assert by_name[name]["work_pool_name"] == "conveyor"
     assert by_name["conveyor"]["entrypoint"] == "pipelines/deployments.py:training"
+
+
+def test_a_fresh_clone_pulls_the_data_from_the_bucket(profile: dict[str, str], project: Path, tmp_path: Path) -> None:
+    from conveyor.registry.digests import file_digest
+
+    def run(*args: str, cwd: Path = project) -> None:
+        subprocess.run(args, cwd=cwd, env=profile, check=True, capture_output=True, timeout=120)
+
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    git = ("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid")
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    import uuid
+
+    (project / "data" / "notes.txt").write_text(f"a file no earlier run pushed: {uuid.uuid4()}\n")
+    run(dvc, "add", "-q", "data/loans.csv", "data/notes.txt")
+    (project / ".gitignore").write_text(".conveyor/\n")
+    run(*git, "add", "-A")
+    run(*git, "commit", "-qm", "data")
+    pushed = conveyor(project, profile, "data", "push", "--json")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert json.loads(pushed.stdout)["files"] >= 1  # notes.txt at least (loans.csv may be there already)
+    assert f"s3://{profile['CONVEYOR_BUCKET']}/dvc" in json.loads(pushed.stdout)["remote"]
+
+    clone = tmp_path / "clone"
+    run("git", "clone", "-q", str(project), str(clone), cwd=tmp_path)
+    assert not (clone / "data" / "loans.csv").exists()
+    env = {**profile, "CONVEYOR_HOME": str(clone / ".conveyor")}
+    pulled = conveyor(clone, env, "data", "pull", "--json")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert json.loads(pulled.stdout)["files"] == 2
+    for name in ("loans.csv", "notes.txt"):
+        assert file_digest(clone / "data" / name) == file_digest(project / "data" / name)
