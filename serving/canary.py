@@ -31,7 +31,7 @@ from conveyor.policies.canary import (
     judge_llm_canary,
 )
 from conveyor.serving.router import Router
-from conveyor.serving.shared import CanaryRow, Observation, SharedState
+from conveyor.serving.shared import CanaryRow, Observation, StateStore
 
 __all__ = ["CanaryController", "LlmCanaryController"]
 
@@ -41,7 +41,7 @@ _CHAMPION_REFERENCE = 10_000  # the champion's latest observations in this canar
 class CanaryController:
     def __init__(
         self,
-        state: SharedState,
+        state: StateStore,
         router: Router,
         policy: CanaryPolicy,
         *,

@@ -52,7 +52,7 @@ from conveyor.serving.models import (
 )
 from conveyor.serving.router import Router
 from conveyor.serving.schema import request_model
-from conveyor.serving.shared import SharedState, run_state_path
+from conveyor.serving.shared import open_shared_state
 
 __all__ = ["ClientError", "Engine"]
 
@@ -76,7 +76,7 @@ class Engine:
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
-        self.state = SharedState(run_state_path(ws.home, ws.settings.service_run))
+        self.state = open_shared_state(ws.home, ws.settings.service_run, ws.settings.redis_url)
         self.controller = self.controller_class(
             self.state,
             self.router,

@@ -51,8 +51,10 @@ def serve(
     sys.stdout.flush()
     import uuid
 
-    # One run id for this service's workers: they share the canary's state under it.
-    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1", "CONVEYOR_SERVICE_RUN": uuid.uuid4().hex}
+    # One run id for this service's workers: they share the canary's state under it. With Redis (the
+    # server profile), every replica of the model's service shares it: the model's name, unless set.
+    run = ws.settings.service_run or (ws.model_name if ws.settings.redis_url else uuid.uuid4().hex)
+    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1", "CONVEYOR_SERVICE_RUN": run}
     os.execve(sys.executable, command, env)  # BentoML owns the process: signals reach it directly
 
 

@@ -1,0 +1,147 @@
+"""The replicas' shared state in Redis: a private redis-server per test, restarted mid-test."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.serving.shared import Observation, RedisSharedState
+
+
+class RedisServer:
+    def __init__(self, folder: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: `make test` installs Debian's package when it can")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _seen(run: str, role: str, n: int, worker: str, window: int = 0) -> list[Observation]:
+    return [Observation(run, window, role, True, "ok", 5.0 + i, (0.1 * i,), worker) for i in range(n)]
+
+
+def test_two_replicas_count_each_other_s_traffic_and_one_leads(redis_server: RedisServer) -> None:
+    a, b = RedisSharedState(redis_server.url, "svc"), RedisSharedState(redis_server.url, "svc")
+    try:
+        assert a.try_lead() and not b.try_lead()
+        a.add(_seen("r1", "canary", 30, "a"))
+        b.add(_seen("r1", "canary", 20, "b"))
+        b.add(_seen("r1", "canary", 5, "b", window=1))
+        seen = a.observations("r1", "canary", window=0)
+        assert len(seen) == 50 and {o.worker for o in seen} == {"a", "b"}
+        assert seen[0].predictions == (0.0,) and len(b.observations("r1", "canary", window=1)) == 5
+
+        row = a.canary()
+        moved = a.change_canary(row.epoch, state="running", weight=5.0)
+        assert moved is not None and b.canary().weight == 5.0
+        assert b.change_canary(row.epoch, state="rolled_back") is None  # stale epoch: refused
+        assert b.change_canary(moved.epoch, state="rolled_back", weight=0.0) is not None
+        assert a.canary().state == "rolled_back"
+
+        first = a.set_desired("3", "4")
+        assert b.desired() == first and a.set_desired("3", "4").epoch == first.epoch  # no change, same epoch
+
+        a.close()  # the leader goes: its lease is released, the other takes over
+        assert b.try_lead()
+        b.forget(keep_run="r2")
+        assert b.observations("r1", "canary") == []
+    finally:
+        b.close()
+
+
+def test_a_dead_leader_s_lease_lapses(redis_server: RedisServer) -> None:
+    a, b = RedisSharedState(redis_server.url, "svc"), RedisSharedState(redis_server.url, "svc")
+    try:
+        assert a.try_lead()
+        started = time.monotonic()
+        while not b.try_lead():  # a stops renewing (it died): b leads once the lease runs out
+            assert time.monotonic() - started < RedisSharedState.LEASE_MS / 1000 + 1
+            time.sleep(0.1)
+        assert not a.try_lead()  # and a, back, does not lead beside it
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_redis_restart_serves_the_last_known_state_and_loses_no_observation(redis_server: RedisServer) -> None:
+    state = RedisSharedState(redis_server.url, "svc")
+    try:
+        state.try_lead()
+        row = state.change_canary(state.canary().epoch, run="r1", state="running", weight=20.0)
+        assert row is not None
+        state.set_desired("1", "2")
+        state.add(_seen("r1", "canary", 10, "a"))
+
+        redis_server.stop()
+        started = time.monotonic()
+        assert state.canary().weight == 20.0 and state.desired().canary == "2"  # the last known state
+        assert not state.try_lead() and not state.leading  # nobody judges without the state
+        assert state.change_canary(row.epoch, state="rolled_back") is None
+        state.add(_seen("r1", "canary", 7, "a"))  # held, not lost
+        assert time.monotonic() - started < 5  # each call gives up quickly (timeouts of 0.5 s)
+
+        redis_server.start()  # an empty Redis (no persistence): the buffered observations arrive
+        state.add([])
+        assert len(state.observations("r1", "canary")) == 7
+        other = RedisSharedState(redis_server.url, "svc")  # and the last known state is restored
+        assert other.canary() == row and other.desired().canary == "2"
+        other.close()
+        assert state.try_lead()
+    finally:
+        state.close()
