@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,13 +59,23 @@ def servers() -> dict[str, str]:
 
 @pytest.fixture
 def profile(servers: dict[str, str], project: Path) -> Iterator[dict[str, str]]:
-    """The environment of a command in the server profile, with a ledger database of its own."""
+    """The environment of a command in the server profile, with a ledger database and a model name
+    of its own (the MLflow server's registry outlives a test)."""
+    rename_model(project, f"loan-default-{uuid.uuid4().hex[:8]}")
     with postgres_database("ledger") as ledger_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
         env.update(servers)
         env["CONVEYOR_LEDGER_URL"] = ledger_url
         env["CONVEYOR_HOME"] = str(project / ".conveyor")
         yield env
+
+
+def rename_model(root: Path, name: str) -> None:
+    """The demo project at ``root`` as model ``name`` (its config and its expectation suite)."""
+    config = root / "conveyor.yaml"
+    config.write_text(config.read_text().replace("model_name: loan-default", f"model_name: {name}"))
+    suites = root / "policies" / "expectations"
+    shutil.copy(suites / "loan-default.json", suites / f"{name}.json")
 
 
 def conveyor(project: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -203,8 +215,6 @@ def test_a_fresh_clone_pulls_the_data_from_the_bucket(profile: dict[str, str], p
     git = ("git", "-c", "user.name=t", "-c", "user.email=t@example.invalid")
     run("git", "init", "-q")
     run(dvc, "init", "-q")
-    import uuid
-
     (project / "data" / "notes.txt").write_text(f"a file no earlier run pushed: {uuid.uuid4()}\n")
     run(dvc, "add", "-q", "data/loans.csv", "data/notes.txt")
     (project / ".gitignore").write_text(".conveyor/\n")

@@ -1,0 +1,177 @@
+"""Two replicas of one service (two ``conveyor serve`` processes) in the server profile: one
+registry (the MLflow server), one ledger (PostgreSQL), one shared state (a Redis of the test's
+own, so that it can be restarted). The canary's analysis counts both replicas' traffic, an alias
+change and an abort reach both, a replica killed mid-canary leaves the other serving with the
+counts kept, and a Redis restart mid-traffic is no client's error."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import postgres_database
+from tests.servers.test_server_profile import conveyor, rename_model, servers  # noqa: F401 - the fixture
+from tests.servers.test_shared_state import RedisServer
+from tests.service import Service, drive
+
+pytestmark = pytest.mark.slow
+NAME = f"loan-default-{uuid.uuid4().hex[:8]}"  # the MLflow server's registry outlives a test: a name of its own
+
+
+@dataclass
+class Fleet:
+    env: dict[str, str]
+    root: Path
+    replicas: list[Service]
+    versions: dict[str, str]
+    admin_key: str
+    client_key: str
+    rows: list[dict]
+    redis: RedisServer
+
+    def status(self, replica: int) -> dict:
+        response = self.replicas[replica].admin("GET", "status", self.admin_key)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def until(self, what, seconds: float, message: str) -> float:
+        started = time.monotonic()
+        while not what():
+            assert time.monotonic() - started < seconds, message
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def drive_both(self, requests: int) -> list:
+        replies = []
+        for service in self.replicas:
+            if service.process is not None and service.process.poll() is None:
+                replies += drive(service.url, self.client_key, self.rows, requests=requests, concurrency=8)
+        return replies
+
+
+@pytest.fixture(scope="module")
+def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Iterator[Fleet]:  # noqa: F811
+    from mlflow import MlflowClient
+
+    from conveyor.serving.auth import ApiKeys
+    from tests.conftest import POLICY_CODE, REPO
+    from tests.integration.test_serving import _rows
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("replicas")
+    root = base / "project"
+    (root / "data").mkdir(parents=True)
+    shutil.copy(REPO / "conveyor.yaml", root / "conveyor.yaml")
+    shutil.copytree(REPO / "policies", root / "policies", ignore=POLICY_CODE)
+    rename_model(root, NAME)
+    shutil.copy(small_loans, root / "data" / "loans.csv")
+    canary = yaml.safe_load((root / "policies" / "canary.yaml").read_text())
+    canary.update(min_requests=100_000, analysis_seconds=0.5)  # the canary runs until the test ends it
+    (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(canary))
+    serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
+    serving.update(watch_seconds=3600, rate_limit={"per_second": 100_000, "burst": 100_000})
+    (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
+    redis = RedisServer(base)
+    redis.start()
+    with postgres_database("replicas") as ledger_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
+        env.update(
+            servers, CONVEYOR_LEDGER_URL=ledger_url, CONVEYOR_HOME=str(root / ".conveyor"), CONVEYOR_REDIS_URL=redis.url
+        )
+        assert conveyor(root, env, "deploy").returncode == 0
+        versions = {}
+        for role in ("champion", "canary"):
+            trained = conveyor(root, env, "train", "--json", timeout=600)
+            assert trained.returncode == 0, trained.stdout + trained.stderr
+            versions[role] = json.loads(trained.stdout)["version"]
+        promoted = conveyor(root, env, "promote", f"{NAME}/{versions['champion']}", "--to", "champion")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        keys = ApiKeys(root / ".conveyor" / "serving" / "api-keys.json")
+        admin_key, client_key = keys.create("ops", admin=True), keys.create("app")
+        project = yaml.safe_load((root / "conveyor.yaml").read_text())
+        columns = [*project["features"]["numeric"], *project["features"]["categorical"]]
+        replicas = [Service(root / "conveyor.yaml", env=env) for _ in range(2)]
+        try:
+            for replica in replicas:
+                replica.start()
+            MlflowClient(tracking_uri=env["CONVEYOR_MLFLOW_TRACKING_URI"])  # reachable before the tests start
+            yield Fleet(env, root, replicas, versions, admin_key, client_key, _rows(small_loans, columns), redis)
+        finally:
+            for replica in replicas:
+                replica.stop()
+            redis.stop()
+
+
+def _make_canary(fleet: Fleet) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=fleet.env["CONVEYOR_MLFLOW_TRACKING_URI"]).set_registered_model_alias(
+        NAME, "canary", fleet.versions["canary"]
+    )
+    assert fleet.replicas[0].admin("POST", "reload", fleet.admin_key).status_code == 200  # one replica is told
+
+
+def test_an_alias_change_reaches_both_and_one_analysis_counts_both(fleet: Fleet) -> None:
+    _make_canary(fleet)
+    fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
+    assert fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True}).status_code == 200
+    replies = fleet.drive_both(300)
+    assert collections.Counter(r.status for r in replies) == {200: len(replies)}
+    by_canary = sum(r.body["served_by"] == "canary" for r in replies)
+    assert by_canary > 100
+
+    def counted() -> bool:  # each replica flushes its observations five times a second
+        return all(fleet.status(i)["analysis"]["canary_requests"] == by_canary for i in (0, 1))
+
+    fleet.until(counted, 3, f"the replicas' analysis did not count the {by_canary} canary answers")
+    assert len(fleet.status(0)["analysis"]["canary_requests_by_worker"]) == 2  # one worker per replica
+
+    # An abort on one replica stops the canary on both, at once.
+    assert fleet.replicas[0].admin("POST", "abort", fleet.admin_key, {"reason": "test"}).status_code == 200
+    took = fleet.until(lambda: all(fleet.status(i)["canary"] is None for i in (0, 1)), 5, "a replica kept the canary")
+    print(f"rollback reached both replicas in {took * 1000:.0f} ms")
+    assert took < 1.0
+
+
+def test_a_replica_killed_mid_canary_leaves_the_other_serving_with_the_counts(fleet: Fleet) -> None:
+    _make_canary(fleet)
+    fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
+    fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True})
+    before = fleet.drive_both(200)
+    counted = sum(r.body["served_by"] == "canary" for r in before)
+    assert counted > 50
+    fleet.until(lambda: fleet.status(1)["analysis"]["canary_requests"] == counted, 3, "the counts differ")
+
+    victim = fleet.replicas[0]
+    assert victim.process is not None
+    os.killpg(victim.process.pid, signal.SIGKILL)
+    victim.process.wait(10)
+    after = drive(fleet.replicas[1].url, fleet.client_key, fleet.rows, requests=200, concurrency=8)
+    assert collections.Counter(r.status for r in after) == {200: 200}
+    total = counted + sum(r.body["served_by"] == "canary" for r in after)
+    fleet.until(lambda: fleet.status(1)["analysis"]["canary_requests"] == total, 3, "the killed replica's counts went")
+    assert fleet.status(1)["canary"] is not None  # still running, on the survivor
+
+
+def test_a_redis_restart_mid_traffic_is_no_client_s_error(fleet: Fleet) -> None:
+    survivor = fleet.replicas[1]
+    fleet.redis.stop()
+    during = drive(survivor.url, fleet.client_key, fleet.rows, requests=200, concurrency=8)
+    status = fleet.status(1)  # the last known state
+    fleet.redis.start()  # empty: the survivor restores what it knew
+    after = drive(survivor.url, fleet.client_key, fleet.rows, requests=200, concurrency=8)
+    assert collections.Counter(r.status for r in during + after) == {200: 400}
+    assert status["canary"] is not None and status["analysis"]["state"] == "running"
+    fleet.until(lambda: fleet.status(1)["analysis"]["canary_requests"] > 0, 5, "the observations did not come back")
