@@ -46,6 +46,7 @@ class FeastStores:
 
     registry_url: str | None = None
     redis_url: str | None = None
+    engine: str = "file"  # the offline store's engine for point-in-time joins: file (pandas) or duckdb
 
 
 def repo_config(project: str, repo: Path, stores: FeastStores) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def repo_config(project: str, repo: Path, stores: FeastStores) -> dict[str, Any]
         "project": project,
         "registry": registry,
         "provider": "local",
-        "offline_store": {"type": "file"},
+        "offline_store": {"type": stores.engine},
         "online_store": online,
         "entity_key_serialization_version": 3,
     }

@@ -254,7 +254,7 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
 def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> FeatureSet:
     config = run.config
     settings = run.ws.settings
-    stores = FeastStores(registry_url=settings.feature_registry_url, redis_url=settings.redis_url)
+    stores = FeastStores(settings.feature_registry_url, settings.redis_url, settings.feature_engine)
     store, view = open_store(config, run.home / "feast", frame, run.ws.project_file, stores)
     features = build_training_set(store, view, config, frame, run.home / "features")
     online = materialize_latest(store, view, frame, config)

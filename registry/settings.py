@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     )
     bucket: str | None = Field(None, description="the object store's bucket: the DVC remote, Feast's offline files")
     feature_registry_url: str | None = Field(None, description="Feast's SQL registry (SQLAlchemy URL)")
+    feature_engine: Literal["file", "duckdb"] = Field(
+        "file", description="the engine of Feast's point-in-time joins: its file store (pandas) or DuckDB"
+    )
     service_run: str | None = Field(
         None,
         description="the service run a serving worker belongs to (set by `conveyor serve`; workers share its state)",

@@ -211,6 +211,8 @@ class Workspace:
         for name in ("work_pool", "redis_url", "object_store_url", "bucket", "feature_registry_url"):
             if getattr(s, name):
                 values[name] = getattr(s, name)
+        if s.feature_engine != "file":
+            values["feature_engine"] = s.feature_engine
         if s.service_run:
             values["service_run"] = s.service_run
         return values

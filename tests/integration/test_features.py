@@ -1,13 +1,15 @@
-"""Feast point-in-time joins: no feature value from a label's future; dropped rows counted."""
+"""Feast point-in-time joins: no feature value from a label's future; dropped rows counted. The same
+with either engine of the offline store (its file store on pandas, or DuckDB): a setting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
-from conveyor.pipelines.features import build_training_set, open_store
+from conveyor.pipelines.features import FeastStores, build_training_set, open_store
 from conveyor.policies.project import load_project
 
 
@@ -32,7 +34,11 @@ def at(day: int) -> pd.Timestamp:
     return pd.Timestamp("2026-03-01", tz="UTC") + pd.Timedelta(days=day)
 
 
-def test_join_uses_the_latest_value_at_or_before_each_label(tmp_path: Path) -> None:
+ENGINES = pytest.mark.parametrize("engine", ["file", "duckdb"])
+
+
+@ENGINES
+def test_join_uses_the_latest_value_at_or_before_each_label(tmp_path: Path, engine: str) -> None:
     config_file = tiny_project(tmp_path)
     config = load_project(config_file)
     features = pd.DataFrame(
@@ -44,7 +50,7 @@ def test_join_uses_the_latest_value_at_or_before_each_label(tmp_path: Path) -> N
             "c": ["a", "b", "c", "z"],
         }
     )
-    store, view = open_store(config, tmp_path / "feast", features, config_file)
+    store, view = open_store(config, tmp_path / "feast", features, config_file, FeastStores(engine=engine))
     labels = pd.DataFrame(
         {
             "user": ["u1", "u1", "u1", "u2", "u3"],
@@ -66,13 +72,29 @@ def test_join_uses_the_latest_value_at_or_before_each_label(tmp_path: Path) -> N
     assert result.path.is_file() and result.digest.startswith("sha256:")
 
 
-def test_values_older_than_the_ttl_are_not_joined(tmp_path: Path) -> None:
+@ENGINES
+def test_values_older_than_the_ttl_are_not_joined(tmp_path: Path, engine: str) -> None:
     config_file = tiny_project(tmp_path)
     config = load_project(config_file)
     features = pd.DataFrame({"user": ["u1"], "ts": [at(0)], "y": [0.0], "x": [1.0], "c": ["a"]})
-    store, view = open_store(config, tmp_path / "feast", features, config_file)
+    store, view = open_store(config, tmp_path / "feast", features, config_file, FeastStores(engine=engine))
     labels = pd.DataFrame(
         {"user": ["u1", "u1"], "ts": [at(2), at(30)], "y": [1.0, 2.0], "x": [None] * 2, "c": [None] * 2}
     )
     result = build_training_set(store, view, config, labels, tmp_path / "out")
     assert (result.rows_out, result.dropped) == (1, 1)
+
+
+def test_both_engines_build_the_same_training_set_from_the_demo_data(tmp_path: Path, small_loans: Path) -> None:
+    from conveyor.pipelines.data import read_data
+    from tests.conftest import REPO
+
+    config_file = tmp_path / "conveyor.yaml"
+    config_file.write_text((REPO / "conveyor.yaml").read_text())
+    config = load_project(config_file)
+    frame = read_data(small_loans, config)
+    digests = {}
+    for engine in ("file", "duckdb"):
+        store, view = open_store(config, tmp_path / engine, frame, config_file, FeastStores(engine=engine))
+        digests[engine] = build_training_set(store, view, config, frame, tmp_path / engine / "out").digest
+    assert digests["file"] == digests["duckdb"]
