@@ -44,6 +44,11 @@ def project(work: Path, name: str) -> Path:
         root / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations" / f"{model}.json"
     )
     write_csv(generate(DEMO_DATASETS["v1"]).head(8_000), root / "data" / "loans.csv")
+    import yaml
+
+    serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
+    serving["rate_limit"] = {"per_second": 100_000, "burst": 100_000}  # the load, not the limiter, is measured
+    (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     return root
 
 

@@ -10,10 +10,10 @@ import collections
 import json
 import os
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,7 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     redis = RedisServer(base)
     redis.start()
-    with postgres_database("replicas") as ledger_url:
+    with postgres_database("replicas") as ledger_url, _stopping(redis):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
         env.update(
             servers, CONVEYOR_LEDGER_URL=ledger_url, CONVEYOR_HOME=str(root / ".conveyor"), CONVEYOR_REDIS_URL=redis.url
@@ -111,7 +111,14 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
         finally:
             for replica in replicas:
                 replica.stop()
-            redis.stop()
+
+
+@contextmanager
+def _stopping(server: RedisServer) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 def _make_canary(fleet: Fleet) -> None:
@@ -155,8 +162,15 @@ def test_a_replica_killed_mid_canary_leaves_the_other_serving_with_the_counts(fl
 
     victim = fleet.replicas[0]
     assert victim.process is not None
-    os.killpg(victim.process.pid, signal.SIGKILL)
-    victim.process.wait(10)
+    import psutil
+
+    leader = psutil.Process(victim.process.pid)  # the replica, all of it: BentoML's workers have sessions of their own
+    every = [leader, *leader.children(recursive=True)]
+    assert len(every) > 1
+    for process in every:
+        process.kill()
+    psutil.wait_procs(every, timeout=10)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in every)
     after = drive(fleet.replicas[1].url, fleet.client_key, fleet.rows, requests=200, concurrency=8)
     assert collections.Counter(r.status for r in after) == {200: 200}
     total = counted + sum(r.body["served_by"] == "canary" for r in after)
