@@ -132,11 +132,7 @@ def deploy_to_pool(ws: Workspace) -> list[str]:
     for any project, the drift check on the policy's interval and retraining on its event for this
     model. Flow results go to the object store (a ``remote-file-system`` block), so the command
     that started a run reads its outcome wherever the worker ran. Returns the deployments' names."""
-    from prefect.deployments.runner import EntrypointType, deploy
-    from prefect.filesystems import RemoteFileSystem
-
-    settings = ws.settings
-    pool, bucket = settings.work_pool, settings.bucket
+    pool, bucket = ws.settings.work_pool, ws.settings.bucket
     if not pool or not bucket:
         from conveyor.policies.errors import ConfigInvalid
 
@@ -144,6 +140,15 @@ def deploy_to_pool(ws: Workspace) -> list[str]:
             "Deployments need a work pool and a bucket for flow results (CONVEYOR_WORK_POOL, CONVEYOR_BUCKET).",
             hint='Set the server profile (README: "Server profile").',
         )
+    with _server_errors(ws, pool):
+        return _deploy(ws, pool, bucket)
+
+
+def _deploy(ws: Workspace, pool: str, bucket: str) -> list[str]:
+    from prefect.deployments.runner import EntrypointType, deploy
+    from prefect.filesystems import RemoteFileSystem
+
+    settings = ws.settings
     results = RemoteFileSystem(
         basepath=f"s3://{bucket}/prefect-results",
         settings={"client_kwargs": {"endpoint_url": settings.object_store_url}} if settings.object_store_url else {},
@@ -169,7 +174,8 @@ def run_on_worker(ws: Workspace, deployment: str, parameters: dict[str, Any], ru
     from prefect.exceptions import ObjectNotFound
 
     try:
-        run: Any = run_deployment(deployment, parameters=parameters, flow_run_name=run_name, timeout=None)
+        with _server_errors(ws, ws.settings.work_pool or ""):
+            run: Any = run_deployment(deployment, parameters=parameters, flow_run_name=run_name, timeout=None)
     except ObjectNotFound:
         from conveyor.policies.errors import ConfigInvalid
 
@@ -181,3 +187,27 @@ def run_on_worker(ws: Workspace, deployment: str, parameters: dict[str, Any], ru
     if state is None or not state.is_final():
         raise RuntimeError(f"flow run {run.id} ended without a final state")
     return state.result(raise_on_failure=True)
+
+
+@contextlib.contextmanager
+def _server_errors(ws: Workspace, pool: str) -> Any:
+    """The Prefect server's set-up mistakes (no such pool, no server there) as one paragraph."""
+    import httpx
+
+    from conveyor.policies.errors import ConfigInvalid
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise ConfigInvalid(
+            f"The Prefect server at {ws.prefect_api_url} does not answer ({exc}).",
+            hint="Start it, or fix CONVEYOR_PREFECT_API_URL; `conveyor doctor` checks every store.",
+        ) from None
+    except ValueError as exc:
+        if "work pool" not in str(exc):
+            raise
+        raise ConfigInvalid(
+            f"The Prefect server at {ws.prefect_api_url} has no work pool {pool}.",
+            hint=f"Create it (`prefect work-pool create {pool} --type process`) and start a worker on it "
+            f"(`prefect worker start --pool {pool}`).",
+        ) from None

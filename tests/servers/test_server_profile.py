@@ -234,3 +234,23 @@ def test_a_fresh_clone_pulls_the_data_from_the_bucket(profile: dict[str, str], p
     assert json.loads(pulled.stdout)["files"] == 2
     for name in ("loans.csv", "notes.txt"):
         assert file_digest(clone / "data" / name) == file_digest(project / "data" / name)
+
+
+def test_deploy_without_a_prefect_server_is_one_clear_paragraph(project: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+    nowhere = "127.0.0.1:1"  # nothing listens there
+    env.update(
+        CONVEYOR_PROFILE="servers",
+        CONVEYOR_LEDGER_URL=f"postgresql+psycopg://x@{nowhere}/ledger",
+        CONVEYOR_MLFLOW_TRACKING_URI=f"http://{nowhere}",
+        CONVEYOR_PREFECT_API_URL=f"http://{nowhere}/api",
+        CONVEYOR_WORK_POOL="conveyor",
+        CONVEYOR_REDIS_URL=f"redis://{nowhere}/0",
+        CONVEYOR_OBJECT_STORE_URL=f"http://{nowhere}",
+        CONVEYOR_BUCKET="conveyor",
+        CONVEYOR_FEATURE_REGISTRY_URL=f"postgresql+psycopg://x@{nowhere}/features",
+    )
+    result = conveyor(project, env, "deploy", timeout=120)
+    assert result.returncode == 2
+    assert f"The Prefect server at http://{nowhere}/api does not answer" in result.stderr
+    assert "Traceback" not in result.stderr
