@@ -194,23 +194,36 @@ AWS_DEFAULT_REGION=us-east-1
 ENV
 }
 
-start_servers() {  # start_servers VENV_BIN: every server it can; the profile's settings in servers.env
-  local bin=$1 all=1
+start_servers() {  # start_servers VENV_BIN [later]: every server it can; the profile's settings in servers.env
+  # With `later`, the Python servers (MLflow, Prefect) are left to python-servers.sh, which the
+  # server profile's tests start for as long as they run: the rest of the suite runs without them.
+  local bin=$1 when=${2:-now} all=1
   mkdir -p "$SERVERS_DIR" && chmod 755 "$SERVERS_DIR"  # PostgreSQL's user reaches its folder in it
   servers_env >"$SERVERS_DIR/servers.env"
   start_postgres || all=""
   start_redis || all=""
   start_object_store || all=""
   if [ -n "$all" ] && [ -x "$bin/mlflow" ] && [ -x "$bin/prefect" ]; then
-    start_mlflow "$bin"
-    start_prefect "$bin"
     export CONVEYOR_TEST_SERVERS_ENV=$SERVERS_DIR/servers.env
+    if [ "$when" = later ]; then
+      export CONVEYOR_TEST_SERVERS_BIN=$bin
+    else
+      start_mlflow "$bin"
+      start_prefect "$bin"
+    fi
   else
     say "not every server could start: the server profile's tests will be skipped"
   fi
 }
 
 stop_servers() {
+  stop_groups
+  stop_object_store
+  stop_redis
+  stop_postgres
+}
+
+stop_groups() {  # the servers started in process groups of their own (Swift's, MLflow, Prefect)
   local pid
   for pid in "${SERVERS_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
   local until=$((SECONDS + 15))  # each group's every process, not only its leader; then by force
@@ -220,7 +233,4 @@ stop_servers() {
   done
   for pid in "${SERVERS_PIDS[@]}"; do wait "$pid" 2>/dev/null; done
   SERVERS_PIDS=()
-  stop_object_store
-  stop_redis
-  stop_postgres
 }

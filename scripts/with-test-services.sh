@@ -2,7 +2,8 @@
 # Run a command with the servers the tests use, then stop them.
 #
 # The server profile's servers (scripts/servers.sh: PostgreSQL, Redis, an S3 object store, an
-# MLflow server and a Prefect server with a worker), on 127.0.0.1 only, in a temporary folder;
+# MLflow server and a Prefect server with a worker), on 127.0.0.1 only, in a temporary folder
+# (the MLflow and Prefect servers only while the server profile's tests run: python-servers.sh);
 # root installs the missing ones from Debian's packages. PostgreSQL alone serves the ledger tests
 # (TEST_POSTGRES_URL); the whole set, the server profile's tests (CONVEYOR_TEST_SERVERS_ENV names
 # its settings). Where a server cannot be had, the command still runs and those tests skip,
@@ -40,7 +41,7 @@ install_promtool() {
 }
 
 trap 'stop_servers; rm -rf "$SERVERS_DIR"' EXIT
-start_servers "$venv_bin"
+start_servers "$venv_bin" later
 install_chromium
 install_promtool
 "$@"

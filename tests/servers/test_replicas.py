@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import postgres_database
-from tests.servers.test_server_profile import conveyor, rename_model, servers  # noqa: F401 - the fixture
+from tests.servers.test_server_profile import conveyor, rename_model
 from tests.servers.test_shared_state import RedisServer
 from tests.service import Service, drive
 
@@ -61,7 +61,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Iterator[Fleet]:  # noqa: F811
+def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Iterator[Fleet]:
     from mlflow import MlflowClient
 
     from conveyor.serving.auth import ApiKeys
@@ -81,7 +81,7 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
     canary.update(min_requests=100_000, analysis_seconds=0.5)  # the canary runs until the test ends it
     (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(canary))
     serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
-    serving.update(watch_seconds=3600, rate_limit={"per_second": 100_000, "burst": 100_000})
+    serving.update(watch_seconds=3600, canary_timeout_ms=2000, rate_limit={"per_second": 100_000, "burst": 100_000})
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
     redis = RedisServer(base)
     redis.start()
@@ -134,16 +134,18 @@ def test_an_alias_change_reaches_both_and_one_analysis_counts_both(fleet: Fleet)
     _make_canary(fleet)
     fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
     assert fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True}).status_code == 200
+    time.sleep(0.5)  # the new step's window reaches the other replica within a tick (0.2 s)
     replies = fleet.drive_both(300)
     assert collections.Counter(r.status for r in replies) == {200: len(replies)}
     by_canary = sum(r.body["served_by"] == "canary" for r in replies)
     assert by_canary > 100
 
     def counted() -> bool:  # each replica flushes its observations five times a second
-        return all(fleet.status(i)["analysis"]["canary_requests"] == by_canary for i in (0, 1))
+        return all(_canary_seen(fleet, i) == by_canary for i in (0, 1))
 
-    fleet.until(counted, 3, f"the replicas' analysis did not count the {by_canary} canary answers")
+    fleet.until(counted, 3, f"the analysis did not count the {by_canary} canary answers: {fleet.status(0)['analysis']}")
     assert len(fleet.status(0)["analysis"]["canary_requests_by_worker"]) == 2  # one worker per replica
+    _each_replica_logged(fleet, {r.body["request_id"] for r in replies})
 
     # An abort on one replica stops the canary on both, at once.
     assert fleet.replicas[0].admin("POST", "abort", fleet.admin_key, {"reason": "test"}).status_code == 200
@@ -151,14 +153,37 @@ def test_an_alias_change_reaches_both_and_one_analysis_counts_both(fleet: Fleet)
     assert took < 1.0, f"the abort took {took * 1000:.0f} ms to reach both replicas"
 
 
+def _canary_seen(fleet: Fleet, replica: int) -> int:
+    """The canary's answers the analysis counted: its requests but those it failed (which the
+    champion answered, so the client saw served_by: champion)."""
+    analysis = fleet.status(replica)["analysis"]
+    return int(analysis["canary_requests"]) - int(analysis["canary_errors"])
+
+
+def _each_replica_logged(fleet: Fleet, ids: set[str]) -> None:
+    """Every answer once in the inference log, which both replicas wrote (the files monitoring reads)."""
+    from conveyor.registry.inference_log import read_log
+    from conveyor.registry.ledger import Ledger
+
+    folder = fleet.root / ".conveyor" / "inference" / NAME
+    fleet.until(lambda: ids <= set(read_log(folder)["request_id"]), 15, "an answer is missing from the log")
+    frame = read_log(folder)
+    ours = frame[frame["request_id"].isin(ids)]
+    assert not ours.duplicated(["request_id", "row"]).any()
+    with Ledger(fleet.env["CONVEYOR_LEDGER_URL"]) as ledger:
+        instances = {e.outputs[0]: e.details["instance"] for e in ledger.iter_events() if e.kind == "model.deployed"}
+    assert len({instances[d] for d in ours["deployment"]}) == 2  # one worker of each replica
+
+
 def test_a_replica_killed_mid_canary_leaves_the_other_serving_with_the_counts(fleet: Fleet) -> None:
     _make_canary(fleet)
     fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
     fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True})
+    time.sleep(0.5)  # the new step's window reaches the other replica within a tick (0.2 s)
     before = fleet.drive_both(200)
     counted = sum(r.body["served_by"] == "canary" for r in before)
     assert counted > 50
-    fleet.until(lambda: fleet.status(1)["analysis"]["canary_requests"] == counted, 3, "the counts differ")
+    fleet.until(lambda: _canary_seen(fleet, 1) == counted, 3, f"{counted} answers: {fleet.status(1)['analysis']}")
 
     victim = fleet.replicas[0]
     assert victim.process is not None
@@ -174,7 +199,7 @@ def test_a_replica_killed_mid_canary_leaves_the_other_serving_with_the_counts(fl
     after = drive(fleet.replicas[1].url, fleet.client_key, fleet.rows, requests=200, concurrency=8)
     assert collections.Counter(r.status for r in after) == {200: 200}
     total = counted + sum(r.body["served_by"] == "canary" for r in after)
-    fleet.until(lambda: fleet.status(1)["analysis"]["canary_requests"] == total, 3, "the killed replica's counts went")
+    fleet.until(lambda: _canary_seen(fleet, 1) == total, 3, f"{total} answers: {fleet.status(1)['analysis']}")
     assert fleet.status(1)["canary"] is not None  # still running, on the survivor
 
 

@@ -25,38 +25,6 @@ pytestmark = pytest.mark.slow
 CONVEYOR = str(Path(sys.executable).with_name("conveyor"))
 
 
-def _read_env(path: Path) -> dict[str, str]:
-    lines = [line for line in path.read_text().splitlines() if "=" in line]
-    return {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines}
-
-
-def _wait(url: str, seconds: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer within {seconds:.0f} s (logs beside the servers' env file)")
-        time.sleep(0.5)
-
-
-@pytest.fixture(scope="module")
-def servers() -> dict[str, str]:
-    """The profile's settings for the servers the test script started (skips where it could not)."""
-    given = os.environ.get("CONVEYOR_TEST_SERVERS_ENV")
-    if not given:
-        pytest.skip("the server profile's servers are not running: `make test` starts them on 127.0.0.1")
-    settings = _read_env(Path(given))
-    _wait(f"{settings['CONVEYOR_MLFLOW_TRACKING_URI']}/health", 180)
-    _wait(f"{settings['CONVEYOR_PREFECT_API_URL']}/health", 180)
-    return settings
-
-
 @pytest.fixture
 def profile(servers: dict[str, str], project: Path) -> Iterator[dict[str, str]]:
     """The environment of a command in the server profile, with a ledger database and a model name
