@@ -38,11 +38,10 @@ def project(work: Path, name: str) -> Path:
     root = work / name
     (root / "data").mkdir(parents=True)
     shutil.copytree(ROOT / "policies", root / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
-    model = f"loan-default-{uuid.uuid4().hex[:8]}"  # the MLflow server's registry outlives a run
-    (root / "conveyor.yaml").write_text((ROOT / "conveyor.yaml").read_text().replace("loan-default", model))
-    shutil.copy(
-        root / "policies" / "expectations" / "loan-default.json", root / "policies" / "expectations" / f"{model}.json"
-    )
+    from tests.servers.test_server_profile import rename_model
+
+    shutil.copy(ROOT / "conveyor.yaml", root / "conveyor.yaml")
+    rename_model(root, f"loan-default-{uuid.uuid4().hex[:8]}")  # the MLflow server's registry outlives a run
     write_csv(generate(DEMO_DATASETS["v1"]).head(8_000), root / "data" / "loans.csv")
     import yaml
 

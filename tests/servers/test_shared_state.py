@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from conveyor.serving.shared import Observation, RedisSharedState
+from tests.service import free_port
 
 
 class RedisServer:
     def __init__(self, folder: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.folder = folder
         self.process: subprocess.Popen[bytes] | None = None
 
