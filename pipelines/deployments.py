@@ -30,6 +30,7 @@ __all__ = [
     "deploy_to_pool",
     "deployments",
     "drift_check",
+    "llm_release",
     "retraining",
     "run_on_worker",
     "start_retraining",
@@ -38,6 +39,7 @@ __all__ = [
 
 RESULTS_BLOCK = "conveyor-results"  # a remote-file-system block: flow results in the object store
 TRAINING_DEPLOYMENT = "training/conveyor"
+LLM_RELEASE_DEPLOYMENT = "llm-release/conveyor"
 
 logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports outcomes itself
 warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # its schema hints, in served flow runs
@@ -64,6 +66,16 @@ def training(workspace: dict[str, Any], data: str | None = None, cause: str | No
 
     ws = Workspace.from_params(workspace)
     return run_training(ws, data, cause=cause, runner=recorded_tasks(ws.model_name))
+
+
+@flow(name="llm-release", validate_parameters=False, log_prints=False)
+def llm_release(workspace: dict[str, Any], cause: str | None = None) -> Any:
+    """Weights, evaluation sets, knowledge index, prompt, build, evaluate, sign and register an
+    LLM release (``kind: llm``): each stage a task. ``cause``: the trigger of a rebuild."""
+    from conveyor.pipelines.llm.flow import run_release
+    from conveyor.pipelines.training import as_task
+
+    return run_release(Workspace.from_params(workspace), runner=as_task, cause=cause)
 
 
 @flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
@@ -129,8 +141,8 @@ def deployments(ws: Workspace, model: str, interval_seconds: float, window: str 
 
 def deploy_to_pool(ws: Workspace) -> list[str]:
     """The flows as deployments on the server profile's work pool (its workers run them): training
-    for any project, the drift check on the policy's interval and retraining on its event for this
-    model. Flow results go to the object store (a ``remote-file-system`` block), so the command
+    and the LLM release build for any project; for a tabular one, the drift check on the policy's
+    interval and retraining on its event for its model. Flow results go to the object store (a ``remote-file-system`` block), so the command
     that started a run reads its outcome wherever the worker ran. Returns the deployments' names."""
     pool, bucket = ws.settings.work_pool, ws.settings.bucket
     if not pool or not bucket:
@@ -159,10 +171,13 @@ def _deploy(ws: Workspace, pool: str, bucket: str) -> list[str]:
         "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": f"remote-file-system/{RESULTS_BLOCK}",
     }
     options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "job_variables": {"env": env}}
+    parameters = {"workspace": ws.params()}  # the defaults: a run names its own project
     made: list[Any] = [
-        training.to_deployment(TRAINING_DEPLOYMENT.split("/")[1], parameters={"workspace": ws.params()}, **options),
-        *deployments(ws, ws.model_name, ws.drift_policy().monitor.interval_seconds, None, **options),
+        training.to_deployment(TRAINING_DEPLOYMENT.split("/")[1], parameters=parameters, **options),
+        llm_release.to_deployment(LLM_RELEASE_DEPLOYMENT.split("/")[1], parameters=parameters, **options),
     ]
+    if not ws.is_llm:  # the tabular monitoring loop's two, for this model
+        made += deployments(ws, ws.model_name, ws.drift_policy().monitor.interval_seconds, None, **options)
     with contextlib.redirect_stdout(io.StringIO()):  # its table of deployments; the command says what it made
         deploy(*made, work_pool_name=pool, build=False, push=False, print_next_steps_message=False)
     return [f"{d.flow_name}/{d.name}" for d in made]

@@ -58,10 +58,13 @@ def check_stores(ws: Workspace) -> list[StoreCheck]:
     else:
         checks.append(("feature registry (Feast)", str(ws.home / "feast" / "registry.db"), lambda: _folder(ws.home)))
     if s.redis_url:
-        checks.append(("online features, replicas' state (Redis)", s.redis_url, lambda: _redis(str(s.redis_url))))
+        checks.append(
+            ("online features, replicas' state, API keys (Redis)", s.redis_url, lambda: _redis(str(s.redis_url)))
+        )
     else:
         checks.append(("online features (Feast)", str(ws.home / "feast" / "online.db"), lambda: _folder(ws.home)))
         checks.append(("replicas' state", str(ws.home / "serving" / "runs"), lambda: _folder(ws.home)))
+        checks.append(("API keys", str(ws.api_keys_file), lambda: _folder(ws.home)))
     if s.object_store_url and s.bucket:
         checks.append(
             ("object store (artifacts, DVC remote)", f"s3://{s.bucket} at {s.object_store_url}", lambda: _bucket(ws))

@@ -7,6 +7,14 @@ caller without a key cannot make the service work for its refusal. A running ser
 the file when it changes (at most every ``recheck`` seconds), so ``conveyor api-key revoke`` or
 ``rotate`` stops a key within that time, whichever worker sees it.
 
+In the server profile (``redis_url`` set) the entries live in Redis (``RedisKeyStore``), so the
+replicas of a service on several machines, and the command that revokes a key on any of them,
+share one list: a revocation stops the key on every replica within ``recheck``. Each change
+bumps a version that the replicas poll (one ``GET`` per ``recheck``, never one per request). When
+Redis does not answer, a replica goes on with the keys it last read (no change can be made
+meanwhile: the commands that change keys say Redis does not answer), and gives them back to a
+Redis that comes back empty; the file in ``home`` is kept as a copy and seeds an empty Redis.
+
 Keys made by earlier versions (salted scrypt, field ``salt``) are no longer accepted: ``list``
 marks them, and ``rotate NAME`` replaces them.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
@@ -24,14 +33,169 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["ApiKeys", "RateLimiter", "Role", "UnknownKey"]
+from conveyor.policies.errors import ConfigInvalid
 
+if TYPE_CHECKING:
+    from conveyor.registry.workspace import Workspace
+
+__all__ = [
+    "ApiKeys",
+    "FileKeyStore",
+    "KeysUnavailable",
+    "RateLimiter",
+    "RedisKeyStore",
+    "Role",
+    "UnknownKey",
+    "open_api_keys",
+]
+
+log = logging.getLogger(__name__)
 _ID = 12  # characters of the key kept in clear as its id
 
 
 class UnknownKey(LookupError):
     """``revoke`` or ``rotate`` named no key."""
+
+
+class KeysUnavailable(ConfigInvalid):
+    """The store of the keys does not answer (exit 2: nothing was changed)."""
+
+
+class KeyStore(Protocol):
+    def stamp(self) -> object:
+        """What changes whenever the entries do (None: there are none); raises ``KeysUnavailable``."""
+
+    def read(self) -> list[dict]: ...
+
+    def change(self, edit: Callable[[list[dict]], list[dict]]) -> list[dict]:
+        """Replace the entries by ``edit(entries)`` (atomically where the store can); returns them."""
+
+    def restore(self, entries: list[dict]) -> None:
+        """Give an emptied store the entries last read."""
+
+
+class FileKeyStore:
+    """The entries as a JSON file (mode 0600), replaced whole by a rename."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def stamp(self) -> object:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def read(self) -> list[dict]:
+        try:
+            entries: list[dict] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return []
+        return entries
+
+    def change(self, edit: Callable[[list[dict]], list[dict]]) -> list[dict]:
+        entries = edit(self.read())
+        write_key_file(self.path, entries)
+        return entries
+
+    def restore(self, entries: list[dict]) -> None:
+        return None  # a file is not emptied behind our back
+
+
+def write_key_file(path: Path, entries: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(entries, handle, indent=2)
+    partial.replace(path)
+
+
+class RedisKeyStore:
+    """The entries in Redis under ``conveyor:api-keys:<namespace>``, with a version bumped by each
+    change (a ``WATCH``ed transaction); the local file is kept as a copy and seeds an empty Redis."""
+
+    def __init__(self, url: str, namespace: str, copy: Path) -> None:
+        import redis
+
+        self._redis = redis
+        self.url = url
+        self.client: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.entries_key, self.version_key = f"conveyor:api-keys:{namespace}", f"conveyor:api-keys:{namespace}:version"
+        self.copy = copy
+        self._read_once = False
+
+    def _answered(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except self._redis.RedisError as exc:
+            raise KeysUnavailable(
+                f"The Redis at {_redacted(self.url)}, which keeps the API keys, does not answer ({exc}).",
+                hint="Nothing was changed. Start it, or fix CONVEYOR_REDIS_URL; `conveyor doctor` checks every store.",
+            ) from None
+
+    def stamp(self) -> object:
+        version = self._answered(lambda: self.client.get(self.version_key))
+        if version is None and not self._read_once and self.copy.is_file():
+            # An empty Redis met first: seeded with this machine's copy (later, an emptied Redis
+            # is given the keys last read instead, which are newer than any copy).
+            self.restore(FileKeyStore(self.copy).read())
+            version = self._answered(lambda: self.client.get(self.version_key))
+        self._read_once = True
+        return version
+
+    def read(self) -> list[dict]:
+        raw = self._answered(lambda: self.client.get(self.entries_key))
+        entries = list(json.loads(raw)) if raw else []
+        if FileKeyStore(self.copy).read() != entries:
+            write_key_file(self.copy, entries)  # the copy follows what was read
+        return entries
+
+    def change(self, edit: Callable[[list[dict]], list[dict]]) -> list[dict]:
+        self.stamp()  # seeds an empty Redis first
+
+        def attempt(pipe: Any) -> None:
+            raw = pipe.get(self.entries_key)
+            entries = edit(list(json.loads(raw)) if raw else [])
+            pipe.multi()
+            pipe.set(self.entries_key, json.dumps(entries))
+            pipe.incr(self.version_key)
+            done.append(entries)
+
+        done: list[list[dict]] = []
+        self._answered(lambda: self.client.transaction(attempt, self.entries_key, self.version_key))
+        write_key_file(self.copy, done[-1])
+        return done[-1]
+
+    def restore(self, entries: list[dict]) -> None:
+        def put() -> None:
+            with self.client.pipeline() as pipe:
+                pipe.set(self.entries_key, json.dumps(entries), nx=True)
+                pipe.set(self.version_key, 1, nx=True)
+                pipe.execute()
+
+        self._answered(put)
+
+
+def _redacted(url: str) -> str:
+    from conveyor.registry.servers import redacted
+
+    return redacted(url)
+
+
+def open_api_keys(ws: Workspace, **options: Any) -> ApiKeys:
+    """The Workspace's keys: in Redis in the server profile (one list for every replica, namespaced
+    by the ledger, which every machine of one deployment shares), else the file in ``home``."""
+    path = ws.api_keys_file
+    if not ws.settings.redis_url:
+        return ApiKeys(path, **options)
+    from conveyor.registry.digests import json_digest
+
+    namespace = json_digest({"ledger": str(ws.ledger_url)}).split(":")[-1][:16]
+    return ApiKeys(path, store=RedisKeyStore(ws.settings.redis_url, namespace, path), **options)
 
 
 @dataclass(frozen=True)
@@ -51,32 +215,56 @@ def _digest(key: str) -> bytes:
 class ApiKeys:
     """The key file; ``check`` returns the key's role, or None."""
 
-    def __init__(self, path: Path, *, recheck: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        store: KeyStore | None = None,
+        recheck: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
+        self.store: KeyStore = store or FileKeyStore(path)
         self._recheck, self._clock = recheck, clock
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) of the file last read
+        self._stamp: object = None  # what the store's stamp was when last read
         self._checked = float("-inf")
         self._entries: list[dict] = []
         self._by_id: dict[str, list[tuple[bytes, Role]]] = {}
-        self._reload(force=True)
+        self._reachable = True
+        self._reload(force=True, strict=False)
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _reload(self, *, force: bool = False) -> None:
-        """Read the file again if it changed; between checks, at most every ``recheck`` seconds."""
+    def _reload(self, *, force: bool = False, strict: bool = True) -> None:
+        """Read the store again if it changed; between checks, at most every ``recheck`` seconds.
+        A store that does not answer keeps the keys last read (``strict``: raise instead)."""
         now = self._clock()
         if not force and now - self._checked < self._recheck:
             return
         self._checked = now
         try:
-            info = self.path.stat()
-            stamp: tuple[int, int, int] | None = (info.st_ino, info.st_size, info.st_mtime_ns)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp and not force:
+            stamp = self.store.stamp()
+            if stamp is None and self._entries:
+                self.store.restore(self._entries)  # emptied behind our back: given what we knew
+                stamp = self.store.stamp()
+            if stamp == self._stamp and not force:
+                return
+            entries = self.store.read() if stamp is not None else []
+        except KeysUnavailable as exc:
+            if strict and force:
+                raise
+            if self._reachable:
+                log.warning("%s Serving with the API keys last read.", exc.message)
+            self._reachable = False
+            self._checked = now + 1.0  # and asked again in a second or so, not at every request
             return
-        entries = json.loads(self.path.read_text()) if stamp is not None else []
+        if not self._reachable:
+            log.warning("the API keys' store answers again")
+        self._reachable = True
+        self._apply(entries, stamp)
+
+    def _apply(self, entries: list[dict], stamp: object) -> None:
         by_id: dict[str, list[tuple[bytes, Role]]] = {}
         for entry in entries:
             if "sha256" not in entry:
@@ -98,7 +286,7 @@ class ApiKeys:
         if not presented or len(presented) > 200:
             return None
         with self._lock:
-            self._reload()
+            self._reload(strict=False)
             candidates = self._by_id.get(presented[:_ID], ())
         digest = _digest(presented)
         found = None
@@ -135,46 +323,47 @@ class ApiKeys:
         team: str | None = None,
     ) -> str:
         """A new key for ``name``; the only time the key itself is seen."""
-        with self._lock:
-            self._reload(force=True)
-            key, entry = _new_entry(name, admin, per_second, burst, team)
-            self._save([*self._entries, entry])
+        key, entry = _new_entry(name, admin, per_second, burst, team)
+        self._change(lambda entries: [*entries, entry])
         return key
 
     def revoke(self, name: str) -> int:
         """Remove every key of ``name``; returns how many there were."""
-        with self._lock:
-            self._reload(force=True)
-            kept = [e for e in self._entries if e["name"] != name]
-            removed = len(self._entries) - len(kept)
-            if not removed:
+        removed: list[int] = []
+
+        def edit(entries: list[dict]) -> list[dict]:
+            kept = [e for e in entries if e["name"] != name]
+            removed.append(len(entries) - len(kept))
+            if not removed[-1]:
                 raise UnknownKey(name)
-            self._save(kept)
-            return removed
+            return kept
+
+        self._change(edit)
+        return removed[-1]
 
     def rotate(self, name: str) -> str:
         """Replace every key of ``name`` by one new key with the same role and limits."""
-        with self._lock:
-            self._reload(force=True)
-            old = [e for e in self._entries if e["name"] == name]
+        made: list[str] = []
+
+        def edit(entries: list[dict]) -> list[dict]:
+            old = [e for e in entries if e["name"] == name]
             if not old:
                 raise UnknownKey(name)
             limit = old[-1].get("rate_limit") or {}
             key, entry = _new_entry(
                 name, old[-1]["admin"], limit.get("per_second"), limit.get("burst"), old[-1].get("team")
             )
-            self._save([*(e for e in self._entries if e["name"] != name), entry])
-        return key
+            made.append(key)
+            return [*(e for e in entries if e["name"] != name), entry]
 
-    def _save(self, entries: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(entries, handle, indent=2)
-        partial.replace(self.path)
-        self._stamp = None  # read back what was written, as a service would
-        self._reload(force=True)
+        self._change(edit)
+        return made[-1]
+
+    def _change(self, edit: Callable[[list[dict]], list[dict]]) -> None:
+        with self._lock:
+            self.store.change(edit)
+            self._stamp = None  # read back what was written, as a service would
+            self._reload(force=True)
 
 
 def _new_entry(

@@ -37,7 +37,7 @@ from conveyor.registry.inference_log import InferenceLog, LogEntry
 from conveyor.registry.ledger import utc_now
 from conveyor.registry.release import CANARY, CHAMPION, alias, promote
 from conveyor.registry.workspace import Workspace
-from conveyor.serving.auth import ApiKeys, RateLimiter, Role
+from conveyor.serving.auth import RateLimiter, Role, open_api_keys
 from conveyor.serving.canary import CanaryController
 from conveyor.serving.errors import ClientError
 from conveyor.serving.metrics import ServiceMetrics
@@ -87,7 +87,7 @@ class Engine:
         )
         self.metrics = ServiceMetrics()
         self.metrics.start(self.name, llm=self.serves_llm)
-        self.keys = ApiKeys(ws.api_keys_file)
+        self.keys = open_api_keys(ws)
         workers = self.serving.workers  # each worker takes its share of every key's rate
         limit = self.serving.rate_limit
         self._share = 1 / workers

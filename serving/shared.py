@@ -17,7 +17,7 @@ judges the canary. When it dies the lock is freed and another worker takes over 
 In the server profile (``redis_url`` set) the same state lives in Redis (``RedisSharedState``),
 so the replicas of a service on several machines share it under one key prefix: the desired
 models and the canary row as JSON values changed by optimistic transactions (``WATCH`` on the
-key, the same compare-and-set on ``epoch``), the observations in one list per run and role, the
+key, the same compare-and-set on ``epoch``), the observations in one list per run, role and step window, the
 lead as a lease (``SET NX PX``, renewed by its holder). When Redis does not answer, every read
 returns the last state read, writes wait (observations in a bounded buffer, sent when it is
 back), nobody leads, and the requests are served as before: no client sees the outage. A Redis
@@ -284,7 +284,7 @@ def open_shared_state(home: Path, run: str | None, redis_url: str | None = None)
     return SharedState(run_state_path(home, run))
 
 
-_OBSERVATIONS_KEPT = 100_000  # per run and role, in Redis
+_OBSERVATIONS_KEPT = 100_000  # per run, role and window, in Redis
 _PENDING_KEPT = 50_000  # observations held while Redis does not answer
 
 # Renew the lease only while this worker holds it; release it only then.
@@ -430,8 +430,10 @@ class RedisSharedState:
             with self.client.pipeline(transaction=False) as pipe:
                 keys = set()
                 for o in pending:
-                    key = self._key("obs", o.run, o.role)
-                    keys.add(key)
+                    key = self._key("obs", o.run, o.role, str(o.window))
+                    if key not in keys:
+                        keys.add(key)
+                        pipe.sadd(self._key("obs", o.run, o.role, "windows"), o.window)
                     pipe.rpush(key, json.dumps({**asdict(o), "at": stamp}))
                 for key in keys:
                     pipe.ltrim(key, -_OBSERVATIONS_KEPT, -1)
@@ -444,11 +446,24 @@ class RedisSharedState:
                 del self._pending[:-_PENDING_KEPT]
 
     def observations(self, run: str, role: str, *, window: int | None = None, limit: int = 10_000) -> list[Observation]:
+        """One list per run, role and window: a step's analysis reads its window's list only (its
+        newest ``limit``); without a window, the newest windows' until ``limit``."""
+
         def read() -> list[Observation]:
-            rows = [json.loads(raw) for raw in self.client.lrange(self._key("obs", run, role), 0, -1)]
             if window is not None:
-                rows = [r for r in rows if r["window"] == window]
-            return [_observation(r) for r in rows[-limit:]]
+                windows = [window]
+            else:
+                windows = sorted(
+                    (int(w) for w in self.client.smembers(self._key("obs", run, role, "windows"))), reverse=True
+                )
+            rows: list[dict[str, Any]] = []
+            for number in windows:
+                wanted = limit - len(rows)
+                if wanted <= 0:
+                    break
+                raw = self.client.lrange(self._key("obs", run, role, str(number)), -wanted, -1)
+                rows[:0] = [json.loads(r) for r in raw]
+            return [_observation(r) for r in rows]
 
         return self._guarded(read, [])
 

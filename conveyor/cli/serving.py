@@ -78,7 +78,7 @@ def api_key_create(
 ) -> None:
     """Create an API key; it is shown once and stored only as its SHA-256."""
     from conveyor.policies.errors import ConveyorError
-    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.auth import open_api_keys
 
     ws = workspace(ctx)
     if team is not None and team not in (teams := ws.gateway_policy().teams):
@@ -86,7 +86,7 @@ def api_key_create(
             f"There is no team {team!r} in {ws.policies / 'gateway.yaml'}.",
             hint=f"Its teams: {', '.join(teams)}. Add the team there first (its tokens per minute and budget).",
         )
-    key = ApiKeys(ws.api_keys_file).create(name, admin=admin, per_second=rate, burst=burst, team=team)
+    key = open_api_keys(ws).create(name, admin=admin, per_second=rate, burst=burst, team=team)
     if as_json:
         emit_json({"name": name, "key": key, "admin": admin, "team": team})
         return
@@ -97,9 +97,9 @@ def api_key_create(
 @api_key_app.command("list")
 def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     """The keys' ids, owners and roles (never the keys)."""
-    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.auth import open_api_keys
 
-    entries = ApiKeys(workspace(ctx).api_keys_file).entries()
+    entries = open_api_keys(workspace(ctx)).entries()
     if as_json:
         emit_json(entries)
         return
@@ -118,10 +118,10 @@ def api_key_revoke(
     as_json: JSON = False,
 ) -> None:
     """Revoke every key of NAME; a running service refuses them within a second."""
-    from conveyor.serving.auth import ApiKeys, UnknownKey
+    from conveyor.serving.auth import UnknownKey, open_api_keys
 
     try:
-        removed = ApiKeys(workspace(ctx).api_keys_file).revoke(name)
+        removed = open_api_keys(workspace(ctx)).revoke(name)
     except UnknownKey:
         raise _no_key(name) from None
     if as_json:
@@ -137,10 +137,10 @@ def api_key_rotate(
     as_json: JSON = False,
 ) -> None:
     """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
-    from conveyor.serving.auth import ApiKeys, UnknownKey
+    from conveyor.serving.auth import UnknownKey, open_api_keys
 
     try:
-        key = ApiKeys(workspace(ctx).api_keys_file).rotate(name)
+        key = open_api_keys(workspace(ctx)).rotate(name)
     except UnknownKey:
         raise _no_key(name) from None
     if as_json:

@@ -125,7 +125,7 @@ class _Steps:
 
 def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
     from conveyor.demo.service import LocalService
-    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.auth import open_api_keys
 
     copy = project_copy(ws.root, ws.home / "demo" / "assistant")
     assistant = _workspace(ws, copy)
@@ -133,7 +133,7 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
     say(f"The assistant's project, copied to {copy.parent} (its knowledge base llm/kb tracked by DVC there).")
     first: dict[str, Any] = {}
     steps.run("build v1: knowledge base checked and indexed, evaluated, signed", lambda: _build(assistant, first))
-    keys = ApiKeys(assistant.api_keys_file)
+    keys = open_api_keys(assistant)
     tokens = {team: keys.create(f"demo-{team}", team=team) for team in ("default", "research")}
     admin = keys.create("demo-llm-admin", admin=True)
     stores = {k: v for k, v in assistant.environment().items() if k.startswith("CONVEYOR_")}

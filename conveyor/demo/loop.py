@@ -41,10 +41,10 @@ class LoopStep:
 
 def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
     """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step."""
-    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.auth import open_api_keys
 
     project = ws.project()
-    keys = ApiKeys(ws.api_keys_file)
+    keys = open_api_keys(ws)
     client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
     admin = keys.create("demo-admin", admin=True)
     steps: list[LoopStep] = []

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from conveyor.pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
@@ -22,7 +22,7 @@ from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, ve
 from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from conveyor.pipelines.register import register_verified
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
-from conveyor.pipelines.training import _direct, as_task
+from conveyor.pipelines.training import _direct
 from conveyor.policies.errors import GateFailed, SignatureInvalid
 from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
 from conveyor.policies.promotion import Candidate, Decision, LlmGate, decide_promotion
@@ -129,22 +129,21 @@ def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = 
 
 
 def release_flow(ws: Workspace, *, cause: str | None = None) -> ReleaseOutcome:
-    """The run as the Workspace says: a Prefect flow run (each stage a task) or in this process."""
+    """The run as the Workspace says: on a worker of the work pool (the server profile); a Prefect
+    flow run in this process, each stage a task, when a Prefect server is set or ``flows:
+    prefect``; otherwise the same stages in this process."""
     if not ws.uses_prefect:
         return run_release(ws, cause=cause)
     named = f"build {ws.llm_project().name} ({'re-evaluation' if cause else 'by hand'})"  # what the Prefect UI lists
-    return _prefect_flow().with_options(flow_run_name=named)(ws.params(), cause)
+    from conveyor.pipelines import deployments
 
-
-def _prefect_flow() -> Any:
-    from prefect import flow
-
-    @flow(name="llm-release", validate_parameters=False, log_prints=False)
-    def llm_release(workspace: dict[str, str], cause: str | None = None) -> ReleaseOutcome:
-        return run_release(Workspace.from_params(workspace), runner=as_task, cause=cause)
-
-    logging.getLogger("prefect").setLevel(logging.CRITICAL)
-    return llm_release
+    if ws.settings.work_pool:
+        parameters = {"workspace": ws.params(), "cause": cause}
+        outcome: ReleaseOutcome = deployments.run_on_worker(ws, deployments.LLM_RELEASE_DEPLOYMENT, parameters, named)
+        return outcome
+    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
+    result: Any = deployments.llm_release.with_options(flow_run_name=named)(ws.params(), cause)
+    return cast(ReleaseOutcome, result)
 
 
 # -- the stages ------------------------------------------------------------------------------

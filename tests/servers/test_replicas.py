@@ -130,6 +130,30 @@ def _make_canary(fleet: Fleet) -> None:
     assert fleet.replicas[0].admin("POST", "reload", fleet.admin_key).status_code == 200  # one replica is told
 
 
+def test_a_key_revoked_from_another_machine_stops_on_both_replicas_within_a_second(fleet: Fleet) -> None:
+    """The keys live in Redis: a command with a home of its own (another machine) creates and
+    revokes a key, and both replicas follow."""
+    import httpx
+
+    elsewhere = {**fleet.env, "CONVEYOR_HOME": str(fleet.root.parent / "elsewhere")}
+    made = conveyor(fleet.root, elsewhere, "api-key", "create", "visitor", "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    key = json.loads(made.stdout)["key"]
+    row = {"rows": [fleet.rows[0]]}
+
+    def statuses() -> list[int]:
+        return [
+            httpx.post(f"{r.url}/predict", json=row, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+            for r in fleet.replicas
+        ]
+
+    fleet.until(lambda: statuses() == [200, 200], 2, "a replica did not accept the new key")
+    revoked = conveyor(fleet.root, elsewhere, "api-key", "revoke", "visitor")
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    took = fleet.until(lambda: statuses() == [401, 401], 3, "a replica still accepts the revoked key")
+    assert took < 1.0, f"the revocation took {took * 1000:.0f} ms to reach both replicas"
+
+
 def test_an_alias_change_reaches_both_and_one_analysis_counts_both(fleet: Fleet) -> None:
     _make_canary(fleet)
     fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")

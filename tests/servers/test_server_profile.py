@@ -124,6 +124,51 @@ def test_a_training_runs_on_the_worker_and_every_store_holds_its_part(profile: d
         online.close()
 
 
+def test_an_llm_release_builds_on_the_worker(servers: dict[str, str], tmp_path: Path) -> None:
+    """``conveyor llm build`` in the profile: the release flow runs on the pool's worker with the
+    real local model, is registered in the MLflow server and recorded in the PostgreSQL ledger."""
+    import httpx
+    from mlflow import MlflowClient
+
+    from tests.conftest import copy_llm_project
+
+    config = copy_llm_project(tmp_path / "assistant")
+    root = config.parent
+    with postgres_database("llm") as ledger_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_", "MLFLOW_"))}
+        env.update(servers, CONVEYOR_LEDGER_URL=ledger_url, CONVEYOR_HOME=str(root / ".conveyor"))
+        deployed = conveyor(root, env, "--config", str(config), "deploy", "--json")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        names = json.loads(deployed.stdout)["deployments"]
+        assert "llm-release/conveyor" in names and not any(n.startswith("retraining") for n in names)
+        started = time.time()
+        built = conveyor(root, env, "--config", str(config), "llm", "build", "--json", timeout=900)
+        assert built.returncode == 0, built.stdout + built.stderr
+        outcome = json.loads(built.stdout)
+        audit = conveyor(root, env, "--config", str(config), "audit", f"{outcome['name']}/{outcome['version']}")
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(ledger_url)
+        try:
+            with engine.connect() as conn:
+                kinds = {row[0] for row in conn.exec_driver_sql("select kind from ledger_events")}
+        finally:
+            engine.dispose()
+    assert outcome["alias"] == "candidate" and outcome["metrics"]["pass_rate"] > 0
+    api = servers["CONVEYOR_PREFECT_API_URL"]
+    after = {"flow_runs": {"start_time": {"after_": _utc(started).isoformat()}}}
+    runs = httpx.post(f"{api}/flow_runs/filter", json=after, timeout=10).json()
+    ran = [r for r in runs if r["name"].startswith("build conveyor-assistant")]
+    assert len(ran) == 1 and ran[0]["state"]["type"] == "COMPLETED", runs
+    assert ran[0]["work_pool_name"] == servers["CONVEYOR_WORK_POOL"] and ran[0]["deployment_id"]
+    version = MlflowClient(tracking_uri=servers["CONVEYOR_MLFLOW_TRACKING_URI"]).get_model_version(
+        outcome["name"], outcome["version"]
+    )
+    assert version.tags["conveyor.kind"] == "llm-release"
+    assert {"release.built", "release.evaluated", "model.signed", "model.registered"} <= kinds, kinds
+
+
 def test_the_profile_without_its_servers_is_a_clear_error(project: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
     env.update(CONVEYOR_PROFILE="servers", CONVEYOR_REDIS_URL="redis://127.0.0.1:1/0")
@@ -141,7 +186,7 @@ def test_doctor_names_a_store_that_does_not_answer(servers: dict[str, str], proj
     result = conveyor(project, env, "doctor", "--json")
     assert result.returncode == 1
     stores = {s["store"]: s for s in json.loads(result.stdout)["stores"]}
-    redis_check = stores["online features, replicas' state (Redis)"]
+    redis_check = stores["online features, replicas' state, API keys (Redis)"]
     assert not redis_check["ok"] and "refused" in redis_check["detail"].lower()
     assert all(s["ok"] for name, s in stores.items() if name != redis_check["store"])
 
@@ -167,10 +212,16 @@ def test_prefect_yaml_deploys_with_prefect_deploy(servers: dict[str, str]) -> No
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     api = servers["CONVEYOR_PREFECT_API_URL"]
     found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-    by_name = {d["name"]: d for d in found}
-    for name in ("conveyor", "retraining-loan-default", "drift-check-loan-default"):
-        assert by_name[name]["work_pool_name"] == "conveyor"
-    assert by_name["conveyor"]["entrypoint"] == "pipelines/deployments.py:training"
+    entrypoints = {(d["name"], d["entrypoint"]) for d in found if d["work_pool_name"] == "conveyor"}
+    for name, flow in [
+        ("conveyor", "training"),
+        ("conveyor", "llm_release"),
+        ("retraining-loan-default", "retraining"),
+        ("drift-check-loan-default", "drift_check"),
+    ]:
+        assert (name, f"pipelines/deployments.py:{flow}") in entrypoints, entrypoints
+    assistant = next(d for d in found if d["entrypoint"].endswith(":llm_release"))
+    assert assistant["parameters"]["workspace"]["project_file"] == "assistant.yaml"
 
 
 def test_a_fresh_clone_pulls_the_data_from_the_bucket(profile: dict[str, str], project: Path, tmp_path: Path) -> None:

@@ -62,5 +62,5 @@ def test_doctor_says_which_store_does_not_answer(tmp_path: Path) -> None:
     ws = Workspace.open(tmp_path, home=str(tmp_path / ".conveyor"), redis_url="redis://127.0.0.1:1/0")
     checks = {c.store: c for c in check_stores(ws)}
     assert checks["ledger"].ok and checks["tracking and registry (MLflow)"].ok
-    redis = checks["online features, replicas' state (Redis)"]
+    redis = checks["online features, replicas' state, API keys (Redis)"]
     assert not redis.ok and "refused" in redis.detail.lower() and redis.ms < 5000
