@@ -49,6 +49,7 @@ __all__ = [
     "Role",
     "UnknownKey",
     "open_api_keys",
+    "write_key_file",
 ]
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """Two replicas of one service (two ``conveyor serve`` processes) in the server profile: one
 registry (the MLflow server), one ledger (PostgreSQL), one shared state (a Redis of the test's
-own, so that it can be restarted). The canary's analysis counts both replicas' traffic, an alias
-change and an abort reach both, a replica killed mid-canary leaves the other serving with the
-counts kept, and a Redis restart mid-traffic is no client's error."""
+own, so that it can be restarted). The whole tabular loop runs through them (drift, retraining on
+the worker, canary, verdict); a key revoked anywhere stops on both; the canary's analysis counts
+both replicas' traffic, an alias change and an abort reach both, a replica killed mid-canary
+leaves the other serving with the counts kept, and a Redis restart mid-traffic is no client's
+error."""
 
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
     rename_model(root, NAME)
     shutil.copy(small_loans, root / "data" / "loans.csv")
     canary = yaml.safe_load((root / "policies" / "canary.yaml").read_text())
-    canary.update(min_requests=100_000, analysis_seconds=0.5)  # the canary runs until the test ends it
+    canary.update(steps=[50, 100], min_requests=150, min_seconds=2, analysis_seconds=0.5)  # a test's pace
     (root / "policies" / "canary.yaml").write_text(yaml.safe_dump(canary))
     serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
     serving.update(watch_seconds=3600, canary_timeout_ms=2000, rate_limit={"per_second": 100_000, "burst": 100_000})
@@ -91,11 +93,9 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
             servers, CONVEYOR_LEDGER_URL=ledger_url, CONVEYOR_HOME=str(root / ".conveyor"), CONVEYOR_REDIS_URL=redis.url
         )
         assert conveyor(root, env, "deploy").returncode == 0
-        versions = {}
-        for role in ("champion", "canary"):
-            trained = conveyor(root, env, "train", "--json", timeout=600)
-            assert trained.returncode == 0, trained.stdout + trained.stderr
-            versions[role] = json.loads(trained.stdout)["version"]
+        trained = conveyor(root, env, "train", "--json", timeout=600)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        versions = {"champion": json.loads(trained.stdout)["version"]}
         promoted = conveyor(root, env, "promote", f"{NAME}/{versions['champion']}", "--to", "champion")
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr
         keys = ApiKeys(root / ".conveyor" / "serving" / "api-keys.json")
@@ -122,12 +122,20 @@ def _stopping(server: RedisServer) -> Iterator[None]:
 
 
 def _make_canary(fleet: Fleet) -> None:
+    """A canary that runs until the test ends it: held at 50 % (no step advances while held)."""
     from mlflow import MlflowClient
 
+    if "canary" not in fleet.versions:  # the loop's test left the champion it replaced, or train one
+        trained = conveyor(fleet.root, fleet.env, "train", "--json", timeout=600)
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        fleet.versions["canary"] = json.loads(trained.stdout)["version"]
     MlflowClient(tracking_uri=fleet.env["CONVEYOR_MLFLOW_TRACKING_URI"]).set_registered_model_alias(
         NAME, "canary", fleet.versions["canary"]
     )
     assert fleet.replicas[0].admin("POST", "reload", fleet.admin_key).status_code == 200  # one replica is told
+    fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
+    assert fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True}).status_code == 200
+    time.sleep(0.5)  # the new step's window reaches the other replica within a tick (0.2 s)
 
 
 def test_a_key_revoked_from_another_machine_stops_on_both_replicas_within_a_second(fleet: Fleet) -> None:
@@ -154,11 +162,129 @@ def test_a_key_revoked_from_another_machine_stops_on_both_replicas_within_a_seco
     assert took < 1.0, f"the revocation took {took * 1000:.0f} ms to reach both replicas"
 
 
+def test_the_whole_loop_drift_retrains_on_the_worker_and_the_canary_walks_both_replicas(
+    fleet: Fleet, demo_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Drifted traffic through both replicas, its labels, a drift check whose event starts the
+    retraining on the pool's worker, its canary served by both replicas and judged on both's
+    traffic, and the verdict; then every store is read in its server."""
+    import boto3
+    import pandas as pd
+    import redis
+    from mlflow import MlflowClient
+
+    from conveyor.demo.loop import _rows
+    from conveyor.policies.project import load_project
+    from conveyor.registry.inference_log import read_log
+
+    mlflow = MlflowClient(tracking_uri=fleet.env["CONVEYOR_MLFLOW_TRACKING_URI"])
+    ledger_url = fleet.env["CONVEYOR_LEDGER_URL"]
+    window = 2_000
+    drifted = tmp_path / "drifted.csv"
+    pd.read_csv(demo_files["drift"]).head(window).to_csv(drifted, index=False)
+    rows = _rows(drifted, load_project(fleet.root / "conveyor.yaml", check_data=False), window)
+    replies = drive(fleet.replicas[0].url, fleet.client_key, rows[: window // 2], requests=window // 2)
+    replies += drive(fleet.replicas[1].url, fleet.client_key, rows[window // 2 :], requests=window - window // 2)
+    assert collections.Counter(r.status for r in replies) == {200: window}
+    log = fleet.root / ".conveyor" / "inference" / NAME
+    fleet.until(lambda: len(read_log(log)) >= window, 30, "the replicas' answers did not all reach the log")
+    assert read_log(log)["deployment"].nunique() == 2  # each replica's own part files, one log for monitoring
+
+    labelled = conveyor(fleet.root, fleet.env, "labels", "add", str(drifted), "--no-retrain")
+    assert labelled.returncode == 0, labelled.stdout + labelled.stderr
+    checked = conveyor(fleet.root, fleet.env, "drift", "check", "--window", str(window))
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "retraining requested from the Prefect server" in checked.stdout
+
+    # The event starts the retraining deployment; the pool's worker runs it.
+    def ended() -> list:
+        return _events(ledger_url, "retraining.completed", "retraining.failed")
+
+    fleet.until(ended, 420, "the retraining did not end on the worker (see the servers' prefect folder)")
+    completed = _events(ledger_url, "retraining.completed")
+    assert completed, [e.details for e in ended()]
+    trigger = _events(ledger_url, "retraining.triggered")[-1].outputs[0]
+    assert trigger in completed[0].inputs and completed[0].details["canary"], completed[0].details
+    retrained, replaced = str(completed[0].details["version"]), fleet.versions["champion"]
+    assert mlflow.get_model_version_by_alias(NAME, "canary").version == retrained
+
+    # One replica is told (as its registry watch would); the canary reaches both and walks its steps.
+    assert fleet.replicas[0].admin("POST", "reload", fleet.admin_key).status_code == 200
+    fleet.until(
+        lambda: all((fleet.status(i)["canary"] or {}).get("version") == retrained for i in (0, 1)),
+        60,
+        "a replica did not load the canary",
+    )
+
+    def verdict() -> list:
+        return _events(ledger_url, "model.canary_completed", "model.canary_rolled_back")
+
+    spread = [f"applicant-{i}" for i in range(200)]
+    for _ in range(30):  # bounded: at most 30 rounds of 200 requests a replica
+        for replica in fleet.replicas:
+            drive(replica.url, fleet.client_key, rows, requests=200, keys=spread)
+        if verdict():
+            break
+    ended_by = verdict()
+    assert ended_by and ended_by[0].kind == "model.canary_completed", [e.details for e in ended_by] or fleet.status(0)
+    assert ended_by[0].details["promoted"], ended_by[0].details
+    assert len(ended_by[0].details["figures"]["canary_requests_by_worker"]) == 2  # both replicas' traffic
+    assert mlflow.get_model_version_by_alias(NAME, "champion").version == retrained
+    fleet.until(
+        lambda: all((fleet.status(i)["champion"] or {}).get("version") == retrained for i in (0, 1)),
+        30,
+        "a replica still serves the old champion",
+    )
+    fleet.versions.update(champion=retrained, canary=replaced)  # the next tests' canary: the old champion
+
+    # Every store in its server: the ledger (PostgreSQL) holds the loop and the audit passes; the
+    # retraining's run (MLflow server) names its cause and its artifacts are in the bucket; the
+    # replicas' state and the features are in Redis.
+    assert {e.kind for e in _events(ledger_url, *_LOOP)} == set(_LOOP)
+    audit = conveyor(fleet.root, fleet.env, "audit", f"{NAME}/{retrained}")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    run = mlflow.get_run(str(mlflow.get_model_version(NAME, retrained).run_id))
+    assert run.data.tags.get("conveyor.cause") == trigger, run.data.tags
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=fleet.env["CONVEYOR_OBJECT_STORE_URL"],
+        aws_access_key_id=fleet.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=fleet.env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=fleet.env["CONVEYOR_BUCKET"], Prefix="mlflow/")
+    assert any(run.info.run_id in o["Key"] for page in pages for o in page.get("Contents", []))
+    online = redis.Redis.from_url(fleet.redis.url)
+    try:
+        keys = {k.decode() for k in online.scan_iter(count=1000)}
+    finally:
+        online.close()
+    assert f"conveyor:serving:{NAME}:canary" in keys
+    assert sum(not k.startswith("conveyor:") for k in keys) >= 100  # Feast's: one hash per entity
+
+
+_LOOP = (
+    "model.trained",
+    "model.registered",
+    "model.promoted",
+    "model.deployed",
+    "drift.checked",
+    "labels.added",
+    "retraining.triggered",
+    "retraining.completed",
+    "model.canary_completed",
+)
+
+
+def _events(ledger_url: str, *kinds: str) -> list:
+    from conveyor.registry.ledger import Ledger
+
+    with Ledger(ledger_url) as ledger:
+        return [e for e in ledger.iter_events() if e.kind in kinds]
+
+
 def test_an_alias_change_reaches_both_and_one_analysis_counts_both(fleet: Fleet) -> None:
     _make_canary(fleet)
-    fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
-    assert fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True}).status_code == 200
-    time.sleep(0.5)  # the new step's window reaches the other replica within a tick (0.2 s)
     replies = fleet.drive_both(300)
     assert collections.Counter(r.status for r in replies) == {200: len(replies)}
     by_canary = sum(r.body["served_by"] == "canary" for r in replies)
@@ -201,9 +327,6 @@ def _each_replica_logged(fleet: Fleet, ids: set[str]) -> None:
 
 def test_a_replica_killed_mid_canary_leaves_the_other_serving_with_the_counts(fleet: Fleet) -> None:
     _make_canary(fleet)
-    fleet.until(lambda: all(fleet.status(i)["canary"] is not None for i in (0, 1)), 60, "a replica never loaded it")
-    fleet.replicas[1].admin("POST", "weight", fleet.admin_key, {"weight": 50, "hold": True})
-    time.sleep(0.5)  # the new step's window reaches the other replica within a tick (0.2 s)
     before = fleet.drive_both(200)
     counted = sum(r.body["served_by"] == "canary" for r in before)
     assert counted > 50
