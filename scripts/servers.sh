@@ -226,7 +226,7 @@ stop_servers() {
 stop_groups() {  # the servers started in process groups of their own (Swift's, MLflow, Prefect)
   local pid
   for pid in "${SERVERS_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
-  local until=$((SECONDS + 15))  # each group's every process, not only its leader; then by force
+  local until=$((SECONDS + 5))  # each group's every process, not only its leader; then by force (none keeps state: PostgreSQL does)
   for pid in "${SERVERS_PIDS[@]}"; do
     while kill -0 -- "-$pid" 2>/dev/null && [ $SECONDS -lt $until ]; do sleep 0.2; done
     kill -KILL -- "-$pid" 2>/dev/null

@@ -92,7 +92,13 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
         env.update(
             servers, CONVEYOR_LEDGER_URL=ledger_url, CONVEYOR_HOME=str(root / ".conveyor"), CONVEYOR_REDIS_URL=redis.url
         )
-        assert conveyor(root, env, "deploy").returncode == 0
+        doctor = conveyor(root, env, "doctor", "--json")
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        stores = {s["store"]: s for s in json.loads(doctor.stdout)["stores"]}
+        assert all(s["ok"] for s in stores.values()) and "worker(s) online" in stores["flow runs (work pool)"]["detail"]
+        deployed = conveyor(root, env, "deploy", "--json")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert {"training/conveyor", f"retraining/retraining-{NAME}"} <= set(json.loads(deployed.stdout)["deployments"])
         trained = conveyor(root, env, "train", "--json", timeout=600)
         assert trained.returncode == 0, trained.stdout + trained.stderr
         versions = {"champion": json.loads(trained.stdout)["version"]}
@@ -169,6 +175,7 @@ def test_the_whole_loop_drift_retrains_on_the_worker_and_the_canary_walks_both_r
     retraining on the pool's worker, its canary served by both replicas and judged on both's
     traffic, and the verdict; then every store is read in its server."""
     import boto3
+    import httpx
     import pandas as pd
     import redis
     from mlflow import MlflowClient
@@ -252,8 +259,20 @@ def test_the_whole_loop_drift_retrains_on_the_worker_and_the_canary_walks_both_r
         aws_secret_access_key=fleet.env["AWS_SECRET_ACCESS_KEY"],
         region_name="us-east-1",
     )
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=fleet.env["CONVEYOR_BUCKET"], Prefix="mlflow/")
-    assert any(run.info.run_id in o["Key"] for page in pages for o in page.get("Contents", []))
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=fleet.env["CONVEYOR_BUCKET"])
+    objects = [o["Key"] for page in pages for o in page.get("Contents", [])]
+    assert any(k.startswith("mlflow/") and run.info.run_id in k for k in objects)
+    assert any(k.startswith("prefect-results/") for k in objects)  # the training's outcome came back through it
+    # Prefect: the first training and the retraining were flow runs of their deployments, run by the pool's worker.
+    api = fleet.env["CONVEYOR_PREFECT_API_URL"]
+    deployments = {d["id"]: d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()}
+    runs = collections.Counter(
+        (deployments.get(r["deployment_id"]), r["work_pool_name"], r["state"]["type"])
+        for r in httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        if r["parameters"].get("workspace", {}).get("ledger_url") == ledger_url
+    )
+    pool = fleet.env["CONVEYOR_WORK_POOL"]
+    assert runs[("conveyor", pool, "COMPLETED")] == 1 and runs[(f"retraining-{NAME}", pool, "COMPLETED")] == 1, runs
     online = redis.Redis.from_url(fleet.redis.url)
     try:
         keys = {k.decode() for k in online.scan_iter(count=1000)}
