@@ -6,7 +6,8 @@
   - serving: one-row predictions at concurrency 16, one replica vs two replicas (two `conveyor
     serve` processes sharing the canary's state in Redis; the client spreads its connections over
     both, as a load balancer would), against one replica measured in the same run;
-  - the canary's rollback across replicas: an abort on one replica until neither serves the canary.
+  - the canary's rollback across replicas: an abort on one replica until neither serves the canary;
+  - a key's revocation across replicas: revoked in Redis until both replicas refuse it.
 
 Needs the servers (they start on 127.0.0.1 and stop afterwards):
 
@@ -101,6 +102,13 @@ def load(urls: list[str], token: str, rows: list[dict], requests: int, concurren
     }
 
 
+def answer(url: str, token: str, row: dict) -> int:
+    import httpx
+
+    sent = {"rows": [row]}
+    return httpx.post(f"{url}/predict", json=sent, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1500)
@@ -184,6 +192,25 @@ def main() -> None:
             print(
                 f"rollback across 2 replicas (abort on one until neither serves the canary), 5 times: "
                 f"median {statistics.median(took):.0f} ms, max {max(took):.0f} ms"
+            )
+
+            from conveyor.registry.workspace import Workspace
+            from conveyor.serving.auth import open_api_keys
+
+            shared = open_api_keys(Workspace.open(servers / "conveyor.yaml", home=str(servers / ".conveyor")))
+            gone = []
+            for _ in range(5):
+                visitor = shared.create("visitor")
+                while not all(answer(r.url, visitor, rows[0]) == 200 for r in replicas):
+                    time.sleep(0.01)
+                started = time.monotonic()
+                shared.revoke("visitor")
+                while any(answer(r.url, visitor, rows[0]) != 401 for r in replicas):
+                    time.sleep(0.01)
+                gone.append((time.monotonic() - started) * 1000)
+            print(
+                f"a key revoked (in Redis) until both replicas refuse it, 5 times: "
+                f"median {statistics.median(gone):.0f} ms, max {max(gone):.0f} ms"
             )
         finally:
             for replica in replicas:

@@ -76,6 +76,8 @@ class KeyStore(Protocol):
     def restore(self, entries: list[dict]) -> None:
         """Give an emptied store the entries last read."""
 
+    def close(self) -> None: ...
+
 
 class FileKeyStore:
     """The entries as a JSON file (mode 0600), replaced whole by a rename."""
@@ -104,6 +106,9 @@ class FileKeyStore:
 
     def restore(self, entries: list[dict]) -> None:
         return None  # a file is not emptied behind our back
+
+    def close(self) -> None:
+        return None
 
 
 def write_key_file(path: Path, entries: list[dict]) -> None:
@@ -179,6 +184,9 @@ class RedisKeyStore:
                 pipe.execute()
 
         self._answered(put)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def _redacted(url: str) -> str:
@@ -359,6 +367,15 @@ class ApiKeys:
 
         self._change(edit)
         return made[-1]
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> ApiKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _change(self, edit: Callable[[list[dict]], list[dict]]) -> None:
         with self._lock:

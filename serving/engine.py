@@ -156,6 +156,7 @@ class Engine:
         self.log.close()
         self.ledger.close()
         self.state.close()
+        self.keys.close()
 
     @property
     def ready(self) -> bool:

@@ -86,7 +86,8 @@ def api_key_create(
             f"There is no team {team!r} in {ws.policies / 'gateway.yaml'}.",
             hint=f"Its teams: {', '.join(teams)}. Add the team there first (its tokens per minute and budget).",
         )
-    key = open_api_keys(ws).create(name, admin=admin, per_second=rate, burst=burst, team=team)
+    with open_api_keys(ws) as keys:
+        key = keys.create(name, admin=admin, per_second=rate, burst=burst, team=team)
     if as_json:
         emit_json({"name": name, "key": key, "admin": admin, "team": team})
         return
@@ -99,7 +100,8 @@ def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     """The keys' ids, owners and roles (never the keys)."""
     from conveyor.serving.auth import open_api_keys
 
-    entries = open_api_keys(workspace(ctx)).entries()
+    with open_api_keys(workspace(ctx)) as keys:
+        entries = keys.entries()
     if as_json:
         emit_json(entries)
         return
@@ -121,7 +123,8 @@ def api_key_revoke(
     from conveyor.serving.auth import UnknownKey, open_api_keys
 
     try:
-        removed = open_api_keys(workspace(ctx)).revoke(name)
+        with open_api_keys(workspace(ctx)) as keys:
+            removed = keys.revoke(name)
     except UnknownKey:
         raise _no_key(name) from None
     if as_json:
@@ -140,7 +143,8 @@ def api_key_rotate(
     from conveyor.serving.auth import UnknownKey, open_api_keys
 
     try:
-        key = open_api_keys(workspace(ctx)).rotate(name)
+        with open_api_keys(workspace(ctx)) as keys:
+            key = keys.rotate(name)
     except UnknownKey:
         raise _no_key(name) from None
     if as_json:

@@ -159,6 +159,7 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
         service.stop()
         for name in ("demo-default", "demo-research", "demo-llm-admin"):
             keys.revoke(name)
+        keys.close()
     say("")
     say(steps.table())
     _audit(assistant, answered, say)

@@ -83,6 +83,7 @@ def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str],
         service.stop()
         keys.revoke("demo-traffic")
         keys.revoke("demo-admin")
+        keys.close()
     return steps
 
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,67 +148,76 @@ def test_a_redis_restart_serves_the_last_known_state_and_loses_no_observation(re
 
 
 def test_a_key_revoked_on_one_machine_stops_on_every_replica_at_once(redis_server: RedisServer, tmp_path: Path) -> None:
+    with _machines(redis_server, tmp_path, "laptop", "node-1", "node-2", recheck=0.05) as (admin, *replicas):
+        key = admin.create("app")
+        time.sleep(0.1)
+        assert all(getattr(r.check(key), "name", None) == "app" for r in replicas)
+        assert admin.revoke("app") == 1
+        started = time.monotonic()
+        while any(r.check(key) is not None for r in replicas):
+            assert time.monotonic() - started < 0.5, "a replica still accepts the revoked key"
+            time.sleep(0.01)
+    assert (tmp_path / "laptop" / "api-keys.json").stat().st_mode & 0o777 == 0o600  # the copy, as the file was
+
+
+@contextmanager
+def _machines(server: RedisServer, folder: Path, *names: str, recheck: float = 0.25) -> Iterator[list]:
+    """One ``ApiKeys`` per machine on one Redis, each with a home (the keys' file is its copy) of its own."""
     from conveyor.serving.auth import ApiKeys, RedisKeyStore
 
-    def machine(name: str) -> ApiKeys:  # each its own home: the keys' file is only its copy
-        copy = tmp_path / name / "api-keys.json"
-        return ApiKeys(copy, store=RedisKeyStore(redis_server.url, "team", copy), recheck=0.05)
-
-    admin, replicas = machine("laptop"), [machine("node-1"), machine("node-2")]
-    key = admin.create("app")
-    time.sleep(0.1)
-    assert all(r.check(key) is not None and r.check(key).name == "app" for r in replicas)  # type: ignore[union-attr]
-    assert admin.revoke("app") == 1
-    started = time.monotonic()
-    while any(r.check(key) is not None for r in replicas):
-        assert time.monotonic() - started < 0.5, "a replica still accepts the revoked key"
-        time.sleep(0.01)
-    assert (tmp_path / "laptop" / "api-keys.json").stat().st_mode & 0o777 == 0o600  # the copy, as the file was
+    made = []
+    try:
+        for name in names:
+            copy = folder / name / "api-keys.json"
+            made.append(ApiKeys(copy, store=RedisKeyStore(server.url, "team", copy), recheck=recheck))
+        yield made
+    finally:
+        for keys in made:
+            keys.close()
 
 
 def test_wrong_keys_cost_no_redis_call_each(redis_server: RedisServer, tmp_path: Path) -> None:
     """A flood of wrong keys is one SHA-256 each; the store is asked once per ``recheck``, not per request."""
     import redis
 
-    from conveyor.serving.auth import ApiKeys, RedisKeyStore
-
-    copy = tmp_path / "api-keys.json"
-    keys = ApiKeys(copy, store=RedisKeyStore(redis_server.url, "team", copy), recheck=0.25)
-    keys.create("app")
     client = redis.Redis.from_url(redis_server.url)
-    client.config_resetstat()
-    started = time.monotonic()
-    for i in range(20_000):
-        assert keys.check(f"cvk_{i:043d}") is None
-    seconds = time.monotonic() - started
+    with _machines(redis_server, tmp_path, "node") as (keys,):
+        keys.create("app")
+        client.config_resetstat()
+        started = time.monotonic()
+        for i in range(20_000):
+            assert keys.check(f"cvk_{i:043d}") is None
+        seconds = time.monotonic() - started
     calls = client.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
     client.close()
     assert calls <= 2 * (seconds / 0.25 + 1), f"{calls} GETs for 20,000 wrong keys in {seconds:.2f} s"
 
 
 def test_keys_outlive_a_redis_outage_and_refill_an_emptied_redis(redis_server: RedisServer, tmp_path: Path) -> None:
-    from conveyor.serving.auth import ApiKeys, KeysUnavailable, RedisKeyStore, write_key_file
+    from conveyor.serving.auth import ApiKeys, KeysUnavailable, write_key_file
 
     seeded = tmp_path / "node" / "api-keys.json"
     write_key_file(seeded, [])  # an embedded project's keys, moving to the server profile
     embedded = ApiKeys(seeded)
     kept, gone = embedded.create("app"), embedded.create("old")
-    replica = ApiKeys(seeded, store=RedisKeyStore(redis_server.url, "team", seeded), recheck=0.05)
-    assert replica.check(kept) is not None  # an empty Redis is seeded from the file
+    with _machines(redis_server, tmp_path, "node", recheck=0.05) as (replica,):
+        assert replica.check(kept) is not None  # an empty Redis is seeded from the file
 
-    redis_server.stop()
-    time.sleep(0.1)
-    assert replica.check(kept) is not None  # the keys last read, while Redis does not answer
-    laptop = tmp_path / "laptop" / "api-keys.json"
-    with pytest.raises(KeysUnavailable, match="does not answer"):
-        ApiKeys(laptop, store=RedisKeyStore(redis_server.url, "team", laptop)).revoke("old")
-    assert not laptop.exists()  # nothing changed, nothing half-written
+        redis_server.stop()
+        time.sleep(0.1)
+        assert replica.check(kept) is not None  # the keys last read, while Redis does not answer
+        with (
+            _machines(redis_server, tmp_path, "laptop") as (laptop,),
+            pytest.raises(KeysUnavailable, match="does not answer"),
+        ):
+            laptop.revoke("old")
+        assert not (tmp_path / "laptop" / "api-keys.json").exists()  # nothing changed, nothing half-written
 
-    redis_server.start()  # empty: the replica gives it back what it knew
-    time.sleep(1.2)
-    assert replica.check(kept) is not None
-    admin = ApiKeys(laptop, store=RedisKeyStore(redis_server.url, "team", laptop))
-    assert [e["name"] for e in admin.entries()] == ["app", "old"]
-    admin.revoke("old")
-    time.sleep(0.1)
-    assert replica.check(gone) is None and replica.check(kept) is not None
+        redis_server.start()  # empty: the replica gives it back what it knew
+        time.sleep(1.2)
+        assert replica.check(kept) is not None
+        with _machines(redis_server, tmp_path, "laptop") as (admin,):
+            assert [e["name"] for e in admin.entries()] == ["app", "old"]
+            admin.revoke("old")
+        time.sleep(0.1)
+        assert replica.check(gone) is None and replica.check(kept) is not None
