@@ -142,8 +142,9 @@ def deployments(ws: Workspace, model: str, interval_seconds: float, window: str 
 def deploy_to_pool(ws: Workspace) -> list[str]:
     """The flows as deployments on the server profile's work pool (its workers run them): training
     and the LLM release build for any project; for a tabular one, the drift check on the policy's
-    interval and retraining on its event for its model. Flow results go to the object store (a ``remote-file-system`` block), so the command
-    that started a run reads its outcome wherever the worker ran. Returns the deployments' names."""
+    interval and retraining on its event for its model. Flow results go to the object store (a
+    ``remote-file-system`` block), so the command that started a run reads its outcome wherever
+    the worker ran. Returns the deployments' names."""
     pool, bucket = ws.settings.work_pool, ws.settings.bucket
     if not pool or not bucket:
         from conveyor.policies.errors import ConfigInvalid

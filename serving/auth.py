@@ -156,7 +156,11 @@ class RedisKeyStore:
     def read(self) -> list[dict]:
         raw = self._answered(lambda: self.client.get(self.entries_key))
         entries = list(json.loads(raw)) if raw else []
-        if FileKeyStore(self.copy).read() != entries:
+        try:
+            copied = FileKeyStore(self.copy).read()
+        except ValueError:  # a damaged copy: replaced by what Redis holds
+            copied = None
+        if copied != entries:
             write_key_file(self.copy, entries)  # the copy follows what was read
         return entries
 
@@ -222,7 +226,7 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeys:
-    """The key file; ``check`` returns the key's role, or None."""
+    """The keys (in the file, or in the ``store`` given); ``check`` returns the key's role, or None."""
 
     def __init__(
         self,

@@ -17,8 +17,8 @@ judges the canary. When it dies the lock is freed and another worker takes over 
 In the server profile (``redis_url`` set) the same state lives in Redis (``RedisSharedState``),
 so the replicas of a service on several machines share it under one key prefix: the desired
 models and the canary row as JSON values changed by optimistic transactions (``WATCH`` on the
-key, the same compare-and-set on ``epoch``), the observations in one list per run, role and step window, the
-lead as a lease (``SET NX PX``, renewed by its holder). When Redis does not answer, every read
+key, the same compare-and-set on ``epoch``), the observations in one list per run, role and step
+window, the lead as a lease (``SET NX PX``, renewed by its holder). When Redis does not answer, every read
 returns the last state read, writes wait (observations in a bounded buffer, sent when it is
 back), nobody leads, and the requests are served as before: no client sees the outage. A Redis
 that comes back empty is given the last known state again.
