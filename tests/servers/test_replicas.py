@@ -85,6 +85,9 @@ def fleet(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory, sma
     serving = yaml.safe_load((root / "policies" / "serving.yaml").read_text())
     serving.update(watch_seconds=3600, canary_timeout_ms=2000, rate_limit={"per_second": 100_000, "burst": 100_000})
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
+    drift = yaml.safe_load((root / "policies" / "drift.yaml").read_text())
+    drift["monitor"]["interval_seconds"] = 3600  # its scheduled drift check comes after these tests
+    (root / "policies" / "drift.yaml").write_text(yaml.safe_dump(drift))
     redis = RedisServer(base)
     redis.start()
     with postgres_database("replicas") as ledger_url, _stopping(redis):
@@ -273,6 +276,7 @@ def test_the_whole_loop_drift_retrains_on_the_worker_and_the_canary_walks_both_r
     )
     pool = fleet.env["CONVEYOR_WORK_POOL"]
     assert runs[("conveyor", pool, "COMPLETED")] == 1 and runs[(f"retraining-{NAME}", pool, "COMPLETED")] == 1, runs
+    assert runs[(f"drift-check-{NAME}", pool, "SCHEDULED")] >= 1, runs  # the server's scheduler made its next runs
     online = redis.Redis.from_url(fleet.redis.url)
     try:
         keys = {k.decode() for k in online.scan_iter(count=1000)}

@@ -140,16 +140,21 @@ def test_prefect_yaml_deploys_with_prefect_deploy(servers: dict[str, str]) -> No
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     api = servers["CONVEYOR_PREFECT_API_URL"]
     found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-    entrypoints = {(d["name"], d["entrypoint"]) for d in found if d["work_pool_name"] == "conveyor"}
-    for name, flow in [
-        ("conveyor", "training"),
-        ("conveyor", "llm_release"),
-        ("retraining-loan-default", "retraining"),
-        ("drift-check-loan-default", "drift_check"),
-    ]:
-        assert (name, f"pipelines/deployments.py:{flow}") in entrypoints, entrypoints
-    assistant = next(d for d in found if d["entrypoint"].endswith(":llm_release"))
-    assert assistant["parameters"]["workspace"]["project_file"] == "assistant.yaml"
+    ours = [d for d in found if d["parameters"].get("workspace", {}).get("home") == ".conveyor"]  # prefect.yaml's
+    try:
+        entrypoints = {(d["name"], d["entrypoint"]) for d in ours if d["work_pool_name"] == "conveyor"}
+        for name, flow in [
+            ("conveyor", "training"),
+            ("conveyor", "llm_release"),
+            ("retraining-loan-default", "retraining"),
+            ("drift-check-loan-default", "drift_check"),
+        ]:
+            assert (name, f"pipelines/deployments.py:{flow}") in entrypoints, entrypoints
+        assistant = next(d for d in ours if d["entrypoint"].endswith(":llm_release"))
+        assert assistant["parameters"]["workspace"]["project_file"] == "assistant.yaml"
+    finally:  # its drift check is scheduled (it would run in the checkout), and `conveyor deploy` owns the rest
+        for deployment in ours:
+            httpx.delete(f"{api}/deployments/{deployment['id']}", timeout=10).raise_for_status()
 
 
 def test_a_fresh_clone_pulls_the_data_from_the_bucket(profile: dict[str, str], project: Path, tmp_path: Path) -> None:
