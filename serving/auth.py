@@ -10,7 +10,8 @@ the file when it changes (at most every ``recheck`` seconds), so ``conveyor api-
 In the server profile (``redis_url`` set) the entries live in Redis (``RedisKeyStore``), so the
 replicas of a service on several machines, and the command that revokes a key on any of them,
 share one list: a revocation stops the key on every replica within ``recheck``. Each change
-bumps a version that the replicas poll (one ``GET`` per ``recheck``, never one per request). When
+bumps a version that the replicas poll (one ``GET`` every 0.2 s, from the service's background
+thread: never one per request, and no request waits on Redis). When
 Redis does not answer, a replica goes on with the keys it last read (no change can be made
 meanwhile: the commands that change keys say Redis does not answer), and gives them back to a
 Redis that comes back empty; the file in ``home`` is kept as a copy and seeds an empty Redis.
@@ -234,11 +235,14 @@ class ApiKeys:
         *,
         store: KeyStore | None = None,
         recheck: float = 0.25,
+        background: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``background``: ``check`` never reads the store; the owner calls ``refresh`` (the
+        service does, from its shared-state thread), so no request waits on the store's I/O."""
         self.path = path
         self.store: KeyStore = store or FileKeyStore(path)
-        self._recheck, self._clock = recheck, clock
+        self._recheck, self._clock, self._background = recheck, clock, background
         self._lock = threading.Lock()
         self._stamp: object = None  # what the store's stamp was when last read
         self._checked = float("-inf")
@@ -299,7 +303,8 @@ class ApiKeys:
         if not presented or len(presented) > 200:
             return None
         with self._lock:
-            self._reload(strict=False)
+            if not self._background:
+                self._reload(strict=False)
             candidates = self._by_id.get(presented[:_ID], ())
         digest = _digest(presented)
         found = None
@@ -307,6 +312,11 @@ class ApiKeys:
             if hmac.compare_digest(stored, digest):
                 found = role
         return found
+
+    def refresh(self) -> None:
+        """Read the store again if it changed (at most every ``recheck``); never raises."""
+        with self._lock:
+            self._reload(strict=False)
 
     def entries(self) -> list[dict]:
         """Each key's id, owner and role; never a hash."""

@@ -87,7 +87,9 @@ class Engine:
         )
         self.metrics = ServiceMetrics()
         self.metrics.start(self.name, llm=self.serves_llm)
-        self.keys = open_api_keys(ws)
+        # A file's stat() is cheap on the request path; Redis is read by _follow only, off it.
+        shared_keys = ws.settings.redis_url is not None
+        self.keys = open_api_keys(ws, background=True, recheck=_SHARED_EVERY) if shared_keys else open_api_keys(ws)
         workers = self.serving.workers  # each worker takes its share of every key's rate
         limit = self.serving.rate_limit
         self._share = 1 / workers
@@ -702,6 +704,7 @@ class Engine:
 
     def _follow(self) -> None:
         while not self._stop.wait(_SHARED_EVERY):
+            self.keys.refresh()  # (Redis) a revoked key stops here, off the request path
             try:
                 self._shared_tick()
             except Exception:

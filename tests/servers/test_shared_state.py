@@ -221,3 +221,26 @@ def test_keys_outlive_a_redis_outage_and_refill_an_emptied_redis(redis_server: R
             admin.revoke("old")
         time.sleep(0.1)
         assert replica.check(gone) is None and replica.check(kept) is not None
+
+
+def test_a_service_s_keys_are_read_by_its_refresh_not_by_a_request(redis_server: RedisServer, tmp_path: Path) -> None:
+    from conveyor.serving.auth import ApiKeys, RedisKeyStore
+
+    copy = tmp_path / "node" / "api-keys.json"
+    with _machines(redis_server, tmp_path, "laptop") as (admin,):
+        key = admin.create("app")
+        served = ApiKeys(copy, store=RedisKeyStore(redis_server.url, "team", copy), recheck=0, background=True)
+        try:
+            assert served.check(key) is not None
+            admin.revoke("app")
+            assert served.check(key) is not None  # a request does not read the store...
+            served.refresh()
+            assert served.check(key) is None  # ...the service's refresh does
+            other = admin.create("other")
+            served.refresh()
+            redis_server.stop()
+            started = time.monotonic()
+            assert all(served.check(other) is not None for _ in range(100))
+            assert time.monotonic() - started < 0.1  # no request waits on a Redis that does not answer
+        finally:
+            served.close()
