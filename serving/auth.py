@@ -271,8 +271,12 @@ class ApiKeys:
         except KeysUnavailable as exc:
             if strict and force:
                 raise
+            known = self._stamp is not None or bool(self._entries)
+            if not known and not self._background:
+                return  # a command: it says so itself when it acts
             if self._reachable:
-                log.warning("%s Serving with the API keys last read.", exc.message)
+                then = "Serving with the API keys last read." if known else "No API key is accepted until it answers."
+                log.warning("%s %s", exc.message, then)
             self._reachable = False
             self._checked = now + 1.0  # and asked again in a second or so, not at every request
             return

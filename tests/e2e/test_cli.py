@@ -96,6 +96,29 @@ def test_canary_status_without_an_admin_key_reads_the_ledger(tmp_path: Path, mon
     assert "No admin key given" in result.stdout and "the ledger's last canary events for loan-default" in result.stdout
 
 
+def test_a_key_command_whose_redis_does_not_answer_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from conveyor.serving.auth import ApiKeys
+
+    shutil.copy(REPO / "conveyor.yaml", tmp_path / "conveyor.yaml")
+    for name in ("CONVEYOR_LEDGER_URL", "CONVEYOR_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path / ".conveyor"))
+    keys = tmp_path / ".conveyor" / "serving" / "api-keys.json"
+    ApiKeys(keys).create("app")
+    before = keys.read_bytes()
+    monkeypatch.setenv("CONVEYOR_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+    for args in (["create", "eve"], ["revoke", "app"], ["list"]):
+        result = conveyor(tmp_path, "api-key", *args)
+        assert result.exit_code == 2, result.output
+        assert "which keeps the API keys, does not answer" in result.output and "Nothing was changed" in result.output
+        assert "Traceback" not in result.output
+    assert keys.read_bytes() == before
+
+
 def test_help_imports_no_heavy_library() -> None:
     probe = (
         "import sys\n"
