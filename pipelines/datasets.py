@@ -13,7 +13,7 @@ from typing import Any
 
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
 from conveyor.registry.digests import file_hashes
-from conveyor.registry.dvc_files import dvc_cached, dvc_recorded_md5
+from conveyor.registry.dvc_files import dvc_add, dvc_cached, dvc_recorded_md5, open_dvc
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger, LedgerEvent
 
@@ -52,7 +52,7 @@ def version_dataset(
             f"content the new version run `dvc add {path}` and commit the .dvc file.",
         )
     if track and (root / ".dvc").is_dir() and dvc_cached(root, hashes["md5"]) is None:
-        _dvc_add(root, path)
+        dvc_add(root, [path])
 
     relative = relative_to_root(path, root)
     known = [e for e in ledger.producers(hashes["sha256"]) if e.kind == EventKind.DATASET_VERSIONED]
@@ -73,20 +73,6 @@ def version_dataset(
         )
         new = True
     return DatasetRef(path, hashes["sha256"], hashes["md5"], path.stat().st_size, event.seq, new)
-
-
-def _dvc_add(root: Path, path: Path) -> None:
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            repo.scm_context.quiet = True  # its "to track the changes with git" hints are for its own CLI
-            repo.add([str(path)])
-    except DvcException as exc:
-        raise DataInvalid(
-            f"DVC could not track {path}: {exc}.", hint="Run `dvc doctor` and `dvc status` to see why."
-        ) from None
 
 
 def relative_to_root(path: Path, root: Path) -> str:
@@ -111,7 +97,6 @@ def transfer_data(root: Path, direction: str, *, bucket: str | None = None, endp
     or, given ``bucket`` (the server profile), to ``s3://BUCKET/dvc`` at ``endpoint``; nothing is
     written to the repository's DVC config. Credentials are the object store's (``AWS_*``)."""
     from dvc.exceptions import DvcException
-    from dvc.repo import Repo
 
     if not (root / ".dvc").is_dir():
         raise ConfigInvalid(
@@ -123,7 +108,7 @@ def transfer_data(root: Path, direction: str, *, bucket: str | None = None, endp
         remote: dict[str, Any] = {"url": f"s3://{bucket}/dvc", **({"endpointurl": endpoint} if endpoint else {})}
         config = {"core": {"remote": SERVER_REMOTE}, "remote": {SERVER_REMOTE: remote}}
     try:
-        with Repo(str(root), config=config) as repo:
+        with open_dvc(root, config) as repo:
             name = repo.config["core"].get("remote")
             if not name:
                 raise ConfigInvalid(

@@ -287,7 +287,7 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
         (staging / "params.yaml").write_text(
             yaml.safe_dump({"config": "conveyor.yaml", "data": config["data"]}, sort_keys=False)
         )
-        (staging / ".gitignore").write_text("/.conveyor/\n/build/\n/dvc.lock\n")  # local state (see the README)
+        (staging / ".gitignore").write_text("/.conveyor/\n/build/\n")  # local state (see the README)
         written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         for entry in staging.iterdir():
             entry.rename(folder / entry.name)

@@ -38,11 +38,9 @@ def demo(
     local model: the assistant built from its knowledge base, served through the gateway and asked
     questions, a new document rebuilt into a canary, negative feedback re-evaluating the champion.
     """
-    from conveyor.demo.run import run_demo
+    from conveyor.demo.run import run_demo, run_llm_only
 
     if llm:
-        from conveyor.demo.llm import run_llm_demo
-
-        run_llm_demo(workspace(ctx), out)
+        run_llm_only(workspace(ctx), out)
         return
     run_demo(workspace(ctx), out, data_only=data_only, loop=not no_loop, llm=not no_llm)

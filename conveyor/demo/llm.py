@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from conveyor.demo.record import DemoRecord
+from conveyor.registry.dvc_files import dvc_add
+
 if TYPE_CHECKING:
     from conveyor.api import Workspace
 
@@ -70,16 +73,8 @@ def project_copy(root: Path, destination: Path) -> Path:
     (destination / "policies" / "canary.yaml").write_text(yaml.safe_dump(canary, sort_keys=False))
     with contextlib.redirect_stdout(io.StringIO()):  # DVC's own "Initialized DVC repository" banner
         Repo.init(str(destination), no_scm=True).close()
-    _dvc_add(destination, "llm/kb")
+    dvc_add(destination, [destination / "llm" / "kb"])
     return destination / "assistant.yaml"
-
-
-def _dvc_add(root: Path, path: str) -> None:
-    from dvc.repo import Repo
-
-    with contextlib.redirect_stdout(io.StringIO()), Repo(str(root)) as repo:
-        repo.scm_context.quiet = True
-        repo.add([str(root / path)])
 
 
 def _workspace(ws: Workspace, project_file: Path) -> Workspace:
@@ -123,7 +118,8 @@ class _Steps:
         return table
 
 
-def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
+def run_llm_demo(ws: Workspace, say: Callable[[Any], None], record: DemoRecord) -> None:
+    """The LLM loop on ``ws``'s stores; each outcome it prints is noted in ``record``."""
     from conveyor.demo.service import LocalService
     from conveyor.serving.auth import open_api_keys
 
@@ -132,7 +128,9 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
     steps = _Steps(say)
     say(f"The assistant's project, copied to {copy.parent} (its knowledge base llm/kb tracked by DVC there).")
     first: dict[str, Any] = {}
-    steps.run("build v1: knowledge base checked and indexed, evaluated, signed", lambda: _build(assistant, first))
+    steps.run(
+        "build v1: knowledge base checked and indexed, evaluated, signed", lambda: _build(assistant, first, record)
+    )
     keys = open_api_keys(assistant)
     tokens = {team: keys.create(f"demo-{team}", team=team) for team in ("default", "research")}
     admin = keys.create("demo-llm-admin", admin=True)
@@ -147,11 +145,11 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
         steps.run("cost by team", lambda: _costs(assistant, say))
         steps.run("add a document: a new DVC version of llm/kb", lambda: _add_document(ws.root, copy.parent))
         rebuilt: dict[str, Any] = {}
-        steps.run("knowledge check: rebuild, evaluate, canary", lambda: _knowledge(assistant, rebuilt))
+        steps.run("knowledge check: rebuild, evaluate, canary", lambda: _knowledge(assistant, rebuilt, record))
         if rebuilt.get("canary"):
             steps.run(
                 f"canary v{rebuilt['version']}: traffic and LLM-aware analysis",
-                lambda: _canary(service, tokens, admin, assistant, rebuilt["version"]),
+                lambda: _canary(service, tokens, admin, assistant, rebuilt["version"], record),
             )
         steps.run("answers rated down, candidates reviewed and accepted", lambda: _feedback(service, tokens, assistant))
         steps.run("traffic check: feedback breach, re-evaluation", lambda: _check(assistant))
@@ -162,12 +160,14 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None]) -> None:
         keys.close()
     say("")
     say(steps.table())
-    _audit(assistant, answered, say)
+    _audit(assistant, answered, say, record)
 
 
-def _build(assistant: Workspace, box: dict[str, Any]) -> str:
+def _build(assistant: Workspace, box: dict[str, Any], record: DemoRecord) -> str:
     release = assistant.build_release()
+    record.registered(release.name, str(release.version))
     promoted = assistant.promote(f"{release.name}/{release.version}", to="champion")
+    record.promoted(promoted.name, str(promoted.version), promoted.target, promoted.decision.ok)
     box.update(version=release.version)
     m = release.metrics
     return (
@@ -239,26 +239,34 @@ def _costs(assistant: Workspace, say: Callable[[Any], None]) -> str:
 
 def _add_document(root: Path, project: Path) -> str:
     shutil.copy(root / "llm" / "kb-updates" / "feedback.md", project / "llm" / "kb" / "feedback.md")
-    _dvc_add(project, "llm/kb")
+    dvc_add(project, [project / "llm" / "kb"])
     md5 = yaml.safe_load((project / "llm" / "kb.dvc").read_text())["outs"][0]["md5"]
     return f"llm/kb/feedback.md added; `dvc add llm/kb` records version {md5}"
 
 
-def _knowledge(assistant: Workspace, box: dict[str, Any]) -> str:
+def _knowledge(assistant: Workspace, box: dict[str, Any], record: DemoRecord) -> str:
     found, action = assistant.check_knowledge()
     if action is None:
         return found
+    name = assistant.llm_project().name
+    if action.version:
+        record.registered(name, str(action.version))
+    if action.canary:
+        record.promoted(name, str(action.version), "canary", True)
     box.update(version=action.version, canary=action.canary)
     return f"{found}: {action.reason}"
 
 
-def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspace, version: str) -> str:
+def _canary(
+    service: Any, tokens: dict[str, str], admin: str, assistant: Workspace, version: str, record: DemoRecord
+) -> str:
     import asyncio
 
     import httpx
 
-    from conveyor.demo.loop import _verdict
+    from conveyor.demo.loop import canary_verdict
 
+    name = assistant.llm_project().name
     service.admin("POST", "reload", admin).raise_for_status()
     topics = ["a canary release", "a rollback", "promotion", "the ledger", "signing", "drift", "a champion", "feedback"]
     deadline = time.monotonic() + _CANARY_SECONDS
@@ -289,7 +297,7 @@ def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspa
                 replies = await asyncio.gather(*batch)
                 sent += len(replies)
                 errors += sum(r.status_code != 200 for r in replies)
-                verdict = await asyncio.to_thread(_verdict, assistant, version)
+                verdict = await asyncio.to_thread(canary_verdict, assistant, name, version, since=record.since)
                 if verdict:
                     return verdict
         return {}
@@ -297,6 +305,7 @@ def _canary(service: Any, tokens: dict[str, str], admin: str, assistant: Workspa
     verdict = asyncio.run(drive())
     if not verdict:
         return f"no verdict within {_CANARY_SECONDS} s ({sent} requests); the canary keeps its weight"
+    record.canary(name, version, verdict["outcome"])
     return f"{verdict['kind']}: {verdict['why']} ({sent} requests, {errors} client errors)"
 
 
@@ -360,13 +369,16 @@ def _check(assistant: Workspace) -> str:
     return text
 
 
-def _audit(assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[Any], None]) -> None:
+def _audit(
+    assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[Any], None], record: DemoRecord
+) -> None:
     from conveyor.lineage_html import lineage_page
     from conveyor.render import audit_verdict
 
     name = assistant.llm_project().name
     report = assistant.audit(f"{name}@champion")
     verdict = audit_verdict(report)
+    record.audited(f"{name}@champion", report)
     say(f"Audit of {name}@champion: {verdict[1]}")
     covered = next((a for a in answered if a["passages"] != "none"), None)
     if covered is not None:

@@ -19,13 +19,14 @@ from typing import Any
 
 import pandas as pd
 
+from conveyor.demo.record import DemoRecord
 from conveyor.demo.service import LocalService, drive
 from conveyor.pipelines.loop import drift_flow, labels
 from conveyor.policies.project import ProjectConfig
 from conveyor.registry.events import EventKind, typed
 from conveyor.registry.workspace import Workspace
 
-__all__ = ["LoopStep", "run_loop"]
+__all__ = ["LoopStep", "canary_verdict", "run_loop"]
 
 _TRAFFIC_ROWS = 1_500  # rows per traffic phase (each its own request)
 _CANARY_SECONDS = 150  # the canary phase stops driving traffic after this long, whatever the verdict
@@ -39,8 +40,11 @@ class LoopStep:
     links: list[str] = field(default_factory=list)
 
 
-def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str], None]) -> list[LoopStep]:
-    """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step."""
+def run_loop(
+    ws: Workspace, reference: Path, drifted: Path, say: Callable[[str], None], record: DemoRecord
+) -> list[LoopStep]:
+    """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step;
+    each outcome it prints is noted in ``record``."""
     from conveyor.serving.auth import open_api_keys
 
     project = ws.project()
@@ -74,10 +78,13 @@ def run_loop(ws: Workspace, reference: Path, drifted: Path, say: Callable[[str],
         timed("labels arrive for the drifted applications", lambda: _labels(ws, drifted))
         retrained: dict[str, Any] = {}
         timed("drift check (drifted traffic) -> retraining", lambda: _drift(ws, len(later), retrained))
+        if retrained.get("version"):
+            record.registered(project.model_name, str(retrained["version"]))
         if retrained.get("canary"):
+            record.promoted(project.model_name, str(retrained["version"]), "canary", True)
             timed(
                 f"canary v{retrained['version']}: weighted traffic and analysis",
-                lambda: _canary(service, client, admin, later, ws, retrained["version"]),
+                lambda: _canary(service, client, admin, later, ws, project.model_name, retrained["version"], record),
             )
     finally:
         service.stop()
@@ -143,14 +150,21 @@ def _labels(ws: Workspace, path: Path) -> tuple[str, list[str]]:
 
 
 def _canary(
-    service: LocalService, token: str, admin: str, rows: list[dict[str, Any]], ws: Workspace, version: str
+    service: LocalService,
+    token: str,
+    admin: str,
+    rows: list[dict[str, Any]],
+    ws: Workspace,
+    name: str,
+    version: str,
+    record: DemoRecord,
 ) -> tuple[str, list[str]]:
     service.admin("POST", "reload", admin).raise_for_status()
     deadline = time.monotonic() + _CANARY_SECONDS
     verdict: dict[str, Any] = {}
 
     def decided() -> bool:
-        verdict.update(_verdict(ws, version))
+        verdict.update(canary_verdict(ws, name, version, since=record.since))
         return bool(verdict) or time.monotonic() > deadline
 
     keys = [f"applicant-{i}" for i in range(200)]
@@ -158,18 +172,31 @@ def _canary(
     errors = sum(r.status != 200 for r in replies)
     if not verdict:
         return f"no verdict within {_CANARY_SECONDS} s ({len(replies):,} requests); the canary keeps its weight", []
+    record.canary(name, version, verdict["outcome"])
     return f"{verdict['kind']}: {verdict['why']} ({len(replies):,} requests, {errors} client errors)", []
 
 
-def _verdict(ws: Workspace, version: str) -> dict[str, Any]:
-    """The canary's end in the ledger: promoted (``model.canary_completed``) or rolled back."""
+def canary_verdict(ws: Workspace, name: str, version: str, *, since: int = 0) -> dict[str, Any]:
+    """How the canary of ``name`` version ``version`` ended, from the ledger (events after ``since``):
+    promoted (``model.canary_completed``), not promoted, or rolled back; empty while it runs."""
     with ws.ledger() as ledger:
-        for event in ledger.latest([EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], limit=5):
+        for event in ledger.latest([EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], limit=1_000):
+            if event.seq <= since:
+                break
             details = typed(event)
-            if str(details.version) == version:
-                if event.kind == EventKind.CANARY_COMPLETED and details.promoted:
-                    return {"kind": "promoted to champion", "why": "every step within the canary policy"}
-                if event.kind == EventKind.CANARY_COMPLETED:
-                    return {"kind": "not promoted", "why": "; ".join(details.promotion)}
-                return {"kind": "rolled back", "why": "; ".join(details.reasons) or "see the ledger"}
+            if details.name != name or str(details.version) != version:
+                continue
+            if event.kind == EventKind.CANARY_COMPLETED and details.promoted:
+                return {
+                    "outcome": "promoted",
+                    "kind": "promoted to champion",
+                    "why": "every step within the canary policy",
+                }
+            if event.kind == EventKind.CANARY_COMPLETED:
+                return {"outcome": "not promoted", "kind": "not promoted", "why": "; ".join(details.promotion)}
+            return {
+                "outcome": "rolled back",
+                "kind": "rolled back",
+                "why": "; ".join(details.reasons) or "see the ledger",
+            }
     return {}

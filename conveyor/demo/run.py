@@ -1,6 +1,8 @@
 """``conveyor demo``: data, a signed champion, then the whole loop, an audit and a seal.
 
 Every step is an ordinary Conveyor operation on the project's Workspace; ``say`` prints a line.
+Every outcome it prints is noted in a ``DemoRecord`` and read back from the registry and the
+ledger at the end: the last line says the record agrees, or the demo fails (exit 1).
 """
 
 from __future__ import annotations
@@ -9,17 +11,38 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor.demo.record import DemoRecord
+
 if TYPE_CHECKING:
     from conveyor.api import Workspace
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "run_llm_only"]
 
 
 def run_demo(
     ws: Workspace, say: Callable[[Any], None], *, data_only: bool = False, loop: bool = True, llm: bool = True
 ) -> None:
     """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false
-    after the champion; ``llm`` adds the LLM part at the end."""
+    after the champion; ``llm`` adds the LLM part at the end. Ends with the record's check."""
+    record = DemoRecord.start(ws)
+    _run(ws, say, record, data_only=data_only, loop=loop, llm=llm)
+    say("")
+    say(record.check(ws))
+
+
+def run_llm_only(ws: Workspace, say: Callable[[Any], None]) -> None:
+    """``conveyor demo --llm``: the LLM part alone, with the record's check."""
+    from conveyor.demo.llm import run_llm_demo
+
+    record = DemoRecord.start(ws)
+    run_llm_demo(ws, say, record)
+    say("")
+    say(record.check(ws))
+
+
+def _run(
+    ws: Workspace, say: Callable[[Any], None], record: DemoRecord, *, data_only: bool, loop: bool, llm: bool
+) -> None:
     from conveyor.cli._common import training_progress
     from conveyor.cli.data import print_outcome
     from conveyor.cli.release import print_promotion
@@ -42,9 +65,12 @@ def run_demo(
     with training_progress("Training..."):
         outcome = ws.train(prepared[0].ref.path)
     print_outcome(outcome)
+    record.registered(outcome.name, str(outcome.version))
     say("")
     say(f"Promoting {outcome.name}/{outcome.version} to champion (verify, then policies/promotion.yaml decides)...")
-    print_promotion(ws.promote(f"{outcome.name}/{outcome.version}", to="champion"))
+    promotion = ws.promote(f"{outcome.name}/{outcome.version}", to="champion")
+    print_promotion(promotion)
+    record.promoted(promotion.name, str(promotion.version), promotion.target, promotion.decision.ok)
     if not loop:
         return
     say("")
@@ -52,12 +78,12 @@ def run_demo(
     from conveyor.demo.loop import run_loop
 
     started = time.monotonic()
-    steps = run_loop(ws, prepared[0].ref.path, prepared[1].ref.path, say)
+    steps = run_loop(ws, prepared[0].ref.path, prepared[1].ref.path, say, record)
     say("")
     _summary(steps, time.monotonic() - started, say)
     say("")
     say(f"Auditing {outcome.name}@champion end to end, then sealing the ledger...")
-    graph = _audit_and_seal(ws, f"{outcome.name}@champion", say)
+    graph = _audit_and_seal(ws, f"{outcome.name}@champion", say, record)
     say("")
     first = prepared[0].ref.path.relative_to(ws.root)
     say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} (then http://127.0.0.1:5000)")
@@ -72,7 +98,7 @@ def run_demo(
 
         say("")
         say("The same loop for an LLM release (assistant.yaml, policies/promotion.yaml `llm`)...")
-        run_llm_demo(ws, say)
+        run_llm_demo(ws, say, record)
 
 
 def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> None:
@@ -90,7 +116,7 @@ def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> No
     say(table)
 
 
-def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None]) -> Any:
+def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None], record: DemoRecord) -> Any:
     from conveyor.lineage_html import lineage_page
     from conveyor.render import audit_verdict
 
@@ -103,5 +129,7 @@ def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None]) -> Any:
         found = ws.lineage(digest)
         v = report.verification
         graph.write_text(lineage_page(found.walks, f"{v.name}/{v.version} ({ref})", None, verdict), encoding="utf-8")
+    record.audited(ref, report)
+    record.sealed(sealed.seq)
     say(f"  {verdict[1]}; ledger sealed at event #{sealed.seq:,}.")
     return graph
