@@ -308,9 +308,9 @@ def past_triggers(ledger: Ledger, name: str, causes: tuple[str, ...] | None = No
     """Triggers recorded for ``name`` (of ``causes`` only, when given), for cooldown and de-duplication;
     one skipped for want of new labelled data does not count."""
     found = []
-    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
+    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500, model=name):
         details = typed(event)
-        if details.model != name or (causes is not None and details.cause not in causes):
+        if causes is not None and details.cause not in causes:
             continue
         if any(c.kind == EventKind.RETRAINING_SKIPPED for c in ledger.consumers(event.outputs[0])):
             continue
@@ -399,8 +399,8 @@ def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path
     base = version_dataset(project.data, ledger, root=root)
     added = [
         e
-        for e in reversed(ledger.latest([EventKind.LABELS_ADDED], limit=1_000))
-        if typed(e).model == project.model_name and typed(e).complete
+        for e in reversed(ledger.latest([EventKind.LABELS_ADDED], limit=1_000, model=project.model_name))
+        if typed(e).complete
     ]
     sources: dict[str, Path] = {}
     for event in added:

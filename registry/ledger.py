@@ -47,6 +47,7 @@ __all__ = [
     "LedgerEvent",
     "event_hash",
     "ledger_time",
+    "model_of",
     "utc_now",
 ]
 
@@ -332,15 +333,32 @@ class Ledger:
         seqs = self.seqs_linked([digest], "in").get(digest, [])
         return [e for e in self.get_many(seqs) if digest in e.inputs]
 
-    def latest(self, kinds: Iterable[str], *, limit: int = 100, until: str | None = None) -> list[LedgerEvent]:
+    def latest(
+        self, kinds: Iterable[str], *, limit: int = 100, until: str | None = None, model: str | None = None
+    ) -> list[LedgerEvent]:
         """The newest ``limit`` events of these kinds (recorded at or before ``until``, a ledger
-        time, when given), newest first."""
+        time, when given), newest first; given ``model``, only that model's (its name in the
+        details' ``name`` or ``model``): ``limit`` of its own, however many other models' events
+        lie between them, since two models' version numbers collide in one ledger."""
         query = sa.select(events_table).where(events_table.c.kind.in_(list(kinds)))
         if until is not None:
             query = query.where(events_table.c.time <= until)
-        with self._guard("read"), self.reading() as conn:
-            rows = conn.execute(query.order_by(events_table.c.seq.desc()).limit(limit)).all()
-        return [_event(row) for row in rows]
+        query = query.order_by(events_table.c.seq.desc())
+        if model is None:
+            with self._guard("read"), self.reading() as conn:
+                rows = conn.execute(query.limit(limit)).all()
+            return [_event(row) for row in rows]
+        found: list[LedgerEvent] = []
+        below: int | None = None
+        while len(found) < limit:
+            page = query if below is None else query.where(events_table.c.seq < below)
+            with self._guard("read"), self.reading() as conn:
+                rows = conn.execute(page.limit(_PAGE)).all()
+            found += [e for e in map(_event, rows) if model_of(e) == model][: limit - len(found)]
+            if len(rows) < _PAGE:
+                break
+            below = rows[-1].seq
+        return found
 
     def count(self) -> int:
         with self._guard("read"), self._engine.connect() as conn:
@@ -578,6 +596,16 @@ def _row(event: LedgerEvent) -> dict[str, Any]:
         "hash": event.hash,
         "roles": json.dumps(list(event.roles)) if event.roles else None,
     }
+
+
+_PAGE = 1_000  # rows read at a time when events are filtered by model
+
+
+def model_of(event: LedgerEvent) -> str | None:
+    """The model an event is about: its details' ``name`` (releases, registrations, canaries) or
+    ``model`` (checks, triggers, labels, feedback); None for events about no one model."""
+    named = event.details.get("name", event.details.get("model"))
+    return named if isinstance(named, str) else None
 
 
 def _event(row: Any) -> LedgerEvent:

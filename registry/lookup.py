@@ -78,9 +78,9 @@ def serving_at(ledger: Ledger, moment: datetime, model: str | None = None) -> St
     champions: dict[str, LedgerEvent] = {}
     canaries: dict[str, LedgerEvent] = {}
     ended: set[tuple[str, str]] = set()
-    for event in ledger.latest([DEPLOYED, *_ENDED], limit=10_000, until=until):
+    for event in ledger.latest([DEPLOYED, *_ENDED], limit=10_000, until=until, model=model):
         name = event.details.get("name")
-        if (model is not None and name != model) or not name:
+        if not name:
             continue
         if event.kind in _ENDED:
             ended.add((name, str(event.details.get("version"))))

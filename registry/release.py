@@ -128,8 +128,8 @@ def _after_rollback(ledger: Ledger, name: str, version: str, decision: Decision,
     rolled_back = next(
         (
             e
-            for e in ledger.latest([EventKind.CANARY_ROLLED_BACK], limit=1_000)
-            if e.details.get("name") == name and str(e.details.get("version")) == version
+            for e in ledger.latest([EventKind.CANARY_ROLLED_BACK], limit=1_000, model=name)
+            if str(e.details.get("version")) == version
         ),
         None,
     )
@@ -153,10 +153,9 @@ def _overridden(ledger: Ledger, name: str, version: str, rollback: int) -> bool:
     """Whether a promotion of ``version`` since has named rollback ``rollback`` with --force."""
     return any(
         e.seq > rollback
-        and e.details.get("name") == name
         and str(e.details.get("version")) == version
         and e.details.get("forced_after_rollback") == rollback
-        for e in ledger.latest([EventKind.MODEL_PROMOTED], limit=1_000)
+        for e in ledger.latest([EventKind.MODEL_PROMOTED], limit=1_000, model=name)
     )
 
 

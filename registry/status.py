@@ -14,7 +14,7 @@ from conveyor.registry.workspace import Workspace
 
 __all__ = ["model_status"]
 
-_SCAN = 500  # events of each kind looked at, newest first
+_SCAN = 500  # deployments of the model looked at, newest first
 
 
 def model_status(ws: Workspace, name: str) -> dict[str, Any]:
@@ -40,12 +40,12 @@ def model_status(ws: Workspace, name: str) -> dict[str, Any]:
         )
     with ws.ledger() as ledger:
         deployed: dict[str, Any] = {}
-        for event in ledger.latest([EventKind.MODEL_DEPLOYED], limit=_SCAN):
-            if event.details.get("name") == name and event.details.get("role") not in deployed:
+        for event in ledger.latest([EventKind.MODEL_DEPLOYED], limit=_SCAN, model=name):
+            if event.details.get("role") not in deployed:
                 deployed[event.details["role"]] = {"version": event.details.get("version"), **_cite(event)}
-        verdict = _last(ledger, [EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], "name", name)
-        drift = _last(ledger, [EventKind.DRIFT_CHECKED], "model", name)
-        quality = _last(ledger, [EventKind.QUALITY_CHECKED], "model", name)
+        verdict = _last(ledger, [EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], name)
+        drift = _last(ledger, [EventKind.DRIFT_CHECKED], name)
+        quality = _last(ledger, [EventKind.QUALITY_CHECKED], name)
         seals = ledger.seals(limit=1)
         events = ledger.count()
     return {
@@ -67,8 +67,8 @@ def model_status(ws: Workspace, name: str) -> dict[str, Any]:
     }
 
 
-def _last(ledger: Ledger, kinds: list[str], key: str, name: str) -> LedgerEvent | None:
-    return next((e for e in ledger.latest(kinds, limit=_SCAN) if e.details.get(key) == name), None)
+def _last(ledger: Ledger, kinds: list[str], name: str) -> LedgerEvent | None:
+    return next(iter(ledger.latest(kinds, limit=1, model=name)), None)
 
 
 def _cite(event: LedgerEvent) -> dict[str, Any]:

@@ -76,7 +76,7 @@ class Engine:
         self.serving: ServingPolicy = ws.serving_policy()
         self.ledger = ws.ledger()  # held for the service's life, closed by ``close``
         self.router = Router(0)
-        self.state = open_shared_state(ws.home, ws.settings.service_run, ws.settings.redis_url)
+        self.state = open_shared_state(ws.home, ws.settings.service_run, self.name, ws.settings.redis_url)
         self.controller = self.controller_class(
             self.state,
             self.router,
@@ -741,9 +741,7 @@ class Engine:
         """The ledger's last drift and quality checks of this model, as metrics (alerts watch them)."""
         found: dict[str, dict[str, Any] | None] = {}
         for kind in (EventKind.DRIFT_CHECKED, EventKind.QUALITY_CHECKED):
-            event = next(
-                (e for e in self.ledger.latest([kind], limit=200) if e.details.get("model") == self.name), None
-            )
+            event = next(iter(self.ledger.latest([kind], limit=1, model=self.name)), None)
             found[kind] = None if event is None else {**event.details, "_at": _unix(event.time)}
         self.metrics.verdicts(self.name, found[EventKind.DRIFT_CHECKED], found[EventKind.QUALITY_CHECKED])
 

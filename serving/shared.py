@@ -271,17 +271,19 @@ def _canary_row(row: tuple) -> CanaryRow:
     )
 
 
-def run_state_path(home: Path, run: str | None) -> Path:
-    """Where a service run's shared state lives: one per ``conveyor serve`` (its workers share it;
-    without a run id, the workers' common parent, BentoML's arbiter, names it)."""
-    return home / "serving" / "runs" / f"{run or os.getppid()}.db"
+def run_state_path(home: Path, run: str | None, model: str) -> Path:
+    """Where a service run's shared state lives: one per model and ``conveyor serve`` (its workers
+    share it; without a run id, the workers' common parent, BentoML's arbiter, names it)."""
+    return home / "serving" / "runs" / f"{model}-{run or os.getppid()}.db"
 
 
-def open_shared_state(home: Path, run: str | None, redis_url: str | None = None) -> StateStore:
-    """The service run's shared state: in Redis when the profile names one, else SQLite in ``home``."""
+def open_shared_state(home: Path, run: str | None, model: str, redis_url: str | None = None) -> StateStore:
+    """The shared state of ``model``'s service run: in Redis when the profile names one, else SQLite
+    in ``home``. Scoped by the model's name as well as the run, so two models' services that share
+    a run name (or a Redis) never read each other's canary, whose version numbers may be the same."""
     if redis_url:
-        return RedisSharedState(redis_url, run or "default")
-    return SharedState(run_state_path(home, run))
+        return RedisSharedState(redis_url, f"{model}:{run or 'default'}")
+    return SharedState(run_state_path(home, run, model))
 
 
 _OBSERVATIONS_KEPT = 100_000  # per run, role and window, in Redis

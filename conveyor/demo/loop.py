@@ -180,11 +180,11 @@ def canary_verdict(ws: Workspace, name: str, version: str, *, since: int = 0) ->
     """How the canary of ``name`` version ``version`` ended, from the ledger (events after ``since``):
     promoted (``model.canary_completed``), not promoted, or rolled back; empty while it runs."""
     with ws.ledger() as ledger:
-        for event in ledger.latest([EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], limit=1_000):
+        for event in ledger.latest([EventKind.CANARY_COMPLETED, EventKind.CANARY_ROLLED_BACK], limit=1_000, model=name):
             if event.seq <= since:
                 break
             details = typed(event)
-            if details.name != name or str(details.version) != version:
+            if str(details.version) != version:
                 continue
             if event.kind == EventKind.CANARY_COMPLETED and details.promoted:
                 return {

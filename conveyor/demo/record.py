@@ -14,12 +14,10 @@ from conveyor.policies.errors import ConveyorError
 from conveyor.registry.events import EventKind
 
 if TYPE_CHECKING:
-    from conveyor.registry.ledger import Ledger, LedgerEvent
     from conveyor.api import Workspace
+    from conveyor.registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["DemoRecord", "RecordDisagrees"]
-
-_NAME_KEYS = ("name", "model")  # where an event's details name its model
 
 
 class RecordDisagrees(ConveyorError):
@@ -149,11 +147,11 @@ class DemoRecord:
 
 
 def _backing(ledger: Ledger, claim: _Event, since: int) -> LedgerEvent | None:
-    for event in ledger.latest([claim.kind], limit=10_000):
+    for event in ledger.latest([claim.kind], limit=10_000, model=claim.name):
         if event.seq <= since:
             return None
         d = event.details
-        if not any(d.get(key) == claim.name for key in _NAME_KEYS) or str(d.get("version")) != claim.version:
+        if str(d.get("version")) != claim.version:
             continue
         if all(d.get(key) == value for key, value in claim.details.items()):
             return event

@@ -411,8 +411,8 @@ def _min_score(ws: Workspace, name: str, version: str) -> float | None:
 
 def _feedback_counts(ledger: Ledger, name: str, version: str, since: datetime | None) -> tuple[int, int]:
     ratings = negative = 0
-    for event in ledger.latest([EventKind.FEEDBACK_ADDED], limit=1_000):
-        if event.details.get("model") != name or (since is not None and datetime.fromisoformat(event.time) < since):
+    for event in ledger.latest([EventKind.FEEDBACK_ADDED], limit=1_000, model=name):
+        if since is not None and datetime.fromisoformat(event.time) < since:
             continue
         counts = event.details.get("per_version", {}).get(version)
         if counts:
@@ -587,10 +587,8 @@ def _judge(
 def _former_champions(ledger: Ledger, name: str, current: str) -> list[str]:
     """Versions that were champion before ``current``, newest first."""
     seen: list[str] = []
-    for event in ledger.latest([EventKind.MODEL_PROMOTED, EventKind.MODEL_ROLLED_BACK], limit=1_000):
+    for event in ledger.latest([EventKind.MODEL_PROMOTED, EventKind.MODEL_ROLLED_BACK], limit=1_000, model=name):
         details = event.details
-        if details.get("name") != name:
-            continue
         version = details.get("version") if event.kind == EventKind.MODEL_PROMOTED else details.get("to")
         if event.kind == EventKind.MODEL_PROMOTED and details.get("target") != "champion":
             continue
@@ -624,8 +622,8 @@ def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOu
             return (
                 f"the champion answers from this knowledge version ({version.md5})" if champion else "no champion yet"
             ), None
-        for past in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500):
-            if past.details.get("model") == name and past.details.get("evidence") == version.digest:
+        for past in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500, model=name):
+            if past.details.get("evidence") == version.digest:
                 return f"a rebuild for knowledge version {version.md5} was already started (event #{past.seq})", None
         breach = Breach(
             "knowledge",

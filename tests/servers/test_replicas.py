@@ -282,7 +282,7 @@ def test_the_whole_loop_drift_retrains_on_the_worker_and_the_canary_walks_both_r
         keys = {k.decode() for k in online.scan_iter(count=1000)}
     finally:
         online.close()
-    assert f"conveyor:serving:{NAME}:canary" in keys
+    assert f"conveyor:serving:{NAME}:{NAME}:canary" in keys  # the model's name, then the run's (its name too)
     assert sum(not k.startswith("conveyor:") for k in keys) >= 100  # Feast's: one hash per entity
 
 
