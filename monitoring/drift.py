@@ -156,7 +156,7 @@ def as_features(frame: pd.DataFrame, project: ProjectConfig, *, logged: bool) ->
         )
     out = frame[source].copy()
     out.columns = names
-    for column in project.features.numeric:
+    for column in project.features.numbers:  # booleans as 1.0/0.0, logged true/false or trained on either
         out[column] = pd.to_numeric(out[column], errors="coerce").astype("float64")
     for column in project.features.categorical:
         out[column] = out[column].astype(object).where(out[column].notna(), None)
@@ -209,7 +209,8 @@ def check_drift(
     current = current.sample(limit, random_state=0) if len(current) > limit else current
     rules = policy.drift
     definition = DataDefinition(
-        numerical_columns=list(project.features.numeric), categorical_columns=list(project.features.categorical)
+        numerical_columns=list(project.features.numeric),
+        categorical_columns=[*project.features.categorical, *project.features.boolean],
     )
     preset = DataDriftPreset(
         drift_share=rules.share,

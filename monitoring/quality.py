@@ -1,10 +1,15 @@
 """Quality once ground truth arrives: labels joined to the predictions they judge.
 
 A labels file holds the project's entity key, event timestamp and target (and, when it holds
-every feature column too, it is labelled data a retraining can learn from). Each label joins the
-latest logged prediction for its entity at or before the label's event time, within the policy's
-tolerance; a prediction's time is the event time the client sent with the row, or else the time
-of the request. Quality is then the policy's metric over the joined rows, per model version.
+every column of the project too, it is labelled data a retraining can learn from). Each label joins
+the latest logged prediction for its entity at or before the label's event time, within the
+policy's tolerance; a prediction's time is the event time the client sent with the row, or else
+the time of the request. Quality is then the policy's metric over the joined rows, per model version.
+
+Where the data had no event time of its own (``conveyor init`` generated one: the config's
+``generated``), labels need none: each joins the latest prediction for its entity, whenever it was
+made. A generated entity key (row numbers) is asked of labels all the same: it is the only key,
+and it joins only where clients sent it with their requests.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from conveyor.policies.errors import DataInvalid
 from conveyor.policies.project import ProjectConfig
 
 __all__ = ["QualityResult", "join_labels", "quality_of", "read_labels"]
+
+_MOMENT = "datetime64[ns, UTC]"
 
 
 @dataclass
@@ -59,13 +66,23 @@ def read_labels(path: Path, project: ProjectConfig) -> tuple[pd.DataFrame, bool]
             ),
             hint="Labels are a CSV or Parquet file with the entity key, event timestamp and target.",
         ) from None
-    keys = [project.entity_key, project.event_timestamp, project.target]
+    untimed = project.event_timestamp in project.generated and project.event_timestamp not in frame.columns
+    keys = [project.entity_key, *([] if untimed else [project.event_timestamp]), project.target]
     missing = [k for k in keys if k not in frame.columns]
     if missing:
-        raise DataInvalid(
-            f"{path} lacks the column(s) {', '.join(missing)}.",
-            hint=f"Labels need {', '.join(keys)} (the project config's entity key, event timestamp and target).",
+        named = ", ".join(keys)
+        hint = (
+            f"Labels need {named} (the project config's entity key{'' if untimed else ', event timestamp'} and target)."
         )
+        if project.entity_key in project.generated and project.entity_key in missing:
+            hint += (
+                f" `{project.entity_key}` numbers the rows of the prepared data (`conveyor init` made it): a label "
+                f"joins a prediction by it only where the client sent `{project.entity_key}` with the request."
+            )
+        raise DataInvalid(f"{path} lacks the column(s) {', '.join(missing)}.", hint=hint)
+    if untimed:  # no time of the data's own: the label joins the entity's latest prediction, made before now
+        frame = frame.assign(**{project.event_timestamp: pd.Timestamp.now(tz="UTC")})
+        return _checked(frame, path, project), False
     times = pd.to_datetime(frame[project.event_timestamp], utc=True, errors="coerce", format="mixed")
     bad = int(times.isna().sum() + frame[project.entity_key].isna().sum() + frame[project.target].isna().sum())
     if bad or frame.empty:
@@ -74,7 +91,17 @@ def read_labels(path: Path, project: ProjectConfig) -> tuple[pd.DataFrame, bool]
             hint="Every label needs an entity, a parseable event time and a target value.",
         )
     frame = frame.assign(**{project.event_timestamp: times})
-    return frame, all(c in frame.columns for c in project.features.all)
+    return _checked(frame, path, project), all(c in frame.columns for c in project.features.all)
+
+
+def _checked(frame: pd.DataFrame, path: Path, project: ProjectConfig) -> pd.DataFrame:
+    bad = int(frame[project.entity_key].isna().sum() + frame[project.target].isna().sum())
+    if bad or frame.empty:
+        raise DataInvalid(
+            f"{path} has {'no rows' if frame.empty else f'{bad} empty key or target value(s)'}.",
+            hint="Every label needs an entity and a target value.",
+        )
+    return frame
 
 
 def join_labels(
@@ -82,13 +109,15 @@ def join_labels(
 ) -> pd.DataFrame:
     """Each label with the prediction it judges (``request_id``, ``version``, ``prediction``...); unmatched labels dropped."""
     entity, at, target = project.entity_key, project.event_timestamp, project.target
+    untimed = at in project.generated  # the data has no time: the entity's latest prediction, whenever it was
     left = pd.DataFrame({"entity": labels[entity].astype(str), "label_time": labels[at], "label": labels[target]})
     columns = ["request_id", "row", "time", "version", "prediction", "served_by", "entity"]
     if log.empty or "entity" not in log.columns or log["entity"].isna().all():
         return pd.DataFrame(columns=[*columns, "label_time", "label"])
     right = log.loc[log["entity"].notna(), [*columns, "event_time"]].copy()
     sent = pd.to_datetime(right.pop("event_time"), utc=True, errors="coerce", format="mixed")
-    right["prediction_time"] = sent.fillna(pd.to_datetime(right["time"], utc=True))
+    right["prediction_time"] = sent.fillna(pd.to_datetime(right["time"], utc=True)).astype(_MOMENT)
+    left["label_time"] = left["label_time"].astype(_MOMENT)  # one resolution on both sides, as merge_asof needs
     joined = pd.merge_asof(
         left.sort_values("label_time"),
         right.sort_values("prediction_time"),
@@ -96,7 +125,7 @@ def join_labels(
         right_on="prediction_time",
         by="entity",
         direction="backward",
-        tolerance=pd.Timedelta(hours=tolerance_hours),
+        tolerance=None if untimed else pd.Timedelta(hours=tolerance_hours),
     )
     return joined.dropna(subset=["request_id"]).reset_index(drop=True)
 

@@ -120,6 +120,7 @@ def feature_spec(config: ProjectConfig) -> dict[str, Any]:
         "view": _view_name(config),
         "numeric": list(config.features.numeric),
         "categorical": list(config.features.categorical),
+        **({"boolean": list(config.features.boolean)} if config.features.boolean else {}),
         "ttl_days": config.feature_ttl_days,
     }
 
@@ -133,7 +134,7 @@ def feast_objects(config: ProjectConfig, source_path: str | Path) -> tuple[Any, 
     source = FileSource(
         name=f"{_view_name(config)}_source", path=str(source_path), timestamp_field=config.event_timestamp
     )
-    schema = [Field(name=c, dtype=Float64) for c in config.features.numeric]
+    schema = [Field(name=c, dtype=Float64) for c in config.features.numbers]  # booleans as 1.0/0.0
     schema += [Field(name=c, dtype=String) for c in config.features.categorical]
     view = FeatureView(
         name=_view_name(config),
@@ -216,7 +217,7 @@ def materialize_latest(store: Any, view: Any, frame: pd.DataFrame, config: Proje
 def _feature_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:
     features = frame[[config.entity_key, config.event_timestamp, *config.features.all]].copy()
     features[config.entity_key] = features[config.entity_key].astype(str)
-    for column in config.features.numeric:
+    for column in config.features.numbers:
         features[column] = pd.to_numeric(features[column], errors="coerce").astype("float64")
     for column in config.features.categorical:
         features[column] = features[column].astype("string").astype(object).where(features[column].notna(), None)

@@ -38,6 +38,8 @@ _TIME_NAME = re.compile(r"(^|_)(time|timestamp|date|datetime|ts|created|updated|
 _KEY_NAME = re.compile(r"(^id$|_id$|^id_|key$|^uuid$)", re.IGNORECASE)
 _MAX_CATEGORIES = 1_000  # a text column with more distinct values is an identifier, not a feature
 _MAX_CLASSES = 20  # an integer target with more distinct values than this is a quantity (regression)
+_LEAK_ROWS = 20_000  # rows sampled for the leak check (one small tree per feature)
+_LEAK_R2, _LEAK_AUC = 0.98, 0.99  # one feature alone scoring this well on held-out rows is a leak, or a key
 
 
 @dataclass
@@ -48,9 +50,18 @@ class Scaffold:
     config: dict[str, Any]
     written: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # each inference a user should check
+    warnings: list[str] = field(default_factory=list)  # what looks wrong in the data (a leak, an identifier)
+    example: dict[str, Any] = field(default_factory=dict)  # a /predict request body: the data's first row
 
     def to_dict(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "config": self.config, "written": self.written, "notes": self.notes}
+        return {
+            "folder": str(self.folder),
+            "config": self.config,
+            "written": self.written,
+            "notes": self.notes,
+            "warnings": self.warnings,
+            "example": self.example,
+        }
 
 
 def guess_target(columns: list[str]) -> str | None:
@@ -96,22 +107,30 @@ def init_project(
     entity_key = entity_key or _entity_key(frame, target, notes)
     timestamp = timestamp or _timestamp(frame, target, notes)
     prepared = frame.copy()
+    generated = []
     if entity_key is None:
         entity_key = _free("row_id", columns)
         prepared.insert(0, entity_key, [f"r{i:07d}" for i in range(len(prepared))])
-        notes.append(f"No column is a unique entity key: `{entity_key}` numbers the rows in file order.")
+        generated.append(entity_key)
+        notes.append(
+            f"No column is a unique entity key: `{entity_key}` numbers the rows in file order. Labels join "
+            f"predictions by it only where clients send `{entity_key}` with their requests."
+        )
     if timestamp is None:
         timestamp = _free("event_timestamp", columns)
         order = pd.Series(range(len(prepared))).sample(frac=1.0, random_state=SEED).to_numpy()
         prepared.insert(1, timestamp, _START + pd.to_timedelta(order, unit="min"))
+        generated.append(timestamp)
         notes.append(
             f"No column is an event time: `{timestamp}` gives each row its own minute in a seeded random order "
-            f"(seed {SEED}), so the time split holds out a random share of the rows."
+            f"(seed {SEED}), so the time split holds out a random share of the rows; labels need no time "
+            "(each joins the latest prediction for its entity)."
         )
     features, dropped = _features(prepared, {entity_key, timestamp, target})
-    if not features["numeric"] and not features["categorical"]:
+    if not any(features.values()):
         raise DataInvalid(f"{data} has no column to learn from besides the target and keys.")
     notes += dropped
+    warnings = _identifiers(prepared, features) + _leaks(prepared, features, target, task)
     model_name = name or _model_name(data)
     data_name = data.name if prepared.columns.equals(frame.columns) else f"{data.stem}-prepared{_suffix(data)}"
     config = {
@@ -121,7 +140,8 @@ def init_project(
         "entity_key": entity_key,
         "event_timestamp": timestamp,
         "target": target,
-        "features": features,
+        "features": {kind: columns for kind, columns in features.items() if columns or kind != "boolean"},
+        **({"generated": generated} if generated else {}),
         "estimator": {
             "class": "sklearn.ensemble.HistGradientBoosting"
             + ("Classifier" if task == "classification" else "Regressor"),
@@ -131,7 +151,7 @@ def init_project(
         "feature_ttl_days": 365,
     }
     _check(config, folder)
-    scaffold = Scaffold(folder, config, notes=notes)
+    scaffold = Scaffold(folder, config, notes=notes, warnings=warnings, example=_example(prepared, config))
     _write(scaffold, data, prepared if data_name != data.name else None, frame[target])
     return scaffold
 
@@ -188,12 +208,14 @@ def _timestamp(frame: pd.DataFrame, target: str, notes: list[str]) -> str | None
 
 
 def _features(frame: pd.DataFrame, taken: set[str]) -> tuple[dict[str, list[str]], list[str]]:
-    numeric, categorical, dropped = [], [], []
+    numeric, boolean, categorical, dropped = [], [], [], []
     for column in frame.columns:
         if column in taken:
             continue
         values = frame[column]
-        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        if _is_boolean(values):
+            boolean.append(str(column))
+        elif pd.api.types.is_numeric_dtype(values):
             numeric.append(str(column))
         elif pd.api.types.is_datetime64_any_dtype(values):
             dropped.append(f"`{column}` is a time, not a feature: left out (derive features from it by hand).")
@@ -203,7 +225,105 @@ def _features(frame: pd.DataFrame, taken: set[str]) -> tuple[dict[str, list[str]
             )
         else:
             categorical.append(str(column))
-    return {"numeric": numeric, "categorical": categorical}, dropped
+    return {"numeric": numeric, "boolean": boolean, "categorical": categorical}, dropped
+
+
+def _example(frame: pd.DataFrame, config: dict[str, Any]) -> dict[str, Any]:
+    """A ``/predict`` body with the data's first complete row as a client sends it: the entity key
+    (and the event time, where the data has one), numbers, booleans as JSON booleans, categories as text."""
+    features = config["features"]
+    columns = [c for kind in ("numeric", "boolean", "categorical") for c in features.get(kind, [])]
+    complete = frame[columns].notna().all(axis=1)
+    row = frame[complete].iloc[0] if complete.any() else frame.iloc[0]
+    body: dict[str, Any] = {config["entity_key"]: str(row[config["entity_key"]])}
+    if config["event_timestamp"] not in config.get("generated", []):
+        body[config["event_timestamp"]] = pd.Timestamp(row[config["event_timestamp"]]).isoformat()
+    for column in columns:
+        value = row[column]
+        if pd.isna(value):
+            body[column] = None
+        elif column in features.get("boolean", []):
+            body[column] = bool(value)
+        elif column in features.get("numeric", []):
+            body[column] = float(value)
+        else:
+            body[column] = str(value)
+    return {"rows": [body]}
+
+
+def _is_boolean(values: pd.Series) -> bool:
+    """True/false values (a CSV's True/False, true/false; with or without gaps)."""
+    if pd.api.types.is_bool_dtype(values):
+        return True
+    present = values.dropna()
+    return values.dtype == object and not present.empty and all(isinstance(v, bool) for v in present)
+
+
+def _identifiers(frame: pd.DataFrame, features: dict[str, list[str]]) -> list[str]:
+    """Features that look like identifiers: named like one, or whole numbers unique to each row."""
+    found = []
+    for column in [*features["numeric"], *features["categorical"]]:
+        values = frame[column].dropna()
+        named = bool(_KEY_NAME.search(column))
+        unique_numbers = (
+            pd.api.types.is_numeric_dtype(values)
+            and len(values) >= 100
+            and values.is_unique
+            and bool((values == values.round()).all())
+        )
+        if named or unique_numbers:
+            why = "named like an identifier" if named else f"a whole number unique to each of its {len(values):,} rows"
+            found.append(
+                f"`{column}` is {why}: as a feature it lets the model memorise rows rather than learn. "
+                "Remove it from `features` unless its values mean something."
+            )
+    return found
+
+
+def _leaks(frame: pd.DataFrame, features: dict[str, list[str]], target: str, task: str) -> list[str]:
+    """Features that alone predict the target almost perfectly on rows held out: most often a value
+    known only after the outcome (a leak), which no request will have in time."""
+    import numpy as np
+    from sklearn.metrics import r2_score, roc_auc_score
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    rows = frame.dropna(subset=[target]).sample(min(len(frame), _LEAK_ROWS), random_state=SEED)
+    cut = int(len(rows) * 0.7)
+    if cut < 50 or len(rows) - cut < 20:
+        return []
+    y = rows[target]
+    classes = sorted(y.unique(), key=str)
+    found = []
+    for column in [*features["numeric"], *features["boolean"], *features["categorical"]]:
+        values = rows[column]
+        if column in features["categorical"]:
+            x = values.astype("category").cat.codes.to_numpy(dtype=float).reshape(-1, 1)
+        else:
+            x = pd.to_numeric(values, errors="coerce").fillna(-1e12).to_numpy(dtype=float).reshape(-1, 1)
+        if task == "regression":
+            model = DecisionTreeRegressor(max_depth=8, min_samples_leaf=5, random_state=SEED)
+            model.fit(x[:cut], y.iloc[:cut].astype(float))
+            score, name, bar = r2_score(y.iloc[cut:].astype(float), model.predict(x[cut:])), "R²", _LEAK_R2
+        else:
+            model = DecisionTreeClassifier(max_depth=8, min_samples_leaf=5, random_state=SEED)
+            model.fit(x[:cut], y.iloc[:cut].astype(str))
+            held = y.iloc[cut:].astype(str)
+            if held.nunique() < 2:
+                continue
+            proba = model.predict_proba(x[cut:])
+            if len(classes) == 2:
+                positive = list(model.classes_).index(str(classes[-1])) if str(classes[-1]) in model.classes_ else 0
+                score = roc_auc_score(held == str(classes[-1]), proba[:, positive])
+            else:
+                score = float(np.mean(model.classes_[proba.argmax(axis=1)] == held.to_numpy()))
+            name, bar = ("ROC AUC" if len(classes) == 2 else "accuracy"), _LEAK_AUC
+        if score >= bar:
+            found.append(
+                f"`{column}` alone predicts `{target}` almost perfectly ({name} {score:.4f} on held-out rows): "
+                "a leak? A value recorded after the outcome (or computed from it) is not there when a "
+                "prediction is asked for; remove it from `features` unless it truly is."
+            )
+    return found
 
 
 def _free(name: str, columns: list[str]) -> str:
@@ -273,7 +393,7 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
             prepared.to_parquet(data_file, index=False)
         else:
             prepared.to_csv(data_file, index=False)
-        (staging / "conveyor.yaml").write_text(_config_text(config, scaffold.notes))
+        (staging / "conveyor.yaml").write_text(_config_text(config, scaffold.notes, scaffold.warnings))
         project = ProjectConfig.model_validate({**config, "data": data_file})
         from conveyor.pipelines.data import read_data
 
@@ -297,10 +417,13 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
     scaffold.written += _dvc_init(folder, folder / config["data"])
 
 
-def _config_text(config: dict[str, Any], notes: list[str]) -> str:
+def _config_text(config: dict[str, Any], notes: list[str], warnings: list[str]) -> str:
     import yaml
 
-    head = "# Made by `conveyor init` from the data; review it. What was inferred:\n"
+    head = "".join(
+        textwrap.fill(f"WARNING: {w}", 98, initial_indent="# ", subsequent_indent="#   ") + "\n" for w in warnings
+    )
+    head += "# Made by `conveyor init` from the data; review it. What was inferred:\n"
     head += "".join(textwrap.fill(note, 98, initial_indent="#  - ", subsequent_indent="#    ") + "\n" for note in notes)
     head += (
         "# Train with `conveyor train`; the policies are in policies/, the data's suite in policies/expectations/.\n"

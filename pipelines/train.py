@@ -47,9 +47,10 @@ class TrainedModel:
 
 
 def features_frame(config: ProjectConfig, frame: pd.DataFrame) -> pd.DataFrame:
-    """The model's input columns with their serving types: numbers as float, categories as text."""
+    """The model's input columns as the model takes them: numbers and booleans (1.0/0.0) as float,
+    categories as text."""
     features = pd.DataFrame(index=frame.index)
-    for column in config.features.numeric:
+    for column in config.features.numbers:
         features[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     for column in config.features.categorical:
         values = frame[column]
@@ -106,6 +107,14 @@ def build_pipeline(config: ProjectConfig) -> Any:
     if config.features.numeric:
         steps.append(
             ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), list(config.features.numeric))
+        )
+    if config.features.boolean:
+        steps.append(
+            (
+                "boolean",
+                SimpleImputer(strategy="most_frequent", keep_empty_features=True),
+                list(config.features.boolean),
+            )
         )
     if config.features.categorical:
         categorical = Pipeline(
@@ -182,7 +191,7 @@ def train_model(
         )
         predict_fn = "predict_proba" if config.task == "classification" else "predict"
         sample = x_train.head(200)
-        signature = infer_signature(sample, getattr(pipeline, predict_fn)(sample))
+        signature = served_signature(config, infer_signature(sample, getattr(pipeline, predict_fn)(sample)))
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -220,6 +229,24 @@ def name_run(client: Any, run_id: str, model: str, version: str, alias: str) -> 
 
 
 _MAX_CATEGORIES = 1_000  # a column with more distinct values is served unchecked (an identifier, not a category)
+
+
+def served_signature(config: ProjectConfig, signature: Any) -> Any:
+    """``signature`` with the boolean features typed ``boolean``: clients send JSON booleans, the
+    service hands the model 1.0/0.0 as training did."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    if not config.features.boolean:
+        return signature
+    booleans = set(config.features.boolean)
+    inputs = Schema(
+        [
+            ColSpec(DataType.boolean if spec.name in booleans else spec.type, spec.name, required=spec.required)
+            for spec in signature.inputs.inputs
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=signature.outputs, params=signature.params)
 
 
 def input_contract(config: ProjectConfig, x_train: pd.DataFrame, model: Any) -> dict[str, Any]:

@@ -284,6 +284,8 @@ def starter_suite(config: ProjectConfig, frame: pd.DataFrame) -> dict[str, Any]:
         values = sorted(str(v) for v in frame[column].dropna().unique())
         if len(values) <= 200:
             expect("expect_column_values_to_be_in_set", column=column, value_set=values, mostly=0.95)
+    for column in config.features.boolean:
+        expect("expect_column_values_to_be_in_set", column=column, value_set=[False, True])
     if config.task == "classification":
         labels = sorted(frame[config.target].dropna().unique().tolist())
         expect("expect_column_values_to_be_in_set", column=config.target, value_set=labels)

@@ -39,14 +39,21 @@ class _Strict(BaseModel):
 
 
 class Features(_Strict):
-    """Feature columns by kind; numeric ones are cast to float, categorical ones to string."""
+    """Feature columns by kind: numeric ones are cast to float, categorical ones to string, boolean
+    ones are true/false in the data and in requests (JSON booleans) and 1.0/0.0 to the model."""
 
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
+    boolean: tuple[str, ...] = ()
 
     @property
     def all(self) -> tuple[str, ...]:
-        return self.numeric + self.categorical
+        return self.numeric + self.boolean + self.categorical
+
+    @property
+    def numbers(self) -> tuple[str, ...]:
+        """The columns the model sees as numbers: numeric ones and booleans (as 1.0/0.0)."""
+        return self.numeric + self.boolean
 
 
 class EstimatorSpec(_Strict):
@@ -127,6 +134,10 @@ class ProjectConfig(_Strict):
     split: SplitSpec = SplitSpec()
     feature_ttl_days: int = Field(365, gt=0)  # how far back a feature value may come from
     behaviour: list[DirectionalCheck] = []  # behavioural checks on the trained model
+    # Key columns the data does not have, made by `conveyor init` for its prepared copy: labels
+    # join without them (a generated event time is never asked of labels; a generated row number
+    # only joins where clients sent it with their requests).
+    generated: tuple[str, ...] = ()
     settings: dict[str, Any] = {}  # read by conveyor's settings, not here
     source: Path | None = Field(None, exclude=True)  # the file this was read from
 
@@ -141,6 +152,12 @@ class ProjectConfig(_Strict):
         for check in self.behaviour:
             if check.feature not in numeric:
                 raise ValueError(f"behaviour check on {check.feature!r}: directional checks need a numeric feature")
+        stray = [c for c in self.generated if c not in (self.entity_key, self.event_timestamp)]
+        if stray:
+            raise ValueError(
+                f"`generated` names {', '.join(map(repr, stray))}: only the entity key and the event "
+                "timestamp can be generated"
+            )
         if twice:
             raise ValueError(
                 f"column(s) {', '.join(map(repr, twice))} named more than once: the entity key, event "
@@ -235,6 +252,7 @@ def _describe(exc: ValidationError, path: Path) -> str:
                     | {
                         "numeric",
                         "categorical",
+                        "boolean",
                         "class",
                         "params",
                         "method",

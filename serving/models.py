@@ -136,11 +136,12 @@ log = logging.getLogger("conveyor.serving")
 
 
 def frame_of(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> pd.DataFrame:
-    """Checked rows as the frame the model was trained on: numbers as float64 (None as NaN), text as objects."""
+    """Checked rows as the frame the model was trained on: numbers and booleans as float64 (None as
+    NaN), text as objects."""
     data = {}
     for column in columns:
         values = [row[column.name] for row in rows]
-        if column.type in _NUMERIC:
+        if column.type in _NUMERIC or column.type == "boolean":  # a boolean as training saw it: 1.0/0.0
             data[column.name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         else:
             data[column.name] = np.array(values, dtype=object)

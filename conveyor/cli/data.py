@@ -101,9 +101,17 @@ def init(
     out(f"Made project {config['model_name']} ({config['task']}, target {config['target']}) in {made.folder}.")
     for note in made.notes:
         out(f"  - {note}")
+    for warning in made.warnings:  # also at the head of conveyor.yaml
+        out(f"  WARNING: {warning}")
     out(f"  wrote {', '.join(made.written)}")
     where = "" if made.folder == Path.cwd() else f"cd {folder} && "
     out(f"Next: review conveyor.yaml and policies/, then `{where}conveyor validate && conveyor train`.")
+    body = json.dumps(made.example)
+    out(
+        "Once it is promoted and served (`conveyor serve`, a key from `conveyor api-key create NAME`), a request "
+        f'with the data\'s first complete row: curl -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
+        f"127.0.0.1:3000/predict -d '{body}'"
+    )
 
 
 @config_app.command("check")
@@ -133,7 +141,8 @@ def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
     out(f"  model      {project.model_name} ({project.task})")
     out(f"  data       {project.data}" + ("" if project.data.is_file() else "  (not present yet)"))
     out(f"  entity     {project.entity_key}, time {project.event_timestamp}, target {project.target}")
-    out(f"  features   {len(project.features.numeric)} numeric, {len(project.features.categorical)} categorical")
+    f = project.features
+    out(f"  features   {len(f.numeric)} numeric, {len(f.boolean)} boolean, {len(f.categorical)} categorical")
     out(f"  estimator  {project.estimator.class_path}")
 
 

@@ -186,6 +186,21 @@ def test_a_batch_gets_one_prediction_per_row_in_order(served: Served) -> None:
     assert batch["predictions"] == pytest.approx(singles)
 
 
+def test_the_readme_request_runs_as_written(served: Served) -> None:
+    import re
+
+    import httpx
+
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"curl (.*?/predict) -d '(.*?)'", readme, re.S)
+    assert command is not None, "the README shows a /predict request"
+    body = json.loads(command.group(2))
+    headers = {"Authorization": f"Bearer {served.client_key}", "Content-Type": "application/json"}
+    reply = httpx.post(f"{served.service.url}/predict", json=body, headers=headers, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["predictions"]) == len(body["rows"]) == 1
+
+
 def test_callers_need_a_key_admins_an_admin_key_and_each_key_has_its_rate(served: Served) -> None:
     import httpx
 
