@@ -18,10 +18,13 @@ changes nothing; the first verb that needs the stores prepares the process for t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.policies.errors import ConveyorError
 from conveyor.registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
@@ -65,7 +68,9 @@ class LedgerAudit:
 
     chain: ChainReport
     ledger: str  # the ledger's URL, without a password
-    sealed: Seal | None = None
+    sealed: Seal | None = None  # the seal made now
+    newest_seal: Seal | None = None  # the newest trusted seal the chain was held to
+    seal_file: Path | None = None  # a copy of the seal made now, to keep outside the ledger's database
 
     @property
     def ok(self) -> bool:
@@ -73,7 +78,15 @@ class LedgerAudit:
 
     def to_dict(self) -> dict[str, Any]:
         body = {k: v for k, v in self.chain.__dict__.items() if k != "milestones"}
-        return {"ledger": self.ledger, **body, "sealed": self.sealed.seq if self.sealed else None}
+        newest = self.newest_seal
+        return {
+            "ledger": self.ledger,
+            **body,
+            "sealed": self.sealed.seq if self.sealed else None,
+            "seal_file": str(self.seal_file) if self.seal_file else None,
+            "newest_seal": {"seq": newest.seq, "time": newest.time, "signer": newest.signer} if newest else None,
+            "events_since_seal": self.chain.events - newest.seq if newest and self.chain.ok else None,
+        }
 
 
 class Workspace(_Workspace):
@@ -285,14 +298,24 @@ class Workspace(_Workspace):
                 report.evidence_key = key.fingerprint
         return report
 
-    def audit_ledger(self, *, seal: bool = False) -> LedgerAudit:
-        """Check the ledger's whole chain; with ``seal``, sign a checkpoint of it when it holds."""
-        from conveyor.registry.seals import MILESTONE_EVERY, seal_with_project_key
+    def audit_ledger(self, *, seal: bool = False, against: Sequence[str | Path] = ()) -> LedgerAudit:
+        """Check the ledger's whole chain, held to every seal (the stored ones, and the seal files
+        ``against`` names, kept outside the ledger's database); with ``seal``, sign a checkpoint of
+        it when it holds, and write a copy of that seal under ``home/seals/``."""
+        from conveyor.registry.seals import MILESTONE_EVERY, check_seals, project_trust, seal_with_project_key
 
+        external = [_seal_file(Path(p)) for p in against]
+        _, trusted = project_trust(self)
         with self.ledger() as ledger:
             chain = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
-            sealed = seal_with_project_key(self, ledger, chain) if seal and chain.ok else None
-            return LedgerAudit(chain, ledger.display_url, sealed)
+            chain, newest = check_seals(ledger, chain, trusted, external)
+            if not (seal and chain.ok):
+                return LedgerAudit(chain, ledger.display_url, None, newest)
+            sealed = seal_with_project_key(self, ledger, chain)
+            copy = self.home / "seals" / f"seal-{sealed.seq}.json"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text(json.dumps(sealed.envelope, indent=2) + "\n", encoding="utf-8")
+            return LedgerAudit(chain, ledger.display_url, sealed, sealed, copy)
 
     def seal(self) -> Seal:
         """Check the whole chain, then seal it with the project key."""
@@ -314,6 +337,20 @@ class Workspace(_Workspace):
         from conveyor.pipelines.loop import labels
 
         return labels(self._ready(), Path(path), start=retrain)
+
+
+def _seal_file(path: Path) -> dict[str, Any]:
+    """A seal's envelope from a file kept outside the ledger's database (``home/seals/seal-N.json``)."""
+    try:
+        envelope = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConveyorError(
+            f"{path} is not a readable seal file: {exc}.",
+            hint="Give a file that `conveyor audit --ledger --seal` wrote under .conveyor/seals/.",
+        ) from None
+    if not isinstance(envelope, dict) or "payload" not in envelope:
+        raise ConveyorError(f"{path} holds no seal envelope.", hint="Give a seal file (.conveyor/seals/seal-N.json).")
+    return envelope
 
 
 def verify_bundle(bundle: str | Path, *, fingerprint: str | None = None) -> EvidenceReport:

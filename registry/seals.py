@@ -9,11 +9,17 @@ whose hash the seal signed. Events after the seal are verified one by one up to 
 A seal is only as strong as its key: it is signed by the project key and checked against the
 keys the signing policy trusts. Sealing again continues from the newest trusted seal, so only
 the new events are walked.
+
+A seal also holds the ledger to what it signed: ``check_seals`` fails a chain that lacks an event
+a seal names (the newest, sealed events deleted, the head row rewritten to match), or holds it
+with another hash. Seals kept outside the ledger's database (``--against``) are checked the same
+way: the only defence when whoever drops the tail drops the seal rows too.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +36,7 @@ __all__ = [
     "SEAL_TYPE",
     "ChainProof",
     "Seal",
+    "check_seals",
     "project_trust",
     "prove_events",
     "seal_ledger",
@@ -136,6 +143,49 @@ def trusted_seal(ledger: Ledger, trusted: dict[str, bytes]) -> tuple[Seal | None
     if seal is None or seal.seq != seq:
         return None, f"seal #{row_id} (of event #{seq}) is not signed by a trusted key"
     return seal, None
+
+
+def check_seals(
+    ledger: Ledger, chain: ChainReport, trusted: dict[str, bytes], external: Sequence[dict[str, Any]] = ()
+) -> tuple[ChainReport, Seal | None]:
+    """``chain`` (a whole-chain check) held to every seal: the stored ones and the ``external``
+    envelopes. Fails naming the sealed events the ledger no longer holds, or holds with another
+    hash, and a stored seal no trusted key signed. Returns the report and the newest trusted seal."""
+    if not chain.ok:
+        return chain, None
+    problems: list[tuple[int, str]] = []
+    seals: list[tuple[str, Seal]] = []
+    for row_id, seq, envelope in ledger.seals(limit=100_000):
+        seal = open_seal(envelope, trusted) if envelope is not None else None
+        if seal is None or seal.seq != seq:
+            problems.append((seq, f"seal #{row_id} (of event #{seq}) is not signed by a trusted key"))
+        else:
+            seals.append((f"the seal of #{seal.seq:,} ({seal.time})", seal))
+    for envelope in external:
+        seal = open_seal(envelope, trusted)
+        if seal is None:
+            problems.append((0, "a seal given with --against is not signed by a trusted key"))
+        else:
+            seals.append((f"the seal of #{seal.seq:,} given with --against ({seal.time})", seal))
+    newest = max((s for _, s in seals), key=lambda s: s.seq, default=None)
+    for name, seal in seals:
+        named = {**seal.milestones, seal.seq: seal.hash}
+        held = {e.seq: e.hash for e in ledger.get_many(named)}
+        missing = sorted(seq for seq in named if seq not in held)
+        changed = sorted(seq for seq in named if seq in held and held[seq] != named[seq])
+        if missing:
+            shown = ", ".join(f"#{s:,}" for s in missing[:10])
+            problems.append((missing[0], f"{name} names event(s) {shown}, which the ledger no longer holds: deleted"))
+        if changed:
+            shown = ", ".join(f"#{s:,}" for s in changed[:10])
+            problems.append((changed[0], f"{name} signed event(s) {shown} with another hash: rewritten"))
+    if not problems:
+        return chain, newest
+    problems.sort()
+    return (
+        ChainReport(False, chain.events, chain.head, problems[0][0] or None, "; ".join(p for _, p in problems)),
+        newest,
+    )
 
 
 def prove_events(ledger: Ledger, seqs: set[int], trusted: dict[str, bytes]) -> ChainProof:

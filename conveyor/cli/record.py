@@ -130,6 +130,13 @@ def audit(
     seal: Annotated[
         bool, typer.Option("--seal", help="With --ledger: sign a checkpoint of the verified chain.")
     ] = False,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against",
+            help="With --ledger: also hold the chain to this seal file, kept outside the ledger's database.",
+        ),
+    ] = None,
     export: Annotated[
         Path | None, typer.Option("--export", help="With MODEL/VERSION: write an evidence bundle (.tar.gz).")
     ] = None,
@@ -152,6 +159,7 @@ def audit(
         )
     pairs = (
         (seal, ledger_only, "--seal goes with --ledger"),
+        (bool(against), ledger_only, "--against goes with --ledger"),
         (export is not None, ref is not None, "--export goes with MODEL/VERSION"),
         (pinned is not None, bundle is not None, "--fingerprint goes with --bundle"),
     )
@@ -161,7 +169,7 @@ def audit(
     if bundle is not None:
         _audit_bundle(bundle, pinned, as_json)
     elif ledger_only:
-        _audit_ledger(ctx, seal, as_json)
+        _audit_ledger(ctx, seal, against or [], as_json)
     else:
         _audit_version(ctx, str(ref), export, as_json)
 
@@ -194,9 +202,9 @@ def _audit_version(ctx: typer.Context, ref: str, export: Path | None, as_json: b
         raise typer.Exit(1)
 
 
-def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
+def _audit_ledger(ctx: typer.Context, seal: bool, against: list[Path], as_json: bool) -> None:
     with progress("Checking the ledger's chain" + (" and sealing it..." if seal else "..."), quiet=as_json):
-        result = workspace(ctx).audit_ledger(seal=seal)
+        result = workspace(ctx).audit_ledger(seal=seal, against=against)
     if as_json:
         emit_json(result.to_dict())
         if not result.ok:
@@ -206,8 +214,18 @@ def _audit_ledger(ctx: typer.Context, seal: bool, as_json: bool) -> None:
     report.raise_if_broken()
     head = f", head {report.head[:16]}…" if report.head else ""
     out(f"Ledger intact: {report.events:,} events, every link verified{head}.")
+    newest = result.newest_seal
     if result.sealed is not None:
         out(f"Sealed at event #{result.sealed.seq:,} with key {result.sealed.signer}.")
+        out(f"A copy of the seal: {result.seal_file} (keep one outside the ledger's database; see the README).")
+    elif newest is not None:
+        since = report.events - newest.seq
+        out(
+            f"Held to every seal; the newest seals event #{newest.seq:,} ({newest.time}): "
+            + (f"{since:,} event(s) recorded since." if since else "nothing recorded since.")
+        )
+    else:
+        out("No seal yet: `conveyor audit --ledger --seal` signs a checkpoint that later audits hold the ledger to.")
 
 
 def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:

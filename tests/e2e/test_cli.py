@@ -249,6 +249,30 @@ def test_audit_names_the_broken_link(demo_project: Path, tmp_path: Path) -> None
     assert as_json["ok"] is False and as_json["broken_at"] == 1
 
 
+def test_a_sealed_tail_deleted_fails_the_audit_even_with_the_head_rewritten(demo_project: Path, tmp_path: Path) -> None:
+    assert conveyor(demo_project, "demo", "--data-only").exit_code == 0
+    sealed = conveyor(demo_project, "audit", "--ledger", "--seal")
+    assert sealed.exit_code == 0 and "Sealed at event #2" in sealed.stdout, sealed.output
+    copy = tmp_path / "elsewhere" / "seal-2.json"
+    copy.parent.mkdir()
+    copy.write_bytes((tmp_path / ".conveyor" / "seals" / "seal-2.json").read_bytes())
+    held = conveyor(demo_project, "audit", "--ledger", "--against", str(copy))
+    assert held.exit_code == 0 and "the newest seals event #2" in held.stdout, held.output
+    with sqlite3.connect(tmp_path / ".conveyor" / "ledger.db") as conn:  # the newest record goes, without a trace
+        hash_1 = conn.execute("SELECT hash FROM ledger_events WHERE seq = 1").fetchone()[0]
+        conn.execute("DELETE FROM ledger_links WHERE seq = 2")
+        conn.execute("DELETE FROM ledger_events WHERE seq = 2")
+        conn.execute("UPDATE ledger_head SET seq = 1, hash = ?", (hash_1,))
+    result = conveyor(demo_project, "audit", "--ledger")
+    assert result.exit_code == 1, result.output
+    assert "names event(s) #2, which the ledger no longer holds: deleted" in result.stderr
+    with sqlite3.connect(tmp_path / ".conveyor" / "ledger.db") as conn:  # and the seal rows too
+        conn.execute("DELETE FROM ledger_seals")
+    assert conveyor(demo_project, "audit", "--ledger").exit_code == 0  # nothing inside the database can tell
+    outside = conveyor(demo_project, "audit", "--ledger", "--against", str(copy), "--json")
+    assert outside.exit_code == 1 and "given with --against" in json.loads(outside.stdout)["reason"]
+
+
 def test_lineage_of_unknown_things_says_so(demo_project: Path) -> None:
     stranger = demo_project / "stranger.txt"
     stranger.write_text("never recorded")

@@ -158,3 +158,18 @@ def test_read_columns_refuses_non_utf8_and_empty_files(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DataInvalid, match="is empty"):
         read_columns(empty)
+
+
+def test_boolean_features_are_numbers_to_the_model_and_generated_keys_are_keys_only(tmp_path: Path) -> None:
+    config = demo_config()
+    config["features"]["boolean"] = ["first_loan"]
+    config["generated"] = ["event_timestamp"]
+    loaded = load_project(write(tmp_path, config))
+    assert "first_loan" in loaded.features.all and "first_loan" in loaded.features.numbers
+    assert "first_loan" not in loaded.features.numeric and loaded.generated == ("event_timestamp",)
+    config["generated"] = ["age"]
+    error = error_for(tmp_path, config)
+    assert "`generated` names 'age': only the entity key and the event timestamp can be generated" in error.message
+    del config["generated"]
+    config["features"]["booleans"] = ["first_loan"]
+    assert "(did you mean `boolean`?)" in error_for(tmp_path, config).message

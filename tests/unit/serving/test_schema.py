@@ -58,3 +58,16 @@ def test_columns_come_from_a_real_mlflow_signature_as_an_mlmodel_file_holds_it(t
     Model(signature=infer_signature(frame, np.array([0.1, 0.2]))).save(tmp_path / "MLmodel")
     columns = columns_from_mlmodel(yaml.safe_load((tmp_path / "MLmodel").read_text()))
     assert columns == [Column("income", "double"), Column("term", "long"), Column("purpose", "string")]
+
+
+def test_a_boolean_column_takes_json_booleans_only_and_reaches_the_model_as_numbers() -> None:
+    from conveyor.serving.models import frame_of
+
+    columns = [Column("autopay", "boolean"), Column("balance", "double")]
+    model = request_model(columns)
+    rows = model.model_validate_json('{"rows": [{"autopay": true, "balance": 2}, {"autopay": null, "balance": 1.5}]}')
+    with pytest.raises(ValidationError, match="autopay"):
+        model.model_validate_json('{"rows": [{"autopay": 1, "balance": 2}]}')
+    frame = frame_of([r.__dict__ for r in rows.rows], tuple(columns))
+    assert frame["autopay"].tolist()[0] == 1.0 and str(frame["autopay"].dtype) == "float64"
+    assert frame["autopay"].isna().tolist() == [False, True]
