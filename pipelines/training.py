@@ -36,15 +36,15 @@ from conveyor.pipelines.register import register_verified
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.train import TrainedModel, name_run, run_name, train_model
 from conveyor.pipelines.validate import ValidationResult, suite_path, validate_data
-from conveyor.policies.errors import DataInvalid, GateFailed, PolicyInvalid, SignatureInvalid, ValidationFailed
+from conveyor.policies.errors import DataInvalid, GateFailed, PolicyInvalid, ValidationFailed
 from conveyor.policies.project import ProjectConfig, read_columns
 from conveyor.registry.digests import canonical_json, file_digest, json_digest
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger, utc_now
+from conveyor.registry.loading import load_estimator, verified_copy
 from conveyor.registry.models import fetch_model
 from conveyor.registry.provenance import Material
 from conveyor.registry.signing import model_digest, model_files
-from conveyor.registry.verify import verify_version
 from conveyor.registry.workspace import Workspace
 
 __all__ = [
@@ -474,30 +474,14 @@ def _register(
 
 
 def _champion(run: _Run) -> tuple[str, Any] | None:
-    """The current champion, verified before it is loaded (None when there is none)."""
-    import mlflow.sklearn
-
+    """The current champion, verified into a private copy and loaded from it (None when there is
+    none); one that does not verify stops the run before anything is signed or registered."""
     name = run.config.model_name
     version = run.ws.champion(name)
     if version is None:
         return None
-    report = verify_version(
-        f"{name}/{version}",
-        run.ws.signing(),
-        root=run.root,
-        keys_dir=run.ws.keys_dir,
-        ledger=run.ledger,
-        registry=run.ws.registry(),
-    )
-    if not report.ok:
-        failed = report.first_failure
-        assert failed is not None  # the report is not ok: some link failed
-        raise SignatureInvalid(
-            f"The champion, {name} version {version}, does not verify ({failed.name}: {failed.detail}); "
-            "it was not loaded and nothing was signed or registered.",
-            hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
-        )
-    return version, mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    with verified_copy(run.ws, f"{name}/{version}", run.ledger, what="The champion") as (_, files):
+        return version, load_estimator(files, run.ws.loadable_types())
 
 
 def _gain_metric(run: _Run) -> str | None:

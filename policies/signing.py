@@ -49,6 +49,9 @@ class SigningPolicy(_Strict):
     trust_project_key: bool = True  # the key pair in <home>/keys (`conveyor keys init`)
     trusted_keys: tuple[TrustedKey, ...] = ()
     organisation_ca: OrganisationCA | None = None
+    # Types a scikit-learn model may ask skops to trust, as glob patterns of dotted names; a signed
+    # model listing another is refused. Empty: numpy, SciPy, scikit-learn and the project's estimator class.
+    loadable_types: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> SigningPolicy:

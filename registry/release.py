@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from conveyor.policies.errors import ConveyorError, NotFound, RegistryError
+from conveyor.policies.errors import ConveyorError, NotFound, RegistryError, SignatureInvalid
 from conveyor.policies.promotion import Candidate, Decision, decide_promotion
 from conveyor.registry.digests import json_digest
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger
+from conveyor.registry.loading import make_read_only
 from conveyor.registry.locks import file_lock
 from conveyor.registry.verify import VerificationReport, parse_ref, what_registry_has
 from conveyor.registry.workspace import Workspace
@@ -54,7 +57,8 @@ class PromotionOutcome:
 
 # Scores champion version ``champion`` on the holdout of the candidate ``report`` describes
 # (None when that holdout cannot be found intact); the pipelines provide one.
-ChampionScorer = Callable[[Workspace, VerificationReport, str], "dict[str, float] | None"]
+# (workspace, the candidate's verification, the champion's version, the candidate's verified files)
+ChampionScorer = Callable[[Workspace, VerificationReport, str, Path], "dict[str, float] | None"]
 
 
 def promote(
@@ -78,8 +82,15 @@ def promote(
     loaded = ws.policy("promotion")
     policy = loaded.value
     client = ws.mlflow()
-    with ws.ledger() as ledger, file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]):
-        report = ws.verify_ref(ref, ledger)
+    with (
+        ws.ledger() as ledger,
+        file_lock(ws.home, "release-" + ref.split("@")[0].split("/")[0]),
+        tempfile.TemporaryDirectory(prefix="conveyor-candidate-") as scratch,
+    ):
+        files = Path(scratch) / "files"  # the candidate's verified bytes: what scoring loads, if it must
+        report = ws.verify_ref(ref, ledger, keep=files)
+        if report.ok:
+            make_read_only(files)
         name, version = report.name, report.version
         if version is None:  # a usage mistake, not a refusal
             raise RegistryError(report.links[0].detail, hint=what_registry_has(client, parse_ref(ref)[0]))
@@ -96,8 +107,12 @@ def promote(
             assert failed is not None  # the report is not ok: some link failed
             decision = Decision(False, [f"verification failed at the {failed.name} link: {failed.detail}"])
         else:
-            candidate = _candidate(ws, ledger, client, report, champion, score_champion)
-            decision = decide_promotion(candidate, champion, policy, target=target, canary_passed=canary_passed)
+            try:
+                candidate = _candidate(ws, ledger, client, report, champion, score_champion, files)
+            except SignatureInvalid as exc:  # the comparison needs the champion: refused, not made without it
+                decision = Decision(False, [f"{exc.message} {exc.hint or ''}".strip()])
+            else:
+                decision = decide_promotion(candidate, champion, policy, target=target, canary_passed=canary_passed)
             decision = _after_rollback(ledger, name, version, decision, force_after_rollback)
         previous = alias(client, name, target) if version else None
         if dry_run:
@@ -211,6 +226,7 @@ def _candidate(
     report: VerificationReport,
     champion: str | None,
     score_champion: ChampionScorer | None,
+    files: Path,
 ) -> Candidate:
     run = client.get_run(report.tags["conveyor.run_id"])
     prefix = _metric_prefix(report)
@@ -223,7 +239,7 @@ def _candidate(
         clean_tree=_clean_tree(report.statement),
         size_bytes=report.size_bytes,
         metrics=metrics,
-        champion_metrics=_champion_metrics(ws, client, report, champion, score_champion)
+        champion_metrics=_champion_metrics(ws, client, report, champion, score_champion, files)
         if champion and champion != report.version
         else None,
     )
@@ -250,14 +266,19 @@ def _clean_tree(statement: dict[str, Any] | None) -> bool | None:
 
 
 def _champion_metrics(
-    ws: Workspace, client: Any, report: VerificationReport, champion: str, score_champion: ChampionScorer | None
+    ws: Workspace,
+    client: Any,
+    report: VerificationReport,
+    champion: str,
+    score_champion: ChampionScorer | None,
+    files: Path,
 ) -> dict[str, float] | None:
     """The champion's metrics on the candidate's holdout: recorded at training when that champion
     was already champion, otherwise scored now by ``score_champion`` (if there is one)."""
     run = client.get_run(report.tags["conveyor.run_id"])
     if run.data.tags.get("conveyor.champion_version") == champion:
         return {k.removeprefix("champion_"): v for k, v in run.data.metrics.items() if k.startswith("champion_")}
-    return None if score_champion is None else score_champion(ws, report, champion)
+    return None if score_champion is None else score_champion(ws, report, champion, files)
 
 
 # -- registry moves ------------------------------------------------------------------------------

@@ -449,6 +449,18 @@ class Workspace:
     def signing(self) -> SigningPolicy:
         return self.policy("signing").value
 
+    def loadable_types(self) -> tuple[str, ...]:
+        """The types a scikit-learn model of this project may ask skops to trust (see
+        ``registry.loading``): the signing policy's list, or numpy, SciPy, scikit-learn and the
+        project's own estimator class."""
+        from conveyor.registry.loading import DEFAULT_LOADABLE
+
+        listed = self.signing().loadable_types
+        if listed:
+            return listed
+        own = (self.project().estimator.class_path,) if self.project_file.is_file() and not self.is_llm else ()
+        return (*DEFAULT_LOADABLE, *own)
+
     def verify_ref(self, ref: str, ledger: Ledger, *, keep: Path | None = None) -> VerificationReport:
         """Every link of ``ref`` checked against this project's trust, registry and weights store
         (``registry.verify.verify_version``); with ``keep``, the verified files stay there."""

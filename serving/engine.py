@@ -489,6 +489,7 @@ class Engine:
                 ledger=self.ledger,
                 task=self._task,
                 workspace=ws.home / "serving" / "models",
+                loadable=ws.loadable_types(),
             )
         except LoadRefused as exc:
             self._refuse(version, role, str(exc))

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from conveyor.policies.errors import ConveyorError
+from conveyor.registry.loading import load_estimator, make_read_only, untrusted_types
 from conveyor.serving.contract import ContractBreach, InputContract, check_output
 from conveyor.serving.schema import Column, columns_from_mlmodel
 from conveyor.serving.spare import warm_pool
@@ -69,6 +71,7 @@ class VerifiedModel:
     columns: tuple[Column, ...]
     task: str  # classification: the answer is P(positive class); regression: the prediction
     contract: InputContract = field(default_factory=InputContract)
+    loadable: tuple[str, ...] = ()  # the types skops may be told to trust (checked before the child loads it)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
@@ -94,9 +97,18 @@ def verified_files(ref: str, workspace: Path, verify: Callable[[Path], Any]) -> 
 
 
 def load_verified(
-    ref: str, *, policy: Any, root: Path, keys_dir: Path, ledger: Any, task: str, workspace: Path
+    ref: str,
+    *,
+    policy: Any,
+    root: Path,
+    keys_dir: Path,
+    ledger: Any,
+    task: str,
+    workspace: Path,
+    loadable: tuple[str, ...],
 ) -> VerifiedModel:
-    """Verify ``ref`` (every link of ``conveyor verify``) and keep its files in ``workspace``."""
+    """Verify ``ref`` (every link of ``conveyor verify``) and keep its files, read-only, in
+    ``workspace``; refused when its signed ``MLmodel`` asks to trust a type outside ``loadable``."""
     import yaml
 
     from conveyor.registry.verify import verify_version
@@ -105,12 +117,18 @@ def load_verified(
         return verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=keep)
 
     with verified_files(ref, workspace, verify) as (report, model_dir):
+        make_read_only(model_dir)
         try:
             mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
             columns = tuple(columns_from_mlmodel(mlmodel))
             contract = InputContract.from_metadata(mlmodel.get("metadata"))
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            outside = untrusted_types(model_dir, loadable)
+        except (OSError, ValueError, yaml.YAMLError, ConveyorError) as exc:
             raise LoadRefused(f"{ref} cannot be served: {exc}") from None
+        if outside:
+            raise LoadRefused(
+                f"{ref} asks to trust type(s) outside policies/signing.yaml loadable_types: {', '.join(outside)}"
+            )
     return VerifiedModel(
         report.name,
         str(report.version),
@@ -120,6 +138,7 @@ def load_verified(
         columns,
         task,
         contract,
+        loadable,
     )
 
 
@@ -148,30 +167,15 @@ def frame_of(rows: list[dict[str, Any]], columns: tuple[Column, ...]) -> pd.Data
     return pd.DataFrame(data)
 
 
-def load_estimator(model_dir: Path) -> Any:
-    """The estimator in an MLflow sklearn model folder, loaded the way MLflow loads it (skops with the
-    model's own trusted types), without importing MLflow where the format allows."""
-    import yaml
-
-    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["sklearn"]
-    if flavor.get("serialization_format") == "skops":
-        import skops.io
-
-        return skops.io.load(model_dir / flavor["pickled_model"], trusted=flavor.get("skops_trusted_types") or [])
-    import mlflow.sklearn
-
-    return mlflow.sklearn.load_model(str(model_dir))
-
-
 # -- the child process: loads the model once and answers frames ----------------------------------
 
 _child: Any = None
 _CLOSE = object()  # on a model's queue: stop once what is before it is answered
 
 
-def _child_load(model_dir: str, task: str, columns: tuple[Column, ...]) -> int:
+def _child_load(model_dir: str, task: str, columns: tuple[Column, ...], loadable: tuple[str, ...]) -> int:
     global _child  # noqa: PLW0603 - one model per child process
-    model = load_estimator(Path(model_dir))
+    model = load_estimator(Path(model_dir), loadable)
     method = model.predict_proba if task == "classification" else model.predict
     _child = (method, columns)
     return os.getpid()
@@ -232,7 +236,7 @@ class ModelProcess:
     def _start(self, pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
         self._pool = pool or warm_pool()
         v = self.verified
-        self._ready = self._pool.submit(_child_load, str(v.folder), v.task, v.columns)  # done once it has loaded
+        self._ready = self._pool.submit(_child_load, str(v.folder), v.task, v.columns, v.loadable)  # once loaded
 
     async def predict(self, rows: list[dict[str, Any]]) -> Answer:
         if self._closing:

@@ -142,7 +142,8 @@ def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
     out(f"  data       {project.data}" + ("" if project.data.is_file() else "  (not present yet)"))
     out(f"  entity     {project.entity_key}, time {project.event_timestamp}, target {project.target}")
     f = project.features
-    out(f"  features   {len(f.numeric)} numeric, {len(f.boolean)} boolean, {len(f.categorical)} categorical")
+    boolean = f"{len(f.boolean)} boolean, " if f.boolean else ""
+    out(f"  features   {len(f.numeric)} numeric, {boolean}{len(f.categorical)} categorical")
     out(f"  estimator  {project.estimator.class_path}")
 
 

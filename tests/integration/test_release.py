@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -388,3 +389,78 @@ def test_trusted_key_whose_file_does_not_match_its_pin_is_named(reg: Registry) -
         assert name == "signature" and f"has fingerprint {other.fingerprint}, not the pinned {pinned}" in detail
     finally:
         policy.write_text(original)
+
+
+PAYLOAD = '''
+import pathlib
+
+
+class Payload:
+    """What an attacker would have skops build: its code runs as the object is loaded."""
+
+    def __setstate__(self, state):
+        pathlib.Path(state["marker"]).write_text("ran")
+'''
+
+
+@pytest.fixture
+def payload(reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Any]]:
+    """An importable attacker's class, the marker it would write, and a way to plant it in a
+    version's stored files (its model.skops, and its class added to the MLmodel's trusted types)."""
+    import skops.io
+
+    (tmp_path / "attacker_payload.py").write_text(PAYLOAD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import attacker_payload  # type: ignore[import-not-found]
+
+    marker = tmp_path / "payload-ran"
+    planted: list[tuple[Path, Path]] = []
+
+    def plant(version: str) -> None:
+        folder = reg.artifacts(version)
+        backup = folder.with_name(f"backup-{version}")
+        shutil.copytree(folder, backup)
+        planted.append((folder, backup))
+        thing = attacker_payload.Payload()
+        thing.__dict__["marker"] = str(marker)
+        skops.io.dump(thing, folder / "model.skops")
+        mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+        mlmodel["flavors"]["sklearn"]["skops_trusted_types"].append("attacker_payload.Payload")
+        (folder / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    yield marker, plant
+    for folder, backup in planted:
+        shutil.rmtree(folder)
+        backup.rename(folder)
+
+
+def test_a_tampered_champion_never_runs_in_a_promotion_which_is_refused(reg: Registry, payload: Any) -> None:
+    marker, plant = payload
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    plant("1")  # version 2 was trained with no champion: promotion must score the champion itself
+    code, outcome = promote(reg, f"{NAME}/2", "champion")
+    assert code == 1 and outcome["ok"] is False, outcome
+    assert any("The champion, loan-default version 1, does not verify (signature:" in r for r in outcome["reasons"])
+    assert not marker.exists(), "the attacker's class ran"
+    assert reg.alias("champion") == "1"
+
+
+def test_a_tampered_candidate_never_runs_and_is_refused(reg: Registry, payload: Any) -> None:
+    marker, plant = payload
+    assert promote(reg, f"{NAME}/1", "champion")[0] == 0
+    plant("2")
+    code, outcome = promote(reg, f"{NAME}/2", "champion")
+    assert code == 1 and any("verification failed at the signature link" in r for r in outcome["reasons"]), outcome
+    assert not marker.exists(), "the attacker's class ran"
+
+
+def test_a_signed_model_asking_to_trust_a_type_outside_the_list_is_not_loaded(reg: Registry) -> None:
+    from conveyor.policies.errors import SignatureInvalid
+    from conveyor.registry.loading import load_estimator, verified_copy
+
+    ws = open_workspace(reg.root, reg.home, tracking_uri=reg.mlflow_uri)
+    with ws.ledger() as ledger, verified_copy(ws, f"{NAME}/1", ledger, what="The model") as (report, files):
+        assert report.ok and (files / "model.skops").stat().st_mode & 0o222 == 0  # a read-only private copy
+        assert load_estimator(files, ws.loadable_types()).predict_proba  # the project's own types load
+        with pytest.raises(SignatureInvalid, match=r"outside the project's loadable types: .*TreePredictor"):
+            load_estimator(files, ("numpy.*",))

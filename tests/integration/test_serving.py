@@ -122,6 +122,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_loans: Path) -> Itera
         unknown_categories="refuse",  # the default (the repository's policy flags them, for the demo)
     )
     (root / "policies" / "serving.yaml").write_text(yaml.safe_dump(serving))
+    signing = yaml.safe_load((REPO / "policies" / "signing.yaml").read_text())
+    signing["loadable_types"] = ["numpy.*", "scipy.*", "sklearn.*", "tests.faults.*"]  # the faulty canaries' class
+    (root / "policies" / "signing.yaml").write_text(yaml.safe_dump(signing))
     promotion = yaml.safe_load((REPO / "policies" / "promotion.yaml").read_text())
     promotion["beat_champion"]["min_delta"] = -0.05  # the healthy canary is the champion's equal
     (root / "policies" / "promotion.yaml").write_text(yaml.safe_dump(promotion))
