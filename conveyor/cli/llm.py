@@ -123,6 +123,15 @@ def ask(
     )
 
 
+@llm_app.command("weights")
+def weights(ctx: typer.Context) -> None:
+    """Check the project's weights in the store; rebuild a damaged or missing copy from the installed
+    package (refused, changing nothing, when the package itself no longer verifies)."""
+    with progress("Checking the weights store..."):
+        path, done = workspace(ctx).repair_weights()
+    out(f"{path}: {done}.")
+
+
 @llm_app.command("check")
 def check(
     ctx: typer.Context,

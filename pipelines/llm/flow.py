@@ -23,12 +23,13 @@ from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from conveyor.pipelines.register import register_verified
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.training import _direct
-from conveyor.policies.errors import GateFailed, SignatureInvalid
+from conveyor.policies.errors import GateFailed
 from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
 from conveyor.policies.promotion import Candidate, Decision, LlmGate, decide_promotion
 from conveyor.registry.digests import canonical_json, file_digest, json_digest
 from conveyor.registry.events import EventKind, inputs_by_role
 from conveyor.registry.ledger import Ledger, utc_now
+from conveyor.registry.loading import verified_copy
 from conveyor.registry.models import experiment
 from conveyor.registry.provenance import Material
 from conveyor.registry.verify import in_project
@@ -418,24 +419,14 @@ def evaluate_version(
     scorers: tuple[str, ...],
     timeout_seconds: float,
 ) -> EvaluationResult:
-    """Verify a registered release, load it and evaluate it on ``cases`` (its own MLflow run)."""
-    import tempfile
-
+    """Verify a registered release into a private copy, load it from there and evaluate it on
+    ``cases`` (its own MLflow run); one that does not verify is ``SignatureInvalid``."""
     import mlflow
 
     from conveyor.serving.llm import LlmRelease
 
-    with tempfile.TemporaryDirectory(prefix="conveyor-champion-") as keep:
-        report = ws.verify_ref(f"{name}/{version}", ledger, keep=Path(keep))
-        if not report.ok:
-            failed = report.first_failure
-            assert failed is not None  # the report is not ok: some link failed
-            raise SignatureInvalid(
-                f"The champion, {name} version {version}, does not verify ({failed.name}: {failed.detail}); "
-                "it was not loaded and nothing was signed or registered.",
-                hint=f"Investigate with `conveyor verify {name}@champion`; `conveyor rollback {name}` restores the former champion.",
-            )
-        release = LlmRelease.open(Path(keep))
+    with verified_copy(ws, f"{name}/{version}", ledger, what="The champion") as (_, folder):
+        release = LlmRelease.open(folder)
         experiment_id = experiment(name, ws.home / "mlartifacts", "genai_development")
         with mlflow.start_run(
             experiment_id=experiment_id, tags={"conveyor.kind": "llm-champion-evaluation", "conveyor.version": version}
