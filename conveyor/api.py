@@ -194,8 +194,12 @@ class Workspace(_Workspace):
 
     def verify(self, ref: str) -> VerificationReport:
         """Every link of ``MODEL/VERSION`` or ``MODEL@ALIAS``: signature, provenance, tags, ledger."""
+        from conveyor.registry.registration import reconcile
+        from conveyor.registry.verify import parse_ref
+
         self._ready()
         with self.ledger() as ledger:
+            reconcile(self.mlflow(), ledger, self.home, parse_ref(ref)[0])
             return self.verify_ref(ref, ledger)
 
     def promote(

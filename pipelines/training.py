@@ -32,7 +32,7 @@ from conveyor.pipelines.features import (
     materialize_latest,
     open_store,
 )
-from conveyor.pipelines.register import register_verified
+from conveyor.pipelines.register import register_and_record
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.train import TrainedModel, name_run, run_name, train_model
 from conveyor.pipelines.validate import ValidationResult, suite_path, validate_data
@@ -44,6 +44,7 @@ from conveyor.registry.ledger import Ledger, utc_now
 from conveyor.registry.loading import load_estimator, verified_copy
 from conveyor.registry.models import fetch_model
 from conveyor.registry.provenance import Material
+from conveyor.registry.registration import staging_folder
 from conveyor.registry.signing import model_digest, model_files
 from conveyor.registry.workspace import Workspace
 
@@ -92,6 +93,7 @@ class _Run:
     started: str
     config_digest: str  # the project config file, hashed once per run
     cause: str | None = None  # digest of what started this run (a retraining trigger), recorded as an input
+    staging: Path = Path()  # this run's own folder for the model's files, removed when the run ends
 
     @property
     def root(self) -> Path:
@@ -143,8 +145,8 @@ def run_training(
     (a retraining trigger), recorded as an input of the trained model."""
     config = _load(ws, data)
     runner = _announced(runner)
-    with ws.ledger() as ledger:
-        run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause)
+    with ws.ledger() as ledger, staging_folder(ws.home) as staging:
+        run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause, staging)
         dataset: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
         frame = runner("read", read_data, config.data, config)
         validation: ValidationResult = runner("validate", _validate, run, dataset, frame)
@@ -300,7 +302,7 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
         artifact_root=run.home / "mlartifacts",
         tags=tags,
     )
-    folder = fetch_model(trained.model_uri, run.home / "staging" / trained.model_id)
+    folder = fetch_model(trained.model_uri, run.staging / trained.model_id)
     files = model_files(folder)
     digest = model_digest(files)
     run.ledger.append(
@@ -428,23 +430,14 @@ def _register(
         "conveyor.validation_digest": validation.digest,
         "conveyor.training_set": features.digest,
     }
-    version, verified = register_verified(
+    version, verified = register_and_record(
+        run.ws,
+        run.ledger,
         run.config.model_name,
         trained.model.model_uri,
-        run.ws.signing(),
-        root=run.root,
-        keys_dir=run.ws.keys_dir,
         tags=tags,
-    )
-    run.ledger.append(
-        EventKind.MODEL_REGISTERED,
-        inputs={
-            "model": str(verified.model_digest),
-            "bundle": signed.bundle_digest,
-            "provenance": signed.provenance_digest,
-        },
-        outputs=[version.digest],
-        details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
+        bundle_digest=signed.bundle_digest,
+        provenance_digest=signed.provenance_digest,
     )
     client = run.ws.mlflow()
     for report in (validation.report, validation.page):  # what the data passed

@@ -22,6 +22,7 @@ from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger
 from conveyor.registry.loading import make_read_only
 from conveyor.registry.locks import file_lock
+from conveyor.registry.registration import reconcile
 from conveyor.registry.verify import VerificationReport, parse_ref, what_registry_has
 from conveyor.registry.workspace import Workspace
 
@@ -88,6 +89,7 @@ def promote(
         tempfile.TemporaryDirectory(prefix="conveyor-candidate-") as scratch,
     ):
         files = Path(scratch) / "files"  # the candidate's verified bytes: what scoring loads, if it must
+        reconcile(client, ledger, ws.home, parse_ref(ref)[0])  # a registration that died half-way is marked
         report = ws.verify_ref(ref, ledger, keep=files)
         if report.ok:
             make_read_only(files)

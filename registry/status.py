@@ -9,6 +9,7 @@ from typing import Any
 from conveyor.policies.errors import RegistryError
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger, LedgerEvent
+from conveyor.registry.registration import reconcile
 from conveyor.registry.verify import what_registry_has
 from conveyor.registry.workspace import Workspace
 
@@ -26,6 +27,10 @@ def model_status(ws: Workspace, name: str) -> dict[str, Any]:
         registered = client.get_registered_model(name)
     except MlflowException:
         raise RegistryError(f"The registry has no model {name}.", hint=what_registry_has(client, name)) from None
+    with ws.ledger() as ledger:
+        unfinished = reconcile(client, ledger, ws.home, name)
+    if unfinished:  # its aliases may have moved
+        registered = client.get_registered_model(name)
     aliases = {alias: str(version) for alias, version in sorted(registered.aliases.items())}
     versions = []
     for v in sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
@@ -36,6 +41,7 @@ def model_status(ws: Workspace, name: str) -> dict[str, Any]:
                 "registered": _iso(v.creation_timestamp),
                 "kind": v.tags.get("conveyor.kind", "model"),
                 "digest": v.tags.get("conveyor.version_digest"),
+                **({"unfinished": unfinished[str(v.version)]} if str(v.version) in unfinished else {}),
             }
         )
     with ws.ledger() as ledger:

@@ -356,7 +356,10 @@ def _check_ledger(ledger: Ledger, report: VerificationReport) -> None:
         return
     registered = [e for e in ledger.producers(report.version_digest) if e.kind == "model.registered"]
     if not registered:
-        report.links.append(Link("ledger", False, f"no model.registered event outputs {report.version_digest}"))
+        detail = f"no model.registered event outputs {report.version_digest}"
+        if "conveyor.model_digest" in report.tags:  # Conveyor began to register it: the ledger never heard the end
+            detail += ": its registration did not finish (the process stopped half-way); it can never be promoted"
+        report.links.append(Link("ledger", False, detail))
         return
     event = registered[-1]
     bundle, provenance = report.tags.get("conveyor.bundle_digest"), report.tags.get("conveyor.provenance_digest")

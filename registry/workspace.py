@@ -247,7 +247,25 @@ class Workspace:
         _EXPORTED.update({k: v for k, v in environment.items() if k.startswith("CONVEYOR_")})
         if "mlflow" in sys.modules:  # already imported (and perhaps pointed elsewhere): point it here
             self.bind_mlflow()
+        self._create_mlflow_store()
         return self
+
+    def _create_mlflow_store(self) -> None:
+        """Create an embedded MLflow store that does not exist yet, one process at a time: two
+        commands that both make its tables at once fail (MLflow creates them on first use)."""
+        from conveyor.registry.locks import file_lock
+
+        uri = str(self.tracking_uri)
+        ready = Path(uri.removeprefix("sqlite:///") + ".ready")  # written once its tables are all made
+        if not uri.startswith("sqlite:///") or ready.exists():
+            return
+        with file_lock(self.home, "mlflow-store"):
+            if ready.exists():
+                return  # another process made it while this one waited
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            ready.touch()
 
     # -- where things are --------------------------------------------------------------------
 

@@ -34,9 +34,15 @@ def status(
         return
     out(found["model"])
     versions = [
-        f"{v['version']}" + (f" ({', '.join(v['aliases'])})" if v["aliases"] else "") for v in found["versions"]
+        f"{v['version']}"
+        + (f" ({', '.join(v['aliases'])})" if v["aliases"] else "")
+        + (" (UNFINISHED registration)" if v.get("unfinished") else "")
+        for v in found["versions"]
     ]
     out(f"  versions  {', '.join(versions) or 'none'}")
+    for v in found["versions"]:
+        if v.get("unfinished"):
+            out(f"  version {v['version']}: {v['unfinished']}")
     deployed = [
         f"{role} v{d['version']} at {_when(d['at'])} (#{d['event']})" for role, d in found["last_deployed"].items()
     ]
@@ -55,7 +61,9 @@ def status(
         )
         out(f"  {name:<9} {text}")
     ledger = found["ledger"]
-    sealed = f"sealed at #{ledger['sealed_at']}, {ledger['unsealed']} since" if ledger["sealed_at"] else "never sealed"
+    sealed = (
+        f"newest seal at #{ledger['sealed_at']}, {ledger['unsealed']} since" if ledger["sealed_at"] else "never sealed"
+    )
     out(f"  ledger    {ledger['events']} events, {sealed}")
 
 

@@ -20,7 +20,7 @@ from conveyor.pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_rel
 from conveyor.pipelines.llm.evaluate import EvaluationResult, evaluate_release
 from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
 from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
-from conveyor.pipelines.register import register_verified
+from conveyor.pipelines.register import register_and_record
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.training import _direct
 from conveyor.policies.errors import GateFailed
@@ -32,6 +32,7 @@ from conveyor.registry.ledger import Ledger, utc_now
 from conveyor.registry.loading import verified_copy
 from conveyor.registry.models import experiment
 from conveyor.registry.provenance import Material
+from conveyor.registry.registration import staging_folder
 from conveyor.registry.verify import in_project
 from conveyor.registry.weights import ResolvedWeights, resolve_weights
 from conveyor.registry.workspace import Workspace
@@ -82,6 +83,7 @@ class _Run:
     started: str
     config_digest: str
     cause: str | None = None
+    staging: Path = Path()  # this build's own folder, removed when the build ends
     stages: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
     model_id: str = ""
@@ -108,8 +110,8 @@ def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = 
             f"{loaded.path} has no `llm` section: nothing says what an LLM release must show.",
             hint="Add one (see the repository's policies/promotion.yaml); nothing was built.",
         )
-    with ws.ledger() as ledger:
-        run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file), cause)
+    with ws.ledger() as ledger, staging_folder(ws.home) as staging:
+        run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file), cause, staging)
 
         def timed(name: str, function: Callable[..., Any], *args: Any) -> Any:
             began = time.perf_counter()
@@ -242,7 +244,7 @@ def _build(
     from mlflow import MlflowClient
 
     project = run.project
-    folder = run.ws.home / "staging" / "llm" / f"{project.name}-{int(time.time() * 1000)}"
+    folder = run.staging / "release"
     built = build_release(project, weights, prompt, folder, store=run.ws.weights_store, knowledge=knowledge)
     index = built.manifest.get("knowledge")
     if knowledge is not None and index is not None:
@@ -569,25 +571,16 @@ def _register(
         ),
         **({"conveyor.cause": run.cause} if run.cause else {}),
     }
-    version, verified = register_verified(
+    version, _ = register_and_record(
+        run.ws,
+        run.ledger,
         run.project.name,
         f"models:/{run.model_id}",
-        run.ws.signing(),
-        root=run.ws.root,
-        keys_dir=run.ws.keys_dir,
         tags=tags,
+        bundle_digest=signed.bundle_digest,
+        provenance_digest=signed.provenance_digest,
         weights=run.ws.weights_store,
-    )
-    mlflow.finalize_logged_model(run.model_id, "READY")
-    run.ledger.append(
-        EventKind.MODEL_REGISTERED,
-        inputs={
-            "model": str(verified.model_digest),
-            "bundle": signed.bundle_digest,
-            "provenance": signed.provenance_digest,
-        },
-        outputs=[version.digest],
-        details={"name": version.name, "version": version.version, "alias": version.alias, "signer": verified.signer},
+        before_record=lambda: mlflow.finalize_logged_model(run.model_id, "READY"),
     )
     registered = sum(p.stat().st_size for p in built.folder.rglob("*") if p.is_file()) - weights.size
     return ReleaseOutcome(
