@@ -212,12 +212,32 @@ def test_a_tampered_release_file_is_refused_at_verify_and_at_load(
     )
     report = ws.verify(f"{NAME}/{outcome.version}")
     assert not report.ok
-    assert report.first_failure.name == "signature"
-    with pytest.raises(SignatureInvalid, match="did not verify"):
+    # A damaged store file is caught as it is copied out, before any signature is checked.
+    failing = "files" if target == "weights" else "signature"
+    assert report.first_failure.name == failing
+    if target == "weights":
+        assert "weights store's file" in report.first_failure.detail and "is damaged" in report.first_failure.detail
+    with pytest.raises(SignatureInvalid, match="does not verify"):
         ws.ask(f"{NAME}/{outcome.version}", "Say hello.")
     audit = ws.audit(f"{NAME}/{outcome.version}")
     assert not audit.ok
-    assert not next(link for link in audit.links if link.name == "signature").ok
+    assert not next(link for link in audit.links if link.name == failing).ok
+
+
+def test_a_tampered_llm_champion_is_refused_before_anything_of_it_is_loaded(
+    ws: Any, built: tuple[Any, Any], restore: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.pipelines.llm.flow import evaluate_version
+    from conveyor.policies.errors import SignatureInvalid
+    from conveyor.serving.llm import LlmRelease
+
+    _, outcome = built
+    opened: list[Path] = []
+    monkeypatch.setattr(LlmRelease, "open", classmethod(lambda cls, folder, **kw: opened.append(folder)))
+    _tamper(_artifacts(ws, outcome) / "release.json", restore, lambda b: b.replace(b'"top_k"', b'"top_k" ', 1))
+    with ws.ledger() as ledger, pytest.raises(SignatureInvalid, match=r"The champion, .* does not verify \(signature"):
+        evaluate_version(ws, ledger, NAME, outcome.version, {}, (), 60)
+    assert opened == [], "a release that does not verify was opened"
 
 
 def test_weights_missing_from_the_store_are_named(ws: Any, built: tuple[Any, Any], restore: list[Path]) -> None:
