@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.policies.errors import ConfigInvalid, SignatureInvalid
+from conveyor.registry.digests import file_digest
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -207,11 +208,7 @@ def copy_owned(source: Path, target: Path) -> str:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path).removeprefix("sha256:")
 
 
 def release_weights(folder: Path) -> dict[str, Any] | None:

@@ -169,8 +169,7 @@ def restore() -> Iterator[list[Path]]:
 
 
 def _tamper(path: Path, restore: list[Path], change: Any) -> None:
-    """Replace ``path`` by a new file with changed bytes; the original inode (perhaps hard-linked
-    from the installed package) is kept aside untouched."""
+    """Replace ``path`` by a new file with changed bytes; the original is kept aside untouched."""
     data = change(path.read_bytes())
     os.link(path, path.with_name(path.name + ".orig"))
     restore.append(path)

@@ -3,7 +3,6 @@ read-only; a write to one copy reaches no other, is refused at load, and is repa
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from conveyor.policies.errors import SignatureInvalid
 from conveyor.policies.llm import load_llm_project
+from conveyor.registry.digests import file_digest
 from conveyor.registry.weights import link_weights, resolve_weights, store_state
 from tests.conftest import REPO
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path).removeprefix("sha256:")
 
 
 def test_a_byte_written_to_the_store_reaches_nothing_else_is_refused_and_is_repaired(tmp_path: Path) -> None:
