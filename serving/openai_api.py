@@ -4,14 +4,19 @@ stream chunks and errors built the way the official clients read them.
 A request is refused with a 400 that names the field (``param``), in OpenAI's error shape, for
 anything the release cannot honour: an unknown model, a role other than user and assistant (the
 release's signed prompt is the system prompt), ``n`` other than 1, ``max_tokens`` above the
-release's limit, a temperature outside [0, 2]. Unknown fields are ignored, as OpenAI does
-(clients send many), but never passed on.
+release's limit, a temperature outside [0, 2]. Every other field of OpenAI's request schemas is
+either honoured, accepted because it does not change the answer (``metadata``, ``store``,
+``service_tier``, ...), or refused by name unless it is at its no-op value (``tools``,
+``tool_choice``, ``response_format`` other than text, ``logprobs``, penalties, ``logit_bias``,
+...): a client that asked for JSON or a tool call never gets a 200 with free text. A field that
+is in neither schema is refused too, as OpenAI refuses it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from conveyor.serving.errors import ClientError
 
 __all__ = [
+    "NOT_HONOURED",
+    "NO_EFFECT",
     "ApiError",
     "ChatRequest",
     "CompletionRequest",
@@ -123,10 +130,73 @@ class CompletionRequest(_Generation):
     prompt: str = Field(max_length=100_000)
 
 
+def _off(*values: Any) -> Callable[[Any], bool]:
+    return lambda value: value is None or value in values
+
+
+# Fields of OpenAI's request schemas that the gateway does not honour, each with the test for its
+# no-op value (accepted); any other value is refused, naming the field and why.
+NOT_HONOURED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tools": (_off([]), "tool calls are not supported by this release"),
+    "tool_choice": (_off("none", "auto"), "tool calls are not supported by this release"),
+    "functions": (_off([]), "function calls are not supported by this release"),
+    "function_call": (_off("none", "auto"), "function calls are not supported by this release"),
+    "response_format": (
+        lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+        "only the text response format is supported (no JSON mode or JSON schema)",
+    ),
+    "logprobs": (_off(False, 0), "log probabilities are not returned"),
+    "top_logprobs": (_off(0), "log probabilities are not returned"),
+    "logit_bias": (lambda v: not v, "logit bias is not supported"),
+    "frequency_penalty": (_off(0), "frequency penalties are not supported"),
+    "presence_penalty": (_off(0), "presence penalties are not supported"),
+    "audio": (_off(), "audio output is not supported"),
+    "modalities": (_off(["text"]), "only text output is supported"),
+    "prediction": (_off(), "predicted outputs are not supported"),
+    "reasoning_effort": (_off(), "the release's model does not reason on request"),
+    "verbosity": (_off(), "verbosity is not supported"),
+    "web_search_options": (_off(), "web search is not supported"),
+    "moderation": (_off(), "OpenAI's moderation settings are not taken: the release's guardrail policy applies"),
+    "best_of": (_off(1), "best_of other than 1 is not supported"),
+    "echo": (_off(False), "echo is not supported"),
+    "suffix": (_off(""), "suffix (insertion) is not supported"),
+}
+# Fields that do not change the answer: accepted, never passed on.
+NO_EFFECT = frozenset(
+    {
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "safety_identifier",
+        "parallel_tool_calls",  # without tools (refused above) it changes nothing
+    }
+)
+
+
 def parse_request(body: bytes, kind: type[_Generation]) -> Any:
     """The request in ``body``, or an ``ApiError`` 400 naming the first field at fault."""
     try:
-        return kind.model_validate_json(body)
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise ApiError(400, f"body: Invalid JSON ({exc})", param="body") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "body: the request must be a JSON object", param="body")
+    for name, value in raw.items():
+        if name in kind.model_fields:
+            continue
+        if name in NO_EFFECT:
+            continue
+        refusal = NOT_HONOURED.get(name)
+        if refusal is None:
+            raise ApiError(400, f"{name}: not a field of this endpoint's request; remove it", param=name)
+        no_op, why = refusal
+        if not no_op(value):
+            raise ApiError(400, f"{name}: {why}; remove it or send its default", param=name)
+    try:
+        return kind.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "body"

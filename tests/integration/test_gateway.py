@@ -286,6 +286,27 @@ def test_a_malformed_request_is_refused_naming_the_field(served: Served, body: d
     assert error["param"] == param and error["message"]
 
 
+@pytest.mark.parametrize(
+    ("asked", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_what_the_gateway_cannot_honour_is_refused_through_the_official_client(
+    served: Served, asked: dict, param: str
+) -> None:
+    from openai import BadRequestError
+
+    with pytest.raises(BadRequestError) as refused:
+        served.client().chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "What is a canary?"}], max_tokens=8, **asked
+        )
+    assert refused.value.status_code == 400 and refused.value.body["param"] == param, refused.value.body
+
+
 def test_without_a_valid_key_nothing_is_parsed_and_a_revoked_key_stops_at_once(served: Served) -> None:
     from conveyor.serving.auth import ApiKeys
 
