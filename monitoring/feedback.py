@@ -120,7 +120,7 @@ def candidates_of(joined: pd.DataFrame, existing: set[str]) -> list[dict[str, An
         question = getattr(row, "question", None)
         if row.rating != "down" or not isinstance(question, str) or not question.strip():
             continue
-        case_id = "feedback-" + re.sub(r"[^A-Za-z0-9_.-]", "-", str(row.request_id))[-40:]
+        case_id = "feedback-" + re.sub(r"[^A-Za-z0-9_.-]", "-", str(row.request_id))[-90:]  # whole, within 100
         if case_id in existing:
             continue
         answer = row.answer if isinstance(row.answer, str) else ""

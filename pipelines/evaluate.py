@@ -21,6 +21,7 @@ __all__ = [
     "BehaviourResult",
     "Evaluation",
     "behaviour_checks",
+    "calibration_error",
     "evaluate_model",
     "evaluation_plots",
     "gain_interval",
@@ -30,6 +31,7 @@ __all__ = [
 
 _BEHAVIOUR_ROWS = 2_000
 RESAMPLES = 1_000  # paired bootstrap resamples of the holdout for the gain's 95% interval
+ECE_BINS = 10  # equal-width bins of predicted probability for the expected calibration error
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,9 @@ def score(model: Any, config: ProjectConfig, features: pd.DataFrame) -> np.ndarr
 
 
 def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) -> dict[str, float]:
-    """The task's holdout metrics of ``model``: roc_auc, average_precision, accuracy, f1, log_loss and
-    brier for binary classification; rmse, mae and r2 for regression."""
+    """The task's holdout metrics of ``model``: roc_auc, average_precision, accuracy, f1, log_loss,
+    brier and ece (expected calibration error) for binary classification (ece on the top class for
+    more classes); rmse, mae and r2 for regression."""
     from sklearn import metrics as m
 
     x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
@@ -93,13 +96,29 @@ def holdout_metrics(model: Any, config: ProjectConfig, holdout: pd.DataFrame) ->
             "average_precision": float(m.average_precision_score(y, positive)),
             "f1": float(m.f1_score(y, labels, pos_label=model.classes_[1])),
             "brier": float(m.brier_score_loss(y, positive, pos_label=model.classes_[1])),
+            "ece": calibration_error(y == model.classes_[1], positive),
         }
     else:
         out |= {
             "roc_auc": float(m.roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)),
             "f1": float(m.f1_score(y, labels, average="macro")),
+            "ece": calibration_error(labels == y, proba.max(axis=1)),  # of the top class
         }
     return out
+
+
+def calibration_error(outcome: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error: over ``bins`` equal-width bins of predicted probability, the
+    rows' share of each bin times the gap between its mean prediction and its observed rate (0 for
+    a model whose 0.3s happen 30% of the time)."""
+    outcome, probability = np.asarray(outcome, dtype=float), np.asarray(probability, dtype=float)
+    which = np.minimum((probability * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.mean() * abs(outcome[inside].mean() - probability[inside].mean())
+    return float(total)
 
 
 def gain_interval(
@@ -135,6 +154,7 @@ def gain_interval(
             "average_precision": lambda t, s, _: m.average_precision_score(t, s, pos_label=positive),
             "log_loss": lambda t, s, _: m.log_loss(t, s, labels=model.classes_),
             "brier": lambda t, s, _: m.brier_score_loss(t, s, pos_label=positive),
+            "ece": lambda t, s, _: calibration_error(t == positive, s),
             "accuracy": lambda t, _, labels: m.accuracy_score(t, labels),
             "f1": lambda t, _, labels: m.f1_score(t, labels, pos_label=positive, zero_division=0),
         }

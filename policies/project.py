@@ -31,7 +31,7 @@ __all__ = [
 
 
 # Holdout metrics where a smaller value is the better model.
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "ece", "rmse", "mae"})
 
 
 class _Strict(BaseModel):

@@ -139,3 +139,11 @@ def test_the_traffic_comparison_tells_a_rise_in_out_of_knowledge_questions_from_
     assert html.is_file()
     _, _, _, verdict, _, _ = compare_traffic(reference, rows(40, 4, seed=4), policy, tmp_path, "rated", feedback=(4, 3))
     assert verdict["breached"] and verdict["negative_share"] == 0.75
+
+
+def test_a_candidate_case_keeps_the_whole_response_id(tmp_path: Path) -> None:
+    request_id = "chatcmpl-" + "a1b2c3d4" * 4  # as the gateway makes them: 41 characters
+    log = _log().assign(request_id=[request_id, "r2"])
+    rows = read_feedback(_write(tmp_path / "f.jsonl", [{"request_id": request_id, "rating": "down", "key": "alice"}]))
+    (candidate,) = candidates_of(join_feedback(rows, log), set())
+    assert candidate["id"] == f"feedback-{request_id}"

@@ -18,7 +18,8 @@ def test_metrics_and_behaviour_checks_of_a_trained_pipeline(loans: Path, config:
     train, holdout = split_by_time(config, frame)
     model = build_pipeline(config).fit(features_frame(config, train), train[config.target])
     metrics = holdout_metrics(model, config, holdout)
-    assert {"roc_auc", "log_loss", "accuracy", "f1", "brier", "average_precision"} <= set(metrics)
+    assert {"roc_auc", "log_loss", "accuracy", "f1", "brier", "average_precision", "ece"} <= set(metrics)
+    assert 0 <= metrics["ece"] < 0.2
     assert 0.5 < metrics["roc_auc"] <= 1
     checks = behaviour_checks(model, config, holdout)
     assert len(checks) == len(config.behaviour) and all(0 <= c.share <= 1 for c in checks)
@@ -85,3 +86,17 @@ def test_the_auc_by_counts_is_scikit_learn_s_auc_of_the_resample() -> None:
         counts = np.bincount(rows, minlength=500).astype(float)
         assert auc(counts) == pytest.approx(roc_auc_score(y[rows], scores[rows]), abs=1e-12)
     assert np.isnan(auc(np.where(y == 1, 1.0, 0.0)))  # one class drawn: undefined
+
+
+def test_the_calibration_error_is_zero_when_rates_match_predictions_and_grows_with_overconfidence() -> None:
+    import numpy as np
+
+    from conveyor.pipelines.evaluate import calibration_error
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200_000)
+    happened = rng.uniform(0, 1, p.size) < p
+    assert calibration_error(happened, p) < 0.01
+    overconfident = np.clip(0.5 + 1.6 * (p - 0.5), 0, 1)  # predictions pushed toward 0 and 1
+    assert 0.05 < calibration_error(happened, overconfident) < 0.2
+    assert calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0

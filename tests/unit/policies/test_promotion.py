@@ -144,3 +144,14 @@ def test_signing_policy_needs_someone_to_trust(tmp_path: Path) -> None:
     path.write_text("sign_with: certificate\n")
     with pytest.raises(PolicyInvalid, match="needs a `certificate:` section"):
         load_policy(path, SigningPolicy)
+
+
+def test_expected_calibration_error_is_a_promotion_rule() -> None:
+    policy = PromotionPolicy.model_validate({"thresholds": {"ece": {"max": 0.05}}})
+    calibrated = candidate(metrics={"roc_auc": 0.86, "ece": 0.03}, champion_metrics=None)
+    assert decide_promotion(calibrated, None, policy).ok
+    overconfident = decide_promotion(candidate(metrics={"roc_auc": 0.86, "ece": 0.12}), None, policy)
+    assert not overconfident.ok and "ece 0.1200 is above the maximum 0.05" in overconfident.reasons
+    rule = PromotionPolicy.model_validate({"beat_champion": {"metric": "ece", "min_delta": 0.0}})
+    better = candidate(metrics={"ece": 0.02}, champion_metrics={"ece": 0.04})
+    assert decide_promotion(better, "4", rule).ok  # lower is better
