@@ -124,11 +124,14 @@ def ask(
 
 
 @llm_app.command("weights")
-def weights(ctx: typer.Context) -> None:
+def weights(ctx: typer.Context, as_json: JSON = False) -> None:
     """Check the project's weights in the store; rebuild a damaged or missing copy from the installed
     package (refused, changing nothing, when the package itself no longer verifies)."""
-    with progress("Checking the weights store..."):
+    with progress("Checking the weights store...", quiet=as_json):
         path, done = workspace(ctx).repair_weights()
+    if as_json:
+        emit_json({"path": str(path), "done": done})
+        return
     out(f"{path}: {done}.")
 
 
