@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from conveyor.registry.verdicts import verdict_code
+
 __all__ = ["ServiceMetrics"]
 
 _LLM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -141,7 +143,7 @@ class ServiceMetrics:
         # The ledger's last verdicts (read by the service every watch interval; -1: never checked)
         self.drift_detected = Gauge(
             "conveyor_drift_detected",
-            "Last drift check of the champion's traffic: 1 drift, 0 no drift, -1 not enough data or never",
+            "Last drift check of the champion's traffic: 1 drift, 0 none, 2 not enough data, -1 never checked",
             ["model"],
             multiprocess_mode="mostrecent",
             registry=self.registry,
@@ -155,7 +157,8 @@ class ServiceMetrics:
         )
         self.quality_breach = Gauge(
             "conveyor_quality_breach",
-            "Last quality check on labels: 1 breach, 0 ok, -1 undefined, not enough labels or never",
+            "Last quality check (labels, or an LLM release's feedback): 1 breach, 0 ok, 2 not enough data, "
+            "3 undefined, -1 never checked",
             ["model"],
             multiprocess_mode="mostrecent",
             registry=self.registry,
@@ -190,6 +193,8 @@ class ServiceMetrics:
         if llm:
             for rating in ("up", "down"):
                 self.llm_feedback.labels(model, rating)
+            for source, target in (("champion", "fallback"), ("canary", "champion")):
+                self.llm_fallbacks.labels(model, source, target)  # what an alert watches, from the start
 
     def deployed(self, model: str, version: str, role: str, *, llm: bool) -> None:
         """The series of a version now serving as ``role``, at 0; it is the one serving that role."""
@@ -199,6 +204,8 @@ class ServiceMetrics:
         if llm:
             for status in self.LLM_STATUSES:
                 self.llm_requests.labels(model, version, role, status)
+            for result in ("hit", "miss"):
+                self.llm_cache.labels(model, version, result)
             return
         for counter in (self.requests, self.errors, self.contract_breaches):
             counter.labels(model, version, role)
@@ -211,11 +218,9 @@ class ServiceMetrics:
 
     def verdicts(self, model: str, drift: dict | None, quality: dict | None) -> None:
         """The last drift and quality checks' details (as the ledger holds them, None: never) and times."""
-        status = (drift or {}).get("status")
-        self.drift_detected.labels(model).set({"drift": 1, "no_drift": 0}.get(str(status), -1))
+        self.drift_detected.labels(model).set(verdict_code("drift", (drift or {}).get("status")))
         self.drift_share.labels(model).set(float((drift or {}).get("share") or 0))
-        status = (quality or {}).get("status")
-        self.quality_breach.labels(model).set({"breach": 1, "ok": 0}.get(str(status), -1))
+        self.quality_breach.labels(model).set(verdict_code("quality", (quality or {}).get("status")))
         for check, details in (("drift", drift), ("quality", quality)):
             self.checked_at.labels(model, check).set(float((details or {}).get("_at", 0)))
 

@@ -390,11 +390,33 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
             {"version": version_digest(ws, name, champion), "reference": reference_digest, "window": window_digest},
             [result.report_digest, _digest(result.html), _digest(result.snapshot)],
         )
+        _record_quality(ledger, result, version_digest(ws, name, champion), policy.feedback.max_negative_share)
         if breach is not None and outcome.decision is not None and outcome.decision.start:
             outcome.trigger = record_trigger(ws, ledger, breach, outcome.decision).outputs[0]
     if outcome.trigger is not None:
         outcome.action = reevaluate(ws, outcome.trigger)
     return outcome
+
+
+def _record_quality(ledger: Ledger, result: Any, version: str | None, max_negative: float) -> None:
+    """The LLM check's quality verdict as the ``quality.checked`` record it is (feedback and answer
+    rates): what status, the quality alert and the metrics read for every model alike."""
+    status = {"quality": "breach", "insufficient": "not_enough_data"}.get(result.status, "ok")
+    feedback = result.feedback or {}
+    ledger.append(
+        EventKind.QUALITY_CHECKED,
+        inputs={"joined": result.report_digest, "version": version},
+        details={
+            "model": result.model,
+            "status": status,
+            "metric": "negative_feedback_share",
+            "bound": f"<= {max_negative:g} (and the answer rates of policies/drift.yaml `llm`)",
+            "version": result.version,
+            "value": feedback.get("negative_share"),
+            "labelled": int(feedback.get("ratings") or 0),
+            "reason": "; ".join(result.reasons) or None,
+        },
+    )
 
 
 def _min_score(ws: Workspace, name: str, version: str) -> float | None:

@@ -219,6 +219,11 @@ def test_crafted_traffic_gets_the_expected_verdicts(ws: Any, loop: dict) -> None
     checked = _events(ws, "drift.checked")[-3:]
     assert [e.details["status"] for e in checked] == ["quality", "quality", "drift"]
     assert all(e.details["trigger"] is None or "not started" in e.details["trigger"] for e in checked)
+    # ... and each check's quality verdict is the quality record it is, which status and alerts read
+    quality = _events(ws, "quality.checked")[-4:]
+    assert [e.details["status"] for e in quality] == ["ok", "breach", "breach", "ok"]
+    assert "out_of_knowledge rate" in quality[1].details["reason"]
+    assert ws.status()["quality"]["status"] == "ok" and ws.status()["drift"]["status"] == "drift"
 
 
 def test_the_trigger_fires_once_per_breach_window_and_respects_the_cooldown(ws: Any, loop: dict) -> None:

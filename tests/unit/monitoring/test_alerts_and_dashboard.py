@@ -76,6 +76,8 @@ def test_the_dashboard_is_one_grafana_dashboard_with_a_model_choice() -> None:
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"])
     titles = " ".join(p["title"] for p in dashboard["panels"])
     assert "Who serves what" in titles and "Canary weight" in titles
+    for series in ("conveyor_llm_feedback", "conveyor_llm_fallbacks", "conveyor_llm_cache", "time_per_output_token"):
+        assert any(series in e for e in _dashboard_exprs()), f"no panel shows {series}"
     canary = next(p for p in dashboard["panels"] if p["title"] == "Canary weight")
     assert canary["fieldConfig"]["defaults"]["unit"] == "percentunit"  # the gauge is a 0-1 ratio
 
@@ -108,6 +110,34 @@ def test_every_dashboard_query_parses_as_promql(tmp_path: Path) -> None:
         yaml.safe_dump({"groups": [{"name": "x", "rules": [{"record": "q:0", "expr": "sum by (model"}]}]})
     )
     assert subprocess.run([promtool, "check", "rules", str(broken)], capture_output=True).returncode != 0
+
+
+def test_every_verdict_panel_says_each_verdict_in_words() -> None:
+    from conveyor.registry.verdicts import VERDICT_NAMES
+
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    verdicts = [p for p in panels if any(re.search(r"drift_detected|quality_breach", t["expr"]) for t in p["targets"])]
+    assert len(verdicts) == 2
+    for panel in verdicts:
+        (mapping,) = panel["fieldConfig"]["defaults"]["mappings"]
+        assert set(mapping["options"]) == {str(code) for code in VERDICT_NAMES}, panel["title"]
+        assert mapping["options"]["1"]["color"] == "red" and mapping["options"]["-1"]["text"] == "never checked"
+
+
+def test_one_verdict_encoding_for_tabular_and_llm_checks() -> None:
+    metrics = ServiceMetrics()
+    for status, quality, drift_code, quality_code in (
+        ("quality", "breach", "0.0", "1.0"),  # an LLM check whose breach is its feedback: no drift, a quality breach
+        ("insufficient", "not_enough_data", "2.0", "2.0"),
+        ("drift", "undefined", "1.0", "3.0"),
+        ("no_drift", "ok", "0.0", "0.0"),
+    ):
+        metrics.verdicts("a", {"status": status}, {"status": quality})
+        text = metrics.render()
+        assert f'conveyor_drift_detected{{model="a"}} {drift_code}' in text, status
+        assert f'conveyor_quality_breach{{model="a"}} {quality_code}' in text, quality
+    with pytest.raises(ValueError, match="unknown drift status 'drifty'"):
+        metrics.verdicts("a", {"status": "drifty"}, None)
 
 
 def test_who_serves_what_and_the_last_verdicts_are_series() -> None:
