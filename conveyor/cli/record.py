@@ -43,10 +43,16 @@ def status(
     for v in found["versions"]:
         if v.get("unfinished"):
             out(f"  version {v['version']}: {v['unfinished']}")
-    deployed = [
-        f"{role} v{d['version']} at {_when(d['at'])} (#{d['event']})" for role, d in found["last_deployed"].items()
-    ]
-    out(f"  deployed  {'; '.join(deployed) or 'never'}")
+    deployed = []
+    for role, d in found["last_deployed"].items():
+        text = f"{role} v{d['version']} at {_when(d['at'])} (#{d['event']})"
+        now = found["aliases"].get(role)
+        if now is not None and now != str(d["version"]):
+            text += f", before @{role} moved to v{now} (no service has loaded it since)"
+        elif now is None and role != "fallback":
+            text += f", before @{role} was removed"
+        deployed.append(text)
+    out(f"  loaded    {'; '.join(deployed) or 'never'} (by a service, last)")
     canary, verdict = found["canary"], found["canary"]["last_verdict"]
     text = f"version {canary['version']}" if canary["version"] else "none"
     if verdict:

@@ -190,3 +190,25 @@ def test_the_demo_reads_its_own_models_canary_and_refuses_anothers(ws: Workspace
     record.canary("conveyor-assistant", "2", "promoted")  # what the demo once printed
     with pytest.raises(RecordDisagrees, match="conveyor-assistant v2 canary promoted: the ledger has no"):
         record.check(ws)
+
+
+def test_status_says_when_what_a_service_loaded_is_not_what_the_alias_names(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    client = ws.mlflow()
+    client.create_registered_model("a")
+    for _ in range(2):
+        client.create_model_version("a", source=str(ws.home))
+    client.set_registered_model_alias("a", "champion", "2")
+    with ws.ledger() as ledger:
+        details = {"name": "a", "version": "1", "role": "champion", "at": ledger_time(T0), "instance": "i"}
+        ledger.append_many([Draft(EventKind.MODEL_DEPLOYED.value, (d("a1"),), (d("dep-a1"),), details)])
+    monkeypatch.setenv("CONVEYOR_HOME", str(ws.home))
+    shown = CliRunner().invoke(app, ["--config", str(ws.project_file), "status", "a"])
+    assert shown.exit_code == 0, shown.output
+    assert "versions  1, 2 (champion)" in shown.stdout
+    assert "champion v1 at" in shown.stdout and "before @champion moved to v2" in shown.stdout
