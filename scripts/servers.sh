@@ -13,11 +13,13 @@
 # skip. `servers_env` writes the server profile's settings (CONVEYOR_*, AWS_*) for a command.
 
 : "${SERVERS_DIR:?}"
-SERVERS_PG_PORT=${TEST_POSTGRES_PORT:-55432}
-SERVERS_REDIS_PORT=${CONVEYOR_TEST_REDIS_PORT:-56379}
-SERVERS_S3_PORT=${CONVEYOR_TEST_S3_PORT:-58080}      # the Swift proxy; +1..+3 its storage servers, +4 memcached
-SERVERS_MLFLOW_PORT=${CONVEYOR_TEST_MLFLOW_PORT:-55000}
-SERVERS_PREFECT_PORT=${CONVEYOR_TEST_PREFECT_PORT:-54200}
+# Fixed ports below Linux's ephemeral range (32768-60999): no client connection and no server a test
+# started on a free port can hold one of them when a server here binds it, however late that is.
+SERVERS_PG_PORT=${TEST_POSTGRES_PORT:-25432}
+SERVERS_REDIS_PORT=${CONVEYOR_TEST_REDIS_PORT:-26379}
+SERVERS_S3_PORT=${CONVEYOR_TEST_S3_PORT:-28080}      # the Swift proxy; +1..+3 its storage servers, +4 memcached
+SERVERS_MLFLOW_PORT=${CONVEYOR_TEST_MLFLOW_PORT:-25000}
+SERVERS_PREFECT_PORT=${CONVEYOR_TEST_PREFECT_PORT:-24200}
 SERVERS_BUCKET=conveyor
 SERVERS_S3_KEY="conveyor:conveyor"   # tempauth's account:user is the S3 access key
 SERVERS_S3_SECRET=conveyor-test-secret

@@ -233,7 +233,9 @@ def test_a_sealed_chain_is_checked_stretch_by_stretch_and_a_rewritten_one_is_cau
             )
             prev = digest
         db.execute("UPDATE ledger_head SET hash=? WHERE id=1", (prev,))
-    assert project.cli("audit", "--ledger").exit_code == 0  # the chain alone cannot tell
+    # The chain alone cannot tell; the ledger's audit holds it to the seal, which can.
+    held = project.cli("audit", "--ledger")
+    assert held.exit_code == 1 and "signed event(s)" in held.stderr and "with another hash: rewritten" in held.stderr
     code, links = project.audit()
     assert code == 1 and "no longer has the hash the seal recorded" in links["chain"]["detail"]
 

@@ -31,7 +31,8 @@ def _wait(url: str, seconds: float, log: Path | None) -> None:
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer within {seconds:.0f} s (see {log or 'the servers folder'})")
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else "(no log)"
+            pytest.fail(f"{url} did not answer within {seconds:.0f} s; the end of {log}:\n{tail}")
         time.sleep(0.5)
 
 
@@ -66,8 +67,8 @@ def servers() -> Iterator[dict[str, str]]:
                 start_new_session=True,
             )
     try:
-        _wait(f"{settings['CONVEYOR_MLFLOW_TRACKING_URI']}/health", 180, folder / "mlflow" / "log")
-        _wait(f"{settings['CONVEYOR_PREFECT_API_URL']}/health", 180, folder / "prefect" / "log")
+        _wait(f"{settings['CONVEYOR_MLFLOW_TRACKING_URI']}/health", 300, folder / "mlflow" / "log")
+        _wait(f"{settings['CONVEYOR_PREFECT_API_URL']}/health", 300, folder / "prefect" / "log")
         _wait_for_a_worker(settings["CONVEYOR_PREFECT_API_URL"], settings["CONVEYOR_WORK_POOL"], folder)
         yield settings
     finally:
