@@ -312,10 +312,10 @@ class Workspace(_Workspace):
         """Check the ledger's whole chain, held to every seal (the stored ones, and the seal files
         ``against`` names, kept outside the ledger's database); with ``seal``, sign a checkpoint of
         it when it holds, and write a copy of that seal under ``home/seals/``."""
-        from conveyor.registry.seals import MILESTONE_EVERY, check_seals, project_trust, seal_with_project_key
+        from conveyor.registry.seals import MILESTONE_EVERY, check_seals, known_trust, seal_with_project_key
 
         external = [_seal_file(Path(p)) for p in against]
-        _, trusted = project_trust(self)
+        trusted = known_trust(self)
         with self.ledger() as ledger:
             chain = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
             chain, newest = check_seals(ledger, chain, trusted, external)

@@ -37,6 +37,7 @@ __all__ = [
     "ChainProof",
     "Seal",
     "check_seals",
+    "known_trust",
     "project_trust",
     "prove_events",
     "seal_ledger",
@@ -236,6 +237,21 @@ def project_trust(ws: Workspace) -> tuple[SigningKey, dict[str, bytes]]:
     key = load_or_create_key(ws.keys_dir)
     trusted = {**trusted_signers(ws.signing(), ws.root, ws.keys_dir), key.fingerprint: key.public_path.read_bytes()}
     return key, trusted
+
+
+def known_trust(ws: Workspace) -> dict[str, bytes]:
+    """The keys a seal may be signed by, as ``project_trust`` gives them, without making a project
+    key where there is none (an audit changes nothing)."""
+    from conveyor.policies.errors import NotFound
+    from conveyor.registry.audit import trusted_signers
+    from conveyor.registry.keys import show_public_key
+
+    trusted = dict(trusted_signers(ws.signing(), ws.root, ws.keys_dir))
+    try:
+        pem, fingerprint = show_public_key(ws.keys_dir)
+    except NotFound:
+        return trusted
+    return {**trusted, fingerprint: pem.encode() + b"\n"}
 
 
 def seal_with_project_key(ws: Workspace, ledger: Ledger, verified: ChainReport | None = None) -> Seal:

@@ -215,6 +215,8 @@ def test_demo_data_then_lineage_and_audit_see_it(demo_project: Path) -> None:
 
     audit = conveyor(demo_project, "audit", "--ledger")
     assert audit.exit_code == 0 and "Ledger intact: 2 events" in audit.stdout
+    assert "No seal yet" in audit.stdout
+    assert not (demo_project.parent / ".conveyor" / "keys").exists(), "an audit made a signing key"
 
 
 def test_demo_under_dvc_reproduces_the_recorded_version(demo_project: Path) -> None:
