@@ -27,6 +27,7 @@ from conveyor.registry.digests import canonical_json, file_digest
 from conveyor.registry.inference_log import read_log
 from conveyor.registry.ledger import Ledger
 from conveyor.registry.lineage import training_set
+from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, write_index
 from conveyor.registry.workspace import Workspace
 
 __all__ = [
@@ -35,10 +36,14 @@ __all__ = [
     "DriftResult",
     "Reference",
     "as_features",
+    "caused",
     "champion_reference",
     "check_drift",
+    "drift_heading",
+    "finish_drift_page",
     "measure_drift",
     "read_window",
+    "statistic",
     "window_digest",
 ]
 
@@ -279,45 +284,98 @@ def measure_drift(
         )
         result.drifted = [c.column for c in compared.columns if c.drifted]
         result.status = "drift" if compared.share >= policy.drift.share else "no_drift"
-        _headline(compared.html, result, compared.columns, len(training))
-        result.html, result.html_digest = compared.html, file_digest(compared.html)
+        result.html = compared.html  # headed, and its digest taken, by finish_drift_page
         result.snapshot, result.snapshot_digest = compared.snapshot, file_digest(compared.snapshot)
+    else:
+        result.html = out / f"{label}.html"  # the verdict alone, written by finish_drift_page
     result.report = out / f"{label}.json"
     result.report_digest = _write(result, result.report)
     return result
 
 
-def _headline(html: Path, result: DriftResult, columns: list[ColumnDrift], reference_rows: int) -> None:
-    """Say at the top of Evidently's page what it compares (model, version, reference, window) and
-    list every column, the drifted ones first, so none is a page away."""
+_DISTANCES = {"wasserstein", "psi", "kl_div", "jensenshannon", "hellinger", "emd", "ks_distance"}
+
+
+def statistic(method: str) -> str:
+    """What a column's score is under ``method``: a p-value (drift below the threshold) or a distance
+    (drift at or above it)."""
+    return "distance" if method in _DISTANCES else "p-value"
+
+
+def drift_heading(result: DriftResult) -> Heading:
+    """What the drift page says first: model, version, window, verdict, reasons, sample sizes and
+    what the check caused."""
+    verdict = {"drift": "drift", "no_drift": "no drift", "not_enough_data": "not enough data"}[result.status]
+    reasons = [result.describe()]
+    if result.status != "not_enough_data":
+        reasons += [
+            f"{c.column}: {statistic(c.method)} {c.score:.4g} by {c.method} "
+            f"({'<' if statistic(c.method) == 'p-value' else '>='} {c.threshold:g} is drift)"
+            for c in result.columns
+            if c.drifted
+        ]
+    return Heading(
+        "drift",
+        f"Drift of {result.model} version {result.version}: {verdict} ({result.window})",
+        reasons[0] if result.status != "not_enough_data" else verdict,
+        {"drift": "breach", "no_drift": "ok", "not_enough_data": "inconclusive"}[result.status],  # type: ignore[arg-type]
+        model=result.model,
+        version=result.version,
+        window=f"{result.window}: {result.since or '-'} to {result.until or '-'}",
+        reasons=reasons,
+        samples=[
+            ("reference", f"the training set of version {result.version}, {result.reference_rows:,} rows"),
+            ("live", f"{result.window_rows:,} logged requests" + (" (sampled)" if result.sampled else "")),
+        ],
+        caused=(
+            "nothing: too little data for a verdict"
+            if result.status == "not_enough_data"
+            else caused(result.trigger, "a retraining", breach=result.status == "drift")
+        ),
+    )
+
+
+def caused(trigger: str | None, action: str, *, breach: bool) -> str:
+    """What a check caused, in words, from its trigger's decision (``started: …`` or ``not started: …``)."""
+    if trigger is None:
+        return "nothing: no breach" if breach is False else "nothing yet: the trigger has not decided"
+    if trigger.startswith("started: "):
+        return f"started {action} ({trigger.removeprefix('started: ')})"
+    return f"no {action.removeprefix('a ').removeprefix('an ')}: {trigger.removeprefix('not started: ')}"
+
+
+def finish_drift_page(result: DriftResult, reports: Path) -> None:
+    """Write the check's page (Evidently's, headed by the verdict; or, with too little data for a
+    comparison, a page of the heading alone) once the trigger has decided, and note its digest."""
     from html import escape
 
-    title = f"Drift of {result.model} version {result.version}: {result.window}"
-    ordered = sorted(columns, key=lambda c: (not c.drifted, c.column))
-    rows = "".join(
-        f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
-        f"<td>{escape(c.method)}</td><td>{c.score:.4g}</td><td>{c.threshold:g}</td></tr>"
-        for c in ordered
-    )
-    drifted = sum(c.drifted for c in columns)
-    head = (
-        '<div id="conveyor-heading" style="font:14px sans-serif;margin:16px;padding:12px;border:1px solid #ccc">'
-        f"<h1 style='font-size:20px;margin:0 0 8px'>{escape(title)}</h1>"
-        f"<p>Reference: the training set of version {escape(result.version)} ({reference_rows:,} rows). "
-        f"Window: {escape(result.window)}, {result.window_rows:,} logged rows from {escape(str(result.since))} "
-        f"to {escape(str(result.until))}. {drifted} of {len(columns)} columns drifted.</p>"
-        "<table style='border-collapse:collapse' border='1' cellpadding='4'><tr><th>column</th><th>verdict</th>"
-        f"<th>method</th><th>score</th><th>threshold</th></tr>{rows}</table></div>"
-    )
-    text = html.read_text(encoding="utf-8")
-    text = text.replace("<head>", f"<head><title>{escape(title)}</title>", 1).replace("<body>", "<body>" + head, 1)
-    html.write_text(text, encoding="utf-8")
+    heading = drift_heading(result)
+    if result.html is None:
+        return
+    if not result.html.exists():  # too little data: nothing was compared
+        publish(result.html, self_contained(heading, ""), None)
+    else:
+        ordered = sorted(result.columns, key=lambda c: (not c.drifted, c.column))
+        rows = "".join(
+            f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
+            f"<td>{escape(c.method)}</td><td>{statistic(c.method)} {c.score:.4g}</td><td>{c.threshold:g}</td></tr>"
+            for c in ordered
+        )
+        table = (
+            "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
+            "cellpadding='4'><tr><th>column</th><th>verdict</th><th>method</th><th>score</th><th>threshold</th>"
+            f"</tr>{rows}</table>"
+        )
+        inject_heading(result.html, heading, table)
+    result.html_digest = file_digest(result.html)
+    write_index(reports)
 
 
 def _write(result: DriftResult, path: Path) -> str:
     """Write the JSON result (all but its own path and digest) atomically; returns its digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {k: v for k, v in result.to_dict().items() if k not in ("report", "report_digest", "trigger")}
+    # The page is headed (and hashed) after the trigger decided, which needs this file's digest.
+    body = {k: v for k, v in result.to_dict().items() if k not in ("report", "report_digest", "trigger", "html_digest")}
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(canonical_json(body))
     partial.replace(path)

@@ -21,10 +21,20 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from conveyor.monitoring.drift import ColumnDrift, column_drifts
+from conveyor.monitoring.drift import ColumnDrift, caused, column_drifts, statistic
 from conveyor.policies.drift import LlmMonitoring
+from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, write_index
 
-__all__ = ["ColumnDrift", "LlmTrafficResult", "RateCheck", "compare_traffic", "live_frame", "reference_frame"]
+__all__ = [
+    "ColumnDrift",
+    "LlmTrafficResult",
+    "RateCheck",
+    "compare_traffic",
+    "finish_llm_page",
+    "live_frame",
+    "llm_heading",
+    "reference_frame",
+]
 
 Status = Literal["ok", "drift", "quality", "insufficient"]
 
@@ -230,3 +240,80 @@ def compare_traffic(
     kept = out / f"{label}.evidently.json"
     kept.write_text(json.dumps(result, default=str))
     return drift, share, rates, verdict, html, kept
+
+
+def llm_heading(result: LlmTrafficResult) -> Heading:
+    """What the LLM traffic page says first: model, version, window, verdict, reasons, the sizes of
+    both samples, the feedback, and what the check caused."""
+    verdict = {
+        "ok": "ok: no drift and no quality breach",
+        "drift": "drift",
+        "quality": "quality breach",
+        "insufficient": "not enough data",
+    }[result.status]
+    feedback = result.feedback or {}
+    ratings, negative = int(feedback.get("ratings") or 0), int(feedback.get("negative") or 0)
+    rated = (
+        f"{negative} of {ratings} rated down ({negative / ratings:.0%}; the policy allows "
+        f"{feedback.get('max_negative_share', 0):.0%})"
+        if ratings
+        else "no ratings"
+    )
+    breach = result.status in ("drift", "quality")
+    return Heading(
+        "LLM traffic",
+        f"LLM traffic of {result.model} version {result.version}: {verdict.split(':')[0]} ({result.window})",
+        verdict,
+        "breach" if breach else ("ok" if result.status == "ok" else "inconclusive"),
+        model=result.model,
+        version=result.version,
+        window=f"{result.window}: {result.since or '-'} to {result.until or '-'}",
+        reasons=result.reasons or [result.describe()],
+        samples=[
+            ("reference", f"{result.reference_rows:,} answers of the release's evaluation"),
+            ("live", f"{result.window_rows:,} answers served by the champion"),
+            ("feedback", rated),
+        ],
+        caused=(
+            "nothing: too little data for a verdict"
+            if result.status == "insufficient"
+            else caused(result.trigger, "a re-evaluation", breach=breach)
+        ),
+    )
+
+
+def finish_llm_page(result: LlmTrafficResult, reports: Path) -> None:
+    """Head the check's page with its verdict (or write the verdict alone where nothing was compared)
+    once the trigger has decided; then the index."""
+    from html import escape
+
+    if result.html is None:
+        return
+    heading = llm_heading(result)
+    if not result.html.exists():
+        publish(result.html, self_contained(heading, ""), reports)
+        return
+    rows = [
+        f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
+        f"<td>{escape(c.method)} {statistic(c.method)} {c.score:.4g} (threshold {c.threshold:g})</td></tr>"
+        for c in sorted(result.columns, key=lambda c: (not c.drifted, c.column))
+    ]
+    rows += [
+        f"<tr><td>{escape(r.name)} rate</td><td>{'breach' if r.breached else 'ok'}</td>"
+        f"<td>{r.live:.1%} live vs {r.reference:.1%} in evaluation; Fisher p={r.p_value:.3g}; "
+        f"a breach is +{r.increase:.0%} and significant</td></tr>"
+        for r in result.rates
+    ]
+    feedback = result.feedback or {}
+    if feedback:
+        rows.append(
+            f"<tr><td>feedback</td><td>{'breach' if feedback.get('breached') else 'ok'}</td>"
+            f"<td>{int(feedback.get('negative') or 0)} of {int(feedback.get('ratings') or 0)} rated down; "
+            f"at most {float(feedback.get('max_negative_share') or 0):.0%} allowed</td></tr>"
+        )
+    table = (
+        "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
+        f"cellpadding='4'><tr><th>check</th><th>verdict</th><th>measured</th></tr>{''.join(rows)}</table>"
+    )
+    inject_heading(result.html, heading, table)
+    write_index(reports)

@@ -27,6 +27,7 @@ __all__ = [
     "gain_interval",
     "holdout_metrics",
     "score",
+    "weakest_cases",
 ]
 
 _BEHAVIOUR_ROWS = 2_000
@@ -53,6 +54,7 @@ class Evaluation:
     champion_version: str | None
     behaviour: list[BehaviourResult] = field(default_factory=list)
     holdout_rows: int = 0
+    weakest: list[dict[str, Any]] = field(default_factory=list)  # the holdout rows it got most wrong
 
     @property
     def behaviour_passed(self) -> bool:
@@ -299,4 +301,47 @@ def evaluate_model(
         champion_version=champion[0] if champion else None,
         behaviour=behaviour_checks(model, config, holdout),
         holdout_rows=len(holdout),
+        weakest=weakest_cases(model, config, holdout),
     )
+
+
+WEAKEST = 10  # holdout rows an evaluation page shows
+
+
+def weakest_cases(
+    model: Any, config: ProjectConfig, holdout: pd.DataFrame, count: int = WEAKEST
+) -> list[dict[str, Any]]:
+    """The ``count`` holdout rows the model got most wrong: for a classifier, the lowest probability
+    given to the true class; for a regressor, the largest absolute error. Each with its entity,
+    time, features, the expected and the predicted value."""
+    x, y = features_frame(config, holdout), holdout[config.target].to_numpy()
+    if config.task == "regression":
+        predicted = np.asarray(model.predict(x), dtype=float)
+        loss = np.abs(predicted - y.astype(float))
+        shown: list[Any] = [round(float(p), 4) for p in predicted]
+    else:
+        proba = model.predict_proba(x)
+        column = {c: i for i, c in enumerate(model.classes_)}
+        true = np.array([proba[i, column[v]] if v in column else 0.0 for i, v in enumerate(y)])
+        loss = -np.log(np.clip(true, 1e-15, 1.0))
+        labels = model.predict(x)
+        shown = [f"{_plain(label)} (p(true) {t:.3f})" for label, t in zip(labels, true, strict=True)]
+    order = np.argsort(-loss, kind="stable")[:count]
+    rows = holdout.reset_index(drop=True)
+    return [
+        {
+            "entity": _plain(rows.loc[i, config.entity_key]) if config.entity_key in rows else None,
+            "time": str(rows.loc[i, config.event_timestamp]) if config.event_timestamp in rows else None,
+            "expected": _plain(y[i]),
+            "predicted": shown[i],
+            "loss": round(float(loss[i]), 4),
+            "features": {name: _plain(x.iloc[i][name]) for name in x.columns},
+        }
+        for i in (int(j) for j in order)
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """A numpy or pandas scalar as the JSON value it is (a missing one as null)."""
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and np.isnan(value) else value

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from conveyor.monitoring.drift import DriftResult, measure_drift
+from conveyor.monitoring.drift import DriftResult, finish_drift_page, measure_drift
 from conveyor.monitoring.quality import QualityResult, join_labels, quality_of, read_labels
 from conveyor.monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
 from conveyor.pipelines.data import read_data
@@ -129,6 +129,7 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
             )
             decision = _decide(breach, ledger, policy, now, start)
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
+        finish_drift_page(result, ws.reports)
         record_drift_checked(
             ledger,
             result,

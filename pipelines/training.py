@@ -24,6 +24,7 @@ from typing import Any, cast
 from conveyor.pipelines.data import read_data
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from conveyor.pipelines.evaluate import Evaluation, evaluate_model, evaluation_plots
+from conveyor.pipelines.evaluation_page import behaviour_reasons, refresh_evaluation_page, write_evaluation_page
 from conveyor.pipelines.features import (
     FeastStores,
     FeatureSet,
@@ -76,7 +77,6 @@ class TrainingOutcome:
     champion_version: str | None
     run_id: str
     validation_report: str
-    data_docs: str | None
     rows_in: int
     rows_out: int
     behaviour: list[dict[str, Any]] = field(default_factory=list)
@@ -337,6 +337,15 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     for plot in plots:
         client.log_artifact(model.run_id, str(plot), "evaluation")
     failed = [b for b in evaluation.behaviour if not b.passed]
+    write_evaluation_page(
+        run.ws.reports,
+        model=run.config.model_name,
+        version=None,
+        run_id=model.run_id,
+        report=evaluation.to_dict(),
+        llm=False,
+        gate=(not failed, behaviour_reasons([asdict(b) for b in evaluation.behaviour])),
+    )
     run.ledger.append(
         EventKind.MODEL_EVALUATED,
         inputs={"model": trained.digest, "training_set": features.digest},
@@ -443,6 +452,7 @@ def _register(
     for report in (validation.report, validation.page):  # what the data passed
         client.log_artifact(trained.model.run_id, str(report), "validation")
     name_run(client, trained.model.run_id, version.name, version.version, version.alias)
+    refresh_evaluation_page(run.ws, version.name, version.version)
     return TrainingOutcome(
         name=version.name,
         version=version.version,
@@ -455,7 +465,6 @@ def _register(
         champion_version=evaluation.champion_version,
         run_id=trained.model.run_id,
         validation_report=str(validation.report),
-        data_docs=str(validation.docs) if validation.docs else None,
         rows_in=features.rows_in,
         rows_out=features.rows_out,
         behaviour=[asdict(b) for b in evaluation.behaviour],
@@ -512,7 +521,6 @@ def stage_summary(result: Any) -> Summary | None:
 def _(result: ValidationResult) -> Summary:
     met = result.evaluated - len(result.failures)
     rows = [("report", f"`{result.report}`"), ("page", f"`{result.page}`"), ("suite", f"`{result.suite_digest}`")]
-    rows += [("Data Docs", f"`{result.docs}`")] if result.docs else []
     rows += [(f"failed: {f.expectation}", f.describe()) for f in result.failures]
     return f"{met} of {result.evaluated} expectations met", rows
 

@@ -213,7 +213,6 @@ def validate(
                 **found,
                 "report_file": str(result.report),
                 "page": str(result.page),
-                "data_docs": str(result.docs) if result.docs else None,
             }
         )
         return

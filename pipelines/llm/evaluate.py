@@ -83,6 +83,7 @@ class CaseResult:
     scores: dict[str, bool | None]
     refuse: bool | None = None  # what the case expects: refused (True), answered (False), either (None)
     question: str = ""  # as asked (the reference traffic that live traffic is compared with)
+    expected: dict[str, Any] = field(default_factory=dict)  # the case's expectations, as its set says them
 
     @property
     def passed(self) -> bool:
@@ -219,6 +220,7 @@ def evaluate_release(
             {n: SCORERS[n](answers[key], case.expect) for n in scorers},
             case.expect.refuse,
             case.question,
+            case.expect.model_dump(mode="json", exclude_defaults=True),
         )
         for key, (name, case) in by_case.items()
     ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from conveyor.pipelines.evaluation_page import refresh_evaluation_page, write_evaluation_page
 from conveyor.pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
 from conveyor.pipelines.llm.evaluate import EvaluationResult, evaluate_release
 from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
@@ -208,7 +209,7 @@ def _knowledge(run: _Run) -> KnowledgeIndex:
     assert spec is not None  # the stage runs only for a project with a knowledge base
     version = version_knowledge(project.path(spec.documents), spec, run.ledger, root=run.ws.root)
     guardrails = Guardrails(load_policy(project.path(project.guardrails), GuardrailPolicy), "")
-    validated = validate_knowledge(version, spec, guardrails, run.ws.reports, run.ledger)
+    validated = validate_knowledge(version, spec, guardrails, run.ws.reports, run.ledger, model=run.project.name)
     return KnowledgeIndex(version, validated.digest, passages_of(version, spec))
 
 
@@ -354,10 +355,23 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     )
     report = run.ws.reports / "llm" / f"{project.name}-{run.run_id}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_bytes(
-        canonical_json({**result.to_dict(), "decision": {"ok": decision.ok, "reasons": decision.reasons}})
-    )
+    body = {
+        **result.to_dict(),
+        "decision": {"ok": decision.ok, "reasons": decision.reasons},
+        "champion_version": champion,
+        "champion_metrics": champion_metrics,
+    }
+    report.write_bytes(canonical_json(body))
     digest = file_digest(report)
+    write_evaluation_page(
+        run.ws.reports,
+        model=project.name,
+        version=None,
+        run_id=run.run_id,
+        report=body,
+        llm=True,
+        gate=(decision.ok, decision.reasons),
+    )
     failed = [f"{c.set}/{c.id}" for c in result.failed]
     run.ledger.append(
         EventKind.RELEASE_EVALUATED,
@@ -582,6 +596,7 @@ def _register(
         weights=run.ws.weights_store,
         before_record=lambda: mlflow.finalize_logged_model(run.model_id, "READY"),
     )
+    refresh_evaluation_page(run.ws, version.name, version.version)
     registered = sum(p.stat().st_size for p in built.folder.rglob("*") if p.is_file()) - weights.size
     return ReleaseOutcome(
         name=version.name,

@@ -154,18 +154,19 @@ def _suite(spec: Knowledge) -> dict[str, Any]:
 
 
 def validate_knowledge(
-    version: KnowledgeVersion, spec: Knowledge, guardrails: Any, reports: Path, ledger: Ledger
+    version: KnowledgeVersion, spec: Knowledge, guardrails: Any, reports: Path, ledger: Ledger, *, model: str = ""
 ) -> Validated:
     """Great Expectations over the documents' table (non-empty, length bounds, UTF-8, no personal data
     by the release's own guardrail rules, no duplicates); ``DataInvalid`` naming the documents that fail."""
     from conveyor.pipelines.validate import _build_suite, _context, _failure, _run
+    from conveyor.pipelines.validation_page import write_validation_page
 
     frame = version.table.copy()
     # As the model will read it: markdown heading marks off (Presidio takes "# Canary" for a name).
     plain = ["\n".join(_HEADING.sub("", line) for line in str(t).splitlines()) for t in frame["text"]]
     frame["pii"] = [",".join(sorted({s.rule for s in guardrails.pii_spans(t)})) for t in plain]
     document = _suite(spec)
-    context, batch = _context(reports / "data-docs")
+    context, batch = _context()
     suite = context.suites.add(_build_suite(document, Path("knowledge"), []))
     result = _run(context, batch, suite, frame)
     failures = [_failure(r) for r in result["results"] if not r["success"]]
@@ -175,6 +176,14 @@ def validate_knowledge(
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_bytes(canonical_json({**record, "result": result}))
     digest = file_digest(report)  # the validation is its report, as for a tabular dataset
+    write_validation_page(
+        result,
+        dataset=f"knowledge {version.digest.split(':')[1][:12]}",
+        rows=len(frame),
+        path=report.with_suffix(".html"),
+        model=model,
+        reports=reports,
+    )
     described = [_describe(f, frame, spec) for f in failures]
     ledger.append(
         EventKind.DATA_VALIDATED,

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from conveyor.monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
-from conveyor.monitoring.llm_traffic import LlmTrafficResult, compare_traffic, live_frame, reference_frame
+from conveyor.monitoring.llm_traffic import (
+    LlmTrafficResult,
+    compare_traffic,
+    finish_llm_page,
+    live_frame,
+    reference_frame,
+)
 from conveyor.monitoring.trigger import Breach, TriggerDecision, decide_trigger
 from conveyor.pipelines.datasets import relative_to_root, version_dataset
 from conveyor.pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
@@ -363,6 +369,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 f"(fewer than {policy.feedback.min_ratings}): no verdict"
             ]
         out.mkdir(parents=True, exist_ok=True)
+        result.html = result.html or out / f"{label}.html"  # without a comparison, the verdict alone
         kept = out / f"{label}.json"
         kept.write_bytes(canonical_json({k: v for k, v in result.to_dict().items() if k != "report_digest"}))
         result.report, result.report_digest = kept, file_digest(kept)
@@ -384,6 +391,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
             outcome.decision = decision
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
+        finish_llm_page(result, ws.reports)
         record_drift_checked(
             ledger,
             result,
