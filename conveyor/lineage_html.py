@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+from pathlib import Path
 from typing import Any
 
 from conveyor.pipelines.validation_page import clipped
@@ -20,10 +21,12 @@ from conveyor.registry.digests import short
 from conveyor.registry.events import EventKind, inputs_by_role
 from conveyor.registry.ledger import LedgerEvent
 from conveyor.registry.lineage import Lineage
+from conveyor.registry.pages import Heading, meta_tag
 
 __all__ = ["graph_of", "lineage_page"]
 
-# What an event's outputs are, by position (the rest: "artifact").
+# What an event's outputs are, by position (the rest: named by the event's ``files`` or
+# ``documents``, else "record").
 _MADE = {
     "dataset.versioned": ["dataset"],
     "data.validated": ["validation report"],
@@ -38,6 +41,29 @@ _MADE = {
     "retraining.triggered": ["retraining trigger"],
     "model.promoted": ["promotion decision"],
     "model.promotion_refused": ["promotion decision"],
+    "model.rolled_back": ["rollback decision"],
+    "model.canary_rolled_back": ["canary decision"],
+    "model.canary_completed": ["canary decision"],
+    "weights.resolved": ["weights"],
+    "prompt.registered": ["prompt"],
+    "knowledge.versioned": ["knowledge version"],
+    "index.built": ["knowledge index"],
+    "release.built": ["release", "release manifest"],
+    "release.evaluated": ["evaluation report"],
+    "feedback.added": ["feedback set"],
+    "feedback.accepted": ["evaluation set"],
+}
+# The detail that names an event's first output, where it has one.
+_NAMED_BY = {
+    "data.validated": "report",
+    "model.evaluated": "report",
+    "release.evaluated": "report",
+    "weights.resolved": "file",
+    "prompt.registered": "uri",
+    "knowledge.versioned": "path",
+    "feedback.added": "path",
+    "feedback.accepted": "set",
+    "labels.added": "path",
 }
 # What an event's inputs are, by their role, when no event in the graph made them.
 _USED = {
@@ -118,18 +144,24 @@ def _labels(events: Any) -> dict[str, tuple[str, str]]:
                 found.setdefault(digest, (_USED[role], ""))
     for event in sorted(events, key=lambda e: e.seq):
         names = _MADE.get(event.kind, [])
-        files = (
-            {digest: name for name, digest in (event.details.get("files") or {}).items()}
-            if event.kind == EventKind.MODEL_TRAINED
-            else {}
-        )
+        files = {
+            digest: name
+            for key in ("files", "documents")
+            if isinstance(event.details.get(key), dict)
+            for name, digest in event.details[key].items()
+        }
         for i, digest in enumerate(event.outputs):
-            kind = names[i] if i < len(names) else ("model file" if digest in files else "artifact")
-            found[digest] = (kind, _name(event, kind, files.get(digest, "")))
+            if i < len(names):
+                kind = names[i]
+            elif digest in files:
+                kind = "model file" if event.kind == EventKind.MODEL_TRAINED else "file"
+            else:
+                kind = "record"
+            found[digest] = (kind, _name(event, i, kind, files.get(digest, "")))
     return found
 
 
-def _name(event: LedgerEvent, kind: str, file_name: str) -> str:
+def _name(event: LedgerEvent, position: int, kind: str, file_name: str) -> str:
     d = event.details
     if kind == "dataset":
         return str(d.get("path", ""))
@@ -137,6 +169,13 @@ def _name(event: LedgerEvent, kind: str, file_name: str) -> str:
         return f"{d.get('name')}/{d.get('version')}" + (
             f" as {d['role']}" if kind == "deployment" and d.get("role") else ""
         )
+    if event.kind == EventKind.DRIFT_CHECKED:
+        return Path(str(d.get(("report", "html", "snapshot")[position]) or "")).name if position < 3 else ""
+    if position == 0 and event.kind in _NAMED_BY:
+        value = str(d.get(_NAMED_BY[event.kind]) or "")
+        return Path(value).name if value.startswith("/") else value
+    if kind in ("promotion decision", "rollback decision", "canary decision") and d.get("version"):
+        return f"{d.get('name')}/{d.get('version')}" + (f" to {d['target']}" if d.get("target") else "")
     return file_name
 
 
@@ -150,8 +189,17 @@ def page_title(label: str) -> str:
     return f"{name} version {number}{space}{tail}" if slash and number.isdigit() else label
 
 
-def lineage_page(walks: list[Lineage], title: str, note: str | None = None, verdict: Verdict | None = None) -> str:
-    """The whole page, ready to write to a file."""
+def lineage_page(
+    walks: list[Lineage],
+    title: str,
+    note: str | None = None,
+    verdict: Verdict | None = None,
+    *,
+    root: Path | None = None,
+    model: str = "",
+) -> str:
+    """The whole page, ready to write to a file; paths under ``root`` (the project) are shown
+    relative to it."""
     graph = graph_of(walks)
     nodes = {n["id"]: n for n in graph["nodes"]}
     used: dict[str, list[str]] = {}
@@ -167,21 +215,39 @@ def lineage_page(walks: list[Lineage], title: str, note: str | None = None, verd
         if step == 0 and not node["root"]:  # beside the start: an input of a step down, or made by a step up
             step = 1 if any(nodes[e]["column"] == 1 for e in used_by(node["id"], used)) else -1
         layers.setdefault(step, []).append(node)
-    start = [_card(n, nodes, used, made) for n in _ordered(layers.pop(0, []))]
+    shown = _Shown(root)
+    start = [_card(n, nodes, used, made, shown) for n in _ordered(layers.pop(0, []))]
     up = sorted((k for k in layers if k < 0), reverse=True)
     down = sorted(k for k in layers if k > 0)
     events = sum(1 for n in graph["nodes"] if n["type"] == "event")
+    heading = Heading(
+        "lineage",
+        f"Lineage of {page_title(title)}",
+        verdict[1] if verdict else "not audited for this page",
+        ("ok" if verdict[0] else "failed") if verdict else "inconclusive",
+        model=model or title.partition("/")[0].partition("@")[0],
+        version=_version_of(title),
+        reasons=[note] if note else [],
+    ).stamped()
     return _PAGE.format(
+        meta=meta_tag(heading),
         title=html.escape(page_title(title)),
         note=f'<p class="note">{html.escape(note)}</p>' if note else "",
         verdict=_verdict(verdict),
         start="\n".join(start),
-        upstream=_section("Where it came from", "up", [(-k, layers[k]) for k in up], nodes, used, made),
-        downstream=_section("What it fed", "down", [(k, layers[k]) for k in down], nodes, used, made),
+        upstream=_section("Where it came from", "up", [(-k, layers[k]) for k in up], nodes, used, made, shown),
+        downstream=_section("What it fed", "down", [(k, layers[k]) for k in down], nodes, used, made, shown),
         summary=f"{events} events, {len(graph['nodes']) - events} artifacts; "
         f"{len(up)} layers upstream, {len(down)} downstream",
         data=json.dumps(graph, sort_keys=True).replace("</", "<\\/"),
     )
+
+
+def _version_of(label: str) -> str | None:
+    """``loan-default/3 (…)`` -> "3"."""
+    _, slash, rest = label.partition("/")
+    number = rest.partition(" ")[0]
+    return number if slash and number.isdigit() else None
 
 
 _OPEN_LAYERS = 3  # layers nearer than this are open when the page loads
@@ -208,6 +274,7 @@ def _section(
     nodes: dict[str, Any],
     used: dict[str, list[str]],
     made: dict[str, list[str]],
+    shown: _Shown,
 ) -> str:
     if not layers:
         return ""
@@ -217,7 +284,7 @@ def _section(
         count = sum(1 for n in members if n["type"] == "event")
         summary = f"{step} step{'s' if step > 1 else ''} {way}: {', '.join(kinds)}"
         summary += f" ({count} event{'s' if count != 1 else ''}, {len(members) - count} artifacts)"
-        cards = "\n".join(_card(n, nodes, used, made) for n in _ordered(members))
+        cards = "\n".join(_card(n, nodes, used, made, shown) for n in _ordered(members))
         opened = " open" if step < _OPEN_LAYERS else ""
         parts.append(
             f'<details class="layer" data-step="{step}"{opened}><summary>{html.escape(summary)}</summary>'
@@ -242,7 +309,41 @@ def _name_of(node: dict[str, Any]) -> str:
     return f"{node['kind']}{': ' + node['label'] if node['label'] else ''} ({node['short']})"
 
 
-def _card(node: dict[str, Any], nodes: dict[str, Any], used: dict[str, list[str]], made: dict[str, list[str]]) -> str:
+class _Shown:
+    """Recorded values as a reader wants them: paths relative to the project, numbers rounded,
+    lists and mappings as plain text, reasons one per line, digest maps by their names."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = str(root.resolve()) + "/" if root is not None else None
+
+    def __call__(self, key: str, value: Any) -> str:
+        if key in ("files", "documents") and isinstance(value, dict):
+            return html.escape(f"{len(value)}: " + clipped(", ".join(sorted(value)), 400))
+        if key == "reasons" and isinstance(value, list):
+            return "<br>".join(html.escape(self.text(v)) for v in value)
+        return html.escape(clipped(self.text(value), 400))
+
+    def text(self, value: Any) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, str):
+            return value.removeprefix(self.root) if self.root and value.startswith(self.root) else value
+        if isinstance(value, dict):
+            return "; ".join(f"{k}: {self.text(v)}" for k, v in value.items()) or "none"
+        if isinstance(value, list | tuple):
+            return ", ".join(self.text(v) for v in value) or "none"
+        return "none" if value is None else str(value)
+
+
+def _card(
+    node: dict[str, Any],
+    nodes: dict[str, Any],
+    used: dict[str, list[str]],
+    made: dict[str, list[str]],
+    shown: _Shown,
+) -> str:
     e = html.escape
     rows: list[tuple[str, str]] = []
     when = (node["time"] or "").replace("T", " ")[:19]
@@ -251,7 +352,7 @@ def _card(node: dict[str, Any], nodes: dict[str, Any], used: dict[str, list[str]
         rows += [("time", e(when) + " UTC"), ("by", e(str(node.get("actor", ""))))]
         rows += [("used", _links(used.get(node["id"], []), nodes))] if used.get(node["id"]) else []
         rows += [("made", _links(made.get(node["id"], []), nodes))] if made.get(node["id"]) else []
-        rows += [(e(k), e(clipped(v, 400))) for k, v in sorted((node.get("details") or {}).items())]
+        rows += [(e(k.replace("_", " ")), shown(k, v)) for k, v in sorted((node.get("details") or {}).items())]
         rows.append(("hash", f"<code>{e(node['digest'])}</code>"))
     else:
         head = e(node["kind"]) + (f": {e(node['label'])}" if node["label"] else "")
@@ -278,6 +379,7 @@ def _verdict(verdict: Verdict | None) -> str:
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+{meta}
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>Lineage of {title}</title>

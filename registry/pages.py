@@ -21,7 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Heading", "heading_html", "inject_heading", "publish", "read_heading", "self_contained", "write_index"]
+__all__ = [
+    "Heading",
+    "heading_html",
+    "inject_heading",
+    "meta_tag",
+    "publish",
+    "read_heading",
+    "self_contained",
+    "write_index",
+]
 
 Status = Literal["ok", "breach", "failed", "inconclusive"]  # the heading's colour: green, red, red, grey
 _META = "conveyor-page"
@@ -81,7 +90,8 @@ def heading_html(heading: Heading) -> str:
     )
 
 
-def _meta(heading: Heading) -> str:
+def meta_tag(heading: Heading) -> str:
+    """The head's tag that carries ``heading`` for the index."""
     return f'<meta name="{_META}" content="{html.escape(json.dumps(asdict(heading), sort_keys=True))}">'
 
 
@@ -93,7 +103,7 @@ def self_contained(heading: Heading, body: str, *, style: str = "") -> str:
     heading = heading.stamped()
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">\n'
-        f"{_meta(heading)}\n"
+        f"{meta_tag(heading)}\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
         f"<title>{html.escape(heading.title)}</title>\n<style>{_STYLE}{style}</style></head>\n"
@@ -121,7 +131,7 @@ def inject_heading(path: Path, heading: Heading, extra: str = "") -> None:
     text = path.read_text(encoding="utf-8")
     text = re.sub(r"<!--conveyor-head-->.*?<!--/conveyor-head-->", "", text, count=1, flags=re.S)
     text = re.sub(r"<!--conveyor-body-->.*?<!--/conveyor-body-->", "", text, count=1, flags=re.S)
-    head = f"<!--conveyor-head-->{_meta(heading)}<title>{html.escape(heading.title)}</title><!--/conveyor-head-->"
+    head = f"<!--conveyor-head-->{meta_tag(heading)}<title>{html.escape(heading.title)}</title><!--/conveyor-head-->"
     text = re.sub(r"<head>", lambda _: "<head>" + head, text, count=1, flags=re.I)
     text = re.sub(
         r"<body([^>]*)>",

@@ -109,8 +109,11 @@ def lineage(
 
         with progress("Auditing the record the page shows...", quiet=as_json):
             verdict = page_verdict(ws, start)
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(lineage_page(found.walks, start.label, start.note, verdict), encoding="utf-8")
+        from conveyor.registry.pages import publish
+
+        page = lineage_page(found.walks, start.label, start.note, verdict, root=ws.root)
+        inside = html.resolve().is_relative_to(ws.reports.resolve())  # then the reports' index lists it
+        publish(html, page, ws.reports if inside else None)
     if as_json:
         emit_json(found.to_dict())
         return

@@ -373,6 +373,7 @@ def _audit(
     assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[Any], None], record: DemoRecord
 ) -> None:
     from conveyor.lineage_html import lineage_page
+    from conveyor.registry.pages import publish
     from conveyor.render import audit_verdict
 
     name = assistant.llm_project().name
@@ -384,8 +385,12 @@ def _audit(
     if covered is not None:
         found = assistant.lineage(f"request:{covered['id']}", up=True)
         page = assistant.reports / "lineage-llm-request.html"
-        page.write_text(
-            lineage_page(found.walks, f"request:{covered['id']}", found.start.note, verdict), encoding="utf-8"
+        publish(
+            page,
+            lineage_page(
+                found.walks, f"request:{covered['id']}", found.start.note, verdict, root=assistant.root, model=name
+            ),
+            assistant.reports,
         )
         kinds = {e.kind for w in found.walks for e in w.events}
         say(

@@ -118,6 +118,7 @@ def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> No
 
 def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None], record: DemoRecord) -> Any:
     from conveyor.lineage_html import lineage_page
+    from conveyor.registry.pages import publish
     from conveyor.render import audit_verdict
 
     report = ws.audit(ref)
@@ -128,7 +129,8 @@ def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None], record:
     if digest:
         found = ws.lineage(digest)
         v = report.verification
-        graph.write_text(lineage_page(found.walks, f"{v.name}/{v.version} ({ref})", None, verdict), encoding="utf-8")
+        page = lineage_page(found.walks, f"{v.name}/{v.version} ({ref})", None, verdict, root=ws.root, model=v.name)
+        publish(graph, page, ws.reports)
     record.audited(ref, report)
     record.sealed(sealed.seq)
     say(f"  {verdict[1]}; ledger sealed at event #{sealed.seq:,}.")
