@@ -306,18 +306,16 @@ def drift_heading(result: DriftResult) -> Heading:
     """What the drift page says first: model, version, window, verdict, reasons, sample sizes and
     what the check caused."""
     verdict = {"drift": "drift", "no_drift": "no drift", "not_enough_data": "not enough data"}[result.status]
-    reasons = [result.describe()]
-    if result.status != "not_enough_data":
-        reasons += [
-            f"{c.column}: {statistic(c.method)} {c.score:.4g} by {c.method} "
-            f"({'<' if statistic(c.method) == 'p-value' else '>='} {c.threshold:g} is drift)"
-            for c in result.columns
-            if c.drifted
-        ]
+    reasons = [
+        f"{c.column}: {statistic(c.method)} {c.score:.4g} by {c.method} "
+        f"({'<' if statistic(c.method) == 'p-value' else '>='} {c.threshold:g} is drift)"
+        for c in result.columns
+        if c.drifted
+    ]
     return Heading(
         "drift",
         f"Drift of {result.model} version {result.version}: {verdict} ({result.window})",
-        reasons[0] if result.status != "not_enough_data" else verdict,
+        result.describe(),
         {"drift": "breach", "no_drift": "ok", "not_enough_data": "inconclusive"}[result.status],  # type: ignore[arg-type]
         model=result.model,
         version=result.version,
@@ -363,7 +361,7 @@ def finish_drift_page(result: DriftResult, reports: Path) -> None:
         )
         table = (
             "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
-            "cellpadding='4'><tr><th>column</th><th>verdict</th><th>method</th><th>score</th><th>threshold</th>"
+            "cellpadding='4'><tr><th>column</th><th>verdict</th><th>method</th><th>statistic</th><th>threshold</th>"
             f"</tr>{rows}</table>"
         )
         inject_heading(result.html, heading, table)

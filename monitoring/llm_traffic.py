@@ -282,7 +282,7 @@ def llm_heading(result: LlmTrafficResult) -> Heading:
     )
 
 
-def finish_llm_page(result: LlmTrafficResult, reports: Path) -> None:
+def finish_llm_page(result: LlmTrafficResult, reports: Path, min_rows: int) -> None:
     """Head the check's page with its verdict (or write the verdict alone where nothing was compared)
     once the trigger has decided; then the index."""
     from html import escape
@@ -315,5 +315,11 @@ def finish_llm_page(result: LlmTrafficResult, reports: Path) -> None:
         "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
         f"cellpadding='4'><tr><th>check</th><th>verdict</th><th>measured</th></tr>{''.join(rows)}</table>"
     )
+    if result.window_rows < min_rows:  # Evidently compared them anyway: say its verdict is not Conveyor's
+        table += (
+            "<p style='margin:0 16px 12px;font:13px system-ui,sans-serif;color:#7f1d1d'>"
+            f"Only {result.window_rows} live answers (fewer than {min_rows}): the descriptor comparison below is "
+            "shown for reference and is not part of the verdict.</p>"
+        )
     inject_heading(result.html, heading, table)
     write_index(reports)

@@ -53,12 +53,21 @@ def write_evaluation_page(
     report: dict[str, Any],
     llm: bool,
     gate: tuple[bool, list[str]],
+    path: Path | None = None,
+    reevaluation: str | None = None,
 ) -> Path:
-    """Write the page of one evaluation (``report``: the JSON the flow wrote) and the index."""
+    """Write the page of one evaluation (``report``: the JSON the flow wrote) and the index.
+    ``reevaluation``: what started a re-evaluation of a registered version (then ``path`` names
+    the page)."""
     passed, reasons = gate
     what = f"version {version}" if version else f"a candidate (run {run_id[:12]})"
     verdict = "passed its evaluation gate" if passed else "FAILED its evaluation gate"
-    if passed and version is None:
+    if reevaluation is not None:
+        verdict = verdict.replace("evaluation gate", "gate on the current sets")
+        caused = f"re-evaluated for {reevaluation}: " + (
+            "it stays as it is" if passed else "the loop restores a former champion that passes, or holds this one"
+        )
+    elif passed and version is None:
         caused = "goes on to signing and registration"
     elif passed:
         caused = f"registered as version {version}; promotion is decided by `conveyor promote` and the canary"
@@ -73,9 +82,12 @@ def write_evaluation_page(
     champion = report.get("champion_version") or report.get("champion")
     if champion:
         samples.append(("champion compared", f"version {champion}, on the same {'cases' if llm else 'rows'}"))
+    if not llm:
+        reasons = [*_against_champion(metrics, _champion_metrics(report), champion), *reasons]
     heading = Heading(
-        "evaluation",
-        f"Evaluation of {model} {what}: {'passed' if passed else 'FAILED'}",
+        "re-evaluation" if reevaluation is not None else "evaluation",
+        f"{'Re-evaluation' if reevaluation is not None else 'Evaluation'} of {model} {what}: "
+        f"{'passed' if passed else 'FAILED'}",
         verdict,
         "ok" if passed else "failed",
         model=model,
@@ -92,9 +104,9 @@ def write_evaluation_page(
         sections.append(_weakest_rows(report.get("weakest") or []))
         folder = report_path(reports, model, run_id, llm=False).with_suffix("")
         sections.append(_plots(sorted(folder.glob("*.png")) if folder.is_dir() else []))
-    path = evaluation_page_path(reports, model, version, run_id)
+    path = path or evaluation_page_path(reports, model, version, run_id)
     page = publish(path, self_contained(heading, "\n".join(sections), style=_STYLE), None)
-    if version is not None:  # the version's page takes the place of its candidate page
+    if version is not None and reevaluation is None:  # the version's page takes the place of its candidate page
         evaluation_page_path(reports, model, None, run_id).unlink(missing_ok=True)
     write_index(reports)
     return page
@@ -131,6 +143,17 @@ def behaviour_reasons(behaviour: list[dict[str, Any]]) -> list[str]:
         f"raising {b['feature']} by {b['delta']:g} should {b['direction']} the prediction: it did so for "
         f"{b['share']:.0%} of rows (mean change {b['mean_change']:+.4f}): {'passed' if b['passed'] else 'FAILED'}"
         for b in behaviour
+    ]
+
+
+def _against_champion(metrics: dict[str, float], champion: dict[str, float], version: str | None) -> list[str]:
+    """The compared metric against the champion, with the interval of the gain where there is one."""
+    gains = sorted(k.removeprefix("gain_low_") for k in champion if k.startswith("gain_low_"))
+    return [
+        f"{m} {metrics[m]:.4f} against {champion[m]:.4f} for the champion (version {version}); 95% interval of "
+        f"the gain [{champion['gain_low_' + m]:+.4f}, {champion['gain_high_' + m]:+.4f}]"
+        for m in gains
+        if m in metrics and m in champion and f"gain_high_{m}" in champion
     ]
 
 
@@ -179,11 +202,11 @@ def _weakest_rows(weakest: list[dict[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{e(str(w.get('entity')))}</td><td>{e(str(w.get('time') or ''))[:19]}</td>"
         f"<td>{e(str(w['expected']))}</td><td>{e(str(w['predicted']))}</td><td>{w['loss']:.3f}</td>"
-        f"<td>{e(clipped(w.get('features') or {}, 400))}</td></tr>"
+        f"<td>{e(clipped('; '.join(f'{k}: {v}' for k, v in (w.get('features') or {}).items()), 500))}</td></tr>"
         for w in weakest
     )
     return (
-        f"<h2>Weakest cases: the {len(weakest)} holdout rows it got most wrong</h2><table><thead><tr><th>entity</th>"
+        f"<h2>Weakest cases: the {len(weakest)} holdout rows it got most wrong</h2><table class=rows><thead><tr><th>entity</th>"
         "<th>time</th><th>expected</th><th>predicted</th><th>loss</th><th>features</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
@@ -234,5 +257,6 @@ def _case_table(cases: list[dict[str, Any]]) -> str:
 
 
 _STYLE = """
+table.rows td:nth-child(-n+5) { white-space: nowrap; }
 table.cases th:nth-child(1) { width: 9em; } table.cases th:nth-child(3) { width: 30%; }
 """

@@ -78,7 +78,8 @@ def heading_html(heading: Heading) -> str:
         'border-radius:8px;background:#fff;color:#1d2330">'
         f'<h1 style="font-size:19px;margin:0 0 8px">{e(heading.title)}</h1>'
         f'<p class="verdict" style="display:inline-block;margin:0 0 8px;padding:5px 10px;border-radius:6px;'
-        f'font-weight:600;background:{background};color:{ink}">{e(heading.kind.capitalize())}: {e(heading.verdict)}</p>'
+        f'font-weight:600;background:{background};color:{ink}">{e(heading.kind[:1].upper() + heading.kind[1:])}: '
+        f"{e(heading.verdict)}</p>"
         + (f'<ul class="reasons" style="margin:0 0 8px 18px;padding:0">{reasons}</ul>' if reasons else "")
         + (
             f'<p class="caused" style="margin:0 0 8px"><b>What it caused:</b> {e(heading.caused)}</p>'
@@ -210,6 +211,7 @@ table { border-collapse: collapse; margin: 0 16px; width: calc(100% - 32px); }
 th, td { border-bottom: 1px solid #e3e6eb; padding: 4px 8px; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
 tr.breach td.v, tr.failed td.v, td.bad { color: #991b1b; font-weight: 600; }
 tr.ok td.v, td.good { color: #14532d; }
+table.index td:nth-child(-n+4) { white-space: nowrap; } table.index td.v { width: 22em; }
 .why { color: #555; font-size: 12px; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; font: 12px ui-monospace, monospace; }
 img { max-width: 420px; margin: 4px 16px; border: 1px solid #e3e6eb; }

@@ -87,7 +87,7 @@ def _run(
     say("")
     first = prepared[0].ref.path.relative_to(ws.root)
     say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} (then http://127.0.0.1:5000)")
-    say(f"Reports:    {ws.reports}")
+    say(f"Reports:    {ws.reports / 'index.html'} (every page, newest first, each opening with its verdict)")
     say(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
     say(f"            the champion's graph: {graph}")
     say(

@@ -36,6 +36,7 @@ from conveyor.monitoring.llm_traffic import (
 )
 from conveyor.monitoring.trigger import Breach, TriggerDecision, decide_trigger
 from conveyor.pipelines.datasets import relative_to_root, version_dataset
+from conveyor.pipelines.evaluation_page import write_evaluation_page
 from conveyor.pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
 from conveyor.policies.drift import DriftPolicy, Retraining, parse_window
 from conveyor.policies.errors import ConveyorError, DataInvalid, NotFound, NothingToActOn, PolicyInvalid
@@ -391,7 +392,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
             outcome.decision = decision
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
-        finish_llm_page(result, ws.reports)
+        finish_llm_page(result, ws.reports, policy.min_rows)
         record_drift_checked(
             ledger,
             result,
@@ -584,8 +585,18 @@ def _judge(
     decision = decide_promotion(candidate, None, gate.model_copy(update={"beat_champion": None}).as_policy(("canary",)))
     report = ws.reports / "llm" / f"{name}-{version}-reevaluation-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_bytes(
-        canonical_json({**result.to_dict(), "decision": {"ok": decision.ok, "reasons": decision.reasons}})
+    body = {**result.to_dict(), "decision": {"ok": decision.ok, "reasons": decision.reasons}}
+    report.write_bytes(canonical_json(body))
+    write_evaluation_page(
+        ws.reports,
+        model=name,
+        version=version,
+        run_id=result.run_id or "",
+        report=body,
+        llm=True,
+        gate=(decision.ok, decision.reasons),
+        path=ws.reports / "evaluation" / report.with_suffix(".html").name,
+        reevaluation=f"trigger {cause.removeprefix('sha256:')[:12]}",
     )
     ledger.append(
         EventKind.RELEASE_EVALUATED,

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from conveyor.registry.dvc_files import dvc_recorded_md5
+from conveyor.registry.pages import read_heading
+from tests.browser import open_pages
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -49,15 +51,23 @@ def demo(project: Path, *args: str, timeout: float) -> subprocess.CompletedProce
     )
 
 
+@pytest.fixture(scope="module")
+def whole_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``conveyor demo`` (both halves, one ledger) in a fresh clone, run once for this module."""
+    clone = clone_of_repo(tmp_path_factory.mktemp("whole") / "conveyor")
+    return clone, demo(clone, timeout=600)
+
+
 @pytest.mark.timeout(900)
-def test_the_whole_demo_in_a_fresh_clone_says_only_what_the_record_holds(tmp_path: Path) -> None:
+def test_the_whole_demo_in_a_fresh_clone_says_only_what_the_record_holds(
+    whole_demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     from conveyor.api import Workspace
 
-    clone = clone_of_repo(tmp_path / "conveyor")
+    clone, result = whole_demo
     assert subprocess.run(["git", "check-ignore", "-q", "dvc.lock"], cwd=clone).returncode == 1, (
         "DVC refuses a project whose dvc.lock is git-ignored"
     )
-    result = demo(clone, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("The record agrees:"), last
@@ -74,6 +84,49 @@ def test_the_whole_demo_in_a_fresh_clone_says_only_what_the_record_holds(tmp_pat
     assert assistant.champion("conveyor-assistant") == champions["conveyor-assistant"]
     assert "Traceback" not in result.stdout + result.stderr
     assert git(clone, "status", "--porcelain") == "", "the demo leaves the clone's tracked files as they were"
+
+
+@pytest.mark.timeout(900)
+def test_every_report_page_and_the_index_load_offline_and_open_with_their_verdict(
+    whole_demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    clone, result = whole_demo
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = clone / ".conveyor" / "reports"
+    index = reports / "index.html"
+    pages = sorted(p for p in reports.rglob("*.html") if p != index)
+    assert f"Reports:    {index}" in result.stdout
+    assert not (reports / "data-docs").exists(), "GE's Data Docs need CDNs: not offered"
+    headings = {p: read_heading(p) for p in pages}
+    assert all(headings.values()), [p for p, h in headings.items() if h is None]
+    kinds = {h.kind for h in headings.values() if h}
+    assert kinds == {"validation", "evaluation", "re-evaluation", "drift", "LLM traffic", "lineage"}, kinds
+    seen = open_pages([index, *pages])
+    for page in seen:
+        assert page.requests == [], f"{page.page.name} fetched {page.requests[:3]}"
+        assert page.errors == [], f"{page.page.name}: {page.errors[:3]}"
+        assert page.verdict and 0 <= page.verdict_top < 200, f"{page.page.name} does not open with its verdict"
+    by_page = {s.page: s for s in seen}
+    for path, heading in headings.items():
+        assert heading is not None and heading.verdict in by_page[path].verdict, path.name
+        assert heading.title == by_page[path].title, path.name
+        assert heading.model in {"loan-default", "conveyor-assistant"}, path.name
+    listed = re.findall(r'<a href="([^"]+)">', index.read_text())
+    assert sorted(listed) == sorted(p.relative_to(reports).as_posix() for p in pages), "the index links them all"
+    times = [headings[reports / link].time for link in listed]  # type: ignore[union-attr]
+    assert times == sorted(times, reverse=True), "newest first"
+    # what the demo's loop did is on its pages: the drift that started a retraining, the LLM
+    # feedback breach that started a re-evaluation, and the versions' evaluation pages
+    drift = [h for h in headings.values() if h and h.kind == "drift" and h.status == "breach"]
+    assert len(drift) == 1 and drift[0].caused and drift[0].caused.startswith("started a retraining")
+    (llm,) = [h for h in headings.values() if h and h.kind == "LLM traffic"]
+    assert llm.status == "breach" and "rated down" in " ".join(llm.reasons)
+    assert llm.caused and llm.caused.startswith("started a re-evaluation")
+    assert dict(llm.samples)["feedback"].startswith("3 of 3 rated down")
+    for model in ("loan-default", "conveyor-assistant"):
+        for version in ("1", "2"):
+            evaluation = headings[reports / "evaluation" / f"{model}-v{version}.html"]
+            assert evaluation is not None and evaluation.version == version and evaluation.status == "ok"
 
 
 def test_the_demo_data_in_a_copy_outside_any_git_work_tree(tmp_path: Path) -> None:

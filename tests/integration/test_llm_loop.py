@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from conveyor.registry.pages import read_heading
 from tests.conftest import REPO, copy_llm_project, shorten_eval_sets
 
 pytestmark = pytest.mark.slow
@@ -323,6 +324,12 @@ def test_negative_feedback_grows_the_set_and_a_failing_reevaluation_rolls_back(
 
     outcome = ws.check_llm("24h")
     assert outcome.result.status == "quality" and outcome.result.feedback["breached"], outcome.result.describe()
+    heading = read_heading(outcome.result.html)  # the page says so first, with the feedback and what it caused
+    assert heading is not None and heading.verdict == "quality breach" and heading.status == "breach"
+    assert heading.title.startswith(f"LLM traffic of {NAME} version {second}: quality breach")
+    assert "3 of 3 rated answers rated down" in " ".join(heading.reasons)
+    assert dict(heading.samples)["feedback"].startswith("3 of 3 rated down")
+    assert heading.caused is not None and heading.caused.startswith("started a re-evaluation")
     assert outcome.action is not None and outcome.action.status == "rolled_back", outcome.action
     assert outcome.action.version == first
     assert ws.champion(NAME) == first

@@ -25,6 +25,7 @@ from conveyor.pipelines.training import run_training
 from conveyor.policies.project import load_project
 from conveyor.registry.inference_log import InferenceLog, LogEntry
 from conveyor.registry.ledger import Ledger
+from conveyor.registry.pages import read_heading
 from conveyor.registry.release import alias, promote
 from tests.browser import chromium
 from tests.conftest import POLICY_CODE, REPO, open_workspace
@@ -115,10 +116,13 @@ def test_reference_like_traffic_shows_no_drift_and_drifted_traffic_does(trained:
     assert file_digest(drifted.report) == drifted.report_digest and file_digest(drifted.html) == drifted.html_digest
     assert drifted.reference_digest in event.inputs and drifted.window_digest in event.inputs
     assert json.loads(drifted.report.read_text())["drifted"] == drifted.drifted
-    page = drifted.html.read_text()  # Evidently's page says what it compares, drifted columns first
-    heading = page[page.index('<div id="conveyor-heading"') :][:20_000]
-    assert f"<title>Drift of loan-default version {drifted.version}: {drifted.window}</title>" in page
-    assert f"Drift of loan-default version {drifted.version}" in heading and "2,000 logged rows" in heading
+    page = drifted.html.read_text()  # Evidently's page opens with the verdict, drifted columns first
+    heading = page[page.index('<section id="conveyor-verdict"') :][:20_000]
+    title = f"Drift of loan-default version {drifted.version}: drift ({drifted.window})"
+    assert f"<title>{title}</title>" in page and f">{title}</h1>" in heading
+    assert "2,000 logged requests" in heading and "the training set of version 1" in heading
+    assert "no retraining: asked not to retrain" in heading  # what it caused
+    assert "p-value" in heading and "<th>score</th>" not in heading  # a p-value is called one
     listed = re.findall(r"<tr><td>([a-z_]+)</td><td>(drifted|no drift)</td>", heading)
     assert [c for c, _ in listed[: len(drifted.drifted)]] == sorted(drifted.drifted)
     assert all(v == "drifted" for _, v in listed[: len(drifted.drifted)]) and len(listed) == 14
@@ -144,14 +148,17 @@ def _drawn_offline(page: Path, scratch: Path) -> None:
     """Headless Chromium, with no network to reach, draws Evidently's page and our heading."""
     assert not re.search(r"<(script|link)[^>]+(src|href)=\"https?://", page.read_text())  # nothing to fetch
     dom = chromium(page, scratch)
-    assert 'id="conveyor-heading"' in dom
+    assert 'id="conveyor-verdict"' in dom
     assert dom.count("MuiTableCell") > 20 and "Drift Summary" in dom  # Evidently's app drew its tables
 
 
 def test_a_window_too_small_is_reported_as_such(trained: Path) -> None:
     result = check_drift(_request(trained), "10", start=False).result
     assert result.status == "not_enough_data" and result.exit_code == 3 and result.window_rows == 10
-    assert result.columns == [] and result.html is None
+    assert result.columns == [] and result.html is not None  # the page is the verdict alone
+    heading = read_heading(result.html)
+    assert heading is not None and heading.verdict.startswith("not enough data") and heading.status == "inconclusive"
+    assert "Drift of loan-default version 1: not enough data (last 10 rows)" in result.html.read_text()
 
 
 def test_drift_retrains_on_the_new_labels_once_and_the_cooldown_holds(project: Path, traffic) -> None:
