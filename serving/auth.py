@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from conveyor.policies.errors import ConfigInvalid
+from conveyor.policies.errors import ConfigInvalid, UnknownKey
 
 if TYPE_CHECKING:
     from conveyor.registry.workspace import Workspace
@@ -48,17 +48,12 @@ __all__ = [
     "RateLimiter",
     "RedisKeyStore",
     "Role",
-    "UnknownKey",
     "open_api_keys",
     "write_key_file",
 ]
 
 log = logging.getLogger(__name__)
 _ID = 12  # characters of the key kept in clear as its id
-
-
-class UnknownKey(LookupError):
-    """``revoke`` or ``rotate`` named no key."""
 
 
 class KeysUnavailable(ConfigInvalid):

@@ -29,7 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conveyor.policies.canary import Verdict
-from conveyor.policies.errors import NotFound
+from conveyor.policies.errors import LoadRefused, ModelFailed, NotFound, RequestRefused
 from conveyor.policies.serving import ServingPolicy
 from conveyor.registry.digests import json_digest
 from conveyor.registry.events import EventKind
@@ -39,12 +39,9 @@ from conveyor.registry.release import CANARY, CHAMPION, alias, promote
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.auth import RateLimiter, Role, open_api_keys
 from conveyor.serving.canary import CanaryController
-from conveyor.serving.errors import ClientError
 from conveyor.serving.metrics import ServiceMetrics
 from conveyor.serving.models import (
     Answer,
-    LoadRefused,
-    ModelFailed,
     ModelProcess,
     VerifiedModel,
     load_verified,
@@ -54,7 +51,7 @@ from conveyor.serving.router import Router
 from conveyor.serving.schema import request_model
 from conveyor.serving.shared import open_shared_state
 
-__all__ = ["ClientError", "Engine"]
+__all__ = ["Engine", "RequestRefused"]
 
 log = logging.getLogger("conveyor.serving")
 
@@ -179,13 +176,13 @@ class Engine:
             if admin or self.serving.api_keys_required or token:
                 if not self.failures.allow(client):
                     self.metrics.client_errors.labels("auth_limited").inc()
-                    raise ClientError(429, "too many requests with a wrong key from this address; retry later")
+                    raise RequestRefused(429, "too many requests with a wrong key from this address; retry later")
                 self.metrics.client_errors.labels("unauthorized").inc()
-                raise ClientError(401, "a valid API key is required (header `Authorization: Bearer <key>`)")
+                raise RequestRefused(401, "a valid API key is required (header `Authorization: Bearer <key>`)")
             role = Role("anonymous", admin=False)
         if admin and not role.admin:
             self.metrics.client_errors.labels("forbidden").inc()
-            raise ClientError(403, f"the key of {role.name!r} is not an admin key")
+            raise RequestRefused(403, f"the key of {role.name!r} is not an admin key")
         return role
 
     def admit(self, role: Role) -> None:
@@ -195,14 +192,14 @@ class Engine:
         if not self.limiter.allow(role.name, rate=rate, burst=burst):
             self.metrics.client_errors.labels("rate_limited").inc()
             shown = role.per_second or self.serving.rate_limit.per_second
-            raise ClientError(429, f"rate limit of {shown:g} requests/s for {role.name!r} exceeded; retry later")
+            raise RequestRefused(429, f"rate limit of {shown:g} requests/s for {role.name!r} exceeded; retry later")
 
     async def predict(self, body: bytes) -> bytes:
         """The JSON answer to a predict request's body: by the canary when routed there and it
         succeeds, by the champion otherwise."""
         champion, canary, request_model = self.champion, self.canary, self._request_model
         if champion is None or request_model is None:
-            raise ClientError(503, "no verified champion is loaded yet")
+            raise RequestRefused(503, "no verified champion is loaded yet")
         rows, key = self._rows(request_model, body)
         flags = self._categories(champion.verified, rows)
         if canary is not None and self.router.route(key) == "canary":
@@ -216,7 +213,7 @@ class Engine:
             return await self._answer(champion, "champion", rows, flags)
         except ModelFailed as exc:
             self._failed(champion, "champion", exc)
-            raise ClientError(500, "the model failed to answer; the failure is recorded") from None
+            raise RequestRefused(500, "the model failed to answer; the failure is recorded") from None
 
     def _rows(self, request_model: Any, body: bytes) -> tuple[list[dict[str, Any]], str | None]:
         """The request checked against the champion's signature: one plain dict per row, and the routing key."""
@@ -225,7 +222,7 @@ class Engine:
         except ValidationError as exc:
             self.metrics.client_errors.labels("invalid").inc()
             problems = "; ".join(_problem(e) for e in exc.errors()[:10])
-            raise ClientError(400, f"invalid request: {problems}") from None
+            raise RequestRefused(400, f"invalid request: {problems}") from None
         return [row.__dict__ for row in request.rows], request.key
 
     def _categories(self, verified: VerifiedModel, rows: list[dict[str, Any]]) -> list[str | None]:
@@ -239,7 +236,7 @@ class Engine:
         if self.serving.unknown_categories == "refuse":
             self.metrics.client_errors.labels("invalid").inc()
             problems = "; ".join(verified.contract.explain(*u) for u in unknown[:5])
-            raise ClientError(400, f"invalid request: {problems}")
+            raise RequestRefused(400, f"invalid request: {problems}")
         for row, column, _ in unknown:
             flags[row] = ",".join(filter(None, [flags[row], f"unknown:{column}"]))
         return flags
@@ -391,19 +388,19 @@ class Engine:
     def set_weight(self, weight: float, hold: bool = False) -> dict[str, Any]:
         """Move the canary's weight for every worker (any worker may be asked)."""
         if not 0 <= weight <= 100:
-            raise ClientError(400, f"weight must be between 0 and 100, not {weight}")
+            raise RequestRefused(400, f"weight must be between 0 and 100, not {weight}")
         if self.state.canary().state != "running":
-            raise ClientError(409, "no canary is being served; promote a version to canary first")
+            raise RequestRefused(409, "no canary is being served; promote a version to canary first")
         try:
             self.controller.set_weight(weight, hold=hold)
         except ValueError as exc:
-            raise ClientError(409, str(exc)) from None
+            raise RequestRefused(409, str(exc)) from None
         self.metrics.weight.labels(self.name).set(weight / 100)
         return self.status()
 
     def abort(self, reason: str) -> dict[str, Any]:
         if self.state.canary().state != "running":
-            raise ClientError(409, "no canary is being served")
+            raise RequestRefused(409, "no canary is being served")
         self.controller.abort(f"aborted by an admin: {reason}")
         return self.status()
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor.serving.errors import ClientError
+from conveyor.policies.errors import RequestRefused
 from conveyor.serving.openai_api import error_body
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ class Front:
     engine: Engine | None = None
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.status, self.close = status, close
-
-
 class _Disconnected(Exception):
     pass
 
@@ -77,19 +71,13 @@ class Gate:
         try:
             engine = self.front.engine
             if engine is None:
-                raise _Refused(503, "the service is starting")
+                raise RequestRefused(503, "the service is starting")
             await self._serve(engine, scope, receive, send, path, method, admin)
-        except (_Refused, ClientError) as exc:
-            close = isinstance(exc, _Refused) and exc.close
+        except RequestRefused as exc:
             if openai:  # the OpenAI clients read their own error shape
-                await _send(
-                    send,
-                    exc.status,
-                    error_body(exc if isinstance(exc, ClientError) else ClientError(exc.status, str(exc))),
-                    close=close,
-                )
+                await _send(send, exc.http_status, error_body(exc), close=exc.close)
             else:
-                await _reply(send, exc.status, {"detail" if admin else "error": str(exc)}, close=close)
+                await _reply(send, exc.http_status, {"detail" if admin else "error": str(exc)}, close=exc.close)
         except _Disconnected:
             client = scope.get("client") or ("?", 0)
             log.info("client %s:%s disconnected before its request was read", *client)
@@ -102,16 +90,16 @@ class Gate:
     ) -> None:
         known = engine.paths
         if not admin and path not in known:
-            raise _Refused(404, f"no such path: {path[:100]}")
+            raise RequestRefused(404, f"no such path: {path[:100]}")
         if path in known and method not in known[path]:
-            raise _Refused(405, f"{path} takes {' or '.join(sorted(known[path]))}, not {method[:10]}")
+            raise RequestRefused(405, f"{path} takes {' or '.join(sorted(known[path]))}, not {method[:10]}")
         headers = dict(scope["headers"])
         policy = engine.serving
         _declared_size(headers, policy.max_body_bytes)  # the cheapest refusal first: no key needed to be told
         client = (scope.get("client") or ("?", 0))[0]
         role = engine.authorize(_token(headers), admin=admin, client=client)
         if path == "/docs.json" and policy.docs == "off":
-            raise _Refused(404, "the API's document is off (policies/serving.yaml: docs)")
+            raise RequestRefused(404, "the API's document is off (policies/serving.yaml: docs)")
         if method == "POST":
             body = await _body(receive, headers, policy.max_body_bytes, policy.body_timeout_seconds)
         if path in _COMPLETIONS:
@@ -130,7 +118,7 @@ class Gate:
             try:
                 answer = await asyncio.wait_for(engine.predict(body), _PREDICT_TIMEOUT)
             except TimeoutError:
-                raise _Refused(504, f"no answer within {_PREDICT_TIMEOUT} s") from None
+                raise RequestRefused(504, f"no answer within {_PREDICT_TIMEOUT} s") from None
             await _send(send, 200, answer)
             return
         if path == "/docs.json":
@@ -173,7 +161,7 @@ async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeo
     kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if kind != _JSON and not (declared == b"0" or (declared is None and kind == b"")):
         shown = kind.decode("latin-1")[:60] or "none"
-        raise _Refused(415, f"the body must be JSON (Content-Type: application/json), not {shown}", close=True)
+        raise RequestRefused(415, f"the body must be JSON (Content-Type: application/json), not {shown}", close=True)
     chunks, size = [], 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -181,13 +169,13 @@ async def _body(receive: Receive, headers: dict[bytes, bytes], limit: int, timeo
         try:
             message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
         except TimeoutError:
-            raise _Refused(408, f"the body was not sent within {timeout:g} s", close=True) from None
+            raise RequestRefused(408, f"the body was not sent within {timeout:g} s", close=True) from None
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _Refused(413, f"the body is over the limit of {limit:,} bytes", close=True)
+            raise RequestRefused(413, f"the body is over the limit of {limit:,} bytes", close=True)
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -198,9 +186,9 @@ def _declared_size(headers: dict[bytes, bytes], limit: int) -> None:
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise _Refused(400, "Content-Length is not a number", close=True)
+            raise RequestRefused(400, "Content-Length is not a number", close=True)
         if int(declared) > limit:
-            raise _Refused(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}", close=True)
+            raise RequestRefused(413, f"the body is {int(declared):,} bytes; the limit is {limit:,}", close=True)
 
 
 def _replay(body: bytes) -> Receive:

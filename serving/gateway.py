@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.errors import LoadRefused, ModelFailed, RequestRefused, SignatureInvalid
 from conveyor.policies.gateway import GatewayPolicy
 from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.registry.inference_log import LlmLogEntry
@@ -57,9 +57,8 @@ from conveyor.serving.llm import Generated, open_retriever, system_prompt
 from conveyor.serving.llm import model_request as llm_model_request
 from conveyor.serving.llm_process import ReleaseProcess
 from conveyor.serving.meter import Meter, cost_of, period_of
-from conveyor.serving.models import LoadRefused, ModelFailed, verified_files
+from conveyor.serving.models import verified_files
 from conveyor.serving.openai_api import (
-    ApiError,
     ChatRequest,
     CompletionRequest,
     chunk,
@@ -470,7 +469,7 @@ class Gateway(Engine):
         wanted = request.output_limit
         if wanted is not None and wanted > limit:
             field_name = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
-            raise ApiError(
+            raise RequestRefused(
                 400, f"{field_name}: at most {limit} for {first.name} (the release's limit)", param=field_name
             )
         prepared = self._prepare(request, first, chat)
@@ -527,9 +526,9 @@ class Gateway(Engine):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(map(str, first["loc"])) or "body"
-            raise ApiError(400, f"{where}: {first['msg']}", param=where) from None
+            raise RequestRefused(400, f"{where}: {first['msg']}", param=where) from None
         except ValueError as exc:
-            raise ApiError(400, f"the body is not a feedback object ({exc})") from None
+            raise RequestRefused(400, f"the body is not a feedback object ({exc})") from None
         stamped = row.model_copy(update={"key": caller.id or caller.name, "at": datetime.now(UTC).isoformat()})
         line = stamped.model_dump_json(exclude_none=True) + "\n"
         with self._feedback_lock:
@@ -546,7 +545,7 @@ class Gateway(Engine):
             return [(fallback, FALLBACK)]
         if request.model != self.name:
             names = ", ".join(n for n in (self.name, self.fallback_name if fallback else None) if n)
-            raise ApiError(
+            raise RequestRefused(
                 404,
                 f"model {request.model[:100]!r} is not served here (served: {names})",
                 param="model",
@@ -554,7 +553,7 @@ class Gateway(Engine):
             )
         if champion is None:
             if fallback is None:
-                raise ApiError(503, "no verified release is loaded yet", kind="server_error")
+                raise RequestRefused(503, "no verified release is loaded yet", kind="server_error")
             return [(fallback, FALLBACK)]
         order: list[tuple[ServedRelease, str]] = []
         if canary is not None and self.router.route(request.user or caller.id or caller.name) == "canary":
@@ -583,7 +582,7 @@ class Gateway(Engine):
         question = checked_turns[-1]["content"]
         cap = int(release.limits["max_input_tokens"])
         if blocked_by is None and input_tokens > cap:
-            raise ApiError(
+            raise RequestRefused(
                 400,
                 f"messages: the input is {input_tokens} tokens; {release.name} takes at most {cap}",
                 param="messages",
@@ -636,7 +635,7 @@ class Gateway(Engine):
             release = model.verified
             try:  # a release after the first applies its own input rules and limits
                 ready = prepared if release is order[0][0].verified else self._prepare(request, release, chat)
-            except ApiError as exc:
+            except RequestRefused as exc:
                 failures.append(f"{role} {release.name} version {release.version}: {exc}")
                 continue
             if ready.blocked_by is not None:
@@ -690,7 +689,7 @@ class Gateway(Engine):
             else:
                 await stream.end(outcome, self._conveyor(outcome))
             return outcome
-        raise ApiError(
+        raise RequestRefused(
             503,
             "no release could answer this request (" + "; ".join(failures) + "); it is recorded, retry later",
             kind="server_error",

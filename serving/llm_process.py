@@ -28,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from conveyor.policies.errors import LoadRefused, ModelFailed
 from conveyor.serving.llm import Generated
-from conveyor.serving.models import LoadRefused, ModelFailed
 
 __all__ = ["Generation", "ReleaseProcess"]
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from conveyor.policies.errors import RequestRefused
 from conveyor.policies.gateway import GatewayPolicy
-from conveyor.serving.openai_api import ApiError
 
 __all__ = ["Meter", "Reservation", "cost_of", "period_of"]
 
@@ -94,7 +94,7 @@ class Meter:
     def team_of(self, team: str | None) -> str:
         name = team or self.policy.default_team
         if name not in self.policy.teams:
-            raise ApiError(
+            raise RequestRefused(
                 403,
                 f"this key's team {name!r} is not in policies/gateway.yaml; ask an admin to add it or move the key",
                 kind="permission_error",
@@ -113,7 +113,7 @@ class Meter:
                 limit = rules.budget.usd * self.share
                 committed = self.spent.get((team, period), 0.0) + self.reserved.get((team, period), 0.0)
                 if rules.budget.action == "reject" and committed + cost > limit:
-                    raise ApiError(
+                    raise RequestRefused(
                         429,
                         f"team {team!r} has used its budget of ${rules.budget.usd:g} for {period} "
                         f"(${committed / self.share:.4f} spent or reserved; this request could cost ${cost:.4f})",
@@ -126,7 +126,7 @@ class Meter:
             ]
             for name, bucket in buckets:
                 if tokens > bucket.capacity:
-                    raise ApiError(
+                    raise RequestRefused(
                         429,
                         f"this request may use {tokens} tokens, over the {name}'s limit of "
                         f"{bucket.capacity / self.share:.0f} tokens per minute; ask for fewer max_tokens",
@@ -136,7 +136,7 @@ class Meter:
                     )
                 if bucket.level < tokens:
                     wait = bucket.wait_for(tokens)
-                    raise ApiError(
+                    raise RequestRefused(
                         429,
                         f"the {name}'s limit of {bucket.capacity / self.share:.0f} tokens per minute is used up; "
                         f"retry in {wait:.1f} s",

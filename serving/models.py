@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from conveyor.policies.errors import ConveyorError
+from conveyor.policies.errors import ConveyorError, LoadRefused, ModelFailed
 from conveyor.registry.loading import load_estimator, make_read_only, untrusted_types
 from conveyor.serving.contract import ContractBreach, InputContract, check_output
 from conveyor.serving.schema import Column, columns_from_mlmodel
@@ -37,26 +37,12 @@ from conveyor.serving.spare import warm_pool
 
 __all__ = [
     "Answer",
-    "LoadRefused",
-    "ModelFailed",
     "ModelProcess",
     "VerifiedModel",
     "load_verified",
     "verified_files",
     "warm_pool",
 ]
-
-
-class LoadRefused(Exception):
-    """The model did not verify, or cannot be served: the service keeps what it had."""
-
-
-class ModelFailed(Exception):
-    """A model could not answer: it raised, timed out, its process died, or its answer broke the contract."""
-
-    def __init__(self, message: str, kind: str = "error") -> None:
-        super().__init__(message)
-        self.kind = kind  # error | timeout | crash | contract
 
 
 @dataclass(frozen=True)

@@ -21,36 +21,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from conveyor.serving.errors import ClientError
+from conveyor.policies.errors import RequestRefused
 
 __all__ = [
     "NOT_HONOURED",
     "NO_EFFECT",
-    "ApiError",
     "ChatRequest",
     "CompletionRequest",
+    "RequestRefused",
     "chunk",
     "completion_body",
     "error_body",
     "parse_request",
     "sse",
 ]
-
-
-class ApiError(ClientError):
-    """A refusal in OpenAI's error shape: ``type`` and the ``param`` at fault."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(status, message)
-        self.kind, self.param, self.code = kind, param, code
 
 
 class _Lenient(BaseModel):
@@ -177,13 +161,13 @@ NO_EFFECT = frozenset(
 
 
 def parse_request(body: bytes, kind: type[_Generation]) -> Any:
-    """The request in ``body``, or an ``ApiError`` 400 naming the first field at fault."""
+    """The request in ``body``, or an ``RequestRefused`` 400 naming the first field at fault."""
     try:
         raw = json.loads(body)
     except ValueError as exc:
-        raise ApiError(400, f"body: Invalid JSON ({exc})", param="body") from None
+        raise RequestRefused(400, f"body: Invalid JSON ({exc})", param="body") from None
     if not isinstance(raw, dict):
-        raise ApiError(400, "body: the request must be a JSON object", param="body")
+        raise RequestRefused(400, "body: the request must be a JSON object", param="body")
     for name, value in raw.items():
         if name in kind.model_fields:
             continue
@@ -191,10 +175,10 @@ def parse_request(body: bytes, kind: type[_Generation]) -> Any:
             continue
         refusal = NOT_HONOURED.get(name)
         if refusal is None:
-            raise ApiError(400, f"{name}: not a field of this endpoint's request; remove it", param=name)
+            raise RequestRefused(400, f"{name}: not a field of this endpoint's request; remove it", param=name)
         no_op, why = refusal
         if not no_op(value):
-            raise ApiError(400, f"{name}: {why}; remove it or send its default", param=name)
+            raise RequestRefused(400, f"{name}: {why}; remove it or send its default", param=name)
     try:
         return kind.model_validate(raw)
     except ValidationError as exc:
@@ -202,21 +186,18 @@ def parse_request(body: bytes, kind: type[_Generation]) -> Any:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         message = error["msg"].removeprefix("Value error, ")
         more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-        raise ApiError(400, f"{where}: {message}{more}", param=where) from None
+        raise RequestRefused(400, f"{where}: {message}{more}", param=where) from None
 
 
-def error_body(exc: ClientError) -> bytes:
-    kind = getattr(exc, "kind", None) or {
+def error_body(exc: RequestRefused) -> bytes:
+    """A refusal in OpenAI's error shape (``type``, ``param``, ``code``)."""
+    status = exc.http_status
+    kind = exc.kind or {
         401: "authentication_error",
         403: "permission_error",
         429: "rate_limit_error",
-    }.get(exc.status, "invalid_request_error" if exc.status < 500 else "server_error")
-    error = {
-        "message": str(exc),
-        "type": kind,
-        "param": getattr(exc, "param", None),
-        "code": getattr(exc, "code", None),
-    }
+    }.get(status, "invalid_request_error" if status < 500 else "server_error")
+    error = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.code}
     return json.dumps({"error": error}).encode()
 
 

@@ -26,8 +26,8 @@ import bentoml  # noqa: E402 - must follow prepare_process
 from fastapi import FastAPI, HTTPException  # noqa: E402 - as above
 from pydantic import BaseModel, Field  # noqa: E402 - as above
 
+from conveyor.policies.errors import RequestRefused  # noqa: E402 - as above
 from conveyor.serving import transport  # noqa: E402 - as above
-from conveyor.serving.errors import ClientError  # noqa: E402 - as above
 from conveyor.serving.gate import Front  # noqa: E402 - as above
 
 __all__ = ["Conveyor"]
@@ -111,5 +111,5 @@ class Conveyor:
     def _engine_call(self, function: Any, *args: Any) -> dict[str, Any]:
         try:
             return function(*args)
-        except ClientError as exc:
-            raise HTTPException(exc.status, str(exc)) from None
+        except RequestRefused as exc:
+            raise HTTPException(exc.http_status, str(exc)) from None

@@ -120,7 +120,8 @@ def api_key_revoke(
     as_json: JSON = False,
 ) -> None:
     """Revoke every key of NAME; a running service refuses them within a second."""
-    from conveyor.serving.auth import UnknownKey, open_api_keys
+    from conveyor.policies.errors import UnknownKey
+    from conveyor.serving.auth import open_api_keys
 
     try:
         with open_api_keys(workspace(ctx)) as keys:
@@ -140,7 +141,8 @@ def api_key_rotate(
     as_json: JSON = False,
 ) -> None:
     """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
-    from conveyor.serving.auth import UnknownKey, open_api_keys
+    from conveyor.policies.errors import UnknownKey
+    from conveyor.serving.auth import open_api_keys
 
     try:
         with open_api_keys(workspace(ctx)) as keys:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from conveyor.policies.errors import ModelFailed
 from conveyor.serving.llm import Generated
 from conveyor.serving.llm_process import ReleaseProcess
-from conveyor.serving.models import ModelFailed
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.serving.auth import ApiKeys, RateLimiter, UnknownKey
+from conveyor.policies.errors import UnknownKey
+from conveyor.serving.auth import ApiKeys, RateLimiter
 
 
 def test_keys_are_stored_hashed_and_checked_exactly(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conveyor.policies.errors import RequestRefused
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.auth import ApiKeys
 from conveyor.serving.engine import Engine
-from conveyor.serving.errors import ClientError
 
 
 @pytest.fixture
@@ -33,9 +33,9 @@ def keys(engine: Engine) -> ApiKeys:
 
 def test_without_a_key_the_caller_gets_401_and_the_refusal_is_counted(engine: Engine) -> None:
     for token in (None, "", "not-a-key"):
-        with pytest.raises(ClientError) as caught:
+        with pytest.raises(RequestRefused) as caught:
             engine.authorize(token, client="10.0.0.1")
-        assert caught.value.status == 401
+        assert caught.value.http_status == 401
     assert 'conveyor_client_errors_total{reason="unauthorized"} 3.0' in engine.metrics.render()
 
 
@@ -55,23 +55,23 @@ def test_every_series_an_alert_watches_is_there_from_the_start_at_zero(engine: E
 def test_an_address_past_its_wrong_keys_gets_429_and_a_valid_key_still_passes(engine: Engine) -> None:
     statuses = []
     for _ in range(5):
-        with pytest.raises(ClientError) as caught:
+        with pytest.raises(RequestRefused) as caught:
             engine.authorize("cvk_wrong", client="10.0.0.2")
-        statuses.append(caught.value.status)
+        statuses.append(caught.value.http_status)
     assert statuses == [401, 401, 401, 429, 429]  # burst 3
     token = keys(engine).create("app", per_second=100, burst=100)
     assert engine.authorize(token, client="10.0.0.2").name == "app"  # a shared address is not locked out
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         engine.authorize("cvk_wrong", client="10.0.0.3")
-    assert caught.value.status == 401  # another address has its own allowance
+    assert caught.value.http_status == 401  # another address has its own allowance
 
 
 def test_a_predict_key_may_predict_but_not_administer(engine: Engine) -> None:
     token = keys(engine).create("app", per_second=100, burst=100)
     assert engine.authorize(token).name == "app"
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         engine.authorize(token, admin=True)
-    assert caught.value.status == 403 and "'app' is not an admin key" in str(caught.value)
+    assert caught.value.http_status == 403 and "'app' is not an admin key" in str(caught.value)
     admin = keys(engine).create("ops", admin=True)
     assert engine.authorize(admin, admin=True).admin
 
@@ -81,9 +81,9 @@ def test_a_key_over_its_limit_gets_429(engine: Engine) -> None:
     role = engine.authorize(token)
     engine.admit(role)
     engine.admit(role)
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         engine.admit(role)
-    assert caught.value.status == 429 and "1 requests/s" in str(caught.value)
+    assert caught.value.http_status == 429 and "1 requests/s" in str(caught.value)
 
 
 def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
@@ -93,16 +93,16 @@ def test_with_no_champion_it_is_not_ready_and_says_so(engine: Engine, caplog: py
     assert not engine.ready and status["champion"] is None and status["refused"] == {}
     said = [r.getMessage() for r in caplog.records if "not ready" in r.getMessage()]
     assert len(said) == 1 and "loan-default has no @champion" in said[0] and "conveyor promote" in said[0]
-    with pytest.raises(ClientError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         asyncio.run(engine.predict(b'{"rows": [{"x": 1}]}'))
-    assert caught.value.status == 503 and "no verified champion" in str(caught.value)
+    assert caught.value.http_status == 503 and "no verified champion" in str(caught.value)
 
 
 def test_admin_verbs_need_a_canary_and_a_sane_weight(engine: Engine) -> None:
     for call in (lambda: engine.set_weight(30), lambda: engine.abort("why")):
-        with pytest.raises(ClientError) as caught:
+        with pytest.raises(RequestRefused) as caught:
             call()
-        assert caught.value.status == 409 and "no canary" in str(caught.value)
+        assert caught.value.http_status == 409 and "no canary" in str(caught.value)
 
 
 def test_a_load_cut_short_by_a_stop_is_not_recorded_as_refused(engine: Engine) -> None:

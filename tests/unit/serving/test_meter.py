@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from conveyor.policies.errors import RequestRefused
 from conveyor.policies.gateway import Budget, GatewayPolicy, Team
 from conveyor.serving.meter import Meter, cost_of, period_of
-from conveyor.serving.openai_api import ApiError
 
 
 def _meter(**teams: Team) -> tuple[Meter, list[float]]:
@@ -27,9 +27,9 @@ def test_cost_is_priced_per_thousand_tokens_in_and_out() -> None:
 def test_a_team_limit_in_tokens_refuses_past_it_and_refills_over_the_minute() -> None:
     meter, now = _meter(small=Team(tokens_per_minute=300))
     first = meter.reserve("k1", "small", 200, 0.0)
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestRefused) as refused:
         meter.reserve("k2", "small", 200, 0.0)  # another key of the same team: the team's minute is shared
-    assert refused.value.status == 429 and refused.value.code == "tokens_per_minute"
+    assert refused.value.http_status == 429 and refused.value.code == "tokens_per_minute"
     meter.settle(first, 50, 0.0)  # the answer used 50 of the 200 reserved: 150 come back
     meter.reserve("k2", "small", 200, 0.0)
     now[0] += 60  # a minute later the bucket is full again
@@ -38,7 +38,7 @@ def test_a_team_limit_in_tokens_refuses_past_it_and_refills_over_the_minute() ->
 
 def test_a_request_larger_than_the_whole_limit_is_told_to_ask_for_fewer_tokens() -> None:
     meter, _ = _meter(small=Team(tokens_per_minute=100))
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestRefused) as refused:
         meter.reserve("k", "small", 101, 0.0)
     assert refused.value.param == "max_tokens" and "fewer max_tokens" in str(refused.value)
 
@@ -46,7 +46,7 @@ def test_a_request_larger_than_the_whole_limit_is_told_to_ask_for_fewer_tokens()
 def test_a_key_has_its_own_limit_within_its_team() -> None:
     meter, _ = _meter()
     meter.reserve("k", "default", 900, 0.0)
-    with pytest.raises(ApiError, match="key's limit"):
+    with pytest.raises(RequestRefused, match="key's limit"):
         meter.reserve("k", "default", 200, 0.0)
     meter.reserve("other", "default", 900, 0.0)
 
@@ -54,7 +54,7 @@ def test_a_key_has_its_own_limit_within_its_team() -> None:
 def test_budget_counts_reservations_in_flight_so_concurrent_requests_cannot_overspend() -> None:
     meter, _ = _meter(paid=Team(budget=Budget(usd=1.0, period="day", action="reject")))
     held = [meter.reserve(f"k{i}", "paid", 1, 0.3) for i in range(3)]  # 0.9 of 1.0 in flight, nothing spent yet
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestRefused) as refused:
         meter.reserve("k9", "paid", 1, 0.3)
     assert refused.value.code == "budget_exceeded" and refused.value.kind == "insufficient_quota"
     for reservation in held:
@@ -84,9 +84,9 @@ def test_an_alert_budget_answers_past_it_and_says_so(caplog: pytest.LogCaptureFi
 def test_a_key_of_a_team_that_is_not_in_the_policy_is_refused() -> None:
     meter, _ = _meter()
     assert meter.team_of(None) == "default"
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestRefused) as refused:
         meter.team_of("gone")
-    assert refused.value.status == 403 and "gone" in str(refused.value)
+    assert refused.value.http_status == 403 and "gone" in str(refused.value)
 
 
 def test_the_policy_refuses_a_default_team_it_does_not_define() -> None:

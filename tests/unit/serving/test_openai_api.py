@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from conveyor.serving.openai_api import ApiError, ChatRequest, CompletionRequest, error_body, parse_request
+from conveyor.policies.errors import RequestRefused
+from conveyor.serving.openai_api import ChatRequest, CompletionRequest, error_body, parse_request
 
 
 def _chat(**fields: object) -> bytes:
@@ -30,7 +31,7 @@ def test_fields_at_their_no_op_value_or_without_effect_on_the_answer_are_taken()
         ChatRequest,
     )
     assert taken.messages[0].text == "hi"
-    with pytest.raises(ApiError, match="echo: echo is not supported") as refused:
+    with pytest.raises(RequestRefused, match="echo: echo is not supported") as refused:
         parse_request(b'{"model": "m", "prompt": "x", "echo": true}', CompletionRequest)
     assert refused.value.param == "echo"
 
@@ -83,9 +84,9 @@ def test_a_plain_request_and_the_fields_clients_send_are_taken() -> None:
     ],
 )
 def test_a_bad_field_is_a_400_that_names_it(body: bytes, param: str, says: str) -> None:
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RequestRefused) as refused:
         parse_request(body, ChatRequest)
-    assert refused.value.status == 400
+    assert refused.value.http_status == 400
     assert refused.value.param == param and says in str(refused.value)
     error = json.loads(error_body(refused.value))["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
@@ -130,7 +131,7 @@ def test_every_field_of_openais_request_schemas_is_honoured_or_refused_by_name(c
     undecided = set(schema) - set(kind.model_fields) - NO_EFFECT - set(NOT_HONOURED)
     assert not undecided, f"fields nobody decided on: {sorted(undecided)}"
     for name in sorted(set(schema) & set(NOT_HONOURED)):
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(RequestRefused) as refused:
             parse_request(json.dumps({**base, name: _ASKED[name]}).encode(), kind)
         assert refused.value.param == name and str(refused.value).startswith(f"{name}: "), name
     for name in sorted(set(schema) & NO_EFFECT):
