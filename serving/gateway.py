@@ -22,6 +22,10 @@ A request (``POST /v1/chat/completions`` or ``/v1/completions``, streamed or not
    rule could still match), with the token counts the runtime reports, which equal a re-count
    with the model's tokenizer; every answer says which release and role served it;
 6. is settled, logged (texts redacted), counted in the metrics and traced, off the request path.
+
+Its steps live beside it: opening a release (``serving.releases``), preparing a request for one
+(``serving.prepare``), the answer on the wire (``serving.stream``), the exact cache
+(``serving.answer_cache``) and the tokens' accounting (``serving.meter``).
 """
 
 from __future__ import annotations
@@ -32,208 +36,34 @@ import json
 import logging
 import os
 import random
-import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from conveyor.policies.errors import LoadRefused, ModelFailed, RequestRefused, SignatureInvalid
+from conveyor.policies.errors import LoadRefused, ModelFailed, RequestRefused
 from conveyor.policies.gateway import GatewayPolicy
-from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.registry.inference_log import LlmLogEntry
 from conveyor.registry.release import CHAMPION
 from conveyor.registry.workspace import Workspace
+from conveyor.serving.answer_cache import AnswerCache
 from conveyor.serving.auth import Role
 from conveyor.serving.canary import LlmCanaryController
 from conveyor.serving.engine import Engine
-from conveyor.serving.guardrails import Guardrails, StreamGuard
-from conveyor.serving.llm import Generated, open_retriever, system_prompt
-from conveyor.serving.llm import model_request as llm_model_request
+from conveyor.serving.guardrails import StreamGuard
+from conveyor.serving.llm import Generated
 from conveyor.serving.llm_process import ReleaseProcess
-from conveyor.serving.meter import Meter, cost_of, period_of
-from conveyor.serving.models import verified_files
-from conveyor.serving.openai_api import (
-    ChatRequest,
-    CompletionRequest,
-    chunk,
-    completion_body,
-    now,
-    parse_request,
-    sse,
-)
-from conveyor.serving.retrieval import Retriever
+from conveyor.serving.meter import Meter, cost_of, spent_in_log
+from conveyor.serving.openai_api import ChatRequest, CompletionRequest, parse_request
+from conveyor.serving.prepare import Prepared, prepare
+from conveyor.serving.releases import FALLBACK, ServedRelease, VerifiedRelease, load_release
+from conveyor.serving.stream import AnswerStream, Outcome, Send, cacheable, conveyor_of, send_whole, tpot_of
 from conveyor.serving.tracing import Tracer
 
-__all__ = ["Gateway", "ServedRelease", "VerifiedRelease"]
+__all__ = ["Gateway"]
 
 log = logging.getLogger("conveyor.serving")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-FALLBACK = "fallback"
-_MESSAGE_OVERHEAD = 8  # tokens a chat template adds per message at most (role markers): reserved, then settled
-
-
-@dataclass(frozen=True)
-class VerifiedRelease:
-    """A verified release's files on local disk, read: what the gateway needs to serve it."""
-
-    name: str
-    version: str
-    folder: Path
-    version_digest: str
-    signer: str
-    manifest: dict[str, Any]
-    template: str
-    guardrails: Guardrails = field(repr=False)
-    tokenizer: Any = field(repr=False)
-    retriever: Retriever | None = field(default=None, repr=False)
-
-    @property
-    def limits(self) -> dict[str, int]:
-        return self.manifest["limits"]
-
-    @property
-    def pricing(self) -> dict[str, float]:
-        return self.manifest["pricing"]
-
-    @property
-    def mode(self) -> str:
-        return str(self.manifest["runtime"].get("mode", "chat"))
-
-    @property
-    def prompt_version(self) -> str:
-        prompt = self.manifest["prompt"]
-        return f"{prompt['name']}/{prompt['version']}"
-
-    def count(self, text: str) -> int:
-        """Tokens ``text`` takes with this release's tokenizer."""
-        return len(self.tokenizer.tokenize(text.encode(), add_bos=False, special=False))
-
-    def discard(self) -> None:
-        shutil.rmtree(self.folder.parent, ignore_errors=True)
-
-
-def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace: Path) -> VerifiedRelease:
-    """Verify ``name/version`` (every link of ``conveyor verify``, the weights' digest among them)
-    and read it from the verified copy; ``LoadRefused`` when anything fails."""
-    import yaml
-
-    from conveyor.serving.llm import _quiet_runtime
-
-    ref = f"{name}/{version}"
-    with verified_files(ref, workspace, lambda keep: ws.verify_ref(ref, ledger, keep=keep)) as (report, files):
-        try:
-            manifest = json.loads((files / "release.json").read_text())
-            template = (files / manifest["prompt"]["file"]).read_text(encoding="utf-8")
-            policy = GuardrailPolicy.model_validate(
-                yaml.safe_load((files / manifest["guardrails"]["file"]).read_text(encoding="utf-8"))
-            )
-            guardrails = Guardrails(policy, system_prompt(template, manifest))
-            retriever = open_retriever(files, manifest)
-            from llama_cpp import Llama
-
-            _quiet_runtime()
-            tokenizer = Llama(model_path=str(files / manifest["weights"]["file"]), vocab_only=True, verbose=False)
-        except (OSError, ValueError, KeyError, TypeError, SignatureInvalid) as exc:
-            raise LoadRefused(f"{ref} cannot be served: {type(exc).__name__}: {exc}") from None
-    return VerifiedRelease(
-        str(report.name),
-        str(report.version),
-        files,
-        str(report.version_digest),
-        str(report.signer),
-        manifest,
-        template,
-        guardrails,
-        tokenizer,
-        retriever,
-    )
-
-
-class ServedRelease:
-    """A verified release and the process its model runs in (what ``Engine`` calls a model)."""
-
-    def __init__(self, verified: VerifiedRelease, process: ReleaseProcess) -> None:
-        self.verified = verified
-        self.process = process
-        self.deployment: str | None = None
-
-    def close(self) -> None:
-        self.process.close()
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A request made ready for one release: what its model is given, and what was counted and found."""
-
-    request: list[dict[str, str]] | str
-    params: dict[str, Any]
-    question: str  # the last user message after the input guardrails (what is logged)
-    blocked_by: str | None
-    redactions: tuple[str, ...]
-    input_tokens: int  # the client's text, by the release's tokenizer
-    reserve_tokens: int  # a ceiling of the prompt's tokens, for the reservation
-    passages: tuple[dict[str, Any], ...] = ()  # the knowledge base's passages given to the model
-    retrieval_score: float | None = None  # the best passage's score (None: no knowledge base)
-
-
-@dataclass
-class Outcome:
-    """How a request ended, for the log, the metrics, the trace and the canary's analysis."""
-
-    release: ServedRelease | None
-    role: str
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-    ttft_ms: float | None = None  # first text sent to the client, from the request's arrival
-    model_ttft_ms: float | None = None  # first token in the model's process, from the call's start
-    model_ms: float = 0.0
-    blocked_by: str | None = None
-    redactions: tuple[str, ...] = ()
-    refused: bool = False
-    cached: bool = False
-    status: str = "ok"  # ok | blocked | cancelled | failed
-    fallbacks: list[str] = field(default_factory=list)
-    passages: tuple[dict[str, Any], ...] = ()
-    retrieval_score: float | None = None
-
-
-class AnswerCache:
-    """Exact answers by key (the release's digest and the whole request), least recently used first out."""
-
-    def __init__(self, max_entries: int, ttl_seconds: float) -> None:
-        self.max_entries, self.ttl = max_entries, ttl_seconds
-        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            if time.monotonic() - found[0] > self.ttl:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return found[1]
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        with self._lock:
-            self._entries[key] = (time.monotonic(), value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class Gateway(Engine):
@@ -472,7 +302,7 @@ class Gateway(Engine):
             raise RequestRefused(
                 400, f"{field_name}: at most {limit} for {first.name} (the release's limit)", param=field_name
             )
-        prepared = self._prepare(request, first, chat)
+        prepared = prepare(request, first, chat)
         request_id = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
         if prepared.blocked_by is not None:
             outcome = Outcome(
@@ -485,7 +315,7 @@ class Gateway(Engine):
                 status="blocked",
                 ttft_ms=0.0,
             )
-            await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+            await send_whole(send, request.model, request_id, outcome, chat, stream=request.stream)
             self._finish(request_id, request, prepared, outcome, caller, team, None, arrived, chat)
             return
         max_cost = max(
@@ -563,60 +393,6 @@ class Gateway(Engine):
             order.append((fallback, FALLBACK))
         return order
 
-    def _prepare(self, request: Any, release: VerifiedRelease, chat: bool) -> Prepared:
-        """The request as ``release``'s model is given it, after its input guardrails and token cap."""
-        guardrails = release.guardrails
-        turns = [(m.role, m.text) for m in request.messages] if chat else [("user", request.prompt)]
-        checked_turns: list[dict[str, str]] = []
-        redactions: list[str] = []
-        blocked_by = None
-        input_tokens = 0
-        for role, text in turns:
-            if role == "user":
-                verdict = guardrails.check_input(text)
-                blocked_by = blocked_by or verdict.blocked_by
-                redactions += verdict.redactions
-                text = verdict.text
-            input_tokens += release.count(text)
-            checked_turns.append({"role": role, "content": text})
-        question = checked_turns[-1]["content"]
-        cap = int(release.limits["max_input_tokens"])
-        if blocked_by is None and input_tokens > cap:
-            raise RequestRefused(
-                400,
-                f"messages: the input is {input_tokens} tokens; {release.name} takes at most {cap}",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        params = dict(release.manifest["generation"])
-        for name in ("temperature", "top_p", "seed"):
-            if getattr(request, name) is not None:
-                params[name] = getattr(request, name)
-        if request.stop is not None:
-            params["stop"] = request.stop
-        params["max_tokens"] = min(
-            request.output_limit or int(params.get("max_tokens", 96)), int(release.limits["max_output_tokens"])
-        )
-        retrieved = release.retriever.search(question) if release.retriever is not None and blocked_by is None else None
-        model_request = llm_model_request(release.template, release.manifest, question, retrieved)
-        if isinstance(model_request, str):
-            reserve = release.count(model_request) + _MESSAGE_OVERHEAD
-        else:
-            system = model_request[0]["content"]
-            model_request = [model_request[0], *checked_turns]
-            reserve = release.count(system) + input_tokens + _MESSAGE_OVERHEAD * (len(checked_turns) + 2)
-        return Prepared(
-            model_request,
-            params,
-            question,
-            blocked_by,
-            tuple(redactions),
-            input_tokens,
-            reserve,
-            tuple(p.record() for p in retrieved.passages) if retrieved else (),
-            retrieved.best_score if retrieved else None,
-        )
-
     async def _respond(
         self,
         request: Any,
@@ -628,13 +404,13 @@ class Gateway(Engine):
         gone: asyncio.Event,
         arrived: float,
     ) -> Outcome:
-        stream = _Stream(send, request_id, request.model, chat, arrived) if request.stream else None
+        stream = AnswerStream(send, request_id, request.model, chat, arrived) if request.stream else None
         fallbacks: list[str] = []
         failures: list[str] = []
         for model, role in order:
             release = model.verified
             try:  # a release after the first applies its own input rules and limits
-                ready = prepared if release is order[0][0].verified else self._prepare(request, release, chat)
+                ready = prepared if release is order[0][0].verified else prepare(request, release, chat)
             except RequestRefused as exc:
                 failures.append(f"{role} {release.name} version {release.version}: {exc}")
                 continue
@@ -649,7 +425,7 @@ class Gateway(Engine):
                     status="blocked",
                     fallbacks=fallbacks,
                 )
-                await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+                await send_whole(send, request.model, request_id, outcome, chat, stream=request.stream)
                 return outcome
             key = self._cache_key(release, ready, chat)
             if key is not None and (hit := self.cache.get(key)) is not None:
@@ -664,7 +440,7 @@ class Gateway(Engine):
                 )
                 outcome.ttft_ms = (time.perf_counter() - arrived) * 1000
                 self.metrics.llm_cache.labels(release.name, release.version, "hit").inc()
-                await self._send_whole(send, request, request_id, outcome, chat, stream=request.stream)
+                await send_whole(send, request.model, request_id, outcome, chat, stream=request.stream)
                 return outcome
             try:
                 outcome = await self._generate(model, role, ready, stream, gone, arrived)
@@ -682,12 +458,12 @@ class Gateway(Engine):
                 self.metrics.fallbacks.labels(self.name).inc()
                 self.metrics.llm_fallbacks.labels(self.name, fallbacks[-1], role).inc()
             if key is not None and outcome.status == "ok":
-                self.cache.put(key, _cacheable(outcome))
+                self.cache.put(key, cacheable(outcome))
                 self.metrics.llm_cache.labels(release.name, release.version, "miss").inc()
             if stream is None:
-                await self._send_whole(send, request, request_id, outcome, chat, stream=False)
+                await send_whole(send, request.model, request_id, outcome, chat, stream=False)
             else:
-                await stream.end(outcome, self._conveyor(outcome))
+                await stream.end(outcome, conveyor_of(outcome))
             return outcome
         raise RequestRefused(
             503,
@@ -701,7 +477,7 @@ class Gateway(Engine):
         model: ServedRelease,
         role: str,
         prepared: Prepared,
-        stream: _Stream | None,
+        stream: AnswerStream | None,
         gone: asyncio.Event,
         arrived: float,
     ) -> Outcome:
@@ -778,44 +554,6 @@ class Gateway(Engine):
         material = json.dumps([release.version_digest, chat, prepared.request, prepared.params], sort_keys=True)
         return hashlib.sha256(material.encode()).hexdigest()
 
-    async def _send_whole(
-        self, send: Send, request: Any, request_id: str, outcome: Outcome, chat: bool, *, stream: bool
-    ) -> None:
-        """An answer known whole (cached, blocked or not streamed), as JSON or as a short stream."""
-        if stream:
-            out = _Stream(send, request_id, request.model, chat, time.perf_counter())
-            if outcome.text:
-                await out.send(outcome.text)
-            await out.end(outcome, self._conveyor(outcome))
-            return
-        usage = _usage(outcome)
-        body = completion_body(
-            request_id=request_id,
-            model=request.model,
-            created=now(),
-            text=outcome.text,
-            finish_reason=outcome.finish_reason,
-            usage=usage,
-            chat=chat,
-            conveyor=self._conveyor(outcome),
-        )
-        await _start(send, 200, b"application/json", len(body))
-        await send({"type": "http.response.body", "body": body})
-
-    def _conveyor(self, outcome: Outcome) -> dict[str, Any]:
-        v = outcome.release.verified if outcome.release is not None else None
-        return {
-            "served_by": outcome.role,
-            "release": v.name if v else None,
-            "version": v.version if v else None,
-            "prompt_version": v.prompt_version if v else None,
-            "cached": outcome.cached,
-            "blocked_by": outcome.blocked_by,
-            "redactions": list(outcome.redactions),
-            "fallback_from": outcome.fallbacks,
-            "passages": [{"id": p["id"], "document": p["document"], "score": p["score"]} for p in outcome.passages],
-        }
-
     # -- after the answer ----------------------------------------------------------------------------
 
     def _finish(
@@ -840,7 +578,7 @@ class Gateway(Engine):
         m.llm_duration.labels(*labels).observe(duration)
         if outcome.ttft_ms is not None and outcome.status == "ok":
             m.llm_ttft.labels(*labels).observe(max(outcome.ttft_ms, 0.0) / 1000)
-        tpot = _tpot(outcome)
+        tpot = tpot_of(outcome)
         if tpot is not None:
             m.llm_tpot.labels(*labels).observe(tpot / 1000)
         m.llm_tokens.labels(team, name, version, "input").inc(outcome.prompt_tokens)
@@ -923,121 +661,3 @@ class Gateway(Engine):
         except Exception:
             log.exception("could not read the inference log for the teams' spend; starting from zero")
             return {}
-
-
-def spent_in_log(
-    folder: Path, policy: GatewayPolicy, *, share: float = 1.0, at: datetime | None = None
-) -> dict[tuple[str, str], float]:
-    """What each team with a budget spent in its current period, by the logged requests in ``folder``."""
-    from conveyor.registry.inference_log import read_log
-
-    spent: dict[tuple[str, str], float] = {}
-    if not folder.is_dir():
-        return spent
-    at = at or datetime.now(UTC)
-    since = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
-        days=7
-    )  # a week may begin last month
-    rows = read_log(folder, since=since)
-    if "cost_usd" not in rows.columns:
-        return spent
-    for team, rules in policy.teams.items():
-        if rules.budget is None:
-            continue
-        period = period_of(rules.budget.period, at)
-        mine = rows[rows["team"] == team]
-        in_period = mine["time"].map(lambda t, p=rules.budget.period: period_of(p, t.to_pydatetime())) == period
-        spent[(team, period)] = float(mine.loc[in_period, "cost_usd"].sum()) * share
-    return spent
-
-
-def _usage(outcome: Outcome) -> dict[str, int]:
-    return {
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-    }
-
-
-def _tpot(outcome: Outcome) -> float | None:
-    """Milliseconds per output token after the first, in the model's process."""
-    if outcome.model_ttft_ms is None or outcome.completion_tokens < 2:
-        return None
-    return (outcome.model_ms - outcome.model_ttft_ms) / (outcome.completion_tokens - 1)
-
-
-def _cacheable(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "text": outcome.text,
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "finish_reason": outcome.finish_reason,
-        "redactions": outcome.redactions,
-        "refused": outcome.refused,
-    }
-
-
-async def _start(send: Send, status: int, kind: bytes, length: int | None = None) -> None:
-    headers = [(b"content-type", kind)]
-    if length is not None:
-        headers.append((b"content-length", str(length).encode()))
-    else:
-        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-
-
-class _Stream:
-    """A streamed answer on the wire: headers at the first text (so a failure before it can still
-    go to the next release), one event per released piece, the finish, the usage, ``[DONE]``."""
-
-    def __init__(self, send: Send, request_id: str, model: str, chat: bool, arrived: float) -> None:
-        self._send, self.request_id, self.model, self.chat, self.arrived = send, request_id, model, chat, arrived
-        self.created = now()
-        self.started = False
-        self.first_ms: float | None = None
-
-    async def _open(self) -> None:
-        if not self.started:
-            self.started = True
-            await _start(self._send, 200, b"text/event-stream; charset=utf-8")
-            if self.chat:
-                await self._event(
-                    chunk(
-                        request_id=self.request_id,
-                        model=self.model,
-                        created=self.created,
-                        chat=True,
-                        role=True,
-                        text="",
-                    )
-                )
-
-    async def _event(self, data: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
-
-    async def send(self, text: str) -> None:
-        await self._open()
-        if self.first_ms is None:
-            self.first_ms = (time.perf_counter() - self.arrived) * 1000
-        await self._event(
-            chunk(request_id=self.request_id, model=self.model, created=self.created, chat=self.chat, text=text)
-        )
-
-    async def end(self, outcome: Outcome, conveyor: dict[str, Any]) -> None:
-        await self._open()
-        finish = "stop" if outcome.finish_reason == "cancelled" else outcome.finish_reason
-        args: dict[str, Any] = {
-            "request_id": self.request_id,
-            "model": self.model,
-            "created": self.created,
-            "chat": self.chat,
-        }
-        await self._event(chunk(**args, finish_reason=finish, conveyor=conveyor))
-        await self._event(chunk(**args, empty_choices=True, usage=_usage(outcome)))
-        await self._send({"type": "http.response.body", "body": sse("[DONE]"), "more_body": False})
-
-    async def error(self, message: str) -> None:
-        await self._event(
-            sse({"error": {"message": message, "type": "server_error", "param": None, "code": "model_failed"}})
-        )
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from conveyor.policies.errors import RequestRefused
 from conveyor.policies.gateway import GatewayPolicy
 
-__all__ = ["Meter", "Reservation", "cost_of", "period_of"]
+__all__ = ["Meter", "Reservation", "cost_of", "period_of", "spent_in_log"]
 
 log = logging.getLogger("conveyor.serving")
 
@@ -196,3 +197,29 @@ class Meter:
             bucket = buckets[name] = _Bucket(per_minute * self.share, now)
         bucket.refill(now)
         return bucket
+
+
+def spent_in_log(
+    folder: Path, policy: GatewayPolicy, *, share: float = 1.0, at: datetime | None = None
+) -> dict[tuple[str, str], float]:
+    """What each team with a budget spent in its current period, by the logged requests in ``folder``."""
+    from conveyor.registry.inference_log import read_log
+
+    spent: dict[tuple[str, str], float] = {}
+    if not folder.is_dir():
+        return spent
+    at = at or datetime.now(UTC)
+    since = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=7
+    )  # a week may begin last month
+    rows = read_log(folder, since=since)
+    if "cost_usd" not in rows.columns:
+        return spent
+    for team, rules in policy.teams.items():
+        if rules.budget is None:
+            continue
+        period = period_of(rules.budget.period, at)
+        mine = rows[rows["team"] == team]
+        in_period = mine["time"].map(lambda t, p=rules.budget.period: period_of(p, t.to_pydatetime())) == period
+        spent[(team, period)] = float(mine.loc[in_period, "cost_usd"].sum()) * share
+    return spent

@@ -96,7 +96,7 @@ def test_the_policy_refuses_a_default_team_it_does_not_define() -> None:
 
 def test_a_restarted_gateway_reads_each_team_s_spend_this_period_from_the_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from conveyor.registry.inference_log import InferenceLog, LlmLogEntry
-    from conveyor.serving.gateway import spent_in_log
+    from conveyor.serving.meter import spent_in_log
 
     def entry(team: str, at: datetime, cost: float) -> LlmLogEntry:
         return LlmLogEntry(
