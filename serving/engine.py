@@ -41,13 +41,13 @@ from conveyor.serving.auth import RateLimiter, Role, open_api_keys
 from conveyor.serving.canary import CanaryController
 from conveyor.serving.metrics import ServiceMetrics
 from conveyor.serving.models import (
-    Answer,
     ModelProcess,
     VerifiedModel,
     load_verified,
     warm_pool,
 )
 from conveyor.serving.router import Router
+from conveyor.serving.runtime import Answer
 from conveyor.serving.schema import request_model
 from conveyor.serving.shared import open_shared_state
 
@@ -537,8 +537,7 @@ class Engine:
         if self._stop.is_set():
             verified.discard()
             return None
-        spare, self._spare = self._spare, None
-        model = ModelProcess(verified, timeout=timeout, pool=spare)
+        model = self.open_predict_runtime(verified, timeout)
         try:
             model.wait_loaded()
         except LoadRefused as exc:
@@ -552,6 +551,12 @@ class Engine:
             return None
         model.deployment = self._deployed(verified, role)
         return model
+
+    def open_predict_runtime(self, verified: VerifiedModel, timeout: float | None) -> ModelProcess:
+        """Where a verified version runs (``serving.runtime``): its estimator in a child process of
+        its own, the spare process when there is one."""
+        spare, self._spare = self._spare, None
+        return ModelProcess(verified, timeout=timeout, pool=spare)
 
     def _load_champion(self, version: str) -> None:
         verified = self._verify(version, CHAMPION)

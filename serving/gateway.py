@@ -58,6 +58,7 @@ from conveyor.serving.meter import Meter, cost_of, spent_in_log
 from conveyor.serving.openai_api import ChatRequest, CompletionRequest, parse_request
 from conveyor.serving.prepare import Prepared, prepare
 from conveyor.serving.releases import FALLBACK, ServedRelease, VerifiedRelease, load_release
+from conveyor.serving.runtime import GenerateRuntime
 from conveyor.serving.stream import AnswerStream, Outcome, Send, cacheable, conveyor_of, send_whole, tpot_of
 from conveyor.serving.tracing import Tracer
 
@@ -117,18 +118,7 @@ class Gateway(Engine):
         if self._stop.is_set():
             verified.discard()
             return None
-        runtime = verified.manifest["runtime"]
-        process = ReleaseProcess(
-            verified.folder / verified.manifest["weights"]["file"],
-            {
-                "context": int(runtime["context"]),
-                "threads": int(runtime["threads"]),
-                "seed": int(verified.manifest["generation"].get("seed", 0)),
-                "chat_format": runtime.get("chat_format"),
-            },
-            name=f"{verified.name}-{verified.version}-{role}",
-            max_waiting=self.gateway.max_waiting,
-        )
+        process = self.open_generate_runtime(verified, role)
         try:
             process.wait_loaded()
         except LoadRefused as exc:
@@ -140,6 +130,22 @@ class Gateway(Engine):
         model = ServedRelease(verified, process)
         model.deployment = self._deployed(verified, role)
         return model
+
+    def open_generate_runtime(self, verified: VerifiedRelease, role: str) -> GenerateRuntime:
+        """Where a verified release's model runs (``serving.runtime``): llama.cpp in a child process
+        of its own, on the release's weights."""
+        runtime = verified.manifest["runtime"]
+        return ReleaseProcess(
+            verified.folder / verified.manifest["weights"]["file"],
+            {
+                "context": int(runtime["context"]),
+                "threads": int(runtime["threads"]),
+                "seed": int(verified.manifest["generation"].get("seed", 0)),
+                "chat_format": runtime.get("chat_format"),
+            },
+            name=f"{verified.name}-{verified.version}-{role}",
+            max_waiting=self.gateway.max_waiting,
+        )
 
     def _load_champion(self, version: str) -> None:
         super()._load_champion(version)

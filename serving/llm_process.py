@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.policies.errors import LoadRefused, ModelFailed
+from conveyor.serving import runtime
 from conveyor.serving.llm import Generated
+from conveyor.serving.runtime import GenerateRuntime
 
 __all__ = ["Generation", "ReleaseProcess"]
 
@@ -100,7 +102,7 @@ def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
         cancelled.discard(request_id)
 
 
-class ReleaseProcess:
+class ReleaseProcess(GenerateRuntime):
     """One release's model in a child process: ``begin`` a generation, iterate its pieces."""
 
     def __init__(self, weights: Path, runtime: dict[str, Any], *, name: str, max_waiting: int = 8) -> None:
@@ -287,7 +289,7 @@ class ReleaseProcess:
         self._pending -= 1
 
 
-class Generation:
+class Generation(runtime.Generation):
     """One answer being generated: iterate it for text pieces, then one ``Generated`` with the counts.
 
     ``ModelFailed`` when the model fails (kind ``error``, ``timeout``, ``crash``); ``cancel`` stops it

@@ -32,11 +32,11 @@ import pandas as pd
 from conveyor.policies.errors import ConveyorError, LoadRefused, ModelFailed
 from conveyor.registry.loading import load_estimator, make_read_only, untrusted_types
 from conveyor.serving.contract import ContractBreach, InputContract, check_output
+from conveyor.serving.runtime import Answer, PredictRuntime
 from conveyor.serving.schema import Column, columns_from_mlmodel
 from conveyor.serving.spare import warm_pool
 
 __all__ = [
-    "Answer",
     "ModelProcess",
     "VerifiedModel",
     "load_verified",
@@ -128,14 +128,6 @@ def load_verified(
     )
 
 
-@dataclass(frozen=True)
-class Answer:
-    values: np.ndarray  # one float per row, checked against the output contract
-    model_ms: float  # the model's own time for the call that answered (wall clock, taken in its process)
-    batch_rows: int  # rows in that call
-    cpu_ms: float = 0.0  # the CPU time of that call in the model's process: what the canary analysis compares
-
-
 _NUMERIC = {"double", "float", "long", "integer"}
 log = logging.getLogger("conveyor.serving")
 
@@ -178,7 +170,7 @@ def _child_run(rows: list[dict[str, Any]]) -> tuple[Any, float, float]:
     return raw, (time.perf_counter() - started) * 1000, (time.thread_time() - cpu) * 1000
 
 
-class ModelProcess:
+class ModelProcess(PredictRuntime):
     """A verified model in a child process of its own, with adaptive batching and the output contract.
 
     A call that raises, outlasts ``timeout``, finds the process dead or breaks the contract raises

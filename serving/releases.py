@@ -19,9 +19,9 @@ from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.guardrails import Guardrails
 from conveyor.serving.llm import open_retriever, system_prompt
-from conveyor.serving.llm_process import ReleaseProcess
 from conveyor.serving.models import verified_files
 from conveyor.serving.retrieval import Retriever
+from conveyor.serving.runtime import GenerateRuntime
 
 __all__ = ["FALLBACK", "ServedRelease", "VerifiedRelease", "load_release"]
 
@@ -108,7 +108,7 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
 class ServedRelease:
     """A verified release and the process its model runs in (what ``Engine`` calls a model)."""
 
-    def __init__(self, verified: VerifiedRelease, process: ReleaseProcess) -> None:
+    def __init__(self, verified: VerifiedRelease, process: GenerateRuntime) -> None:
         self.verified = verified
         self.process = process
         self.deployment: str | None = None
