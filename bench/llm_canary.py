@@ -37,7 +37,7 @@ TOPICS = ["a canary", "a rollback", "signing", "drift", "a champion", "the ledge
 
 
 async def _answers(count: int, *, neighbour: bool) -> list[dict[str, float]]:
-    from conveyor.serving.llm import Generated
+    from conveyor.serving.runtime import Generated
     from conveyor.serving.llm_process import ReleaseProcess
 
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None

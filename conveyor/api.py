@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from conveyor.registry.release import PromotionOutcome
     from conveyor.registry.seals import Seal
     from conveyor.registry.verify import VerificationReport
-    from conveyor.serving.llm import Reply
+    from conveyor.serving.answer import Reply
 
 __all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
 
@@ -158,7 +158,7 @@ class Workspace(_Workspace):
         """Verify the LLM release ``ref`` into a private copy, load it from there in this process and
         answer ``question`` through its guardrails."""
         from conveyor.registry.loading import verified_copy
-        from conveyor.serving.llm import LlmRelease
+        from conveyor.serving.answer import LlmRelease
 
         self._ready()
         with self.ledger() as ledger, verified_copy(self, ref, ledger, what="The release") as (report, folder):

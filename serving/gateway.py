@@ -47,12 +47,11 @@ from conveyor.policies.gateway import GatewayPolicy
 from conveyor.registry.inference_log import LlmLogEntry
 from conveyor.registry.release import CHAMPION
 from conveyor.registry.workspace import Workspace
+from conveyor.serving.answer import generate
 from conveyor.serving.answer_cache import AnswerCache
 from conveyor.serving.auth import Role
 from conveyor.serving.canary import LlmCanaryController
 from conveyor.serving.engine import Engine
-from conveyor.serving.guardrails import StreamGuard
-from conveyor.serving.llm import Generated
 from conveyor.serving.llm_process import ReleaseProcess
 from conveyor.serving.meter import Meter, cost_of, spent_in_log
 from conveyor.serving.openai_api import ChatRequest, CompletionRequest, parse_request
@@ -449,7 +448,19 @@ class Gateway(Engine):
                 await send_whole(send, request.model, request_id, outcome, chat, stream=request.stream)
                 return outcome
             try:
-                outcome = await self._generate(model, role, ready, stream, gone, arrived)
+                first_token = (
+                    self.gateway.canary_first_token_seconds if role == "canary" else self.gateway.first_token_seconds
+                )
+                outcome = await generate(
+                    model,
+                    role,
+                    ready,
+                    first_token_seconds=first_token,
+                    total_seconds=self.gateway.total_seconds,
+                    stream=stream,
+                    gone=gone,
+                    arrived=arrived,
+                )
             except ModelFailed as exc:
                 self._failed(model, role, exc)
                 failures.append(f"{role} {release.name} version {release.version}: {exc.kind}")
@@ -477,82 +488,6 @@ class Gateway(Engine):
             kind="server_error",
             code="unavailable",
         )
-
-    async def _generate(
-        self,
-        model: ServedRelease,
-        role: str,
-        prepared: Prepared,
-        stream: AnswerStream | None,
-        gone: asyncio.Event,
-        arrived: float,
-    ) -> Outcome:
-        """``model``'s answer through the output guardrails (streamed to the client when ``stream``)."""
-        first_token = self.gateway.canary_first_token_seconds if role == "canary" else self.gateway.first_token_seconds
-        generation = await model.process.begin(
-            prepared.request, prepared.params, first_token_seconds=first_token, total_seconds=self.gateway.total_seconds
-        )
-        guard = StreamGuard(model.verified.guardrails) if stream is not None else None
-        done: Generated | None = None
-        cancelled = False
-        try:
-            async for item in generation:
-                if isinstance(item, Generated):
-                    done = item
-                    break
-                if gone.is_set():
-                    done, cancelled = await generation.cancel(), True
-                    break
-                if guard is not None and stream is not None:
-                    text = guard.feed(item)
-                    if guard.blocked_by is not None:
-                        done = await generation.cancel()
-                        break
-                    if text:
-                        await stream.send(text)
-        finally:
-            await generation.close()
-        if done is None:
-            raise ModelFailed("the model's stream ended without its counts", "contract")
-        outcome = Outcome(
-            model,
-            role,
-            prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens,
-            finish_reason=done.finish_reason,
-            model_ttft_ms=done.ttft_ms,
-            model_ms=done.total_ms,
-            redactions=prepared.redactions,
-        )
-        if cancelled:
-            outcome.status, outcome.finish_reason = "cancelled", "cancelled"
-            outcome.text = "".join(guard.shown) if guard is not None else ""
-            return outcome
-        if not done.text.strip() and done.finish_reason != "cancelled":
-            raise ModelFailed("its answer was empty", "contract")
-        if guard is not None and stream is not None:
-            if guard.blocked_by is None:
-                rest = guard.finish()
-                if rest:
-                    await stream.send(rest)
-            outcome.text = "".join(guard.shown)
-            outcome.blocked_by, outcome.refused = guard.blocked_by, guard.refused
-            outcome.redactions = (*prepared.redactions, *guard.redactions)
-            outcome.ttft_ms = stream.first_ms
-        else:
-            verdict = model.verified.guardrails.check_output(done.text)
-            outcome.text, outcome.blocked_by, outcome.refused = (
-                verdict.text,
-                verdict.blocked_by,
-                verdict.refused or verdict.blocked,
-            )
-            outcome.redactions = (*prepared.redactions, *verdict.redactions)
-            outcome.ttft_ms = (time.perf_counter() - arrived) * 1000 - (done.total_ms - done.ttft_ms)
-        if outcome.blocked_by is not None:
-            outcome.status, outcome.finish_reason = "blocked", "content_filter"
-            if stream is None:
-                outcome.text = model.verified.guardrails.policy.refusal
-        return outcome
 
     def _cache_key(self, release: VerifiedRelease, prepared: Prepared, chat: bool) -> str | None:
         if not self.gateway.cache.enabled or float(prepared.params.get("temperature", 0.0)) != 0.0:

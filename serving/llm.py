@@ -1,30 +1,27 @@
-"""An LLM release, running: the local model (llama.cpp) behind the release's prompt and guardrails.
+"""A release's language model in this process (llama.cpp), and what a release's prompt is made of.
 
-``LlmRelease.open(folder)`` reads a release folder that has been verified (``release.json``, the
-prompt, the guardrail policy, the weights) and loads the weights with llama.cpp. ``answer``
-applies the input guardrails, renders the signed prompt (never a registry alias), generates
-(streamed, so time to first token is measured where it happens), applies the output
-guardrails, and returns the answer with its token counts and timings. One generation at a time
-per loaded model: llama.cpp's context is not thread-safe, so calls are serialised by a lock.
+``LocalModel`` loads a GGUF file and streams a generation, counted and timed where it happens;
+one generation at a time per loaded model (llama.cpp's context is not thread-safe, so calls are
+serialised by a lock). ``LocalRuntime`` puts it behind the runtime protocol (``serving.runtime``).
+``render``, ``system_prompt`` and ``model_request`` make the signed prompt into what the model is
+given; ``open_retriever`` opens a release's knowledge index.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conveyor.policies.errors import SignatureInvalid
-from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.policies.errors import ModelFailed, SignatureInvalid
 from conveyor.policies.llm import VARIABLE
-from conveyor.serving.guardrails import Guardrails
 from conveyor.serving.retrieval import Retrieved, Retriever, render_passages
+from conveyor.serving.runtime import Generated, GenerateRuntime, Generation, Request
 
-__all__ = ["Generated", "LlmRelease", "LocalModel", "Reply", "render"]
+__all__ = ["LocalModel", "LocalRuntime", "model_request", "open_retriever", "render", "system_prompt"]
 
 
 def render(template: str, variables: dict[str, str]) -> str:
@@ -60,16 +57,6 @@ def model_request(
         return render(template, variables | {"question": question})
     system = render(template, variables | {"question": ""}).strip()
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
-
-
-@dataclass(frozen=True)
-class Generated:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float  # request to first generated text
-    total_ms: float
-    finish_reason: str
 
 
 _log_callback: list[Any] = []  # the callback llama.cpp holds, kept alive with this module
@@ -215,131 +202,90 @@ class LocalModel:
         return finished
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One answer of a release, as a client would get it, with what it cost and what fired."""
+class LocalRuntime(GenerateRuntime):
+    """A ``LocalModel`` in this process behind the runtime protocol: what the evaluation and
+    ``conveyor llm ask`` answer with. Each generation runs in a thread of its own and streams its
+    pieces to the caller's event loop; ``fresh`` drops llama.cpp's cached prompt before each one,
+    so time to first token is the prompt's whole cost."""
 
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    ttft_ms: float
-    total_ms: float
-    blocked_by: str | None = None  # the guardrail rule that withheld the request or the answer
-    redactions: tuple[str, ...] = ()
-    refused: bool = False  # blocked, or the model refused by itself
-    finish_reason: str = "stop"
-    raw: str | None = field(default=None, repr=False)  # the model's own text, before output rules
-    passages: tuple[dict[str, Any], ...] = ()  # the knowledge base's passages the model was given
-    retrieval_score: float | None = None  # the best passage's score (None: the release has no knowledge base)
+    def __init__(self, model: LocalModel, *, fresh: bool = True) -> None:
+        self.model, self.fresh = model, fresh
+        self.threads = model.threads
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "ttft_ms": round(self.ttft_ms, 2),
-            "total_ms": round(self.total_ms, 2),
-            "blocked_by": self.blocked_by,
-            "redactions": list(self.redactions),
-            "refused": self.refused,
-            "finish_reason": self.finish_reason,
-            "passages": [p["id"] for p in self.passages],
-            "documents": sorted({p["document"] for p in self.passages}),
-            "retrieval_score": None if self.retrieval_score is None else round(self.retrieval_score, 3),
-        }
+    def set_threads(self, threads: int) -> None:
+        self.model.set_threads(threads)
+        self.threads = self.model.threads
+
+    def wait_loaded(self, timeout: float = 120) -> None:
+        return None  # loaded when it was made
+
+    def close(self, drain_seconds: float = 10.0) -> None:
+        return None  # the model is freed with this object
+
+    async def begin(
+        self, request: Request, params: dict[str, Any], *, first_token_seconds: float, total_seconds: float
+    ) -> Generation:
+        loop = asyncio.get_running_loop()
+        generation = _LocalGeneration(first_token_seconds, total_seconds)
+
+        def run() -> None:
+            put = generation.queue.put_nowait
+            try:
+                for piece, done in self.model.stream(
+                    request, params, fresh=self.fresh, cancelled=generation.stop.is_set
+                ):
+                    loop.call_soon_threadsafe(put, ("done", done) if done is not None else ("piece", piece))
+            except Exception as exc:  # the runtime's own failure: the caller gets it as ModelFailed
+                loop.call_soon_threadsafe(put, ("error", f"{type(exc).__name__}: {exc}"))
+
+        generation.thread = threading.Thread(target=run, name="local-generation", daemon=True)
+        generation.thread.start()
+        return generation
 
 
-class LlmRelease:
-    """A verified release folder, loaded: model, system prompt, parameters, guardrails."""
+class _LocalGeneration(Generation):
+    def __init__(self, first_token_seconds: float, total_seconds: float) -> None:
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.result: Generated | None = None
+        self._first, self._deadline = first_token_seconds, time.monotonic() + total_seconds
+        self._pieces = 0
 
-    def __init__(
-        self,
-        folder: Path,
-        manifest: dict[str, Any],
-        template: str,
-        model: LocalModel,
-        guardrails: Guardrails,
-        retriever: Retriever | None = None,
-    ) -> None:
-        self.folder = folder
-        self.retriever = retriever
-        self.manifest = manifest
-        self.template = template
-        self.model = model
-        self.guardrails = guardrails
-        self.system_prompt = guardrails.system_prompt
-        self.params: dict[str, Any] = dict(manifest["generation"])
-        self.mode = str(manifest["runtime"].get("mode", "chat"))
+    def __aiter__(self) -> AsyncIterator[str | Generated]:
+        return self._items()
 
-    @classmethod
-    def open(cls, folder: Path, *, threads: int | None = None) -> LlmRelease:
-        """Load the release in ``folder``; call only on a folder whose signature was verified."""
-        import yaml
+    async def _items(self) -> AsyncIterator[str | Generated]:
+        while self.result is None:
+            yield await self._next()
 
+    async def _next(self) -> str | Generated:
+        timeout = self._first if self._pieces == 0 else max(0.0, self._deadline - time.monotonic())
         try:
-            manifest = json.loads((folder / "release.json").read_text())
-            template = (folder / manifest["prompt"]["file"]).read_text(encoding="utf-8")
-            policy = GuardrailPolicy.model_validate(
-                yaml.safe_load((folder / manifest["guardrails"]["file"]).read_text(encoding="utf-8"))
-            )
-            weights = folder / manifest["weights"]["file"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SignatureInvalid(
-                f"{folder} is not a complete LLM release ({type(exc).__name__}: {exc}).", hint="Do not use it."
-            ) from None
-        system = system_prompt(template, manifest)
-        retriever = open_retriever(folder, manifest)
-        runtime = manifest["runtime"]
-        model = LocalModel(
-            weights,
-            context=int(runtime["context"]),
-            threads=threads or int(runtime["threads"]),
-            seed=int(manifest["generation"].get("seed", 0)),
-            chat_format=runtime.get("chat_format"),
-        )
-        return cls(folder, manifest, template, model, Guardrails(policy, system), retriever)
+            kind, payload = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            self.stop.set()
+            what = "its first token" if self._pieces == 0 else "its whole answer"
+            raise ModelFailed(f"no {what} within {timeout:.1f} s", "timeout") from None
+        if kind == "piece":
+            self._pieces += 1
+            return str(payload)
+        if kind == "done":
+            self.result = payload
+            return payload
+        raise ModelFailed(str(payload), "error")
 
-    def request(self, question: str, retrieved: Retrieved | None = None) -> list[dict[str, str]] | str:
-        """What the model is given: chat turns, or (completion mode) the template around the question."""
-        return model_request(self.template, self.manifest, question, retrieved)
+    async def cancel(self, timeout: float = 5.0) -> Generated | None:
+        self.stop.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while self.result is None:
+                    await self._next()
+        except (ModelFailed, TimeoutError):
+            pass
+        return self.result
 
-    def answer(self, question: str, *, fresh: bool = True, max_tokens: int | None = None) -> Reply:
-        """The answer a client gets for ``question``: guarded on the way in and on the way out."""
-        started = time.perf_counter()
-        checked = self.guardrails.check_input(question)
-        refusal = self.guardrails.policy.refusal
-        limit = int(self.manifest["limits"]["max_input_tokens"])
-        blocked = checked.blocked_by
-        tokens = self.model.count(checked.text)
-        if blocked is None and tokens > limit:
-            blocked = "input.max_tokens"
-        if blocked is not None:
-            elapsed = (time.perf_counter() - started) * 1000
-            return Reply(
-                refusal, tokens, 0, elapsed, elapsed, blocked_by=blocked, refused=True, finish_reason="blocked"
-            )
-        params = dict(self.params)
-        if max_tokens is not None:
-            params["max_tokens"] = min(max_tokens, int(self.manifest["limits"]["max_output_tokens"]))
-        before = (time.perf_counter() - started) * 1000  # the input checks
-        retrieved = self.retriever.search(checked.text) if self.retriever is not None else None
-        done = self.model.generate(self.request(checked.text, retrieved), params, fresh=fresh)
-        checking = time.perf_counter()
-        verdict = self.guardrails.check_output(done.text)
-        after = (time.perf_counter() - checking) * 1000
-        # Timed from this call's own work (the input checks, the generation once the model was
-        # free, the output checks): waiting for another call's generation is not this answer's cost.
-        return Reply(
-            text=verdict.text,
-            prompt_tokens=done.prompt_tokens,
-            completion_tokens=done.completion_tokens,
-            ttft_ms=before + done.ttft_ms,
-            total_ms=before + done.total_ms + after,
-            blocked_by=verdict.blocked_by,
-            redactions=verdict.redactions,
-            refused=verdict.blocked or verdict.refused,
-            finish_reason="blocked" if verdict.blocked else done.finish_reason,
-            raw=done.text,
-            passages=tuple(p.record() for p in retrieved.passages) if retrieved else (),
-            retrieval_score=retrieved.best_score if retrieved else None,
-        )
+    async def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join)

@@ -30,8 +30,7 @@ from typing import Any
 
 from conveyor.policies.errors import LoadRefused, ModelFailed
 from conveyor.serving import runtime
-from conveyor.serving.llm import Generated
-from conveyor.serving.runtime import GenerateRuntime
+from conveyor.serving.runtime import Generated, GenerateRuntime
 
 __all__ = ["Generation", "ReleaseProcess"]
 
@@ -105,8 +104,13 @@ def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
 class ReleaseProcess(GenerateRuntime):
     """One release's model in a child process: ``begin`` a generation, iterate its pieces."""
 
-    def __init__(self, weights: Path, runtime: dict[str, Any], *, name: str, max_waiting: int = 8) -> None:
+    def __init__(
+        self, weights: Path, runtime: dict[str, Any], *, name: str, max_waiting: int = 8, fresh: bool = False
+    ) -> None:
+        """``fresh``: drop llama.cpp's cached prompt before each generation (serving keeps it: a
+        conversation's next turn reuses its prefix; a comparison with the evaluation turns it off)."""
         self.weights, self.runtime, self.name, self.max_waiting = weights, runtime, name, max_waiting
+        self.fresh = fresh
         self._ids = itertools.count(1)
         self._state = threading.Lock()
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -252,7 +256,7 @@ class ReleaseProcess(GenerateRuntime):
             queue: asyncio.Queue = asyncio.Queue()
             with self._state:
                 self._streams[request_id] = (asyncio.get_running_loop(), queue)
-            connection.send(("generate", request_id, request, params, False))
+            connection.send(("generate", request_id, request, params, self.fresh))
         except BaseException:
             self._pending -= 1
             turn.release()

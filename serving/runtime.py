@@ -29,11 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from conveyor.serving.llm import Generated
-
 __all__ = ["Answer", "GenerateRuntime", "Generated", "Generation", "ModelRuntime", "PredictRuntime", "Request"]
 
 Request = list[dict[str, str]] | str  # chat turns, or a whole prompt (completion mode)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A finished generation, counted and timed where it ran."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float  # request to first generated text
+    total_ms: float
+    finish_reason: str
 
 
 @dataclass(frozen=True)

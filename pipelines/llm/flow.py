@@ -318,7 +318,7 @@ class _Evaluated:
 def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     import mlflow
 
-    from conveyor.serving.llm import LlmRelease
+    from conveyor.serving.answer import LlmRelease
 
     project = run.project
     release = LlmRelease.open(built.folder, threads=project.threads)
@@ -439,7 +439,7 @@ def evaluate_version(
     ``cases`` (its own MLflow run); one that does not verify is ``SignatureInvalid``."""
     import mlflow
 
-    from conveyor.serving.llm import LlmRelease
+    from conveyor.serving.answer import LlmRelease
 
     with verified_copy(ws, f"{name}/{version}", ledger, what="The champion") as (_, folder):
         release = LlmRelease.open(folder)

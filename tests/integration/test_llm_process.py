@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from conveyor.policies.errors import ModelFailed
-from conveyor.serving.llm import Generated
 from conveyor.serving.llm_process import ReleaseProcess
+from conveyor.serving.runtime import Generated
 
 pytestmark = pytest.mark.slow
 
