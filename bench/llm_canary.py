@@ -37,8 +37,8 @@ TOPICS = ["a canary", "a rollback", "signing", "drift", "a champion", "the ledge
 
 
 async def _answers(count: int, *, neighbour: bool) -> list[dict[str, float]]:
-    from conveyor.serving.runtime import Generated
     from conveyor.serving.llm_process import ReleaseProcess
+    from conveyor.serving.runtime import Generated
 
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     models = [

@@ -26,7 +26,17 @@ from conveyor.registry.registration import reconcile
 from conveyor.registry.verify import VerificationReport, parse_ref, what_registry_has
 from conveyor.registry.workspace import Workspace
 
-__all__ = ["CANARY", "CHAMPION", "PREVIOUS", "ChampionScorer", "PromotionOutcome", "alias", "promote", "rollback"]
+__all__ = [
+    "CANARY",
+    "CHAMPION",
+    "PREVIOUS",
+    "ChampionScorer",
+    "PromotionOutcome",
+    "alias",
+    "promote",
+    "retire_canary",
+    "rollback",
+]
 
 CHAMPION, PREVIOUS, CANARY, CANDIDATE = "champion", "previous-champion", "canary", "candidate"
 
@@ -301,6 +311,20 @@ def _move(client: Any, name: str, version: str, target: str, champion: str | Non
         raise RegistryError(
             f"The registry refused to move {target} of {name}: {exc}.", hint="Check the tracking URI."
         ) from None
+
+
+def retire_canary(client: Any, name: str, version: str) -> bool:
+    """Drop ``@canary`` if it still names ``version`` (a canary rolled back, or cleared but not
+    promoted: a restart must not bring it back); True when it was dropped."""
+    if alias(client, name, CANARY) != version:
+        return False
+    try:
+        client.delete_registered_model_alias(name, CANARY)
+    except Exception as exc:
+        raise RegistryError(
+            f"The registry refused to remove @canary of {name}: {exc}.", hint="Check the tracking URI."
+        ) from None
+    return True
 
 
 def alias(client: Any, name: str, alias_name: str) -> str | None:

@@ -35,7 +35,7 @@ from conveyor.registry.digests import json_digest
 from conveyor.registry.events import EventKind
 from conveyor.registry.inference_log import InferenceLog, LogEntry
 from conveyor.registry.ledger import utc_now
-from conveyor.registry.release import CANARY, CHAMPION, alias, promote
+from conveyor.registry.release import CANARY, CHAMPION, promote, retire_canary
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.auth import RateLimiter, Role, open_api_keys
 from conveyor.serving.canary import CanaryController
@@ -613,11 +613,7 @@ class Engine:
 
     def _remove_canary_alias(self, version: str) -> bool:
         """Drop ``@canary`` if it still names ``version`` (so a restart does not bring it back)."""
-        client = self.ws.mlflow()
-        if alias(client, self.name, CANARY) != version:
-            return False
-        client.delete_registered_model_alias(self.name, CANARY)
-        return True
+        return retire_canary(self.ws.mlflow(), self.name, version)
 
     def _canary_failed(self, verdict: Verdict) -> None:
         """Weight is 0 for every worker already; remove the alias, record the figures, stop the canary."""
