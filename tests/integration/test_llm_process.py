@@ -14,7 +14,7 @@ import pytest
 
 from conveyor.policies.errors import ModelFailed
 from conveyor.serving.llm_process import ReleaseProcess
-from conveyor.serving.runtime import Generated
+from conveyor.serving.runtime import Generated, GenerateRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _count(tokenizer: Any, text: str) -> int:
     return len(tokenizer.tokenize(text.encode(), add_bos=False, special=False))
 
 
-async def _run(model: ReleaseProcess, params: dict[str, Any], *, first: float = 30) -> tuple[list[str], Generated]:
+async def _run(model: GenerateRuntime, params: dict[str, Any], *, first: float = 30) -> tuple[list[str], Generated]:
     generation = await model.begin(ASK, params, first_token_seconds=first, total_seconds=60)
     pieces: list[str] = []
     try:
@@ -159,3 +159,51 @@ def test_closing_answers_what_was_already_given_to_the_model_then_takes_nothing(
         process.close(drain_seconds=0)
     assert all(isinstance(d, tuple) and d[1].completion_tokens == 16 for d in done), done
     assert isinstance(late, ModelFailed) and "being stopped" in str(late)
+
+
+# -- the same protocol in this process (what the evaluation and `llm ask` answer with) --------------
+
+
+def test_the_in_process_runtime_streams_the_pieces_and_counts_the_child_does() -> None:
+    from conveyor.serving.llm import LocalModel, LocalRuntime
+
+    local = LocalRuntime(LocalModel(WEIGHTS, context=1024, threads=2))
+    child = ReleaseProcess(WEIGHTS, {"context": 1024, "threads": 2}, name="fresh", fresh=True)
+    child.wait_loaded()
+    try:
+        ours, ours_done = asyncio.run(_run(local, {"max_tokens": 16}))
+        theirs, theirs_done = asyncio.run(_run(child, {"max_tokens": 16}))
+    finally:
+        child.close()
+    assert ours == theirs and ours_done.text == theirs_done.text
+    assert (ours_done.prompt_tokens, ours_done.completion_tokens, ours_done.finish_reason) == (
+        theirs_done.prompt_tokens,
+        theirs_done.completion_tokens,
+        theirs_done.finish_reason,
+    )
+
+
+def test_the_in_process_runtime_cancels_between_pieces_and_times_out_as_the_child_does() -> None:
+    from conveyor.serving.llm import LocalModel, LocalRuntime
+
+    local = LocalRuntime(LocalModel(WEIGHTS, context=1024, threads=2))
+
+    async def cancel_after(n: int) -> Generated | None:
+        generation = await local.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
+        seen = 0
+        try:
+            async for _ in generation:
+                seen += 1
+                if seen == n:
+                    return await generation.cancel()
+        finally:
+            await generation.close()
+        return None
+
+    done = asyncio.run(cancel_after(5))
+    assert done is not None and done.finish_reason == "cancelled" and 5 <= done.completion_tokens < 20
+    with pytest.raises(ModelFailed) as failed:
+        asyncio.run(_run(local, {"max_tokens": 4}, first=0.0001))
+    assert failed.value.kind == "timeout"
+    _, after = asyncio.run(_run(local, {"max_tokens": 4}))
+    assert after.completion_tokens == 4, "the next answer is whole: the timed-out one let go of the model"
