@@ -58,6 +58,20 @@ async def _run(model: GenerateRuntime, params: dict[str, Any], *, first: float =
     raise AssertionError("the stream ended without its counts")
 
 
+async def _cancel_after(model: GenerateRuntime, pieces: int) -> Generated | None:
+    """Start a long answer and cancel it once ``pieces`` pieces came: what the runtime counted."""
+    generation = await model.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
+    seen = 0
+    try:
+        async for _ in generation:
+            seen += 1
+            if seen == pieces:
+                return await generation.cancel()
+    finally:
+        await generation.close()
+    return None
+
+
 def test_pieces_stream_then_counts_that_equal_a_recount(model: ReleaseProcess, tokenizer: Any) -> None:
     pieces, done = asyncio.run(_run(model, {"max_tokens": 24}))
     assert len(pieces) > 5 and "".join(pieces) == done.text
@@ -68,19 +82,7 @@ def test_pieces_stream_then_counts_that_equal_a_recount(model: ReleaseProcess, t
 def test_a_cancelled_generation_stops_between_tokens_and_counts_what_it_made(
     model: ReleaseProcess, tokenizer: Any
 ) -> None:
-    async def cancel_after(n: int) -> tuple[Generated | None, int]:
-        generation = await model.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
-        seen = 0
-        try:
-            async for _ in generation:
-                seen += 1
-                if seen == n:
-                    return await generation.cancel(), seen
-        finally:
-            await generation.close()
-        return None, seen
-
-    done, _ = asyncio.run(cancel_after(5))
+    done = asyncio.run(_cancel_after(model, 5))
     _, whole = asyncio.run(_run(model, {"max_tokens": 8}))
     assert done is not None and done.finish_reason == "cancelled"
     assert 5 <= done.completion_tokens < 20  # stopped within a token or two of the cancel, not at 200
@@ -188,19 +190,7 @@ def test_the_in_process_runtime_cancels_between_pieces_and_times_out_as_the_chil
 
     local = LocalRuntime(LocalModel(WEIGHTS, context=1024, threads=2))
 
-    async def cancel_after(n: int) -> Generated | None:
-        generation = await local.begin(ASK, {"max_tokens": 200}, first_token_seconds=30, total_seconds=60)
-        seen = 0
-        try:
-            async for _ in generation:
-                seen += 1
-                if seen == n:
-                    return await generation.cancel()
-        finally:
-            await generation.close()
-        return None
-
-    done = asyncio.run(cancel_after(5))
+    done = asyncio.run(_cancel_after(local, 5))
     assert done is not None and done.finish_reason == "cancelled" and 5 <= done.completion_tokens < 20
     with pytest.raises(ModelFailed) as failed:
         asyncio.run(_run(local, {"max_tokens": 4}, first=0.0001))
