@@ -60,7 +60,7 @@ def write_evaluation_page(
     ``reevaluation``: what started a re-evaluation of a registered version (then ``path`` names
     the page)."""
     passed, reasons = gate
-    what = f"version {version}" if version else f"a candidate (run {run_id[:12]})"
+    what = f"version {version}" if version else f"candidate (run {run_id[:12]})"
     verdict = "passed its evaluation gate" if passed else "FAILED its evaluation gate"
     if reevaluation is not None:
         verdict = verdict.replace("evaluation gate", "gate on the current sets")

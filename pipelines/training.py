@@ -337,7 +337,7 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
     for plot in plots:
         client.log_artifact(model.run_id, str(plot), "evaluation")
     failed = [b for b in evaluation.behaviour if not b.passed]
-    write_evaluation_page(
+    page = write_evaluation_page(
         run.ws.reports,
         model=run.config.model_name,
         version=None,
@@ -368,7 +368,8 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
         )
         raise GateFailed(
             f"The model failed {len(failed)} behavioural check(s): {reasons}.",
-            hint="Nothing was signed or registered. Look at the features and estimator, or at the checks under `behaviour` in the project config.",
+            hint=f"Nothing was signed or registered. The evaluation's page: {page}. Look at the features and "
+            "estimator, or at the checks under `behaviour` in the project config.",
         )
     return evaluation
 

@@ -363,7 +363,7 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     }
     report.write_bytes(canonical_json(body))
     digest = file_digest(report)
-    write_evaluation_page(
+    page = write_evaluation_page(
         run.ws.reports,
         model=project.name,
         version=None,
@@ -400,8 +400,8 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
         raise GateFailed(
             f"The release failed its evaluation gate: {'; '.join(decision.reasons)}. "
             f"Failed cases: {', '.join(failed) or 'none'}.",
-            hint=f"Nothing was signed or registered. Each case's answer and scores: {report}; the traces are on "
-            f"MLflow run {run.run_id}.",
+            hint=f"Nothing was signed or registered. The evaluation's page (failed cases first): {page}; each "
+            f"case's answer and scores: {report}; the traces are on MLflow run {run.run_id}.",
         )
     return _Evaluated(result, decision, report, digest, champion, champion_metrics)
 

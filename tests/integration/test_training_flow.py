@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conveyor.cli import app
 from conveyor.pipelines.training import STAGES, reporting_stages, run_training
 from conveyor.registry.ledger import Ledger
+from conveyor.registry.pages import read_heading
 from tests.browser import chromium
 from tests.conftest import open_workspace
 
@@ -309,6 +310,14 @@ def test_model_failing_a_behavioural_check_is_not_signed_or_registered(
     with ledger_for(tmp_path) as ledger:
         kinds = [e.kind for e in ledger.iter_events()]
         assert "model.evaluated" in kinds and "model.signed" not in kinds
+    (page,) = (tmp_path / ".conveyor" / "reports" / "evaluation").glob("loan-default-candidate-*.html")
+    assert f"The evaluation's page: {page}" in " ".join(result.stderr.split())
+    heading = read_heading(page)  # named by model and run: a refused candidate has no version
+    assert heading is not None and heading.status == "failed" and heading.version is None
+    assert heading.caused == "nothing was signed or registered"
+    assert any("credit_score" in r and r.endswith("FAILED") for r in heading.reasons)
+    text = page.read_text()
+    assert "the 10 holdout rows it got most wrong" in text and "data:image/png;base64," in text
 
 
 def test_any_dataset_a_config_describes(tmp_path: Path) -> None:
