@@ -141,12 +141,18 @@ start_object_store() {
     SERVERS_PIDS+=($!)
   done
   wait_for 30 curl -sf "http://127.0.0.1:$p/healthcheck" || { say "Swift did not start (see $d/log)"; return 1; }
+  # The proxy answers its health check before the account and container servers take requests:
+  # the bucket is asked for until they do.
+  wait_for 30 swift_bucket "$p" || { say "the bucket $SERVERS_BUCKET could not be created (see $d/log)"; return 1; }
+  say "object store (Swift, S3 API) on 127.0.0.1:$p, bucket $SERVERS_BUCKET"
+}
+
+swift_bucket() {  # swift_bucket PORT: a token from tempauth, then the bucket (a Swift container)
   local token
   token=$(curl -s -D - -o /dev/null -H "X-Auth-User: $SERVERS_S3_KEY" -H "X-Auth-Key: $SERVERS_S3_SECRET" \
-    "http://127.0.0.1:$p/auth/v1.0" | tr -d '\r' | sed -n 's/^X-Auth-Token: //ip')
-  curl -sf -X PUT -H "X-Auth-Token: $token" "http://127.0.0.1:$p/v1/AUTH_${SERVERS_S3_KEY%%:*}/$SERVERS_BUCKET" >/dev/null \
-    || { say "the bucket $SERVERS_BUCKET could not be created"; return 1; }
-  say "object store (Swift, S3 API) on 127.0.0.1:$p, bucket $SERVERS_BUCKET"
+    "http://127.0.0.1:$1/auth/v1.0" | tr -d '\r' | sed -n 's/^X-Auth-Token: //ip')
+  [ -n "$token" ] && curl -sf -X PUT -H "X-Auth-Token: $token" \
+    "http://127.0.0.1:$1/v1/AUTH_${SERVERS_S3_KEY%%:*}/$SERVERS_BUCKET" >/dev/null
 }
 
 stop_object_store() {
