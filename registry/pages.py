@@ -34,7 +34,8 @@ __all__ = [
 
 Status = Literal["ok", "breach", "failed", "inconclusive"]  # the heading's colour: green, red, red, grey
 _META = "conveyor-page"
-_HEAD_BYTES = 65_536  # a page's heading lies in its first bytes (Evidently's pages are megabytes)
+_META_REASONS = 12  # reasons the meta tag carries (the index shows them joined)
+_HEAD_BYTES = 32_768  # the heading lies in a page's first bytes (Evidently's pages are megabytes: not read whole)
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,14 @@ def heading_html(heading: Heading) -> str:
 
 
 def meta_tag(heading: Heading) -> str:
-    """The head's tag that carries ``heading`` for the index."""
-    return f'<meta name="{_META}" content="{html.escape(json.dumps(asdict(heading), sort_keys=True))}">'
+    """The head's tag that carries ``heading`` for the index (its reasons cut to what the index
+    reads of a page: the page itself shows them all)."""
+    fields = asdict(heading)
+    if len(fields["reasons"]) > _META_REASONS:
+        shown = fields["reasons"][:_META_REASONS]
+        fields["reasons"] = [*shown, f"and {len(heading.reasons) - len(shown)} more (on the page)"]
+    fields["reasons"] = [r[:500] for r in fields["reasons"]]
+    return f'<meta name="{_META}" content="{html.escape(json.dumps(fields, sort_keys=True))}">'
 
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src 'unsafe-inline'"

@@ -18,11 +18,10 @@ from typing import Any
 from conveyor.policies.errors import ModelFailed, RequestRefused, SignatureInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.serving.guardrails import Guardrails, StreamGuard
-from conveyor.serving.llm import LocalModel, LocalRuntime, model_request, open_retriever, system_prompt
+from conveyor.serving.llm import LocalModel, LocalRuntime, open_retriever, system_prompt
 from conveyor.serving.openai_api import ChatRequest
 from conveyor.serving.prepare import Prepared, prepare
 from conveyor.serving.releases import ServedRelease, VerifiedRelease
-from conveyor.serving.retrieval import Retrieved
 from conveyor.serving.runtime import Generated
 from conveyor.serving.stream import AnswerStream, Outcome
 
@@ -158,9 +157,6 @@ class LlmRelease:
         self.runtime = LocalRuntime(model)
         self.served = ServedRelease(verified, self.runtime)
         self.manifest, self.guardrails = verified.manifest, verified.guardrails
-        self.system_prompt = verified.guardrails.system_prompt
-        self.params: dict[str, Any] = dict(verified.manifest["generation"])
-        self.mode = verified.mode
 
     @classmethod
     def open(cls, folder: Path, *, threads: int | None = None) -> LlmRelease:
@@ -201,10 +197,6 @@ class LlmRelease:
         )
         return cls(verified, model)
 
-    def request(self, question: str, retrieved: Retrieved | None = None) -> list[dict[str, str]] | str:
-        """What the model is given: chat turns, or (completion mode) the template around the question."""
-        return model_request(self.verified.template, self.manifest, question, retrieved)
-
     def answer(self, question: str, *, fresh: bool = True, max_tokens: int | None = None) -> Reply:
         """The answer a client gets for ``question``, by the gateway's own path (``prepare``, then
         ``generate``): guarded on the way in and on the way out. ``fresh``: no cached prompt."""
@@ -217,7 +209,9 @@ class LlmRelease:
         request = ChatRequest.model_validate(body)
         try:
             prepared = prepare(request, release, chat=True)
-        except RequestRefused:  # longer than the release takes: withheld, as the gateway refuses it
+        except RequestRefused as exc:  # longer than the release takes: withheld, where the gateway refuses it
+            if exc.code != "context_length_exceeded":
+                raise
             return self._withheld(started, "input.max_tokens", release.guardrails.check_input(question).redactions)
         if prepared.blocked_by is not None:
             return self._withheld(started, prepared.blocked_by, prepared.redactions)

@@ -72,3 +72,13 @@ def test_the_index_lists_every_page_newest_first_with_its_verdict(tmp_path: Path
 def test_an_empty_reports_folder_has_an_index_that_says_so(tmp_path: Path) -> None:
     heading = read_heading(write_index(tmp_path / "reports"))
     assert heading is not None and heading.verdict == "no reports yet" and heading.status == "inconclusive"
+
+
+def test_a_heading_with_many_long_reasons_still_reaches_the_index(tmp_path: Path) -> None:
+    many = [f"column_{i} expect_column_values_to_be_in_set: " + "x" * 900 for i in range(60)]
+    heading = _heading(kind="validation", verdict="FAILED", status="failed", reasons=many)
+    page = publish(tmp_path / "reports" / "v.html", self_contained(heading, ""), tmp_path / "reports")
+    read = read_heading(page)
+    assert read is not None and read.status == "failed" and len(read.reasons) == 13
+    assert read.reasons[-1] == "and 48 more (on the page)" and all(len(r) <= 500 for r in read.reasons)
+    assert page.read_text().count("column_59") == 1, "the page itself shows every reason, the tag does not"
