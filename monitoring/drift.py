@@ -27,7 +27,8 @@ from conveyor.registry.digests import canonical_json, file_digest
 from conveyor.registry.inference_log import read_log
 from conveyor.registry.ledger import Ledger
 from conveyor.registry.lineage import training_set
-from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, write_index
+from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, table, write_index
+from conveyor.registry.pages import Status as PageStatus
 from conveyor.registry.workspace import Workspace
 
 __all__ = [
@@ -302,6 +303,9 @@ def statistic(method: str) -> str:
     return "distance" if method in _DISTANCES else "p-value"
 
 
+_STATUS: dict[str, PageStatus] = {"drift": "breach", "no_drift": "ok", "not_enough_data": "inconclusive"}
+
+
 def drift_heading(result: DriftResult) -> Heading:
     """What the drift page says first: model, version, window, verdict, reasons, sample sizes and
     what the check caused."""
@@ -316,7 +320,7 @@ def drift_heading(result: DriftResult) -> Heading:
         "drift",
         f"Drift of {result.model} version {result.version}: {verdict} ({result.window})",
         result.describe(),
-        {"drift": "breach", "no_drift": "ok", "not_enough_data": "inconclusive"}[result.status],  # type: ignore[arg-type]
+        _STATUS[result.status],
         model=result.model,
         version=result.version,
         window=f"{result.window}: {result.since or '-'} to {result.until or '-'}",
@@ -345,26 +349,23 @@ def caused(trigger: str | None, action: str, *, breach: bool) -> str:
 def finish_drift_page(result: DriftResult, reports: Path) -> None:
     """Write the check's page (Evidently's, headed by the verdict; or, with too little data for a
     comparison, a page of the heading alone) once the trigger has decided, and note its digest."""
-    from html import escape
-
     heading = drift_heading(result)
     if result.html is None:
         return
     if not result.html.exists():  # too little data: nothing was compared
         publish(result.html, self_contained(heading, ""), None)
     else:
-        ordered = sorted(result.columns, key=lambda c: (not c.drifted, c.column))
-        rows = "".join(
-            f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
-            f"<td>{escape(c.method)}</td><td>{statistic(c.method)} {c.score:.4g}</td><td>{c.threshold:g}</td></tr>"
-            for c in ordered
-        )
-        table = (
-            "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
-            "cellpadding='4'><tr><th>column</th><th>verdict</th><th>method</th><th>statistic</th><th>threshold</th>"
-            f"</tr>{rows}</table>"
-        )
-        inject_heading(result.html, heading, table)
+        rows = [
+            [
+                c.column,
+                "drifted" if c.drifted else "no drift",
+                c.method,
+                f"{statistic(c.method)} {c.score:.4g}",
+                f"{c.threshold:g}",
+            ]
+            for c in sorted(result.columns, key=lambda c: (not c.drifted, c.column))
+        ]
+        inject_heading(result.html, heading, table(["column", "verdict", "method", "statistic", "threshold"], rows))
     result.html_digest = file_digest(result.html)
     write_index(reports)
 

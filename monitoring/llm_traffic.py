@@ -23,7 +23,7 @@ import pandas as pd
 
 from conveyor.monitoring.drift import ColumnDrift, caused, column_drifts, statistic
 from conveyor.policies.drift import LlmMonitoring
-from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, write_index
+from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, table, write_index
 
 __all__ = [
     "ColumnDrift",
@@ -285,8 +285,6 @@ def llm_heading(result: LlmTrafficResult) -> Heading:
 def finish_llm_page(result: LlmTrafficResult, reports: Path, min_rows: int) -> None:
     """Head the check's page with its verdict (or write the verdict alone where nothing was compared)
     once the trigger has decided; then the index."""
-    from html import escape
-
     if result.html is None:
         return
     heading = llm_heading(result)
@@ -294,32 +292,38 @@ def finish_llm_page(result: LlmTrafficResult, reports: Path, min_rows: int) -> N
         publish(result.html, self_contained(heading, ""), reports)
         return
     rows = [
-        f"<tr><td>{escape(c.column)}</td><td>{'drifted' if c.drifted else 'no drift'}</td>"
-        f"<td>{escape(c.method)} {statistic(c.method)} {c.score:.4g} (threshold {c.threshold:g})</td></tr>"
+        [
+            c.column,
+            "drifted" if c.drifted else "no drift",
+            f"{c.method} {statistic(c.method)} {c.score:.4g} (threshold {c.threshold:g})",
+        ]
         for c in sorted(result.columns, key=lambda c: (not c.drifted, c.column))
     ]
     rows += [
-        f"<tr><td>{escape(r.name)} rate</td><td>{'breach' if r.breached else 'ok'}</td>"
-        f"<td>{r.live:.1%} live vs {r.reference:.1%} in evaluation; Fisher p={r.p_value:.3g}; "
-        f"a breach is +{r.increase:.0%} and significant</td></tr>"
+        [
+            f"{r.name} rate",
+            "breach" if r.breached else "ok",
+            f"{r.live:.1%} live vs {r.reference:.1%} in evaluation; Fisher p={r.p_value:.3g}; "
+            f"a breach is +{r.increase:.0%} and significant",
+        ]
         for r in result.rates
     ]
     feedback = result.feedback or {}
     if feedback:
         rows.append(
-            f"<tr><td>feedback</td><td>{'breach' if feedback.get('breached') else 'ok'}</td>"
-            f"<td>{int(feedback.get('negative') or 0)} of {int(feedback.get('ratings') or 0)} rated down; "
-            f"at most {float(feedback.get('max_negative_share') or 0):.0%} allowed</td></tr>"
+            [
+                "feedback",
+                "breach" if feedback.get("breached") else "ok",
+                f"{int(feedback.get('negative') or 0)} of {int(feedback.get('ratings') or 0)} rated down; "
+                f"at most {float(feedback.get('max_negative_share') or 0):.0%} allowed",
+            ]
         )
-    table = (
-        "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
-        f"cellpadding='4'><tr><th>check</th><th>verdict</th><th>measured</th></tr>{''.join(rows)}</table>"
-    )
+    shown = table(["check", "verdict", "measured"], rows)
     if result.window_rows < min_rows:  # Evidently compared them anyway: say its verdict is not Conveyor's
-        table += (
+        shown += (
             "<p style='margin:0 16px 12px;font:13px system-ui,sans-serif;color:#7f1d1d'>"
             f"Only {result.window_rows} live answers (fewer than {min_rows}): the descriptor comparison below is "
             "shown for reference and is not part of the verdict.</p>"
         )
-    inject_heading(result.html, heading, table)
+    inject_heading(result.html, heading, shown)
     write_index(reports)

@@ -29,6 +29,7 @@ __all__ = [
     "publish",
     "read_heading",
     "self_contained",
+    "table",
     "write_index",
 ]
 
@@ -148,9 +149,18 @@ def inject_heading(path: Path, heading: Heading, extra: str = "") -> None:
         count=1,
         flags=re.I,
     )
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+    publish(path, text, None)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain table of text cells (escaped here), self-styled like the heading above it."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return (
+        "<table style='border-collapse:collapse;margin:0 16px 12px;font:12px system-ui,sans-serif' border='1' "
+        f"cellpadding='4'><tr>{head}</tr>{body}</table>"
+    )
 
 
 def read_heading(path: Path) -> Heading | None:
