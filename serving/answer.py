@@ -9,11 +9,13 @@ protocol): what the release gate measures is what a client gets.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from conveyor.policies.errors import ModelFailed, RequestRefused, SignatureInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
@@ -25,7 +27,9 @@ from conveyor.serving.releases import ServedRelease, VerifiedRelease
 from conveyor.serving.runtime import Generated
 from conveyor.serving.stream import AnswerStream, Outcome
 
-__all__ = ["LlmRelease", "Reply", "generate"]
+__all__ = ["LlmRelease", "Reply", "generate", "run_to_end"]
+
+T = TypeVar("T")
 
 _EVALUATION_SECONDS = 600.0  # an in-process answer's own limit (the evaluation has its deadline too)
 
@@ -147,6 +151,17 @@ class Reply:
         }
 
 
+def run_to_end(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end from synchronous code, also where an event loop already runs in
+    this thread (a notebook's): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="answer") as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
 class LlmRelease:
     """A verified release folder, loaded in this process: its model behind ``LocalRuntime``, its
     prompt, parameters, guardrails and knowledge index; ``answer`` is a client's answer."""
@@ -216,7 +231,7 @@ class LlmRelease:
         if prepared.blocked_by is not None:
             return self._withheld(started, prepared.blocked_by, prepared.redactions)
         try:
-            outcome = asyncio.run(
+            outcome = run_to_end(
                 generate(
                     self.served,
                     "evaluation",
