@@ -32,6 +32,7 @@ __all__ = [
     "PREVIOUS",
     "ChampionScorer",
     "PromotionOutcome",
+    "ServingAliases",
     "alias",
     "promote",
     "retire_canary",
@@ -344,3 +345,35 @@ def _version_digest(client: Any, name: str, version: str) -> str:
             f"{name} version {version} has no conveyor.version_digest tag.", hint="Was it registered by Conveyor?"
         )
     return digest
+
+
+class ServingAliases:
+    """A model's aliases as a service follows them: read where verification reads the registry (no
+    MLflow import on the embedded store), moved only here. A serving core is given one per model it
+    serves; its unit tests give it a dictionary instead."""
+
+    def __init__(self, ws: Workspace, name: str) -> None:
+        self.ws, self.name = ws, name
+
+    def version(self, alias_name: str) -> str | None:
+        """The version ``alias_name`` points at now, or None."""
+        try:
+            return self.ws.registry().resolve(f"{self.name}@{alias_name}")[1]
+        except NotFound:
+            return None
+
+    def digest(self, version: str) -> str | None:
+        """The version's content digest as the registry records it (for a version not loaded here)."""
+        return self.ws.registry().tags(self.name, version).get("conveyor.version_digest")
+
+    def promote_canary(self, version: str) -> tuple[bool, list[str]]:
+        """Promote a canary whose live analysis passed, through the promotion policy: (promoted, reasons)."""
+        try:
+            outcome = promote(self.ws, f"{self.name}/{version}", CHAMPION, canary_passed=True)
+        except Exception as exc:
+            return False, [f"promotion failed: {exc}"]
+        return outcome.decision.ok, list(outcome.decision.reasons)
+
+    def retire_canary(self, version: str) -> bool:
+        """Drop ``@canary`` if it still names ``version``; True when it was dropped."""
+        return retire_canary(self.ws.mlflow(), self.name, version)

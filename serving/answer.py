@@ -52,7 +52,7 @@ async def generate(
     ``ModelFailed`` when the runtime fails or answers nothing."""
     gone = gone or asyncio.Event()
     arrived = time.perf_counter() if arrived is None else arrived
-    generation = await model.process.begin(
+    generation = await model.runtime.begin(
         prepared.request, prepared.params, first_token_seconds=first_token_seconds, total_seconds=total_seconds
     )
     guard = StreamGuard(model.verified.guardrails) if stream is not None else None

@@ -6,8 +6,9 @@ headers first: an unknown path is a 404, a missing or wrong key a 401 (a 429 onc
 sent too many wrong keys), a body over ``max_body_bytes`` by its ``Content-Length`` a 413, any
 content type but JSON a 415, all before a byte of the body is read. Then the body is read within
 ``body_timeout_seconds`` and the size limit (408 or 413, the connection closed), and only then
-parsed. ``POST /predict`` is answered here, by the engine (no framework in between); the admin
-API, ``/metrics`` and the health checks go on to BentoML once admitted.
+parsed. The front end's own paths (``POST /predict``, or the OpenAI API's) are answered here, by
+the front end (no framework in between); the admin API, ``/metrics`` and the health checks go on
+to BentoML once admitted.
 
 Paths without a key: ``/livez`` and ``/readyz`` (orchestrators' probes) and nothing else.
 BentoML's index page, static assets, ``/schema.json`` and its docs are not served at all; the
@@ -21,15 +22,16 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.policies.errors import RequestRefused
 from conveyor.serving.openai_api import error_body
 
 if TYPE_CHECKING:
-    from conveyor.serving.engine import Engine
+    from conveyor.serving.auth import Role
+    from conveyor.serving.core import ServingCore
 
-__all__ = ["OPEN_PATHS", "Front", "Gate"]
+__all__ = ["OPEN_PATHS", "Endpoint", "Front", "Gate"]
 
 log = logging.getLogger("conveyor.serving")
 
@@ -39,15 +41,29 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # the only paths answered without a key
 _JSON = b"application/json"
-_COMPLETIONS = frozenset({"/v1/chat/completions", "/v1/completions"})
-_PREDICT_TIMEOUT = 30  # seconds, as BentoML's traffic timeout for what passes through to it
+_BENTOML_PATHS = frozenset({"/metrics", "/docs.json"})  # known to a front end, answered by BentoML or the gate
+
+
+class Endpoint(Protocol):
+    """A front end on the serving core: ``serving.tabular.TabularEndpoint`` or ``serving.gateway.Gateway``."""
+
+    paths: dict[str, set[str]]  # every path it answers, with its methods
+    core: ServingCore[Any]
+
+    async def handle(self, path: str, body: bytes, caller: Role, receive: Receive, send: Send) -> bytes | None:
+        """The body of a 200 to ``path``; None when the answer was written to ``send`` already."""
+        ...
+
+    def document(self) -> dict[str, Any]:
+        """Its OpenAPI document (``/docs.json``)."""
+        ...
 
 
 @dataclass
 class Front:
-    """What the gate needs from the service, set once the worker's engine exists."""
+    """What the gate needs from the service, set once the worker's front end exists."""
 
-    engine: Engine | None = None
+    endpoint: Endpoint | None = None
 
 
 class _Disconnected(Exception):
@@ -69,10 +85,10 @@ class Gate:
         admin = path.startswith("/admin/") or path == "/docs.json"
         openai = path.startswith("/v1/")
         try:
-            engine = self.front.engine
-            if engine is None:
+            endpoint = self.front.endpoint
+            if endpoint is None:
                 raise RequestRefused(503, "the service is starting")
-            await self._serve(engine, scope, receive, send, path, method, admin)
+            await self._serve(endpoint, scope, receive, send, path, method, admin)
         except RequestRefused as exc:
             if openai:  # the OpenAI clients read their own error shape
                 await _send(send, exc.http_status, error_body(exc), close=exc.close)
@@ -86,64 +102,34 @@ class Gate:
             await _reply(send, 500, {"detail" if admin else "error": "internal error; see the service log"})
 
     async def _serve(
-        self, engine: Engine, scope: Scope, receive: Receive, send: Send, path: str, method: str, admin: bool
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send, path: str, method: str, admin: bool
     ) -> None:
-        known = engine.paths
+        known = endpoint.paths
         if not admin and path not in known:
             raise RequestRefused(404, f"no such path: {path[:100]}")
         if path in known and method not in known[path]:
             raise RequestRefused(405, f"{path} takes {' or '.join(sorted(known[path]))}, not {method[:10]}")
         headers = dict(scope["headers"])
-        policy = engine.serving
+        policy = endpoint.core.serving
         _declared_size(headers, policy.max_body_bytes)  # the cheapest refusal first: no key needed to be told
         client = (scope.get("client") or ("?", 0))[0]
-        role = engine.authorize(_token(headers), admin=admin, client=client)
+        role = endpoint.core.access.authorize(_token(headers), admin=admin, client=client)
         if path == "/docs.json" and policy.docs == "off":
             raise RequestRefused(404, "the API's document is off (policies/serving.yaml: docs)")
+        body = b""
         if method == "POST":
             body = await _body(receive, headers, policy.max_body_bytes, policy.body_timeout_seconds)
-        if path in _COMPLETIONS:
-            engine.admit(role)
-            await _complete(engine, body, role, path == "/v1/chat/completions", receive, send)
-            return
-        if path == "/v1/feedback":
-            engine.admit(role)
-            await _send(send, 200, engine.feedback(body, role))  # type: ignore[attr-defined]
-            return
-        if path == "/v1/models":
-            await _send(send, 200, engine.models())  # type: ignore[attr-defined]
-            return
-        if path == "/predict":
-            engine.admit(role)
-            try:
-                answer = await asyncio.wait_for(engine.predict(body), _PREDICT_TIMEOUT)
-            except TimeoutError:
-                raise RequestRefused(504, f"no answer within {_PREDICT_TIMEOUT} s") from None
-            await _send(send, 200, answer)
+        if path in known and path not in _BENTOML_PATHS:
+            answer = await endpoint.handle(path, body, role, receive, send)
+            if answer is not None:
+                await _send(send, 200, answer)
             return
         if path == "/docs.json":
-            document = getattr(engine, "document", None)
-            await _reply(send, 200, document() if document is not None else engine_document(engine))
+            await _reply(send, 200, endpoint.document())
             return
         if method == "POST":
             receive = _replay(body)
         await self.app(scope, receive, send)
-
-
-async def _complete(engine: Any, body: bytes, role: Any, chat: bool, receive: Receive, send: Send) -> None:
-    """An OpenAI completion by the gateway, which writes the response; a client that leaves is noticed."""
-    gone = asyncio.Event()
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        await engine.complete(body, role, chat=chat, send=send, gone=gone)
-    finally:
-        watcher.cancel()
 
 
 def _token(headers: dict[bytes, bytes]) -> str | None:
@@ -216,34 +202,3 @@ async def _send(send: Send, status: int, body: bytes, *, close: bool = False) ->
 
 async def _reply(send: Send, status: int, content: Any, *, close: bool = False) -> None:
     await _send(send, status, json.dumps(content).encode(), close=close)
-
-
-def engine_document(engine: Engine) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``POST /predict``, from the champion's request model."""
-    model = engine.request_model
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}") if model is not None else {}
-    components = schema.pop("$defs", {})
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": f"Conveyor: {engine.name}", "version": "1"},
-        "paths": {
-            "/predict": {
-                "post": {
-                    "summary": "Predictions for rows, with the model version that answered",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}},
-                    "responses": {
-                        "200": {"description": "one prediction per row"},
-                        "400": {"description": "the request does not match the model's inputs"},
-                        "401": {"description": "no valid API key"},
-                        "413": {"description": "the body is too large"},
-                        "429": {"description": "over the key's rate"},
-                    },
-                    "security": [{"bearer": []}],
-                }
-            }
-        },
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }

@@ -8,6 +8,9 @@ registry's text when no multiprocess directory is in use.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from conveyor.registry.verdicts import verdict_code
@@ -223,6 +226,17 @@ class ServiceMetrics:
         self.quality_breach.labels(model).set(verdict_code("quality", (quality or {}).get("status")))
         for check, details in (("drift", drift), ("quality", quality)):
             self.checked_at.labels(model, check).set(float((details or {}).get("_at", 0)))
+
+    def read_verdicts(self, ledger: Any, model: str) -> None:
+        """The ledger's last drift and quality checks of ``model``, as metrics (alerts watch them)."""
+        from conveyor.registry.events import EventKind
+
+        found: dict[str, dict[str, Any] | None] = {}
+        for kind in (EventKind.DRIFT_CHECKED, EventKind.QUALITY_CHECKED):
+            event = next(iter(ledger.latest([kind], limit=1, model=model)), None)
+            at = datetime.fromisoformat(event.time.replace("Z", "+00:00")).timestamp() if event else 0
+            found[kind] = None if event is None else {**event.details, "_at": at}
+        self.verdicts(model, found[EventKind.DRIFT_CHECKED], found[EventKind.QUALITY_CHECKED])
 
     def render(self) -> str:
         """This registry as Prometheus text; empty when BentoML collects it from the multiprocess directory."""

@@ -187,7 +187,6 @@ class ModelProcess(PredictRuntime):
         pool: concurrent.futures.ProcessPoolExecutor | None = None,
     ) -> None:
         self.verified = verified
-        self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
         self.timeout = timeout
         self._max_rows = max_batch_rows
         self._classes = verified.contract.classes

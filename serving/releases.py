@@ -3,12 +3,14 @@
 ``load_release`` verifies a registered release (every link of ``conveyor verify``, the weights'
 digest among them) into a folder of its own and reads what serving needs from that copy: the
 manifest, the signed prompt, the guardrail policy, the retrieval index and the tokenizer.
-``ServedRelease`` is such a release with the process its model runs in.
+``ReleaseLoader`` is how the serving core loads a release: verified so, and run by llama.cpp in a
+child process of its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +23,9 @@ from conveyor.serving.guardrails import Guardrails
 from conveyor.serving.llm import open_retriever, system_prompt
 from conveyor.serving.models import verified_files
 from conveyor.serving.retrieval import Retriever
-from conveyor.serving.runtime import GenerateRuntime
+from conveyor.serving.runtime import GenerateRuntime, Served
 
-__all__ = ["FALLBACK", "ServedRelease", "VerifiedRelease", "load_release"]
-
-FALLBACK = "fallback"  # the role of the project's fallback release
+__all__ = ["ReleaseLoader", "ServedRelease", "VerifiedRelease", "load_release"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class VerifiedRelease:
         shutil.rmtree(self.folder.parent, ignore_errors=True)
 
 
+ServedRelease = Served[GenerateRuntime]  # a verified release and the runtime its model runs in
+
+
 def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace: Path) -> VerifiedRelease:
     """Verify ``name/version`` (every link of ``conveyor verify``, the weights' digest among them)
     and read it from the verified copy; ``LoadRefused`` when anything fails."""
@@ -105,13 +108,50 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
     )
 
 
-class ServedRelease:
-    """A verified release and the process its model runs in (what ``Engine`` calls a model)."""
+class ReleaseLoader:
+    """An LLM project's releases: verified by ``load_release``, each model run by llama.cpp in a
+    child process of its own (``ReleaseProcess``), the cores shared among the models that take traffic."""
 
-    def __init__(self, verified: VerifiedRelease, process: GenerateRuntime) -> None:
-        self.verified = verified
-        self.process = process
-        self.deployment: str | None = None
+    llm = True
+    judge_every = 5  # canary answers between two judgements
+    stopping_grace = 0.0
+
+    def __init__(self, ws: Workspace, *, max_waiting: int) -> None:
+        self.ws, self.max_waiting = ws, max_waiting
+
+    def verify(self, name: str, version: str, ledger: Any) -> VerifiedRelease:
+        return load_release(self.ws, name, version, ledger, self.ws.home / "serving" / "releases")
+
+    def open(self, verified: VerifiedRelease, role: str, timeout: float | None) -> GenerateRuntime:
+        from conveyor.serving.llm_process import ReleaseProcess
+
+        runtime = verified.manifest["runtime"]
+        return ReleaseProcess(
+            verified.folder / verified.manifest["weights"]["file"],
+            {
+                "context": int(runtime["context"]),
+                "threads": int(runtime["threads"]),
+                "seed": int(verified.manifest["generation"].get("seed", 0)),
+                "chat_format": runtime.get("chat_format"),
+            },
+            name=f"{verified.name}-{verified.version}-{role}",
+            max_waiting=self.max_waiting,
+        )
+
+    def fits(self, verified: VerifiedRelease) -> str | None:
+        return None  # the OpenAI API's shapes do not depend on the release
+
+    def accepted(self, verified: VerifiedRelease) -> None:
+        pass
+
+    def arranged(self, routed: list[Served[GenerateRuntime]], fallback: Served[GenerateRuntime] | None) -> None:
+        """The models that take traffic split the cores between them: llama.cpp's threads spin, so a
+        champion and a canary each on every core answer slower than each on its half
+        (``bench/llm_threads.py``)."""
+        share = max(1, len(os.sched_getaffinity(0)) // max(1, len(routed)))
+        for model in (*routed, fallback):
+            if model is not None:
+                model.runtime.set_threads(share)
 
     def close(self) -> None:
-        self.process.close()
+        pass

@@ -3,9 +3,9 @@
 As httpx's ``BaseTransport`` is where a request goes (``httpx/_transports/base.py``: a client is
 given one, and does not care whether it is a socket pool, a WSGI app or a mock), a
 ``ModelRuntime`` is where a verified release's model runs. The serving core verifies a release,
-opens a runtime on the verified files (``Engine.open_predict_runtime``,
-``Gateway.open_generate_runtime``), waits
-for it to load, sends it work, and closes it; what runs underneath is the runtime's business:
+opens a runtime on the verified files (through a ``Loader``: ``serving.tabular.TabularLoader``,
+``serving.releases.ReleaseLoader``), waits for it to load, sends it work, and closes it; what runs
+underneath is the runtime's business:
 
 - ``PredictRuntime``: a tabular model that answers rows (``serving.models.ModelProcess``: the
   estimator in a child process, with adaptive batching and the output contract);
@@ -25,11 +25,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["Answer", "GenerateRuntime", "Generated", "Generation", "ModelRuntime", "PredictRuntime", "Request"]
+__all__ = [
+    "Answer",
+    "GenerateRuntime",
+    "Generated",
+    "Generation",
+    "Loader",
+    "ModelRuntime",
+    "PredictRuntime",
+    "Request",
+    "Served",
+]
 
 Request = list[dict[str, str]] | str  # chat turns, or a whole prompt (completion mode)
 
@@ -111,3 +121,54 @@ class GenerateRuntime(ModelRuntime):
 
     def set_threads(self, threads: int) -> None:
         """Generate on ``threads`` threads from the next token on (runtimes that share the cores)."""
+
+
+R = TypeVar("R", bound=ModelRuntime)
+
+
+class Served(Generic[R]):
+    """A verified version and the runtime its model runs in: what the core routes requests to."""
+
+    def __init__(self, verified: Any, runtime: R) -> None:
+        self.verified = verified  # VerifiedModel or VerifiedRelease: name, version, version_digest, signer, discard()
+        self.runtime = runtime
+        self.deployment: str | None = None  # the ledger's name for this deployment, once recorded
+
+    def describe(self) -> dict[str, Any]:
+        v = self.verified
+        return {"name": v.name, "version": v.version, "version_digest": v.version_digest, "signer": v.signer}
+
+    def close(self) -> None:
+        """Stop the runtime (its work in hand finishes first) and remove the verified copy."""
+        self.runtime.close()
+        self.verified.discard()
+
+
+class Loader(Protocol[R]):
+    """What differs by kind of model: how a version is verified and where it runs."""
+
+    llm: bool  # metrics of an LLM release (else of a tabular model)
+    judge_every: int  # canary answers between two judgements (every canary failure is judged at once)
+    stopping_grace: float  # seconds a failed load waits to learn whether the service is stopping
+
+    def verify(self, name: str, version: str, ledger: Any) -> Any:
+        """``name/version`` verified into a folder of its own; ``LoadRefused`` when anything fails."""
+        ...
+
+    def open(self, verified: Any, role: str, timeout: float | None) -> R:
+        """A runtime on the verified files (its load started)."""
+        ...
+
+    def fits(self, verified: Any) -> str | None:
+        """Why ``verified`` cannot be the canary beside the champion (clients must be able to call both), or None."""
+        ...
+
+    def accepted(self, verified: Any) -> None:
+        """``verified`` is the champion now (its request shape becomes the service's)."""
+        ...
+
+    def arranged(self, routed: list[Served[R]], fallback: Served[R] | None) -> None:
+        """The models served changed (champion and canary take traffic; the fallback waits)."""
+        ...
+
+    def close(self) -> None: ...

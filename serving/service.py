@@ -10,7 +10,8 @@ in the project folder uses the same stores as ``conveyor serve``.
 
 Every request passes ``serving.gate`` first (keys, limits, content types, the paths served),
 before any of BentoML's own layers (``serving.transport`` puts it there); ``/predict`` is
-answered there by the engine. BentoML runs ``workers`` processes (the serving
+answered there by the front end (``serving.tabular`` or ``serving.gateway``) on the serving core
+(``serving.core``). BentoML runs ``workers`` processes (the serving
 policy); they share the canary's state (``serving.shared``), and each model runs in a child
 process of its worker (``serving.models``).
 """
@@ -67,49 +68,57 @@ class Conveyor:
         if _WORKSPACE.is_llm:  # an LLM project: the OpenAI-compatible gateway over its releases
             from conveyor.serving.gateway import Gateway
 
-            self.engine: Any = Gateway(_WORKSPACE.prepare())
+            self.endpoint: Any = Gateway(_WORKSPACE.prepare())
         else:
-            spare = warm_pool()  # first: the model process starts while the engine is imported and verifies
-            from conveyor.serving.engine import Engine  # here, in the worker: BentoML's arbiter imports this module too
+            spare = warm_pool()  # first: the model process starts while the core is imported and verifies
+            from conveyor.serving.tabular import (
+                TabularEndpoint,
+            )  # here, in the worker: BentoML's arbiter imports this module too
 
-            self.engine = Engine(_WORKSPACE.prepare(), spare=spare)
-        self.engine.start()
-        front.engine = self.engine
+            self.endpoint = TabularEndpoint(_WORKSPACE.prepare(), spare=spare)
+        self.endpoint.start()
+        front.endpoint = self.endpoint
 
     def __is_ready__(self) -> bool:
-        return self.engine.ready
+        return self.endpoint.core.ready
 
     def __metrics__(self, content: str) -> str:
-        return content + self.engine.metrics.render()
+        return content + self.endpoint.core.metrics.render()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
         """Graceful stop: the models' processes end and every logged request is written."""
-        front.engine = None
-        self.engine.close()
+        front.endpoint = None
+        self.endpoint.close()
 
     @admin.get("/status")
     def status(self) -> dict[str, Any]:
         """The models served, the canary's weight, step and last verdict."""
-        return self.engine.status()
+        return self.endpoint.status()
 
     @admin.post("/weight")
     def set_weight(self, body: Weight) -> dict[str, Any]:
         """Move the canary's weight by hand; analysis goes on from the step at or above it."""
-        return self._engine_call(self.engine.set_weight, body.weight, body.hold)
+        from conveyor.serving import verdicts
+
+        return self._admin_call(verdicts.set_weight, self.endpoint.core, body.weight, body.hold)
 
     @admin.post("/abort")
     def abort(self, body: Abort) -> dict[str, Any]:
         """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
-        return self._engine_call(self.engine.abort, body.reason)
+        from conveyor.serving import verdicts
+
+        return self._admin_call(verdicts.abort, self.endpoint.core, body.reason)
 
     @admin.post("/reload")
     def reload(self) -> dict[str, Any]:
         """Check the registry's aliases now instead of at the next watch."""
-        return self.engine.sync()
+        self.endpoint.core.sync()
+        return self.endpoint.status()
 
-    def _engine_call(self, function: Any, *args: Any) -> dict[str, Any]:
+    def _admin_call(self, function: Any, *args: Any) -> dict[str, Any]:
         try:
-            return function(*args)
+            function(*args)
+            return self.endpoint.status()
         except RequestRefused as exc:
             raise HTTPException(exc.http_status, str(exc)) from None

@@ -2,7 +2,7 @@
 worker still imports and verifies, so the champion answers sooner (``ModelProcess(pool=...)``).
 
 Light on purpose: the service's worker calls ``warm_pool`` first thing, before it imports the
-engine (pandas, SQLAlchemy, MLflow's schema readers).
+serving core (pandas, SQLAlchemy, MLflow's schema readers).
 """
 
 from __future__ import annotations

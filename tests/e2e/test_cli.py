@@ -374,7 +374,7 @@ def test_the_wheel_installs_one_import_package_and_the_code_never_imports_the_ba
     # in a checkout the folders sit at the top too (the layout); nothing may import them by that name
     code = (
         "import sys\n"
-        "import conveyor.api, conveyor.cli, conveyor.demo.run, conveyor.serving.engine, conveyor.serving.gateway\n"
+        "import conveyor.api, conveyor.cli, conveyor.demo.run, conveyor.serving.tabular, conveyor.serving.gateway\n"
         "import conveyor.pipelines.deployments, conveyor.pipelines.llm.flow, conveyor.monitoring.drift\n"
         "bare = ('pipelines', 'registry', 'serving', 'monitoring', 'policies')\n"
         "print('BARE', sorted(m for m in sys.modules if m.split('.')[0] in bare))\n"

@@ -488,7 +488,7 @@ def test_the_evaluation_answers_as_the_gateway_does(ws: Any, built: tuple[Any, A
         fresh=True,
     )
     process.wait_loaded()
-    gateway.champion = ServedRelease(verified, process)
+    gateway.core.champion = ServedRelease(verified, process)
 
     async def through_the_gateway(question: str) -> dict[str, Any]:
         sent: list[dict[str, Any]] = []
@@ -519,7 +519,7 @@ def test_the_evaluation_answers_as_the_gateway_does(ws: Any, built: tuple[Any, A
         grounded = evaluation.answer(SAME_PATH_CASES[1]).to_dict()
         assert blocked["blocked_by"] == "input.injection.ignore_instructions" and grounded["passages"]
     finally:
-        gateway.champion = None
+        gateway.core.champion = None
         process.close()
         gateway.close()
         verified.discard()
