@@ -7,7 +7,7 @@ caller without a key cannot make the service work for its refusal. A running ser
 the file when it changes (at most every ``recheck`` seconds), so ``conveyor api-key revoke`` or
 ``rotate`` stops a key within that time, whichever worker sees it.
 
-In the server profile (``redis_url`` set) the entries live in Redis (``RedisKeyStore``), so the
+In the server profile (``redis_url`` set) the entries live in Redis (``serving.keys_redis``), so the
 replicas of a service on several machines, and the command that revokes a key on any of them,
 share one list: a revocation stops the key on every replica within ``recheck``. Each change
 bumps a version that the replicas poll (one ``GET`` every 0.2 s, from the service's background
@@ -46,7 +46,6 @@ __all__ = [
     "FileKeyStore",
     "KeysUnavailable",
     "RateLimiter",
-    "RedisKeyStore",
     "Role",
     "open_api_keys",
     "write_key_file",
@@ -116,85 +115,6 @@ def write_key_file(path: Path, entries: list[dict]) -> None:
     partial.replace(path)
 
 
-class RedisKeyStore:
-    """The entries in Redis under ``conveyor:api-keys:<namespace>``, with a version bumped by each
-    change (a ``WATCH``ed transaction); the local file is kept as a copy and seeds an empty Redis."""
-
-    def __init__(self, url: str, namespace: str, copy: Path) -> None:
-        import redis
-
-        self._redis = redis
-        self.url = url
-        self.client: Any = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.entries_key, self.version_key = f"conveyor:api-keys:{namespace}", f"conveyor:api-keys:{namespace}:version"
-        self.copy = copy
-        self._read_once = False
-
-    def _answered(self, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except self._redis.RedisError as exc:
-            raise KeysUnavailable(
-                f"The Redis at {_redacted(self.url)}, which keeps the API keys, does not answer ({exc}).",
-                hint="Nothing was changed. Start it, or fix CONVEYOR_REDIS_URL; `conveyor doctor` checks every store.",
-            ) from None
-
-    def stamp(self) -> object:
-        version = self._answered(lambda: self.client.get(self.version_key))
-        if version is None and not self._read_once and self.copy.is_file():
-            # An empty Redis met first: seeded with this machine's copy (later, an emptied Redis
-            # is given the keys last read instead, which are newer than any copy).
-            self.restore(FileKeyStore(self.copy).read())
-            version = self._answered(lambda: self.client.get(self.version_key))
-        self._read_once = True
-        return version
-
-    def read(self) -> list[dict]:
-        raw = self._answered(lambda: self.client.get(self.entries_key))
-        entries = list(json.loads(raw)) if raw else []
-        try:
-            copied = FileKeyStore(self.copy).read()
-        except ValueError:  # a damaged copy: replaced by what Redis holds
-            copied = None
-        if copied != entries:
-            write_key_file(self.copy, entries)  # the copy follows what was read
-        return entries
-
-    def change(self, edit: Callable[[list[dict]], list[dict]]) -> list[dict]:
-        self.stamp()  # seeds an empty Redis first
-
-        def attempt(pipe: Any) -> None:
-            raw = pipe.get(self.entries_key)
-            entries = edit(list(json.loads(raw)) if raw else [])
-            pipe.multi()
-            pipe.set(self.entries_key, json.dumps(entries))
-            pipe.incr(self.version_key)
-            done.append(entries)
-
-        done: list[list[dict]] = []
-        self._answered(lambda: self.client.transaction(attempt, self.entries_key, self.version_key))
-        write_key_file(self.copy, done[-1])
-        return done[-1]
-
-    def restore(self, entries: list[dict]) -> None:
-        def put() -> None:
-            with self.client.pipeline() as pipe:
-                pipe.set(self.entries_key, json.dumps(entries), nx=True)
-                pipe.set(self.version_key, 1, nx=True)
-                pipe.execute()
-
-        self._answered(put)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _redacted(url: str) -> str:
-    from conveyor.registry.servers import redacted
-
-    return redacted(url)
-
-
 def open_api_keys(ws: Workspace, **options: Any) -> ApiKeys:
     """The Workspace's keys: in Redis in the server profile (one list for every replica, namespaced
     by the ledger, which every machine of one deployment shares), else the file in ``home``."""
@@ -204,6 +124,8 @@ def open_api_keys(ws: Workspace, **options: Any) -> ApiKeys:
     from conveyor.registry.digests import json_digest
 
     namespace = json_digest({"ledger": str(ws.ledger_url)}).split(":")[-1][:16]
+    from conveyor.serving.keys_redis import RedisKeyStore
+
     return ApiKeys(path, store=RedisKeyStore(ws.settings.redis_url, namespace, path), **options)
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.policies.canary import (
     CanaryPolicy,
@@ -31,7 +31,10 @@ from conveyor.policies.canary import (
     judge_llm_canary,
 )
 from conveyor.serving.router import Router
-from conveyor.serving.shared import CanaryRow, Observation, StateStore
+from conveyor.serving.shared import CanaryRow, Observation
+
+if TYPE_CHECKING:
+    from conveyor.serving.shared import StateStore
 
 __all__ = ["CanaryController", "LlmCanaryController"]
 

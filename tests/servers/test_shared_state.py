@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.serving.shared import Observation, RedisSharedState
+from conveyor.serving.shared import Observation
+from conveyor.serving.shared_redis import RedisSharedState
 from tests.service import free_port
 
 
@@ -163,7 +164,8 @@ def test_a_key_revoked_on_one_machine_stops_on_every_replica_at_once(redis_serve
 @contextmanager
 def _machines(server: RedisServer, folder: Path, *names: str, recheck: float = 0.25) -> Iterator[list]:
     """One ``ApiKeys`` per machine on one Redis, each with a home (the keys' file is its copy) of its own."""
-    from conveyor.serving.auth import ApiKeys, RedisKeyStore
+    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.keys_redis import RedisKeyStore
 
     made = []
     try:
@@ -224,7 +226,8 @@ def test_keys_outlive_a_redis_outage_and_refill_an_emptied_redis(redis_server: R
 
 
 def test_a_service_s_keys_are_read_by_its_refresh_not_by_a_request(redis_server: RedisServer, tmp_path: Path) -> None:
-    from conveyor.serving.auth import ApiKeys, RedisKeyStore
+    from conveyor.serving.auth import ApiKeys
+    from conveyor.serving.keys_redis import RedisKeyStore
 
     copy = tmp_path / "node" / "api-keys.json"
     with _machines(redis_server, tmp_path, "laptop") as (admin,):

@@ -1,7 +1,7 @@
 """A model runtime that runs nothing: scripted pieces, a scripted failure, counted requests.
 
 It implements ``serving.runtime.GenerateRuntime`` as llama.cpp's child process does, so the
-gateway's request path (routing, fallbacks, guardrails, streaming, accounting) can be tested
+serving core's loading and the gateway's request path (routing, fallbacks, guardrails, streaming, accounting) can be tested
 without a model: what a real runtime does is tested against the real one in
 ``tests/integration/test_llm_process.py``.
 """
@@ -13,22 +13,25 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from conveyor.policies.errors import ModelFailed
+from conveyor.policies.errors import LoadRefused, ModelFailed
 from conveyor.serving.runtime import Generated, GenerateRuntime, Generation, Request
 
 Failure = Literal["overload", "before_first", "mid_stream", "stall"]
 
 
 class FakeRuntime(GenerateRuntime):
-    def __init__(self, pieces: tuple[str, ...] = ("Hello", " there."), *, fail: Failure | None = None) -> None:
-        self.pieces, self.fail = pieces, fail
+    def __init__(
+        self, pieces: tuple[str, ...] = ("Hello", " there."), *, fail: Failure | None = None, load_error: str = ""
+    ) -> None:
+        self.pieces, self.fail, self.load_error = pieces, fail, load_error
         self.requests: list[tuple[Request, dict[str, Any]]] = []
         self.cancelled = 0
         self.closed = False
         self.pid = None
 
     def wait_loaded(self, timeout: float = 120) -> None:
-        return None
+        if self.load_error:
+            raise LoadRefused(self.load_error)
 
     def close(self, drain_seconds: float = 10.0) -> None:
         self.closed = True
