@@ -212,8 +212,14 @@ class ModelProcess(PredictRuntime):
 
     def _start(self, pool: concurrent.futures.ProcessPoolExecutor | None = None) -> None:
         self._pool = pool or warm_pool()
+        self.pid = None  # the child's, once it has loaded the model
         v = self.verified
         self._ready = self._pool.submit(_child_load, str(v.folder), v.task, v.columns, v.loadable)  # once loaded
+        self._ready.add_done_callback(self._loaded)
+
+    def _loaded(self, ready: concurrent.futures.Future) -> None:
+        if ready is self._ready and not ready.cancelled() and ready.exception() is None:  # not one replaced meanwhile
+            self.pid = int(ready.result())
 
     async def predict(self, rows: list[dict[str, Any]]) -> Answer:
         if self._closing:
