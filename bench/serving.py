@@ -48,6 +48,10 @@ def train_project(work: Path) -> tuple[Path, dict[str, str]]:
     root, home = work / "project", work / "project" / ".conveyor"
     (root / "data").mkdir(parents=True)
     shutil.copytree(ROOT / "policies", root / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    signing_file = root / "policies" / "signing.yaml"
+    signing = yaml.safe_load(signing_file.read_text())
+    signing["loadable_types"] = ["numpy.*", "scipy.*", "sklearn.*", "tests.faults.*"]  # the 5%-error canary's class
+    signing_file.write_text(yaml.safe_dump(signing))
     write_csv(generate(DEMO_DATASETS["v1"]).head(8_000), root / "data" / "loans.csv")
     config = (ROOT / "conveyor.yaml").read_text()
     (root / "conveyor.yaml").write_text(config)
@@ -186,6 +190,7 @@ def canary_rollback(url: str, token: str, admin: str, rows: list[dict], client, 
             break
     elapsed = time.perf_counter() - started
     return {
+        "version": status["analysis"].get("version"),
         "seconds": elapsed,
         "rps": sent / elapsed,
         "requests": sent,
@@ -301,6 +306,8 @@ def main() -> None:
         with_canary = {k: statistics.median(r[k] for r in runs["with"]) for k in ("rps", "p99_ms")}
         httpx.post(f"{url}/admin/abort", json={"reason": "bench"}, headers=auth)
         canary = canary_rollback(url, token, admin, rows, client, versions["canary"])
+        if canary["version"] != versions["canary"]:
+            raise RuntimeError(f"the 5%-error canary was not the one analysed: {canary} (see {work / 'conveyor.log'})")
         stop(ours)
 
         print(f"\nin-process predict_proba, one-row frames: {base['rps']:.0f} calls/s (p99 {base['p99_ms']:.2f} ms)")
