@@ -4,6 +4,10 @@ Each field comes from, first to last: the environment (``CONVEYOR_<FIELD>``), th
 section of the project file (``conveyor.yaml``), the default here. Every embedded store lives
 under ``home`` (``.conveyor/`` in the project) unless a URL points elsewhere.
 
+``ClientSettings`` are what a command needs to reach a running service: from the environment only
+(an admin key does not belong in a project file). These two classes declare every ``CONVEYOR_*``
+variable Conveyor reads; nothing else reads one.
+
 Nothing happens at import. ``read_settings()`` reads them; the ``Workspace``
 (``registry.workspace``) is built from them and is what every entry point uses.
 """
@@ -14,12 +18,12 @@ import getpass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from conveyor.policies.errors import ConfigInvalid
 
-__all__ = ["FLOW_MODES", "SERVER_SETTINGS", "Settings", "read_settings"]
+__all__ = ["FLOW_MODES", "SERVER_SETTINGS", "ClientSettings", "Settings", "read_client_settings", "read_settings"]
 
 
 def _default_actor() -> str:
@@ -175,3 +179,24 @@ SERVER_SETTINGS = (
     "bucket",
     "feature_registry_url",
 )
+
+
+class ClientSettings(BaseSettings):
+    """How a command reaches a running service's admin API: ``CONVEYOR_SERVICE_URL``, ``CONVEYOR_ADMIN_KEY``."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    service_url: str = Field("http://127.0.0.1:3000", description="the service `conveyor canary` talks to")
+    admin_key: SecretStr | None = Field(None, description="an admin API key (`conveyor api-key create NAME --admin`)")
+
+
+def read_client_settings() -> ClientSettings:
+    """The client settings from the environment (a malformed value is a ``ConfigInvalid``)."""
+    try:
+        return ClientSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigInvalid(
+            f"CONVEYOR_{'_'.join(map(str, first['loc'])).upper()}: {first['msg']}.",
+            hint="Fix the variable in the environment, or pass --url / --token.",
+        ) from None

@@ -8,9 +8,7 @@ from conveyor.policies.errors import ConveyorError
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger
 
-__all__ = ["DEFAULT_URL", "admin_call", "canary_history"]
-
-DEFAULT_URL = "http://127.0.0.1:3000"
+__all__ = ["admin_call", "canary_history"]
 _CANARY_KINDS = {
     EventKind.MODEL_DEPLOYED,
     EventKind.CANARY_ROLLED_BACK,

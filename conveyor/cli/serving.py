@@ -169,15 +169,17 @@ _TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMI
 def _call(
     method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
-    from conveyor.serving.admin import DEFAULT_URL, admin_call
+    from conveyor.serving.admin import admin_call
 
-    return admin_call(
-        method,
-        path,
-        url or os.environ.get("CONVEYOR_SERVICE_URL", DEFAULT_URL),
-        token or os.environ.get("CONVEYOR_ADMIN_KEY"),
-        body,
-    )
+    client = _client()
+    admin_key = client.admin_key.get_secret_value() if client.admin_key else None
+    return admin_call(method, path, url or client.service_url, token or admin_key, body)
+
+
+def _client() -> Any:
+    from conveyor.registry.settings import read_client_settings
+
+    return read_client_settings()
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -207,7 +209,7 @@ def canary_status(
 ) -> None:
     """The canary's weight, step and last verdict (from the ledger when no service is running, or
     without an admin key: the ledger needs none)."""
-    keyed = bool(token or os.environ.get("CONVEYOR_ADMIN_KEY"))
+    keyed = bool(token or _client().admin_key)
     status = _call("GET", "status", url, token) if keyed else None
     if status is None:
         from conveyor.serving.admin import canary_history
