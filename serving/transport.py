@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -39,8 +39,8 @@ class GuardedHttpTools(HttpToolsProtocol):
                 gate = self._gates[id(app)] = Gate(app, self.front)
             self.app = gate
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))  # a stream's transport, as asyncio gives it
         self._head_timer: asyncio.TimerHandle | None = self.loop.call_later(self.header_timeout, self._late)
 
     def on_message_begin(self) -> None:
