@@ -35,12 +35,13 @@ sync: toolchain $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv)
 demo: sync
 	$(VENV)/bin/conveyor demo
 
-# Lint, format, types and the documentation site (mkdocs.yml; strict: any warning fails) first; then the suite, with a private PostgreSQL on 127.0.0.1 (started,
+# Lint, format, types, the layers' imports and the documentation site (mkdocs.yml; strict: any warning fails) first; then the suite, with a private PostgreSQL on 127.0.0.1 (started,
 # then stopped, by the script).
 check: sync
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-logo --no-cache   # the layers' import contract (pyproject.toml: tool.importlinter)
 	$(VENV)/bin/mkdocs build --strict --quiet
 
 test: check

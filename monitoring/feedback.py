@@ -15,30 +15,18 @@ import csv
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from conveyor.policies.errors import DataInvalid
 from conveyor.policies.llm import EvalCase
+from conveyor.registry.inference_log import FeedbackRow
 
 __all__ = ["FeedbackRow", "accept_candidates", "candidates_of", "join_feedback", "read_feedback"]
 
-_REQUEST = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 _LIMIT = 100_000  # rows in one file
-
-
-class FeedbackRow(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-    request_id: str = Field(pattern=_REQUEST)
-    rating: Literal["up", "down"]
-    label: str | None = Field(None, max_length=100)
-    correction: str | None = Field(None, max_length=4000)  # the answer it should have been
-    comment: str | None = Field(None, max_length=1000)
-    key: str | None = Field(None, max_length=200)  # the API key that posted it (gateway feedback)
-    at: str | None = Field(None, max_length=40)
 
 
 def read_feedback(path: Path) -> list[FeedbackRow]:

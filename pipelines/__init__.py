@@ -6,6 +6,7 @@ __all__ = [
     "evaluate",
     "features",
     "loop",
+    "pool",
     "register",
     "release",
     "retraining",

@@ -16,13 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["InferenceLog", "LlmLogEntry", "LogEntry", "read_log"]
+__all__ = ["FeedbackRow", "InferenceLog", "LlmLogEntry", "LogEntry", "read_log"]
 
 _STOP = object()
+_REQUEST = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"  # a logged answer's id, as a rating names it
 
 
 @dataclass(frozen=True)
@@ -200,3 +202,17 @@ def read_log(folder: Path, *, since: datetime | None = None, until: datetime | N
     if until is not None:
         frame = frame[frame["time"] < until]
     return frame.sort_values(["time", "request_id", "row"], kind="stable").reset_index(drop=True)
+
+
+# A rating of a logged answer: posted to the gateway (``POST /v1/feedback``, which stamps the key
+# and the time) or read from a file by ``monitoring.feedback``; here, below both of its users.
+class FeedbackRow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+    request_id: str = Field(pattern=_REQUEST)
+    rating: Literal["up", "down"]
+    label: str | None = Field(None, max_length=100)
+    correction: str | None = Field(None, max_length=4000)  # the answer it should have been
+    comment: str | None = Field(None, max_length=1000)
+    key: str | None = Field(None, max_length=200)  # the API key that posted it (gateway feedback)
+    at: str | None = Field(None, max_length=40)

@@ -2,7 +2,8 @@
 
 One probe per store, each bounded by a few seconds: the ledger and Feast's registry (a SQL
 ``select 1``), MLflow's and Prefect's servers (their ``/health``), the work pool and its online
-workers, Redis (``PING``), the object store (the bucket's ``HEAD``). Embedded stores are files in
+workers (probed by the flows' layer, which knows Prefect), Redis (``PING``), the object store
+(the bucket's ``HEAD``). Embedded stores are files in
 ``home``: they are named, and "answer" when their folder can be written.
 """
 
@@ -40,8 +41,9 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_stores(ws: Workspace) -> list[StoreCheck]:
-    """Every store of the Workspace's profile, probed in turn."""
+def check_stores(ws: Workspace, *, work_pool: Callable[[Workspace], str] | None = None) -> list[StoreCheck]:
+    """Every store of the Workspace's profile, probed in turn; ``work_pool`` probes the profile's
+    work pool (the flows' layer knows Prefect's pools: ``pipelines.pool.pool_health``)."""
     s = ws.settings
     checks: list[tuple[str, str, Callable[[], str]]] = [
         ("ledger", s.ledger_url or "", lambda: _sql(str(s.ledger_url))),
@@ -52,7 +54,8 @@ def check_stores(ws: Workspace) -> list[StoreCheck]:
     else:
         checks.append(("flows (Prefect)", "in process (no server)", lambda: "stages run in the command's process"))
     if s.work_pool:
-        checks.append(("flow runs (work pool)", f"{s.work_pool} on {s.prefect_api_url}", lambda: _pool(ws)))
+        probe = work_pool or _unprobed
+        checks.append(("flow runs (work pool)", f"{s.work_pool} on {s.prefect_api_url}", lambda: probe(ws)))
     if s.feature_registry_url:
         checks.append(("feature registry (Feast)", s.feature_registry_url, lambda: _sql(str(s.feature_registry_url))))
     else:
@@ -154,15 +157,5 @@ def _bucket(ws: Workspace) -> str:
     return "the bucket answered"
 
 
-def _pool(ws: Workspace) -> str:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        pool = client.read_work_pool(str(ws.settings.work_pool))
-        workers = client.read_workers_for_work_pool(pool.name)
-    online = [w for w in workers if str(getattr(w, "status", "")).upper().endswith("ONLINE")]
-    if not online:
-        raise RuntimeError(
-            f"no worker is online on pool {pool.name} (start one: `prefect worker start --pool {pool.name}`)"
-        )
-    return f"{pool.type} pool, {len(online)} worker(s) online"
+def _unprobed(ws: Workspace) -> str:
+    raise RuntimeError("no probe of the work pool was given (`conveyor doctor` gives one)")

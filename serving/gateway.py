@@ -41,9 +41,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from conveyor.policies.errors import RequestRefused
 from conveyor.policies.gateway import GatewayPolicy
-from conveyor.registry.inference_log import InferenceLog
+from conveyor.registry.inference_log import FeedbackRow, InferenceLog
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.answer_cache import AnswerCache
 from conveyor.serving.auth import Role
@@ -214,10 +216,6 @@ class Gateway:
 
         The row is checked field by field and appended, with the key that posted it, to this
         worker's file of incoming feedback: it joins only an answer given to that key."""
-        from pydantic import ValidationError
-
-        from conveyor.monitoring.feedback import FeedbackRow
-
         try:
             document = json.loads(body)
             if not isinstance(document, dict):
@@ -252,7 +250,6 @@ class Gateway:
 
     def document(self) -> dict[str, Any]:
         """The API's OpenAPI 3.1 document (``/docs.json``): OpenAI's paths, as this gateway takes them."""
-        from conveyor.monitoring.feedback import FeedbackRow
 
         schemas: dict[str, Any] = {}
         for model in (ChatRequest, CompletionRequest, FeedbackRow):

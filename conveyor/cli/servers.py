@@ -19,10 +19,11 @@ def register(app: typer.Typer) -> None:
 
 def doctor(ctx: typer.Context, as_json: JSON = False) -> None:
     """Say which server (or embedded file) each store uses, and whether it answers; exit 1 if one does not."""
+    from conveyor.pipelines.pool import pool_health
     from conveyor.registry.servers import check_stores
 
     ws = workspace(ctx)
-    checks = check_stores(ws)
+    checks = check_stores(ws, work_pool=pool_health)
     failed = [c for c in checks if not c.ok]
     if as_json:
         emit_json({"profile": ws.settings.profile, "ok": not failed, "stores": [asdict(c) for c in checks]})
