@@ -9,14 +9,16 @@ need when they run, so ``conveyor --help`` loads no heavy library.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from conveyor.cli._common import EXIT_CODES, Group
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "stop_on_sigterm"]
 
 app = typer.Typer(
     cls=Group,
@@ -59,4 +61,17 @@ for module in (data, release, llm, record, serving, monitoring, servers, demo):
 
 def main() -> None:
     """The console script's entry point."""
+    stop_on_sigterm()
     app()
+
+
+def stop_on_sigterm() -> None:
+    """A SIGTERM (``kill``, a CI job's timeout, a container's stop) ends a command as Ctrl-C does:
+    its ``finally`` blocks run, so the services it started are stopped and its stores closed. By
+    default Python dies on the spot and leaves them running. A second SIGTERM kills at once."""
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
