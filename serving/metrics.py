@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from conveyor.registry.events import EventKind
 from conveyor.registry.verdicts import verdict_code
 
 __all__ = ["ServiceMetrics"]
@@ -229,8 +230,6 @@ class ServiceMetrics:
 
     def read_verdicts(self, ledger: Any, model: str) -> None:
         """The ledger's last drift and quality checks of ``model``, as metrics (alerts watch them)."""
-        from conveyor.registry.events import EventKind
-
         found: dict[str, dict[str, Any] | None] = {}
         for kind in (EventKind.DRIFT_CHECKED, EventKind.QUALITY_CHECKED):
             event = next(iter(ledger.latest([kind], limit=1, model=model)), None)

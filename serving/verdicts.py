@@ -93,7 +93,7 @@ def promoted(core: ServingCore[Any], verdict: Verdict) -> None:
         core.publish()
 
 
-def set_weight(core: ServingCore[Any], weight: float, hold: bool = False) -> dict[str, Any]:
+def set_weight(core: ServingCore[Any], weight: float, hold: bool = False) -> None:
     """Move the canary's weight for every worker (any worker may be asked)."""
     if not 0 <= weight <= 100:
         raise RequestRefused(400, f"weight must be between 0 and 100, not {weight}")
@@ -104,11 +104,9 @@ def set_weight(core: ServingCore[Any], weight: float, hold: bool = False) -> dic
     except ValueError as exc:
         raise RequestRefused(409, str(exc)) from None
     core.metrics.weight.labels(core.name).set(weight / 100)
-    return core.status()
 
 
-def abort(core: ServingCore[Any], reason: str) -> dict[str, Any]:
+def abort(core: ServingCore[Any], reason: str) -> None:
     if core.state.canary().state != "running":
         raise RequestRefused(409, "no canary is being served")
     core.controller.abort(f"aborted by an admin: {reason}")
-    return core.status()
