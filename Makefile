@@ -14,7 +14,7 @@ export UV_PYTHON_DOWNLOADS := never
 export DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: demo test check sync toolchain bench clean
+.PHONY: demo test check sync toolchain bench bento clean
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -46,6 +46,10 @@ check: sync
 
 test: check
 	bash scripts/with-test-services.sh $(VENV)/bin/python -m pytest
+
+# The service's Bento, from the package's wheel and uv.lock's pins (scripts/bento.sh)
+bento: sync
+	CONVEYOR_VENV_BIN=$(CURDIR)/$(VENV)/bin bash scripts/bento.sh
 
 bench: sync
 	$(VENV)/bin/python bench/run.py

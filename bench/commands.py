@@ -45,7 +45,7 @@ def main() -> None:
     shutil.copy(ROOT / "conveyor.yaml", project / "conveyor.yaml")
     shutil.copytree(ROOT / "policies", project / "policies", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_", "PREFECT_"))}
-    env |= {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    env |= {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
     conveyor = [PYTHON, "-m", "conveyor"]
     try:
         print("setting up: demo data, a trained and promoted champion...", flush=True)

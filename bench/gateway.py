@@ -355,7 +355,7 @@ def main() -> None:
                 _start(
                     [sys.executable, "-m", "conveyor", "--config", str(project), "serve", "--port", str(port)],
                     scratch / f"{port}.log",
-                    base | {"PYTHONPATH": str(ROOT)},
+                    base | {"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"},
                     project.parent,
                 )
             )

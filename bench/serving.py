@@ -249,7 +249,12 @@ def main() -> None:
         rows = rows_of(root)
         base = in_process(model_dir, rows, args.requests)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
-        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), BENCH_MODEL_DIR=str(model_dir), CONVEYOR_TEST_FAULTS="1")
+        env.update(
+            OMP_NUM_THREADS="1",
+            PYTHONPATH=f"{ROOT / 'src'}:{ROOT}",
+            BENCH_MODEL_DIR=str(model_dir),
+            CONVEYOR_TEST_FAULTS="1",
+        )
         ours_command = [sys.executable, "-m", "conveyor", "--config", str(root / "conveyor.yaml"), "serve", "--port"]
         bare_command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare", "--host", "127.0.0.1"]
 

@@ -312,32 +312,51 @@ def test_usage_mistakes_are_errors_not_tracebacks(demo_project: Path, args: list
     assert result.stderr.startswith("Error: ")
 
 
-def test_bentoml_build_as_the_readme_gives_it_packs_the_service(tmp_path: Path) -> None:
-    """From the repository, with no uv on PATH (BentoML then runs the project's own), offline."""
-    bin_dir = Path(sys.executable).parent
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
+def test_make_bento_packs_the_installed_package_and_the_locked_requirements(tmp_path: Path) -> None:
+    """`make bento` (scripts/bento.sh): the Bento carries the package's wheel, and every layer
+    imports from that wheel; its requirements are uv.lock's pins (not a hand-kept list)."""
+    import tomllib
+    import zipfile
+
+    env = os.environ | {"BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    env |= {"CONVEYOR_VENV_BIN": str(Path(sys.executable).parent), "CONVEYOR_BENTO_CONTEXT": str(tmp_path / "ctx")}
     built = subprocess.run(
-        [bin_dir / "bentoml", "build", "--output", "tag"],
-        cwd=REPO,
+        ["bash", str(REPO / "scripts" / "bento.sh"), "--output", "tag"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert built.returncode == 0, built.stdout + built.stderr
-    bentos = list((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/src/serving/service.py"))
-    assert bentos, "the Bento carries the service's code"
-    src = bentos[0].parent.parent  # BentoML copies files, not the links: conveyor/ finds the folders beside it
-    code = "import conveyor.serving.router as r, conveyor.registry.ledger as l; print(r.__file__, l.__file__)"
-    found = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=120)
-    assert found.returncode == 0 and str(src / "serving" / "router.py") in found.stdout, found.stderr
-    manifest = next((tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/bento.yaml")).read_text()
-    assert "conveyor.serving.service:Conveyor" in manifest
+    (bento,) = (tmp_path / "bentoml" / "bentos" / "conveyor").glob("*/bento.yaml")
+    assert "service: conveyor.serving.service:Conveyor" in bento.read_text()
+    (wheel,) = (bento.parent / "src" / "wheels").glob("conveyor-*.whl")
+    assert not list((bento.parent / "src").glob("**/*.py")), "the code comes from the wheel, not loose copies"
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    layers = ("api", "cli", "demo.run", "pipelines.deployments", "pipelines.llm.flow", "serving.gateway")
+    layers += ("serving.tabular", "monitoring.drift", "registry.ledger", "policies.project")
+    code = f"import importlib\nfor m in {layers!r}:\n    print(importlib.import_module('conveyor.' + m).__file__)"
+    found = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert found.returncode == 0, found.stderr
+    files = found.stdout.split()
+    assert len(files) == len(layers) and all(f.startswith(str(site / "conveyor")) for f in files), files
+    assert (site / "conveyor" / "policies" / "defaults" / "serving.yaml").is_file()
+
+    lock = {p["name"]: p["version"] for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
+    wanted = (bento.parent / "env" / "python" / "requirements.txt").read_text().splitlines()
+    pins = dict(line.split(";")[0].split("==") for line in wanted if "==" in line)
+    for name in ("sqlalchemy", "bentoml", "mlflow", "scikit-learn", "redis"):
+        assert pins[name] == lock[name], (name, pins.get(name), lock[name])
+    assert f"./wheels/{wheel.name}" in wanted
 
 
 def test_result_lines_fit_100_columns_at_words_and_keep_paths_whole() -> None:
@@ -357,7 +376,7 @@ def test_result_lines_fit_100_columns_at_words_and_keep_paths_whole() -> None:
     assert fitted("short line") == "short line"
 
 
-def test_the_wheel_installs_one_import_package_and_the_code_never_imports_the_bare_folders(tmp_path: Path) -> None:
+def test_the_wheel_installs_one_import_package_with_its_policies(tmp_path: Path) -> None:
     import zipfile
 
     uv = Path(sys.executable).parent / "uv"
@@ -370,17 +389,8 @@ def test_the_wheel_installs_one_import_package_and_the_code_never_imports_the_ba
     assert {n.split("/")[0] for n in names} == {"conveyor", wheel.name.split("-py3")[0] + ".dist-info"}
     for folder in ("pipelines", "registry", "serving", "monitoring", "policies"):  # under conveyor/, whole
         assert f"conveyor/{folder}/__init__.py" in names
-    assert "conveyor/policies/promotion.yaml" in names and "conveyor/serving/service.py" in names
-    # in a checkout the folders sit at the top too (the layout); nothing may import them by that name
-    code = (
-        "import sys\n"
-        "import conveyor.api, conveyor.cli, conveyor.demo.run, conveyor.serving.tabular, conveyor.serving.gateway\n"
-        "import conveyor.pipelines.deployments, conveyor.pipelines.llm.flow, conveyor.monitoring.drift\n"
-        "bare = ('pipelines', 'registry', 'serving', 'monitoring', 'policies')\n"
-        "print('BARE', sorted(m for m in sys.modules if m.split('.')[0] in bare))\n"
-    )
-    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert "BARE []" in found.stdout, found.stdout + found.stderr
+    assert "conveyor/policies/defaults/promotion.yaml" in names and "conveyor/serving/service.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
 def test_data_push_outside_a_dvc_repository_says_what_to_do(project: Path) -> None:

@@ -415,7 +415,7 @@ def test_a_real_prometheus_scrapes_the_service_and_runs_every_dashboard_query_an
 
     port = free_port()
     (tmp_path / "key").write_text(served.client_key)
-    shutil.copy(REPO / "monitoring" / "prometheus" / "alerts.yml", tmp_path)
+    shutil.copy(REPO / "deploy" / "prometheus" / "alerts.yml", tmp_path)
     target = served.service.url.removeprefix("http://")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -464,7 +464,7 @@ def test_a_real_prometheus_scrapes_the_service_and_runs_every_dashboard_query_an
         assert serving, (tmp_path / "prometheus.log").read_text()[-2000:]
         champion = served.status()["champion"]["version"]  # earlier tests may have promoted a canary
         assert {(s["metric"]["model"], s["metric"]["version"]) for s in serving} == {(NAME, champion)}
-        dashboard = jsonlib.loads((REPO / "monitoring" / "grafana" / "conveyor.json").read_text())
+        dashboard = jsonlib.loads((REPO / "deploy" / "grafana" / "conveyor.json").read_text())
         answered = 0
         for panel in dashboard["panels"]:
             for target_ in panel["targets"]:
@@ -473,7 +473,7 @@ def test_a_real_prometheus_scrapes_the_service_and_runs_every_dashboard_query_an
         assert answered >= 8  # the tabular panels have data (the LLM ones stay empty on this service)
         rules = httpx.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
         health = {rule["name"]: rule["health"] for group in rules for rule in group["rules"]}
-        written = yaml.safe_load((REPO / "monitoring" / "prometheus" / "alerts.yml").read_text())["groups"]
+        written = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
         assert len(health) == sum(len(group["rules"]) for group in written) == 15, health
         assert set(health.values()) <= {"ok", "unknown"}, health
     finally:

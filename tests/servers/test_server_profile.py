@@ -149,7 +149,7 @@ def test_prefect_yaml_deploys_with_prefect_deploy(servers: dict[str, str]) -> No
             ("retraining-loan-default", "retraining"),
             ("drift-check-loan-default", "drift_check"),
         ]:
-            assert (name, f"pipelines/deployments.py:{flow}") in entrypoints, entrypoints
+            assert (name, f"src/conveyor/pipelines/deployments.py:{flow}") in entrypoints, entrypoints
         assistant = next(d for d in ours if d["entrypoint"].endswith(":llm_release"))
         assert assistant["parameters"]["workspace"]["project_file"] == "assistant.yaml"
     finally:  # its drift check is scheduled (it would run in the checkout), and `conveyor deploy` owns the rest

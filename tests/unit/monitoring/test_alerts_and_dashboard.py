@@ -15,8 +15,8 @@ import yaml
 from conveyor.serving.metrics import ServiceMetrics
 from tests.conftest import REPO
 
-RULES = REPO / "monitoring" / "prometheus"
-DASHBOARD = REPO / "monitoring" / "grafana" / "conveyor.json"
+RULES = REPO / "deploy" / "prometheus"
+DASHBOARD = REPO / "deploy" / "grafana" / "conveyor.json"
 promtool = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     promtool is None,

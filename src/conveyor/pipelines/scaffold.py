@@ -435,7 +435,7 @@ def _policies(task: str, target: pd.Series) -> dict[str, str]:
     """promotion.yaml and drift.yaml for the task; the other policies as Conveyor ships them."""
     from conveyor import policies
 
-    shipped = Path(policies.__file__).parent
+    shipped = Path(policies.__file__).parent / "defaults"
     if task == "classification":
         metric, bound, quality = (
             "roc_auc",
