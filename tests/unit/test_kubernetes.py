@@ -61,7 +61,7 @@ def test_the_replicas_probe_bentoml_s_endpoints_and_scale_on_latency() -> None:
     hpa = documents["serving.yaml:HorizontalPodAutoscaler/conveyor-serving"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "conveyor-serving" and hpa["minReplicas"] >= 2
     assert any(m["type"] == "Pods" and "latency" in m["pods"]["metric"]["name"] for m in hpa["metrics"])
-    source = (Path(__file__).resolve().parents[2] / "serving" / "metrics.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "src" / "conveyor" / "serving" / "metrics.py").read_text()
     assert "conveyor_predict_latency_seconds" in source  # the histogram the adapter's rule reads
 
 

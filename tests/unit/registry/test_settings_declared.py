@@ -17,14 +17,8 @@ NAME = re.compile(r"^CONVEYOR_[A-Z][A-Z0-9_]*$")
 
 
 def sources() -> list[Path]:
-    """The package's modules, the layers reached through the package as it imports them."""
-    found = []
-    for folder in [
-        PACKAGE,
-        *(PACKAGE / layer for layer in ("pipelines", "registry", "serving", "monitoring", "policies")),
-    ]:
-        found += [p for p in folder.resolve().rglob("*.py") if "__pycache__" not in p.parts]
-    return sorted(set(found))
+    """The package's modules, every layer included."""
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def declared() -> set[str]:
