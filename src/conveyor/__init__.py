@@ -23,6 +23,7 @@ __all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        # here: `import conveyor` stays cheap; the API loads on first use
         from conveyor import api
 
         return getattr(api, name)

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.policies.errors import ConveyorError
+from conveyor.policies.errors import ConfigInvalid, ConveyorError, NotFound
+from conveyor.registry.loading import verified_copy
+from conveyor.registry.weights import resolve_weights, store_state
 from conveyor.registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
@@ -106,12 +108,14 @@ class Workspace(_Workspace):
 
     def validate(self, data: str | Path | None = None) -> ValidationResult:
         """Version the data and validate it against its suite; raises ``ValidationFailed`` naming each failure."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.training import validate_only
 
         return validate_only(self._ready(), data)
 
     def train(self, data: str | Path | None = None) -> TrainingOutcome:
         """Validate, build features, train, evaluate, sign and register (``@candidate``)."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.training import training_flow
 
         return training_flow(self._ready(), data)
@@ -120,6 +124,7 @@ class Workspace(_Workspace):
 
     def build_release(self) -> ReleaseOutcome:
         """The LLM release flow on this project (``kind: llm``): weights, prompt, build, evaluate, sign, register."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.flow import release_flow
 
         self._require_llm()
@@ -128,6 +133,7 @@ class Workspace(_Workspace):
     def check_llm(self, window: str | None = None, *, act: bool = True) -> LlmCheckOutcome:
         """The LLM champion's live traffic against its evaluation (feedback posted to the gateway
         recorded first); a breach re-evaluates the champion on the grown sets (``act``)."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.loop import check_llm
 
         self._require_llm()
@@ -135,6 +141,7 @@ class Workspace(_Workspace):
 
     def check_knowledge(self, *, act: bool = True) -> tuple[str, ActionOutcome | None]:
         """Whether the knowledge base is the champion's; a new version starts a rebuild (``act``)."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.loop import check_knowledge
 
         self._require_llm()
@@ -142,6 +149,7 @@ class Workspace(_Workspace):
 
     def add_feedback(self, path: str | Path) -> FeedbackOutcome:
         """Ratings of answers (JSONL or CSV): recorded, joined to the log, bad ones made candidate cases."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.loop import add_feedback
 
         self._require_llm()
@@ -149,6 +157,7 @@ class Workspace(_Workspace):
 
     def accept_feedback(self, path: str | Path) -> AcceptOutcome:
         """The reviewed candidates file's accepted cases added to the project's feedback set."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.loop import accept_feedback
 
         self._require_llm()
@@ -157,7 +166,7 @@ class Workspace(_Workspace):
     def ask(self, ref: str, question: str) -> Reply:
         """Verify the LLM release ``ref`` into a private copy, load it from there in this process and
         answer ``question`` through its guardrails."""
-        from conveyor.registry.loading import verified_copy
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.serving.answer import LlmRelease
 
         self._ready()
@@ -170,8 +179,6 @@ class Workspace(_Workspace):
         """The LLM project's weights in the store checked, and rebuilt from the installed package
         when they are damaged or missing (refused when the package itself no longer verifies):
         (the store's file, what was done)."""
-        from conveyor.registry.weights import resolve_weights, store_state
-
         self._require_llm()
         project = self.llm_project()
         before = store_state(self.weights_store, project.model.sha256)
@@ -182,7 +189,6 @@ class Workspace(_Workspace):
         return weights.path, done
 
     def _require_llm(self) -> None:
-        from conveyor.policies.errors import ConfigInvalid
 
         if not self.is_llm:
             raise ConfigInvalid(
@@ -194,6 +200,7 @@ class Workspace(_Workspace):
 
     def verify(self, ref: str) -> VerificationReport:
         """Every link of ``MODEL/VERSION`` or ``MODEL@ALIAS``: signature, provenance, tags, ledger."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.registration import reconcile
         from conveyor.registry.verify import parse_ref
 
@@ -209,8 +216,8 @@ class Workspace(_Workspace):
 
         A version whose canary was rolled back is refused unless ``force_after_rollback`` is that
         rollback's ledger event number."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.release import score_champion
-        from conveyor.policies.errors import ConveyorError
         from conveyor.registry.release import promote
 
         if to not in ("canary", "champion"):
@@ -229,6 +236,7 @@ class Workspace(_Workspace):
     def rollback(self, model: str | None = None, *, dry_run: bool = False) -> tuple[str, str]:
         """Point ``@champion`` back at ``@previous-champion``; returns (from version, to version).
         With ``dry_run``, only says so: nothing changes, nothing is recorded."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.release import rollback
 
         return rollback(self._ready(), model or self.model_name, dry_run=dry_run)
@@ -249,7 +257,7 @@ class Workspace(_Workspace):
 
         ``target``: a file (hashed), a digest, ``MODEL/VERSION``, ``MODEL@ALIAS``, ``deployment:N``,
         ``event:N`` or ``request:ID``; or ``at`` a time: what was serving then."""
-        from conveyor.policies.errors import ConveyorError, NotFound
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.lineage import walk
         from conveyor.registry.lookup import find_start, parse_time, serving_at
 
@@ -276,6 +284,7 @@ class Workspace(_Workspace):
     def status(self, model: str | None = None) -> dict[str, Any]:
         """Versions, aliases, the last deployment per role, the canary and its last verdict, the
         last drift and quality checks and the ledger's last seal, each with its ledger event."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.status import model_status
 
         return model_status(self._ready(), model or self.model_name)
@@ -284,6 +293,7 @@ class Workspace(_Workspace):
         """Re-verify the whole record of ``ref``, link by link; with ``export``, also write an evidence bundle."""
         import tempfile
 
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.audit import audit_version
         from conveyor.registry.evidence import export_evidence
         from conveyor.registry.seals import project_trust
@@ -312,6 +322,7 @@ class Workspace(_Workspace):
         """Check the ledger's whole chain, held to every seal (the stored ones, and the seal files
         ``against`` names, kept outside the ledger's database); with ``seal``, sign a checkpoint of
         it when it holds, and write a copy of that seal under ``home/seals/``."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.seals import MILESTONE_EVERY, check_seals, known_trust, seal_with_project_key
 
         external = [_seal_file(Path(p)) for p in against]
@@ -329,6 +340,7 @@ class Workspace(_Workspace):
 
     def seal(self) -> Seal:
         """Check the whole chain, then seal it with the project key."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.seals import seal_with_project_key
 
         with self.ledger() as ledger:
@@ -338,12 +350,14 @@ class Workspace(_Workspace):
 
     def drift(self, window: str | None = None, *, retrain: bool = True) -> DriftOutcome:
         """Check the champion's traffic over ``window``; a breach starts a retraining unless ``retrain`` is false."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.loop import drift_flow
 
         return drift_flow(self._ready(), window, start=retrain)
 
     def add_labels(self, path: str | Path, *, retrain: bool = True) -> LabelsOutcome:
         """Join ground truth to logged predictions and judge quality; a breach starts a retraining."""
+        # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.loop import labels
 
         return labels(self._ready(), Path(path), start=retrain)
@@ -365,6 +379,7 @@ def _seal_file(path: Path) -> dict[str, Any]:
 
 def verify_bundle(bundle: str | Path, *, fingerprint: str | None = None) -> EvidenceReport:
     """Verify an evidence bundle offline: no project, registry, ledger or network needed."""
+    # here: each verb loads only what it runs (a quick verb never loads training)
     from conveyor.registry.evidence import verify_evidence
 
     return verify_evidence(Path(bundle), pinned=fingerprint)

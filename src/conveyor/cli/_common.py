@@ -36,6 +36,7 @@ class Group(TyperGroup):
     """Turns a ``ConveyorError`` anywhere below into its paragraph and exit code."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own vendored click.Context
+        # here: `conveyor --help` imports every command module and stays fast
         from conveyor.policies.errors import ConveyorError
 
         try:
@@ -123,6 +124,7 @@ def progress(what: str, *, quiet: bool = False) -> Iterator[Callable[[str], None
 @contextmanager
 def training_progress(what: str, *, quiet: bool = False) -> Iterator[None]:
     """``progress`` for a training run: the stage it is at, and how far along."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.training import reporting_stages
 
     with progress(what, quiet=quiet) as update:
@@ -137,6 +139,7 @@ def training_progress(what: str, *, quiet: bool = False) -> Iterator[None]:
 def workspace(ctx: typer.Context) -> Workspace:
     """The Workspace of this invocation: ``--config`` first in line, then the environment, the
     project file's ``settings:``, defaults. Third-party warnings and log lines are quieted."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.api import Workspace
     from conveyor.registry.workspace import quiet_libraries
 

@@ -83,6 +83,7 @@ def init(
     per row in a seeded random order). Refuses a folder that already holds a project."""
     import sys
 
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.scaffold import guess_target, init_project
     from conveyor.policies.project import read_columns
 
@@ -149,6 +150,7 @@ def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
 
 def _llm_config_check(ws: Any) -> None:
     """An LLM project: its schema, template variables, files, evaluation sets and guardrail policy."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.llm import read_eval_set
 
     project = ws.llm_project()  # the guardrail policy is parsed with it
@@ -183,6 +185,7 @@ def expectations_init(
     as_json: JSON = False,
 ) -> None:
     """Write a starter suite from the config and the data, to review and tighten by hand."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.validate import write_starter_suite
 
     ws = workspace(ctx)
@@ -268,6 +271,7 @@ def print_outcome(outcome: Any) -> None:
 @keys_app.command("init")
 def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
     """Create the project's signing key pair (EC P-256) if there is none, and show it."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.keys import load_or_create_key
 
     key = load_or_create_key(workspace(ctx).keys_dir)
@@ -284,6 +288,7 @@ def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
 @keys_app.command("show")
 def keys_show(ctx: typer.Context, as_json: JSON = False) -> None:
     """Show the project's public key and its fingerprint."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.keys import show_public_key
 
     pem, fingerprint = show_public_key(workspace(ctx).keys_dir)
@@ -309,6 +314,7 @@ def data_pull(ctx: typer.Context, as_json: JSON = False) -> None:
 def _transfer(ctx: typer.Context, direction: str, as_json: bool) -> None:
     from dataclasses import asdict
 
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.datasets import transfer_data
 
     ws = workspace(ctx)

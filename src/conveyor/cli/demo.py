@@ -38,6 +38,7 @@ def demo(
     local model: the assistant built from its knowledge base, served through the gateway and asked
     questions, a new document rebuilt into a canary, negative feedback re-evaluating the champion.
     """
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.demo.run import run_demo, run_llm_only
 
     if llm:

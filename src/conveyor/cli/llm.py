@@ -30,6 +30,7 @@ def cost_report(
     as_json: JSON = False,
 ) -> None:
     """Requests, tokens in and out, cost and cost per 1k tokens, from every logged LLM request."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.monitoring.costs import cost_report as report_of
     from conveyor.monitoring.costs import parse_since
     from conveyor.policies.errors import ConfigInvalid

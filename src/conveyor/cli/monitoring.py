@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _window_option(value: str | None) -> str | None:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.drift import parse_window
 
     if value is not None:
@@ -102,6 +103,7 @@ def monitor(
     serves two deployments there, the drift check on a schedule and the retraining with an event
     trigger, and runs their flow runs until stopped (Ctrl-C).
     """
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.loop import monitor as checks_every
     from conveyor.pipelines.loop import serve_monitoring
 

@@ -99,6 +99,7 @@ def lineage(
     ] = None,
 ) -> None:
     """Show where an artifact came from and what it fed, from the lineage ledger."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.render import lineage_text
 
     ws = workspace(ctx)
@@ -128,6 +129,7 @@ def lineage(
 def page_verdict(ws: Any, start: Any) -> tuple[bool, str]:
     """The audit a lineage page shows: a registered version's whole record when it starts from
     one, else the ledger's chain."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.render import audit_verdict
 
     if start.version:
@@ -167,6 +169,7 @@ def audit(
     """Check that the record is intact: a model version end to end, the ledger's chain, or an evidence bundle.
 
     Exit code 0 when every link holds, 1 when one does not (each link says why)."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import ConveyorError
 
     if [ref is not None, bundle is not None, ledger_only].count(True) != 1:
@@ -246,6 +249,7 @@ def _audit_ledger(ctx: typer.Context, seal: bool, against: list[Path], as_json: 
 
 
 def _audit_bundle(bundle: Path, pinned: str | None, as_json: bool) -> None:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.api import verify_bundle
     from conveyor.registry.evidence import describe
 
@@ -273,6 +277,7 @@ def export_openlineage(
     as_json: JSON = False,
 ) -> None:
     """Export the ledger as OpenLineage run events: one per event, datasets named by digest."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import ConveyorError
     from conveyor.registry.openlineage import export_ledger
 
@@ -301,6 +306,7 @@ def export_intoto(
     as_json: JSON = False,
 ) -> None:
     """Write each version's signed in-toto statements as they are: the provenance (DSSE) and the signature bundle."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.models import export_statements
 
     written, versions = export_statements(workspace(ctx).mlflow(), ref, output)

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
 
 def doctor(ctx: typer.Context, as_json: JSON = False) -> None:
     """Say which server (or embedded file) each store uses, and whether it answers; exit 1 if one does not."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.pool import pool_health
     from conveyor.registry.servers import check_stores
 
@@ -43,6 +44,7 @@ def doctor(ctx: typer.Context, as_json: JSON = False) -> None:
 def deploy(ctx: typer.Context, as_json: JSON = False) -> None:
     """Put the flows (training, drift check, retraining) on the server profile's work pool."""
     ws = workspace(ctx)  # first: Prefect reads its API URL when first imported
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.deployments import deploy_to_pool
 
     names = deploy_to_pool(ws)

@@ -77,6 +77,7 @@ def api_key_create(
     as_json: JSON = False,
 ) -> None:
     """Create an API key; it is shown once and stored only as its SHA-256."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import ConveyorError
     from conveyor.serving.auth import open_api_keys
 
@@ -98,6 +99,7 @@ def api_key_create(
 @api_key_app.command("list")
 def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     """The keys' ids, owners and roles (never the keys)."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.serving.auth import open_api_keys
 
     with open_api_keys(workspace(ctx)) as keys:
@@ -120,6 +122,7 @@ def api_key_revoke(
     as_json: JSON = False,
 ) -> None:
     """Revoke every key of NAME; a running service refuses them within a second."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import UnknownKey
     from conveyor.serving.auth import open_api_keys
 
@@ -141,6 +144,7 @@ def api_key_rotate(
     as_json: JSON = False,
 ) -> None:
     """Replace NAME's keys by one new key with the same role and rate; the old ones stop within a second."""
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import UnknownKey
     from conveyor.serving.auth import open_api_keys
 
@@ -157,6 +161,7 @@ def api_key_rotate(
 
 
 def _no_key(name: str) -> Exception:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import ConveyorError
 
     return ConveyorError(f"No API key belongs to {name!r}.", hint="`conveyor api-key list` shows the keys' owners.")
@@ -169,6 +174,7 @@ _TOKEN = typer.Option("--token", help="An admin API key (default: $CONVEYOR_ADMI
 def _call(
     method: str, path: str, url: str | None, token: str | None, body: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.serving.admin import admin_call
 
     client = _client()
@@ -177,6 +183,7 @@ def _call(
 
 
 def _client() -> Any:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.settings import read_client_settings
 
     return read_client_settings()
@@ -212,6 +219,7 @@ def canary_status(
     keyed = bool(token or _client().admin_key)
     status = _call("GET", "status", url, token) if keyed else None
     if status is None:
+        # here: `conveyor --help` imports every command module and stays fast
         from conveyor.serving.admin import canary_history
 
         ws = workspace(ctx)
@@ -256,6 +264,7 @@ def canary_abort(
 
 
 def _running(status: dict[str, Any] | None) -> dict[str, Any]:
+    # here: `conveyor --help` imports every command module and stays fast
     from conveyor.policies.errors import ConveyorError
 
     if status is None:

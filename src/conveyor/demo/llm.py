@@ -23,8 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from conveyor.api import Workspace
 from conveyor.demo.record import DemoRecord
+from conveyor.monitoring.costs import cost_report
 from conveyor.registry.dvc_files import dvc_add
+from conveyor.registry.pages import publish
+from conveyor.serving.auth import open_api_keys
 
 if TYPE_CHECKING:
     from conveyor.api import Workspace
@@ -79,8 +83,6 @@ def project_copy(root: Path, destination: Path) -> Path:
 
 def _workspace(ws: Workspace, project_file: Path) -> Workspace:
     """The LLM project at ``project_file``, on the same stores as ``ws``."""
-    from conveyor.api import Workspace
-
     opened = Workspace.open(
         project_file,
         home=str(ws.home),
@@ -120,8 +122,8 @@ class _Steps:
 
 def run_llm_demo(ws: Workspace, say: Callable[[Any], None], record: DemoRecord) -> None:
     """The LLM loop on ``ws``'s stores; each outcome it prints is noted in ``record``."""
+    # here: only the part of the demo that runs loads it
     from conveyor.demo.service import LocalService
-    from conveyor.serving.auth import open_api_keys
 
     copy = project_copy(ws.root, ws.home / "demo" / "assistant")
     assistant = _workspace(ws, copy)
@@ -226,7 +228,6 @@ def _ask(service: Any, tokens: dict[str, str], answered: list[dict[str, Any]], s
 
 
 def _costs(assistant: Workspace, say: Callable[[Any], None]) -> str:
-    from conveyor.monitoring.costs import cost_report
 
     time.sleep(2.5)  # the inference log is written off the request path, every two seconds
     report = cost_report(assistant.inference_dir(), by="team")
@@ -264,6 +265,7 @@ def _canary(
 
     import httpx
 
+    # here: only the part of the demo that runs loads it
     from conveyor.demo.loop import canary_verdict
 
     name = assistant.llm_project().name
@@ -314,6 +316,7 @@ def _feedback(service: Any, tokens: dict[str, str], assistant: Workspace) -> str
     as a person would: accepts one with an expectation (the passages must come from canary.md)."""
     import httpx
 
+    # here: only the part of the demo that runs loads it
     from conveyor.pipelines.llm.loop import candidates_path
 
     client = _client(service, tokens["default"])
@@ -372,8 +375,8 @@ def _check(assistant: Workspace) -> str:
 def _audit(
     assistant: Workspace, answered: list[dict[str, Any]], say: Callable[[Any], None], record: DemoRecord
 ) -> None:
+    # here: only the part of the demo that runs loads it
     from conveyor.lineage_html import lineage_page
-    from conveyor.registry.pages import publish
     from conveyor.render import audit_verdict
 
     name = assistant.llm_project().name

@@ -19,12 +19,15 @@ from typing import Any
 
 import pandas as pd
 
+from conveyor.cli._common import training_progress
 from conveyor.demo.record import DemoRecord
 from conveyor.demo.service import LocalService, drive
 from conveyor.pipelines.loop import drift_flow, labels
 from conveyor.policies.project import ProjectConfig
 from conveyor.registry.events import EventKind, typed
+from conveyor.registry.inference_log import read_log
 from conveyor.registry.workspace import Workspace
+from conveyor.serving.auth import open_api_keys
 
 __all__ = ["LoopStep", "canary_verdict", "run_loop"]
 
@@ -45,8 +48,6 @@ def run_loop(
 ) -> list[LoopStep]:
     """Run the loop on ``reference``-like and then ``drifted`` traffic; returns one row per step;
     each outcome it prints is noted in ``record``."""
-    from conveyor.serving.auth import open_api_keys
-
     project = ws.project()
     keys = open_api_keys(ws)
     client = keys.create("demo-traffic", per_second=100_000, burst=100_000)
@@ -59,7 +60,6 @@ def run_loop(
     log = ws.inference_dir(project.model_name)
 
     def timed(name: str, action: Callable[[], tuple[str, list[str]]]) -> None:
-        from conveyor.cli._common import training_progress
 
         say(f"{name}...")
         started = time.monotonic()
@@ -119,8 +119,6 @@ def _rows(path: Path, project: ProjectConfig, n: int, *, tail: bool = False) -> 
 
 def _traffic(service: LocalService, token: str, rows: list[dict[str, Any]], log: Path) -> str:
     """Send each row once, then wait (up to 30 s) until the service's inference log holds every answer."""
-    from conveyor.registry.inference_log import read_log
-
     before = len(read_log(log))
     replies = drive(service.url, token, rows, requests=len(rows), concurrency=8)
     ok = sum(r.status == 200 for r in replies)

@@ -11,7 +11,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from conveyor.cli._common import training_progress
+from conveyor.cli.data import print_outcome
+from conveyor.cli.release import print_promotion
+from conveyor.demo.llm import run_llm_demo
 from conveyor.demo.record import DemoRecord
+from conveyor.registry.pages import publish
 
 if TYPE_CHECKING:
     from conveyor.api import Workspace
@@ -32,8 +37,6 @@ def run_demo(
 
 def run_llm_only(ws: Workspace, say: Callable[[Any], None]) -> None:
     """``conveyor demo --llm``: the LLM part alone, with the record's check."""
-    from conveyor.demo.llm import run_llm_demo
-
     record = DemoRecord.start(ws)
     run_llm_demo(ws, say, record)
     say("")
@@ -43,9 +46,7 @@ def run_llm_only(ws: Workspace, say: Callable[[Any], None]) -> None:
 def _run(
     ws: Workspace, say: Callable[[Any], None], record: DemoRecord, *, data_only: bool, loop: bool, llm: bool
 ) -> None:
-    from conveyor.cli._common import training_progress
-    from conveyor.cli.data import print_outcome
-    from conveyor.cli.release import print_promotion
+    # here: only the part of the demo that runs loads it
     from conveyor.demo.prepare import prepare_demo_data
 
     with ws.ledger() as ledger:
@@ -94,8 +95,6 @@ def _run(
         f"Audit:      `conveyor audit {outcome.name}@champion` re-verifies every link; add `--export evidence.tar.gz` for an offline bundle."
     )
     if llm:
-        from conveyor.demo.llm import run_llm_demo
-
         say("")
         say("The same loop for an LLM release (assistant.yaml, policies/promotion.yaml `llm`)...")
         run_llm_demo(ws, say, record)
@@ -117,8 +116,8 @@ def _summary(steps: list[Any], seconds: float, say: Callable[[Any], None]) -> No
 
 
 def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None], record: DemoRecord) -> Any:
+    # here: only the part of the demo that runs loads it
     from conveyor.lineage_html import lineage_page
-    from conveyor.registry.pages import publish
     from conveyor.render import audit_verdict
 
     report = ws.audit(ref)

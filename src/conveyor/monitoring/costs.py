@@ -60,6 +60,7 @@ def cost_report(inference: Path, *, by: By = "team", since: datetime | None = No
     """Tokens and cost per ``by`` over every LLM request logged under ``inference`` (one folder per model)."""
     import pandas as pd
 
+    # here: pandas only when the log is read
     from conveyor.registry.inference_log import read_log
 
     frames = [read_log(folder, since=since) for folder in sorted(inference.glob("*")) if folder.is_dir()]

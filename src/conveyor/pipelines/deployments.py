@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow
 
 from conveyor.monitoring.trigger import RETRAINING_EVENT
+from conveyor.policies.errors import ConfigInvalid
 from conveyor.registry.workspace import Workspace
 
 if TYPE_CHECKING:  # imported inside the flows: a triggered run reaches "Running" before pandas loads
@@ -62,6 +63,7 @@ def _named(stage: str) -> Any:
 @flow(name="training", validate_parameters=False, log_prints=False)
 def training(workspace: dict[str, Any], data: str | None = None, cause: str | None = None) -> Any:
     """Validate, build features, train, evaluate, sign and register: each stage a task."""
+    # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.training import recorded_tasks, run_training
 
     ws = Workspace.from_params(workspace)
@@ -72,6 +74,7 @@ def training(workspace: dict[str, Any], data: str | None = None, cause: str | No
 def llm_release(workspace: dict[str, Any], cause: str | None = None) -> Any:
     """Weights, evaluation sets, knowledge index, prompt, build, evaluate, sign and register an
     LLM release (``kind: llm``): each stage a task. ``cause``: the trigger of a rebuild."""
+    # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.llm.flow import run_release
     from conveyor.pipelines.training import as_task
 
@@ -81,6 +84,7 @@ def llm_release(workspace: dict[str, Any], cause: str | None = None) -> Any:
 @flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
 def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
+    # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.retraining import retrain
     from conveyor.pipelines.training import recorded_tasks
 
@@ -91,6 +95,7 @@ def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
 @flow(name="drift-check", flow_run_name=_named("drift check"), validate_parameters=False, log_prints=False)
 def drift_check(workspace: dict[str, Any], window: str | None = None) -> DriftOutcome:
     """Check the champion's traffic for drift; a breach starts ``retraining`` (a subflow, or an event)."""
+    # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.retraining import check_drift
 
     ws = Workspace.from_params(workspace)
@@ -147,8 +152,6 @@ def deploy_to_pool(ws: Workspace) -> list[str]:
     the worker ran. Returns the deployments' names."""
     pool, bucket = ws.settings.work_pool, ws.settings.bucket
     if not pool or not bucket:
-        from conveyor.policies.errors import ConfigInvalid
-
         raise ConfigInvalid(
             "Deployments need a work pool and a bucket for flow results (CONVEYOR_WORK_POOL, CONVEYOR_BUCKET).",
             hint='Set the server profile (README: "Server profile").',
@@ -193,8 +196,6 @@ def run_on_worker(ws: Workspace, deployment: str, parameters: dict[str, Any], ru
         with _server_errors(ws, ws.settings.work_pool or ""):
             run: Any = run_deployment(deployment, parameters=parameters, flow_run_name=run_name, timeout=None)
     except ObjectNotFound:
-        from conveyor.policies.errors import ConfigInvalid
-
         raise ConfigInvalid(
             f"The Prefect server at {ws.prefect_api_url} has no deployment {deployment}.",
             hint="Run `conveyor deploy` once (it puts the flows on the work pool), then again.",
@@ -209,8 +210,6 @@ def run_on_worker(ws: Workspace, deployment: str, parameters: dict[str, Any], ru
 def _server_errors(ws: Workspace, pool: str) -> Any:
     """The Prefect server's set-up mistakes (no such pool, no server there) as one paragraph."""
     import httpx
-
-    from conveyor.policies.errors import ConfigInvalid
 
     try:
         yield

@@ -31,6 +31,7 @@ def drift_flow(ws: Workspace, window: str | None = None, *, start: bool = True) 
     if not start:
         return check_drift(ws, window, start=False)
     if ws.uses_prefect:
+        # here: Prefect is loaded only when a run goes to it
         from conveyor.pipelines.deployments import drift_check
 
         return drift_check(ws.params(), window)
@@ -51,6 +52,7 @@ def labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcome:
 def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | None:
     """Start the retraining a trigger recorded: on the Prefect server, as a flow, or in this process."""
     if ws.uses_prefect or started.mode == "server":
+        # here: Prefect is loaded only when a run goes to it
         from conveyor.pipelines import deployments
 
         return deployments.start_retraining(ws, started)
@@ -60,6 +62,7 @@ def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | Non
 def retraining_flow(ws: Workspace, trigger: str) -> RetrainingOutcome:
     """Retrain for ``trigger`` (a flow run when the Workspace uses Prefect)."""
     if ws.uses_prefect:
+        # here: Prefect is loaded only when a run goes to it
         from conveyor.pipelines.deployments import retraining
 
         return retraining(ws.params(), trigger)
@@ -82,6 +85,7 @@ def serve_monitoring(ws: Workspace, window: str | None, every: float, announce: 
     trigger) as deployments, and run their flow runs until interrupted."""
     from prefect import serve as serve_deployments
 
+    # here: Prefect is loaded only when a run goes to it
     from conveyor.pipelines.deployments import deployments
 
     ws.prepare()

@@ -27,6 +27,7 @@ def score_champion(
     private copy and loaded from it; the candidate from ``candidate``, its verified files. A champion
     that does not verify is ``SignatureInvalid``: the comparison is refused, not made without it."""
     if report.tags.get("conveyor.kind") == "llm-release":
+        # here: only the kind of model being scored is loaded
         from conveyor.pipelines.llm.flow import score_llm_champion
 
         return score_llm_champion(ws, report, champion)

@@ -39,6 +39,8 @@ from conveyor.registry.events import EventKind, input_of, typed
 from conveyor.registry.inference_log import read_log
 from conveyor.registry.ledger import Ledger, LedgerEvent
 from conveyor.registry.locks import file_lock
+from conveyor.registry.models import experiment
+from conveyor.registry.release import promote
 from conveyor.registry.workspace import Workspace
 
 __all__ = [
@@ -148,8 +150,6 @@ def log_drift_run(ws: Workspace, result: DriftResult) -> str:
     model, version and window, the verdict in its tags and description, the shares as metrics and
     Evidently's reports as artifacts. Returns the run's id."""
     import mlflow
-
-    from conveyor.registry.models import experiment
 
     ws.bind_mlflow()
     described = result.describe() + (f"; retraining {result.trigger}" if result.trigger else "")
@@ -324,8 +324,6 @@ def past_triggers(ledger: Ledger, name: str, causes: tuple[str, ...] | None = No
 
 def retrain(ws: Workspace, trigger: str, runner: Runner | None = None) -> RetrainingOutcome:
     """Train on the newest labelled data for ``trigger``; the result may become the canary, never the champion."""
-    from conveyor.registry.release import promote
-
     project, _ = _setup(ws)
     root, home = ws.root, ws.home
     with ws.ledger() as ledger:

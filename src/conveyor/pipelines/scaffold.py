@@ -27,7 +27,11 @@ from typing import Any
 
 import pandas as pd
 
+from conveyor import policies
+from conveyor.pipelines.data import read_data, read_table
+from conveyor.pipelines.validate import starter_suite
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
+from conveyor.policies.project import ProjectConfig
 
 __all__ = ["Scaffold", "guess_target", "init_project"]
 
@@ -160,7 +164,6 @@ def init_project(
 
 
 def _read(data: Path) -> pd.DataFrame:
-    from conveyor.pipelines.data import read_table
 
     if not data.is_file():
         raise ConfigInvalid(f"There is no file {data}.", hint="Pass --from-data with a CSV or Parquet file.")
@@ -345,8 +348,6 @@ def _check(config: dict[str, Any], folder: Path) -> None:
     """The config as the pipelines will read it (no file written yet)."""
     from pydantic import ValidationError
 
-    from conveyor.policies.project import ProjectConfig
-
     try:
         ProjectConfig.model_validate({**config, "data": folder / config["data"]})
     except ValidationError as exc:
@@ -375,9 +376,6 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
     """Write everything into a staging folder beside ``folder``, then move it in: all or nothing."""
     import yaml
 
-    from conveyor.pipelines.validate import starter_suite
-    from conveyor.policies.project import ProjectConfig
-
     folder, config = scaffold.folder, scaffold.config
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".conveyor-init"
@@ -395,7 +393,6 @@ def _write(scaffold: Scaffold, data: Path, prepared: pd.DataFrame | None, target
             prepared.to_csv(data_file, index=False)
         (staging / "conveyor.yaml").write_text(_config_text(config, scaffold.notes, scaffold.warnings))
         project = ProjectConfig.model_validate({**config, "data": data_file})
-        from conveyor.pipelines.data import read_data
 
         suite = starter_suite(project, read_data(data_file, project))
         policies = staging / "policies"
@@ -433,8 +430,6 @@ def _config_text(config: dict[str, Any], notes: list[str], warnings: list[str]) 
 
 def _policies(task: str, target: pd.Series) -> dict[str, str]:
     """promotion.yaml and drift.yaml for the task; the other policies as Conveyor ships them."""
-    from conveyor import policies
-
     shipped = Path(policies.__file__).parent / "defaults"
     if task == "classification":
         metric, bound, quality = (

@@ -177,6 +177,7 @@ def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str |
         return run_training(ws, data, cause=cause)
     named = run_name(ws.project().model_name, retraining=cause is not None)  # what the Prefect UI lists
     given = str(Path(data).absolute()) if data else None
+    # here: Prefect is loaded only when a run goes to it
     from conveyor.pipelines import deployments
 
     if ws.settings.work_pool:

@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from conveyor.pipelines.data import read_data
 from conveyor.pipelines.validation_page import write_validation_page
-from conveyor.policies.errors import PolicyInvalid
+from conveyor.policies.errors import ConveyorError, PolicyInvalid
 from conveyor.policies.project import ProjectConfig
 from conveyor.registry.digests import canonical_json, file_digest, json_digest
 
@@ -305,9 +306,6 @@ def write_starter_suite(
     """Write ``starter_suite`` of ``data`` (default: the config's) where the project's suite lives;
     an existing suite is kept unless ``force``. Returns where it went and the suite."""
     import json
-
-    from conveyor.pipelines.data import read_data
-    from conveyor.policies.errors import ConveyorError
 
     target = suite_path(config, root)
     if target.exists() and not force:

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
+from conveyor.policies.guardrails import GuardrailPolicy
+from conveyor.policies.loading import load_policy, read_yaml_mapping
 
 __all__ = [
     "REQUEST_VARIABLES",
@@ -188,8 +190,6 @@ def is_llm_project(path: Path) -> bool:
 
 def load_llm_project(path: str | Path) -> LlmProject:
     """Read and check an LLM project config, its template's variables and its files' presence."""
-    from conveyor.policies.loading import read_yaml_mapping
-
     path = Path(path).absolute()
     document = read_yaml_mapping(
         path,
@@ -202,8 +202,6 @@ def load_llm_project(path: str | Path) -> LlmProject:
     except ValidationError as exc:
         raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
     _check_files(project, path)
-    from conveyor.policies.guardrails import GuardrailPolicy
-    from conveyor.policies.loading import load_policy
 
     load_policy(project.path(project.guardrails), GuardrailPolicy)  # fail closed: a broken policy stops here
     return project

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
+from conveyor.policies.loading import read_yaml_mapping
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -212,8 +213,6 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
     need), also build the estimator once (an unknown class or refused parameters fail now, not at
     training time) and check the columns against the data if it exists; without it, nothing
     heavier than the config's own schema is imported."""
-    from conveyor.policies.loading import read_yaml_mapping
-
     path = Path(path).absolute()
     document = read_yaml_mapping(
         path,

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from conveyor.policies.loading import load_policy
+
 __all__ = ["CertificateSigner", "OrganisationCA", "SigningPolicy", "TrustedKey", "load_signing_policy"]
 
 
@@ -77,7 +79,5 @@ def load_signing_policy(root: Path) -> SigningPolicy:
 
     A file that is there but malformed is an error, never this default.
     """
-    from conveyor.policies.loading import load_policy
-
     path = root / "policies" / "signing.yaml"
     return load_policy(path, SigningPolicy) if path.exists() else SigningPolicy()

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.policies.errors import SignatureInvalid
+from conveyor.policies.errors import NotFound, SignatureInvalid
 from conveyor.registry.digests import bytes_digest
 
 __all__ = ["SigningKey", "fingerprint", "load_or_create_key", "show_public_key"]
@@ -61,8 +61,6 @@ def load_or_create_key(keys_dir: Path) -> SigningKey:
 
 def show_public_key(keys_dir: Path) -> tuple[str, str]:
     """The project's public key (PEM text) and its fingerprint; ``NotFound`` when there is none."""
-    from conveyor.policies.errors import NotFound
-
     public = keys_dir / PUBLIC
     if not public.is_file():
         raise NotFound(f"No signing key in {keys_dir}.", hint="Create one with `conveyor keys init`.")

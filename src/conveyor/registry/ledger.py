@@ -28,6 +28,7 @@ from sqlalchemy import exc as sa_exc
 
 from conveyor.policies.errors import LedgerCorrupt, LedgerError, NotFound
 from conveyor.registry.digests import canonical_json, is_digest
+from conveyor.registry.events import EventKind, check_details
 from conveyor.registry.ledger_db import (
     display_url,
     events_table,
@@ -244,8 +245,6 @@ class Ledger:
         stores the digests in that order and the role names in the details. An ``EventKind``'s
         details are checked against its model (``registry.events``) before anything is written.
         """
-        from conveyor.registry.events import EventKind, check_details
-
         details = dict(details or {})
         roles: tuple[str, ...] = ()
         if isinstance(inputs, Mapping):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from conveyor.registry.digests import file_digest
+from conveyor.registry.events import EventKind, typed
 from conveyor.registry.ledger import Ledger, LedgerEvent
 
 __all__ = ["Direction", "Lineage", "downstream", "training_set", "upstream", "walk"]
@@ -96,9 +98,6 @@ def downstream(ledger: Ledger, digest: str | Iterable[str], depth: int | None = 
 def training_set(ledger: Ledger, digest: str | None) -> Path | None:
     """The training set file with content ``digest``, as ``features.built`` recorded it; None when the
     ledger does not know it, or the file is gone or no longer hashes to ``digest``."""
-    from conveyor.registry.digests import file_digest
-    from conveyor.registry.events import EventKind, typed
-
     built = [e for e in ledger.producers(digest) if e.kind == EventKind.FEATURES_BUILT] if digest else []
     path = Path(typed(built[-1]).training_set) if built else None
     return path if path is not None and path.is_file() and file_digest(path) == digest else None

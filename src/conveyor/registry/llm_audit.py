@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.registry.digests import file_digest
+from conveyor.registry.digests import bytes_digest, file_digest
 from conveyor.registry.events import EventKind, inputs_by_role
 from conveyor.registry.verify import Link, VerificationReport, in_project
 
@@ -133,7 +133,6 @@ def _prompt(v: VerificationReport, facts: Facts, model_dir: Path | None, manifes
         return Link("prompt", False, f"the prompt registry could not be read for {uri} ({type(exc).__name__})")
     if not isinstance(registered, str):
         return Link("prompt", False, f"the prompt registry has no {uri}")
-    from conveyor.registry.digests import bytes_digest
 
     held = bytes_digest(registered.encode())
     if held != template:

@@ -17,6 +17,7 @@ from conveyor.policies.errors import ConveyorError, NotFound
 from conveyor.registry.digests import file_digest, is_digest, parse_digest, short
 from conveyor.registry.events import EventKind
 from conveyor.registry.ledger import Ledger, LedgerEvent, ledger_time
+from conveyor.registry.store import registry_view
 
 __all__ = ["DEPLOYED", "Start", "find_start", "parse_time", "serving_at"]
 
@@ -128,6 +129,7 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
     folder per model)."""
     import pandas as pd
 
+    # here: pandas only when the log is read (lineage does not read it)
     from conveyor.registry.inference_log import read_log
 
     folders = (
@@ -155,7 +157,6 @@ def _request_start(ledger: Ledger, request_id: str, inference: Path | None) -> S
 
 
 def _version_start(ref: str, tracking_uri: str | None) -> Start:
-    from conveyor.registry.store import registry_view
 
     if tracking_uri is None:
         from mlflow import get_tracking_uri

@@ -16,6 +16,7 @@ from typing import Any
 
 from conveyor.policies.errors import RegistryError
 from conveyor.registry.digests import json_digest
+from conveyor.registry.signing import BUNDLE, PROVENANCE
 
 __all__ = [
     "RegisteredVersion",
@@ -121,7 +122,7 @@ def export_statements(client: Any, ref: str, output: Path) -> tuple[int, int]:
     """Write each version's signed statements as they are (provenance DSSE, signature bundle) to
     ``output``: ``ref`` is a model (every version), ``MODEL/VERSION`` or ``MODEL@ALIAS``. Returns
     (statements written, versions)."""
-    from conveyor.registry.signing import BUNDLE, PROVENANCE
+    # here: registry.verify builds on this module
     from conveyor.registry.verify import resolve
 
     if "/" in ref or "@" in ref:

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor.policies.errors import LedgerCorrupt
+from conveyor.policies.errors import LedgerCorrupt, NotFound
+from conveyor.registry.keys import load_or_create_key, show_public_key
 from conveyor.registry.ledger import GENESIS, ChainReport, Ledger, utc_now
 from conveyor.registry.provenance import open_envelope, sign_envelope
 
@@ -231,8 +232,7 @@ def _proof(report: ChainReport, seal: Seal | None, detail: str, checked: int | N
 def project_trust(ws: Workspace) -> tuple[SigningKey, dict[str, bytes]]:
     """The project's key (made on first use), and every key a seal may be signed by: the keys the
     signing policy trusts, and the project key."""
-    from conveyor.registry.audit import trusted_signers
-    from conveyor.registry.keys import load_or_create_key
+    from conveyor.registry.audit import trusted_signers  # here: the audit reads the seals
 
     key = load_or_create_key(ws.keys_dir)
     trusted = {**trusted_signers(ws.signing(), ws.root, ws.keys_dir), key.fingerprint: key.public_path.read_bytes()}
@@ -242,9 +242,7 @@ def project_trust(ws: Workspace) -> tuple[SigningKey, dict[str, bytes]]:
 def known_trust(ws: Workspace) -> dict[str, bytes]:
     """The keys a seal may be signed by, as ``project_trust`` gives them, without making a project
     key where there is none (an audit changes nothing)."""
-    from conveyor.policies.errors import NotFound
-    from conveyor.registry.audit import trusted_signers
-    from conveyor.registry.keys import show_public_key
+    from conveyor.registry.audit import trusted_signers  # here: the audit reads the seals
 
     trusted = dict(trusted_signers(ws.signing(), ws.root, ws.keys_dir))
     try:

@@ -22,6 +22,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_vali
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from conveyor.policies.errors import ConfigInvalid
+from conveyor.policies.loading import read_yaml_mapping
 
 __all__ = ["FLOW_MODES", "SERVER_SETTINGS", "ClientSettings", "Settings", "read_client_settings", "read_settings"]
 
@@ -134,7 +135,6 @@ class _ProjectFileSection(PydanticBaseSettingsSource):
         return None, field_name, False  # everything is read at once in __call__
 
     def __call__(self) -> dict[str, Any]:
-        from conveyor.policies.loading import read_yaml_mapping
 
         chosen: dict[str, Any] = {}
         for source in self._earlier:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from conveyor.policies.errors import NotFound, RegistryError
+from conveyor.registry.models import fetch_model
 
 __all__ = ["KNOWN_REVISIONS", "MlflowView", "RegistryView", "SqlView", "registry_view"]
 
@@ -53,6 +54,7 @@ class MlflowView:
         self.client = client
 
     def resolve(self, ref: str) -> tuple[str, str]:
+        # here: registry.verify builds on this module
         from conveyor.registry.verify import resolve
 
         return resolve(self.client, ref)
@@ -61,7 +63,6 @@ class MlflowView:
         return dict(self.client.get_model_version(name, version).tags)
 
     def fetch(self, name: str, version: str, destination: Path) -> Path:
-        from conveyor.registry.models import fetch_model
 
         # The version's artifact location, not models:/ (MLflow 3.17 resolves models:/ against its
         # process-wide registry, whatever URI is passed); its files are moved up into ``destination``.
@@ -111,6 +112,7 @@ class SqlView:
         return rows[0] if rows else None
 
     def resolve(self, ref: str) -> tuple[str, str]:
+        # here: registry.verify builds on this module
         from conveyor.registry.verify import parse_ref
 
         name, version, alias = parse_ref(ref)

@@ -33,6 +33,7 @@ from conveyor.registry.signing import (
     verify_model_with_chain,
 )
 from conveyor.registry.store import MlflowView, RegistryView
+from conveyor.registry.weights import link_weights, release_weights
 
 __all__ = [
     "Link",
@@ -237,8 +238,6 @@ def verify_folder(
 
 def _link_weights(model_dir: Path, store: Path | None) -> None:
     """An LLM release's weights, from the store into its folder (nothing for other models)."""
-    from conveyor.registry.weights import link_weights, release_weights
-
     record = release_weights(model_dir)
     if record is None or (model_dir / str(record.get("file", ""))).is_file():
         return  # not an LLM release, or its weights are in the folder already (an evidence bundle)

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from conveyor.policies.errors import ConfigInvalid, NotFound
+from conveyor.policies.llm import is_llm_project, load_llm_project
+from conveyor.policies.loading import load_policy
+from conveyor.policies.project import load_project
+from conveyor.registry.digests import file_digest
+from conveyor.registry.loading import DEFAULT_LOADABLE
+from conveyor.registry.locks import file_lock
 from conveyor.registry.settings import Settings, read_settings
+from conveyor.registry.store import registry_view
 
 if TYPE_CHECKING:
     from conveyor.policies.canary import CanaryPolicy
@@ -148,8 +155,6 @@ def quiet_libraries() -> None:
 
 def _stamp(path: Path) -> str | None:
     """What tells a changed file from the one parsed before: its content address (None when absent)."""
-    from conveyor.registry.digests import file_digest
-
     return file_digest(path) if path.is_file() else None
 
 
@@ -253,8 +258,6 @@ class Workspace:
     def _create_mlflow_store(self) -> None:
         """Create an embedded MLflow store that does not exist yet, one process at a time: two
         commands that both make its tables at once fail (MLflow creates them on first use)."""
-        from conveyor.registry.locks import file_lock
-
         uri = str(self.tracking_uri)
         ready = Path(uri.removeprefix("sqlite:///") + ".ready")  # written once its tables are all made
         if not uri.startswith("sqlite:///") or ready.exists():
@@ -329,8 +332,6 @@ class Workspace:
 
     def project(self, *, check_data: bool = False) -> ProjectConfig:
         """The project config, parsed (and with ``check_data``, its columns checked against the data)."""
-        from conveyor.policies.project import load_project
-
         if self.is_llm:
             raise ConfigInvalid(
                 f"{self.project_file} describes an LLM release (`kind: llm`), not a model trained on data.",
@@ -353,14 +354,10 @@ class Workspace:
     @property
     def is_llm(self) -> bool:
         """Whether the project file describes an LLM release (``kind: llm``) rather than a tabular model."""
-        from conveyor.policies.llm import is_llm_project
-
         return is_llm_project(self.project_file)
 
     def llm_project(self) -> LlmProject:
         """The LLM project config, parsed and checked (its template's variables, its files)."""
-        from conveyor.policies.llm import load_llm_project
-
         return load_llm_project(self.project_file)
 
     @property
@@ -370,6 +367,7 @@ class Workspace:
 
     def ledger(self, actor: str | None = None) -> Ledger:
         """A new connection to the lineage ledger: ``with ws.ledger() as ledger: ...``."""
+        # here: a Workspace opens without SQLAlchemy; what reads the ledger loads it
         from conveyor.registry.ledger import Ledger
 
         return Ledger(self.ledger_url, actor=actor or self.actor)
@@ -402,7 +400,6 @@ class Workspace:
 
     @cached_property
     def _registry(self) -> RegistryView:
-        from conveyor.registry.store import registry_view
 
         return registry_view(self.tracking_uri)
 
@@ -413,6 +410,7 @@ class Workspace:
 
     def alias(self, alias: str, model: str | None = None) -> str | None:
         """The version ``model@alias`` points at, or None (default model: the project's)."""
+        # here: registry.release builds on this module
         from conveyor.registry.release import alias as alias_of
 
         return alias_of(self.mlflow(), model or self.model_name, alias)
@@ -438,8 +436,6 @@ class Workspace:
 
     def _load_policy(self, name: str, digest: str | None) -> LoadedPolicy[Any]:
         from importlib import import_module
-
-        from conveyor.policies.loading import load_policy
 
         module, _, cls_name = POLICIES[name].partition(":")
         model = getattr(import_module(module), cls_name)
@@ -471,8 +467,6 @@ class Workspace:
         """The types a scikit-learn model of this project may ask skops to trust (see
         ``registry.loading``): the signing policy's list, or numpy, SciPy, scikit-learn and the
         project's own estimator class."""
-        from conveyor.registry.loading import DEFAULT_LOADABLE
-
         listed = self.signing().loadable_types
         if listed:
             return listed
@@ -482,6 +476,7 @@ class Workspace:
     def verify_ref(self, ref: str, ledger: Ledger, *, keep: Path | None = None) -> VerificationReport:
         """Every link of ``ref`` checked against this project's trust, registry and weights store
         (``registry.verify.verify_version``); with ``keep``, the verified files stay there."""
+        # here: a Workspace opens without SQLAlchemy; what verifies loads it
         from conveyor.registry.verify import verify_version
 
         return verify_version(

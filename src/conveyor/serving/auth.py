@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from conveyor.policies.errors import ConfigInvalid, UnknownKey
+from conveyor.registry.digests import json_digest
 
 if TYPE_CHECKING:
     from conveyor.registry.workspace import Workspace
@@ -121,10 +122,9 @@ def open_api_keys(ws: Workspace, **options: Any) -> ApiKeys:
     path = ws.api_keys_file
     if not ws.settings.redis_url:
         return ApiKeys(path, **options)
-    from conveyor.registry.digests import json_digest
 
     namespace = json_digest({"ledger": str(ws.ledger_url)}).split(":")[-1][:16]
-    from conveyor.serving.keys_redis import RedisKeyStore
+    from conveyor.serving.keys_redis import RedisKeyStore  # here: it builds on this module (and needs redis)
 
     return ApiKeys(path, store=RedisKeyStore(ws.settings.redis_url, namespace, path), **options)
 

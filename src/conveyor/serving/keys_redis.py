@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conveyor.registry.servers import redacted
 from conveyor.serving.auth import FileKeyStore, KeysUnavailable, write_key_file
 
 __all__ = ["RedisKeyStore"]
@@ -91,6 +92,5 @@ class RedisKeyStore:
 
 
 def _redacted(url: str) -> str:
-    from conveyor.registry.servers import redacted
 
     return redacted(url)

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.policies.errors import LoadRefused, ModelFailed
+from conveyor.registry.workspace import prepare_process
 from conveyor.serving import runtime
+from conveyor.serving.llm import LocalModel
 from conveyor.serving.runtime import Generated, GenerateRuntime
 
 __all__ = ["Generation", "ReleaseProcess"]
@@ -42,10 +44,8 @@ Request = list[dict[str, str]] | str
 def _child(connection: Any, weights: str, runtime: dict[str, Any]) -> None:
     """The child: load the model once, then answer ``generate`` messages until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its worker stops it (a terminal's Ctrl-C reaches the group)
-    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
-    from conveyor.serving.llm import LocalModel
 
     try:
         model = LocalModel(Path(weights), **runtime)

@@ -203,6 +203,7 @@ def spent_in_log(
     folder: Path, policy: GatewayPolicy, *, share: float = 1.0, at: datetime | None = None
 ) -> dict[tuple[str, str], float]:
     """What each team with a budget spent in its current period, by the logged requests in ``folder``."""
+    # here: pandas only when the log is read
     from conveyor.registry.inference_log import read_log
 
     spent: dict[tuple[str, str], float] = {}

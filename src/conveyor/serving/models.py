@@ -98,6 +98,7 @@ def load_verified(
     ``workspace``; refused when its signed ``MLmodel`` asks to trust a type outside ``loadable``."""
     import yaml
 
+    # here: registry.verify is loaded by the process that verifies, not the model's child
     from conveyor.registry.verify import verify_version
 
     def verify(keep: Path) -> Any:

@@ -20,7 +20,8 @@ from conveyor.policies.errors import LoadRefused, SignatureInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.registry.workspace import Workspace
 from conveyor.serving.guardrails import Guardrails
-from conveyor.serving.llm import open_retriever, system_prompt
+from conveyor.serving.llm import _quiet_runtime, open_retriever, system_prompt
+from conveyor.serving.llm_process import ReleaseProcess
 from conveyor.serving.models import verified_files
 from conveyor.serving.retrieval import Retriever
 from conveyor.serving.runtime import GenerateRuntime, Served
@@ -76,8 +77,6 @@ def load_release(ws: Workspace, name: str, version: str, ledger: Any, workspace:
     and read it from the verified copy; ``LoadRefused`` when anything fails."""
     import yaml
 
-    from conveyor.serving.llm import _quiet_runtime
-
     ref = f"{name}/{version}"
     with verified_files(ref, workspace, lambda keep: ws.verify_ref(ref, ledger, keep=keep)) as (report, files):
         try:
@@ -123,7 +122,6 @@ class ReleaseLoader:
         return load_release(self.ws, name, version, ledger, self.ws.home / "serving" / "releases")
 
     def open(self, verified: VerifiedRelease, role: str, timeout: float | None) -> GenerateRuntime:
-        from conveyor.serving.llm_process import ReleaseProcess
 
         runtime = verified.manifest["runtime"]
         return ReleaseProcess(

@@ -63,6 +63,7 @@ admin = FastAPI(title="Conveyor admin", docs_url=None, redoc_url=None, openapi_u
 @bentoml.asgi_app(admin, path="/admin")
 class Conveyor:
     def __init__(self) -> None:
+        # here, in the worker: BentoML's arbiter imports this module too
         from conveyor.serving.spare import warm_pool
 
         if _WORKSPACE.is_llm:  # an LLM project: the OpenAI-compatible gateway over its releases
@@ -99,6 +100,7 @@ class Conveyor:
     @admin.post("/weight")
     def set_weight(self, body: Weight) -> dict[str, Any]:
         """Move the canary's weight by hand; analysis goes on from the step at or above it."""
+        # here, in the worker: BentoML's arbiter imports this module too
         from conveyor.serving import verdicts
 
         return self._admin_call(verdicts.set_weight, self.endpoint.core, body.weight, body.hold)
@@ -106,6 +108,7 @@ class Conveyor:
     @admin.post("/abort")
     def abort(self, body: Abort) -> dict[str, Any]:
         """Roll the canary back now: weight 0, alias removed, recorded in the ledger."""
+        # here, in the worker: BentoML's arbiter imports this module too
         from conveyor.serving import verdicts
 
         return self._admin_call(verdicts.abort, self.endpoint.core, body.reason)

@@ -281,7 +281,7 @@ def open_shared_state(home: Path, run: str | None, model: str, redis_url: str | 
     in ``home``. Scoped by the model's name as well as the run, so two models' services that share
     a run name (or a Redis) never read each other's canary, whose version numbers may be the same."""
     if redis_url:
-        from conveyor.serving.shared_redis import RedisSharedState
+        from conveyor.serving.shared_redis import RedisSharedState  # here: it builds on this module (and needs redis)
 
         return RedisSharedState(redis_url, f"{model}:{run or 'default'}")
     return SharedState(run_state_path(home, run, model))

@@ -12,6 +12,8 @@ import multiprocessing
 import os
 import signal
 
+from conveyor.registry.workspace import prepare_process
+
 __all__ = ["warm_pool"]
 
 
@@ -21,12 +23,12 @@ def _child_warm() -> None:
     It ignores Ctrl-C: a SIGINT to the terminal's process group reaches it too, and a model that
     died of it while loading would be recorded as refused; its worker stops it on the way out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from conveyor.registry.workspace import prepare_process
 
     prepare_process()
     import sklearn.pipeline  # noqa: F401 - imported now, while the parent verifies
     import skops.io  # noqa: F401 - as above
 
+    # here: the spare process imports only what a model needs
     import conveyor.serving.models  # noqa: F401 - what the model's calls run
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from conveyor.pipelines.llm.knowledge import KnowledgeVersion, build_index
 from conveyor.pipelines.llm.prompts import RegisteredPrompt
+from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.policies.llm import LlmProject
+from conveyor.policies.loading import load_policy
 from conveyor.registry.digests import file_digest, json_digest
 from conveyor.registry.signing import model_digest, model_files
 from conveyor.registry.weights import MANIFEST, WEIGHTS_DIR, ResolvedWeights, link_weights
@@ -120,9 +122,6 @@ def build_release(
 
 def _pii_model(policy: Path) -> str | None:
     """The package and version of the spaCy model the guardrail policy's Presidio rules load."""
-    from conveyor.policies.guardrails import GuardrailPolicy
-    from conveyor.policies.loading import load_policy
-
     presidio = load_policy(policy, GuardrailPolicy).output.presidio
     if presidio is None:
         return None

@@ -24,8 +24,10 @@ from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from conveyor.pipelines.register import register_and_record
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
 from conveyor.pipelines.training import _direct
-from conveyor.policies.errors import GateFailed
+from conveyor.policies.errors import GateFailed, PolicyInvalid
+from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
+from conveyor.policies.loading import load_policy
 from conveyor.policies.promotion import Candidate, Decision, LlmGate, decide_promotion
 from conveyor.registry.digests import canonical_json, file_digest, json_digest
 from conveyor.registry.events import EventKind, inputs_by_role
@@ -37,6 +39,8 @@ from conveyor.registry.registration import staging_folder
 from conveyor.registry.verify import in_project
 from conveyor.registry.weights import ResolvedWeights, resolve_weights
 from conveyor.registry.workspace import Workspace
+from conveyor.serving.answer import LlmRelease
+from conveyor.serving.guardrails import Guardrails
 
 __all__ = [
     "KIND",
@@ -105,8 +109,6 @@ def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = 
     loaded = ws.policy("promotion")
     gate = loaded.value.llm
     if gate is None:
-        from conveyor.policies.errors import PolicyInvalid
-
         raise PolicyInvalid(
             f"{loaded.path} has no `llm` section: nothing says what an LLM release must show.",
             hint="Add one (see the repository's policies/promotion.yaml); nothing was built.",
@@ -139,6 +141,7 @@ def release_flow(ws: Workspace, *, cause: str | None = None) -> ReleaseOutcome:
     if not ws.uses_prefect:
         return run_release(ws, cause=cause)
     named = f"build {ws.llm_project().name} ({'re-evaluation' if cause else 'by hand'})"  # what the Prefect UI lists
+    # here: Prefect is loaded only when a run goes to it
     from conveyor.pipelines import deployments
 
     if ws.settings.work_pool:
@@ -200,10 +203,6 @@ def _sets(run: _Run) -> _Sets:
 def _knowledge(run: _Run) -> KnowledgeIndex:
     """Version the knowledge base, validate it (a failure stops the build), cut it into passages,
     and record the index the build will write (``index.built`` follows with its files)."""
-    from conveyor.policies.guardrails import GuardrailPolicy
-    from conveyor.policies.loading import load_policy
-    from conveyor.serving.guardrails import Guardrails
-
     project = run.project
     spec = project.knowledge
     assert spec is not None  # the stage runs only for a project with a knowledge base
@@ -317,8 +316,6 @@ class _Evaluated:
 
 def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
     import mlflow
-
-    from conveyor.serving.answer import LlmRelease
 
     project = run.project
     release = LlmRelease.open(built.folder, threads=project.threads)
@@ -438,8 +435,6 @@ def evaluate_version(
     """Verify a registered release into a private copy, load it from there and evaluate it on
     ``cases`` (its own MLflow run); one that does not verify is ``SignatureInvalid``."""
     import mlflow
-
-    from conveyor.serving.answer import LlmRelease
 
     with verified_copy(ws, f"{name}/{version}", ledger, what="The champion") as (_, folder):
         release = LlmRelease.open(folder)

@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 
 from conveyor.pipelines.datasets import relative_to_root
+from conveyor.pipelines.validate import _build_suite, _context, _failure, _run
+from conveyor.pipelines.validation_page import write_validation_page
 from conveyor.policies.errors import DataInvalid
 from conveyor.policies.llm import Knowledge
 from conveyor.registry.digests import bytes_digest, canonical_json, file_digest, json_digest
@@ -158,9 +160,6 @@ def validate_knowledge(
 ) -> Validated:
     """Great Expectations over the documents' table (non-empty, length bounds, UTF-8, no personal data
     by the release's own guardrail rules, no duplicates); ``DataInvalid`` naming the documents that fail."""
-    from conveyor.pipelines.validate import _build_suite, _context, _failure, _run
-    from conveyor.pipelines.validation_page import write_validation_page
-
     frame = version.table.copy()
     # As the model will read it: markdown heading marks off (Presidio takes "# Canary" for a name).
     plain = ["\n".join(_HEADING.sub("", line) for line in str(t).splitlines()) for t in frame["text"]]

@@ -37,15 +37,20 @@ from conveyor.monitoring.llm_traffic import (
 from conveyor.monitoring.trigger import Breach, TriggerDecision, decide_trigger
 from conveyor.pipelines.datasets import relative_to_root, version_dataset
 from conveyor.pipelines.evaluation_page import write_evaluation_page
+from conveyor.pipelines.llm.flow import evaluate_version, evaluation_sets, release_flow
+from conveyor.pipelines.llm.knowledge import version_knowledge
+from conveyor.pipelines.release import score_champion
 from conveyor.pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
 from conveyor.policies.drift import DriftPolicy, Retraining, parse_window
 from conveyor.policies.errors import ConveyorError, DataInvalid, NotFound, NothingToActOn, PolicyInvalid
 from conveyor.policies.llm import LlmProject, read_eval_set
+from conveyor.policies.promotion import Candidate, decide_promotion
 from conveyor.registry.digests import canonical_json, file_digest, json_digest
 from conveyor.registry.events import EventKind
 from conveyor.registry.inference_log import read_log
 from conveyor.registry.ledger import Ledger
 from conveyor.registry.locks import file_lock
+from conveyor.registry.release import promote, rollback
 from conveyor.registry.workspace import Workspace
 
 __all__ = [
@@ -477,7 +482,6 @@ def reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
 
 
 def _reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
-    from conveyor.registry.release import rollback
 
     ws.bind_mlflow()
     project = ws.llm_project()
@@ -541,7 +545,6 @@ def _completed(ledger: Ledger, trigger: str, outcome: ActionOutcome) -> ActionOu
 
 
 def _current_sets(ws: Workspace, ledger: Ledger, project: LlmProject) -> dict[str, Any]:
-    from conveyor.pipelines.llm.flow import evaluation_sets
 
     sets = {}
     for path in evaluation_sets(project):
@@ -561,9 +564,6 @@ def _judge(
     cause: str,
 ) -> tuple[bool, list[str]]:
     """Evaluate ``version`` on ``sets`` and ask the gate's thresholds; recorded as ``release.evaluated``."""
-    from conveyor.pipelines.llm.flow import evaluate_version
-    from conveyor.policies.promotion import Candidate, decide_promotion
-
     result = evaluate_version(
         ws,
         ledger,
@@ -644,8 +644,6 @@ def _former_champions(ledger: Ledger, name: str, current: str) -> list[str]:
 def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOutcome | None]:
     """Whether the knowledge base's content is the champion's; if not, the rebuild (once per version,
     after the cooldown). Returns what was found and what was done."""
-    from conveyor.pipelines.llm.knowledge import version_knowledge
-
     ws.bind_mlflow()
     project = ws.llm_project()
     name = project.name
@@ -686,10 +684,6 @@ def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOu
 
 def rebuild(ws: Workspace, trigger: str) -> ActionOutcome:
     """The release flow for ``trigger`` (its cause recorded), then the promotion policy may make it the canary."""
-    from conveyor.pipelines.llm.flow import release_flow
-    from conveyor.pipelines.release import score_champion
-    from conveyor.registry.release import promote
-
     project = ws.llm_project()
     with ws.ledger() as ledger, file_lock(ws.home, f"llm-action-{project.name}"):
         already = _claim(ledger, trigger, project.name)
