@@ -31,9 +31,10 @@ from conveyor.registry.workspace import Workspace as _Workspace
 
 if TYPE_CHECKING:
     from conveyor.pipelines.llm.flow import ReleaseOutcome
-    from conveyor.pipelines.llm.loop import AcceptOutcome, ActionOutcome, FeedbackOutcome, LlmCheckOutcome
+    from conveyor.pipelines.llm.loop import AcceptOutcome, FeedbackOutcome, LlmCheckOutcome
     from conveyor.pipelines.retraining import DriftOutcome, LabelsOutcome
     from conveyor.pipelines.training import TrainingOutcome
+    from conveyor.pipelines.triggers import TriggerOutcome
     from conveyor.pipelines.validate import ValidationResult
     from conveyor.registry.audit import AuditReport
     from conveyor.registry.evidence import EvidenceReport
@@ -139,7 +140,7 @@ class Workspace(_Workspace):
         self._require_llm()
         return check_llm(self._ready(), window, start=act)
 
-    def check_knowledge(self, *, act: bool = True) -> tuple[str, ActionOutcome | None]:
+    def check_knowledge(self, *, act: bool = True) -> tuple[str, TriggerOutcome | None]:
         """Whether the knowledge base is the champion's; a new version starts a rebuild (``act``)."""
         # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.pipelines.llm.loop import check_knowledge

@@ -21,7 +21,7 @@ def test_dvc_repro_reproduces_the_model(project: Path, tmp_path: Path) -> None:
     """The tabular stages (the LLM release stage has its own project files, not copied here)."""
     for name in ("dvc.yaml", "params.yaml", "uv.lock"):
         shutil.copy(REPO / name, project / name)
-    for name in (".venv", "pipelines", "registry"):
+    for name in (".venv", "src"):
         (project / name).symlink_to(REPO / name)
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
     home = tmp_path / "dvc-home"

@@ -125,7 +125,7 @@ def progress(what: str, *, quiet: bool = False) -> Iterator[Callable[[str], None
 def training_progress(what: str, *, quiet: bool = False) -> Iterator[None]:
     """``progress`` for a training run: the stage it is at, and how far along."""
     # here: `conveyor --help` imports every command module and stays fast
-    from conveyor.pipelines.training import reporting_stages
+    from conveyor.pipelines.flows import reporting_stages
 
     with progress(what, quiet=quiet) as update:
 

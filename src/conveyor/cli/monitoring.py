@@ -85,7 +85,7 @@ def _print_retraining(outcome: Any) -> None:
     if outcome.retraining is not None:
         r = outcome.retraining
         out(f"  retraining {r.status}: {r.reason}")
-        for reason in r.promotion_reasons:
+        for reason in r.reasons:
             out(f"    {reason}")
 
 

@@ -21,16 +21,19 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow
 
 from conveyor.monitoring.trigger import RETRAINING_EVENT
+from conveyor.pipelines.flows import LLM_RELEASE_DEPLOYMENT, TRAINING_DEPLOYMENT, recorded_tasks
 from conveyor.policies.errors import ConfigInvalid
 from conveyor.registry.workspace import Workspace
 
 if TYPE_CHECKING:  # imported inside the flows: a triggered run reaches "Running" before pandas loads
-    from conveyor.pipelines.retraining import DriftOutcome, RetrainingOutcome, Started
+    from conveyor.pipelines.retraining import DriftOutcome
+    from conveyor.pipelines.triggers import Started, TriggerOutcome
 
 __all__ = [
     "deploy_to_pool",
     "deployments",
     "drift_check",
+    "llm_reevaluation",
     "llm_release",
     "retraining",
     "run_on_worker",
@@ -39,8 +42,6 @@ __all__ = [
 ]
 
 RESULTS_BLOCK = "conveyor-results"  # a remote-file-system block: flow results in the object store
-TRAINING_DEPLOYMENT = "training/conveyor"
-LLM_RELEASE_DEPLOYMENT = "llm-release/conveyor"
 
 logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports outcomes itself
 warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")  # its schema hints, in served flow runs
@@ -64,7 +65,7 @@ def _named(stage: str) -> Any:
 def training(workspace: dict[str, Any], data: str | None = None, cause: str | None = None) -> Any:
     """Validate, build features, train, evaluate, sign and register: each stage a task."""
     # here: the flow modules import this one (to send their runs to Prefect)
-    from conveyor.pipelines.training import recorded_tasks, run_training
+    from conveyor.pipelines.training import run_training
 
     ws = Workspace.from_params(workspace)
     return run_training(ws, data, cause=cause, runner=recorded_tasks(ws.model_name))
@@ -76,20 +77,29 @@ def llm_release(workspace: dict[str, Any], cause: str | None = None) -> Any:
     LLM release (``kind: llm``): each stage a task. ``cause``: the trigger of a rebuild."""
     # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.llm.flow import run_release
-    from conveyor.pipelines.training import as_task
 
-    return run_release(Workspace.from_params(workspace), runner=as_task, cause=cause)
+    ws = Workspace.from_params(workspace)
+    return run_release(ws, runner=recorded_tasks(ws.llm_project().name), cause=cause)
 
 
 @flow(name="retraining", flow_run_name=_named("retraining"), validate_parameters=False, log_prints=False)
-def retraining(workspace: dict[str, Any], trigger: str) -> RetrainingOutcome:
+def retraining(workspace: dict[str, Any], trigger: str) -> TriggerOutcome:
     """Retrain for the ledger's trigger ``trigger``: newest labelled data, every gate, at most the canary."""
     # here: the flow modules import this one (to send their runs to Prefect)
     from conveyor.pipelines.retraining import retrain
-    from conveyor.pipelines.training import recorded_tasks
 
     ws = Workspace.from_params(workspace)
     return retrain(ws, trigger, recorded_tasks(ws.model_name))
+
+
+@flow(name="llm-reevaluation", flow_run_name=_named("re-evaluation"), validate_parameters=False, log_prints=False)
+def llm_reevaluation(workspace: dict[str, Any], trigger: str) -> Any:
+    """The LLM champion on its grown evaluation sets for the ledger's trigger ``trigger``; a former
+    champion restored if it now fails its gate."""
+    # here: the flow modules import this one (to send their runs to Prefect)
+    from conveyor.pipelines.llm.loop import reevaluate_here
+
+    return reevaluate_here(Workspace.from_params(workspace), trigger)
 
 
 @flow(name="drift-check", flow_run_name=_named("drift check"), validate_parameters=False, log_prints=False)
@@ -105,7 +115,7 @@ def drift_check(workspace: dict[str, Any], window: str | None = None) -> DriftOu
     return outcome
 
 
-def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | None:
+def start_retraining(ws: Workspace, started: Started) -> TriggerOutcome | None:
     """Embedded: run the retraining flow now (a subflow when called from a flow). Server: emit the event."""
     if started.mode == "server":
         from prefect.events import emit_event

@@ -12,15 +12,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conveyor.pipelines.retraining import (
-    DriftOutcome,
-    LabelsOutcome,
-    RetrainingOutcome,
-    Started,
-    add_labels,
-    check_drift,
-    retrain,
-)
+from conveyor.pipelines.flows import run_as_configured
+from conveyor.pipelines.retraining import DriftOutcome, LabelsOutcome, add_labels, check_drift, retrain
+from conveyor.pipelines.triggers import Started, TriggerOutcome
 from conveyor.registry.workspace import Workspace
 
 __all__ = ["drift_flow", "labels", "monitor", "retraining_flow", "serve_monitoring", "start_retraining"]
@@ -30,11 +24,10 @@ def drift_flow(ws: Workspace, window: str | None = None, *, start: bool = True) 
     """Check drift over ``window``; a breach starts a retraining (unless ``start`` is false)."""
     if not start:
         return check_drift(ws, window, start=False)
-    if ws.uses_prefect:
-        # here: Prefect is loaded only when a run goes to it
-        from conveyor.pipelines.deployments import drift_check
+    return run_as_configured(ws, lambda: _drift_here(ws, window), flow="drift_check", parameters={"window": window})
 
-        return drift_check(ws.params(), window)
+
+def _drift_here(ws: Workspace, window: str | None) -> DriftOutcome:
     outcome = check_drift(ws, window)
     if outcome.started:
         outcome.retraining = start_retraining(ws, outcome.started)
@@ -49,7 +42,7 @@ def labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcome:
     return outcome
 
 
-def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | None:
+def start_retraining(ws: Workspace, started: Started) -> TriggerOutcome | None:
     """Start the retraining a trigger recorded: on the Prefect server, as a flow, or in this process."""
     if ws.uses_prefect or started.mode == "server":
         # here: Prefect is loaded only when a run goes to it
@@ -59,14 +52,9 @@ def start_retraining(ws: Workspace, started: Started) -> RetrainingOutcome | Non
     return retrain(ws, started.trigger)
 
 
-def retraining_flow(ws: Workspace, trigger: str) -> RetrainingOutcome:
+def retraining_flow(ws: Workspace, trigger: str) -> TriggerOutcome:
     """Retrain for ``trigger`` (a flow run when the Workspace uses Prefect)."""
-    if ws.uses_prefect:
-        # here: Prefect is loaded only when a run goes to it
-        from conveyor.pipelines.deployments import retraining
-
-        return retraining(ws.params(), trigger)
-    return retrain(ws, trigger)
+    return run_as_configured(ws, lambda: retrain(ws, trigger), flow="retraining", parameters={"trigger": trigger})
 
 
 def monitor(ws: Workspace, window: str | None, every: float, checks: int | None) -> Iterator[DriftOutcome]:

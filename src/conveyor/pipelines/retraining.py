@@ -17,28 +17,43 @@ model back to the drift report that caused it.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
 from conveyor.monitoring.drift import DriftResult, finish_drift_page, measure_drift
 from conveyor.monitoring.quality import QualityResult, join_labels, quality_of, read_labels
-from conveyor.monitoring.trigger import Breach, PastTrigger, TriggerDecision, decide_trigger
+from conveyor.monitoring.trigger import Breach, TriggerDecision
 from conveyor.pipelines.data import read_data
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
+from conveyor.pipelines.flows import Runner, direct
 from conveyor.pipelines.release import score_champion
-from conveyor.pipelines.training import Runner, run_training
-from conveyor.policies.drift import DriftPolicy, parse_window
-from conveyor.policies.errors import ConveyorError, NotFound, NothingToActOn, PolicyInvalid
+from conveyor.pipelines.training import run_training
+from conveyor.pipelines.triggers import (
+    Started,
+    TriggerOutcome,
+    claim,
+    completed,
+    decide,
+    failed,
+    moment,
+    past_triggers,
+    record_trigger,
+    skipped,
+    started,
+    version_digest,
+    window_of,
+)
+from conveyor.policies.drift import DriftPolicy
+from conveyor.policies.errors import ConveyorError, NothingToActOn, PolicyInvalid
 from conveyor.policies.project import ProjectConfig
-from conveyor.registry.digests import file_digest, json_digest
+from conveyor.registry.digests import file_digest
 from conveyor.registry.events import EventKind, input_of, typed
 from conveyor.registry.inference_log import read_log
-from conveyor.registry.ledger import Ledger, LedgerEvent
-from conveyor.registry.locks import file_lock
+from conveyor.registry.ledger import Ledger
 from conveyor.registry.models import experiment
 from conveyor.registry.release import promote
 from conveyor.registry.workspace import Workspace
@@ -46,43 +61,15 @@ from conveyor.registry.workspace import Workspace
 __all__ = [
     "DriftOutcome",
     "LabelsOutcome",
-    "RetrainingOutcome",
-    "Started",
     "add_labels",
     "check_drift",
     "labelled_data",
     "log_drift_run",
-    "past_triggers",
     "record_drift_checked",
-    "record_trigger",
     "retrain",
-    "version_digest",
 ]
 
 log = logging.getLogger("conveyor.monitoring")
-
-
-@dataclass(frozen=True)
-class Started:
-    """A retraining the trigger allowed: its ledger record and how it was started."""
-
-    trigger: str  # digest of the trigger record
-    event: int
-    mode: Literal["embedded", "server"]
-
-
-@dataclass
-class RetrainingOutcome:
-    status: Literal["completed", "failed", "skipped"]
-    trigger: str
-    reason: str
-    version: str | None = None
-    canary: bool = False  # the new version was made the canary
-    promotion_reasons: list[str] = field(default_factory=list)
-    data: str | None = None  # the data file it trained on
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -96,7 +83,7 @@ class LabelsOutcome:
     quality: QualityResult
     decision: TriggerDecision | None = None
     started: Started | None = None
-    retraining: RetrainingOutcome | None = None
+    retraining: TriggerOutcome | None = None
 
 
 @dataclass
@@ -104,7 +91,7 @@ class DriftOutcome:
     result: DriftResult
     decision: TriggerDecision | None = None
     started: Started | None = None
-    retraining: RetrainingOutcome | None = None
+    retraining: TriggerOutcome | None = None
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -114,7 +101,7 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
     """Measure drift over ``window`` (default: the policy's), record it, and on a breach record the
     retraining trigger (``outcome.started``: the caller starts the retraining)."""
     project, policy = _setup(ws)
-    spec = _window(window or policy.window.default)
+    spec = window_of(window or policy.window.default)
     now = datetime.now(UTC)
     with ws.ledger() as ledger:
         result = measure_drift(ledger, ws, project, policy, spec, now)
@@ -124,8 +111,8 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
                 "drift",
                 result.model,
                 result.version,
-                _at(result.since),
-                _at(result.until),
+                moment(result.since),
+                moment(result.until),
                 result.report_digest or "",
                 result.describe(),
             )
@@ -140,7 +127,7 @@ def check_drift(ws: Workspace, window: str | None = None, *, start: bool = True)
         )
         outcome = DriftOutcome(result, decision)
         if decision is not None and decision.start:
-            outcome.started = _record_trigger(ws, ledger, breach, decision)
+            outcome.started = started(ws, record_trigger(ws, ledger, breach, decision))
     log_drift_run(ws, result)
     return outcome
 
@@ -248,7 +235,7 @@ def add_labels(ws: Workspace, path: Path, *, start: bool = True) -> LabelsOutcom
             },
         )
         if outcome.decision is not None and outcome.decision.start:
-            outcome.started = _record_trigger(ws, ledger, breach, outcome.decision)
+            outcome.started = started(ws, record_trigger(ws, ledger, breach, outcome.decision))
     return outcome
 
 
@@ -276,71 +263,21 @@ def record_drift_checked(ledger: Ledger, result: Any, inputs: dict[str, str | No
     )
 
 
-# -- the trigger -----------------------------------------------------------------------------------
-
-
-def _record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> Started:
-    event = record_trigger(ws, ledger, breach, decision)
-    # With a Prefect server a deployment's trigger starts it; otherwise this process does.
-    return Started(event.outputs[0], event.seq, "server" if ws.prefect_api_url else "embedded")
-
-
-def record_trigger(ws: Workspace, ledger: Ledger, breach: Breach, decision: TriggerDecision) -> LedgerEvent:
-    """The ``retraining.triggered`` event of ``breach`` (its record's digest is the trigger's id),
-    linked to its evidence and to the version it judged; for every kind of model."""
-    record = {**breach.record(), "decision": decision.reason}
-    return ledger.append(
-        EventKind.RETRAINING_TRIGGERED,
-        inputs={"evidence": breach.evidence, "version": version_digest(ws, breach.model, breach.version)},
-        outputs=[json_digest(record)],
-        details=record,
-    )
-
-
 def _decide(breach: Breach, ledger: Ledger, policy: DriftPolicy, now: datetime, start: bool) -> TriggerDecision:
-    """The trigger's decision; with ``start`` false a breach is reported but nothing is started or recorded."""
-    decision = decide_trigger(breach, past_triggers(ledger, breach.model), policy, now)
-    if decision.start and not start:
-        return TriggerDecision(False, "asked not to retrain (--no-retrain); " + decision.reason)
-    return decision
-
-
-def past_triggers(ledger: Ledger, name: str, causes: tuple[str, ...] | None = None) -> list[PastTrigger]:
-    """Triggers recorded for ``name`` (of ``causes`` only, when given), for cooldown and de-duplication;
-    one skipped for want of new labelled data does not count."""
-    found = []
-    for event in ledger.latest([EventKind.RETRAINING_TRIGGERED], limit=500, model=name):
-        details = typed(event)
-        if causes is not None and details.cause not in causes:
-            continue
-        if any(c.kind == EventKind.RETRAINING_SKIPPED for c in ledger.consumers(event.outputs[0])):
-            continue
-        found.append(PastTrigger.from_details(event.time, event.details, event.seq))
-    return found
+    return decide(breach, past_triggers(ledger, breach.model), policy, now, start=start, flag="retrain (--no-retrain)")
 
 
 # -- retraining ------------------------------------------------------------------------------------
 
 
-def retrain(ws: Workspace, trigger: str, runner: Runner | None = None) -> RetrainingOutcome:
+def retrain(ws: Workspace, trigger: str, runner: Runner = direct) -> TriggerOutcome:
     """Train on the newest labelled data for ``trigger``; the result may become the canary, never the champion."""
     project, _ = _setup(ws)
     root, home = ws.root, ws.home
     with ws.ledger() as ledger:
-        if not [e for e in ledger.producers(trigger) if e.kind == EventKind.RETRAINING_TRIGGERED]:
-            raise NotFound(
-                f"No retraining trigger {trigger} in the ledger.",
-                hint="A retraining starts from a trigger that `conveyor drift check` or `conveyor labels add` recorded.",
-            )
-        with file_lock(home, f"retraining-{project.model_name}"):  # a trigger delivered twice still retrains once
-            earlier = [e for e in ledger.consumers(trigger) if e.kind == EventKind.RETRAINING_STARTED]
-            if earlier:
-                return RetrainingOutcome(
-                    "skipped", trigger, f"this trigger's retraining already started (ledger event #{earlier[0].seq})"
-                )
-            ledger.append(
-                EventKind.RETRAINING_STARTED, inputs={"trigger": trigger}, details={"model": project.model_name}
-            )
+        already = claim(ws, ledger, trigger, project.model_name)
+        if already:
+            return TriggerOutcome("skipped", trigger, already)
         try:
             data = labelled_data(project, ledger, root, home)
             champion = ws.mlflow().get_model_version_by_alias(project.model_name, "champion")
@@ -349,44 +286,29 @@ def retrain(ws: Workspace, trigger: str, runner: Runner | None = None) -> Retrai
                     f"no labelled data newer than what version {champion.version} was trained on "
                     f"({relative_to_root(data.path, root)}); add labels with `conveyor labels add FILE`"
                 )
-                ledger.append(
-                    EventKind.RETRAINING_SKIPPED,
-                    inputs={"trigger": trigger, "data": data.digest},
-                    details={"reason": reason},
-                )
-                return RetrainingOutcome("skipped", trigger, reason, data=str(data.path))
-            outcome = run_training(ws, data.path, cause=trigger, runner=runner or _direct)
+                outcome = skipped(ledger, trigger, reason, {"data": data.digest})
+                outcome.data = str(data.path)
+                return outcome
+            trained = run_training(ws, data.path, cause=trigger, runner=runner)
         except ConveyorError as exc:
-            ledger.append(
-                EventKind.RETRAINING_FAILED,
-                inputs={"trigger": trigger},
-                details={"error": exc.message, "hint": exc.hint},
-            )
-            return RetrainingOutcome("failed", trigger, str(exc))
-        promotion = promote(ws, f"{outcome.name}/{outcome.version}", "canary", score_champion=score_champion)
-        reasons = list(promotion.decision.reasons)
-        ledger.append(
-            EventKind.RETRAINING_COMPLETED,
-            inputs={"trigger": trigger, "version": outcome.version_digest},
-            details={
-                "version": outcome.version,
-                "canary": promotion.decision.ok,
-                "reasons": reasons,
-                "data": relative_to_root(data.path, root),
-            },
+            return failed(ledger, trigger, exc)
+        promotion = promote(ws, f"{trained.name}/{trained.version}", "canary", score_champion=score_champion)
+        verdict = (
+            "made the canary" if promotion.decision.ok else "registered, but the promotion policy refused it as canary"
         )
-    verdict = (
-        "made the canary" if promotion.decision.ok else "registered, but the promotion policy refused it as canary"
-    )
-    return RetrainingOutcome(
-        "completed",
-        trigger,
-        f"version {outcome.version} {verdict}",
-        outcome.version,
-        promotion.decision.ok,
-        reasons,
-        str(data.path),
-    )
+        reasons = list(promotion.decision.reasons)
+        outcome = TriggerOutcome(
+            "completed",
+            trigger,
+            f"version {trained.version} {verdict}",
+            trained.version,
+            promotion.decision.ok,
+            reasons,
+            str(data.path),
+        )
+        return completed(
+            ledger, outcome, trained.version_digest, reasons=reasons, data=relative_to_root(data.path, root)
+        )
 
 
 def labelled_data(project: ProjectConfig, ledger: Ledger, root: Path, home: Path) -> DatasetRef:
@@ -453,24 +375,3 @@ def _fits_task(metric: str, project: ProjectConfig, policy_file: Path) -> None:
         f"metric, but {project.model_name} is a {project.task} project.",
         hint=f"Use {fits}; `conveyor init` writes a drift policy fitted to the task.",
     )
-
-
-def _window(text: str) -> Any:
-    try:
-        return parse_window(text)
-    except ValueError as exc:
-        raise PolicyInvalid(
-            f"Bad window: {exc}.", hint="Give a row count (5000) or a duration (30m, 24h, 7d)."
-        ) from None
-
-
-def _at(text: str | None) -> datetime:
-    return datetime.fromisoformat(text) if text else datetime.now(UTC)
-
-
-def version_digest(ws: Workspace, name: str, version: str) -> str | None:
-    return ws.mlflow().get_model_version(name, version).tags.get("conveyor.version_digest")
-
-
-def _direct(name: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    return function(*args, **kwargs)

@@ -1,25 +1,19 @@
 """The training flow: version → validate → features → train → evaluate → sign → register.
 
-Each stage is a plain function of the stage modules plus the ledger event that records it.
-``run_training`` runs the stages through a ``runner``: directly, or each as a Prefect task in a
-real flow run. ``training_flow`` chooses by the Workspace: a Prefect flow run when a Prefect
-server is set (or ``flows: prefect``), the stages in this process otherwise, so a laptop does
-not pay for starting a temporary Prefect API. Any stage that refuses stops the run before
-anything is registered; the ledger keeps the refusal.
+Each stage is a plain function of the stage modules that returns its result and the ledger event
+that records it (``pipelines.flows.Recorded``). ``run_training`` runs the stages through the one
+flow skeleton (``pipelines.flows.Stages``): directly, or each as a Prefect task in a real flow
+run; ``training_flow`` runs where the Workspace says (``pipelines.flows.run_as_configured``), so a
+laptop does not pay for starting a temporary Prefect API. Any stage that refuses stops the run
+before anything is registered; the ledger keeps the refusal.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from conveyor.pipelines.data import read_data
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
@@ -32,6 +26,17 @@ from conveyor.pipelines.features import (
     feature_spec,
     materialize_latest,
     open_store,
+)
+from conveyor.pipelines.flows import (
+    TRAINING_DEPLOYMENT,
+    Record,
+    Recorded,
+    Runner,
+    Stages,
+    Summary,
+    direct,
+    run_as_configured,
+    stage_summary,
 )
 from conveyor.pipelines.register import register_and_record
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
@@ -49,17 +54,7 @@ from conveyor.registry.registration import staging_folder
 from conveyor.registry.signing import model_digest, model_files
 from conveyor.registry.workspace import Workspace
 
-__all__ = [
-    "TrainingOutcome",
-    "as_task",
-    "recorded_tasks",
-    "run_training",
-    "stage_summary",
-    "training_flow",
-    "validate_only",
-]
-
-Runner = Callable[..., Any]
+__all__ = ["STAGES", "TrainingOutcome", "run_training", "training_flow", "validate_only"]
 
 
 @dataclass(frozen=True)
@@ -104,57 +99,28 @@ class _Run:
         return self.ws.home
 
 
-def _direct(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return function(*args, **kwargs)
-
-
 STAGES = ("version", "read", "validate", "features", "train", "evaluate", "sign", "register")
-
-_on_stage: ContextVar[Callable[[str, int, int], None] | None] = ContextVar("conveyor_on_stage", default=None)
-
-
-@contextmanager
-def reporting_stages(listener: Callable[[str, int, int], None]) -> Iterator[None]:
-    """Within: each training run tells ``listener(stage, number, of)`` as a stage starts (a
-    progress display; the flow's result does not depend on it)."""
-    token = _on_stage.set(listener)
-    try:
-        yield
-    finally:
-        _on_stage.reset(token)
-
-
-def _announced(runner: Runner) -> Runner:
-    listener = _on_stage.get()
-    if listener is None:
-        return runner
-
-    def announcing(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        listener(name, STAGES.index(name) + 1 if name in STAGES else 0, len(STAGES))
-        return runner(name, function, *args, **kwargs)
-
-    return announcing
 
 
 def run_training(
-    ws: Workspace, data: str | Path | None = None, *, cause: str | None = None, runner: Runner = _direct
+    ws: Workspace, data: str | Path | None = None, *, cause: str | None = None, runner: Runner = direct
 ) -> TrainingOutcome:
     """Run every stage in order through ``runner``; raises the first stage's refusal.
 
     ``data`` replaces the config's data file; ``cause`` is the digest of what started the run
     (a retraining trigger), recorded as an input of the trained model."""
     config = _load(ws, data)
-    runner = _announced(runner)
     with ws.ledger() as ledger, staging_folder(ws.home) as staging:
         run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file), cause, staging)
-        dataset: DatasetRef = runner("version", version_dataset, config.data, ledger, root=run.root)
-        frame = runner("read", read_data, config.data, config)
-        validation: ValidationResult = runner("validate", _validate, run, dataset, frame)
-        features: FeatureSet = runner("features", _features, run, dataset, validation, frame)
-        trained: _Trained = runner("train", _train, run, dataset, features)
-        evaluation: Evaluation = runner("evaluate", _evaluate, run, features, trained)
-        signed: SignedModel = runner("sign", _sign, run, dataset, validation, features, trained)
-        outcome: TrainingOutcome = runner(
+        stages = Stages(ledger, runner, STAGES)
+        dataset: DatasetRef = stages("version", version_dataset, config.data, ledger, root=run.root)
+        frame = stages("read", read_data, config.data, config)
+        validation: ValidationResult = stages("validate", _validate, run, dataset, frame)
+        features: FeatureSet = stages("features", _features, run, dataset, validation, frame)
+        trained: _Trained = stages("train", _train, run, dataset, features)
+        evaluation: Evaluation = stages("evaluate", _evaluate, run, features, trained)
+        signed: SignedModel = stages("sign", _sign, run, dataset, validation, features, trained)
+        outcome: TrainingOutcome = stages(
             "register", _register, run, dataset, trained, evaluation, signed, validation, features
         )
         return outcome
@@ -166,53 +132,26 @@ def validate_only(ws: Workspace, data: str | Path | None = None) -> ValidationRe
     with ws.ledger() as ledger:
         run = _Run(ws, config, ledger, utc_now(), file_digest(ws.project_file))
         dataset = version_dataset(config.data, ledger, root=run.root)
-        return _validate(run, dataset, read_data(config.data, config))
+        validation: ValidationResult = Stages(ledger)(
+            "validate", _validate, run, dataset, read_data(config.data, config)
+        )
+        return validation
 
 
 def training_flow(ws: Workspace, data: str | Path | None = None, *, cause: str | None = None) -> TrainingOutcome:
     """The run as the Workspace says: on a worker of the work pool (the server profile); a Prefect
     flow run in this process, each stage a task, when a Prefect server is set or ``flows:
     prefect``; otherwise the same stages in this process."""
-    if not ws.uses_prefect:
-        return run_training(ws, data, cause=cause)
     named = run_name(ws.project().model_name, retraining=cause is not None)  # what the Prefect UI lists
     given = str(Path(data).absolute()) if data else None
-    # here: Prefect is loaded only when a run goes to it
-    from conveyor.pipelines import deployments
-
-    if ws.settings.work_pool:
-        parameters = {"workspace": ws.params(), "data": given, "cause": cause}
-        outcome: TrainingOutcome = deployments.run_on_worker(ws, deployments.TRAINING_DEPLOYMENT, parameters, named)
-        return outcome
-    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
-    result: Any = deployments.training.with_options(flow_run_name=named)(ws.params(), given, cause)
-    return cast(TrainingOutcome, result)
-
-
-def as_task(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """The Prefect runner: run ``function`` as a task named ``name`` of the current flow run.
-
-    Stage inputs (data frames, the ledger) are not hashed for caching: a run always re-runs.
-    """
-    from prefect import task
-    from prefect.cache_policies import NO_CACHE
-
-    stage: Any = task(name=name, cache_policy=NO_CACHE, retries=0, log_prints=False)(function)
-    return stage(*args, **kwargs)
-
-
-def recorded_tasks(model: str) -> Runner:
-    """``as_task``, and what each stage made, in the Prefect UI: a line in the flow run's log and
-    a Markdown artifact (keyed ``<model>-<stage>``, so the Artifacts page keeps its history)."""
-
-    def runner(name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        result = as_task(name, function, *args, **kwargs)
-        summary = stage_summary(result)
-        if summary is not None:
-            _publish(model, name, *summary)
-        return result
-
-    return runner
+    return run_as_configured(
+        ws,
+        lambda: run_training(ws, data, cause=cause),
+        flow="training",
+        parameters={"data": given, "cause": cause},
+        named=named,
+        deployment=TRAINING_DEPLOYMENT,
+    )
 
 
 # -- the stages ------------------------------------------------------------------------------
@@ -230,10 +169,10 @@ def _load(ws: Workspace, given: str | Path | None) -> ProjectConfig:
     return config
 
 
-def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
+def _validate(run: _Run, data: DatasetRef, frame: Any) -> Recorded[ValidationResult]:
     suite = suite_path(run.config, run.root)
     result = validate_data(frame, run.config, suite, run.home / "reports")
-    run.ledger.append(
+    record = Record(
         EventKind.DATA_VALIDATED,
         inputs={"data": data.digest, "suite": result.suite_digest},
         outputs=[result.digest],
@@ -245,23 +184,24 @@ def _validate(run: _Run, data: DatasetRef, frame: Any) -> ValidationResult:
             "suite": str(suite),
         },
     )
-    if not result.success:
-        lines = "; ".join(f.describe() for f in result.failures)
-        raise ValidationFailed(
-            f"{data.path.name} failed {len(result.failures)} of {result.evaluated} expectations: {lines}.",
-            hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). Report: {result.page}.",
-        )
-    return result
+    if result.success:
+        return Recorded(result, (record,))
+    lines = "; ".join(f.describe() for f in result.failures)
+    refusal = ValidationFailed(
+        f"{data.path.name} failed {len(result.failures)} of {result.evaluated} expectations: {lines}.",
+        hint=f"Nothing was trained. Fix the data, or review the suite ({suite}). Report: {result.page}.",
+    )
+    return Recorded(result, (record,), refusal)
 
 
-def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> FeatureSet:
+def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: Any) -> Recorded[FeatureSet]:
     config = run.config
     settings = run.ws.settings
     stores = FeastStores(settings.feature_registry_url, settings.redis_url, settings.feature_engine)
     store, view = open_store(config, run.home / "feast", frame, run.ws.project_file, stores)
     features = build_training_set(store, view, config, frame, run.home / "features")
     online = materialize_latest(store, view, frame, config)
-    run.ledger.append(
+    record = Record(
         EventKind.FEATURES_BUILT,
         inputs={"data": data.digest, "validation": validation.digest, "feature_definitions": features.spec_digest},
         outputs=[features.digest],
@@ -275,7 +215,7 @@ def _features(run: _Run, data: DatasetRef, validation: ValidationResult, frame: 
             "online_entities": online,
         },
     )
-    return features
+    return Recorded(features, (record,))
 
 
 @dataclass(frozen=True)
@@ -288,7 +228,7 @@ class _Trained:
     digest: str
 
 
-def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
+def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> Recorded[_Trained]:
     tags = {
         "conveyor.data_digest": data.digest,
         "conveyor.training_set": features.digest,
@@ -306,7 +246,7 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
     folder = fetch_model(trained.model_uri, run.staging / trained.model_id)
     files = model_files(folder)
     digest = model_digest(files)
-    run.ledger.append(
+    record = Record(
         EventKind.MODEL_TRAINED,
         inputs={"training_set": features.digest, "config": run.config_digest, "cause": run.cause},
         outputs=[digest, *files.values()],
@@ -320,10 +260,10 @@ def _train(run: _Run, data: DatasetRef, features: FeatureSet) -> _Trained:
             **({"cause": run.cause} if run.cause else {}),
         },
     )
-    return _Trained(trained, folder, files, digest)
+    return Recorded(_Trained(trained, folder, files, digest), (record,))
 
 
-def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
+def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Recorded[Evaluation]:
     model = trained.model
     evaluation = evaluate_model(model.estimator, run.config, model.holdout, _champion(run), _gain_metric(run))
     client = run.ws.mlflow()
@@ -347,7 +287,7 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
         llm=False,
         gate=(not failed, behaviour_reasons([asdict(b) for b in evaluation.behaviour])),
     )
-    run.ledger.append(
+    record = Record(
         EventKind.MODEL_EVALUATED,
         inputs={"model": trained.digest, "training_set": features.digest},
         outputs=[file_digest(report)],
@@ -361,23 +301,24 @@ def _evaluate(run: _Run, features: FeatureSet, trained: _Trained) -> Evaluation:
             "report": str(report),
         },
     )
-    if failed:
-        reasons = "; ".join(
-            f"raising {b.feature} by {b.delta:g} should {b.direction} the prediction, "
-            f"but did so for {b.share:.0%} of rows (mean change {b.mean_change:+.4f})"
-            for b in failed
-        )
-        raise GateFailed(
-            f"The model failed {len(failed)} behavioural check(s): {reasons}.",
-            hint=f"Nothing was signed or registered. The evaluation's page: {page}. Look at the features and "
-            "estimator, or at the checks under `behaviour` in the project config.",
-        )
-    return evaluation
+    if not failed:
+        return Recorded(evaluation, (record,))
+    reasons = "; ".join(
+        f"raising {b.feature} by {b.delta:g} should {b.direction} the prediction, "
+        f"but did so for {b.share:.0%} of rows (mean change {b.mean_change:+.4f})"
+        for b in failed
+    )
+    refusal = GateFailed(
+        f"The model failed {len(failed)} behavioural check(s): {reasons}.",
+        hint=f"Nothing was signed or registered. The evaluation's page: {page}. Look at the features and "
+        "estimator, or at the checks under `behaviour` in the project config.",
+    )
+    return Recorded(evaluation, (record,), refusal)
 
 
 def _sign(
     run: _Run, data: DatasetRef, validation: ValidationResult, features: FeatureSet, trained: _Trained
-) -> SignedModel:
+) -> Recorded[SignedModel]:
     config, root = run.config, run.root
     policy = run.ws.signing()
     code = code_state(root)
@@ -415,13 +356,13 @@ def _sign(
     signed = sign_and_attest(
         trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details
     )
-    run.ledger.append(
+    record = Record(
         EventKind.MODEL_SIGNED,
         inputs={"model": signed.model_digest, "data": data.digest, "validation": validation.digest},
         outputs=[signed.bundle_digest, signed.provenance_digest],
         details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
     )
-    return signed
+    return Recorded(signed, (record,))
 
 
 def _register(
@@ -510,14 +451,6 @@ def _metrics(evaluation: Evaluation) -> list[Any]:
 
 # -- what the Prefect UI shows of each stage ------------------------------------------------
 
-Summary = tuple[str, list[tuple[str, str]]]  # a headline, and the report's rows (label, value)
-
-
-@functools.singledispatch
-def stage_summary(result: Any) -> Summary | None:
-    """What a stage made, told in a line and a few rows (None: a stage with nothing to tell)."""
-    return None
-
 
 @stage_summary.register
 def _(result: ValidationResult) -> Summary:
@@ -573,33 +506,3 @@ def _(result: TrainingOutcome) -> Summary:
     rows = [("version digest", f"`{result.version_digest}`"), ("MLflow run", f"`{result.run_id}`")]
     rows += [("warning", w) for w in result.warnings]
     return f"{result.name} version {result.version} registered as @{result.alias}", rows
-
-
-def _publish(model: str, stage: str, headline: str, rows: list[tuple[str, str]]) -> None:
-    from prefect.artifacts import create_markdown_artifact
-
-    log = _flow_run_log()
-    log.info("%s: %s", stage, headline)
-    for label, value in rows:
-        if label == "warning":
-            log.warning("%s: %s", stage, value)
-    bar = "|"
-    cells = "\n".join(f"| {label} | {value.replace(bar, '&#124;')} |" for label, value in rows)
-    create_markdown_artifact(
-        markdown=f"### {stage}: {headline}\n\n| | |\n|---|---|\n{cells}\n",
-        key=re.sub(r"[^a-z0-9-]+", "-", f"{model}-{stage}".lower()),
-        description=f"{model}, {stage}: {headline}",
-    )
-
-
-def _flow_run_log() -> logging.Logger:
-    """A logger whose lines go to the current flow run's log in the Prefect API, and not to the
-    terminal (Conveyor prints its own results; Prefect's run logger would echo them there)."""
-    log = logging.getLogger("conveyor.flow_runs")
-    if not log.handlers:
-        from prefect.logging.handlers import APILogHandler
-
-        log.addHandler(APILogHandler())
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    return log

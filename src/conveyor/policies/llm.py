@@ -9,7 +9,6 @@ project (``policies/project.py``). Evaluation sets are JSONL files checked line 
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
-from conveyor.policies.loading import load_policy, read_yaml_mapping
+from conveyor.policies.loading import load_config, load_policy
 
 __all__ = [
     "REQUEST_VARIABLES",
@@ -191,16 +190,15 @@ def is_llm_project(path: Path) -> bool:
 def load_llm_project(path: str | Path) -> LlmProject:
     """Read and check an LLM project config, its template's variables and its files' presence."""
     path = Path(path).absolute()
-    document = read_yaml_mapping(
+    project = load_config(
         path,
-        ConfigInvalid,
+        LlmProject,
+        what="LLM project",
         example="the demo's assistant.yaml",
         missing_hint="Create one (see assistant.yaml in Conveyor's repository), or pass --config.",
+        known=set(LlmProject.model_fields) - {"source"},
+        hint=lambda _: "Fix the field(s) named; compare with the demo's assistant.yaml.",
     )
-    try:
-        project = LlmProject.model_validate({**document, "source": path})
-    except ValidationError as exc:
-        raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
     _check_files(project, path)
 
     load_policy(project.path(project.guardrails), GuardrailPolicy)  # fail closed: a broken policy stops here
@@ -261,27 +259,6 @@ def _check_files(project: LlmProject, path: Path) -> None:
             f"{path}: `prompt.variables` sets {', '.join(unused)}, which the template never uses.",
             hint="Remove it, or use it in the template as {{" + unused[0] + "}}.",
         )
-
-
-_FIELDS = set(LlmProject.model_fields) - {"source"}
-
-
-def _describe(exc: ValidationError, path: Path) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(map(str, error["loc"])) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
-            close = difflib.get_close_matches(str(error["loc"][0]), _FIELDS, n=1)
-            message = "unknown field" + (f" (did you mean `{close[0]}`?)" if close else "")
-        elif error["type"] == "missing":
-            message = "required, and missing"
-        problems.append(f"`{where}`: {message}")
-    return f"{path} is not a valid LLM project: {'; '.join(problems)}."
-
-
-def _hint(exc: ValidationError) -> str:
-    return "Fix the field(s) named; compare with the demo's assistant.yaml."
 
 
 # -- evaluation sets -------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
-"""Reading a policy file into its typed model: any mistake is a ``PolicyInvalid`` naming the field."""
+"""Reading a policy file or a project config into its typed model: any mistake is a
+``PolicyInvalid`` or a ``ConfigInvalid`` naming the field."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from conveyor.policies.errors import ConveyorError, PolicyInvalid
+from conveyor.policies.errors import ConfigInvalid, ConveyorError, PolicyInvalid
 
-__all__ = ["load_policy", "read_yaml_mapping"]
+__all__ = ["load_config", "load_policy", "read_yaml_mapping"]
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -47,3 +50,36 @@ def load_policy(path: Path, model: type[Model]) -> Model:
         raise PolicyInvalid(
             f"{path} is not a valid policy: {problems}.", hint="Fix the field(s) named; no default is assumed."
         ) from None
+
+
+def load_config(
+    path: Path,
+    model: type[Model],
+    *,
+    what: str,
+    example: str,
+    missing_hint: str,
+    known: Collection[str],
+    hint: Callable[[ValidationError], str],
+) -> Model:
+    """Parse the project config ``path`` as ``model`` (its ``source`` the file): a mistake is a
+    ``ConfigInvalid`` naming each field, an unknown key with the ``known`` one it may mean, and
+    ``hint``'s advice for the kinds of mistake found."""
+    document = read_yaml_mapping(path, ConfigInvalid, example=example, missing_hint=missing_hint)
+    try:
+        return model.model_validate({**document, "source": path})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+            kind, message = error["type"], error["msg"]
+            if kind == "missing":
+                problems.append(f"`{where}` is missing")
+            elif kind == "extra_forbidden":
+                close = difflib.get_close_matches(str(error["loc"][-1]), sorted(known), n=1)
+                problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
+            else:
+                got = error.get("input")
+                shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
+                problems.append(f"`{where}`: {message.removeprefix('Value error, ')}{shown}")
+        raise ConfigInvalid(f"{path} is not a valid {what}: " + "; ".join(problems) + ".", hint=hint(exc)) from None

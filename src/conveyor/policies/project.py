@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from conveyor.policies.errors import ConfigInvalid, DataInvalid
-from conveyor.policies.loading import read_yaml_mapping
+from conveyor.policies.loading import load_config
 
 __all__ = [
     "LOWER_IS_BETTER",
@@ -214,16 +214,15 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
     training time) and check the columns against the data if it exists; without it, nothing
     heavier than the config's own schema is imported."""
     path = Path(path).absolute()
-    document = read_yaml_mapping(
+    config = load_config(
         path,
-        ConfigInvalid,
+        ProjectConfig,
+        what="project config",
         example="the demo's conveyor.yaml",
         missing_hint="Create conveyor.yaml (see the one in Conveyor's repository for the demo), or pass --config.",
+        known=_KEYS,
+        hint=_hint,
     )
-    try:
-        config = ProjectConfig.model_validate({**document, "source": path})
-    except ValidationError as exc:
-        raise ConfigInvalid(_describe(exc, path), hint=_hint(exc)) from None
     if not config.data.is_absolute():
         config = config.model_copy(update={"data": (path.parent / config.data)})
     if check_data:
@@ -233,43 +232,20 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
     return config
 
 
-_FIELDS = set(ProjectConfig.model_fields) - {"source"}
-
-
-def _describe(exc: ValidationError, path: Path) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        kind, message = error["type"], error["msg"]
-        if kind == "missing":
-            problems.append(f"`{where}` is missing")
-        elif kind == "extra_forbidden":
-            close = difflib.get_close_matches(
-                str(error["loc"][-1]),
-                sorted(
-                    _FIELDS
-                    | {
-                        "numeric",
-                        "categorical",
-                        "boolean",
-                        "class",
-                        "params",
-                        "method",
-                        "test_fraction",
-                        "feature",
-                        "direction",
-                        "delta",
-                        "min_share",
-                    }
-                ),
-                n=1,
-            )
-            problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
-        else:
-            got = error.get("input")
-            shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
-            problems.append(f"`{where}`: {message.removeprefix('Value error, ')}{shown}")
-    return f"{path} is not a valid project config: " + "; ".join(problems) + "."
+# every key a project config may hold, at any depth: an unknown one is matched against these
+_KEYS = set(ProjectConfig.model_fields) - {"source"} | {
+    "numeric",
+    "categorical",
+    "boolean",
+    "class",
+    "params",
+    "method",
+    "test_fraction",
+    "feature",
+    "direction",
+    "delta",
+    "min_share",
+}
 
 
 def _hint(exc: ValidationError) -> str:

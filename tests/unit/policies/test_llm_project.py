@@ -36,13 +36,13 @@ def test_the_repository_projects_load(project: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        (lambda d: d.update(nmae="x"), "`nmae`: unknown field (did you mean `name`?)"),
+        (lambda d: d.update(nmae="x"), "`nmae` is not a known key (did you mean `name`?)"),
         (lambda d: d["model"].update(sha256="abc"), "`model.sha256`"),
         (lambda d: d["model"].update(parts=[{"package": "p", "file": "f"}]), "either `file`"),
         (lambda d: d["generation"].update(max_tokens=1000), "`generation.max_tokens` (1000) is above"),
         (lambda d: d.update(fallback="conveyor-assistant"), "names this release itself"),
         (lambda d: d["generation"].update(temperature=3), "`generation.temperature`"),
-        (lambda d: d.pop("pricing"), "`pricing`: required, and missing"),
+        (lambda d: d.pop("pricing"), "`pricing` is missing"),
         (lambda d: d["evaluation"].update(sets=["llm/eval/none.jsonl"]), "`evaluation.sets.0` names"),
         (lambda d: d["prompt"]["variables"].update(unused="x"), "sets unused, which the template never uses"),
     ],

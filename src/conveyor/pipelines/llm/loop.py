@@ -24,7 +24,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from conveyor.monitoring.feedback import accept_candidates, candidates_of, join_feedback, read_feedback
 from conveyor.monitoring.llm_traffic import (
@@ -34,14 +34,27 @@ from conveyor.monitoring.llm_traffic import (
     live_frame,
     reference_frame,
 )
-from conveyor.monitoring.trigger import Breach, TriggerDecision, decide_trigger
+from conveyor.monitoring.trigger import Breach, TriggerDecision
 from conveyor.pipelines.datasets import relative_to_root, version_dataset
 from conveyor.pipelines.evaluation_page import write_evaluation_page
+from conveyor.pipelines.flows import run_as_configured
 from conveyor.pipelines.llm.flow import evaluate_version, evaluation_sets, release_flow
 from conveyor.pipelines.llm.knowledge import version_knowledge
 from conveyor.pipelines.release import score_champion
-from conveyor.pipelines.retraining import past_triggers, record_drift_checked, record_trigger, version_digest
-from conveyor.policies.drift import DriftPolicy, Retraining, parse_window
+from conveyor.pipelines.retraining import record_drift_checked
+from conveyor.pipelines.triggers import (
+    TriggerOutcome,
+    claim,
+    completed,
+    decide,
+    failed,
+    moment,
+    past_triggers,
+    record_trigger,
+    version_digest,
+    window_of,
+)
+from conveyor.policies.drift import DriftPolicy, Retraining
 from conveyor.policies.errors import ConveyorError, DataInvalid, NotFound, NothingToActOn, PolicyInvalid
 from conveyor.policies.llm import LlmProject, read_eval_set
 from conveyor.policies.promotion import Candidate, decide_promotion
@@ -55,7 +68,6 @@ from conveyor.registry.workspace import Workspace
 
 __all__ = [
     "AcceptOutcome",
-    "ActionOutcome",
     "FeedbackOutcome",
     "LlmCheckOutcome",
     "accept_feedback",
@@ -66,25 +78,10 @@ __all__ = [
     "ingest_gateway_feedback",
     "rebuild",
     "reevaluate",
+    "reevaluate_here",
 ]
 
 log = logging.getLogger("conveyor.monitoring")
-
-
-@dataclass
-class ActionOutcome:
-    """What a trigger started did: ``status`` completed (rebuilt, or the champion still passes),
-    rolled_back, held, failed or skipped."""
-
-    status: Literal["completed", "rolled_back", "held", "failed", "skipped"]
-    trigger: str
-    reason: str
-    version: str | None = None
-    canary: bool = False
-    reasons: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -92,7 +89,7 @@ class LlmCheckOutcome:
     result: LlmTrafficResult
     decision: TriggerDecision | None = None
     trigger: str | None = None
-    action: ActionOutcome | None = None
+    action: TriggerOutcome | None = None
     feedback: list[FeedbackOutcome] = field(default_factory=list)
 
 
@@ -301,7 +298,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
             hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
         )
     feedback = ingest_gateway_feedback(ws)
-    spec = _window(window or policy.window)
+    spec = window_of(window or policy.window)
     now = datetime.now(UTC)
     since = now - timedelta(seconds=spec.seconds) if spec.seconds else None
     with ws.ledger() as ledger:
@@ -386,15 +383,13 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 result.status,
                 name,
                 champion,
-                _at(result.since, now),
-                _at(result.until, now),
+                moment(result.since, now),
+                moment(result.until, now),
                 result.report_digest,
                 result.describe(),
             )
             past = past_triggers(ledger, name, ("drift", "quality"))
-            decision = decide_trigger(breach, past, trigger_policy, now)
-            if decision.start and not start:
-                decision = TriggerDecision(False, "asked not to act (--no-action); " + decision.reason)
+            decision = decide(breach, past, trigger_policy, now, start=start, flag="act (--no-action)")
             outcome.decision = decision
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
         finish_llm_page(result, ws.reports, policy.min_rows)
@@ -460,38 +455,24 @@ def _feedback_counts(ledger: Ledger, name: str, version: str, since: datetime | 
 # -- the trigger and the re-evaluation -------------------------------------------------------------
 
 
-def _claim(ledger: Ledger, trigger: str, name: str) -> str | None:
-    """Record that ``trigger``'s work starts; the reason it already has, if it has."""
-    if not [e for e in ledger.producers(trigger) if e.kind == EventKind.RETRAINING_TRIGGERED]:
-        raise NotFound(
-            f"No trigger {trigger} in the ledger.", hint="A trigger is recorded by a check that found a breach."
-        )
-    earlier = [e for e in ledger.consumers(trigger) if e.kind == EventKind.RETRAINING_STARTED]
-    if earlier:
-        return f"this trigger's work already started (ledger event #{earlier[0].seq})"
-    ledger.append(EventKind.RETRAINING_STARTED, inputs={"trigger": trigger}, details={"model": name})
-    return None
-
-
-def reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
+def reevaluate(ws: Workspace, trigger: str) -> TriggerOutcome:
     """The champion on the grown evaluation sets; if it fails its gate, the newest former champion
     that passes is restored, else the champion is held and an alert logged."""
-    if ws.uses_prefect:
-        return _prefect_flow("llm-reevaluation", _reevaluate)(ws.params(), trigger)
-    return _reevaluate(ws, trigger)
+    return run_as_configured(
+        ws, lambda: reevaluate_here(ws, trigger), flow="llm_reevaluation", parameters={"trigger": trigger}
+    )
 
 
-def _reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
-
+def reevaluate_here(ws: Workspace, trigger: str) -> TriggerOutcome:
+    """``reevaluate`` in this process (what its Prefect flow runs)."""
     ws.bind_mlflow()
     project = ws.llm_project()
     name = project.name
     gate = ws.policy("promotion").value.llm
     with ws.ledger() as ledger:
-        with file_lock(ws.home, f"llm-action-{name}"):
-            already = _claim(ledger, trigger, name)
+        already = claim(ws, ledger, trigger, name)
         if already:
-            return ActionOutcome("skipped", trigger, already)
+            return TriggerOutcome("skipped", trigger, already)
         champion = ws.champion(name)
         try:
             if champion is None or gate is None:
@@ -501,8 +482,7 @@ def _reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
             if passed:
                 return _completed(
                     ledger,
-                    trigger,
-                    ActionOutcome(
+                    TriggerOutcome(
                         "completed", trigger, f"version {champion} still passes its gate on the grown sets", champion
                     ),
                 )
@@ -512,36 +492,20 @@ def _reevaluate(ws: Workspace, trigger: str) -> ActionOutcome:
                     rollback(ws, name, to=former, cause=trigger)
                     reason = f"version {champion} failed its gate ({'; '.join(reasons)}); rolled back to version {former}, which passes"
                     log.warning("%s: %s", name, reason)
-                    return _completed(
-                        ledger, trigger, ActionOutcome("rolled_back", trigger, reason, former, reasons=reasons)
-                    )
+                    return _completed(ledger, TriggerOutcome("rolled_back", trigger, reason, former, reasons=reasons))
             reason = (
                 f"ALERT: version {champion} failed its gate on the grown sets ({'; '.join(reasons)}) and no former "
                 "champion passes: held as champion; fix the release or its sets, then rebuild"
             )
             log.error("%s: %s", name, reason)
-            return _completed(ledger, trigger, ActionOutcome("held", trigger, reason, champion, reasons=reasons))
+            return _completed(ledger, TriggerOutcome("held", trigger, reason, champion, reasons=reasons))
         except ConveyorError as exc:
-            ledger.append(
-                EventKind.RETRAINING_FAILED,
-                inputs={"trigger": trigger},
-                details={"error": exc.message, "hint": exc.hint},
-            )
-            return ActionOutcome("failed", trigger, str(exc))
+            return failed(ledger, trigger, exc)
 
 
-def _completed(ledger: Ledger, trigger: str, outcome: ActionOutcome) -> ActionOutcome:
-    ledger.append(
-        EventKind.RETRAINING_COMPLETED,
-        inputs={"trigger": trigger, "version": None},
-        details={
-            "version": outcome.version or "",
-            "canary": outcome.canary,
-            "reasons": [outcome.reason, *outcome.reasons],
-            "data": outcome.status,
-        },
-    )
-    return outcome
+def _completed(ledger: Ledger, outcome: TriggerOutcome) -> TriggerOutcome:
+    """A re-evaluation's end: it made no version, and what it did is its record's data."""
+    return completed(ledger, outcome, None, reasons=[outcome.reason, *outcome.reasons], data=outcome.status)
 
 
 def _current_sets(ws: Workspace, ledger: Ledger, project: LlmProject) -> dict[str, Any]:
@@ -641,7 +605,7 @@ def _former_champions(ledger: Ledger, name: str, current: str) -> list[str]:
 # -- the knowledge base ----------------------------------------------------------------------------
 
 
-def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOutcome | None]:
+def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, TriggerOutcome | None]:
     """Whether the knowledge base's content is the champion's; if not, the rebuild (once per version,
     after the cooldown). Returns what was found and what was done."""
     ws.bind_mlflow()
@@ -673,34 +637,30 @@ def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, ActionOu
             version.digest,
             f"the knowledge base changed: DVC version {version.md5}, {len(version.documents)} documents",
         )
-        decision = decide_trigger(breach, past_triggers(ledger, name, ("knowledge",)), trigger_policy, now)
-        if not decision.start or not start:
-            return (
-                "not started: " + decision.reason
-            ) if not decision.start else "a rebuild would start (--no-action)", None
+        earlier = past_triggers(ledger, name, ("knowledge",))
+        decision = decide(breach, earlier, trigger_policy, now, start=True, flag="act (--no-action)")
+        if not decision.start:
+            return "not started: " + decision.reason, None
+        if not start:
+            return "a rebuild would start (--no-action)", None
         trigger = record_trigger(ws, ledger, breach, decision).outputs[0]
     return f"knowledge version {version.md5} differs from the champion's", rebuild(ws, trigger)
 
 
-def rebuild(ws: Workspace, trigger: str) -> ActionOutcome:
+def rebuild(ws: Workspace, trigger: str) -> TriggerOutcome:
     """The release flow for ``trigger`` (its cause recorded), then the promotion policy may make it the canary."""
     project = ws.llm_project()
-    with ws.ledger() as ledger, file_lock(ws.home, f"llm-action-{project.name}"):
-        already = _claim(ledger, trigger, project.name)
+    with ws.ledger() as ledger:
+        already = claim(ws, ledger, trigger, project.name)
     if already:
-        return ActionOutcome("skipped", trigger, already)
+        return TriggerOutcome("skipped", trigger, already)
     try:
         built = release_flow(ws, cause=trigger)
     except ConveyorError as exc:
         with ws.ledger() as ledger:
-            ledger.append(
-                EventKind.RETRAINING_FAILED,
-                inputs={"trigger": trigger},
-                details={"error": exc.message, "hint": exc.hint},
-            )
-        return ActionOutcome("failed", trigger, str(exc))
+            return failed(ledger, trigger, exc)
     promotion = promote(ws, f"{built.name}/{built.version}", "canary", score_champion=score_champion)
-    outcome = ActionOutcome(
+    outcome = TriggerOutcome(
         "completed",
         trigger,
         f"version {built.version} built and "
@@ -710,47 +670,10 @@ def rebuild(ws: Workspace, trigger: str) -> ActionOutcome:
         list(promotion.decision.reasons),
     )
     with ws.ledger() as ledger:
-        ledger.append(
-            EventKind.RETRAINING_COMPLETED,
-            inputs={"trigger": trigger, "version": built.version_digest},
-            details={
-                "version": built.version,
-                "canary": promotion.decision.ok,
-                "reasons": outcome.reasons,
-                "data": "knowledge",
-            },
-        )
-    return outcome
+        return completed(ledger, outcome, built.version_digest, reasons=outcome.reasons, data="knowledge")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def _prefect_flow(name: str, function: Any) -> Any:
-    from prefect import flow
-
-    @flow(name=name, validate_parameters=False, log_prints=False)
-    def run(workspace: dict[str, str], trigger: str) -> ActionOutcome:
-        return function(Workspace.from_params(workspace), trigger)
-
-    logging.getLogger("prefect").setLevel(logging.CRITICAL)
-    return run
-
-
-def _window(text: str) -> Any:
-    try:
-        return parse_window(text)
-    except ValueError as exc:
-        raise PolicyInvalid(
-            f"Bad window: {exc}.", hint="Give a row count (500) or a duration (30m, 24h, 7d)."
-        ) from None
-
-
-def _at(text: str | None, default: datetime) -> datetime:
-    if not text:
-        return default
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _digest(path: Path | None) -> str | None:
