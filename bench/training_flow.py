@@ -65,7 +65,8 @@ def main() -> None:
 def run(work: Path, data: Path) -> None:
     from prefect import flow
 
-    from conveyor.pipelines.training import as_task, run_training
+    from conveyor.pipelines.flows import as_task
+    from conveyor.pipelines.training import run_training
 
     stage_times: dict[str, dict[str, float]] = defaultdict(dict)
 

@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conveyor.cli import app
-from conveyor.pipelines.training import STAGES, reporting_stages, run_training
+from conveyor.pipelines.flows import reporting_stages
+from conveyor.pipelines.training import STAGES, run_training
 from conveyor.registry.ledger import Ledger
 from conveyor.registry.pages import read_heading
 from tests.browser import chromium

@@ -36,6 +36,7 @@ __all__ = [
     "Comparison",
     "DriftResult",
     "Reference",
+    "WindowCheck",
     "as_features",
     "caused",
     "champion_reference",
@@ -73,15 +74,23 @@ class ColumnDrift:
 
 
 @dataclass
-class DriftResult:
-    status: Status
+class WindowCheck:
+    """What a check of a window of live traffic judged, for every kind of model: the version, the
+    window (as asked, its rows and bounds) and the reference it was compared with."""
+
+    status: str
     model: str
     version: str
     window: str
     window_rows: int
     reference_rows: int
-    since: str | None
-    until: str | None
+    since: str | None = None
+    until: str | None = None
+
+
+@dataclass
+class DriftResult(WindowCheck):
+    status: Status
     share: float = 0.0
     drifted: list[str] = field(default_factory=list)
     columns: list[ColumnDrift] = field(default_factory=list)

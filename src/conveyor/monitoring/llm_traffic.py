@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from conveyor.monitoring.drift import ColumnDrift, caused, column_drifts, statistic
+from conveyor.monitoring.drift import ColumnDrift, WindowCheck, caused, column_drifts, statistic
 from conveyor.policies.drift import LlmMonitoring
 from conveyor.registry.pages import Heading, inject_heading, publish, self_contained, table, write_index
 
@@ -104,15 +104,8 @@ class RateCheck:
 
 
 @dataclass
-class LlmTrafficResult:
+class LlmTrafficResult(WindowCheck):
     status: Status
-    model: str
-    version: str
-    window: str
-    window_rows: int
-    reference_rows: int
-    since: str | None = None
-    until: str | None = None
     share: float | None = None
     columns: list[ColumnDrift] = field(default_factory=list)
     rates: list[RateCheck] = field(default_factory=list)

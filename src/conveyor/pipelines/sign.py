@@ -7,12 +7,15 @@ the two signature files are uploaded into the model's own artifacts under ``conv
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conveyor.pipelines.flows import Record
 from conveyor.policies.signing import CertificateSigner, SigningPolicy
 from conveyor.registry.digests import file_digest
+from conveyor.registry.events import EventKind
 from conveyor.registry.keys import SigningKey, load_or_create_key
 from conveyor.registry.provenance import Material, build_statement, sign_statement
 from conveyor.registry.signing import (
@@ -24,7 +27,7 @@ from conveyor.registry.signing import (
     sign_model_with_certificate,
 )
 
-__all__ = ["CodeState", "SignedModel", "code_state", "project_signer", "sign_and_attest"]
+__all__ = ["CodeState", "SignedModel", "code_state", "project_signer", "sign_and_attest", "signed_record"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +111,14 @@ def _certificate_name(path: Path) -> str:
 
     names = certificate_identity(x509.load_pem_x509_certificate(path.read_bytes()))
     return names[0] if names else "certificate"
+
+
+def signed_record(signed: SignedModel, code: CodeState, made_from: Mapping[str, str | None]) -> Record:
+    """The ``model.signed`` record of a signing: the signature and the provenance, made from the
+    model and what it was built from (``made_from``: data, validation, weights, ...)."""
+    return Record(
+        EventKind.MODEL_SIGNED,
+        inputs={"model": signed.model_digest, **made_from},
+        outputs=[signed.bundle_digest, signed.provenance_digest],
+        details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
+    )

@@ -39,7 +39,7 @@ from conveyor.pipelines.flows import (
     stage_summary,
 )
 from conveyor.pipelines.register import register_and_record
-from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
+from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest, signed_record
 from conveyor.pipelines.train import TrainedModel, name_run, run_name, train_model
 from conveyor.pipelines.validate import ValidationResult, suite_path, validate_data
 from conveyor.policies.errors import DataInvalid, GateFailed, PolicyInvalid, ValidationFailed
@@ -356,13 +356,7 @@ def _sign(
     signed = sign_and_attest(
         trained.folder, trained.files, model.model_id, signer, materials=materials, parameters=parameters, run=details
     )
-    record = Record(
-        EventKind.MODEL_SIGNED,
-        inputs={"model": signed.model_digest, "data": data.digest, "validation": validation.digest},
-        outputs=[signed.bundle_digest, signed.provenance_digest],
-        details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
-    )
-    return Recorded(signed, (record,))
+    return Recorded(signed, (signed_record(signed, code, {"data": data.digest, "validation": validation.digest}),))
 
 
 def _register(

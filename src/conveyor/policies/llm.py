@@ -190,14 +190,9 @@ def is_llm_project(path: Path) -> bool:
 def load_llm_project(path: str | Path) -> LlmProject:
     """Read and check an LLM project config, its template's variables and its files' presence."""
     path = Path(path).absolute()
+    missing = "Create one (see assistant.yaml in Conveyor's repository), or pass --config."
     project = load_config(
-        path,
-        LlmProject,
-        what="LLM project",
-        example="the demo's assistant.yaml",
-        missing_hint="Create one (see assistant.yaml in Conveyor's repository), or pass --config.",
-        known=set(LlmProject.model_fields) - {"source"},
-        hint=lambda _: "Fix the field(s) named; compare with the demo's assistant.yaml.",
+        path, LlmProject, what="LLM project", example="the demo's assistant.yaml", missing_hint=missing
     )
     _check_files(project, path)
 

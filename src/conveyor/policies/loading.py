@@ -59,12 +59,14 @@ def load_config(
     what: str,
     example: str,
     missing_hint: str,
-    known: Collection[str],
-    hint: Callable[[ValidationError], str],
+    known: Collection[str] = (),
+    hint: Callable[[ValidationError], str] | None = None,
 ) -> Model:
     """Parse the project config ``path`` as ``model`` (its ``source`` the file): a mistake is a
-    ``ConfigInvalid`` naming each field, an unknown key with the ``known`` one it may mean, and
-    ``hint``'s advice for the kinds of mistake found."""
+    ``ConfigInvalid`` naming each field, an unknown key with the key it may mean (the model's
+    fields, and ``known``: nested ones), and ``hint``'s advice for the kinds of mistake found
+    (by default: compare with ``example``)."""
+    keys = set(model.model_fields) - {"source"} | set(known)
     document = read_yaml_mapping(path, ConfigInvalid, example=example, missing_hint=missing_hint)
     try:
         return model.model_validate({**document, "source": path})
@@ -76,10 +78,11 @@ def load_config(
             if kind == "missing":
                 problems.append(f"`{where}` is missing")
             elif kind == "extra_forbidden":
-                close = difflib.get_close_matches(str(error["loc"][-1]), sorted(known), n=1)
+                close = difflib.get_close_matches(str(error["loc"][-1]), sorted(keys), n=1)
                 problems.append(f"`{where}` is not a known key" + (f" (did you mean `{close[0]}`?)" if close else ""))
             else:
                 got = error.get("input")
                 shown = f" (got {got!r})" if not isinstance(got, dict | list) and got is not None else ""
                 problems.append(f"`{where}`: {message.removeprefix('Value error, ')}{shown}")
-        raise ConfigInvalid(f"{path} is not a valid {what}: " + "; ".join(problems) + ".", hint=hint(exc)) from None
+        advice = hint(exc) if hint else f"Fix the field(s) named; compare with {example}."
+        raise ConfigInvalid(f"{path} is not a valid {what}: " + "; ".join(problems) + ".", hint=advice) from None

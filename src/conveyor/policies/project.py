@@ -232,8 +232,8 @@ def load_project(path: str | Path, *, check_data: bool = True) -> ProjectConfig:
     return config
 
 
-# every key a project config may hold, at any depth: an unknown one is matched against these
-_KEYS = set(ProjectConfig.model_fields) - {"source"} | {
+# the nested keys a project config may hold: an unknown one is matched against these and the top level's
+_KEYS = {
     "numeric",
     "categorical",
     "boolean",

@@ -39,7 +39,7 @@ from conveyor.registry.lineage import upstream
 from conveyor.registry.llm_audit import is_llm_release, llm_links, llm_record_links
 from conveyor.registry.seals import ChainProof, prove_events
 from conveyor.registry.store import RegistryView
-from conveyor.registry.verify import Link, VerificationReport, in_project, trusted_keys, verify_version
+from conveyor.registry.verify import Link, VerificationReport, in_project, materials_link, trusted_keys, verify_version
 
 __all__ = [
     "REPORT_KEYS",
@@ -320,18 +320,7 @@ def _materials(v: VerificationReport, facts: Facts) -> Link:
         "feature-definitions": _material(materials, lambda uri: uri == "feature-definitions"),
         "project config": _material(materials, lambda uri: uri.endswith((".yaml", ".yml"))),
     }
-    wrong = [
-        f"{name}: provenance says {found[name]}, the ledger {want}"
-        for name, want in expected.items()
-        if found[name] != want
-    ]
-    if wrong:
-        return Link("materials", False, "; ".join(wrong))
-    return Link(
-        "materials",
-        True,
-        f"{len(expected)} provenance materials match the ledger (data, validation, training set, features, config)",
-    )
+    return materials_link(expected, found, "data, validation, training set, features, config")
 
 
 def _material(materials: dict[str, dict[str, str]], match: Any) -> str | None:

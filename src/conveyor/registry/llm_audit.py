@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.registry.digests import bytes_digest, file_digest
 from conveyor.registry.events import EventKind, inputs_by_role
-from conveyor.registry.verify import Link, VerificationReport, in_project
+from conveyor.registry.verify import Link, VerificationReport, in_project, materials_link
 
 if TYPE_CHECKING:
     from conveyor.registry.audit import Facts
@@ -223,15 +223,4 @@ def _materials(v: VerificationReport, facts: Facts) -> Link:
         "evaluation-results": facts.tags.get("conveyor.evaluation_digest"),
         "evaluation-sets-validation": facts.tags.get("conveyor.validation_digest"),
     }
-    wrong = [
-        f"{uri}: provenance says {materials.get(uri)}, the ledger {want}"
-        for uri, want in expected.items()
-        if materials.get(uri) != want
-    ]
-    if wrong:
-        return Link("materials", False, "; ".join(wrong))
-    return Link(
-        "materials",
-        True,
-        f"{len(expected)} provenance materials match the ledger (weights, prompt, evaluation sets and results)",
-    )
+    return materials_link(expected, materials, "weights, prompt, evaluation sets and results")

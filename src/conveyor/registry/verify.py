@@ -12,6 +12,7 @@ import base64
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "Signer",
     "VerificationReport",
     "in_project",
+    "materials_link",
     "parse_ref",
     "resolve",
     "trusted_keys",
@@ -389,3 +391,16 @@ def in_project(root: Path, path: str | Path) -> Path:
     """``path`` as recorded (relative to the project root, or absolute), made absolute."""
     path = Path(path)
     return path if path.is_absolute() else root / path
+
+
+def materials_link(expected: Mapping[Any, str | None], found: Mapping[str, str | None], what: str) -> Link:
+    """The ``materials`` link of an audit: each material the provenance names (``found``) against
+    the ledger's (``expected``); ``what`` says which they are."""
+    wrong = [
+        f"{name}: provenance says {found.get(name)}, the ledger {want}"
+        for name, want in expected.items()
+        if found.get(name) != want
+    ]
+    if wrong:
+        return Link("materials", False, "; ".join(wrong))
+    return Link("materials", True, f"{len(expected)} provenance materials match the ledger ({what})")

@@ -13,7 +13,7 @@ from conveyor.demo.record import DemoRecord, RecordDisagrees
 from conveyor.monitoring.costs import cost_report
 from conveyor.monitoring.trigger import Breach, decide_trigger
 from conveyor.pipelines.llm.loop import _feedback_counts
-from conveyor.pipelines.retraining import past_triggers
+from conveyor.pipelines.triggers import past_triggers
 from conveyor.policies.promotion import Decision
 from conveyor.registry.digests import bytes_digest
 from conveyor.registry.events import EventKind

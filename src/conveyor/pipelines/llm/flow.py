@@ -29,7 +29,7 @@ from conveyor.pipelines.llm.evaluate import EvaluationResult, evaluate_release
 from conveyor.pipelines.llm.knowledge import passages_of, validate_knowledge, version_knowledge
 from conveyor.pipelines.llm.prompts import RegisteredPrompt, register_prompt
 from conveyor.pipelines.register import register_and_record
-from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest
+from conveyor.pipelines.sign import SignedModel, code_state, project_signer, sign_and_attest, signed_record
 from conveyor.policies.errors import GateFailed, PolicyInvalid
 from conveyor.policies.guardrails import GuardrailPolicy
 from conveyor.policies.llm import EvalCase, LlmProject, canonical_template, read_eval_set
@@ -536,19 +536,13 @@ def _sign(
     signed = sign_and_attest(
         built.folder, built.files, run.model_id, signer, materials=materials, parameters=parameters, run=details
     )
-    record = Record(
-        EventKind.MODEL_SIGNED,
-        inputs={
-            "model": signed.model_digest,
-            "validation": sets.validation,
-            "weights": weights.digest,
-            "prompt": prompt.digest,
-            "evaluation": evaluation.digest,
-        },
-        outputs=[signed.bundle_digest, signed.provenance_digest],
-        details={"signer": signed.key_fingerprint, "code_commit": code.commit, "code_dirty": code.dirty},
-    )
-    return Recorded(signed, (record,))
+    made_from = {
+        "validation": sets.validation,
+        "weights": weights.digest,
+        "prompt": prompt.digest,
+        "evaluation": evaluation.digest,
+    }
+    return Recorded(signed, (signed_record(signed, code, made_from),))
 
 
 def _register(

@@ -35,6 +35,7 @@ from conveyor.monitoring.llm_traffic import (
     reference_frame,
 )
 from conveyor.monitoring.trigger import Breach, TriggerDecision
+from conveyor.pipelines import triggers
 from conveyor.pipelines.datasets import relative_to_root, version_dataset
 from conveyor.pipelines.evaluation_page import write_evaluation_page
 from conveyor.pipelines.flows import run_as_configured
@@ -42,18 +43,7 @@ from conveyor.pipelines.llm.flow import evaluate_version, evaluation_sets, relea
 from conveyor.pipelines.llm.knowledge import version_knowledge
 from conveyor.pipelines.release import score_champion
 from conveyor.pipelines.retraining import record_drift_checked
-from conveyor.pipelines.triggers import (
-    TriggerOutcome,
-    claim,
-    completed,
-    decide,
-    failed,
-    moment,
-    past_triggers,
-    record_trigger,
-    version_digest,
-    window_of,
-)
+from conveyor.pipelines.triggers import TriggerOutcome
 from conveyor.policies.drift import DriftPolicy, Retraining
 from conveyor.policies.errors import ConveyorError, DataInvalid, NotFound, NothingToActOn, PolicyInvalid
 from conveyor.policies.llm import LlmProject, read_eval_set
@@ -298,7 +288,7 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
             hint=f"Promote one first: `conveyor promote {name}/<version> --to champion`.",
         )
     feedback = ingest_gateway_feedback(ws)
-    spec = window_of(window or policy.window)
+    spec = triggers.window_of(window or policy.window)
     now = datetime.now(UTC)
     since = now - timedelta(seconds=spec.seconds) if spec.seconds else None
     with ws.ledger() as ledger:
@@ -383,25 +373,29 @@ def check_llm(ws: Workspace, window: str | None = None, *, start: bool = True) -
                 result.status,
                 name,
                 champion,
-                moment(result.since, now),
-                moment(result.until, now),
+                triggers.moment(result.since, now),
+                triggers.moment(result.until, now),
                 result.report_digest,
                 result.describe(),
             )
-            past = past_triggers(ledger, name, ("drift", "quality"))
-            decision = decide(breach, past, trigger_policy, now, start=start, flag="act (--no-action)")
+            past = triggers.past_triggers(ledger, name, ("drift", "quality"))
+            decision = triggers.decide(breach, past, trigger_policy, now, start=start, flag="act (--no-action)")
             outcome.decision = decision
             result.trigger = ("started: " if decision.start else "not started: ") + decision.reason
         finish_llm_page(result, ws.reports, policy.min_rows)
         record_drift_checked(
             ledger,
             result,
-            {"version": version_digest(ws, name, champion), "reference": reference_digest, "window": window_digest},
+            {
+                "version": triggers.version_digest(ws, name, champion),
+                "reference": reference_digest,
+                "window": window_digest,
+            },
             [result.report_digest, _digest(result.html), _digest(result.snapshot)],
         )
-        _record_quality(ledger, result, version_digest(ws, name, champion), policy.feedback.max_negative_share)
+        _record_quality(ledger, result, triggers.version_digest(ws, name, champion), policy.feedback.max_negative_share)
         if breach is not None and outcome.decision is not None and outcome.decision.start:
-            outcome.trigger = record_trigger(ws, ledger, breach, outcome.decision).outputs[0]
+            outcome.trigger = triggers.record_trigger(ws, ledger, breach, outcome.decision).outputs[0]
     if outcome.trigger is not None:
         outcome.action = reevaluate(ws, outcome.trigger)
     return outcome
@@ -470,7 +464,7 @@ def reevaluate_here(ws: Workspace, trigger: str) -> TriggerOutcome:
     name = project.name
     gate = ws.policy("promotion").value.llm
     with ws.ledger() as ledger:
-        already = claim(ws, ledger, trigger, name)
+        already = triggers.claim(ws, ledger, trigger, name)
         if already:
             return TriggerOutcome("skipped", trigger, already)
         champion = ws.champion(name)
@@ -500,12 +494,12 @@ def reevaluate_here(ws: Workspace, trigger: str) -> TriggerOutcome:
             log.error("%s: %s", name, reason)
             return _completed(ledger, TriggerOutcome("held", trigger, reason, champion, reasons=reasons))
         except ConveyorError as exc:
-            return failed(ledger, trigger, exc)
+            return triggers.failed(ledger, trigger, exc)
 
 
 def _completed(ledger: Ledger, outcome: TriggerOutcome) -> TriggerOutcome:
     """A re-evaluation's end: it made no version, and what it did is its record's data."""
-    return completed(ledger, outcome, None, reasons=[outcome.reason, *outcome.reasons], data=outcome.status)
+    return triggers.completed(ledger, outcome, None, reasons=[outcome.reason, *outcome.reasons], data=outcome.status)
 
 
 def _current_sets(ws: Workspace, ledger: Ledger, project: LlmProject) -> dict[str, Any]:
@@ -565,7 +559,7 @@ def _judge(
     ledger.append(
         EventKind.RELEASE_EVALUATED,
         inputs={
-            "release": version_digest(ws, name, version),
+            "release": triggers.version_digest(ws, name, version),
             "policy": ws.policy("promotion").digest,
             "cause": cause,
             **{f"set:{n}": d for n, (_, d) in sets.items()},
@@ -637,13 +631,13 @@ def check_knowledge(ws: Workspace, *, start: bool = True) -> tuple[str, TriggerO
             version.digest,
             f"the knowledge base changed: DVC version {version.md5}, {len(version.documents)} documents",
         )
-        earlier = past_triggers(ledger, name, ("knowledge",))
-        decision = decide(breach, earlier, trigger_policy, now, start=True, flag="act (--no-action)")
+        earlier = triggers.past_triggers(ledger, name, ("knowledge",))
+        decision = triggers.decide(breach, earlier, trigger_policy, now, start=True, flag="act (--no-action)")
         if not decision.start:
             return "not started: " + decision.reason, None
         if not start:
             return "a rebuild would start (--no-action)", None
-        trigger = record_trigger(ws, ledger, breach, decision).outputs[0]
+        trigger = triggers.record_trigger(ws, ledger, breach, decision).outputs[0]
     return f"knowledge version {version.md5} differs from the champion's", rebuild(ws, trigger)
 
 
@@ -651,14 +645,14 @@ def rebuild(ws: Workspace, trigger: str) -> TriggerOutcome:
     """The release flow for ``trigger`` (its cause recorded), then the promotion policy may make it the canary."""
     project = ws.llm_project()
     with ws.ledger() as ledger:
-        already = claim(ws, ledger, trigger, project.name)
+        already = triggers.claim(ws, ledger, trigger, project.name)
     if already:
         return TriggerOutcome("skipped", trigger, already)
     try:
         built = release_flow(ws, cause=trigger)
     except ConveyorError as exc:
         with ws.ledger() as ledger:
-            return failed(ledger, trigger, exc)
+            return triggers.failed(ledger, trigger, exc)
     promotion = promote(ws, f"{built.name}/{built.version}", "canary", score_champion=score_champion)
     outcome = TriggerOutcome(
         "completed",
@@ -670,7 +664,7 @@ def rebuild(ws: Workspace, trigger: str) -> TriggerOutcome:
         list(promotion.decision.reasons),
     )
     with ws.ledger() as ledger:
-        return completed(ledger, outcome, built.version_digest, reasons=outcome.reasons, data="knowledge")
+        return triggers.completed(ledger, outcome, built.version_digest, reasons=outcome.reasons, data="knowledge")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
