@@ -115,7 +115,7 @@ def _build(project: Path) -> tuple[Any, str]:
     ws = Workspace.open(project, home=str(project.parent / ".conveyor"), actor="bench")
     built = ws.build_release()
     assert ws.promote(f"{built.name}/{built.version}", to="champion").decision.ok
-    return ws, ApiKeys(ws.api_keys_file).create("bench")
+    return ws, ApiKeys(ws.stores.api_keys_file).create("bench")
 
 
 def _wait(url: str, process: subprocess.Popen, timeout: float = 180) -> None:

@@ -13,18 +13,23 @@ Importing this package is cheap: the API is loaded on first use, and the command
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from conveyor._exports import exports as _exports
 
 if TYPE_CHECKING:
     from conveyor.api import LedgerAudit, LineageResult, Workspace, verify_bundle
 
-__all__ = ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"]
+__all__ = [
+    "LedgerAudit",
+    "LineageResult",
+    "Workspace",
+    "verify_bundle",
+]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        # here: `import conveyor` stays cheap; the API loads on first use
-        from conveyor import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+__getattr__ = _exports(
+    __name__,
+    {
+        "conveyor.api": ["LedgerAudit", "LineageResult", "Workspace", "verify_bundle"],
+    },
+)

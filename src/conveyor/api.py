@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.policies.errors import ConfigInvalid, ConveyorError, NotFound
 from conveyor.registry.loading import verified_copy
 from conveyor.registry.weights import resolve_weights, store_state
-from conveyor.registry.workspace import Workspace as _Workspace
+from conveyor.registry.workspace import Workspace as Stores
 
 if TYPE_CHECKING:
     from conveyor.pipelines.llm.flow import ReleaseOutcome
@@ -92,18 +92,54 @@ class LedgerAudit:
         }
 
 
-class Workspace(_Workspace):
-    """A project and its stores, with the verbs of the command line."""
+class Workspace:
+    """A project and its stores, with the verbs of the command line.
 
-    _prepared = False
+    The verbs are all it shows. What they run on (settings, paths, the registry, the ledger, the
+    policies) is ``stores``: the plumbing, for code that needs it (``conveyor.registry.Workspace``).
+    """
 
-    def prepare(self) -> Workspace:
-        super().prepare()
-        self._prepared = True
-        return self
+    __slots__ = ("_prepared", "stores")
 
-    def _ready(self) -> Workspace:
-        return self if self._prepared else self.prepare()
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self._prepared = False
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, **overrides: Any) -> Workspace:
+        """The project at ``path`` (a folder holding ``conveyor.yaml``, or the config file itself);
+        without it, ``$CONVEYOR_PROJECT_FILE``, else ``./conveyor.yaml``. ``overrides`` are settings
+        (``home``, ``ledger_url``, ``mlflow_tracking_uri``, ``actor``, ...) ahead of the
+        environment and the project file. Opening changes nothing."""
+        return cls(Stores.open(path, **overrides))
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.stores.project_file)!r})"
+
+    @property
+    def root(self) -> Path:
+        """The project's folder."""
+        return self.stores.root
+
+    @property
+    def project_file(self) -> Path:
+        return self.stores.project_file
+
+    @property
+    def home(self) -> Path:
+        """Where the embedded stores, reports and keys live (``.conveyor/`` by default)."""
+        return self.stores.home
+
+    @property
+    def model_name(self) -> str:
+        """The project's model (a tabular model's name, or an LLM release's)."""
+        return self.stores.model_name
+
+    def _ready(self) -> Stores:
+        if not self._prepared:
+            self.stores.prepare()
+            self._prepared = True
+        return self.stores
 
     # -- data and training ---------------------------------------------------------------------
 
@@ -171,7 +207,10 @@ class Workspace(_Workspace):
         from conveyor.serving.answer import LlmRelease
 
         self._ready()
-        with self.ledger() as ledger, verified_copy(self, ref, ledger, what="The release") as (report, folder):
+        with (
+            self.stores.ledger() as ledger,
+            verified_copy(self.stores, ref, ledger, what="The release") as (report, folder),
+        ):
             if report.tags.get("conveyor.kind") != "llm-release":
                 raise ConveyorError(f"{ref} is not an LLM release.", hint="`llm ask` answers with LLM releases only.")
             return LlmRelease.open(folder).answer(question)
@@ -181,9 +220,9 @@ class Workspace(_Workspace):
         when they are damaged or missing (refused when the package itself no longer verifies):
         (the store's file, what was done)."""
         self._require_llm()
-        project = self.llm_project()
-        before = store_state(self.weights_store, project.model.sha256)
-        weights = resolve_weights(project.model, self.weights_store, lock=self.root / "uv.lock")
+        project = self.stores.llm_project()
+        before = store_state(self.stores.weights_store, project.model.sha256)
+        weights = resolve_weights(project.model, self.stores.weights_store, lock=self.stores.root / "uv.lock")
         done = {"intact": "intact: nothing to do", "missing": "missing: copied from the package"}.get(
             before, "damaged: rebuilt from the package, which still verifies"
         )
@@ -191,9 +230,9 @@ class Workspace(_Workspace):
 
     def _require_llm(self) -> None:
 
-        if not self.is_llm:
+        if not self.stores.is_llm:
             raise ConfigInvalid(
-                f"{self.project_file} is not an LLM project (it has no `kind: llm`).",
+                f"{self.stores.project_file} is not an LLM project (it has no `kind: llm`).",
                 hint="Pass the LLM project's file: `conveyor --config assistant.yaml llm build`.",
             )
 
@@ -206,9 +245,9 @@ class Workspace(_Workspace):
         from conveyor.registry.verify import parse_ref
 
         self._ready()
-        with self.ledger() as ledger:
-            reconcile(self.mlflow(), ledger, self.home, parse_ref(ref)[0])
-            return self.verify_ref(ref, ledger)
+        with self.stores.ledger() as ledger:
+            reconcile(self.stores.mlflow(), ledger, self.stores.home, parse_ref(ref)[0])
+            return self.stores.verify_ref(ref, ledger)
 
     def promote(
         self, ref: str, *, to: str, dry_run: bool = False, force_after_rollback: int | None = None
@@ -240,7 +279,7 @@ class Workspace(_Workspace):
         # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.release import rollback
 
-        return rollback(self._ready(), model or self.model_name, dry_run=dry_run)
+        return rollback(self._ready(), model or self.stores.model_name, dry_run=dry_run)
 
     # -- the record ----------------------------------------------------------------------------
 
@@ -268,11 +307,13 @@ class Workspace(_Workspace):
                 hint="e.g. `conveyor lineage loan-default@champion` or `conveyor lineage --at 2026-11-21T14:30`.",
             )
         directions = ["upstream"] * (up or not down) + ["downstream"] * (down or not up)
-        with self.ledger() as ledger:
+        with self.stores.ledger() as ledger:
             if at is not None:
                 start = serving_at(ledger, parse_time(at), model)
             else:
-                start = find_start(str(target), ledger, inference=self.inference_dir(), tracking_uri=self.tracking_uri)
+                start = find_start(
+                    str(target), ledger, inference=self.stores.inference_dir(), tracking_uri=self.stores.tracking_uri
+                )
             walks = [walk(ledger, start.digests, d, depth) for d in directions]  # type: ignore[arg-type]
         if not any(w.events for w in walks):
             raise NotFound(
@@ -288,7 +329,7 @@ class Workspace(_Workspace):
         # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.status import model_status
 
-        return model_status(self._ready(), model or self.model_name)
+        return model_status(self._ready(), model or self.stores.model_name)
 
     def audit(self, ref: str, *, export: str | Path | None = None) -> AuditReport:
         """Re-verify the whole record of ``ref``, link by link; with ``export``, also write an evidence bundle."""
@@ -300,21 +341,21 @@ class Workspace(_Workspace):
         from conveyor.registry.seals import project_trust
 
         self._ready()
-        with self.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
+        with self.stores.ledger() as ledger, tempfile.TemporaryDirectory(prefix="conveyor-audit-") as keep:
             report = audit_version(
                 ref,
-                self.signing(),
-                root=self.root,
-                keys_dir=self.keys_dir,
+                self.stores.signing(),
+                root=self.stores.root,
+                keys_dir=self.stores.keys_dir,
                 ledger=ledger,
                 keep=Path(keep),
-                registry=self.registry(),
-                weights=self.weights_store,
+                registry=self.stores.registry(),
+                weights=self.stores.weights_store,
             )
             if export is not None and report.verification.version_digest is not None:
-                key, trusted = project_trust(self)
+                key, trusted = project_trust(self.stores)
                 report.evidence = export_evidence(
-                    report, ledger, Path(export), key=key, trusted=trusted, root=self.root
+                    report, ledger, Path(export), key=key, trusted=trusted, root=self.stores.root
                 )
                 report.evidence_key = key.fingerprint
         return report
@@ -327,14 +368,14 @@ class Workspace(_Workspace):
         from conveyor.registry.seals import MILESTONE_EVERY, check_seals, known_trust, seal_with_project_key
 
         external = [_seal_file(Path(p)) for p in against]
-        trusted = known_trust(self)
-        with self.ledger() as ledger:
+        trusted = known_trust(self.stores)
+        with self.stores.ledger() as ledger:
             chain = ledger.verify_chain(milestone_every=MILESTONE_EVERY if seal else None)
             chain, newest = check_seals(ledger, chain, trusted, external)
             if not (seal and chain.ok):
                 return LedgerAudit(chain, ledger.display_url, None, newest)
-            sealed = seal_with_project_key(self, ledger, chain)
-            copy = self.home / "seals" / f"seal-{sealed.seq}.json"
+            sealed = seal_with_project_key(self.stores, ledger, chain)
+            copy = self.stores.home / "seals" / f"seal-{sealed.seq}.json"
             copy.parent.mkdir(parents=True, exist_ok=True)
             copy.write_text(json.dumps(sealed.envelope, indent=2) + "\n", encoding="utf-8")
             return LedgerAudit(chain, ledger.display_url, sealed, sealed, copy)
@@ -344,8 +385,8 @@ class Workspace(_Workspace):
         # here: each verb loads only what it runs (a quick verb never loads training)
         from conveyor.registry.seals import seal_with_project_key
 
-        with self.ledger() as ledger:
-            return seal_with_project_key(self, ledger)
+        with self.stores.ledger() as ledger:
+            return seal_with_project_key(self.stores, ledger)
 
     # -- monitoring ----------------------------------------------------------------------------
 

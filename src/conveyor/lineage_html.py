@@ -182,7 +182,7 @@ def _name(event: LedgerEvent, position: int, kind: str, file_name: str) -> str:
 Verdict = tuple[bool, str]  # the audit's verdict: intact or not, and in words
 
 
-def page_title(label: str) -> str:
+def _page_title(label: str) -> str:
     """``loan-default/3 (loan-default@champion)`` as "loan-default version 3 (loan-default@champion)"."""
     name, slash, rest = label.partition("/")
     number, space, tail = rest.partition(" ")
@@ -213,7 +213,7 @@ def lineage_page(
     for node in graph["nodes"]:
         step = _layer(node["column"])
         if step == 0 and not node["root"]:  # beside the start: an input of a step down, or made by a step up
-            step = 1 if any(nodes[e]["column"] == 1 for e in used_by(node["id"], used)) else -1
+            step = 1 if any(nodes[e]["column"] == 1 for e in _used_by(node["id"], used)) else -1
         layers.setdefault(step, []).append(node)
     shown = _Shown(root)
     start = [_card(n, nodes, used, made, shown) for n in _ordered(layers.pop(0, []))]
@@ -222,7 +222,7 @@ def lineage_page(
     events = sum(1 for n in graph["nodes"] if n["type"] == "event")
     heading = Heading(
         "lineage",
-        f"Lineage of {page_title(title)}",
+        f"Lineage of {_page_title(title)}",
         verdict[1] if verdict else "not audited for this page",
         ("ok" if verdict[0] else "failed") if verdict else "inconclusive",
         model=model or title.partition("/")[0].partition("@")[0],
@@ -231,7 +231,7 @@ def lineage_page(
     ).stamped()
     return _PAGE.format(
         meta=meta_tag(heading),
-        title=html.escape(page_title(title)),
+        title=html.escape(_page_title(title)),
         note=f'<p class="note">{html.escape(note)}</p>' if note else "",
         verdict=_verdict(verdict),
         start="\n".join(start),
@@ -253,7 +253,7 @@ def _version_of(label: str) -> str | None:
 _OPEN_LAYERS = 3  # layers nearer than this are open when the page loads
 
 
-def used_by(node_id: str, used: dict[str, list[str]]) -> list[str]:
+def _used_by(node_id: str, used: dict[str, list[str]]) -> list[str]:
     """The events that used ``node_id``."""
     return [event for event, inputs in used.items() if node_id in inputs]
 
@@ -359,7 +359,7 @@ def _card(
         rows.append(("digest", f"<code>{e(node['digest'])}</code>"))
         rows += [("made", e(when) + " UTC")] if when else []
         makers = [src for src, outs in made.items() if node["id"] in outs]
-        users = used_by(node["id"], used)
+        users = _used_by(node["id"], used)
         rows += [("made by", _links(makers, nodes))] if makers else []
         rows += [("used by", _links(users, nodes))] if users else []
     body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)

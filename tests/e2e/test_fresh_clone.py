@@ -74,14 +74,14 @@ def test_the_whole_demo_in_a_fresh_clone_says_only_what_the_record_holds(
     champions = dict(re.findall(r"([\w.-]+) v(\d+)", last.split("champions:", 1)[1]))
     assert set(champions) == {"loan-default", "conveyor-assistant"}, last
     ws = Workspace.open(clone, home=str(clone / ".conveyor"))
-    assert ws.champion("loan-default") == champions["loan-default"]
+    assert ws.stores.champion("loan-default") == champions["loan-default"]
     assistant = Workspace.open(
         clone / ".conveyor" / "demo" / "assistant" / "assistant.yaml",
         home=str(clone / ".conveyor"),
-        ledger_url=ws.ledger_url,
-        mlflow_tracking_uri=ws.tracking_uri,
+        ledger_url=ws.stores.ledger_url,
+        mlflow_tracking_uri=ws.stores.tracking_uri,
     )
-    assert assistant.champion("conveyor-assistant") == champions["conveyor-assistant"]
+    assert assistant.stores.champion("conveyor-assistant") == champions["conveyor-assistant"]
     assert "Traceback" not in result.stdout + result.stderr
     assert git(clone, "status", "--porcelain") == "", "the demo leaves the clone's tracked files as they were"
 

@@ -47,6 +47,6 @@ def test_the_api_returns_what_the_cli_prints_as_json(project: Path) -> None:
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout) == ws.verify(ref).to_dict()
     dry = ws.promote(ref, to="champion", dry_run=True)
-    assert dry.decision.ok and dry.dry_run and ws.champion() is None  # a dry run changes nothing
+    assert dry.decision.ok and dry.dry_run and ws.stores.champion() is None  # a dry run changes nothing
     with pytest.raises(ConveyorError, match="canary or champion"):
         ws.promote(ref, to="production")

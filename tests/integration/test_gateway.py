@@ -561,22 +561,22 @@ def test_a_tampered_release_is_refused_at_load_and_the_champion_keeps_serving(se
 
     ws = _release(served, template=(served.root / "llm" / "prompts" / "assistant.txt").read_text() + "Be brief.\n")
     built = ws.build_release()
-    location = Path(urlparse(ws.mlflow().get_logged_model(built.model_id).artifact_location).path)
+    location = Path(urlparse(ws.stores.mlflow().get_logged_model(built.model_id).artifact_location).path)
     template = location / "prompt" / "template.txt"
     original = template.read_text()
     template.write_text(original.replace("help assistant", "harm assistant"))
     assert template.read_text() != original
-    ws.mlflow().set_registered_model_alias(NAME, "canary", built.version)
+    ws.stores.mlflow().set_registered_model_alias(NAME, "canary", built.version)
     status = served.reload()
     assert status["canary"] is None and status["refused"]["canary"] == built.version
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         refused = [ledger.get(s) for s in range(1, ledger.count() + 1) if ledger.get(s).kind == "model.load_refused"]
     assert refused and "signature" in refused[-1].details["reason"]
     answer = served.client().chat.completions.create(
         model=NAME, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4
     )
     assert answer.model_extra["conveyor"]["served_by"] == "champion"
-    ws.mlflow().delete_registered_model_alias(NAME, "canary")
+    ws.stores.mlflow().delete_registered_model_alias(NAME, "canary")
 
 
 def test_a_canary_whose_answers_come_out_empty_is_rolled_back_with_no_client_error(served: Served) -> None:

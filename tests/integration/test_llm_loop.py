@@ -88,7 +88,7 @@ def ws(loop: dict[str, Any]) -> Any:
 
 
 def _events(ws: Any, kind: str) -> list[Any]:
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         return [e for e in (ledger.get(s) for s in range(1, ledger.count() + 1)) if e.kind == kind]
 
 
@@ -97,7 +97,7 @@ def _log(ws: Any, version: str, rows: list[dict[str, Any]], *, key: str = "alice
     from conveyor.registry.inference_log import InferenceLog, LlmLogEntry
 
     ids = []
-    with InferenceLog(ws.inference_dir(NAME)) as log:
+    with InferenceLog(ws.stores.inference_dir(NAME)) as log:
         for row in rows:
             request_id = f"chatcmpl-{uuid.uuid4().hex}"
             ids.append(request_id)
@@ -259,7 +259,7 @@ def test_a_new_knowledge_version_is_rebuilt_evaluated_and_made_the_canary_once(w
     _dvc_add(root, "llm/kb")
     found, action = ws.check_knowledge()
     assert action is not None and action.status == "completed" and action.canary, action
-    assert str(ws.mlflow().get_model_version_by_alias(NAME, "canary").version) == action.version
+    assert str(ws.stores.mlflow().get_model_version_by_alias(NAME, "canary").version) == action.version
     trigger = _events(ws, "retraining.triggered")[-1]
     assert trigger.details["cause"] == "knowledge"
     built = _events(ws, "release.built")[-1]
@@ -332,7 +332,7 @@ def test_negative_feedback_grows_the_set_and_a_failing_reevaluation_rolls_back(
     assert heading.caused is not None and heading.caused.startswith("started a re-evaluation")
     assert outcome.action is not None and outcome.action.status == "rolled_back", outcome.action
     assert outcome.action.version == first
-    assert ws.champion(NAME) == first
+    assert ws.stores.champion(NAME) == first
     (rolled,) = _events(ws, "model.rolled_back")[-1:]
     assert rolled.details["to"] == first and outcome.trigger in rolled.inputs
     judged = {
@@ -368,7 +368,7 @@ def test_knowledge_validation_failures_stop_the_build_and_register_nothing(tmp_p
         from mlflow.exceptions import MlflowException
 
         try:
-            registered = ws.mlflow().search_model_versions(f"name='{NAME}'")
+            registered = ws.stores.mlflow().search_model_versions(f"name='{NAME}'")
         except MlflowException:
             registered = []
         assert registered == []

@@ -51,7 +51,7 @@ def ws(built: tuple[Any, Any]) -> Any:
 
 
 def _kinds(ws: Any) -> list[str]:
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         return [ledger.get(seq).kind for seq in range(1, ledger.count() + 1)]
 
 
@@ -59,7 +59,7 @@ def _versions(ws: Any, name: str = NAME) -> list[str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return [v.version for v in ws.mlflow().search_model_versions(f"name='{name}'")]
+        return [v.version for v in ws.stores.mlflow().search_model_versions(f"name='{name}'")]
     except MlflowException:
         return []
 
@@ -180,7 +180,7 @@ def _tamper(path: Path, restore: list[Path], change: Any) -> None:
 def _artifacts(ws: Any, outcome: Any) -> Path:
     from urllib.parse import urlparse
 
-    location = ws.mlflow().get_logged_model(outcome.model_id).artifact_location
+    location = ws.stores.mlflow().get_logged_model(outcome.model_id).artifact_location
     return Path(urlparse(location).path)
 
 
@@ -197,7 +197,7 @@ def test_a_tampered_release_file_is_refused_at_verify_and_at_load(
 
     _, outcome = built
     path = {
-        "weights": ws.weights_store / f"{outcome.weights_digest.removeprefix('sha256:')}.gguf",
+        "weights": ws.stores.weights_store / f"{outcome.weights_digest.removeprefix('sha256:')}.gguf",
         "prompt": _artifacts(ws, outcome) / "prompt" / "template.txt",
         "manifest": _artifacts(ws, outcome) / "release.json",
         "index": _artifacts(ws, outcome) / "index" / "passages.jsonl",  # the retrieval index's passages
@@ -234,14 +234,17 @@ def test_a_tampered_llm_champion_is_refused_before_anything_of_it_is_loaded(
     opened: list[Path] = []
     monkeypatch.setattr(LlmRelease, "open", classmethod(lambda cls, folder, **kw: opened.append(folder)))
     _tamper(_artifacts(ws, outcome) / "release.json", restore, lambda b: b.replace(b'"top_k"', b'"top_k" ', 1))
-    with ws.ledger() as ledger, pytest.raises(SignatureInvalid, match=r"The champion, .* does not verify \(signature"):
-        evaluate_version(ws, ledger, NAME, outcome.version, {}, (), 60)
+    with (
+        ws.stores.ledger() as ledger,
+        pytest.raises(SignatureInvalid, match=r"The champion, .* does not verify \(signature"),
+    ):
+        evaluate_version(ws.stores, ledger, NAME, outcome.version, {}, (), 60)
     assert opened == [], "a release that does not verify was opened"
 
 
 def test_weights_missing_from_the_store_are_named(ws: Any, built: tuple[Any, Any], restore: list[Path]) -> None:
     _, outcome = built
-    path = ws.weights_store / f"{outcome.weights_digest.removeprefix('sha256:')}.gguf"
+    path = ws.stores.weights_store / f"{outcome.weights_digest.removeprefix('sha256:')}.gguf"
     path.rename(path.with_name(path.name + ".orig"))
     restore.append(path)
     report = ws.verify(f"{NAME}/{outcome.version}")
@@ -304,7 +307,7 @@ def test_a_prompt_only_change_is_a_small_release_that_reuses_the_weights(ws: Any
     assert second.release_digest != first.release_digest
     assert second.prompt != first.prompt and second.prompt_new
     assert second.registered_bytes < 100_000
-    assert len(list(ws.weights_store.glob("*.gguf"))) == 1
+    assert len(list(ws.stores.weights_store.glob("*.gguf"))) == 1
     # the champion (if promoted earlier) was compared on the same sets
     if second.champion_version:
         assert second.champion_metrics is not None
@@ -329,7 +332,7 @@ def test_a_prompt_that_makes_the_assistant_worse_fails_the_gate_and_is_not_regis
     assert "failed its evaluation gate" in message and "is below the minimum" in message
     assert "golden/hello" in message  # the failed cases are named
     assert _versions(ws) == before
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         evaluated = ledger.latest(["release.evaluated"], limit=1)[0]
         assert evaluated.details["passed"] is False
         assert ledger.verify_chain().ok
@@ -353,7 +356,7 @@ def _edit(path: Path, change: Any) -> None:
 def _nothing_registered(ws: Any, *, built: bool = False) -> None:
     """No version in the registry, nothing signed, an intact chain (and, unless ``built``, no release made)."""
     assert _versions(ws) == []
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         assert ledger.verify_chain().ok
         assert not ledger.latest(["model.registered", "model.signed"], limit=5)
         assert bool(ledger.latest(["release.built"], limit=5)) == built
@@ -473,10 +476,10 @@ def test_the_evaluation_answers_as_the_gateway_does(ws: Any, built: tuple[Any, A
     from conveyor.serving.releases import ServedRelease, load_release
 
     _, release = built
-    with ws.ledger() as ledger:
-        verified = load_release(ws, NAME, release.version, ledger, tmp_path / "releases")
+    with ws.stores.ledger() as ledger:
+        verified = load_release(ws.stores, NAME, release.version, ledger, tmp_path / "releases")
     evaluation = LlmRelease.open(verified.folder)
-    gateway = Gateway(ws)
+    gateway = Gateway(ws.stores)
     gateway.gateway = gateway.gateway.model_copy(
         update={"cache": gateway.gateway.cache.model_copy(update={"enabled": False})}
     )

@@ -21,7 +21,17 @@ if TYPE_CHECKING:
 
     from conveyor.api import Workspace
 
-__all__ = ["JSON", "Group", "emit_json", "out", "progress", "sub_app", "workspace"]
+__all__ = [
+    "JSON",
+    "Group",
+    "emit_json",
+    "fitted",
+    "out",
+    "progress",
+    "sub_app",
+    "training_progress",
+    "workspace",
+]
 
 JSON = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
@@ -157,7 +167,7 @@ def workspace(ctx: typer.Context) -> Workspace:
                 hint="Run in a project's folder, pass --config FILE, or set CONVEYOR_PROJECT_FILE "
                 "(or CONVEYOR_HOME to read an existing record).",
             )
-        ws.prepare()  # telemetry off and the tools' homes in .conveyor/ before any heavy import
+        ws.stores.prepare()  # telemetry off and the tools' homes in .conveyor/ before any heavy import
         quiet_libraries()
         root.obj["workspace"] = ws
     return root.obj["workspace"]

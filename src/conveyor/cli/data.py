@@ -10,7 +10,20 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, training_progress, workspace
 
-__all__ = ["print_outcome", "register"]
+__all__ = [
+    "config_check",
+    "data_pull",
+    "data_push",
+    "expectations_init",
+    "init",
+    "keys_init",
+    "keys_show",
+    "print_outcome",
+    "register",
+    "train",
+    "validate",
+    "version",
+]
 
 config_app = sub_app("Check the project config (conveyor.yaml).")
 keys_app = sub_app("Manage the project's signing key.")
@@ -119,15 +132,20 @@ def init(
 def config_check(ctx: typer.Context, as_json: JSON = False) -> None:
     """Read the project config, check it (and its columns against the data), and summarise it."""
     ws = workspace(ctx)
-    if ws.is_llm:
+    if ws.stores.is_llm:
         if as_json:
             emit_json(
-                {"file": str(ws.project_file), "valid": True, "kind": "llm", **ws.llm_project().model_dump(mode="json")}
+                {
+                    "file": str(ws.project_file),
+                    "valid": True,
+                    "kind": "llm",
+                    **ws.stores.llm_project().model_dump(mode="json"),
+                }
             )
             return
-        _llm_config_check(ws)
+        _llm_config_check(ws.stores)
         return
-    project = ws.project(check_data=True)
+    project = ws.stores.project(check_data=True)
     if as_json:
         emit_json(
             {
@@ -189,7 +207,7 @@ def expectations_init(
     from conveyor.pipelines.validate import write_starter_suite
 
     ws = workspace(ctx)
-    target, suite = write_starter_suite(ws.project(check_data=True), ws.root, data, force=force)
+    target, suite = write_starter_suite(ws.stores.project(check_data=True), ws.root, data, force=force)
     if as_json:
         emit_json({"suite": str(target), "expectations": len(suite["expectations"])})
         return
@@ -274,7 +292,7 @@ def keys_init(ctx: typer.Context, as_json: JSON = False) -> None:
     # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.keys import load_or_create_key
 
-    key = load_or_create_key(workspace(ctx).keys_dir)
+    key = load_or_create_key(workspace(ctx).stores.keys_dir)
     if as_json:
         emit_json(
             {"private_key": str(key.private_path), "public_key": str(key.public_path), "fingerprint": key.fingerprint}
@@ -291,7 +309,7 @@ def keys_show(ctx: typer.Context, as_json: JSON = False) -> None:
     # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.keys import show_public_key
 
-    pem, fingerprint = show_public_key(workspace(ctx).keys_dir)
+    pem, fingerprint = show_public_key(workspace(ctx).stores.keys_dir)
     if as_json:
         emit_json({"public_key": pem, "fingerprint": fingerprint})
         return
@@ -318,7 +336,7 @@ def _transfer(ctx: typer.Context, direction: str, as_json: bool) -> None:
     from conveyor.pipelines.datasets import transfer_data
 
     ws = workspace(ctx)
-    settings = ws.settings
+    settings = ws.stores.settings
     bucket = settings.bucket if settings.servers else None
     done = transfer_data(ws.root, direction, bucket=bucket, endpoint=settings.object_store_url)
     if as_json:

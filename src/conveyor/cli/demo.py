@@ -8,7 +8,10 @@ import typer
 
 from conveyor.cli._common import out, workspace
 
-__all__ = ["register"]
+__all__ = [
+    "demo",
+    "register",
+]
 
 
 def register(app: typer.Typer) -> None:

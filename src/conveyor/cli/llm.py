@@ -8,7 +8,18 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
 
-__all__ = ["print_release", "register"]
+__all__ = [
+    "ask",
+    "build",
+    "check",
+    "cost_report",
+    "feedback_accept",
+    "feedback_add",
+    "knowledge",
+    "print_release",
+    "register",
+    "weights",
+]
 
 llm_app = sub_app("Build, evaluate and try LLM releases (a project file with `kind: llm`, via --config).")
 cost_app = sub_app("What LLM requests cost: tokens and money by team, release or version, from the inference log.")
@@ -38,7 +49,7 @@ def cost_report(
     if by not in ("team", "model", "version"):
         raise ConfigInvalid(f"--by {by!r} is not a grouping.", hint="Use --by team, --by model or --by version.")
     ws = workspace(ctx)
-    report = report_of(ws.inference_dir(), by=by, since=parse_since(since))  # type: ignore[arg-type]
+    report = report_of(ws.stores.inference_dir(), by=by, since=parse_since(since))  # type: ignore[arg-type]
     if as_json:
         emit_json(report.to_dict())
         return
@@ -156,11 +167,11 @@ def check(
     """
     with progress("Checking the LLM traffic (Evidently)...", quiet=as_json):
         outcome = workspace(ctx).check_llm(window, act=not no_action)
-    print_llm_check(outcome, as_json=as_json)
+    _print_llm_check(outcome, as_json=as_json)
     raise typer.Exit(outcome.result.exit_code)
 
 
-def print_llm_check(outcome: Any, *, as_json: bool = False) -> None:
+def _print_llm_check(outcome: Any, *, as_json: bool = False) -> None:
     r = outcome.result
     if as_json:
         emit_json(
@@ -195,10 +206,10 @@ def print_llm_check(outcome: Any, *, as_json: bool = False) -> None:
     if r.trigger:
         out(f"  action   {r.trigger}")
     if outcome.action is not None:
-        print_action(outcome.action)
+        _print_action(outcome.action)
 
 
-def print_action(action: Any) -> None:
+def _print_action(action: Any) -> None:
     out(f"  {action.status}: {action.reason}")
     for reason in action.reasons:
         out(f"    {reason}")
@@ -220,7 +231,7 @@ def knowledge(
     else:
         out(found)
         if action is not None:
-            print_action(action)
+            _print_action(action)
     raise typer.Exit(1 if action is not None and action.status == "failed" else 0)
 
 

@@ -10,7 +10,12 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
 
-__all__ = ["register"]
+__all__ = [
+    "drift_check",
+    "labels_add",
+    "monitor",
+    "register",
+]
 
 drift_app = sub_app("Compare live traffic with what the champion learned from.")
 labels_app = sub_app("Bring ground truth to logged predictions.")
@@ -108,13 +113,13 @@ def monitor(
     from conveyor.pipelines.loop import serve_monitoring
 
     ws = workspace(ctx)
-    every = interval or ws.drift_policy().monitor.interval_seconds
-    if ws.prefect_api_url:
-        serve_monitoring(ws, window, every, out)
+    every = interval or ws.stores.drift_policy().monitor.interval_seconds
+    if ws.stores.prefect_api_url:
+        serve_monitoring(ws.stores, window, every, out)
         return
     done = 0
     try:
-        for outcome in checks_every(ws, window, every, checks):
+        for outcome in checks_every(ws.stores, window, every, checks):
             done += 1
             result = outcome.result
             out(

@@ -9,7 +9,14 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, progress, sub_app, workspace
 
-__all__ = ["register"]
+__all__ = [
+    "audit",
+    "export_intoto",
+    "export_openlineage",
+    "lineage",
+    "register",
+    "status",
+]
 
 export_app = sub_app("Export the lineage record for other tools (OpenLineage, in-toto).")
 
@@ -109,12 +116,12 @@ def lineage(
         from conveyor.lineage_html import lineage_page
 
         with progress("Auditing the record the page shows...", quiet=as_json):
-            verdict = page_verdict(ws, start)
+            verdict = _page_verdict(ws, start)
         from conveyor.registry.pages import publish
 
         page = lineage_page(found.walks, start.label, start.note, verdict, root=ws.root)
-        inside = html.resolve().is_relative_to(ws.reports.resolve())  # then the reports' index lists it
-        publish(html, page, ws.reports if inside else None)
+        inside = html.resolve().is_relative_to(ws.stores.reports.resolve())  # then the reports' index lists it
+        publish(html, page, ws.stores.reports if inside else None)
     if as_json:
         emit_json(found.to_dict())
         return
@@ -126,7 +133,7 @@ def lineage(
         out(f"Graph: {html}")
 
 
-def page_verdict(ws: Any, start: Any) -> tuple[bool, str]:
+def _page_verdict(ws: Any, start: Any) -> tuple[bool, str]:
     """The audit a lineage page shows: a registered version's whole record when it starts from
     one, else the ledger's chain."""
     # here: `conveyor --help` imports every command module and stays fast
@@ -288,7 +295,7 @@ def export_openlineage(
         )
     ws = workspace(ctx)
     namespace = namespace or f"conveyor/{ws.model_name}"
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         count = export_ledger(ledger, namespace, since, output=output, url=url)
     if as_json:
         emit_json({"events": count, "output": str(output) if output else None, "url": url, "namespace": namespace})
@@ -309,7 +316,7 @@ def export_intoto(
     # here: `conveyor --help` imports every command module and stays fast
     from conveyor.registry.models import export_statements
 
-    written, versions = export_statements(workspace(ctx).mlflow(), ref, output)
+    written, versions = export_statements(workspace(ctx).stores.mlflow(), ref, output)
     if as_json:
         emit_json({"statements": written, "versions": versions, "output": str(output)})
         return

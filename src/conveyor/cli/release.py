@@ -8,7 +8,13 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, progress, workspace
 
-__all__ = ["print_promotion", "register"]
+__all__ = [
+    "print_promotion",
+    "promote",
+    "register",
+    "rollback",
+    "verify",
+]
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,11 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, workspace
 
-__all__ = ["register"]
+__all__ = [
+    "deploy",
+    "doctor",
+    "register",
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -24,12 +28,12 @@ def doctor(ctx: typer.Context, as_json: JSON = False) -> None:
     from conveyor.registry.servers import check_stores
 
     ws = workspace(ctx)
-    checks = check_stores(ws, work_pool=pool_health)
+    checks = check_stores(ws.stores, work_pool=pool_health)
     failed = [c for c in checks if not c.ok]
     if as_json:
-        emit_json({"profile": ws.settings.profile, "ok": not failed, "stores": [asdict(c) for c in checks]})
+        emit_json({"profile": ws.stores.settings.profile, "ok": not failed, "stores": [asdict(c) for c in checks]})
     else:
-        out(f"Profile: {ws.settings.profile}")
+        out(f"Profile: {ws.stores.settings.profile}")
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
             out(f"  {mark} {check.store}: {check.uses} ({check.detail}, {check.ms:.0f} ms)")
@@ -47,9 +51,9 @@ def deploy(ctx: typer.Context, as_json: JSON = False) -> None:
     # here: `conveyor --help` imports every command module and stays fast
     from conveyor.pipelines.deployments import deploy_to_pool
 
-    names = deploy_to_pool(ws)
+    names = deploy_to_pool(ws.stores)
     if as_json:
-        emit_json({"work_pool": ws.settings.work_pool, "deployments": names})
+        emit_json({"work_pool": ws.stores.settings.work_pool, "deployments": names})
         return
-    out(f"Deployed to work pool {ws.settings.work_pool}: {', '.join(names)}.")
+    out(f"Deployed to work pool {ws.stores.settings.work_pool}: {', '.join(names)}.")
     out("A worker on the pool runs them; `conveyor train` in this profile runs on one and waits for it.")

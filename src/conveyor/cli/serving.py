@@ -9,7 +9,17 @@ import typer
 
 from conveyor.cli._common import JSON, emit_json, out, sub_app, workspace
 
-__all__ = ["register"]
+__all__ = [
+    "api_key_create",
+    "api_key_list",
+    "api_key_revoke",
+    "api_key_rotate",
+    "canary_abort",
+    "canary_set_weight",
+    "canary_status",
+    "register",
+    "serve",
+]
 
 api_key_app = sub_app("Manage the service's API keys.")
 canary_app = sub_app("Watch and steer the canary of a running service.")
@@ -31,11 +41,11 @@ def serve(
     import sys
 
     ws = workspace(ctx)
-    if ws.is_llm:
-        ws.llm_project()  # a broken config fails here, in one paragraph
-        ws.gateway_policy()
+    if ws.stores.is_llm:
+        ws.stores.llm_project()  # a broken config fails here, in one paragraph
+        ws.stores.gateway_policy()
     else:
-        ws.project()
+        ws.stores.project()
     command = [
         sys.executable,
         "-m",
@@ -53,8 +63,8 @@ def serve(
 
     # One run id for this service's workers: they share the canary's state under it. With Redis (the
     # server profile), every replica of the model's service shares it: the model's name, unless set.
-    run = ws.settings.service_run or (ws.model_name if ws.settings.redis_url else uuid.uuid4().hex)
-    env = {**os.environ, **ws.environment(), "OMP_NUM_THREADS": "1", "CONVEYOR_SERVICE_RUN": run}
+    run = ws.stores.settings.service_run or (ws.model_name if ws.stores.settings.redis_url else uuid.uuid4().hex)
+    env = {**os.environ, **ws.stores.environment(), "OMP_NUM_THREADS": "1", "CONVEYOR_SERVICE_RUN": run}
     os.execve(sys.executable, command, env)  # BentoML owns the process: signals reach it directly
 
 
@@ -82,12 +92,12 @@ def api_key_create(
     from conveyor.serving.auth import open_api_keys
 
     ws = workspace(ctx)
-    if team is not None and team not in (teams := ws.gateway_policy().teams):
+    if team is not None and team not in (teams := ws.stores.gateway_policy().teams):
         raise ConveyorError(
-            f"There is no team {team!r} in {ws.policies / 'gateway.yaml'}.",
+            f"There is no team {team!r} in {ws.stores.policies / 'gateway.yaml'}.",
             hint=f"Its teams: {', '.join(teams)}. Add the team there first (its tokens per minute and budget).",
         )
-    with open_api_keys(ws) as keys:
+    with open_api_keys(ws.stores) as keys:
         key = keys.create(name, admin=admin, per_second=rate, burst=burst, team=team)
     if as_json:
         emit_json({"name": name, "key": key, "admin": admin, "team": team})
@@ -102,7 +112,7 @@ def api_key_list(ctx: typer.Context, as_json: JSON = False) -> None:
     # here: `conveyor --help` imports every command module and stays fast
     from conveyor.serving.auth import open_api_keys
 
-    with open_api_keys(workspace(ctx)) as keys:
+    with open_api_keys(workspace(ctx).stores) as keys:
         entries = keys.entries()
     if as_json:
         emit_json(entries)
@@ -127,7 +137,7 @@ def api_key_revoke(
     from conveyor.serving.auth import open_api_keys
 
     try:
-        with open_api_keys(workspace(ctx)) as keys:
+        with open_api_keys(workspace(ctx).stores) as keys:
             removed = keys.revoke(name)
     except UnknownKey:
         raise _no_key(name) from None
@@ -149,7 +159,7 @@ def api_key_rotate(
     from conveyor.serving.auth import open_api_keys
 
     try:
-        with open_api_keys(workspace(ctx)) as keys:
+        with open_api_keys(workspace(ctx).stores) as keys:
             key = keys.rotate(name)
     except UnknownKey:
         raise _no_key(name) from None
@@ -223,7 +233,7 @@ def canary_status(
         from conveyor.serving.admin import canary_history
 
         ws = workspace(ctx)
-        with ws.ledger() as ledger:
+        with ws.stores.ledger() as ledger:
             status = canary_history(ledger, ws.model_name)
     if as_json:
         emit_json(status)

@@ -86,12 +86,12 @@ def _workspace(ws: Workspace, project_file: Path) -> Workspace:
     opened = Workspace.open(
         project_file,
         home=str(ws.home),
-        ledger_url=ws.ledger_url,
-        mlflow_tracking_uri=ws.tracking_uri,
-        actor=ws.actor,
-        flows=ws.settings.flows,
+        ledger_url=ws.stores.ledger_url,
+        mlflow_tracking_uri=ws.stores.tracking_uri,
+        actor=ws.stores.actor,
+        flows=ws.stores.settings.flows,
     )
-    opened.prepare()
+    opened.stores.prepare()
     return opened
 
 
@@ -133,10 +133,10 @@ def run_llm_demo(ws: Workspace, say: Callable[[Any], None], record: DemoRecord) 
     steps.run(
         "build v1: knowledge base checked and indexed, evaluated, signed", lambda: _build(assistant, first, record)
     )
-    keys = open_api_keys(assistant)
+    keys = open_api_keys(assistant.stores)
     tokens = {team: keys.create(f"demo-{team}", team=team) for team in ("default", "research")}
     admin = keys.create("demo-llm-admin", admin=True)
-    stores = {k: v for k, v in assistant.environment().items() if k.startswith("CONVEYOR_")}
+    stores = {k: v for k, v in assistant.stores.environment().items() if k.startswith("CONVEYOR_")}
     service = LocalService(copy, env=stores, log=ws.home / "logs" / "demo-llm-serve.log")
     answered: list[dict[str, Any]] = []
     try:
@@ -230,7 +230,7 @@ def _ask(service: Any, tokens: dict[str, str], answered: list[dict[str, Any]], s
 def _costs(assistant: Workspace, say: Callable[[Any], None]) -> str:
 
     time.sleep(2.5)  # the inference log is written off the request path, every two seconds
-    report = cost_report(assistant.inference_dir(), by="team")
+    report = cost_report(assistant.stores.inference_dir(), by="team")
     for row in report.rows:
         say(
             f"    {row['team']:<9} {row['requests']} requests, {row['prompt_tokens']}+{row['completion_tokens']} tokens, ${row['cost_usd']:.6f}"
@@ -249,7 +249,7 @@ def _knowledge(assistant: Workspace, box: dict[str, Any], record: DemoRecord) ->
     found, action = assistant.check_knowledge()
     if action is None:
         return found
-    name = assistant.llm_project().name
+    name = assistant.stores.llm_project().name
     if action.version:
         record.registered(name, str(action.version))
     if action.canary:
@@ -268,7 +268,7 @@ def _canary(
     # here: only the part of the demo that runs loads it
     from conveyor.demo.loop import canary_verdict
 
-    name = assistant.llm_project().name
+    name = assistant.stores.llm_project().name
     service.admin("POST", "reload", admin).raise_for_status()
     topics = ["a canary release", "a rollback", "promotion", "the ledger", "signing", "drift", "a champion", "feedback"]
     deadline = time.monotonic() + _CANARY_SECONDS
@@ -299,7 +299,7 @@ def _canary(
                 replies = await asyncio.gather(*batch)
                 sent += len(replies)
                 errors += sum(r.status_code != 200 for r in replies)
-                verdict = await asyncio.to_thread(canary_verdict, assistant, name, version, since=record.since)
+                verdict = await asyncio.to_thread(canary_verdict, assistant.stores, name, version, since=record.since)
                 if verdict:
                     return verdict
         return {}
@@ -343,8 +343,8 @@ def _feedback(service: Any, tokens: dict[str, str], assistant: Workspace) -> str
     time.sleep(2.5)  # the answers reach the inference log within two seconds
     from conveyor.pipelines.llm.loop import ingest_gateway_feedback
 
-    recorded = ingest_gateway_feedback(assistant)
-    candidates = candidates_path(assistant.llm_project())
+    recorded = ingest_gateway_feedback(assistant.stores)
+    candidates = candidates_path(assistant.stores.llm_project())
     lines = (
         [json.loads(line) for line in candidates.read_text().splitlines() if line.strip()]
         if candidates.is_file()
@@ -379,7 +379,7 @@ def _audit(
     from conveyor.lineage_html import lineage_page
     from conveyor.render import audit_verdict
 
-    name = assistant.llm_project().name
+    name = assistant.stores.llm_project().name
     report = assistant.audit(f"{name}@champion")
     verdict = audit_verdict(report)
     record.audited(f"{name}@champion", report)
@@ -387,13 +387,13 @@ def _audit(
     covered = next((a for a in answered if a["passages"] != "none"), None)
     if covered is not None:
         found = assistant.lineage(f"request:{covered['id']}", up=True)
-        page = assistant.reports / "lineage-llm-request.html"
+        page = assistant.stores.reports / "lineage-llm-request.html"
         publish(
             page,
             lineage_page(
                 found.walks, f"request:{covered['id']}", found.start.note, verdict, root=assistant.root, model=name
             ),
-            assistant.reports,
+            assistant.stores.reports,
         )
         kinds = {e.kind for w in found.walks for e in w.events}
         say(

@@ -16,6 +16,7 @@ from conveyor.registry.events import EventKind
 if TYPE_CHECKING:
     from conveyor.api import Workspace
     from conveyor.registry.ledger import Ledger, LedgerEvent
+    from conveyor.registry.workspace import Workspace as Stores
 
 __all__ = ["DemoRecord", "RecordDisagrees"]
 
@@ -56,8 +57,8 @@ class DemoRecord:
     seal: int | None = None
 
     @classmethod
-    def start(cls, ws: Workspace) -> DemoRecord:
-        with ws.ledger() as ledger:
+    def start(cls, stores: Stores) -> DemoRecord:
+        with stores.ledger() as ledger:
             return cls(since=ledger.count())
 
     def registered(self, name: str, version: str) -> None:
@@ -112,7 +113,7 @@ class DemoRecord:
         """The one line that says the record agrees; raises ``RecordDisagrees`` naming each claim
         the registry or the ledger does not hold."""
         problems: list[str] = []
-        with ws.ledger() as ledger:
+        with ws.stores.ledger() as ledger:
             for claim in self.events:
                 if _backing(ledger, claim, self.since) is None:
                     problems.append(f"{claim.said}: the ledger has no {claim.kind} for it since event #{self.since}")
@@ -121,7 +122,7 @@ class DemoRecord:
                 if not seals or seals[0][1] != self.seal:
                     newest = f"event #{seals[0][1]}" if seals else "no seal"
                     problems.append(f"ledger sealed at event #{self.seal}: the newest seal is at {newest}")
-        client = ws.mlflow()
+        client = ws.stores.mlflow()
         for name, version in sorted(self.champions.items()):
             holds = _alias(client, name, "champion")
             if holds != version:

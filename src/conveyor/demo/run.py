@@ -29,7 +29,7 @@ def run_demo(
 ) -> None:
     """The demo as ``conveyor demo`` runs it: ``data_only`` stops after the data, ``loop`` false
     after the champion; ``llm`` adds the LLM part at the end. Ends with the record's check."""
-    record = DemoRecord.start(ws)
+    record = DemoRecord.start(ws.stores)
     _run(ws, say, record, data_only=data_only, loop=loop, llm=llm)
     say("")
     say(record.check(ws))
@@ -37,7 +37,7 @@ def run_demo(
 
 def run_llm_only(ws: Workspace, say: Callable[[Any], None]) -> None:
     """``conveyor demo --llm``: the LLM part alone, with the record's check."""
-    record = DemoRecord.start(ws)
+    record = DemoRecord.start(ws.stores)
     run_llm_demo(ws, say, record)
     say("")
     say(record.check(ws))
@@ -49,7 +49,7 @@ def _run(
     # here: only the part of the demo that runs loads it
     from conveyor.demo.prepare import prepare_demo_data
 
-    with ws.ledger() as ledger:
+    with ws.stores.ledger() as ledger:
         prepared = prepare_demo_data(ws.root, ledger)
     for item in prepared:
         ref = item.ref
@@ -79,7 +79,7 @@ def _run(
     from conveyor.demo.loop import run_loop
 
     started = time.monotonic()
-    steps = run_loop(ws, prepared[0].ref.path, prepared[1].ref.path, say, record)
+    steps = run_loop(ws.stores, prepared[0].ref.path, prepared[1].ref.path, say, record)
     say("")
     _summary(steps, time.monotonic() - started, say)
     say("")
@@ -87,8 +87,8 @@ def _run(
     graph = _audit_and_seal(ws, f"{outcome.name}@champion", say, record)
     say("")
     first = prepared[0].ref.path.relative_to(ws.root)
-    say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ws.tracking_uri} (then http://127.0.0.1:5000)")
-    say(f"Reports:    {ws.reports / 'index.html'} (every page, newest first, each opening with its verdict)")
+    say(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ws.stores.tracking_uri} (then http://127.0.0.1:5000)")
+    say(f"Reports:    {ws.stores.reports / 'index.html'} (every page, newest first, each opening with its verdict)")
     say(f"Lineage:    `conveyor lineage {first}` shows everything the first dataset fed, retraining included;")
     say(f"            the champion's graph: {graph}")
     say(
@@ -122,14 +122,14 @@ def _audit_and_seal(ws: Workspace, ref: str, say: Callable[[Any], None], record:
 
     report = ws.audit(ref)
     sealed = ws.seal()
-    graph = ws.reports / "lineage-champion.html"
+    graph = ws.stores.reports / "lineage-champion.html"
     digest = report.verification.version_digest
     verdict = audit_verdict(report)
     if digest:
         found = ws.lineage(digest)
         v = report.verification
         page = lineage_page(found.walks, f"{v.name}/{v.version} ({ref})", None, verdict, root=ws.root, model=v.name)
-        publish(graph, page, ws.reports)
+        publish(graph, page, ws.stores.reports)
     record.audited(ref, report)
     record.sealed(sealed.seq)
     say(f"  {verdict[1]}; ledger sealed at event #{sealed.seq:,}.")

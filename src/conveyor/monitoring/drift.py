@@ -41,6 +41,7 @@ __all__ = [
     "caused",
     "champion_reference",
     "check_drift",
+    "column_drifts",
     "drift_heading",
     "finish_drift_page",
     "measure_drift",

@@ -91,10 +91,10 @@ def _feast_redis(url: str) -> str:
 _DEFINITIONS = '''\
 """Feast definitions for this project, built from its Conveyor config."""
 
-from conveyor.pipelines.features import feast_objects
+from conveyor.pipelines.features import _feast_objects
 from conveyor.policies.project import load_project
 
-entity, view = feast_objects(load_project({config!r}), {source!r})
+entity, view = _feast_objects(load_project({config!r}), {source!r})
 '''
 
 
@@ -125,7 +125,7 @@ def feature_spec(config: ProjectConfig) -> dict[str, Any]:
     }
 
 
-def feast_objects(config: ProjectConfig, source_path: str | Path) -> tuple[Any, Any]:
+def _feast_objects(config: ProjectConfig, source_path: str | Path) -> tuple[Any, Any]:
     """The Feast entity and feature view for ``config``, reading features from ``source_path``."""
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, String
@@ -166,7 +166,7 @@ def open_store(
     )
     (repo / "definitions.py").write_text(_DEFINITIONS.format(config=str(config_file), source=str(source)))
     store = FeatureStore(repo_path=str(repo))
-    entity, view = feast_objects(config, source)
+    entity, view = _feast_objects(config, source)
     with _quiet():
         store.apply([entity, view])
     return store, view

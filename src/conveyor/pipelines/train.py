@@ -191,7 +191,7 @@ def train_model(
         )
         predict_fn = "predict_proba" if config.task == "classification" else "predict"
         sample = x_train.head(200)
-        signature = served_signature(config, infer_signature(sample, getattr(pipeline, predict_fn)(sample)))
+        signature = _served_signature(config, infer_signature(sample, getattr(pipeline, predict_fn)(sample)))
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
@@ -199,7 +199,7 @@ def train_model(
             pyfunc_predict_fn=predict_fn,
             pip_requirements=_requirements(),
             skops_trusted_types=_trusted_types(pipeline),
-            metadata={"conveyor": input_contract(config, x_train, pipeline)},
+            metadata={"conveyor": _input_contract(config, x_train, pipeline)},
         )
     cutoff = holdout[config.event_timestamp].iloc[0]
     return TrainedModel(
@@ -231,7 +231,7 @@ def name_run(client: Any, run_id: str, model: str, version: str, alias: str) -> 
 _MAX_CATEGORIES = 1_000  # a column with more distinct values is served unchecked (an identifier, not a category)
 
 
-def served_signature(config: ProjectConfig, signature: Any) -> Any:
+def _served_signature(config: ProjectConfig, signature: Any) -> Any:
     """``signature`` with the boolean features typed ``boolean``: clients send JSON booleans, the
     service hands the model 1.0/0.0 as training did."""
     from mlflow.models import ModelSignature
@@ -249,7 +249,7 @@ def served_signature(config: ProjectConfig, signature: Any) -> Any:
     return ModelSignature(inputs=inputs, outputs=signature.outputs, params=signature.params)
 
 
-def input_contract(config: ProjectConfig, x_train: pd.DataFrame, model: Any) -> dict[str, Any]:
+def _input_contract(config: ProjectConfig, x_train: pd.DataFrame, model: Any) -> dict[str, Any]:
     """What the service holds requests and answers to, beyond the signature's types: each
     categorical column's values as seen in training, and the classes of a classifier."""
     categories = {}

@@ -17,11 +17,13 @@ from conveyor.policies.project import LOWER_IS_BETTER
 __all__ = [
     "LLM_METRICS",
     "LLM_SCORERS",
+    "BeatChampion",
     "Bound",
     "Candidate",
     "Decision",
     "LlmGate",
     "PromotionPolicy",
+    "Requirements",
     "decide_promotion",
 ]
 

@@ -27,7 +27,45 @@ from conveyor.policies.errors import LedgerError
 if TYPE_CHECKING:
     from conveyor.registry.ledger import LedgerEvent
 
-__all__ = ["SPECS", "EventKind", "EventSpec", "check_details", "input_of", "inputs_by_role", "typed"]
+__all__ = [
+    "SPECS",
+    "CanaryCompleted",
+    "CanaryRolledBack",
+    "DataValidated",
+    "DatasetVersioned",
+    "Deployed",
+    "DriftChecked",
+    "EventKind",
+    "EventSpec",
+    "FeaturesBuilt",
+    "FeedbackAccepted",
+    "FeedbackAdded",
+    "IndexBuilt",
+    "KnowledgeVersioned",
+    "LabelsAdded",
+    "LoadRefused",
+    "ModelEvaluated",
+    "ModelFault",
+    "ModelRegistered",
+    "ModelSigned",
+    "ModelTrained",
+    "Promotion",
+    "PromptRegistered",
+    "QualityChecked",
+    "ReleaseBuilt",
+    "ReleaseEvaluated",
+    "RetrainingCompleted",
+    "RetrainingFailed",
+    "RetrainingSkipped",
+    "RetrainingStarted",
+    "RetrainingTriggered",
+    "RolledBack",
+    "WeightsResolved",
+    "check_details",
+    "input_of",
+    "inputs_by_role",
+    "typed",
+]
 
 
 class EventKind(StrEnum):

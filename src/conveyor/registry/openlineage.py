@@ -23,7 +23,13 @@ from openlineage.client.serde import Serde
 from conveyor.policies.errors import ConveyorError
 from conveyor.registry.ledger import Ledger, LedgerEvent
 
-__all__ = ["export_ledger", "post_events", "run_events", "write_events"]
+__all__ = [
+    "ConveyorRunFacet",
+    "export_ledger",
+    "post_events",
+    "run_events",
+    "write_events",
+]
 
 _RUN_IDS = uuid.UUID("6f1c1a52-5d0e-4c53-9d0b-2f4a0a3e9c11")  # the namespace run ids are derived in
 _FAILED = ("failed", "refused", "rolled_back")

@@ -39,6 +39,7 @@ __all__ = [
     "Seal",
     "check_seals",
     "known_trust",
+    "open_seal",
     "project_trust",
     "prove_events",
     "seal_ledger",

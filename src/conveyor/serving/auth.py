@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiKeys",
     "FileKeyStore",
+    "KeyStore",
     "KeysUnavailable",
     "RateLimiter",
     "Role",

@@ -15,7 +15,14 @@ from typing import Any
 
 from conveyor.policies.guardrails import GuardrailPolicy, PresidioRules
 
-__all__ = ["Guardrails", "InputVerdict", "OutputVerdict", "Presidio", "Span"]
+__all__ = [
+    "Guardrails",
+    "InputVerdict",
+    "OutputVerdict",
+    "Presidio",
+    "Span",
+    "StreamGuard",
+]
 
 # Zero-width, joiner, bidirectional-override and other format characters used to hide instructions.
 _INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\U000e0000-\U000e007f]")

@@ -39,6 +39,7 @@ from conveyor.serving.spare import warm_pool
 __all__ = [
     "ModelProcess",
     "VerifiedModel",
+    "frame_of",
     "load_verified",
     "verified_files",
     "warm_pool",

@@ -31,7 +31,11 @@ from conveyor.policies.errors import RequestRefused  # noqa: E402 - as above
 from conveyor.serving import transport  # noqa: E402 - as above
 from conveyor.serving.gate import Front  # noqa: E402 - as above
 
-__all__ = ["Conveyor"]
+__all__ = [
+    "Abort",
+    "Conveyor",
+    "Weight",
+]
 
 log = logging.getLogger("conveyor.serving")
 logging.getLogger("conveyor").setLevel(logging.INFO)  # what the service loads, refuses and decides: in its log

@@ -182,6 +182,8 @@ def test_feedback_counts_are_the_models_own(ledger: Ledger) -> None:
 
 
 def test_the_demo_reads_its_own_models_canary_and_refuses_anothers(ws: Workspace) -> None:
+    from conveyor.api import Workspace as Api
+
     record = DemoRecord.start(ws)
     with ws.ledger() as ledger:
         canary_end(ledger, "loan-default", "2", promoted=True)  # the tabular model's canary v2
@@ -189,7 +191,7 @@ def test_the_demo_reads_its_own_models_canary_and_refuses_anothers(ws: Workspace
     assert canary_verdict(ws, "loan-default", "2", since=record.since)["outcome"] == "promoted"
     record.canary("conveyor-assistant", "2", "promoted")  # what the demo once printed
     with pytest.raises(RecordDisagrees, match="conveyor-assistant v2 canary promoted: the ledger has no"):
-        record.check(ws)
+        record.check(Api(ws))
 
 
 def test_status_says_when_what_a_service_loaded_is_not_what_the_alias_names(

@@ -23,7 +23,18 @@ from typing import Any
 from conveyor.policies.errors import GateFailed
 from conveyor.policies.llm import EvalCase, Expectations
 
-__all__ = ["SCORERS", "CaseResult", "EvaluationResult", "evaluate_release", "summarise"]
+__all__ = [
+    "SCORERS",
+    "CaseResult",
+    "EvaluationResult",
+    "evaluate_release",
+    "score_content",
+    "score_format",
+    "score_length",
+    "score_refusal",
+    "score_retrieval",
+    "summarise",
+]
 
 
 # -- the scorers: pure functions of one answer and its expectations (None: the case does not ask) --
