@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from conveyor.policies.errors import NotFound
 
@@ -18,6 +18,7 @@ __all__ = [
     "ALGORITHM",
     "bytes_digest",
     "canonical_json",
+    "copy_digest",
     "file_digest",
     "file_hashes",
     "is_digest",
@@ -92,3 +93,13 @@ def short(digest: str, length: int = 12) -> str:
     """A digest cut for display: ``sha256:1a2b3c4d5e6f``."""
     algorithm, _, hexdigest = digest.partition(":")
     return f"{algorithm}:{hexdigest[:length]}"
+
+
+def copy_digest(source: BinaryIO, target: BinaryIO) -> str:
+    """Copy ``source`` to ``target`` (open files) and return the content address of what was
+    copied, from the same read of each block."""
+    hasher = hashlib.new(ALGORITHM)
+    while chunk := source.read(_CHUNK):
+        hasher.update(chunk)
+        target.write(chunk)
+    return f"{ALGORITHM}:{hasher.hexdigest()}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import os
 import shutil
 import tomllib
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.policies.errors import ConfigInvalid, SignatureInvalid
-from conveyor.registry.digests import file_digest
+from conveyor.registry.digests import copy_digest, file_digest
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -198,13 +197,9 @@ def copy_owned(source: Path, target: Path) -> str:
             reflinked = True
         except OSError:
             reflinked = False
-        if not reflinked:
-            digest = hashlib.sha256()
-            for block in iter(lambda: src.read(_BLOCK), b""):
-                digest.update(block)
-                dst.write(block)
+        copied = None if reflinked else copy_digest(src, dst)
     target.chmod(0o444)
-    return _sha256(target) if reflinked else digest.hexdigest()
+    return (copied or file_digest(target)).removeprefix("sha256:")
 
 
 def _sha256(path: Path) -> str:
