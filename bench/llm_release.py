@@ -47,7 +47,8 @@ def builds(scratch: Path) -> tuple[dict[str, float], dict[str, float], int]:
     from conveyor.api import Workspace
 
     project = _copy_project(scratch / "project")
-    ws = Workspace.open(project, home=str(scratch / "home"), actor="bench").prepare()
+    ws = Workspace.open(project, home=str(scratch / "home"), actor="bench")
+    ws.stores.prepare()
     started = time.perf_counter()
     cold = ws.build_release()
     cold_total = time.perf_counter() - started

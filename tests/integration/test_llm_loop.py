@@ -83,7 +83,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture
 def ws(loop: dict[str, Any]) -> Any:
-    loop["ws"].prepare()
+    loop["ws"].stores.prepare()
     return loop["ws"]
 
 

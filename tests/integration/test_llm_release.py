@@ -46,7 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]
 @pytest.fixture
 def ws(built: tuple[Any, Any]) -> Any:
     workspace, _ = built
-    workspace.prepare()  # this test's environment was reset: point the tools back at the project
+    workspace.stores.prepare()  # this test's environment was reset: point the tools back at the project
     return workspace
 
 
@@ -370,7 +370,7 @@ def test_a_weights_file_whose_hash_differs_from_the_config_is_refused(fresh: Any
         fresh.build_release()
     assert "model.sha256" in refused.value.message
     _nothing_registered(fresh)
-    assert not list(fresh.weights_store.glob("*.gguf"))
+    assert not list(fresh.stores.weights_store.glob("*.gguf"))
 
 
 def test_a_missing_package_is_named(fresh: Any) -> None:
@@ -412,7 +412,7 @@ def test_an_evaluation_set_with_malformed_lines_is_refused_before_any_case_runs(
 def test_a_policy_naming_an_unknown_scorer_is_refused(fresh: Any) -> None:
     from conveyor.policies.errors import PolicyInvalid
 
-    _edit(fresh.policies / "promotion.yaml", lambda d: d["llm"].update(scorers=["format", "toxicity"]))
+    _edit(fresh.stores.policies / "promotion.yaml", lambda d: d["llm"].update(scorers=["format", "toxicity"]))
     with pytest.raises(PolicyInvalid, match=r"unknown scorer.*'toxicity'.*the scorers are format, content"):
         fresh.build_release()
     _nothing_registered(fresh)

@@ -17,8 +17,8 @@ import subprocess, sys, time
 from conveyor.cli import stop_on_sigterm
 stop_on_sigterm()
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
-print(child.pid, flush=True)
 try:
+    print(child.pid, flush=True)  # inside the try: the signal the test sends after reading it finds the finally
     time.sleep(120)  # a command at work: a demo driving its service
 finally:
     child.terminate()
