@@ -2,8 +2,8 @@
 /v1/chat/completions``, ``/v1/completions``, ``GET /v1/models``), ``/admin/*``, ``/docs.json``,
 and BentoML's ``/livez``, ``/readyz``, ``/metrics``.
 
-Run it with ``conveyor serve`` (which starts ``bentoml serve serving.service:Conveyor`` on
-127.0.0.1 with the Workspace's environment), or build it with ``bentoml build``. The service
+Run it with ``conveyor serve`` (which starts ``bentoml serve conveyor.serving.service:Conveyor``
+on 127.0.0.1 with the Workspace's environment), or build its Bento with ``make bento``. The service
 opens its Workspace exactly as the command line does (``Workspace.open()``: the ``CONVEYOR_*``
 environment, then the project file's ``settings:``, then defaults), so a bare ``bentoml serve``
 in the project folder uses the same stores as ``conveyor serve``.
