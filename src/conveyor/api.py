@@ -99,11 +99,10 @@ class Workspace:
     policies) is ``stores``: the plumbing, for code that needs it (``conveyor.registry.Workspace``).
     """
 
-    __slots__ = ("_prepared", "stores")
+    __slots__ = ("stores",)
 
     def __init__(self, stores: Stores) -> None:
         self.stores = stores
-        self._prepared = False
 
     @classmethod
     def open(cls, path: str | Path | None = None, **overrides: Any) -> Workspace:
@@ -136,10 +135,8 @@ class Workspace:
         return self.stores.model_name
 
     def _ready(self) -> Stores:
-        if not self._prepared:
-            self.stores.prepare()
-            self._prepared = True
-        return self.stores
+        """The stores, the process prepared for them once (the command line prepares it first)."""
+        return self.stores if self.stores.prepared else self.stores.prepare()
 
     # -- data and training ---------------------------------------------------------------------
 

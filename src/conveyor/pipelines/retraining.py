@@ -286,9 +286,7 @@ def retrain(ws: Workspace, trigger: str, runner: Runner = direct) -> TriggerOutc
                     f"no labelled data newer than what version {champion.version} was trained on "
                     f"({relative_to_root(data.path, root)}); add labels with `conveyor labels add FILE`"
                 )
-                outcome = skipped(ledger, trigger, reason, {"data": data.digest})
-                outcome.data = str(data.path)
-                return outcome
+                return skipped(ledger, trigger, reason, {"data": data.digest}, data=str(data.path))
             trained = run_training(ws, data.path, cause=trigger, runner=runner)
         except ConveyorError as exc:
             return failed(ledger, trigger, exc)

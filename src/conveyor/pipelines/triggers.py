@@ -150,10 +150,13 @@ def completed(
     return outcome
 
 
-def skipped(ledger: Ledger, trigger: str, reason: str, evidence: dict[str, str | None]) -> TriggerOutcome:
-    """``retraining.skipped``: nothing to act on (the trigger then counts for no cooldown)."""
+def skipped(
+    ledger: Ledger, trigger: str, reason: str, evidence: dict[str, str | None], *, data: str | None = None
+) -> TriggerOutcome:
+    """``retraining.skipped``: nothing to act on (the trigger then counts for no cooldown); ``data``:
+    the data file it looked at."""
     ledger.append(EventKind.RETRAINING_SKIPPED, inputs={"trigger": trigger, **evidence}, details={"reason": reason})
-    return TriggerOutcome("skipped", trigger, reason)
+    return TriggerOutcome("skipped", trigger, reason, data=data)
 
 
 def failed(ledger: Ledger, trigger: str, error: ConveyorError) -> TriggerOutcome:

@@ -166,6 +166,7 @@ class Workspace:
         # Parsed files, kept while the file on disk is unchanged (keyed by its content's hash).
         self._policies: dict[str, tuple[str | None, LoadedPolicy[Any]]] = {}
         self._projects: dict[bool, tuple[str | None, ProjectConfig]] = {}
+        self.prepared = False  # ``prepare`` has run for this Workspace in this process
 
     # -- building one ------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class Workspace:
         if "mlflow" in sys.modules:  # already imported (and perhaps pointed elsewhere): point it here
             self.bind_mlflow()
         self._create_mlflow_store()
+        self.prepared = True
         return self
 
     def _create_mlflow_store(self) -> None:
